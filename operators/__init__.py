@@ -1,0 +1,15 @@
+"""The job API. A job file imports what it needs from here and nothing else::
+
+    from operators import Job
+
+    job = Job("clean-readings")
+    job.source("sensors").filter(lambda r: r["value"] >= 0).sink("clean")
+
+The operator implementations that run inside slots live in `operators.chain`;
+they are the runtime's business, not the job author's.
+"""
+
+from operators.api import Job, KeyedStream, Stream
+from operators.exceptions import JobDefinitionError
+
+__all__ = ["Job", "JobDefinitionError", "KeyedStream", "Stream"]

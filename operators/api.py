@@ -1,0 +1,254 @@
+"""The job API: `Job`, `Stream` and `KeyedStream`.
+
+This is all a job file sees. Calls only record the dataflow (the logical plan
+in `operators.plan`); nothing runs until ``weir run`` hands the job to a worker.
+Arguments are validated here, at definition time, so a bad job fails before it
+touches Kafka, with a message naming the bad value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from operators.exceptions import JobDefinitionError
+from operators.formats import check_format
+from operators.plan import (
+    BROADCAST,
+    FILTER,
+    FLAT_MAP,
+    FORWARD,
+    KEY_BY,
+    MAP,
+    PARTITION,
+    REBALANCE,
+    RESCALE,
+    SHUFFLE,
+    SINK,
+    SOURCE,
+    Node,
+    walk,
+)
+from state.keygroups import DEFAULT_MAX_KEY_GROUPS
+
+ERROR_POLICIES = ("dlq", "skip", "fail")
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise JobDefinitionError(
+            f"{what} {name!r} is not valid; expected a non-empty string of letters, digits,"
+            " '.', '_' or '-' (it is used in Kafka topic names)"
+        )
+    return name
+
+
+def _check_callable(fn: Any, method: str) -> Callable[..., Any]:
+    if not callable(fn):
+        raise JobDefinitionError(f"{method}() needs a function, got {fn!r}")
+    return fn
+
+
+class Job:
+    """A named dataflow. A job file defines one at module level as ``job``.
+
+    ``on_error`` is what happens to a record that fails to decode or whose
+    function raises: ``"dlq"`` (default: sent to ``<group>.dlq`` with the
+    error), ``"skip"`` (counted and logged only) or ``"fail"`` (the worker
+    stops with the error).
+    """
+
+    def __init__(
+        self, name: str, *, on_error: str = "dlq", max_key_groups: int = DEFAULT_MAX_KEY_GROUPS
+    ) -> None:
+        self.name = _check_name(name, "job name")
+        if on_error not in ERROR_POLICIES:
+            raise JobDefinitionError(
+                f"on_error={on_error!r} is not a policy; expected one of {ERROR_POLICIES}"
+            )
+        if not isinstance(max_key_groups, int) or not 1 <= max_key_groups <= 32768:
+            raise JobDefinitionError(
+                f"max_key_groups={max_key_groups!r}; expected an int from 1 to 32768"
+            )
+        self.on_error = on_error
+        self.max_key_groups = max_key_groups
+        self.sources: list[Node] = []
+        self._next_id = 0
+        self._names: set[str] = set()
+
+    def source(
+        self,
+        topic: str,
+        *,
+        value: str = "json",
+        timestamp: Callable[[Any], int] | None = None,
+        max_out_of_orderness: float = 0.0,
+        idle_timeout: float | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """Read ``topic``. ``value`` is ``"json"`` or ``"bytes"``.
+
+        ``timestamp`` extracts a record's event time (epoch ms) from its
+        decoded value; by default the Kafka record timestamp is used.
+        ``max_out_of_orderness`` (seconds) and ``idle_timeout`` (seconds)
+        describe the source's disorder and idleness for watermarks.
+        """
+        _check_name(topic, "source topic")
+        check_format(value, f"source({topic!r})")
+        if timestamp is not None:
+            _check_callable(timestamp, "source(timestamp=…)")
+        if not isinstance(max_out_of_orderness, int | float) or max_out_of_orderness < 0:
+            raise JobDefinitionError(
+                f"max_out_of_orderness={max_out_of_orderness!r}; expected seconds >= 0"
+            )
+        if idle_timeout is not None and (
+            not isinstance(idle_timeout, int | float) or idle_timeout <= 0
+        ):
+            raise JobDefinitionError(f"idle_timeout={idle_timeout!r}; expected seconds > 0")
+        node = self._node(
+            SOURCE,
+            name or f"source-{topic}",
+            None,
+            topic=topic,
+            value=value,
+            timestamp=timestamp,
+            max_out_of_orderness=float(max_out_of_orderness),
+            idle_timeout=idle_timeout,
+        )
+        self.sources.append(node)
+        return Stream(self, node)
+
+    # -- plan ------------------------------------------------------------
+    def nodes(self) -> list[Node]:
+        """Every node of the plan, sources first, depth first."""
+        return [n for src in self.sources for n in walk(src)]
+
+    def source_topics(self) -> list[str]:
+        return sorted({n.options["topic"] for n in self.sources})
+
+    def sink_topics(self) -> list[str]:
+        return sorted({n.options["topic"] for n in self.nodes() if n.kind == SINK})
+
+    def validate(self) -> None:
+        """Check the job is runnable as a whole (called by the worker before it starts)."""
+        if not self.sources:
+            raise JobDefinitionError(f"job {self.name!r} has no source; call job.source(topic)")
+        if not any(n.kind == SINK for n in self.nodes()):
+            raise JobDefinitionError(
+                f"job {self.name!r} has no sink; end a stream with .sink(topic)"
+            )
+
+    def describe(self) -> str:
+        """A readable plan: one line per operator, indented by depth."""
+        lines = [f"job {self.name}"]
+
+        def add(node: Node, depth: int) -> None:
+            lines.append("  " * depth + node.describe())
+            for child in node.children:
+                add(child, depth + 1)
+
+        for src in self.sources:
+            add(src, 1)
+        return "\n".join(lines)
+
+    def _node(self, kind: str, name: str, fn: Callable[..., Any] | None, **options: Any) -> Node:
+        _check_name(name, "operator name")
+        if name in self._names:
+            raise JobDefinitionError(
+                f"operator name {name!r} is used twice in job {self.name!r}; names must be unique"
+            )
+        self._names.add(name)
+        self._next_id += 1
+        return Node(self._next_id, kind, name, fn, options)
+
+
+class Stream:
+    """A stream of records; each method adds an operator and returns the new stream."""
+
+    def __init__(self, job: Job, node: Node) -> None:
+        self._job = job
+        self._node = node
+
+    def _then(
+        self, kind: str, fn: Callable[..., Any] | None, name: str | None, **options: Any
+    ) -> Node:
+        node = self._job._node(kind, name or f"{kind}-{self._job._next_id + 1}", fn, **options)
+        self._node.children.append(node)
+        return node
+
+    def _same_kind(self, node: Node) -> Stream:
+        return type(self)(self._job, node)
+
+    def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Stream:
+        """One output per record: ``fn(value)``."""
+        return self._same_kind(self._then(MAP, _check_callable(fn, "map"), name))
+
+    def filter(self, fn: Callable[[Any], bool], *, name: str | None = None) -> Stream:
+        """Keep the records for which ``fn(value)`` is true."""
+        return self._same_kind(self._then(FILTER, _check_callable(fn, "filter"), name))
+
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> Stream:
+        """Zero or more outputs per record: the items of ``fn(value)``."""
+        return self._same_kind(self._then(FLAT_MAP, _check_callable(fn, "flat_map"), name))
+
+    def key_by(
+        self, fn: Callable[[Any], Any] | None = None, *, name: str | None = None
+    ) -> KeyedStream:
+        """Partition by key. ``fn(value)`` extracts the key; without ``fn`` the
+        Kafka record key is the key and records stay where they are (Kafka
+        already partitions by it). With ``fn``, records move to the slot that
+        owns the key's key group.
+        """
+        if fn is not None:
+            _check_callable(fn, "key_by")
+        return KeyedStream(self._job, self._then(KEY_BY, fn, name))
+
+    def _partition(self, partitioner: str, name: str | None) -> Stream:
+        return Stream(self._job, self._then(PARTITION, None, name, partitioner=partitioner))
+
+    def forward(self, *, name: str | None = None) -> Stream:
+        """Keep records in the slot that produced them (the default)."""
+        return self._partition(FORWARD, name)
+
+    def rebalance(self, *, name: str | None = None) -> Stream:
+        """Spread records round-robin over all slots (evens out skew)."""
+        return self._partition(REBALANCE, name)
+
+    def shuffle(self, *, name: str | None = None) -> Stream:
+        """Send each record to a uniformly random slot."""
+        return self._partition(SHUFFLE, name)
+
+    def rescale(self, *, name: str | None = None) -> Stream:
+        """Flink's rescale: round-robin to a local subset of downstream slots.
+
+        Inside a worker every stage runs on all slots, so upstream and
+        downstream parallelism are equal and rescale is one-to-one.
+        """
+        return self._partition(RESCALE, name)
+
+    def broadcast(self, *, name: str | None = None) -> Stream:
+        """Send every record to every slot."""
+        return self._partition(BROADCAST, name)
+
+    def sink(
+        self,
+        topic: str,
+        *,
+        value: str = "json",
+        key: Callable[[Any], Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Write to ``topic``. The record key is ``key(value)`` if given, else
+        the stream's key (after ``key_by``), else the input record's key."""
+        _check_name(topic, "sink topic")
+        check_format(value, f"sink({topic!r})")
+        if key is not None:
+            _check_callable(key, "sink(key=…)")
+        self._then(SINK, key, name or f"sink-{topic}", topic=topic, value=value)
+
+
+class KeyedStream(Stream):
+    """A stream partitioned by key: ``map``, ``filter`` and ``flat_map`` keep
+    the partitioning (as in Flink); the partitioners drop it."""

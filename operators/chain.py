@@ -1,0 +1,416 @@
+"""Operator instances: what runs inside a slot thread.
+
+Each slot builds one instance of every operator of the plan (`build_chain`)
+and pushes *batches* through them: an operator takes a `Batch`, runs its
+function over all elements in one tight loop and hands one batch to the next
+operator. There is no queue and no lock between chained operators; the only
+hand-offs are exchanges, which split a batch per target slot and give the
+pieces to the slot context.
+
+An element is a tuple ``(key, value, timestamp_ms, source_offset)``. A batch
+holds elements of one source partition, so its ``topic``/``partition`` say
+where every element came from (for dead letters and, later, changelogs).
+
+A record whose decoding or user function raises is handed to
+``SlotContext.fail`` and the loop resumes after it: user functions are never
+called twice for one record, and a bad record never stops the batch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from operators.formats import decoder, encode_key, encoder
+from operators.plan import (
+    BROADCAST,
+    FILTER,
+    FLAT_MAP,
+    HASH,
+    KEY_BY,
+    MAP,
+    PARTITION,
+    REBALANCE,
+    SHUFFLE,
+    SINK,
+    SOURCE,
+    Node,
+)
+from state.keygroups import key_group, slot_table
+
+Element = tuple[Any, Any, int, int]
+
+
+class Batch:
+    """Elements from one source partition, processed together."""
+
+    __slots__ = ("elems", "partition", "topic")
+
+    def __init__(self, topic: str, partition: int, elems: list[Any]) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.elems = elems
+
+
+class Barrier:
+    """Checkpoint barrier ``id``: everything before it belongs to checkpoint ``id``."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, checkpoint_id: int) -> None:
+        self.id = checkpoint_id
+
+    def __repr__(self) -> str:
+        return f"Barrier({self.id})"
+
+
+class SlotContext(Protocol):
+    """What an operator instance may ask of the slot running it."""
+
+    slot: int
+    slots: int
+
+    def produce(
+        self, topic: str, rows: list[tuple[bytes | None, bytes, int]], batch: Batch
+    ) -> None:
+        """Write ``(key, value, source_offset)`` rows of ``batch`` to ``topic``."""
+
+    def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
+        """Handle one failed record according to the job's error policy."""
+
+    def send(self, slot: int, target: int, item: Batch | Barrier) -> None:
+        """Hand ``item`` to operator ``target`` in slot ``slot`` (an exchange)."""
+
+
+class Operator:
+    """Base of all operator instances: forwards barriers to its output."""
+
+    __slots__ = ("ctx", "name", "out")
+
+    def __init__(self, node: Node, ctx: SlotContext) -> None:
+        self.name = node.name
+        self.ctx = ctx
+        self.out: Operator | None = None
+
+    def process(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        if self.out is not None:
+            self.out.on_barrier(barrier)
+
+
+class FanOut(Operator):
+    """Gives the same batch to several downstream operators (a branching stream)."""
+
+    __slots__ = ("targets",)
+
+    def __init__(self, targets: list[Operator]) -> None:
+        self.targets = targets
+        self.out = None
+
+    def process(self, batch: Batch) -> None:
+        for target in self.targets:
+            target.process(batch)
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        for target in self.targets:
+            target.on_barrier(barrier)
+
+
+class SourceOp(Operator):
+    """Decodes a batch of Kafka messages into elements."""
+
+    __slots__ = ("decode", "timestamp")
+
+    def __init__(self, node: Node, ctx: SlotContext) -> None:
+        super().__init__(node, ctx)
+        self.decode = decoder(node.options["value"])
+        self.timestamp: Callable[[Any], int] | None = node.options["timestamp"]
+
+    def process(self, batch: Batch) -> None:
+        msgs = batch.elems
+        decode = self.decode
+        try:
+            elems = [(m.key(), decode(m.value()), m.timestamp()[1], m.offset()) for m in msgs]
+        except Exception:
+            elems = self._decode_each(batch)
+        if self.timestamp is not None:
+            elems = self._extract_timestamps(batch, elems)
+        if elems and self.out is not None:
+            self.out.process(Batch(batch.topic, batch.partition, elems))
+
+    def _decode_each(self, batch: Batch) -> list[Element]:
+        """Slow path, taken only for a batch holding a record that fails to decode."""
+        decode = self.decode
+        elems = []
+        for m in batch.elems:
+            try:
+                elems.append((m.key(), decode(m.value()), m.timestamp()[1], m.offset()))
+            except Exception as exc:
+                self.ctx.fail(self.name, "decode", batch, (m.key(), m.value(), 0, m.offset()), exc)
+        return elems
+
+    def _extract_timestamps(self, batch: Batch, elems: list[Element]) -> list[Element]:
+        extract = self.timestamp
+        out: list[Element] = []
+        append = out.append
+        i, n = 0, len(elems)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                    k, v, _, o = elems[i]
+                    append((k, v, int(extract(v)), o))
+                break
+            except Exception as exc:
+                self.ctx.fail(self.name, "timestamp", batch, elems[i], exc)
+                i += 1
+        return out
+
+
+class MapOp(Operator):
+    __slots__ = ("fn",)
+
+    def __init__(self, node: Node, ctx: SlotContext) -> None:
+        super().__init__(node, ctx)
+        self.fn = node.fn
+
+    def process(self, batch: Batch) -> None:
+        fn = self.fn
+        elems = batch.elems
+        out: list[Element] = []
+        append = out.append
+        i, n = 0, len(elems)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                    k, v, t, o = elems[i]
+                    append((k, fn(v), t, o))
+                break
+            except Exception as exc:
+                self.ctx.fail(self.name, "function", batch, elems[i], exc)
+                i += 1
+        if out:
+            self.out.process(Batch(batch.topic, batch.partition, out))
+
+
+class FilterOp(Operator):
+    __slots__ = ("fn",)
+
+    def __init__(self, node: Node, ctx: SlotContext) -> None:
+        super().__init__(node, ctx)
+        self.fn = node.fn
+
+    def process(self, batch: Batch) -> None:
+        fn = self.fn
+        elems = batch.elems
+        out: list[Element] = []
+        append = out.append
+        i, n = 0, len(elems)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                    e = elems[i]
+                    if fn(e[1]):
+                        append(e)
+                break
+            except Exception as exc:
+                self.ctx.fail(self.name, "function", batch, elems[i], exc)
+                i += 1
+        if out:
+            self.out.process(Batch(batch.topic, batch.partition, out))
+
+
+class FlatMapOp(Operator):
+    __slots__ = ("fn",)
+
+    def __init__(self, node: Node, ctx: SlotContext) -> None:
+        super().__init__(node, ctx)
+        self.fn = node.fn
+
+    def process(self, batch: Batch) -> None:
+        fn = self.fn
+        elems = batch.elems
+        out: list[Element] = []
+        extend = out.extend
+        i, n = 0, len(elems)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                    k, v, t, o = elems[i]
+                    extend([(k, r, t, o) for r in fn(v)])
+                break
+            except Exception as exc:
+                self.ctx.fail(self.name, "function", batch, elems[i], exc)
+                i += 1
+        if out:
+            self.out.process(Batch(batch.topic, batch.partition, out))
+
+
+class ExchangeOp(Operator):
+    """Moves records between slots; the receiving slot feeds them to ``target``.
+
+    Barriers go to every slot, so each receiver can align on all its inputs.
+    """
+
+    __slots__ = ("partitioner", "rr", "table", "target")
+
+    def __init__(self, node: Node, ctx: SlotContext, target: int, max_key_groups: int) -> None:
+        super().__init__(node, ctx)
+        self.target = target
+        self.partitioner = HASH if node.kind == KEY_BY else node.options["partitioner"]
+        self.table = slot_table(ctx.slots, max_key_groups)
+        self.rr = ctx.slot
+
+    def process(self, batch: Batch) -> None:
+        n = self.ctx.slots
+        elems = batch.elems
+        if self.partitioner == BROADCAST:
+            parts = [elems] * n
+        elif self.partitioner == REBALANCE:
+            start = self.rr
+            parts = [[] for _ in range(n)]
+            for k in range(n):
+                parts[(start + k) % n] = elems[k::n]
+            self.rr = (start + len(elems)) % n
+        elif self.partitioner == SHUFFLE:
+            parts = [[] for _ in range(n)]
+            for e, s in zip(elems, random.choices(range(n), k=len(elems)), strict=True):
+                parts[s].append(e)
+        else:
+            parts = self._by_key(batch)
+        send, target = self.ctx.send, self.target
+        for slot, part in enumerate(parts):
+            if part:
+                send(slot, target, Batch(batch.topic, batch.partition, part))
+
+    def _by_key(self, batch: Batch) -> list[list[Element]]:
+        raise NotImplementedError
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        for slot in range(self.ctx.slots):
+            self.ctx.send(slot, self.target, barrier)
+
+
+class KeyByOp(ExchangeOp):
+    """``key_by(fn)``: sets each element's key and routes it to the slot owning its key group."""
+
+    __slots__ = ("fn", "max_key_groups")
+
+    def __init__(self, node: Node, ctx: SlotContext, target: int, max_key_groups: int) -> None:
+        super().__init__(node, ctx, target, max_key_groups)
+        self.fn = node.fn
+        self.max_key_groups = max_key_groups
+
+    def _by_key(self, batch: Batch) -> list[list[Element]]:
+        fn, table, groups = self.fn, self.table, self.max_key_groups
+        parts: list[list[Element]] = [[] for _ in range(self.ctx.slots)]
+        elems = batch.elems
+        i, n = 0, len(elems)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                    _, v, t, o = elems[i]
+                    key = fn(v)
+                    parts[table[key_group(encode_key(key), groups)]].append((key, v, t, o))
+                break
+            except Exception as exc:
+                self.ctx.fail(self.name, "key", batch, elems[i], exc)
+                i += 1
+        return parts
+
+
+class SinkOp(Operator):
+    """Encodes elements and produces them to the sink topic."""
+
+    __slots__ = ("encode", "key_fn", "topic")
+
+    def __init__(self, node: Node, ctx: SlotContext) -> None:
+        super().__init__(node, ctx)
+        self.topic: str = node.options["topic"]
+        self.encode = encoder(node.options["value"])
+        self.key_fn = node.fn
+
+    def process(self, batch: Batch) -> None:
+        encode, key_fn = self.encode, self.key_fn
+        elems = batch.elems
+        rows: list[tuple[bytes | None, bytes, int]] = []
+        append = rows.append
+        i, n = 0, len(elems)
+        while i < n:
+            try:
+                if key_fn is None:
+                    for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                        k, v, _, o = elems[i]
+                        append((encode_key(k), encode(v), o))
+                else:
+                    for i in range(i, n):  # noqa: B020
+                        _, v, _, o = elems[i]
+                        append((encode_key(key_fn(v)), encode(v), o))
+                break
+            except Exception as exc:
+                self.ctx.fail(self.name, "serialize", batch, elems[i], exc)
+                i += 1
+        if rows:
+            self.ctx.produce(self.topic, rows, batch)
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        pass
+
+
+_CHAINED: dict[str, type[Operator]] = {
+    SOURCE: SourceOp,
+    MAP: MapOp,
+    FILTER: FilterOp,
+    FLAT_MAP: FlatMapOp,
+    SINK: SinkOp,
+}
+
+
+class SlotChain:
+    """One slot's instances of a job's operators, and where inputs enter them.
+
+    ``sources[topic]`` takes batches of raw Kafka messages read from ``topic``;
+    ``inputs[target]`` takes batches arriving from exchanges.
+    """
+
+    def __init__(self, sources: dict[str, Operator], inputs: dict[int, Operator]) -> None:
+        self.sources = sources
+        self.inputs = inputs
+
+
+def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> SlotChain:
+    """Instantiate the plan for one slot, chaining everything between exchanges."""
+    inputs: dict[int, Operator] = {}
+
+    def downstream(children: list[Node]) -> Operator | None:
+        ops = [op for op in (build(child) for child in children) if op is not None]
+        if not ops:
+            return None
+        return ops[0] if len(ops) == 1 else FanOut(ops)
+
+    def build(node: Node) -> Operator | None:
+        after = downstream(node.children)
+        if node.exchanges:
+            if after is not None:
+                inputs[node.id] = after
+            cls = KeyByOp if node.kind == KEY_BY else ExchangeOp
+            op: Operator = cls(node, ctx, node.id, max_key_groups)
+            return op
+        if node.kind in (KEY_BY, PARTITION):  # record-key key_by, forward, rescale: no-ops
+            return after
+        op = _CHAINED[node.kind](node, ctx)
+        op.out = after
+        if after is None and node.kind != SINK:
+            return None  # a branch without a sink does nothing
+        return op
+
+    heads: dict[str, list[Operator]] = {}
+    for src in sources:
+        op = build(src)
+        if op is not None:
+            heads.setdefault(src.options["topic"], []).append(op)
+    return SlotChain(
+        {t: ops[0] if len(ops) == 1 else FanOut(ops) for t, ops in heads.items()}, inputs
+    )

@@ -1,0 +1,18 @@
+"""Errors a job author can act on: each names the bad value and what was expected."""
+
+from __future__ import annotations
+
+
+class JobDefinitionError(ValueError):
+    """The job file describes a dataflow Weir cannot run (bad argument, bad wiring)."""
+
+
+class RecordError(Exception):
+    """One record could not be processed; it goes to the dead-letter topic.
+
+    ``reason`` is the short label used in ``weir_records_failed_total{reason}``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -1,0 +1,1 @@
+"""Weir's worker runtime: CLI, config, worker, slots, checkpointing, local tooling."""

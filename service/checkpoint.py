@@ -1,0 +1,223 @@
+"""The checkpoint coordinator: barriers in, one commit out.
+
+A checkpoint N, in order (the code marks each step):
+
+1. **Barrier.** Snapshot the fetcher's read positions (the next offset of every
+   partition routed so far) and put barrier N into every slot's inbox, behind
+   the last batch fetched for it.
+2. **Align.** Each slot passes N on all of its inputs (`service.slots`) and
+   acknowledges; from then on it holds the outputs it produces, which belong to
+   checkpoint N+1.
+3. **Commit.** When every slot has acknowledged:
+   exactly-once — ``send_offsets_to_transaction`` (positions of step 1, with the
+   consumer's group metadata) and ``commit_transaction``, then begin the next
+   transaction; at-least-once — ``flush`` (every output before the barrier is
+   acknowledged by the broker) and commit the positions of step 1.
+4. **Release.** Tell every slot that N is committed; held outputs go out into
+   the next transaction.
+
+One checkpoint is in flight at a time. A failed step 3 raises
+`CheckpointFailed`; the worker then rolls back to the last committed
+checkpoint (abort, seek back, fresh slots).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from operators.chain import Barrier
+from service.metrics import Metrics
+from service.router import SlotRouter
+from service.slots import FETCHER, SOURCES, Release, Slot
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointFailed(Exception):
+    """Step 3 failed; nothing of this checkpoint is committed."""
+
+
+@dataclass
+class Pending:
+    """A checkpoint between its barrier and its commit."""
+
+    id: int
+    started: float
+    positions: dict[tuple[str, int], int]
+    first_timestamps: list[int]
+    acked: set[int] = field(default_factory=set)
+    aligned_at: float | None = None
+
+
+@dataclass
+class CheckpointRecord:
+    """What /status shows about a finished checkpoint."""
+
+    id: int
+    status: str
+    duration_s: float
+    alignment_s: float
+    offsets: int
+    reason: str = ""
+
+
+class CheckpointCoordinator:
+    """Runs checkpoints for one worker process; called from the fetcher thread only."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        router: SlotRouter,
+        slots: Callable[[], list[Slot]],
+        metrics: Metrics,
+        exactly_once: bool,
+        interval_s: float,
+        commit_timeout_s: float = 30.0,
+        delivery_errors: Callable[[], list[str]] = list,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.router = router
+        self.slots = slots
+        self.metrics = metrics
+        self.exactly_once = exactly_once
+        self.interval_s = interval_s
+        self.commit_timeout_s = commit_timeout_s
+        self.delivery_errors = delivery_errors
+        self.acks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        self.next_id = 1
+        self.pending: Pending | None = None
+        self.committed: dict[tuple[str, int], int] = {}
+        self.last_completed = time.monotonic()
+        self.history: list[CheckpointRecord] = []
+
+    def ack(self, slot: int, checkpoint_id: int) -> None:
+        """Called by slot threads when they have passed a barrier on all inputs."""
+        self.acks.put((slot, checkpoint_id))
+
+    def due(self) -> bool:
+        return self.pending is None and time.monotonic() - self.last_completed >= self.interval_s
+
+    # -- the protocol ----------------------------------------------------------
+    def trigger(self) -> None:
+        """Step 1: snapshot positions and inject barrier N into every slot."""
+        assert self.pending is None, "one checkpoint at a time"
+        router = self.router
+        positions = dict(router.positions)
+        stamps, router.first_timestamps = router.first_timestamps, []
+        self.pending = Pending(self.next_id, time.monotonic(), positions, stamps)
+        barrier = Barrier(self.next_id)
+        self.next_id += 1
+        for slot in self.slots():
+            slot.inbox.put(SOURCES, FETCHER, barrier)
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Step 2: collect acknowledgements; run steps 3-4 once all slots are in.
+
+        Returns True when a checkpoint completed.
+        """
+        pending = self.pending
+        if pending is None:
+            return False
+        deadline = time.monotonic() + timeout
+        n_slots = len(self.slots())
+        while len(pending.acked) < n_slots:
+            remaining = deadline - time.monotonic()
+            try:
+                slot, cid = self.acks.get(timeout=max(remaining, 0.0001))
+            except queue.Empty:
+                return False
+            if cid == pending.id:
+                pending.acked.add(slot)
+        pending.aligned_at = time.monotonic()
+        self._commit(pending)
+        return True
+
+    def _commit(self, pending: Pending) -> None:
+        """Steps 3 and 4."""
+        changed = {
+            tp: off
+            for tp, off in pending.positions.items()
+            if tp in self.router.pins and self.committed.get(tp) != off
+        }
+        offsets = [TopicPartition(t, p, off) for (t, p), off in changed.items()]
+        try:
+            # Step 3: commit outputs and input positions together.
+            if self.exactly_once:
+                if offsets:
+                    self.producer.send_offsets_to_transaction(
+                        offsets, self.consumer.consumer_group_metadata(), self.commit_timeout_s
+                    )
+                    self.producer.commit_transaction(self.commit_timeout_s)
+                    self.producer.begin_transaction()
+            else:
+                left = self.producer.flush(self.commit_timeout_s)
+                if left:
+                    raise CheckpointFailed(f"{left} outputs not acknowledged after flush")
+                if offsets:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
+            errors = self.delivery_errors()
+            if errors:
+                raise CheckpointFailed(f"output delivery failed: {errors[0]}")
+        except KafkaException as exc:
+            self._finish(pending, "failed", len(offsets), str(exc.args[0]))
+            raise CheckpointFailed(str(exc.args[0])) from exc
+        except CheckpointFailed as exc:
+            self._finish(pending, "failed", len(offsets), str(exc))
+            raise
+        self.committed.update(changed)
+        # Step 4: release outputs held since the barrier.
+        for slot in self.slots():
+            slot.inbox.put(SOURCES, FETCHER, Release(pending.id))
+        now_ms = time.time() * 1000
+        for ts in pending.first_timestamps:
+            if ts > 0:
+                self.metrics.end_to_end_latency.observe(max(0.0, (now_ms - ts) / 1000))
+        self._finish(pending, "completed", len(offsets))
+
+    def _finish(self, pending: Pending, status: str, offsets: int, reason: str = "") -> None:
+        now = time.monotonic()
+        duration = now - pending.started
+        alignment = (pending.aligned_at or now) - pending.started
+        self.pending = None
+        self.last_completed = now
+        self.metrics.checkpoints.labels(self.metrics.job, status).inc()
+        self.metrics.checkpoint_duration.observe(duration)
+        self.metrics.checkpoint_alignment.observe(alignment)
+        if status == "completed":
+            self.metrics.last_checkpoint_id.set(pending.id)
+        record = CheckpointRecord(pending.id, status, duration, alignment, offsets, reason)
+        self.history.append(record)
+        del self.history[:-20]
+        log.debug("checkpoint %d %s in %.3fs (%d offsets)", pending.id, status, duration, offsets)
+
+    def drain(self, timeout: float) -> None:
+        """Complete the in-flight checkpoint, then take one more, synchronously.
+
+        Used on rebalances and shutdown: afterwards every record fetched so far
+        is processed and committed, and no slot holds anything.
+        """
+        deadline = time.monotonic() + timeout
+        if self.pending is None:
+            self.trigger()
+        elif not self.poll(max(0.0, deadline - time.monotonic())):
+            raise CheckpointFailed(f"slots did not pass the barrier within {timeout:.0f}s")
+        else:
+            self.trigger()
+        if not self.poll(max(0.0, deadline - time.monotonic())):
+            raise CheckpointFailed(f"slots did not pass the barrier within {timeout:.0f}s")
+
+    def reset(self, committed: dict[tuple[str, int], int]) -> None:
+        """Forget the in-flight checkpoint after a rollback."""
+        if self.pending is not None:
+            self._finish(self.pending, "aborted", 0)
+        while not self.acks.empty():
+            self.acks.get_nowait()
+        self.committed = dict(committed)

@@ -1,0 +1,153 @@
+"""The ``weir`` command line.
+
+``weir run JOB.py`` runs a worker; ``weir plan JOB.py`` prints a job's plan;
+``weir kafka start|stop`` runs the local development broker;
+``weir produce-sample`` writes sample readings; ``weir demo`` shows it all.
+User errors print one line on stderr and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from service.config import GUARANTEES, LOG_FORMATS, LOG_LEVELS, load_config
+from service.exceptions import ConfigError, WeirError
+
+log = logging.getLogger("weir")
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """The worker flags of DESIGN.md; each is also WEIR_<NAME> and a --config TOML key."""
+    p.add_argument("--config", help="TOML file with settings (flags and WEIR_* env win)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default 127.0.0.1:9092)")
+    p.add_argument("--group", help="consumer group / job id (default: the job's name)")
+    p.add_argument("--worker-id", help="stable id of this worker (default: host name)")
+    p.add_argument("--slots", help="slot threads in this worker (default 1)")
+    p.add_argument("--processes", help="worker processes on this machine (default 1)")
+    p.add_argument("--guarantee", choices=GUARANTEES, help="default exactly-once")
+    p.add_argument("--checkpoint-interval-ms", help="checkpoint interval (default 1000)")
+    p.add_argument("--state-dir", help="directory for local state (default .weir-state)")
+    p.add_argument("--http-port", help="metrics/health/status port; 0 = off (default)")
+    p.add_argument("--http-host", help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    p.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json")
+    p.add_argument(
+        "--kafka",
+        action="append",
+        metavar="KEY=VALUE",
+        help="librdkafka setting for all clients (kafka.consumer.X / kafka.producer.X for one)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weir", description="Weir stream processor")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job until stopped")
+    run.add_argument("job", help="job file (a Python module defining `job`)")
+    _run_flags(run)
+
+    plan = sub.add_parser("plan", help="print a job's operators and topics")
+    plan.add_argument("job")
+
+    kafka = sub.add_parser("kafka", help="local single-node Kafka broker for development")
+    kafka_sub = kafka.add_subparsers(dest="kafka_command", required=True)
+    for name in ("start", "stop"):
+        k = kafka_sub.add_parser(name)
+        k.add_argument("--port", type=int, default=9092)
+        k.add_argument("--dir", type=Path, default=None, help="data directory")
+
+    sample = sub.add_parser("produce-sample", help="write sample sensor readings to a topic")
+    sample.add_argument("--bootstrap", default=None)
+    sample.add_argument("--topic", default="sensors")
+    sample.add_argument("--count", type=int, default=1000)
+    sample.add_argument("--tags", type=int, default=5)
+
+    demo = sub.add_parser("demo", help="run the example job end to end and print its output")
+    demo.add_argument("--bootstrap", default=None, help="existing Kafka (default: start one)")
+    demo.add_argument("--count", type=int, default=1000)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from service.http import serve
+    from service.jobfile import load_job
+    from service.logs import setup_logging
+    from service.worker import Worker
+
+    config = load_config(vars(args))
+    setup_logging(config.log_level, config.log_format)
+    if config.processes != 1:
+        raise ConfigError(
+            f"--processes {config.processes}: several processes per worker are not supported"
+            " yet; start one `weir run` per process with distinct --worker-id"
+        )
+    job = load_job(args.job)
+    worker = Worker(job, config)
+    worker.prepare()
+    if config.http_port:
+        serve(worker, config.http_host, config.http_port)
+    worker.run()
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from service.jobfile import load_job
+
+    job = load_job(args.job)
+    print(job.describe())
+    print(f"source topics: {', '.join(job.source_topics())}")
+    print(f"sink topics: {', '.join(job.sink_topics())}")
+    return 0
+
+
+def _cmd_kafka(args: argparse.Namespace) -> int:
+    from service import local_kafka
+
+    if args.kafka_command == "start":
+        return local_kafka.cli_start(args.port, args.dir)
+    return local_kafka.cli_stop(args.dir, args.port)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import os
+
+    from service.sample import produce_readings, readings
+
+    bootstrap = args.bootstrap or os.environ.get("WEIR_BOOTSTRAP", "127.0.0.1:9092")
+    produce_readings(bootstrap, args.topic, readings(args.count, args.tags))
+    print(f"wrote {args.count} readings to {args.topic} on {bootstrap}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    return run_demo(args.bootstrap, args.count)
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "plan": _cmd_plan,
+    "kafka": _cmd_kafka,
+    "produce-sample": _cmd_sample,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except WeirError as exc:
+        print(f"weir: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Errors the worker reports to its user as one line (no traceback)."""
+
+from __future__ import annotations
+
+
+class WeirError(Exception):
+    """Base of user-facing errors: ``str(err)`` is the whole message."""
+
+    exit_code = 2
+
+
+class ConfigError(WeirError):
+    """A flag, environment variable or config-file key has a bad value."""
+
+
+class JobLoadError(WeirError):
+    """The job file cannot be loaded or does not define a runnable job."""
+
+
+class KafkaUnavailable(WeirError):
+    """Kafka cannot be reached, or a topic the job needs is missing."""
+
+
+class WorkerFailed(WeirError):
+    """The worker stopped because processing failed (error policy ``fail``, fencing, ...)."""
+
+    exit_code = 1

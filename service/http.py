@@ -1,0 +1,102 @@
+"""The worker's HTTP endpoints: ``/metrics``, ``/health``, ``/ready`` and ``/status``.
+
+Served by the standard library's threading HTTP server on a daemon thread; the
+handlers only read the worker's state, they never lock the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from service.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+def status(worker: Worker) -> dict[str, Any]:
+    """The JSON served at /status."""
+    router = worker.router
+    owned = router.slot_partitions()
+    coordinator = worker.coordinator
+    return {
+        "job": worker.job.name,
+        "worker_id": worker.worker_id,
+        "group": worker.group,
+        "guarantee": worker.config.guarantee,
+        "state": worker.state,
+        "routing": router.mode,
+        "partitions": [f"{t}-{p}" for t, p in router.partitions],
+        "paused": sorted(f"{t}-{p}" for t, p in worker.paused),
+        "slots": [
+            {
+                "slot": slot.slot,
+                "owns": owned[slot.slot] if slot.slot < len(owned) else [],
+                "records": slot.stats.records,
+                "batches": slot.stats.batches,
+                "failed": slot.stats.failed,
+                "queued": slot.inbox.records,
+            }
+            for slot in worker.slots
+        ],
+        "checkpoints": [asdict(c) for c in coordinator.history] if coordinator else [],
+        "positions": {f"{t}-{p}": off for (t, p), off in router.positions.items()},
+        "config": worker.config.redacted(),
+    }
+
+
+def readiness(worker: Worker) -> str | None:
+    """None when ready; otherwise why not."""
+    if worker.state != "running":
+        return f"worker is {worker.state}"
+    if not worker.router.pins:
+        return "no partitions assigned"
+    return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    worker: Worker
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(self.worker.metrics.registry), CONTENT_TYPE_LATEST)
+        elif path == "/health":
+            self._send(200, b"ok\n", "text/plain")
+        elif path == "/ready":
+            reason = readiness(self.worker)
+            if reason is None:
+                self._send(200, b"ready\n", "text/plain")
+            else:
+                self._send(503, f"not ready: {reason}\n".encode(), "text/plain")
+        elif path == "/status":
+            self._send(200, orjson.dumps(status(self.worker)), "application/json")
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http: " + format, *args)
+
+
+def serve(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
+    """Start serving on a daemon thread; returns the server (``server_address`` has the port)."""
+    handler = type("Handler", (_Handler,), {"worker": worker})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="weir-http", daemon=True).start()
+    log.info("http on %s:%d", *server.server_address[:2])
+    return server

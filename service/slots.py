@@ -1,0 +1,284 @@
+"""Slot threads: each runs one instance of the job's operator chain.
+
+A slot takes items from its `Inbox` — batches from the fetcher, batches from
+other slots' exchanges, barriers, and releases — and pushes batches through its
+chain. The only locks on the way are the inbox's, taken once per batch.
+
+Barrier alignment (Flink's aligned checkpoints): an input *target* (the source
+heads, or the operator after an exchange) has one channel per sender. When a
+channel delivers barrier N, further items from that channel are held back until
+every channel of the target has delivered N; then the barrier passes the
+target's chain and the held items are replayed. When all of a slot's targets
+have passed N, the slot acknowledges N to the checkpoint coordinator.
+
+Outputs produced after a target passed barrier N belong to the next epoch:
+they are held in the slot until the coordinator has committed N and sends
+`Release`, so nothing after the barrier can enter checkpoint N's transaction
+(exactly-once) or its flush (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaException, Producer
+
+from operators.chain import Barrier, Batch, SlotChain, build_chain
+from operators.plan import Node
+from service.exceptions import WorkerFailed
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SOURCES = -1  # target id of the source heads; their one channel is the fetcher
+FETCHER = -1
+
+
+class Release:
+    """Checkpoint ``id`` is committed: held outputs may go out now."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, checkpoint_id: int) -> None:
+        self.id = checkpoint_id
+
+
+class Stop:
+    """Ends the slot thread."""
+
+
+class Inbox:
+    """An unbounded FIFO that also counts the records it holds (for backpressure).
+
+    Unbounded so that slots never block on each other (exchanges go both ways);
+    memory is bounded by the fetcher, which pauses partitions while a slot's
+    ``records`` is over the limit.
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[int, int, Any, int]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self.records = 0
+
+    def put(self, target: int, channel: int, payload: Any, records: int = 0) -> None:
+        with self._cond:
+            self._items.append((target, channel, payload, records))
+            self.records += records
+            self._cond.notify()
+
+    def get(self) -> tuple[int, int, Any]:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            target, channel, payload, records = self._items.popleft()
+            self.records -= records
+            return target, channel, payload
+
+
+class SlotStats:
+    """Per-slot counters, read by /status and the metrics sampler."""
+
+    __slots__ = ("batches", "busy_s", "failed", "records", "started")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.batches = 0
+        self.failed = 0
+        self.busy_s = 0.0
+        self.started = time.monotonic()
+
+
+class Slot(threading.Thread):
+    """One slot thread; implements `operators.chain.SlotContext` for its operators."""
+
+    def __init__(
+        self,
+        index: int,
+        slots: list[Slot],
+        sources: list[Node],
+        max_key_groups: int,
+        producer: Producer,
+        policy: str,
+        dlq_topic: str,
+        metrics: Metrics,
+        on_ack: Callable[[int, int], None],
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        super().__init__(name=f"weir-slot-{index}", daemon=True)
+        self.slot = index
+        self.peers = slots  # every slot of the worker, this one included
+        self.inbox = Inbox()
+        self.producer = producer
+        self.policy = policy
+        self.dlq_topic = dlq_topic
+        self.metrics = metrics
+        self.on_ack = on_ack
+        self.on_fatal = on_fatal
+        self.stats = SlotStats()
+        self._chain_args = (sources, max_key_groups)
+        self.chain: SlotChain | None = None
+        self.current = SOURCES
+        self.passed: set[int] = set()  # targets past the in-flight barrier
+        self.held: list[tuple[str, bytes | None, bytes, Any]] = []
+        self.arrived: dict[int, set[int]] = {}
+        self.stash: dict[int, list[tuple[int, Any]]] = {}
+        self.replay: deque[tuple[int, int, Any]] = deque()
+        self.blocked: set[tuple[int, int]] = set()
+        self.discard = False  # set on rollback: a slot that outlives it must not produce
+        self._out_counters: dict[str, Any] = {}
+
+    @property
+    def slots(self) -> int:
+        return len(self.peers)
+
+    # -- SlotContext ---------------------------------------------------------
+    def produce(
+        self, topic: str, rows: list[tuple[bytes | None, bytes, int]], batch: Batch
+    ) -> None:
+        counter = self._out_counters.get(topic)
+        if counter is None:
+            counter = self._out_counters[topic] = self.metrics.records_out.labels(
+                self.metrics.job, topic
+            )
+        counter.inc(len(rows))
+        if self.discard:
+            return
+        if self.current in self.passed:
+            self.held.extend((topic, k, v, None) for k, v, _ in rows)
+            return
+        produce, poll = self.producer.produce, self.producer.poll
+        i, n = 0, len(rows)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a full queue
+                    k, v, _ = rows[i]
+                    produce(topic, v, k)
+                break
+            except BufferError:
+                poll(0.05)  # librdkafka's queue is full: let it drain, then resume at row i
+            except KafkaException as exc:  # refused locally, e.g. larger than message.max.bytes
+                k, v, offset = rows[i]
+                self.fail(f"sink-{topic}", "produce", batch, (k, v, 0, offset), exc)
+                i += 1
+
+    def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
+        self.stats.failed += 1
+        self.metrics.records_failed.labels(self.metrics.job, operator, reason).inc()
+        error = f"{type(exc).__name__}: {exc}"
+        if self.policy == "fail":
+            raise WorkerFailed(
+                f"operator {operator!r} failed on {batch.topic}[{batch.partition}]@{elem[3]}"
+                f" ({reason}): {error}"
+            )
+        log.warning(
+            "record %s[%d]@%s failed in %s (%s): %s",
+            batch.topic,
+            batch.partition,
+            elem[3],
+            operator,
+            reason,
+            error,
+        )
+        if self.policy == "skip":
+            return
+        key_bytes, value = elem[0], elem[1]
+        if not isinstance(value, bytes | None):
+            try:
+                value = orjson.dumps(value)
+            except TypeError:
+                value = repr(value).encode()
+        if not isinstance(key_bytes, bytes | None):
+            key_bytes = repr(key_bytes).encode()
+        headers = [
+            ("weir.error", error.encode()),
+            ("weir.reason", reason.encode()),
+            ("weir.operator", operator.encode()),
+            ("weir.source.topic", batch.topic.encode()),
+            ("weir.source.partition", str(batch.partition).encode()),
+            ("weir.source.offset", str(elem[3]).encode()),
+        ]
+        if self.current in self.passed:
+            self.held.append((self.dlq_topic, key_bytes, value, headers))
+        else:
+            self._produce_one(self.dlq_topic, key_bytes, value, headers)
+
+    def send(self, slot: int, target: int, item: Batch | Barrier) -> None:
+        records = len(item.elems) if isinstance(item, Batch) else 0
+        self.peers[slot].inbox.put(target, self.slot, item, records)
+
+    # -- thread ------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            sources, max_key_groups = self._chain_args
+            self.chain = build_chain(sources, self, max_key_groups)
+            self._loop()
+        except BaseException as exc:  # reported to the worker, which stops or restarts
+            self.on_fatal(exc)
+
+    def _loop(self) -> None:
+        inbox, replay, stats = self.inbox, self.replay, self.stats
+        clock = time.perf_counter
+        while True:
+            target, channel, payload = replay.popleft() if replay else inbox.get()
+            if (target, channel) in self.blocked:
+                self.stash.setdefault(target, []).append((channel, payload))
+                continue
+            if isinstance(payload, Batch):
+                started = clock()
+                self.current = target
+                if target == SOURCES:
+                    self.chain.sources[payload.topic].process(payload)
+                else:
+                    self.chain.inputs[target].process(payload)
+                stats.busy_s += clock() - started
+                stats.records += len(payload.elems)
+                stats.batches += 1
+            elif isinstance(payload, Barrier):
+                self._on_barrier(target, channel, payload)
+            elif isinstance(payload, Release):
+                self._release()
+            elif isinstance(payload, Stop):
+                return
+
+    def _channels(self, target: int) -> int:
+        return 1 if target == SOURCES else self.slots
+
+    def _on_barrier(self, target: int, channel: int, barrier: Barrier) -> None:
+        arrived = self.arrived.setdefault(target, set())
+        arrived.add(channel)
+        if len(arrived) < self._channels(target):
+            self.blocked.add((target, channel))  # aligning: held until the others deliver
+            return
+        del self.arrived[target]
+        self.blocked -= {(target, c) for c in arrived}
+        self.current = target
+        if target == SOURCES:
+            for head in self.chain.sources.values():
+                head.on_barrier(barrier)
+        else:
+            self.chain.inputs[target].on_barrier(barrier)
+        self.passed.add(target)
+        held_back = self.stash.pop(target, [])
+        self.replay.extendleft(reversed([(target, c, p) for c, p in held_back]))
+        if len(self.passed) == 1 + len(self.chain.inputs) and not self.discard:
+            self.on_ack(self.slot, barrier.id)
+
+    def _release(self) -> None:
+        self.passed.clear()
+        held, self.held = self.held, []
+        for topic, key, value, headers in held:
+            self._produce_one(topic, key, value, headers)
+
+    def _produce_one(self, topic: str, key: bytes | None, value: bytes, headers: Any) -> None:
+        while not self.discard:
+            try:
+                self.producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                self.producer.poll(0.05)

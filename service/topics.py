@@ -1,0 +1,68 @@
+"""Checks and creates the topics a job needs, before the worker joins its group."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from service.exceptions import KafkaUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def connect_admin(conf: dict[str, str], bootstrap: str, timeout_s: float) -> AdminClient:
+    """An admin client that has answered a metadata request within ``timeout_s``."""
+    admin = AdminClient(conf)
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"cannot reach Kafka at {bootstrap} within {timeout_s:.0f}s ({exc.args[0].str()});"
+            " check --bootstrap / WEIR_BOOTSTRAP"
+        ) from None
+    return admin
+
+
+def partition_counts(admin: AdminClient, timeout_s: float) -> dict[str, int]:
+    metadata = admin.list_topics(timeout=timeout_s)
+    return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+
+
+def require_topics(
+    admin: AdminClient, sources: list[str], sinks: list[str], timeout_s: float
+) -> None:
+    """Fail with one line naming the first missing topic."""
+    existing = partition_counts(admin, timeout_s)
+    for role, topics in (("source", sources), ("sink", sinks)):
+        for topic in topics:
+            if topic not in existing:
+                raise KafkaUnavailable(
+                    f"{role} topic {topic!r} does not exist; create it first"
+                    f" (e.g. kafka-topics.sh --create --topic {topic})"
+                )
+
+
+def ensure_topic(
+    admin: AdminClient,
+    topic: str,
+    partitions: int,
+    timeout_s: float,
+    config: dict[str, str] | None = None,
+) -> None:
+    """Create ``topic`` unless it exists (Weir's own topics: dead letters, later changelogs)."""
+    if topic in partition_counts(admin, timeout_s):
+        return
+    metadata = admin.list_topics(timeout=timeout_s)
+    replication = min(3, len(metadata.brokers))
+    futures = admin.create_topics(
+        [NewTopic(topic, partitions, replication, config=config or {})],
+        operation_timeout=timeout_s,
+    )
+    try:
+        futures[topic].result(timeout=timeout_s)
+        log.info("created topic %s (%d partitions, replication %d)", topic, partitions, replication)
+    except KafkaException as exc:
+        if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+            raise KafkaUnavailable(f"cannot create topic {topic!r}: {exc.args[0].str()}") from None

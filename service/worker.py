@@ -1,0 +1,420 @@
+"""The worker process: one consumer, one producer, N slot threads, one coordinator.
+
+The fetcher loop (this module, on the main thread) consumes batches, routes
+them to slots (`service.router`), applies backpressure by pausing the
+partitions that feed a full slot, and drives checkpoints
+(`service.checkpoint`). librdkafka does the network I/O on its own threads;
+Python threads only hand batches around.
+
+Rebalances (cooperative-sticky) run inside ``consume()``: before partitions are
+revoked, and before an assignment would move a partition between slots, the
+worker drains — a synchronous checkpoint — so every record fetched so far is
+processed and committed before anything moves. A failed commit, a lost
+assignment or an output that could not be delivered rolls the worker back to
+its last committed checkpoint: abort, seek to the committed offsets, fresh
+slots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from operators import Job
+from service.checkpoint import CheckpointCoordinator, CheckpointFailed
+from service.config import WorkerConfig
+from service.exceptions import KafkaUnavailable, WorkerFailed
+from service.metrics import Metrics
+from service.router import SlotRouter
+from service.slots import FETCHER, SOURCES, Slot, Stop
+from service.topics import connect_admin, ensure_topic, require_topics
+
+log = logging.getLogger(__name__)
+
+TopicPartitionKey = tuple[str, int]
+
+
+class Worker:
+    """Runs one job in this process until stopped."""
+
+    def __init__(self, job: Job, config: WorkerConfig, process_index: int | None = None) -> None:
+        self.job = job
+        self.config = config
+        self.group = config.group or job.name
+        suffix = "" if process_index is None else f".{process_index}"
+        self.worker_id = f"{config.worker_id}{suffix}"
+        self.transactional_id = f"{self.group}.{self.worker_id}"
+        self.dlq_topic = f"{self.group}.dlq"
+        self.metrics = Metrics(job.name)
+        self.router = SlotRouter(config.slots, job.max_key_groups)
+        self.slots: list[Slot] = []
+        self.paused: set[TopicPartitionKey] = set()
+        self.full_slots: set[int] = set()
+        self.stopping = threading.Event()
+        self.fatal: BaseException | None = None
+        self.delivery_failures: list[str] = []
+        self.state = "starting"
+        self.started = time.time()
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.coordinator: CheckpointCoordinator | None = None
+
+    # -- Kafka clients --------------------------------------------------------
+    def _common_conf(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.config.bootstrap, "client.id": self.transactional_id}
+
+    def _passthrough(self, role: str) -> dict[str, str]:
+        """``kafka.X`` goes to every client; ``kafka.consumer.X`` etc. to that one only."""
+        out = {}
+        for key, value in self.config.kafka.items():
+            head, _, rest = key.partition(".")
+            if head in ("consumer", "producer", "admin"):
+                if head == role:
+                    out[rest] = value
+            else:
+                out[key] = value
+        return out
+
+    def _consumer_conf(self) -> dict[str, Any]:
+        return {
+            **self._common_conf(),
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 2000,
+            "queued.max.messages.kbytes": 16384,
+            **self._passthrough("consumer"),
+        }
+
+    def _producer_conf(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            **self._common_conf(),
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",  # the Java client's: same key, same partition
+            "queue.buffering.max.messages": 500000,
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
+        }
+        if self.config.exactly_once:
+            conf["transactional.id"] = self.transactional_id
+            # Short, so a dead worker's open transaction blocks read_committed readers
+            # briefly (Kafka Streams uses 10 s), but always longer than one epoch.
+            conf["transaction.timeout.ms"] = max(
+                10000, 2 * self.config.checkpoint_interval_ms + 5000
+            )
+        conf.update(self._passthrough("producer"))
+        return conf
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self.delivery_failures.append(f"{msg.topic()}: {err.str()}")
+
+    def _take_delivery_failures(self) -> list[str]:
+        failures, self.delivery_failures = self.delivery_failures, []
+        return failures
+
+    # -- lifecycle ----------------------------------------------------------
+    def prepare(self) -> None:
+        """Check Kafka and the topics, create Weir's own, and open the clients."""
+        cfg = self.config
+        admin = connect_admin(
+            {**self._common_conf(), **self._passthrough("admin")},
+            cfg.bootstrap,
+            cfg.connect_timeout_s,
+        )
+        require_topics(
+            admin, self.job.source_topics(), self.job.sink_topics(), cfg.connect_timeout_s
+        )
+        if self.job.on_error == "dlq":
+            ensure_topic(admin, self.dlq_topic, 1, cfg.connect_timeout_s)
+        self.producer = Producer(self._producer_conf())
+        if cfg.exactly_once:
+            try:
+                self.producer.init_transactions(cfg.connect_timeout_s)
+            except KafkaException as exc:
+                raise KafkaUnavailable(
+                    f"cannot initialise transactions as {self.transactional_id!r}:"
+                    f" {exc.args[0].str()}"
+                ) from None
+            self.producer.begin_transaction()
+        self.consumer = Consumer(self._consumer_conf())
+        self.coordinator = CheckpointCoordinator(
+            self.consumer,
+            self.producer,
+            self.router,
+            lambda: self.slots,
+            self.metrics,
+            cfg.exactly_once,
+            cfg.checkpoint_interval_ms / 1000,
+            delivery_errors=self._take_delivery_failures,
+        )
+
+    def run(self) -> None:
+        """Process until `stop` (or SIGTERM/SIGINT when on the main thread); raises on failure."""
+        if self.consumer is None:
+            self.prepare()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        self._start_slots()
+        self.consumer.subscribe(
+            self.job.source_topics(),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info(
+            "worker %s running job %s: group=%s slots=%d guarantee=%s",
+            self.worker_id,
+            self.job.name,
+            self.group,
+            self.config.slots,
+            self.config.guarantee,
+        )
+        try:
+            self._loop()
+            self._shutdown()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def stop(self) -> None:
+        """Ask the worker to finish its current checkpoint and leave (thread-safe)."""
+        self.stopping.set()
+
+    def _loop(self) -> None:
+        consumer, router, coordinator = self.consumer, self.router, self.coordinator
+        batch_size = self.config.batch_size
+        records_in = self.metrics.records_in
+        job = self.job.name
+        in_counters: dict[TopicPartitionKey, Any] = {}
+        last_sample = time.monotonic()
+        self.state = "running"
+        while not self.stopping.is_set():
+            msgs = consumer.consume(batch_size, 0.05)
+            self._check_fatal()
+            if msgs:
+                per_slot, counts = router.route(self._without_errors(msgs))
+                for slot, batches in zip(self.slots, per_slot, strict=True):
+                    for batch in batches:
+                        slot.inbox.put(SOURCES, FETCHER, batch, len(batch.elems))
+                for tp, n in counts.items():
+                    counter = in_counters.get(tp)
+                    if counter is None:
+                        counter = in_counters[tp] = records_in.labels(job, tp[0], str(tp[1]))
+                    counter.inc(n)
+            self._backpressure()
+            try:
+                coordinator.poll()
+                if coordinator.due():
+                    coordinator.trigger()
+            except CheckpointFailed as exc:
+                self._rollback(f"checkpoint failed: {exc}")
+            now = time.monotonic()
+            if now - last_sample >= 1.0:
+                self._sample(now - last_sample)
+                last_sample = now
+
+    def _without_errors(self, msgs: list[Any]) -> list[Any]:
+        ok = [m for m in msgs if m.error() is None]
+        if len(ok) != len(msgs):
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.fatal():
+                        raise WorkerFailed(f"consumer failed: {err.str()}")
+                    log.warning("consumer: %s", err.str())
+        return ok
+
+    def _check_fatal(self) -> None:
+        if self.fatal is not None:
+            exc = self.fatal
+            if isinstance(exc, WorkerFailed):
+                raise exc
+            raise WorkerFailed(f"slot failed: {type(exc).__name__}: {exc}") from exc
+
+    def _on_slot_fatal(self, exc: BaseException) -> None:
+        log.error("slot failed: %s: %s", type(exc).__name__, exc)
+        self.fatal = exc
+
+    # -- slots ------------------------------------------------------------
+    def _start_slots(self) -> None:
+        slots: list[Slot] = []
+        for i in range(self.config.slots):
+            slots.append(
+                Slot(
+                    i,
+                    slots,
+                    self.job.sources,
+                    self.job.max_key_groups,
+                    self.producer,
+                    self.job.on_error,
+                    self.dlq_topic,
+                    self.metrics,
+                    self.coordinator.ack,
+                    self._on_slot_fatal,
+                )
+            )
+        self.slots = slots
+        for slot in slots:
+            slot.start()
+
+    def _stop_slots(self, timeout: float) -> None:
+        for slot in self.slots:
+            slot.discard = True
+            slot.inbox.put(SOURCES, FETCHER, Stop())
+        deadline = time.monotonic() + timeout
+        for slot in self.slots:
+            slot.join(max(0.0, deadline - time.monotonic()))
+            if slot.is_alive():
+                log.warning("slot %d did not stop within %.0fs; abandoning it", slot.slot, timeout)
+
+    def _backpressure(self) -> None:
+        """Pause the partitions feeding a full slot; resume them once it has drained."""
+        high = self.config.slot_queue_records
+        low = high // 2
+        want: set[TopicPartitionKey] = set()
+        for slot in self.slots:
+            queued = slot.inbox.records
+            if queued > high or (slot.slot in self.full_slots and queued > low):
+                self.full_slots.add(slot.slot)
+                want.update(self.router.feeds(slot.slot))
+            else:
+                self.full_slots.discard(slot.slot)
+        pause, resume = want - self.paused, self.paused - want
+        if pause:
+            self.consumer.pause([TopicPartition(t, p) for t, p in pause])
+        if resume:
+            self.consumer.resume([TopicPartition(t, p) for t, p in resume])
+        self.paused = want
+
+    def _sample(self, elapsed: float) -> None:
+        """Once a second: per-slot ratios and consumer lag (never per record)."""
+        job = self.job.name
+        for slot in self.slots:
+            busy, slot.stats.busy_s = slot.stats.busy_s, 0.0
+            self.metrics.slot_busy_ratio.labels(job, str(slot.slot)).set(min(1.0, busy / elapsed))
+            self.metrics.slot_backpressure_ratio.labels(job, str(slot.slot)).set(
+                1.0 if slot.slot in self.full_slots else 0.0
+            )
+        for (topic, p), position in list(self.router.positions.items()):
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                self.metrics.consumer_lag.labels(job, topic, str(p)).set(max(0, high - position))
+
+    # -- rebalancing --------------------------------------------------------
+    def _drain(self, why: str) -> None:
+        try:
+            self.coordinator.drain(self.config.shutdown_timeout_s)
+        except CheckpointFailed as exc:
+            self._rollback(f"checkpoint before {why} failed: {exc}")
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(self.job.name).inc()
+        added = {(tp.topic, tp.partition) for tp in partitions}
+        wanted = set(self.router.pins) | added
+        if self.router.moves(wanted):
+            self._drain("moving partitions between slots")
+        self.router.reassign(wanted)
+        self.metrics.assigned_partitions.set(len(wanted))
+        log.info("assigned %s; now %d partitions", sorted(added), len(wanted))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if not revoked:
+            return
+        self.metrics.rebalances.labels(self.job.name).inc()
+        self._drain("revoking partitions")
+        self._forget(revoked)
+        log.info("revoked %s; now %d partitions", sorted(revoked), len(self.router.pins))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self.metrics.rebalances.labels(self.job.name).inc()
+        self._forget(lost)
+        self._rollback(f"partitions lost {sorted(lost)}")
+
+    def _forget(self, partitions: set[TopicPartitionKey]) -> None:
+        self.router.reassign(set(self.router.pins) - partitions)
+        self.paused -= partitions
+        self.metrics.assigned_partitions.set(len(self.router.pins))
+
+    # -- failure --------------------------------------------------------------
+    def _rollback(self, reason: str) -> None:
+        """Return to the last committed checkpoint: abort, seek back, fresh slots."""
+        log.warning("rolling back to the last committed checkpoint: %s", reason)
+        self._stop_slots(self.config.shutdown_timeout_s)
+        if self.config.exactly_once:
+            try:
+                self.producer.abort_transaction(self.config.shutdown_timeout_s)
+            except KafkaException as exc:
+                if exc.args[0].fatal():
+                    raise WorkerFailed(
+                        f"producer {self.transactional_id!r} was fenced or failed fatally"
+                        f" ({exc.args[0].str()}); is another worker running with"
+                        f" --worker-id {self.worker_id}?"
+                    ) from None
+                raise
+        self._take_delivery_failures()
+        committed = self._seek_to_committed()
+        self.router.reset_positions()
+        self.coordinator.reset(committed)
+        if self.paused:
+            self.consumer.resume([TopicPartition(t, p) for t, p in self.paused])
+        self.paused, self.full_slots = set(), set()
+        if self.config.exactly_once:
+            self.producer.begin_transaction()
+        self._start_slots()
+
+    def _seek_to_committed(self) -> dict[TopicPartitionKey, int]:
+        tps = [TopicPartition(t, p) for t, p in self.router.partitions]
+        if not tps:
+            return {}
+        committed = self.consumer.committed(tps, timeout=self.config.connect_timeout_s)
+        out = {}
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else -2  # OFFSET_BEGINNING
+            try:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as exc:
+                log.warning("seek %s[%d] to %d: %s", tp.topic, tp.partition, offset, exc)
+            if tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = tp.offset
+        return out
+
+    def _shutdown(self) -> None:
+        """Clean stop: last checkpoint, leave the group, stop the slots."""
+        self.state = "stopping"
+        log.info("stopping: committing the last checkpoint")
+        self._drain("shutdown")
+        self.consumer.close()  # revokes everything (drains again) and leaves the group
+        self._stop_slots(self.config.shutdown_timeout_s)
+        if self.config.exactly_once:
+            self.producer.abort_transaction(self.config.shutdown_timeout_s)  # the empty next one
+        self.producer.flush(self.config.shutdown_timeout_s)
+        self.state = "stopped"
+        log.info("stopped")
+
+    def _abandon(self) -> None:
+        """After a failure: stop the slots and abort; committed work stays committed."""
+        self.state = "failed"
+        self._stop_slots(5.0)
+        if self.config.exactly_once:
+            with contextlib.suppress(KafkaException):
+                self.producer.abort_transaction(5.0)
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self.consumer.close()
