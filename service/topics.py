@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 def connect_admin(conf: dict[str, str], bootstrap: str, timeout_s: float) -> AdminClient:
     """An admin client that has answered a metadata request within ``timeout_s``."""
-    admin = AdminClient(conf)
+    # Silent: if Kafka cannot be reached, the one line below says so.
+    admin = AdminClient({**conf, "log_level": 0})
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:

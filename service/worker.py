@@ -67,7 +67,11 @@ class Worker:
 
     # -- Kafka clients --------------------------------------------------------
     def _common_conf(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.config.bootstrap, "client.id": self.transactional_id}
+        return {
+            "bootstrap.servers": self.config.bootstrap,
+            "client.id": self.transactional_id,
+            "logger": logging.getLogger("weir.kafka"),  # librdkafka's log, in our format
+        }
 
     def _passthrough(self, role: str) -> dict[str, str]:
         """``kafka.X`` goes to every client; ``kafka.consumer.X`` etc. to that one only."""
@@ -201,8 +205,10 @@ class Worker:
         in_counters: dict[TopicPartitionKey, Any] = {}
         last_sample = time.monotonic()
         self.state = "running"
+        producer = self.producer
         while not self.stopping.is_set():
             msgs = consumer.consume(batch_size, 0.05)
+            producer.poll(0)  # serves delivery errors and librdkafka's log
             self._check_fatal()
             if msgs:
                 per_slot, counts = router.route(self._without_errors(msgs))
