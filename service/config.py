@@ -69,13 +69,15 @@ _CHOICES = {"guarantee": GUARANTEES, "log_level": LOG_LEVELS, "log_format": LOG_
 FIELDS = {f.name for f in fields(WorkerConfig)} - {"kafka"}
 
 
-def _convert(name: str, value: Any, source: str) -> Any:
-    """Check one raw value (str from env/flags, typed from TOML) and convert it."""
-    where = f"{source} {name.replace('_', '-')}"
+def _convert(name: str, value: Any, where: str, typed: bool = False) -> Any:
+    """Check one value and convert it: text from flags and env, typed values from TOML.
+
+    ``where`` names the value as the user wrote it (``--slots``, ``WEIR_SLOTS``, ...).
+    """
     if name in _INT_RANGES:
         lo, hi = _INT_RANGES[name]
         try:
-            if isinstance(value, bool | float):
+            if isinstance(value, bool | float) or (typed and not isinstance(value, int)):
                 raise ValueError
             number = int(value)
         except (TypeError, ValueError):
@@ -86,7 +88,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
     if name in _FLOAT_RANGES:
         lo, hi = _FLOAT_RANGES[name]
         try:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (typed and not isinstance(value, int | float)):
                 raise ValueError
             number = float(value)
         except (TypeError, ValueError):
@@ -136,7 +138,7 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
             elif name.startswith("kafka."):
                 kafka[name[len("kafka.") :]] = str(value)
             elif name in FIELDS:
-                values[name] = _convert(name, value, "config file key")
+                values[name] = _convert(name, value, f"config file key {key!r}", typed=True)
             else:
                 raise ConfigError(
                     f"config file key {key!r} is unknown; expected one of "
@@ -150,11 +152,11 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
         if name.startswith("kafka_"):
             kafka[name[len("kafka_") :].replace("_", ".")] = value
         elif name in FIELDS:
-            values[name] = _convert(name, value, f"environment variable {env_key}:")
+            values[name] = _convert(name, value, env_key)
 
     for name, value in flags.items():
         if name in FIELDS and value is not None:
-            values[name] = _convert(name, value, "flag --")
+            values[name] = _convert(name, value, "--" + name.replace("_", "-"))
     for item in flags.get("kafka") or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

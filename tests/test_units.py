@@ -1,0 +1,247 @@
+"""Unit tests of pure logic: key groups, slot routing, config, the job API, operator chains."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from operators import Job, JobDefinitionError
+from operators.chain import Barrier, Batch, build_chain
+from service.config import WorkerConfig, load_config
+from service.exceptions import ConfigError
+from service.router import KEY_GROUPS, PINNED, SlotRouter
+from state.keygroups import key_group, key_group_range, slot_of_key_group, slot_table
+
+# -- key groups ---------------------------------------------------------------
+
+
+@given(st.binary(max_size=64), st.integers(1, 64), st.integers(64, 4096))
+def test_key_group_and_slot_are_stable_and_in_range(key, slots, max_groups):
+    g = key_group(key, max_groups)
+    assert 0 <= g < max_groups
+    assert g == key_group(bytes(key), max_groups), "same bytes, same group"
+    s = slot_of_key_group(g, slots, max_groups)
+    assert 0 <= s < slots
+    assert g in key_group_range(s, slots, max_groups)
+
+
+@given(st.integers(1, 128))
+def test_slots_own_contiguous_ranges_covering_all_key_groups(slots):
+    ranges = [key_group_range(s, slots) for s in range(slots)]
+    assert [g for r in ranges for g in r] == list(range(128))
+    assert all(len(r) in (128 // slots, -(-128 // slots)) for r in ranges), "balanced"
+    assert slot_table(slots) == [s for s, r in enumerate(ranges) for _ in r]
+
+
+def test_key_group_is_crc32_not_pythons_salted_hash():
+    assert key_group(b"sensor1") == zlib.crc32(b"sensor1") % 128
+
+
+# -- slot routing ---------------------------------------------------------------
+
+
+def tps(n, topic="t"):
+    return [(topic, p) for p in range(n)]
+
+
+def test_router_pins_balanced_when_partitions_cover_slots():
+    r = SlotRouter(3, 128)
+    r.reassign(tps(8))
+    assert r.mode == PINNED
+    loads = [list(r.pins.values()).count(s) for s in range(3)]
+    assert sorted(loads) == [2, 3, 3]
+
+
+def test_router_is_sticky_across_assignment_changes():
+    r = SlotRouter(4, 128)
+    r.reassign(tps(8))
+    before = dict(r.pins)
+    r.reassign(tps(10))  # two partitions added
+    assert all(r.pins[tp] == s for tp, s in before.items()), "existing pins stay"
+    assert not r.moves(tps(10))
+    kept = [tp for tp in tps(10) if tp[1] not in (0, 1)]
+    r.reassign(kept)  # two revoked
+    assert all(r.pins[tp] == before.get(tp, r.pins[tp]) for tp in kept)
+
+
+def test_router_rebalances_after_revocations_empty_a_slot():
+    r = SlotRouter(2, 128)
+    r.reassign(tps(4))
+    slot0 = [tp for tp, s in r.pins.items() if s == 0]
+    r.reassign([tp for tp in tps(4) if tp not in slot0] + [("t", 9), ("t", 10)])
+    loads = [list(r.pins.values()).count(s) for s in range(2)]
+    assert loads == [2, 2]
+
+
+def test_router_uses_key_groups_when_fewer_partitions_than_slots():
+    r = SlotRouter(4, 128)
+    r.reassign(tps(2))
+    assert r.mode == KEY_GROUPS
+    assert r.moves(tps(5)), "switching to pinned moves partitions: the worker drains first"
+
+
+class Msg:
+    def __init__(self, topic, partition, offset, key, value=b"{}"):
+        self._t, self._p, self._o, self._k, self._v = topic, partition, offset, key, value
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return self._k
+
+    def value(self):
+        return self._v
+
+    def timestamp(self):
+        return (1, 1000 + self._o)
+
+    def error(self):
+        return None
+
+
+def test_key_group_routing_keeps_keys_on_one_slot_in_order():
+    r = SlotRouter(4, 128)
+    r.reassign(tps(1))
+    msgs = [Msg("t", 0, i, f"k{i % 7}".encode()) for i in range(200)]
+    msgs += [Msg("t", 0, 200 + i, None) for i in range(40)]
+    per_slot, counts = r.route(msgs)
+    assert counts == {("t", 0): 240}
+    assert r.positions == {("t", 0): 240}
+    seen = {}
+    for slot, batches in enumerate(per_slot):
+        for batch in batches:
+            offsets = [m.offset() for m in batch.elems]
+            assert offsets == sorted(offsets)
+            for m in batch.elems:
+                if m.key() is not None:
+                    assert seen.setdefault(m.key(), slot) == slot
+    assert sum(len(b.elems) for bs in per_slot for b in bs) == 240
+    assert sum(1 for bs in per_slot if bs) >= 3, "keys spread over the slots"
+
+
+# -- config -----------------------------------------------------------------------
+
+
+def test_config_precedence_flag_env_file_default(tmp_path):
+    conf = tmp_path / "weir.toml"
+    conf.write_text(
+        'slots = 3\nbootstrap = "file:1"\ngroup = "from-file"\n'
+        '[kafka]\n"socket.timeout.ms" = 5000\n'
+    )
+    cfg = load_config(
+        {"config": str(conf), "slots": "5", "bootstrap": None},
+        {"WEIR_BOOTSTRAP": "env:2", "WEIR_KAFKA_SASL_MECHANISM": "PLAIN"},
+    )
+    assert cfg.slots == 5 and cfg.bootstrap == "env:2" and cfg.group == "from-file"
+    assert cfg.kafka == {"socket.timeout.ms": "5000", "sasl.mechanism": "PLAIN"}
+    assert cfg.redacted()["kafka"] == {"socket.timeout.ms": "***", "sasl.mechanism": "***"}
+    assert load_config({}, {}).slots == WorkerConfig().slots == 1
+
+
+@pytest.mark.parametrize(
+    "flags, env, toml, message",
+    [
+        ({"slots": "zero"}, {}, "", "--slots='zero': expected a whole number"),
+        ({}, {"WEIR_CHECKPOINT_INTERVAL_MS": "1"}, "", "WEIR_CHECKPOINT_INTERVAL_MS"),
+        ({}, {}, "slotz = 2\n", "config file key 'slotz' is unknown"),
+        ({}, {}, 'slots = "2"\n', "expected a whole number"),
+        ({"bootstrap": "nohostport"}, {}, "", "expected host:port"),
+        ({"guarantee": "maybe"}, {}, "", "expected one of exactly-once, at-least-once"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, flags, env, toml, message):
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config({**flags, "config": str(path)}, env)
+
+
+# -- job API ------------------------------------------------------------------------
+
+
+def test_job_api_validates_at_definition_time():
+    with pytest.raises(JobDefinitionError, match="job name 'a b'"):
+        Job("a b")
+    job = Job("ok")
+    with pytest.raises(JobDefinitionError, match="value='avro'"):
+        job.source("in", value="avro")
+    with pytest.raises(JobDefinitionError, match=r"map\(\) needs a function"):
+        job.source("in").map(3)
+    nosink = Job("nosink")
+    nosink.source("in").map(str)
+    with pytest.raises(JobDefinitionError, match="no sink"):
+        nosink.validate()
+
+
+def test_plan_describes_exchanges():
+    job = Job("p")
+    job.source("in").key_by(lambda r: r["k"]).map(str).rebalance().sink("out")
+    text = job.describe()
+    assert "key_by (hash exchange)" in text and "partition rebalance" in text
+    assert job.source_topics() == ["in"] and job.sink_topics() == ["out"]
+
+
+# -- operator chains with a fake slot context ------------------------------------------
+
+
+class FakeSlot:
+    def __init__(self, slot=0, slots=1):
+        self.slot, self.slots = slot, slots
+        self.produced, self.failed, self.sent = [], [], []
+
+    def produce(self, topic, rows, batch):
+        self.produced.extend((topic, k, v) for k, v, _ in rows)
+
+    def fail(self, operator, reason, batch, elem, exc):
+        self.failed.append((operator, reason, elem[3]))
+
+    def send(self, slot, target, item):
+        self.sent.append((slot, target, item))
+
+
+def test_chain_resumes_after_a_failing_record_and_calls_functions_once():
+    calls = []
+
+    def f(r):
+        calls.append(r["n"])
+        if r["n"] == 3:
+            raise ValueError("boom")
+        return r["n"] * 10
+
+    job = Job("c")
+    job.source("in").map(f).filter(lambda x: x != 20).sink("out")
+    ctx = FakeSlot()
+    chain = build_chain(job.sources, ctx, 128)
+    msgs = [Msg("in", 0, i, None, f'{{"n": {i}}}'.encode()) for i in range(6)]
+    msgs.insert(2, Msg("in", 0, 99, None, b"not json"))
+    chain.sources["in"].process(Batch("in", 0, msgs))
+    assert calls == [0, 1, 2, 3, 4, 5], "each record once, in order"
+    assert [v for _, _, v in ctx.produced] == [b"0", b"10", b"40", b"50"]
+    assert ctx.failed == [("source-in", "decode", 99), ("map-2", "function", 3)]
+
+
+def test_key_by_exchange_routes_by_key_group_and_forwards_barriers():
+    job = Job("x")
+    job.source("in").key_by(lambda r: r["k"]).sink("out")
+    ctx = FakeSlot(0, 4)
+    chain = build_chain(job.sources, ctx, 128)
+    msgs = [Msg("in", 0, i, None, f'{{"k": "k{i % 9}"}}'.encode()) for i in range(90)]
+    chain.sources["in"].process(Batch("in", 0, msgs))
+    table = slot_table(4)
+    for slot, _target, batch in ctx.sent:
+        for key, _, _, _ in batch.elems:
+            assert table[key_group(key.encode())] == slot
+    assert sum(len(b.elems) for _, _, b in ctx.sent) == 90
+    ctx.sent.clear()
+    chain.sources["in"].on_barrier(Barrier(7))
+    assert sorted(s for s, _, b in ctx.sent if isinstance(b, Barrier)) == [0, 1, 2, 3]
