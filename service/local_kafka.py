@@ -129,7 +129,9 @@ class LocalKafka:
 
     ``port=0`` picks free ports for both the client and the controller listener. Without
     ``data_dir`` a temporary directory is created and removed again by ``stop()``; with
-    one, an already-formatted directory is reused (topics survive restarts).
+    one, an already-formatted directory is reused (topics survive restarts). The JVM runs
+    in its own session and is not tied to this object's lifetime (that is what lets
+    ``cli_start`` detach it): call ``stop()`` or use the instance as a context manager.
     """
 
     def __init__(
@@ -168,21 +170,25 @@ class LocalKafka:
         return self._data_dir / "server.properties"
 
     def start(self, timeout: float = 60.0) -> str:
-        """Start the broker and return its bootstrap string once it serves clients."""
+        """Start the broker and return its bootstrap string once it serves clients.
+
+        ``timeout`` bounds formatting, startup and readiness; a first-time Maven download
+        of the jars comes before it and has its own limit.
+        """
         if self._proc is not None:
             raise LocalKafkaError("broker is already started")
-        deadline = time.monotonic() + timeout
         java = _find_java()
         libs = resolve_jars(self._cache_dir)
+        deadline = time.monotonic() + timeout
+        self._port = self._requested_port or _free_port()
+        if self._requested_port and not _port_is_free(self._port):
+            raise LocalKafkaError(f"port {self._port} on 127.0.0.1 is already in use")
+        controller_port = _free_port(exclude=self._port)
         if self._data_dir is None:
             self._data_dir = Path(tempfile.mkdtemp(prefix="weir-kafka-")).resolve()
             self._owns_data_dir = True
-        self._data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._port = self._requested_port or _free_port()
-            if self._requested_port and not _port_is_free(self._port):
-                raise LocalKafkaError(f"port {self._port} on 127.0.0.1 is already in use")
-            controller_port = _free_port(exclude=self._port)
+            self._data_dir.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(
                 _server_properties(self._data_dir, self._port, controller_port)
             )
@@ -346,11 +352,12 @@ def cli_start(port: int = DEFAULT_CLI_PORT, data_dir: Path | None = None) -> int
     broker = LocalKafka(port=port, data_dir=data_dir)
     try:
         bootstrap = broker.start()
-    except LocalKafkaError as exc:
+        state = {"pid": broker.pid, "port": port, "bootstrap": bootstrap}
+        (data_dir / STATE_FILE).write_text(json.dumps(state) + "\n")
+    except (LocalKafkaError, OSError) as exc:
+        broker.stop()
         print(f"weir kafka: {exc}", file=sys.stderr)
         return 1
-    state = {"pid": broker.pid, "port": port, "bootstrap": bootstrap}
-    (data_dir / STATE_FILE).write_text(json.dumps(state) + "\n")
     print(bootstrap)
     return 0
 
@@ -381,7 +388,8 @@ def _recorded_broker(data_dir: Path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     config = str((data_dir / "server.properties").resolve())
-    if _pid_running(pid) and config in _cmdline(pid) and "kafka.Kafka" in _cmdline(pid):
+    cmdline = _cmdline(pid)
+    if _pid_running(pid) and config in cmdline and "kafka.Kafka" in cmdline:
         return state
     return None
 
@@ -462,6 +470,8 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "share.coordinator.state.topic.min.isr": 1,
         "share.coordinator.state.topic.num.partitions": 4,
         "group.initial.rebalance.delay.ms": 0,
+        # Lets fault tests use short consumer session timeouts (the default floor is 6 s).
+        "group.min.session.timeout.ms": 1000,
         "log.segment.bytes": 16 * 1024 * 1024,
         "num.network.threads": 2,
         "num.io.threads": 4,

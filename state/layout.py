@@ -1,0 +1,53 @@
+"""How keyed state is laid out in RocksDB and in changelog records.
+
+A state key is ``partition (2 B) | key group (2 B) | len(key) (4 B) | key [| sub-key]``,
+all big-endian, so that
+
+* one input partition's state is one contiguous range (restore, drop, wipe),
+* within it, one key group's state is one contiguous range (scan by key group),
+* a key's map-state entries share the prefix ``partition | group | len | key``.
+
+A changelog record carries one state write of one operator: its key is
+``len(state name) (1 B) | state name | state key`` and its value the serialized
+value, or a tombstone (``None``) for a delete, so the topic can be compacted.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from state.keygroups import key_group
+
+_HEAD = struct.Struct(">HHI")
+PREFIX_LEN = _HEAD.size  # partition, key group, key length
+
+
+def state_key(partition: int, key: bytes, max_key_groups: int) -> bytes:
+    """The storage key of ``key``'s state in ``partition``."""
+    return _HEAD.pack(partition, key_group(key, max_key_groups), len(key)) + key
+
+
+def partition_of(skey: bytes) -> int:
+    return (skey[0] << 8) | skey[1]
+
+
+def key_of(skey: bytes) -> bytes:
+    """The user key bytes inside a storage key (without any sub-key)."""
+    (length,) = struct.unpack_from(">I", skey, 4)
+    return skey[PREFIX_LEN : PREFIX_LEN + length]
+
+
+def partition_range(partition: int) -> tuple[bytes, bytes]:
+    """``[start, end)`` of every storage key of ``partition``."""
+    return partition.to_bytes(2, "big"), (partition + 1).to_bytes(2, "big")
+
+
+def changelog_key(state: str, skey: bytes) -> bytes:
+    name = state.encode()
+    return bytes([len(name)]) + name + skey
+
+
+def split_changelog_key(data: bytes) -> tuple[str, bytes]:
+    """Inverse of `changelog_key`: the state name and the storage key."""
+    n = data[0]
+    return data[1 : 1 + n].decode(), data[1 + n :]

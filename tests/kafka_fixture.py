@@ -1,0 +1,276 @@
+"""Pytest plugin: one real Kafka broker per test session, plus topic and I/O helpers.
+
+Weir's guarantees (transactions, read_committed, consumer groups) can only be tested
+against a real broker, so every integration test shares one session broker chosen in
+this order: an external one named by ``KAFKA_BOOTSTRAP``; a testcontainers Kafka if a
+Docker engine answers; otherwise the project's own JVM broker (``service.local_kafka``),
+which needs only Java and Maven. Each test gets fresh, uniquely named topics instead of
+a fresh broker, which keeps tests isolated without paying broker startup per test.
+
+Enable with ``pytest_plugins = ["tests.kafka_fixture"]`` in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from service.local_kafka import LocalKafka
+
+# Kafka 3.9 in KRaft mode; testcontainers' KafkaContainer drives Confluent's image scripts.
+KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"
+TOPIC_READY_TIMEOUT = 30.0
+
+KeyFn = Callable[[dict], str | bytes | None]
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=2)
+    except Exception:
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def _start_container() -> tuple[str, Callable[[], None]]:
+    from testcontainers.community.kafka import KafkaContainer
+
+    container = (
+        KafkaContainer(KAFKA_IMAGE)
+        .with_kraft()
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+    )
+    container.start()
+    return container.get_bootstrap_server(), container.stop
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of the session's broker (external, container or local JVM)."""
+    external = os.environ.get("KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    if _docker_answers():
+        bootstrap, stop = _start_container()
+    else:
+        broker = LocalKafka()
+        stop = broker.stop
+        # Registered before start(): a run interrupted mid-start must not leak the JVM.
+        atexit.register(stop)
+        _stop_on_sigterm(stop)
+        bootstrap = broker.start()
+    try:
+        yield bootstrap
+    finally:
+        stop()
+
+
+def _stop_on_sigterm(stop: Callable[[], None]) -> None:
+    """Stop the broker when pytest gets SIGTERM (a cancelled CI job, ``timeout``), then die.
+
+    The broker JVM runs in its own session, so signals sent to pytest's process group
+    never reach it, and atexit handlers do not run when a signal kills the interpreter.
+    Only installed over the default disposition, never over somebody else's handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        stop()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> AdminClient:
+    """An AdminClient for the session broker."""
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def new_topic(kafka_admin: AdminClient) -> Callable[..., str]:
+    """Factory creating a uniquely named topic and returning its name once it is usable."""
+
+    def create(partitions: int = 1, config: dict | None = None, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex}"
+        spec = NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=1,
+            config={k: str(v) for k, v in (config or {}).items()},
+        )
+        kafka_admin.create_topics([spec], operation_timeout=TOPIC_READY_TIMEOUT)[name].result(
+            timeout=TOPIC_READY_TIMEOUT
+        )
+        _wait_topic_ready(kafka_admin, name, partitions)
+        return name
+
+    return create
+
+
+def _wait_topic_ready(admin: AdminClient, topic: str, partitions: int) -> None:
+    """Wait until metadata shows every partition of ``topic`` with a leader."""
+    deadline = time.monotonic() + TOPIC_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            meta = admin.list_topics(topic=topic, timeout=5).topics.get(topic)
+        except KafkaException:
+            meta = None
+        if (
+            meta is not None
+            and meta.error is None
+            and len(meta.partitions) == partitions
+            and all(p.leader >= 0 for p in meta.partitions.values())
+        ):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"topic {topic} not ready after {TOPIC_READY_TIMEOUT}s")
+
+
+def produce_json(
+    bootstrap: str,
+    topic: str,
+    records: list[dict],
+    key: KeyFn | None = None,
+    partition: int | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Produce ``records`` as JSON values (idempotently, acks=all) and wait for delivery.
+
+    ``key`` maps a record to its key (str or bytes); ``partition`` pins every record to
+    one partition. Raises on any delivery error or if delivery does not finish in time.
+    """
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
+    try:
+        for record in records:
+            extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+            message = {
+                "value": json.dumps(record).encode(),
+                "key": key(record) if key is not None else None,
+                "on_delivery": on_delivery,
+                **extra,
+            }
+            while True:
+                try:
+                    producer.produce(topic, **message)
+                    break
+                except BufferError:  # local queue full: let deliveries drain it
+                    producer.poll(0.1)
+            producer.poll(0)
+        remaining = producer.flush(timeout)
+    finally:
+        producer.purge()  # whatever is still queued has failed; close() must not wait on it
+        producer.close()
+    if errors:
+        raise KafkaException(errors[0])
+    if remaining:
+        raise TimeoutError(f"{remaining} records to {topic} not delivered within {timeout}s")
+
+
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    expected: int | None,
+    timeout: float,
+    read_committed: bool = True,
+    decode_json: bool = True,
+) -> list[dict]:
+    """Read ``topic`` from the beginning of every partition, bounded by ``timeout``.
+
+    Stops once ``expected`` records have arrived, or, with ``expected=None``, once every
+    partition has been read to its end (for read_committed: its last stable offset).
+    Returns what was read either way, as dicts with key, value, partition, offset and
+    timestamp (epoch ms). With ``decode_json`` values are parsed JSON and UTF-8 keys
+    text; otherwise both stay bytes. Partitions are assigned directly (no group join), under a
+    fresh group id that never commits.
+    """
+    deadline = time.monotonic() + timeout
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"weir-test-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        }
+    )
+    records: list[dict] = []
+    try:
+        meta = consumer.list_topics(topic, timeout=max(0.1, deadline - time.monotonic()))
+        if meta.topics[topic].error is not None:
+            raise KafkaException(meta.topics[topic].error)
+        partitions = meta.topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        at_end: set[int] = set()
+        while time.monotonic() < deadline:
+            if expected is not None and len(records) >= expected:
+                break
+            if expected is None and len(at_end) == len(partitions):
+                break
+            msg = consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(msg.error())
+                at_end.add(msg.partition())
+                continue
+            at_end.discard(msg.partition())
+            records.append(_record(msg, decode_json))
+    finally:
+        consumer.close()
+    return records
+
+
+def _record(msg: Any, decode_json: bool) -> dict:
+    key, value = msg.key(), msg.value()
+    if decode_json:
+        with contextlib.suppress(UnicodeDecodeError):  # a binary key stays bytes
+            key = key.decode() if key is not None else None
+        value = json.loads(value) if value is not None else None
+    return {
+        "key": key,
+        "value": value,
+        "partition": msg.partition(),
+        "offset": msg.offset(),
+        "timestamp": msg.timestamp()[1],
+    }
