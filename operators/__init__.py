@@ -9,7 +9,8 @@ The operator implementations that run inside slots live in `operators.chain`;
 they are the runtime's business, not the job author's.
 """
 
+from operators.aggregates import AggregateFunction
 from operators.api import Job, KeyedStream, Stream
 from operators.exceptions import JobDefinitionError
 
-__all__ = ["Job", "JobDefinitionError", "KeyedStream", "Stream"]
+__all__ = ["AggregateFunction", "Job", "JobDefinitionError", "KeyedStream", "Stream"]

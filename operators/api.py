@@ -12,9 +12,11 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from operators.aggregates import compile_aggregates
 from operators.exceptions import JobDefinitionError
 from operators.formats import check_format
 from operators.plan import (
+    AGGREGATE,
     BROADCAST,
     FILTER,
     FLAT_MAP,
@@ -23,10 +25,12 @@ from operators.plan import (
     MAP,
     PARTITION,
     REBALANCE,
+    REDUCE,
     RESCALE,
     SHUFFLE,
     SINK,
     SOURCE,
+    STATEFUL,
     Node,
     walk,
 )
@@ -139,6 +143,28 @@ class Job:
             raise JobDefinitionError(
                 f"job {self.name!r} has no sink; end a stream with .sink(topic)"
             )
+        for src in self.sources:
+            self._check_stateful(src, exchanged=None)
+
+    def _check_stateful(self, node: Node, exchanged: Node | None) -> None:
+        """Keyed state needs every key's records in one input partition: no exchange before it."""
+        if node.kind in STATEFUL and exchanged is not None:
+            raise JobDefinitionError(
+                f"{node.name} ({node.kind}) comes after {exchanged.name}, which moves records"
+                " between slots; keyed state needs the input topic keyed by the key: use"
+                " key_by() without a function on a topic keyed that way"
+            )
+        if node.exchanges:
+            exchanged = node
+        for child in node.children:
+            self._check_stateful(child, exchanged)
+
+    def stateful(self) -> list[tuple[Node, str]]:
+        """Every stateful operator with the source topic whose partitions its state follows."""
+        found = []
+        for src in self.sources:
+            found.extend((n, src.options["topic"]) for n in walk(src) if n.kind in STATEFUL)
+        return found
 
     def describe(self) -> str:
         """A readable plan: one line per operator, indented by depth."""
@@ -252,3 +278,20 @@ class Stream:
 class KeyedStream(Stream):
     """A stream partitioned by key: ``map``, ``filter`` and ``flat_map`` keep
     the partitioning (as in Flink); the partitioners drop it."""
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> KeyedStream:
+        """Running reduce per key: ``fn(accumulated, value)``; the first value starts it.
+
+        Emits ``{"key": key, **result}`` (or ``{"key": key, "value": result}`` when
+        the result is not a dict) on every update. State is checkpointed.
+        """
+        return KeyedStream(self._job, self._then(REDUCE, _check_callable(fn, "reduce"), name))
+
+    def aggregate(self, *, name: str | None = None, **fields: Any) -> KeyedStream:
+        """Running aggregates per key, e.g. ``aggregate(count="count", avg=("mean", "v"))``.
+
+        Built-ins: ``"count"``, ``("sum"|"min"|"max"|"mean", field_or_fn)``; or an
+        `operators.AggregateFunction`. Emits ``{"key": key, <fields>}`` on every update.
+        """
+        compile_aggregates(fields)  # validate now
+        return KeyedStream(self._job, self._then(AGGREGATE, None, name, fields=fields))

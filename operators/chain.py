@@ -25,18 +25,13 @@ from typing import Any, Protocol
 from operators.formats import decoder, encode_key, encoder
 from operators.plan import (
     BROADCAST,
-    FILTER,
-    FLAT_MAP,
     HASH,
     KEY_BY,
-    MAP,
-    PARTITION,
     REBALANCE,
     SHUFFLE,
-    SINK,
-    SOURCE,
     Node,
 )
+from state.epoch import EpochBuffer
 from state.keygroups import key_group, slot_table
 
 Element = tuple[Any, Any, int, int]
@@ -70,6 +65,7 @@ class SlotContext(Protocol):
 
     slot: int
     slots: int
+    state: EpochBuffer | None  # the slot's keyed state (None for stateless jobs)
 
     def produce(
         self, topic: str, rows: list[tuple[bytes | None, bytes, int]], batch: Batch
@@ -248,6 +244,28 @@ class FlatMapOp(Operator):
             self.out.process(Batch(batch.topic, batch.partition, out))
 
 
+class RecordKeyOp(Operator):
+    """``key_by()``: the Kafka record key is the key, as text when it is UTF-8."""
+
+    __slots__ = ()
+
+    def process(self, batch: Batch) -> None:
+        elems = batch.elems
+        try:
+            out = [(k if k is None else k.decode(), v, t, o) for k, v, t, o in elems]
+        except UnicodeDecodeError:
+            out = [(_text(k), v, t, o) for k, v, t, o in elems]
+        self.out.process(Batch(batch.topic, batch.partition, out))
+
+
+def _text(key: bytes | None) -> str | bytes | None:
+    """UTF-8 keys as text, other bytes as they are."""
+    try:
+        return key if key is None else key.decode()
+    except UnicodeDecodeError:
+        return key
+
+
 class ExchangeOp(Operator):
     """Moves records between slots; the receiving slot feeds them to ``target``.
 
@@ -357,60 +375,3 @@ class SinkOp(Operator):
 
     def on_barrier(self, barrier: Barrier) -> None:
         pass
-
-
-_CHAINED: dict[str, type[Operator]] = {
-    SOURCE: SourceOp,
-    MAP: MapOp,
-    FILTER: FilterOp,
-    FLAT_MAP: FlatMapOp,
-    SINK: SinkOp,
-}
-
-
-class SlotChain:
-    """One slot's instances of a job's operators, and where inputs enter them.
-
-    ``sources[topic]`` takes batches of raw Kafka messages read from ``topic``;
-    ``inputs[target]`` takes batches arriving from exchanges.
-    """
-
-    def __init__(self, sources: dict[str, Operator], inputs: dict[int, Operator]) -> None:
-        self.sources = sources
-        self.inputs = inputs
-
-
-def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> SlotChain:
-    """Instantiate the plan for one slot, chaining everything between exchanges."""
-    inputs: dict[int, Operator] = {}
-
-    def downstream(children: list[Node]) -> Operator | None:
-        ops = [op for op in (build(child) for child in children) if op is not None]
-        if not ops:
-            return None
-        return ops[0] if len(ops) == 1 else FanOut(ops)
-
-    def build(node: Node) -> Operator | None:
-        after = downstream(node.children)
-        if node.exchanges:
-            if after is not None:
-                inputs[node.id] = after
-            cls = KeyByOp if node.kind == KEY_BY else ExchangeOp
-            op: Operator = cls(node, ctx, node.id, max_key_groups)
-            return op
-        if node.kind in (KEY_BY, PARTITION):  # record-key key_by, forward, rescale: no-ops
-            return after
-        op = _CHAINED[node.kind](node, ctx)
-        op.out = after
-        if after is None and node.kind != SINK:
-            return None  # a branch without a sink does nothing
-        return op
-
-    heads: dict[str, list[Operator]] = {}
-    for src in sources:
-        op = build(src)
-        if op is not None:
-            heads.setdefault(src.options["topic"], []).append(op)
-    return SlotChain(
-        {t: ops[0] if len(ops) == 1 else FanOut(ops) for t, ops in heads.items()}, inputs
-    )

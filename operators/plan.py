@@ -21,6 +21,9 @@ FLAT_MAP = "flat_map"
 KEY_BY = "key_by"
 PARTITION = "partition"
 SINK = "sink"
+REDUCE = "reduce"
+AGGREGATE = "aggregate"
+STATEFUL = frozenset({REDUCE, AGGREGATE})
 
 # Partitioners (Flink's names). FORWARD and RESCALE keep records in their slot:
 # every stage inside a worker runs with parallelism = slots, and with equal

@@ -8,12 +8,16 @@ A checkpoint N, in order (the code marks each step):
 2. **Align.** Each slot passes N on all of its inputs (`service.slots`) and
    acknowledges; from then on it holds the outputs it produces, which belong to
    checkpoint N+1.
+   With it, each slot hands over its epoch's state writes, whose changelog
+   records it has already produced.
 3. **Commit.** When every slot has acknowledged:
    exactly-once — ``send_offsets_to_transaction`` (positions of step 1, with the
    consumer's group metadata) and ``commit_transaction``, then begin the next
-   transaction; at-least-once — ``flush`` (every output before the barrier is
-   acknowledged by the broker) and commit the positions of step 1.
-4. **Release.** Tell every slot that N is committed; held outputs go out into
+   transaction; at-least-once — ``flush`` (every output and changelog record
+   before the barrier is acknowledged by the broker) and commit the positions.
+4. **Apply.** Write the epoch's state to RocksDB in one batch, with the
+   changelog offsets it is complete up to and the checkpoint id.
+5. **Release.** Tell every slot that N is committed; held outputs go out into
    the next transaction.
 
 One checkpoint is in flight at a time. A failed step 3 raises
@@ -24,6 +28,7 @@ checkpoint (abort, seek back, fresh slots).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import time
 from collections.abc import Callable
@@ -35,6 +40,8 @@ from operators.chain import Barrier
 from service.metrics import Metrics
 from service.router import SlotRouter
 from service.slots import FETCHER, SOURCES, Release, Slot
+from state.layout import partition_of
+from state.store import StateStore, Write
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ class Pending:
     first_timestamps: list[int]
     acked: set[int] = field(default_factory=set)
     aligned_at: float | None = None
+    writes: list[Write] = field(default_factory=list)
 
 
 @dataclass
@@ -81,6 +89,9 @@ class CheckpointCoordinator:
         interval_s: float,
         commit_timeout_s: float = 30.0,
         delivery_errors: Callable[[], list[str]] = list,
+        store: StateStore | None = None,
+        changelog_ends: Callable[[set[tuple[str, int]]], dict[tuple[str, int], int]] | None = None,
+        state_operators: dict[str, tuple[str, str]] | None = None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -91,16 +102,21 @@ class CheckpointCoordinator:
         self.interval_s = interval_s
         self.commit_timeout_s = commit_timeout_s
         self.delivery_errors = delivery_errors
-        self.acks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
-        self.next_id = 1
+        self.store = store
+        self.changelog_ends = changelog_ends
+        self.state_operators = state_operators or {}  # state -> (operator, changelog topic)
+        self.acks: queue.SimpleQueue[tuple[int, int, list[Write]]] = queue.SimpleQueue()
+        self.next_id = 1 + (store.last_checkpoint() if store is not None else 0)
+        self.stateful_commits = 0
+        self._crash_after = _fault_injection()
         self.pending: Pending | None = None
         self.committed: dict[tuple[str, int], int] = {}
         self.last_completed = time.monotonic()
         self.history: list[CheckpointRecord] = []
 
-    def ack(self, slot: int, checkpoint_id: int) -> None:
+    def ack(self, slot: int, checkpoint_id: int, writes: list[Write]) -> None:
         """Called by slot threads when they have passed a barrier on all inputs."""
-        self.acks.put((slot, checkpoint_id))
+        self.acks.put((slot, checkpoint_id, writes))
 
     def due(self) -> bool:
         return self.pending is None and time.monotonic() - self.last_completed >= self.interval_s
@@ -131,17 +147,18 @@ class CheckpointCoordinator:
         while len(pending.acked) < n_slots:
             remaining = deadline - time.monotonic()
             try:
-                slot, cid = self.acks.get(timeout=max(remaining, 0.0001))
+                slot, cid, writes = self.acks.get(timeout=max(remaining, 0.0001))
             except queue.Empty:
                 return False
             if cid == pending.id:
                 pending.acked.add(slot)
+                pending.writes.extend(writes)
         pending.aligned_at = time.monotonic()
         self._commit(pending)
         return True
 
     def _commit(self, pending: Pending) -> None:
-        """Steps 3 and 4."""
+        """Steps 3 to 5."""
         changed = {
             tp: off
             for tp, off in pending.positions.items()
@@ -151,10 +168,11 @@ class CheckpointCoordinator:
         try:
             # Step 3: commit outputs and input positions together.
             if self.exactly_once:
-                if offsets:
-                    self.producer.send_offsets_to_transaction(
-                        offsets, self.consumer.consumer_group_metadata(), self.commit_timeout_s
-                    )
+                if offsets or pending.writes:
+                    if offsets:
+                        self.producer.send_offsets_to_transaction(
+                            offsets, self.consumer.consumer_group_metadata(), self.commit_timeout_s
+                        )
                     self.producer.commit_transaction(self.commit_timeout_s)
                     self.producer.begin_transaction()
             else:
@@ -173,7 +191,10 @@ class CheckpointCoordinator:
             self._finish(pending, "failed", len(offsets), str(exc))
             raise
         self.committed.update(changed)
-        # Step 4: release outputs held since the barrier.
+        # Step 4: the committed epoch's state goes to RocksDB, with its changelog offsets.
+        if self.store is not None:
+            self._apply(pending)
+        # Step 5: release outputs held since the barrier.
         for slot in self.slots():
             slot.inbox.put(SOURCES, FETCHER, Release(pending.id))
         now_ms = time.time() * 1000
@@ -181,6 +202,25 @@ class CheckpointCoordinator:
             if ts > 0:
                 self.metrics.end_to_end_latency.observe(max(0.0, (now_ms - ts) / 1000))
         self._finish(pending, "completed", len(offsets))
+
+    def _apply(self, pending: Pending) -> None:
+        offsets: dict[tuple[str, int], int] = {}
+        if pending.writes:
+            touched = {
+                (self.state_operators[state][1], partition_of(skey))
+                for state, skey, _ in pending.writes
+            }
+            ends = self.changelog_ends(touched)
+            by_topic = {topic: op for op, topic in self.state_operators.values()}
+            offsets = {(by_topic[topic], p): end for (topic, p), end in ends.items()}
+            self.stateful_commits += 1
+            if self.stateful_commits == self._crash_after:
+                log.error("fault injection: exiting between commit and state write")
+                os._exit(86)
+        self.store.apply(pending.writes, offsets, pending.id)
+        for slot in self.slots():
+            if slot.state is not None:
+                slot.state.applied()
 
     def _finish(self, pending: Pending, status: str, offsets: int, reason: str = "") -> None:
         now = time.monotonic()
@@ -221,3 +261,11 @@ class CheckpointCoordinator:
         while not self.acks.empty():
             self.acks.get_nowait()
         self.committed = dict(committed)
+
+
+def _fault_injection() -> int:
+    """``WEIR_FAULT_INJECT=crash-after-commit:N``: exit between the N-th stateful
+    commit and its RocksDB write (for the recovery tests); 0 = never."""
+    spec = os.environ.get("WEIR_FAULT_INJECT", "")
+    name, _, count = spec.partition(":")
+    return int(count) if name == "crash-after-commit" and count.isdigit() else 0

@@ -77,6 +77,17 @@ class Metrics:
             "assigned_partitions", "Source partitions assigned to this worker."
         ).labels(job)
         self.rebalances = counter("rebalances", "Group rebalances this worker took part in.")
+        self.state_bytes = gauge(
+            "state_bytes", "Estimated RocksDB bytes of an operator's state.", ("operator",)
+        )
+        self.state_restore = histogram(
+            "state_restore_seconds",
+            "Time to restore one assigned partition's state from its changelogs.",
+            _CHECKPOINT_BUCKETS,
+        ).labels(job)
+        self.restored_records = counter(
+            "restored_records", "Changelog records replayed into local state.", ("operator",)
+        )
         self.end_to_end_latency = histogram(
             "end_to_end_latency_seconds",
             "From a source record's Kafka timestamp to its output being committed.",

@@ -29,10 +29,14 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaException, Producer
 
-from operators.chain import Barrier, Batch, SlotChain, build_chain
+from operators.build import SlotChain, build_chain
+from operators.chain import Barrier, Batch
 from operators.plan import Node
 from service.exceptions import WorkerFailed
 from service.metrics import Metrics
+from state.epoch import EpochBuffer
+from state.layout import changelog_key, partition_of
+from state.store import Write
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +111,10 @@ class Slot(threading.Thread):
         policy: str,
         dlq_topic: str,
         metrics: Metrics,
-        on_ack: Callable[[int, int], None],
+        on_ack: Callable[[int, int, list[Write]], None],
         on_fatal: Callable[[BaseException], None],
+        state: EpochBuffer | None = None,
+        changelogs: dict[str, str] | None = None,
     ) -> None:
         super().__init__(name=f"weir-slot-{index}", daemon=True)
         self.slot = index
@@ -121,6 +127,9 @@ class Slot(threading.Thread):
         self.on_ack = on_ack
         self.on_fatal = on_fatal
         self.stats = SlotStats()
+        self.state = state
+        self.changelogs = changelogs or {}  # state name -> changelog topic
+        self.epoch_writes: list[Write] = []
         self._chain_args = (sources, max_key_groups)
         self.chain: SlotChain | None = None
         self.current = SOURCES
@@ -261,13 +270,31 @@ class Slot(threading.Thread):
         if target == SOURCES:
             for head in self.chain.sources.values():
                 head.on_barrier(barrier)
+            self.epoch_writes = self._checkpoint_state()
         else:
             self.chain.inputs[target].on_barrier(barrier)
         self.passed.add(target)
         held_back = self.stash.pop(target, [])
         self.replay.extendleft(reversed([(target, c, p) for c, p in held_back]))
         if len(self.passed) == 1 + len(self.chain.inputs) and not self.discard:
-            self.on_ack(self.slot, barrier.id)
+            writes, self.epoch_writes = self.epoch_writes, []
+            self.on_ack(self.slot, barrier.id, writes)
+
+    def _checkpoint_state(self) -> list[Write]:
+        """End the state epoch: freeze its writes and send them to the changelogs.
+
+        Stateful operators run before any exchange, so the source target's barrier
+        is where their epoch ends. The changelog records go out now, before the
+        acknowledgement, so they are part of this checkpoint's transaction.
+        """
+        if self.state is None:
+            return []
+        writes = self.state.freeze()
+        for state, skey, data in writes:
+            self._produce_one(
+                self.changelogs[state], changelog_key(state, skey), data, None, partition_of(skey)
+            )
+        return writes
 
     def _release(self) -> None:
         self.passed.clear()
@@ -275,10 +302,18 @@ class Slot(threading.Thread):
         for topic, key, value, headers in held:
             self._produce_one(topic, key, value, headers)
 
-    def _produce_one(self, topic: str, key: bytes | None, value: bytes, headers: Any) -> None:
+    def _produce_one(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        partition: int | None = None,
+    ) -> None:
+        extra = {} if partition is None else {"partition": partition}
         while not self.discard:
             try:
-                self.producer.produce(topic, value, key, headers=headers)
+                self.producer.produce(topic, value, key, headers=headers, **extra)
                 return
             except BufferError:
                 self.producer.poll(0.05)

@@ -22,18 +22,25 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from operators import Job
+from operators.keyed import state_name
 from service.checkpoint import CheckpointCoordinator, CheckpointFailed
 from service.config import WorkerConfig
 from service.exceptions import KafkaUnavailable, WorkerFailed
 from service.metrics import Metrics
+from service.restore import Restorer, StatefulOperator
 from service.router import SlotRouter
 from service.slots import FETCHER, SOURCES, Slot, Stop
-from service.topics import connect_admin, ensure_topic, require_topics
+from service.topics import connect_admin, ensure_topic, partition_counts, require_topics
+from state.epoch import EpochBuffer
+from state.serde import JsonSerde
+from state.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +70,17 @@ class Worker:
         self.started = time.time()
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        self.admin: AdminClient | None = None
         self.coordinator: CheckpointCoordinator | None = None
+        self.stateful = [
+            StatefulOperator(
+                node.name, topic, f"{self.group}.{node.name}.changelog", (state_name(node),)
+            )
+            for node, topic in job.stateful()
+        ]
+        self.store: StateStore | None = None
+        self.restorer: Restorer | None = None
+        self.restoring: set[TopicPartitionKey] = set()
 
     # -- Kafka clients --------------------------------------------------------
     def _common_conf(self) -> dict[str, Any]:
@@ -140,8 +157,11 @@ class Worker:
         require_topics(
             admin, self.job.source_topics(), self.job.sink_topics(), cfg.connect_timeout_s
         )
+        self.admin = admin
         if self.job.on_error == "dlq":
             ensure_topic(admin, self.dlq_topic, 1, cfg.connect_timeout_s)
+        if self.stateful:
+            self._prepare_state(admin)
         self.producer = Producer(self._producer_conf())
         if cfg.exactly_once:
             try:
@@ -162,7 +182,38 @@ class Worker:
             cfg.exactly_once,
             cfg.checkpoint_interval_ms / 1000,
             delivery_errors=self._take_delivery_failures,
+            store=self.store,
+            changelog_ends=self._changelog_ends,
+            state_operators={s: (op.name, op.changelog) for op in self.stateful for s in op.states},
         )
+
+    def _prepare_state(self, admin: AdminClient) -> None:
+        """Changelog topics (compacted, partitioned like the input) and the local store."""
+        timeout = self.config.connect_timeout_s
+        counts = partition_counts(admin, timeout)
+        for op in self.stateful:
+            ensure_topic(
+                admin, op.changelog, counts[op.source_topic], timeout, {"cleanup.policy": "compact"}
+            )
+            have = partition_counts(admin, timeout)[op.changelog]
+            if have != counts[op.source_topic]:
+                raise KafkaUnavailable(
+                    f"changelog {op.changelog!r} has {have} partitions but its input"
+                    f" {op.source_topic!r} has {counts[op.source_topic]}; keyed state follows"
+                    " input partitions, so a source topic's partition count must not change"
+                    " under a running keyed job (restore the old count, or start a new --group)"
+                )
+        path = Path(self.config.state_dir) / self.group / self.worker_id
+        self.store = StateStore(path, [s for op in self.stateful for s in op.states])
+
+    def _changelog_ends(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """High watermarks of changelog partitions just committed to (only we write them)."""
+        specs = {TopicPartition(t, p): OffsetSpec.latest() for t, p in tps}
+        futures = self.admin.list_offsets(specs, request_timeout=self.config.connect_timeout_s)
+        return {
+            (tp.topic, tp.partition): f.result(timeout=self.config.connect_timeout_s).offset
+            for tp, f in futures.items()
+        }
 
     def run(self) -> None:
         """Process until `stop` (or SIGTERM/SIGINT when on the main thread); raises on failure."""
@@ -172,6 +223,16 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
         self._start_slots()
+        if self.stateful:
+            self.restorer = Restorer(
+                {**self._consumer_conf(), "group.id": f"{self.group}.restore",
+                 "enable.partition.eof": True, "client.id": f"{self.transactional_id}.restore"},
+                self.admin,
+                self.store,
+                self.stateful,
+                self.metrics,
+            )  # fmt: skip
+            self.restorer.start()
         self.consumer.subscribe(
             self.job.source_topics(),
             on_assign=self._on_assign,
@@ -210,6 +271,8 @@ class Worker:
             msgs = consumer.consume(batch_size, 0.05)
             producer.poll(0)  # serves delivery errors and librdkafka's log
             self._check_fatal()
+            if self.restoring:
+                self._restores_done()
             if msgs:
                 per_slot, counts = router.route(self._without_errors(msgs))
                 for slot, batches in zip(self.slots, per_slot, strict=True):
@@ -243,6 +306,15 @@ class Worker:
                     log.warning("consumer: %s", err.str())
         return ok
 
+    def _restores_done(self) -> None:
+        if self.restorer.error is not None:
+            raise WorkerFailed(f"state restore failed: {self.restorer.error}")
+        for tp in self.restorer.finished():
+            if tp in self.restoring:
+                self.restoring.discard(tp)
+                log.info("%s[%d] restored; processing it", *tp)
+        # resumed by _backpressure, which keeps restoring partitions paused
+
     def _check_fatal(self) -> None:
         if self.fatal is not None:
             exc = self.fatal
@@ -256,6 +328,8 @@ class Worker:
 
     # -- slots ------------------------------------------------------------
     def _start_slots(self) -> None:
+        serdes = {s: JsonSerde() for op in self.stateful for s in op.states}
+        changelogs = {s: op.changelog for op in self.stateful for s in op.states}
         slots: list[Slot] = []
         for i in range(self.config.slots):
             slots.append(
@@ -270,6 +344,8 @@ class Worker:
                     self.metrics,
                     self.coordinator.ack,
                     self._on_slot_fatal,
+                    state=None if self.store is None else EpochBuffer(self.store, serdes),
+                    changelogs=changelogs,
                 )
             )
         self.slots = slots
@@ -290,7 +366,7 @@ class Worker:
         """Pause the partitions feeding a full slot; resume them once it has drained."""
         high = self.config.slot_queue_records
         low = high // 2
-        want: set[TopicPartitionKey] = set()
+        want: set[TopicPartitionKey] = set(self.restoring)
         for slot in self.slots:
             queued = slot.inbox.records
             if queued > high or (slot.slot in self.full_slots and queued > low):
@@ -336,6 +412,18 @@ class Worker:
         if self.router.moves(wanted):
             self._drain("moving partitions between slots")
         self.router.reassign(wanted)
+        stateful_topics = {op.source_topic for op in self.stateful}
+        restore = [tp for tp in partitions if tp.topic in stateful_topics]
+        if restore:
+            # Assign now (the client would right after this callback) so they can be
+            # paused until their state is restored; other partitions start at once.
+            consumer.incremental_assign(partitions)
+            consumer.pause(restore)
+            for tp in restore:
+                key = (tp.topic, tp.partition)
+                self.restoring.add(key)
+                self.paused.add(key)
+                self.restorer.submit(key)
         self.metrics.assigned_partitions.set(len(wanted))
         log.info("assigned %s; now %d partitions", sorted(added), len(wanted))
 
@@ -357,6 +445,9 @@ class Worker:
     def _forget(self, partitions: set[TopicPartitionKey]) -> None:
         self.router.reassign(set(self.router.pins) - partitions)
         self.paused -= partitions
+        for tp in partitions & self.restoring:
+            self.restorer.cancel(tp)
+        self.restoring -= partitions
         self.metrics.assigned_partitions.set(len(self.router.pins))
 
     # -- failure --------------------------------------------------------------
@@ -379,9 +470,10 @@ class Worker:
         committed = self._seek_to_committed()
         self.router.reset_positions()
         self.coordinator.reset(committed)
-        if self.paused:
-            self.consumer.resume([TopicPartition(t, p) for t, p in self.paused])
-        self.paused, self.full_slots = set(), set()
+        resume = self.paused - self.restoring
+        if resume:
+            self.consumer.resume([TopicPartition(t, p) for t, p in resume])
+        self.paused, self.full_slots = set(self.restoring), set()
         if self.config.exactly_once:
             self.producer.begin_transaction()
         self._start_slots()
@@ -412,8 +504,16 @@ class Worker:
         if self.config.exactly_once:
             self.producer.abort_transaction(self.config.shutdown_timeout_s)  # the empty next one
         self.producer.flush(self.config.shutdown_timeout_s)
+        self._close_state()
         self.state = "stopped"
         log.info("stopped")
+
+    def _close_state(self) -> None:
+        if self.restorer is not None:
+            self.restorer.stop()
+            self.restorer.join(10)
+        if self.store is not None and not (self.restorer and self.restorer.is_alive()):
+            self.store.close()
 
     def _abandon(self) -> None:
         """After a failure: stop the slots and abort; committed work stays committed."""
@@ -424,3 +524,4 @@ class Worker:
                 self.producer.abort_transaction(5.0)
         with contextlib.suppress(KafkaException, RuntimeError):
             self.consumer.close()
+        self._close_state()

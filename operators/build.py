@@ -1,0 +1,97 @@
+"""Instantiating a job's plan inside one slot.
+
+`build_chain` creates one operator instance per plan node and links them:
+everything between two exchanges is chained (a direct call per batch), an
+exchange's downstream becomes an *input* of the slot that other slots send to.
+"""
+
+from __future__ import annotations
+
+from operators.chain import (
+    ExchangeOp,
+    FanOut,
+    FilterOp,
+    FlatMapOp,
+    KeyByOp,
+    MapOp,
+    Operator,
+    RecordKeyOp,
+    SinkOp,
+    SlotContext,
+    SourceOp,
+)
+from operators.keyed import AggregateOp, KeyedOp, ReduceOp
+from operators.plan import (
+    AGGREGATE,
+    FILTER,
+    FLAT_MAP,
+    KEY_BY,
+    MAP,
+    PARTITION,
+    REDUCE,
+    SINK,
+    SOURCE,
+    Node,
+)
+
+_CHAINED: dict[str, type[Operator]] = {
+    SOURCE: SourceOp,
+    MAP: MapOp,
+    FILTER: FilterOp,
+    FLAT_MAP: FlatMapOp,
+    SINK: SinkOp,
+}
+_KEYED: dict[str, type[KeyedOp]] = {REDUCE: ReduceOp, AGGREGATE: AggregateOp}
+
+
+class SlotChain:
+    """One slot's instances of a job's operators, and where inputs enter them.
+
+    ``sources[topic]`` takes batches of raw Kafka messages read from ``topic``;
+    ``inputs[target]`` takes batches arriving from exchanges.
+    """
+
+    def __init__(self, sources: dict[str, Operator], inputs: dict[int, Operator]) -> None:
+        self.sources = sources
+        self.inputs = inputs
+
+
+def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> SlotChain:
+    """Instantiate the plan for one slot, chaining everything between exchanges."""
+    inputs: dict[int, Operator] = {}
+
+    def downstream(children: list[Node]) -> Operator | None:
+        ops = [op for op in (build(child) for child in children) if op is not None]
+        if not ops:
+            return None
+        return ops[0] if len(ops) == 1 else FanOut(ops)
+
+    def build(node: Node) -> Operator | None:
+        after = downstream(node.children)
+        if node.exchanges:
+            if after is None:
+                return None
+            inputs[node.id] = after
+            cls = KeyByOp if node.kind == KEY_BY else ExchangeOp
+            return cls(node, ctx, node.id, max_key_groups)
+        if after is None and node.kind != SINK:
+            return None  # a branch without a sink does nothing
+        if node.kind == PARTITION:  # forward, rescale: records stay in their slot
+            return after
+        if node.kind == KEY_BY:
+            op: Operator = RecordKeyOp(node, ctx)
+        elif node.kind in _KEYED:
+            op = _KEYED[node.kind](node, ctx, max_key_groups)
+        else:
+            op = _CHAINED[node.kind](node, ctx)
+        op.out = after
+        return op
+
+    heads: dict[str, list[Operator]] = {}
+    for src in sources:
+        op = build(src)
+        if op is not None:
+            heads.setdefault(src.options["topic"], []).append(op)
+    return SlotChain(
+        {t: ops[0] if len(ops) == 1 else FanOut(ops) for t, ops in heads.items()}, inputs
+    )
