@@ -10,7 +10,18 @@ they are the runtime's business, not the job author's.
 """
 
 from operators.aggregates import AggregateFunction
-from operators.api import Job, KeyedStream, Stream
+from operators.api import Job, KeyedStream, Stream, WindowedStream
 from operators.exceptions import JobDefinitionError
+from operators.windows import Session, Sliding, Tumbling
 
-__all__ = ["AggregateFunction", "Job", "JobDefinitionError", "KeyedStream", "Stream"]
+__all__ = [
+    "AggregateFunction",
+    "Job",
+    "JobDefinitionError",
+    "KeyedStream",
+    "Session",
+    "Sliding",
+    "Stream",
+    "Tumbling",
+    "WindowedStream",
+]

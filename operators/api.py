@@ -31,9 +31,11 @@ from operators.plan import (
     SINK,
     SOURCE,
     STATEFUL,
+    WINDOW,
     Node,
     walk,
 )
+from operators.windows import WindowSpec
 from state.keygroups import DEFAULT_MAX_KEY_GROUPS
 
 ERROR_POLICIES = ("dlq", "skip", "fail")
@@ -133,7 +135,17 @@ class Job:
         return sorted({n.options["topic"] for n in self.sources})
 
     def sink_topics(self) -> list[str]:
-        return sorted({n.options["topic"] for n in self.nodes() if n.kind == SINK})
+        topics = {n.options["topic"] for n in self.nodes() if n.kind == SINK}
+        topics |= {
+            n.options["late_topic"]
+            for n in self.nodes()
+            if n.kind == WINDOW and n.options["late_topic"] is not None
+        }
+        return sorted(topics)
+
+    def event_time_sources(self) -> list[Node]:
+        """Sources feeding a window: their partitions' watermarks drive the windows."""
+        return [s for s in self.sources if any(n.kind == WINDOW for n in walk(s))]
 
     def validate(self) -> None:
         """Check the job is runnable as a whole (called by the worker before it starts)."""
@@ -295,3 +307,63 @@ class KeyedStream(Stream):
         """
         compile_aggregates(fields)  # validate now
         return KeyedStream(self._job, self._then(AGGREGATE, None, name, fields=fields))
+
+    def window(
+        self,
+        spec: WindowSpec,
+        *,
+        allowed_lateness: float = 0.0,
+        late_topic: str | None = None,
+    ) -> WindowedStream:
+        """Event-time windows: `operators.Tumbling`, `Sliding` or `Session`.
+
+        A window fires when the watermark passes its end. ``allowed_lateness``
+        (seconds) keeps it open for late records, each re-emitting the result;
+        records later than that are counted and, with ``late_topic``, written
+        there with the reason.
+        """
+        if not isinstance(spec, WindowSpec):
+            raise JobDefinitionError(
+                f"window({spec!r}): expected Tumbling(...), Sliding(...) or Session(...)"
+            )
+        if (
+            isinstance(allowed_lateness, bool)
+            or not isinstance(allowed_lateness, int | float)
+            or allowed_lateness < 0
+        ):
+            raise JobDefinitionError(
+                f"allowed_lateness={allowed_lateness!r}: expected seconds >= 0"
+            )
+        if late_topic is not None:
+            _check_name(late_topic, "late_topic")
+        return WindowedStream(self, spec, round(allowed_lateness * 1000), late_topic)
+
+
+class WindowedStream:
+    """A keyed stream cut into windows; finish it with an aggregation."""
+
+    def __init__(
+        self, keyed: KeyedStream, spec: WindowSpec, lateness_ms: int, late_topic: str | None
+    ) -> None:
+        self._keyed = keyed
+        self._options = {"spec": spec, "lateness_ms": lateness_ms, "late_topic": late_topic}
+
+    def _then(self, function: str, fn: Any, name: str | None, **options: Any) -> KeyedStream:
+        keyed = self._keyed
+        node = keyed._then(WINDOW, fn, name, function=function, **self._options, **options)
+        return KeyedStream(keyed._job, node)
+
+    def aggregate(self, *, name: str | None = None, **fields: Any) -> KeyedStream:
+        """Per key and window: ``{"key", "window_start", "window_end", <fields>}``."""
+        compile_aggregates(fields)
+        return self._then("aggregate", None, name, fields=fields)
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> KeyedStream:
+        """Per key and window, ``fn(accumulated, value)`` over the window's records."""
+        return self._then("reduce", _check_callable(fn, "reduce"), name)
+
+    def process(
+        self, fn: Callable[[Any, tuple[int, int], list], Any], *, name: str | None = None
+    ) -> KeyedStream:
+        """A full-window function: ``fn(key, (start, end), elements)`` sees all elements."""
+        return self._then("process", _check_callable(fn, "process"), name)

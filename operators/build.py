@@ -31,8 +31,10 @@ from operators.plan import (
     REDUCE,
     SINK,
     SOURCE,
+    WINDOW,
     Node,
 )
+from operators.windowed import WindowOp
 
 _CHAINED: dict[str, type[Operator]] = {
     SOURCE: SourceOp,
@@ -51,14 +53,19 @@ class SlotChain:
     ``inputs[target]`` takes batches arriving from exchanges.
     """
 
-    def __init__(self, sources: dict[str, Operator], inputs: dict[int, Operator]) -> None:
+    def __init__(
+        self, sources: dict[str, Operator], inputs: dict[int, Operator], windows: list[WindowOp]
+    ) -> None:
         self.sources = sources
         self.inputs = inputs
+        self.windows = windows
 
 
 def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> SlotChain:
     """Instantiate the plan for one slot, chaining everything between exchanges."""
     inputs: dict[int, Operator] = {}
+    windows: list[WindowOp] = []
+    topic = ""
 
     def downstream(children: list[Node]) -> Operator | None:
         ops = [op for op in (build(child) for child in children) if op is not None]
@@ -82,6 +89,9 @@ def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> S
             op: Operator = RecordKeyOp(node, ctx)
         elif node.kind in _KEYED:
             op = _KEYED[node.kind](node, ctx, max_key_groups)
+        elif node.kind == WINDOW:
+            op = WindowOp(node, ctx, max_key_groups, topic)
+            windows.append(op)
         else:
             op = _CHAINED[node.kind](node, ctx)
         op.out = after
@@ -89,9 +99,14 @@ def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> S
 
     heads: dict[str, list[Operator]] = {}
     for src in sources:
+        topic = src.options["topic"]
+        before = len(windows)
         op = build(src)
         if op is not None:
-            heads.setdefault(src.options["topic"], []).append(op)
+            op.track_time = len(windows) > before  # its watermark drives those windows
+            heads.setdefault(topic, []).append(op)
     return SlotChain(
-        {t: ops[0] if len(ops) == 1 else FanOut(ops) for t, ops in heads.items()}, inputs
+        {t: ops[0] if len(ops) == 1 else FanOut(ops) for t, ops in heads.items()},
+        inputs,
+        windows,
     )

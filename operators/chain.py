@@ -78,6 +78,12 @@ class SlotContext(Protocol):
     def send(self, slot: int, target: int, item: Batch | Barrier) -> None:
         """Hand ``item`` to operator ``target`` in slot ``slot`` (an exchange)."""
 
+    def late(self, operator: str, count: int) -> None:
+        """Count records that arrived after their windows were gone."""
+
+    def observe_time(self, topic: str, partition: int, max_timestamp: int) -> None:
+        """The largest event time seen in a batch of a partition (for watermarks)."""
+
 
 class Operator:
     """Base of all operator instances: forwards barriers to its output."""
@@ -118,12 +124,13 @@ class FanOut(Operator):
 class SourceOp(Operator):
     """Decodes a batch of Kafka messages into elements."""
 
-    __slots__ = ("decode", "timestamp")
+    __slots__ = ("decode", "timestamp", "track_time")
 
     def __init__(self, node: Node, ctx: SlotContext) -> None:
         super().__init__(node, ctx)
         self.decode = decoder(node.options["value"])
         self.timestamp: Callable[[Any], int] | None = node.options["timestamp"]
+        self.track_time = False  # set when windows downstream need this source's watermark
 
     def process(self, batch: Batch) -> None:
         msgs = batch.elems
@@ -134,6 +141,8 @@ class SourceOp(Operator):
             elems = self._decode_each(batch)
         if self.timestamp is not None:
             elems = self._extract_timestamps(batch, elems)
+        if self.track_time and elems:
+            self.ctx.observe_time(batch.topic, batch.partition, max(e[2] for e in elems))
         if elems and self.out is not None:
             self.out.process(Batch(batch.topic, batch.partition, elems))
 

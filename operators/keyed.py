@@ -23,6 +23,13 @@ def state_name(node: Node) -> str:
     return f"{node.name}.acc"
 
 
+def states_of(node: Node) -> tuple[str, ...]:
+    """Every state name a stateful operator uses."""
+    from operators.windowed import window_states
+
+    return window_states(node) if node.kind == "window" else (state_name(node),)
+
+
 def _output(key: Any, value: Any) -> dict:
     if isinstance(key, bytes):
         key = key.decode(errors="replace")

@@ -23,7 +23,8 @@ PARTITION = "partition"
 SINK = "sink"
 REDUCE = "reduce"
 AGGREGATE = "aggregate"
-STATEFUL = frozenset({REDUCE, AGGREGATE})
+WINDOW = "window"
+STATEFUL = frozenset({REDUCE, AGGREGATE, WINDOW})
 
 # Partitioners (Flink's names). FORWARD and RESCALE keep records in their slot:
 # every stage inside a worker runs with parallelism = slots, and with equal
@@ -63,6 +64,8 @@ class Node:
             extra = f" {self.options['partitioner']}"
         elif self.kind == KEY_BY:
             extra = " (record key)" if self.fn is None else " (hash exchange)"
+        elif self.kind == WINDOW:
+            extra = f" {self.options['spec']!r} {self.options['function']}"
         return f"{self.name}: {self.kind}{extra}"
 
 

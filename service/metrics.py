@@ -77,6 +77,12 @@ class Metrics:
             "assigned_partitions", "Source partitions assigned to this worker."
         ).labels(job)
         self.rebalances = counter("rebalances", "Group rebalances this worker took part in.")
+        self.records_late = counter(
+            "records_late", "Records that arrived after their window was gone.", ("operator",)
+        )
+        self.watermark_lag = gauge(
+            "watermark_lag_seconds", "Wall clock minus the worker's event-time watermark."
+        ).labels(job)
         self.state_bytes = gauge(
             "state_bytes", "Estimated RocksDB bytes of an operator's state.", ("operator",)
         )

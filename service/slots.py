@@ -57,6 +57,26 @@ class Stop:
     """Ends the slot thread."""
 
 
+class Watermark:
+    """The worker's watermark advanced to ``value`` (epoch ms): fire due windows."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class Ownership:
+    """What keyed state this slot owns now, per source topic: partitions and, when
+    slots share partitions, the key-group range (None = whole partitions)."""
+
+    __slots__ = ("key_groups", "partitions")
+
+    def __init__(self, partitions: dict[str, set[int]], key_groups: range | None) -> None:
+        self.partitions = partitions
+        self.key_groups = key_groups
+
+
 class Inbox:
     """An unbounded FIFO that also counts the records it holds (for backpressure).
 
@@ -139,6 +159,8 @@ class Slot(threading.Thread):
         self.stash: dict[int, list[tuple[int, Any]]] = {}
         self.replay: deque[tuple[int, int, Any]] = deque()
         self.blocked: set[tuple[int, int]] = set()
+        self.max_ts: dict[tuple[str, int], int] = {}  # event time seen per partition
+        self.last_seen: dict[tuple[str, int], float] = {}  # when, in monotonic seconds
         self.discard = False  # set on rollback: a slot that outlives it must not produce
         self._out_counters: dict[str, Any] = {}
 
@@ -221,6 +243,15 @@ class Slot(threading.Thread):
         records = len(item.elems) if isinstance(item, Batch) else 0
         self.peers[slot].inbox.put(target, self.slot, item, records)
 
+    def late(self, operator: str, count: int) -> None:
+        self.metrics.records_late.labels(self.metrics.job, operator).inc(count)
+
+    def observe_time(self, topic: str, partition: int, max_timestamp: int) -> None:
+        tp = (topic, partition)
+        if max_timestamp > self.max_ts.get(tp, max_timestamp - 1):
+            self.max_ts[tp] = max_timestamp
+        self.last_seen[tp] = time.monotonic()
+
     # -- thread ------------------------------------------------------------
     def run(self) -> None:
         try:
@@ -252,6 +283,13 @@ class Slot(threading.Thread):
                 self._on_barrier(target, channel, payload)
             elif isinstance(payload, Release):
                 self._release()
+            elif isinstance(payload, Watermark):
+                self.current = SOURCES  # windows run in the source segment
+                for window in self.chain.windows:
+                    window.advance(payload.value)
+            elif isinstance(payload, Ownership):
+                for window in self.chain.windows:
+                    window.own(payload.partitions.get(window.topic, set()), payload.key_groups)
             elif isinstance(payload, Stop):
                 return
 

@@ -29,16 +29,18 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from operators import Job
-from operators.keyed import state_name
+from operators.keyed import states_of
+from operators.windowed import NO_WATERMARK
 from service.checkpoint import CheckpointCoordinator, CheckpointFailed
 from service.config import WorkerConfig
 from service.exceptions import KafkaUnavailable, WorkerFailed
 from service.metrics import Metrics
 from service.restore import Restorer, StatefulOperator
-from service.router import SlotRouter
-from service.slots import FETCHER, SOURCES, Slot, Stop
+from service.router import PINNED, SlotRouter
+from service.slots import FETCHER, SOURCES, Ownership, Slot, Stop, Watermark
 from service.topics import connect_admin, ensure_topic, partition_counts, require_topics
 from state.epoch import EpochBuffer
+from state.keygroups import key_group_range
 from state.serde import JsonSerde
 from state.store import StateStore
 
@@ -74,10 +76,14 @@ class Worker:
         self.coordinator: CheckpointCoordinator | None = None
         self.stateful = [
             StatefulOperator(
-                node.name, topic, f"{self.group}.{node.name}.changelog", (state_name(node),)
+                node.name, topic, f"{self.group}.{node.name}.changelog", states_of(node)
             )
             for node, topic in job.stateful()
         ]
+        self.event_sources = {src.options["topic"]: src for src in job.event_time_sources()}
+        self.watermark = NO_WATERMARK
+        self.assigned_at: dict[TopicPartitionKey, float] = {}
+        self.all_idle: tuple[float, int] | None = None  # since when, from which watermark
         self.store: StateStore | None = None
         self.restorer: Restorer | None = None
         self.restoring: set[TopicPartitionKey] = set()
@@ -264,7 +270,7 @@ class Worker:
         records_in = self.metrics.records_in
         job = self.job.name
         in_counters: dict[TopicPartitionKey, Any] = {}
-        last_sample = time.monotonic()
+        last_sample = last_watermark = time.monotonic()
         self.state = "running"
         producer = self.producer
         while not self.stopping.is_set():
@@ -291,6 +297,9 @@ class Worker:
             except CheckpointFailed as exc:
                 self._rollback(f"checkpoint failed: {exc}")
             now = time.monotonic()
+            if self.event_sources and now - last_watermark >= 0.1:
+                self._advance_watermark(now)
+                last_watermark = now
             if now - last_sample >= 1.0:
                 self._sample(now - last_sample)
                 last_sample = now
@@ -309,11 +318,66 @@ class Worker:
     def _restores_done(self) -> None:
         if self.restorer.error is not None:
             raise WorkerFailed(f"state restore failed: {self.restorer.error}")
-        for tp in self.restorer.finished():
-            if tp in self.restoring:
-                self.restoring.discard(tp)
-                log.info("%s[%d] restored; processing it", *tp)
+        done = [tp for tp in self.restorer.finished() if tp in self.restoring]
+        for tp in done:
+            self.restoring.discard(tp)
+            log.info("%s[%d] restored; processing it", *tp)
+        if done:
+            self._ownership()
         # resumed by _backpressure, which keeps restoring partitions paused
+
+    # -- event time ---------------------------------------------------------
+    def _ownership(self) -> None:
+        """Tell every slot which keyed state it owns, so windows rebuild their timers."""
+        if not self.event_sources:
+            return
+        ready = [tp for tp in self.router.pins if tp not in self.restoring]
+        n = len(self.slots)
+        for slot in self.slots:
+            parts: dict[str, set[int]] = {}
+            if self.router.mode == PINNED:
+                mine = [tp for tp in ready if self.router.pins[tp] == slot.slot]
+                groups = None
+            else:
+                mine = ready
+                groups = key_group_range(slot.slot, n, self.job.max_key_groups)
+            for topic, p in mine:
+                parts.setdefault(topic, set()).add(p)
+            slot.inbox.put(SOURCES, FETCHER, Ownership(parts, groups))
+
+    def _advance_watermark(self, now: float) -> None:
+        """The worker's watermark: the minimum over its active partitions of
+        (largest event time seen - max out-of-orderness). Partitions idle for
+        their source's idle_timeout do not hold it back; when all are idle it
+        advances with processing time, so the last windows close."""
+        candidates = []
+        for tp in self.router.pins:
+            source = self.event_sources.get(tp[0])
+            if source is None or tp in self.restoring:
+                continue
+            seen = [s.last_seen[tp] for s in self.slots if tp in s.last_seen]
+            last = max(seen) if seen else self.assigned_at.get(tp, now)
+            idle = source.options["idle_timeout"]
+            if idle is not None and now - last > idle:
+                continue
+            stamps = [s.max_ts[tp] for s in self.slots if tp in s.max_ts]
+            ooo = round(source.options["max_out_of_orderness"] * 1000)
+            candidates.append(max(stamps) - ooo if stamps else NO_WATERMARK)
+        if candidates:
+            new = min(candidates)
+            self.all_idle = None
+        elif self.router.pins and self.watermark > NO_WATERMARK:
+            if self.all_idle is None:
+                self.all_idle = (now, self.watermark)
+            since, base = self.all_idle
+            new = base + round((now - since) * 1000)
+        else:
+            return
+        if new > self.watermark:
+            self.watermark = new
+            for slot in self.slots:
+                slot.inbox.put(SOURCES, FETCHER, Watermark(new))
+            self.metrics.watermark_lag.set(max(0.0, time.time() - new / 1000))
 
     def _check_fatal(self) -> None:
         if self.fatal is not None:
@@ -351,6 +415,10 @@ class Worker:
         self.slots = slots
         for slot in slots:
             slot.start()
+        self._ownership()
+        if self.watermark > NO_WATERMARK:
+            for slot in slots:
+                slot.inbox.put(SOURCES, FETCHER, Watermark(self.watermark))
 
     def _stop_slots(self, timeout: float) -> None:
         for slot in self.slots:
@@ -412,6 +480,8 @@ class Worker:
         if self.router.moves(wanted):
             self._drain("moving partitions between slots")
         self.router.reassign(wanted)
+        for tp in added:
+            self.assigned_at[tp] = time.monotonic()
         stateful_topics = {op.source_topic for op in self.stateful}
         restore = [tp for tp in partitions if tp.topic in stateful_topics]
         if restore:
@@ -424,6 +494,7 @@ class Worker:
                 self.restoring.add(key)
                 self.paused.add(key)
                 self.restorer.submit(key)
+        self._ownership()
         self.metrics.assigned_partitions.set(len(wanted))
         log.info("assigned %s; now %d partitions", sorted(added), len(wanted))
 
@@ -448,6 +519,9 @@ class Worker:
         for tp in partitions & self.restoring:
             self.restorer.cancel(tp)
         self.restoring -= partitions
+        for tp in partitions:
+            self.assigned_at.pop(tp, None)
+        self._ownership()
         self.metrics.assigned_partitions.set(len(self.router.pins))
 
     # -- failure --------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from state.layout import partition_of
 from state.serde import Serde
 from state.store import StateStore, Write
 
@@ -51,6 +52,26 @@ class EpochBuffer:
         if value is MISSING:
             return self.committed(state, skey)
         return None if value is DELETED else value
+
+    def delete(self, state: str, skey: bytes) -> None:
+        self.live[state][skey] = DELETED
+
+    def scan(self, state: str, partition: int) -> list[tuple[bytes, Any]]:
+        """Every current entry of ``state`` in ``partition``: RocksDB, then frozen, then live."""
+        loads = self.serdes[state].loads
+        merged: dict[bytes, Any] = {k: v for k, v in self.store.items(state, partition)}
+        if self.frozen is not None:
+            for skey, data in self.frozen[state].items():
+                if partition_of(skey) == partition:
+                    merged[skey] = data
+        out = {k: loads(v) for k, v in merged.items() if v is not None}
+        for skey, value in self.live[state].items():
+            if partition_of(skey) == partition:
+                if value is DELETED:
+                    out.pop(skey, None)
+                else:
+                    out[skey] = value
+        return sorted(out.items())
 
     def freeze(self) -> list[Write]:
         """End the epoch: serialize its writes, keep them readable until applied."""

@@ -1,0 +1,301 @@
+"""Event-time windows on a keyed stream: contents in keyed state, fired by watermarks.
+
+Per key, one state value holds the key's open windows,
+``{"k": key, "w": [[start, end, acc, fired], ...]}``. A record is added to each
+window `WindowSpec.assign` gives it (session windows then merge overlapping
+ones). Window ``[start, end)`` fires when the watermark reaches ``end - 1``;
+with ``allowed_lateness`` it stays until ``end - 1 + lateness``, and a late
+record within that re-emits the updated result. Records for windows already
+gone are late: counted in ``weir_records_late_total`` and, if configured,
+written to the late topic with the reason.
+
+Timers are not stored separately: the slot keeps an in-memory index from
+time to keys, rebuilt from the window state whenever the slot is given a
+partition (after a restore, a rebalance or a rollback). The watermark each
+partition reached is kept in state too, so after a restart a record that was
+late before is still late, and no window fires twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from operators.aggregates import compile_aggregates
+from operators.chain import Batch, Element, Operator, SlotContext
+from operators.formats import encode_key
+from operators.plan import Node
+from state.epoch import MISSING
+from state.layout import partition_of, state_key
+
+NO_WATERMARK = -(2**63)
+
+
+class WindowFunction:
+    """create/add/merge/result over a window's contents."""
+
+    def create(self) -> Any:
+        raise NotImplementedError
+
+    def add(self, acc: Any, value: Any) -> Any:
+        raise NotImplementedError
+
+    def merge(self, a: Any, b: Any) -> Any:
+        raise NotImplementedError
+
+    def result(self, key: Any, start: int, end: int, acc: Any) -> Any:
+        raise NotImplementedError
+
+
+class AggregateWindow(WindowFunction):
+    def __init__(self, fields: dict[str, Any]) -> None:
+        functions = compile_aggregates(fields)
+        self.names = list(functions)
+        self.functions = list(functions.values())
+
+    def create(self) -> list:
+        return [f.create() for f in self.functions]
+
+    def add(self, acc: list, value: Any) -> list:
+        return [f.add(a, value) for f, a in zip(self.functions, acc, strict=True)]
+
+    def merge(self, a: list, b: list) -> list:
+        return [f.merge(x, y) for f, x, y in zip(self.functions, a, b, strict=True)]
+
+    def result(self, key: Any, start: int, end: int, acc: list) -> dict:
+        return {n: f.result(a) for n, f, a in zip(self.names, self.functions, acc, strict=True)}
+
+
+class ReduceWindow(WindowFunction):
+    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+        self.fn = fn
+
+    def create(self) -> None:
+        return None
+
+    def add(self, acc: Any, value: Any) -> Any:
+        return value if acc is None else self.fn(acc, value)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return b if a is None else a if b is None else self.fn(a, b)
+
+    def result(self, key: Any, start: int, end: int, acc: Any) -> Any:
+        return acc
+
+
+class ProcessWindow(WindowFunction):
+    """A full-window function: ``fn(key, (start, end), elements)`` sees every element."""
+
+    def __init__(self, fn: Callable[[Any, tuple[int, int], list], Any]) -> None:
+        self.fn = fn
+
+    def create(self) -> list:
+        return []
+
+    def add(self, acc: list, value: Any) -> list:
+        return [*acc, value]
+
+    def merge(self, a: list, b: list) -> list:
+        return a + b
+
+    def result(self, key: Any, start: int, end: int, acc: list) -> Any:
+        return self.fn(key, (start, end), acc)
+
+
+def window_function(node: Node) -> WindowFunction:
+    kind = node.options["function"]
+    if kind == "aggregate":
+        return AggregateWindow(node.options["fields"])
+    if kind == "reduce":
+        return ReduceWindow(node.fn)
+    return ProcessWindow(node.fn)
+
+
+def window_states(node: Node) -> tuple[str, str]:
+    """(window contents, per-partition watermark) state names."""
+    return f"{node.name}.windows", f"{node.name}.watermark"
+
+
+class WindowOp(Operator):
+    """Assigns records to windows and fires them as the watermark advances."""
+
+    __slots__ = (
+        "buffer", "floors", "fn", "groups", "heap", "late_topic", "lateness", "owned",
+        "spec", "state", "timers", "topic", "watermark", "wm_state",
+    )  # fmt: skip
+
+    def __init__(self, node: Node, ctx: SlotContext, max_key_groups: int, topic: str) -> None:
+        super().__init__(node, ctx)
+        self.spec = node.options["spec"]
+        self.lateness: int = node.options["lateness_ms"]
+        self.late_topic: str | None = node.options["late_topic"]
+        self.fn = window_function(node)
+        self.state, self.wm_state = window_states(node)
+        self.buffer = ctx.state
+        self.groups = max_key_groups
+        self.topic = topic
+        self.timers: dict[int, set[bytes]] = {}
+        self.heap: list[int] = []
+        self.watermark = NO_WATERMARK
+        self.floors: dict[int, int] = {}  # partition -> watermark it had reached (restored)
+        self.owned: set[int] = set()
+
+    # -- records ------------------------------------------------------------
+    def process(self, batch: Batch) -> None:
+        p = batch.partition
+        wm = max(self.watermark, self.floors.get(p, NO_WATERMARK))
+        table = self.buffer.table(self.state)
+        out: list[Element] = []
+        late: list[tuple[bytes | None, bytes, int]] = []
+        elems = batch.elems
+        i, n = 0, len(elems)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                    k, v, t, o = elems[i]
+                    skey = state_key(p, encode_key(k), self.groups)
+                    value = table.get(skey, MISSING)
+                    if value is MISSING:
+                        value = self.buffer.committed(self.state, skey) or {"k": k, "w": []}
+                    if self._add(value, skey, v, t, wm, out):
+                        table[skey] = value
+                    else:
+                        late.append((encode_key(k), self._late_record(v, t, wm), o))
+                break
+            except Exception as exc:
+                self.ctx.fail(self.name, "function", batch, elems[i], exc)
+                i += 1
+        if late:
+            self.ctx.late(self.name, len(late))
+            if self.late_topic is not None:
+                self.ctx.produce(self.late_topic, late, batch)
+        if out and self.out is not None:
+            self.out.process(Batch(batch.topic, p, out))
+
+    def _add(self, value: dict, skey: bytes, v: Any, t: int, wm: int, out: list) -> bool:
+        """Add one record to its windows; False if every window of it is already gone."""
+        fn, lateness = self.fn, self.lateness
+        windows = value["w"]
+        updates = []
+        for start, end in self.spec.assign(t):
+            if end - 1 + lateness <= wm:
+                continue  # this window was fired and dropped
+            entry = next((w for w in windows if w[0] == start and w[1] == end), None)
+            acc = fn.add(fn.create() if entry is None else entry[2], v)
+            updates.append((start, end, entry, acc))
+        if not updates:
+            return False
+        for start, end, entry, acc in updates:  # all adds succeeded: now change the state
+            if entry is None:
+                windows.append([start, end, acc, False])
+            else:
+                entry[2] = acc
+                if entry[3]:  # fired already, within allowed lateness: emit the update now
+                    out.append(self._result(value["k"], entry))
+        if self.spec.merging:
+            self._merge_sessions(value)
+        value["w"].sort(key=lambda w: w[0])
+        self._schedule(skey, value["w"])
+        return True
+
+    def _merge_sessions(self, value: dict) -> None:
+        windows = sorted(value["w"], key=lambda w: w[0])
+        merged: list[list] = []
+        for w in windows:
+            if merged and w[0] < merged[-1][1]:
+                last = merged[-1]
+                last[1] = max(last[1], w[1])
+                last[2] = self.fn.merge(last[2], w[2])
+                last[3] = last[3] and w[3]
+            else:
+                merged.append(list(w))
+        value["w"] = merged
+
+    def _late_record(self, v: Any, t: int, wm: int) -> bytes:
+        reason = f"late: timestamp {t} is past the allowed lateness at watermark {wm}"
+        try:
+            return orjson.dumps({"record": v, "timestamp": t, "reason": reason})
+        except TypeError:
+            return orjson.dumps({"record": repr(v), "timestamp": t, "reason": reason})
+
+    def _result(self, key: Any, w: list) -> Element:
+        result = self.fn.result(key, w[0], w[1], w[2])
+        if isinstance(key, bytes):
+            key = key.decode(errors="replace")
+        if isinstance(result, dict):
+            output = {"key": key, "window_start": w[0], "window_end": w[1], **result}
+        else:
+            output = {"key": key, "window_start": w[0], "window_end": w[1], "value": result}
+        return (key, output, w[1] - 1, -1)
+
+    # -- timers -------------------------------------------------------------
+    def _schedule(self, skey: bytes, windows: list) -> None:
+        due = min(w[1] - 1 + (self.lateness if w[3] else 0) for w in windows)
+        keys = self.timers.get(due)
+        if keys is None:
+            self.timers[due] = {skey}
+            heapq.heappush(self.heap, due)
+        else:
+            keys.add(skey)
+
+    def advance(self, watermark: int) -> None:
+        """The watermark moved: fire every window it has passed."""
+        if watermark <= self.watermark:
+            return
+        self.watermark = watermark
+        wm_table = self.buffer.table(self.wm_state)
+        for p in self.owned:
+            wm_table[p.to_bytes(2, "big")] = watermark
+        heap, timers = self.heap, self.timers
+        fired: dict[int, list[Element]] = {}
+        while heap and heap[0] <= watermark:
+            for skey in timers.pop(heapq.heappop(heap), ()):
+                self._fire(skey, watermark, fired)
+        for p, out in fired.items():
+            if out and self.out is not None:
+                self.out.process(Batch(self.topic, p, out))
+
+    def _fire(self, skey: bytes, wm: int, fired: dict[int, list[Element]]) -> None:
+        p = partition_of(skey)
+        if p not in self.owned:
+            return  # stale timer of a partition this slot gave up
+        table = self.buffer.table(self.state)
+        value = table.get(skey, MISSING)
+        if value is MISSING:
+            value = self.buffer.committed(self.state, skey)
+        if not value:
+            return
+        out = fired.setdefault(p, [])
+        keep = []
+        for w in value["w"]:
+            if not w[3] and w[1] - 1 <= wm:
+                out.append(self._result(value["k"], w))
+                w[3] = True
+            if not (w[3] and w[1] - 1 + self.lateness <= wm):
+                keep.append(w)
+        value["w"] = keep
+        if keep:
+            table[skey] = value
+            self._schedule(skey, keep)
+        else:
+            self.buffer.delete(self.state, skey)
+
+    # -- ownership ------------------------------------------------------------
+    def own(self, partitions: set[int], key_groups: range | None) -> None:
+        """The partitions (and, when slots share partitions, the key groups) this slot
+        now owns: rebuild timers for new ones from state, forget the others."""
+        for p in list(self.owned - partitions):
+            self.owned.discard(p)
+            self.floors.pop(p, None)
+        for p in partitions - self.owned:
+            self.owned.add(p)
+            floor = self.buffer.get(self.wm_state, p.to_bytes(2, "big"))
+            if floor is not None:
+                self.floors[p] = floor
+            for skey, value in self.buffer.scan(self.state, p):
+                mine = key_groups is None or int.from_bytes(skey[2:4], "big") in key_groups
+                if mine and value and value["w"]:
+                    self._schedule(skey, value["w"])
