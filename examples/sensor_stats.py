@@ -1,25 +1,35 @@
-"""Example job: clean sensor readings and convert them, keyed by sensor.
+"""Example job: per-sensor statistics over 10-second event-time windows.
 
 Input (topic ``sensors``): ``{"tag": "sensor1", "value": 32.3, "ts": 1700000000000}``
-Output (topic ``sensor-stats``): the reading plus Fahrenheit and an alert flag,
-keyed by the sensor's tag.
+Output (topic ``sensor-stats``), one record per sensor and window once the
+watermark passes the window's end::
+
+    {"key": "sensor1", "window_start": ..., "window_end": ..., "count": 12,
+     "mean": 30.1, "min": 24.9, "max": 41.0}
+
+Readings may arrive up to 2 s out of order; a sensor silent for 5 s no longer
+holds the others' windows back.
 """
 
-from operators import Job
+from operators import Job, Tumbling
 
 job = Job("sensor-stats")
 (
-    job.source("sensors", value="json", timestamp=lambda r: r["ts"])
+    job.source(
+        "sensors",
+        value="json",
+        timestamp=lambda r: r["ts"],
+        max_out_of_orderness=2.0,
+        idle_timeout=5.0,
+    )
     .filter(lambda r: isinstance(r.get("value"), int | float))
     .key_by(lambda r: r["tag"])
-    .map(
-        lambda r: {
-            "tag": r["tag"],
-            "ts": r["ts"],
-            "celsius": r["value"],
-            "fahrenheit": round(r["value"] * 9 / 5 + 32, 1),
-            "alert": r["value"] > 40,
-        }
+    .window(Tumbling(seconds=10))
+    .aggregate(
+        count="count",
+        mean=("mean", "value"),
+        min=("min", "value"),
+        max=("max", "value"),
     )
     .sink("sensor-stats", value="json")
 )

@@ -83,6 +83,7 @@ class Job:
         self.sources: list[Node] = []
         self._next_id = 0
         self._names: set[str] = set()
+        self._bound: str | None = None
 
     def source(
         self,
@@ -132,7 +133,56 @@ class Job:
         return [n for src in self.sources for n in walk(src)]
 
     def source_topics(self) -> list[str]:
+        """Topics the job reads, its repartition topics included."""
         return sorted({n.options["topic"] for n in self.sources})
+
+    def user_source_topics(self) -> list[str]:
+        """Topics the job's author named (they must exist before it runs)."""
+        return sorted({n.options["topic"] for n in self.sources if not n.options.get("internal")})
+
+    def repartitions(self) -> list[Node]:
+        """The internal sources reading repartition topics (after `bind`)."""
+        return [n for n in self.sources if n.options.get("internal")]
+
+    def bind(self, group: str) -> None:
+        """Fix the group-dependent plan: a ``key_by(fn)`` that feeds keyed state
+        writes to ``<group>.<key_by name>.repartition``, and what followed it reads
+        that topic as a new source. Call once, before running."""
+        if self._bound is not None:
+            if self._bound != group:
+                raise JobDefinitionError(f"job {self.name!r} is already bound to {self._bound!r}")
+            return
+        self._bound = group
+        for src in list(self.sources):
+            self._split(src, src, group)
+
+    def _split(self, node: Node, source: Node, group: str) -> None:
+        for child in node.children:
+            if child.kind == KEY_BY and child.fn is not None and _feeds_state(child):
+                topic = f"{group}.{child.name}.repartition"
+                self._next_id += 1
+                internal = Node(
+                    self._next_id,
+                    SOURCE,
+                    f"source-{topic}",
+                    None,
+                    {
+                        **source.options,
+                        "topic": topic,
+                        "value": "repartition",
+                        "timestamp": None,  # the record timestamp carries the event time
+                        "internal": True,
+                        "partitions": child.options["partitions"],
+                        "upstream": source.options["topic"],
+                    },
+                    child.children,
+                )
+                child.children = []
+                child.options["repartition"] = topic
+                self.sources.append(internal)
+                self._split(internal, internal, group)
+            else:
+                self._split(child, source, group)
 
     def sink_topics(self) -> list[str]:
         topics = {n.options["topic"] for n in self.nodes() if n.kind == SINK}
@@ -163,10 +213,12 @@ class Job:
         if node.kind in STATEFUL and exchanged is not None:
             raise JobDefinitionError(
                 f"{node.name} ({node.kind}) comes after {exchanged.name}, which moves records"
-                " between slots; keyed state needs the input topic keyed by the key: use"
-                " key_by() without a function on a topic keyed that way"
+                " between slots; keyed state needs records partitioned by its key: put a"
+                " key_by(...) right before it"
             )
-        if node.exchanges:
+        if node.kind == KEY_BY and node.fn is not None and _feeds_state(node):
+            exchanged = None  # a repartition topic re-partitions by the key
+        elif node.exchanges:
             exchanged = node
         for child in node.children:
             self._check_stateful(child, exchanged)
@@ -202,6 +254,16 @@ class Job:
         return Node(self._next_id, kind, name, fn, options)
 
 
+def _feeds_state(node: Node) -> bool:
+    """Does keyed state follow ``node`` before any other exchange?"""
+    for child in node.children:
+        if child.kind in STATEFUL:
+            return True
+        if not child.exchanges and _feeds_state(child):
+            return True
+    return False
+
+
 class Stream:
     """A stream of records; each method adds an operator and returns the new stream."""
 
@@ -232,16 +294,28 @@ class Stream:
         return self._same_kind(self._then(FLAT_MAP, _check_callable(fn, "flat_map"), name))
 
     def key_by(
-        self, fn: Callable[[Any], Any] | None = None, *, name: str | None = None
+        self,
+        fn: Callable[[Any], Any] | None = None,
+        *,
+        partitions: int | None = None,
+        name: str | None = None,
     ) -> KeyedStream:
         """Partition by key. ``fn(value)`` extracts the key; without ``fn`` the
         Kafka record key is the key and records stay where they are (Kafka
-        already partitions by it). With ``fn``, records move to the slot that
-        owns the key's key group.
+        already partitions by it).
+
+        With ``fn``, records move to the owner of their key: to another slot of
+        this worker, or — when keyed state follows — through the repartition
+        topic ``<group>.<name>.repartition`` (``partitions`` partitions, default
+        the source's), so every key is owned by exactly one worker.
         """
         if fn is not None:
             _check_callable(fn, "key_by")
-        return KeyedStream(self._job, self._then(KEY_BY, fn, name))
+        if partitions is not None and (
+            isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
+        ):
+            raise JobDefinitionError(f"key_by(partitions={partitions!r}): expected an int >= 1")
+        return KeyedStream(self._job, self._then(KEY_BY, fn, name, partitions=partitions))
 
     def _partition(self, partitioner: str, name: str | None) -> Stream:
         return Stream(self._job, self._then(PARTITION, None, name, partitioner=partitioner))

@@ -16,6 +16,8 @@ from operators.chain import (
     MapOp,
     Operator,
     RecordKeyOp,
+    RepartitionOp,
+    RepartitionSourceOp,
     SinkOp,
     SlotContext,
     SourceOp,
@@ -81,10 +83,12 @@ def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> S
             inputs[node.id] = after
             cls = KeyByOp if node.kind == KEY_BY else ExchangeOp
             return cls(node, ctx, node.id, max_key_groups)
-        if after is None and node.kind != SINK:
+        if after is None and node.kind != SINK and "repartition" not in node.options:
             return None  # a branch without a sink does nothing
         if node.kind == PARTITION:  # forward, rescale: records stay in their slot
             return after
+        if node.kind == KEY_BY and "repartition" in node.options:
+            return RepartitionOp(node, ctx)  # ends this part of the plan: a topic follows
         if node.kind == KEY_BY:
             op: Operator = RecordKeyOp(node, ctx)
         elif node.kind in _KEYED:
@@ -92,6 +96,8 @@ def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> S
         elif node.kind == WINDOW:
             op = WindowOp(node, ctx, max_key_groups, topic)
             windows.append(op)
+        elif node.kind == SOURCE and node.options["value"] == "repartition":
+            op = RepartitionSourceOp(node, ctx)
         else:
             op = _CHAINED[node.kind](node, ctx)
         op.out = after

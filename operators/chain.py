@@ -22,6 +22,8 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import orjson
+
 from operators.formats import decoder, encode_key, encoder
 from operators.plan import (
     BROADCAST,
@@ -35,6 +37,7 @@ from state.epoch import EpochBuffer
 from state.keygroups import key_group, slot_table
 
 Element = tuple[Any, Any, int, int]
+Row = tuple[bytes | None, bytes, int, int]  # key, value, source offset, timestamp
 
 
 class Batch:
@@ -67,10 +70,8 @@ class SlotContext(Protocol):
     slots: int
     state: EpochBuffer | None  # the slot's keyed state (None for stateless jobs)
 
-    def produce(
-        self, topic: str, rows: list[tuple[bytes | None, bytes, int]], batch: Batch
-    ) -> None:
-        """Write ``(key, value, source_offset)`` rows of ``batch`` to ``topic``."""
+    def produce(self, topic: str, rows: list[Row], batch: Batch) -> None:
+        """Write ``(key, value, source_offset, timestamp_ms)`` rows of ``batch`` to ``topic``."""
 
     def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
         """Handle one failed record according to the job's error policy."""
@@ -253,6 +254,61 @@ class FlatMapOp(Operator):
             self.out.process(Batch(batch.topic, batch.partition, out))
 
 
+class RepartitionSourceOp(SourceOp):
+    """Reads a repartition topic: values are ``[key, value]`` envelopes (JSON)."""
+
+    __slots__ = ()
+
+    def process(self, batch: Batch) -> None:
+        msgs = batch.elems
+        elems = []
+        for m in msgs:
+            try:
+                k, v = orjson.loads(m.value())
+            except Exception as exc:
+                self.ctx.fail(self.name, "decode", batch, (m.key(), m.value(), 0, m.offset()), exc)
+                continue
+            elems.append((k, v, m.timestamp()[1], m.offset()))
+        if self.track_time and elems:
+            self.ctx.observe_time(batch.topic, batch.partition, max(e[2] for e in elems))
+        if elems and self.out is not None:
+            self.out.process(Batch(batch.topic, batch.partition, elems))
+
+
+class RepartitionOp(Operator):
+    """``key_by(fn)`` before keyed state: writes ``[key, value]`` to the repartition
+    topic, keyed by the key, with the event time as the record timestamp."""
+
+    __slots__ = ("fn", "topic")
+
+    def __init__(self, node: Node, ctx: SlotContext) -> None:
+        super().__init__(node, ctx)
+        self.fn = node.fn
+        self.topic = node.options["repartition"]
+
+    def process(self, batch: Batch) -> None:
+        fn, dumps = self.fn, orjson.dumps
+        rows: list[Row] = []
+        append = rows.append
+        elems = batch.elems
+        i, n = 0, len(elems)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                    _, v, t, o = elems[i]
+                    key = fn(v)
+                    append((encode_key(key), dumps([key, v]), o, t))
+                break
+            except Exception as exc:
+                self.ctx.fail(self.name, "key", batch, elems[i], exc)
+                i += 1
+        if rows:
+            self.ctx.produce(self.topic, rows, batch)
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        pass
+
+
 class RecordKeyOp(Operator):
     """``key_by()``: the Kafka record key is the key, as text when it is UTF-8."""
 
@@ -362,19 +418,19 @@ class SinkOp(Operator):
     def process(self, batch: Batch) -> None:
         encode, key_fn = self.encode, self.key_fn
         elems = batch.elems
-        rows: list[tuple[bytes | None, bytes, int]] = []
+        rows: list[Row] = []
         append = rows.append
         i, n = 0, len(elems)
         while i < n:
             try:
                 if key_fn is None:
                     for i in range(i, n):  # noqa: B020 - resumes after a failed record
-                        k, v, _, o = elems[i]
-                        append((encode_key(k), encode(v), o))
+                        k, v, t, o = elems[i]
+                        append((encode_key(k), encode(v), o, t))
                 else:
                     for i in range(i, n):  # noqa: B020
-                        _, v, _, o = elems[i]
-                        append((encode_key(key_fn(v)), encode(v), o))
+                        _, v, t, o = elems[i]
+                        append((encode_key(key_fn(v)), encode(v), o, t))
                 break
             except Exception as exc:
                 self.ctx.fail(self.name, "serialize", batch, elems[i], exc)

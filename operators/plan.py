@@ -54,7 +54,7 @@ class Node:
         """True when records leave their slot after this node (a segment boundary)."""
         if self.kind == PARTITION:
             return self.options["partitioner"] in EXCHANGING
-        return self.kind == KEY_BY and self.fn is not None
+        return self.kind == KEY_BY and self.fn is not None and "repartition" not in self.options
 
     def describe(self) -> str:
         extra = ""
@@ -63,7 +63,10 @@ class Node:
         elif self.kind == PARTITION:
             extra = f" {self.options['partitioner']}"
         elif self.kind == KEY_BY:
-            extra = " (record key)" if self.fn is None else " (hash exchange)"
+            if "repartition" in self.options:
+                extra = f" -> repartition topic {self.options['repartition']}"
+            else:
+                extra = " (record key)" if self.fn is None else " (hash exchange)"
         elif self.kind == WINDOW:
             extra = f" {self.options['spec']!r} {self.options['function']}"
         return f"{self.name}: {self.kind}{extra}"

@@ -149,7 +149,7 @@ class WindowOp(Operator):
         wm = max(self.watermark, self.floors.get(p, NO_WATERMARK))
         table = self.buffer.table(self.state)
         out: list[Element] = []
-        late: list[tuple[bytes | None, bytes, int]] = []
+        late: list[tuple[bytes | None, bytes, int, int]] = []
         elems = batch.elems
         i, n = 0, len(elems)
         while i < n:
@@ -163,7 +163,7 @@ class WindowOp(Operator):
                     if self._add(value, skey, v, t, wm, out):
                         table[skey] = value
                     else:
-                        late.append((encode_key(k), self._late_record(v, t, wm), o))
+                        late.append((encode_key(k), self._late_record(v, t, wm), o, t))
                 break
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)

@@ -98,9 +98,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from service.jobfile import load_job
 
     job = load_job(args.job)
+    job.bind(job.name)
     print(job.describe())
-    print(f"source topics: {', '.join(job.source_topics())}")
+    print(f"source topics: {', '.join(job.user_source_topics())}")
     print(f"sink topics: {', '.join(job.sink_topics())}")
+    for node, topic in job.stateful():
+        changelog = f"{job.name}.{node.name}.changelog"
+        print(f"state: {node.name} ({node.kind}) on {topic}, changelog {changelog}")
+    for source in job.repartitions():
+        print(f"repartition topic: {source.options['topic']} (group {job.name!r})")
     return 0
 
 

@@ -81,8 +81,15 @@ def run_demo(bootstrap: str | None, count: int) -> int:
         for topic in (*job.source_topics(), *job.sink_topics()):
             ensure_topic(admin, topic, 3, 15)
         start = _end_offsets(bootstrap, "sensor-stats", admin)
-        produce_readings(bootstrap, "sensors", readings(count))
-        print(f"wrote {count} sample readings to 'sensors'")
+        # A minute of event time, ending now, aligned to the 10 s windows: 6 windows
+        # per sensor; the last closes once the sensors fall idle.
+        now = int(time.time() * 1000)
+        first = now - now % 10_000 - 60_000
+        spacing = max(1, 60_000 // count)
+        data = readings(count, tags=5, start_ms=first, spacing_ms=spacing)
+        expected = len({(r["tag"], (r["ts"] - first) // 10_000) for r in data})
+        produce_readings(bootstrap, "sensors", data)
+        print(f"wrote {count} sample readings over 60 s of event time to 'sensors'")
 
         config = WorkerConfig(
             bootstrap=bootstrap,
@@ -96,16 +103,24 @@ def run_demo(bootstrap: str | None, count: int) -> int:
         worker.prepare()
         thread = threading.Thread(target=worker.run, name="weir-demo-worker", daemon=True)
         thread.start()
-        print(f"running {EXAMPLE.name} (2 slots, exactly-once) ...")
-        outputs = _read(bootstrap, start, count, timeout_s=60)
+        print(f"running {EXAMPLE.name} (2 slots, exactly-once; 10 s tumbling windows) ...")
+        outputs = _read(bootstrap, start, expected, timeout_s=60)
         worker.stop()
         thread.join(30)
-        print(f"read {len(outputs)} committed records from 'sensor-stats'; the first 10:")
-        outputs = outputs[:count]
-        for m in outputs[:10]:
-            print(f"  key={m.key().decode()} value={orjson.loads(m.value())}")
-        if len(outputs) < count:
-            print(f"expected {count} outputs, got {len(outputs)}")
+        results = sorted(
+            (v for v in (orjson.loads(m.value()) for m in outputs) if v["window_start"] >= first),
+            key=lambda v: (v["key"], v["window_start"]),
+        )  # (an existing broker's topic may hold older readings too)
+        outputs = results
+        print(f"read {len(results)} committed window results from 'sensor-stats':")
+        for v in results:
+            start_s = time.strftime("%H:%M:%S", time.gmtime(v["window_start"] / 1000))
+            print(
+                f"  {v['key']:8} [{start_s}, +10s)  count={v['count']:3}  mean={v['mean']:6.2f}"
+                f"  min={v['min']:5.1f}  max={v['max']:5.1f}"
+            )
+        if len(outputs) < expected:
+            print(f"expected {expected} window results, got {len(outputs)}")
             return 1
         return 0
     finally:

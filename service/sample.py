@@ -9,15 +9,21 @@ import orjson
 from confluent_kafka import Producer
 
 
-def readings(count: int, tags: int = 5, seed: int = 7, start_ms: int | None = None) -> list[dict]:
-    """``count`` readings over ``tags`` sensors, one every 10 ms of event time."""
+def readings(
+    count: int,
+    tags: int = 5,
+    seed: int = 7,
+    start_ms: int | None = None,
+    spacing_ms: int = 10,
+) -> list[dict]:
+    """``count`` readings over ``tags`` sensors, one every ``spacing_ms`` of event time."""
     rng = random.Random(seed)
     start = int(time.time() * 1000) if start_ms is None else start_ms
     return [
         {
             "tag": f"sensor{rng.randrange(1, tags + 1)}",
             "value": round(rng.gauss(30.0, 5.0), 1),
-            "ts": start + 10 * i,
+            "ts": start + spacing_ms * i,
         }
         for i in range(count)
     ]

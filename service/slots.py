@@ -30,7 +30,7 @@ import orjson
 from confluent_kafka import KafkaException, Producer
 
 from operators.build import SlotChain, build_chain
-from operators.chain import Barrier, Batch
+from operators.chain import Barrier, Batch, Row
 from operators.plan import Node
 from service.exceptions import WorkerFailed
 from service.metrics import Metrics
@@ -154,7 +154,7 @@ class Slot(threading.Thread):
         self.chain: SlotChain | None = None
         self.current = SOURCES
         self.passed: set[int] = set()  # targets past the in-flight barrier
-        self.held: list[tuple[str, bytes | None, bytes, Any]] = []
+        self.held: list[tuple[str, bytes | None, bytes, Any, int]] = []
         self.arrived: dict[int, set[int]] = {}
         self.stash: dict[int, list[tuple[int, Any]]] = {}
         self.replay: deque[tuple[int, int, Any]] = deque()
@@ -169,9 +169,7 @@ class Slot(threading.Thread):
         return len(self.peers)
 
     # -- SlotContext ---------------------------------------------------------
-    def produce(
-        self, topic: str, rows: list[tuple[bytes | None, bytes, int]], batch: Batch
-    ) -> None:
+    def produce(self, topic: str, rows: list[Row], batch: Batch) -> None:
         counter = self._out_counters.get(topic)
         if counter is None:
             counter = self._out_counters[topic] = self.metrics.records_out.labels(
@@ -181,20 +179,20 @@ class Slot(threading.Thread):
         if self.discard:
             return
         if self.current in self.passed:
-            self.held.extend((topic, k, v, None) for k, v, _ in rows)
+            self.held.extend((topic, k, v, None, t) for k, v, _, t in rows)
             return
         produce, poll = self.producer.produce, self.producer.poll
         i, n = 0, len(rows)
         while i < n:
             try:
                 for i in range(i, n):  # noqa: B020 - resumes after a full queue
-                    k, v, _ = rows[i]
-                    produce(topic, v, k)
+                    k, v, _, t = rows[i]
+                    produce(topic, v, k, timestamp=t if t > 0 else 0)
                 break
             except BufferError:
                 poll(0.05)  # librdkafka's queue is full: let it drain, then resume at row i
             except KafkaException as exc:  # refused locally, e.g. larger than message.max.bytes
-                k, v, offset = rows[i]
+                k, v, offset, _ = rows[i]
                 self.fail(f"sink-{topic}", "produce", batch, (k, v, 0, offset), exc)
                 i += 1
 
@@ -235,7 +233,7 @@ class Slot(threading.Thread):
             ("weir.source.offset", str(elem[3]).encode()),
         ]
         if self.current in self.passed:
-            self.held.append((self.dlq_topic, key_bytes, value, headers))
+            self.held.append((self.dlq_topic, key_bytes, value, headers, 0))
         else:
             self._produce_one(self.dlq_topic, key_bytes, value, headers)
 
@@ -337,8 +335,8 @@ class Slot(threading.Thread):
     def _release(self) -> None:
         self.passed.clear()
         held, self.held = self.held, []
-        for topic, key, value, headers in held:
-            self._produce_one(topic, key, value, headers)
+        for topic, key, value, headers, ts in held:
+            self._produce_one(topic, key, value, headers, timestamp=ts)
 
     def _produce_one(
         self,
@@ -347,8 +345,11 @@ class Slot(threading.Thread):
         value: bytes | None,
         headers: Any,
         partition: int | None = None,
+        timestamp: int = 0,
     ) -> None:
-        extra = {} if partition is None else {"partition": partition}
+        extra: dict[str, int] = {"timestamp": timestamp if timestamp > 0 else 0}
+        if partition is not None:
+            extra["partition"] = partition
         while not self.discard:
             try:
                 self.producer.produce(topic, value, key, headers=headers, **extra)

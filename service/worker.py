@@ -56,6 +56,7 @@ class Worker:
         self.job = job
         self.config = config
         self.group = config.group or job.name
+        job.bind(self.group)
         suffix = "" if process_index is None else f".{process_index}"
         self.worker_id = f"{config.worker_id}{suffix}"
         self.transactional_id = f"{self.group}.{self.worker_id}"
@@ -161,9 +162,13 @@ class Worker:
             cfg.connect_timeout_s,
         )
         require_topics(
-            admin, self.job.source_topics(), self.job.sink_topics(), cfg.connect_timeout_s
+            admin, self.job.user_source_topics(), self.job.sink_topics(), cfg.connect_timeout_s
         )
         self.admin = admin
+        counts = partition_counts(admin, cfg.connect_timeout_s)
+        for source in self.job.repartitions():
+            wanted = source.options["partitions"] or counts[source.options["upstream"]]
+            ensure_topic(admin, source.options["topic"], wanted, cfg.connect_timeout_s)
         if self.job.on_error == "dlq":
             ensure_topic(admin, self.dlq_topic, 1, cfg.connect_timeout_s)
         if self.stateful:
