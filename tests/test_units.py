@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from operators import Job, JobDefinitionError
-from operators.chain import Barrier, Batch, build_chain
+from operators.build import build_chain
+from operators.chain import Barrier, Batch
 from service.config import WorkerConfig, load_config
 from service.exceptions import ConfigError
 from service.router import KEY_GROUPS, PINNED, SlotRouter
@@ -200,7 +201,7 @@ class FakeSlot:
         self.produced, self.failed, self.sent = [], [], []
 
     def produce(self, topic, rows, batch):
-        self.produced.extend((topic, k, v) for k, v, _ in rows)
+        self.produced.extend((topic, k, v) for k, v, _, _ in rows)
 
     def fail(self, operator, reason, batch, elem, exc):
         self.failed.append((operator, reason, elem[3]))
@@ -245,3 +246,36 @@ def test_key_by_exchange_routes_by_key_group_and_forwards_barriers():
     ctx.sent.clear()
     chain.sources["in"].on_barrier(Barrier(7))
     assert sorted(s for s, _, b in ctx.sent if isinstance(b, Barrier)) == [0, 1, 2, 3]
+
+
+# -- windows ----------------------------------------------------------------------
+
+
+@given(st.integers(0, 10**13), st.integers(1, 100), st.integers(1, 100))
+def test_sliding_assigns_every_window_containing_the_timestamp(ts, size_s, slide_s):
+    from operators.windows import Sliding
+
+    size, slide = size_s * 1000, min(slide_s, size_s) * 1000
+    windows = Sliding(seconds=size / 1000, every=slide / 1000).assign(ts)
+    assert all(s <= ts < e and e - s == size and s % slide == 0 for s, e in windows)
+    expected = [s for s in range(ts - ts % slide - size, ts + 1, slide) if s <= ts < s + size]
+    assert [s for s, _ in windows] == expected, "exactly the windows that contain ts"
+
+
+def test_repartition_plan_for_key_by_before_state():
+    from operators import Tumbling
+
+    job = Job("r")
+    job.source("in").key_by(lambda r: r["k"]).window(Tumbling(seconds=1)).aggregate(n="count").sink(
+        "out"
+    )
+    job.validate()
+    job.bind("grp")
+    (internal,) = job.repartitions()
+    assert internal.options["topic"] == "grp.key_by-2.repartition"
+    assert job.user_source_topics() == ["in"]
+    assert [(n.name, t) for n, t in job.stateful()] == [("window-3", "grp.key_by-2.repartition")]
+    stateless = Job("s")
+    stateless.source("in").key_by(lambda r: r["k"]).map(str).sink("out")
+    stateless.bind("g")
+    assert stateless.repartitions() == [], "no state after it: an in-worker exchange suffices"
