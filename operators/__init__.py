@@ -12,12 +12,14 @@ they are the runtime's business, not the job author's.
 from operators.aggregates import AggregateFunction
 from operators.api import Job, KeyedStream, Stream, WindowedStream
 from operators.exceptions import JobDefinitionError
+from operators.process import KeyedProcessFunction
 from operators.windows import Session, Sliding, Tumbling
 
 __all__ = [
     "AggregateFunction",
     "Job",
     "JobDefinitionError",
+    "KeyedProcessFunction",
     "KeyedStream",
     "Session",
     "Sliding",

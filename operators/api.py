@@ -24,6 +24,7 @@ from operators.plan import (
     KEY_BY,
     MAP,
     PARTITION,
+    PROCESS,
     REBALANCE,
     REDUCE,
     RESCALE,
@@ -35,6 +36,7 @@ from operators.plan import (
     Node,
     walk,
 )
+from operators.process import KeyedProcessFunction
 from operators.windows import WindowSpec
 from state.keygroups import DEFAULT_MAX_KEY_GROUPS
 
@@ -194,8 +196,11 @@ class Job:
         return sorted(topics)
 
     def event_time_sources(self) -> list[Node]:
-        """Sources feeding a window: their partitions' watermarks drive the windows."""
-        return [s for s in self.sources if any(n.kind == WINDOW for n in walk(s))]
+        """Sources feeding windows or process functions: their watermarks drive timers."""
+        return [s for s in self.sources if any(n.kind in (WINDOW, PROCESS) for n in walk(s))]
+
+    def has_timers(self) -> bool:
+        return bool(self.event_time_sources())
 
     def validate(self) -> None:
         """Check the job is runnable as a whole (called by the worker before it starts)."""
@@ -381,6 +386,17 @@ class KeyedStream(Stream):
         """
         compile_aggregates(fields)  # validate now
         return KeyedStream(self._job, self._then(AGGREGATE, None, name, fields=fields))
+
+    def process(self, fn: KeyedProcessFunction, *, name: str | None = None) -> KeyedStream:
+        """A keyed process function: per-key state handles and event/processing-time timers.
+
+        ``fn`` is an `operators.KeyedProcessFunction`; what it emits stays keyed.
+        """
+        if not isinstance(fn, KeyedProcessFunction):
+            raise JobDefinitionError(
+                f"process({fn!r}): expected an instance of operators.KeyedProcessFunction"
+            )
+        return KeyedStream(self._job, self._then(PROCESS, fn, name))
 
     def window(
         self,

@@ -30,12 +30,14 @@ from operators.plan import (
     KEY_BY,
     MAP,
     PARTITION,
+    PROCESS,
     REDUCE,
     SINK,
     SOURCE,
     WINDOW,
     Node,
 )
+from operators.process import ProcessOp
 from operators.windowed import WindowOp
 
 _CHAINED: dict[str, type[Operator]] = {
@@ -56,7 +58,10 @@ class SlotChain:
     """
 
     def __init__(
-        self, sources: dict[str, Operator], inputs: dict[int, Operator], windows: list[WindowOp]
+        self,
+        sources: dict[str, Operator],
+        inputs: dict[int, Operator],
+        windows: list[WindowOp | ProcessOp],
     ) -> None:
         self.sources = sources
         self.inputs = inputs
@@ -66,7 +71,7 @@ class SlotChain:
 def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> SlotChain:
     """Instantiate the plan for one slot, chaining everything between exchanges."""
     inputs: dict[int, Operator] = {}
-    windows: list[WindowOp] = []
+    windows: list[WindowOp | ProcessOp] = []  # operators with timers
     topic = ""
 
     def downstream(children: list[Node]) -> Operator | None:
@@ -95,6 +100,9 @@ def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> S
             op = _KEYED[node.kind](node, ctx, max_key_groups)
         elif node.kind == WINDOW:
             op = WindowOp(node, ctx, max_key_groups, topic)
+            windows.append(op)
+        elif node.kind == PROCESS:
+            op = ProcessOp(node, ctx, max_key_groups, topic)
             windows.append(op)
         elif node.kind == SOURCE and node.options["value"] == "repartition":
             op = RepartitionSourceOp(node, ctx)

@@ -27,7 +27,11 @@ def states_of(node: Node) -> tuple[str, ...]:
     """Every state name a stateful operator uses."""
     from operators.windowed import window_states
 
-    return window_states(node) if node.kind == "window" else (state_name(node),)
+    if node.kind == "window":
+        return window_states(node)
+    if node.kind == "process":
+        return (f"{node.name}.keyed",)
+    return (state_name(node),)
 
 
 def _output(key: Any, value: Any) -> dict:

@@ -24,7 +24,8 @@ SINK = "sink"
 REDUCE = "reduce"
 AGGREGATE = "aggregate"
 WINDOW = "window"
-STATEFUL = frozenset({REDUCE, AGGREGATE, WINDOW})
+PROCESS = "process"
+STATEFUL = frozenset({REDUCE, AGGREGATE, WINDOW, PROCESS})
 
 # Partitioners (Flink's names). FORWARD and RESCALE keep records in their slot:
 # every stage inside a worker runs with parallelism = slots, and with equal

@@ -241,8 +241,8 @@ class WindowOp(Operator):
         else:
             keys.add(skey)
 
-    def advance(self, watermark: int) -> None:
-        """The watermark moved: fire every window it has passed."""
+    def advance(self, watermark: int, now: int = 0) -> None:
+        """The watermark moved: fire every window it has passed (``now`` is unused)."""
         if watermark <= self.watermark:
             return
         self.watermark = watermark

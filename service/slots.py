@@ -58,12 +58,14 @@ class Stop:
 
 
 class Watermark:
-    """The worker's watermark advanced to ``value`` (epoch ms): fire due windows."""
+    """Time moved: the worker's watermark is ``value`` and the wall clock ``now``
+    (epoch ms): fire due windows and timers."""
 
-    __slots__ = ("value",)
+    __slots__ = ("now", "value")
 
-    def __init__(self, value: int) -> None:
+    def __init__(self, value: int, now: int) -> None:
         self.value = value
+        self.now = now
 
 
 class Ownership:
@@ -284,7 +286,7 @@ class Slot(threading.Thread):
             elif isinstance(payload, Watermark):
                 self.current = SOURCES  # windows run in the source segment
                 for window in self.chain.windows:
-                    window.advance(payload.value)
+                    window.advance(payload.value, payload.now)
             elif isinstance(payload, Ownership):
                 for window in self.chain.windows:
                     window.own(payload.partitions.get(window.topic, set()), payload.key_groups)

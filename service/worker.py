@@ -377,12 +377,13 @@ class Worker:
             since, base = self.all_idle
             new = base + round((now - since) * 1000)
         else:
-            return
+            new = self.watermark
         if new > self.watermark:
             self.watermark = new
-            for slot in self.slots:
-                slot.inbox.put(SOURCES, FETCHER, Watermark(new))
             self.metrics.watermark_lag.set(max(0.0, time.time() - new / 1000))
+        now_ms = int(time.time() * 1000)
+        for slot in self.slots:  # every tick: processing-time timers need the clock too
+            slot.inbox.put(SOURCES, FETCHER, Watermark(self.watermark, now_ms))
 
     def _check_fatal(self) -> None:
         if self.fatal is not None:
@@ -421,9 +422,10 @@ class Worker:
         for slot in slots:
             slot.start()
         self._ownership()
-        if self.watermark > NO_WATERMARK:
+        if self.event_sources:
+            now_ms = int(time.time() * 1000)
             for slot in slots:
-                slot.inbox.put(SOURCES, FETCHER, Watermark(self.watermark))
+                slot.inbox.put(SOURCES, FETCHER, Watermark(self.watermark, now_ms))
 
     def _stop_slots(self, timeout: float) -> None:
         for slot in self.slots:
