@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from service.config import GUARANTEES, LOG_FORMATS, LOG_LEVELS, load_config
+from service.config import GUARANTEES, LOG_FORMATS, LOG_LEVELS, RESTART_STRATEGIES, load_config
 from service.exceptions import ConfigError, WeirError
 
 log = logging.getLogger("weir")
@@ -34,6 +34,14 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-host", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     p.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json")
+    p.add_argument(
+        "--restart-strategy",
+        choices=RESTART_STRATEGIES,
+        help="after an unexpected slot error: restart from the last checkpoint"
+        " (default exponential-delay)",
+    )
+    p.add_argument("--restart-attempts", help="restarts before the worker exits (default 5)")
+    p.add_argument("--restart-delay-ms", help="(first) delay before a restart (default 1000)")
     p.add_argument(
         "--kafka",
         action="append",

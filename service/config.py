@@ -21,6 +21,7 @@ from service.exceptions import ConfigError
 GUARANTEES = ("exactly-once", "at-least-once")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+RESTART_STRATEGIES = ("exponential-delay", "fixed-delay", "none")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class WorkerConfig:
     slot_queue_records: int = 20000  # backpressure bound per slot
     connect_timeout_s: float = 15.0
     shutdown_timeout_s: float = 30.0
+    # Flink's restart strategies, for unexpected errors in a slot (not bad records):
+    restart_strategy: str = "exponential-delay"  # or fixed-delay, none
+    restart_attempts: int = 5
+    restart_delay_ms: int = 1000  # fixed delay, or the first exponential one (doubling, max 60 s)
     kafka: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -63,9 +68,16 @@ _INT_RANGES = {
     "http_port": (0, 65535),
     "batch_size": (1, 1_000_000),
     "slot_queue_records": (1, 100_000_000),
+    "restart_attempts": (0, 1_000_000),
+    "restart_delay_ms": (0, 3_600_000),
 }
 _FLOAT_RANGES = {"connect_timeout_s": (0.1, 3600.0), "shutdown_timeout_s": (0.1, 3600.0)}
-_CHOICES = {"guarantee": GUARANTEES, "log_level": LOG_LEVELS, "log_format": LOG_FORMATS}
+_CHOICES = {
+    "guarantee": GUARANTEES,
+    "log_level": LOG_LEVELS,
+    "log_format": LOG_FORMATS,
+    "restart_strategy": RESTART_STRATEGIES,
+}
 FIELDS = {f.name for f in fields(WorkerConfig)} - {"kafka"}
 
 

@@ -58,6 +58,9 @@ def readiness(worker: Worker) -> str | None:
         return f"worker is {worker.state}"
     if not worker.router.pins:
         return "no partitions assigned"
+    if worker.restoring:
+        restoring = ", ".join(f"{t}[{p}]" for t, p in sorted(worker.restoring))
+        return f"restoring state of {restoring}"
     return None
 
 

@@ -77,6 +77,9 @@ class Metrics:
             "assigned_partitions", "Source partitions assigned to this worker."
         ).labels(job)
         self.rebalances = counter("rebalances", "Group rebalances this worker took part in.")
+        self.restarts = counter(
+            "restarts", "In-process restarts from the last checkpoint after a slot failed."
+        )
         self.records_late = counter(
             "records_late", "Records that arrived after their window was gone.", ("operator",)
         )

@@ -41,6 +41,7 @@ from state.store import Write
 log = logging.getLogger(__name__)
 
 SOURCES = -1  # target id of the source heads; their one channel is the fetcher
+DLQ_VALUE_LIMIT = 65536  # a dead letter keeps at most this much of the record's value
 FETCHER = -1
 
 
@@ -137,6 +138,7 @@ class Slot(threading.Thread):
         on_fatal: Callable[[BaseException], None],
         state: EpochBuffer | None = None,
         changelogs: dict[str, str] | None = None,
+        size_limits: dict[str, int] | None = None,
     ) -> None:
         super().__init__(name=f"weir-slot-{index}", daemon=True)
         self.slot = index
@@ -151,6 +153,7 @@ class Slot(threading.Thread):
         self.stats = SlotStats()
         self.state = state
         self.changelogs = changelogs or {}  # state name -> changelog topic
+        self.size_limits = size_limits or {}  # topic -> largest record (key + value) it takes
         self.epoch_writes: list[Write] = []
         self._chain_args = (sources, max_key_groups)
         self.chain: SlotChain | None = None
@@ -177,6 +180,9 @@ class Slot(threading.Thread):
             counter = self._out_counters[topic] = self.metrics.records_out.labels(
                 self.metrics.job, topic
             )
+        limit = self.size_limits.get(topic)
+        if limit is not None:
+            rows = self._within(topic, rows, batch, limit)
         counter.inc(len(rows))
         if self.discard:
             return
@@ -197,6 +203,18 @@ class Slot(threading.Thread):
                 k, v, offset, _ = rows[i]
                 self.fail(f"sink-{topic}", "produce", batch, (k, v, 0, offset), exc)
                 i += 1
+
+    def _within(self, topic: str, rows: list[Row], batch: Batch, limit: int) -> list[Row]:
+        """Rows the topic accepts; larger ones go to the dead-letter topic, not to an
+        aborted transaction (the broker would refuse the whole batch)."""
+        big = [r for r in rows if len(r[1]) + len(r[0] or b"") > limit]
+        if not big:
+            return rows
+        for k, v, offset, t in big:
+            size = len(v) + len(k or b"")
+            exc = ValueError(f"record of {size} bytes exceeds {topic}'s limit of {limit} bytes")
+            self.fail(f"sink-{topic}", "too-large", batch, (k, v, t, offset), exc)
+        return [r for r in rows if len(r[1]) + len(r[0] or b"") <= limit]
 
     def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
         self.stats.failed += 1
@@ -226,6 +244,10 @@ class Slot(threading.Thread):
                 value = repr(value).encode()
         if not isinstance(key_bytes, bytes | None):
             key_bytes = repr(key_bytes).encode()
+        dlq_limit = self.size_limits.get(self.dlq_topic, DLQ_VALUE_LIMIT)
+        if value is not None and len(value) > min(DLQ_VALUE_LIMIT, dlq_limit // 2):
+            error += f" (value truncated from {len(value)} bytes)"
+            value = value[: min(DLQ_VALUE_LIMIT, dlq_limit // 2)]
         headers = [
             ("weir.error", error.encode()),
             ("weir.reason", reason.encode()),

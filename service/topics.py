@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from service.exceptions import KafkaUnavailable
 
@@ -67,3 +67,17 @@ def ensure_topic(
     except KafkaException as exc:
         if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
             raise KafkaUnavailable(f"cannot create topic {topic!r}: {exc.args[0].str()}") from None
+
+
+RECORD_OVERHEAD = 1024  # batch header, record framing and headers, with room to spare
+
+
+def record_size_limits(admin: AdminClient, topics: list[str], timeout_s: float) -> dict[str, int]:
+    """The largest key + value each topic accepts: its ``max.message.bytes`` less overhead."""
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
+    limits = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
+        entry = future.result(timeout=timeout_s).get("max.message.bytes")
+        if entry is not None and entry.value is not None:
+            limits[resource.name] = int(entry.value) - RECORD_OVERHEAD
+    return limits

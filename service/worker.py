@@ -38,7 +38,13 @@ from service.metrics import Metrics
 from service.restore import Restorer, StatefulOperator
 from service.router import PINNED, SlotRouter
 from service.slots import FETCHER, SOURCES, Ownership, Slot, Stop, Watermark
-from service.topics import connect_admin, ensure_topic, partition_counts, require_topics
+from service.topics import (
+    connect_admin,
+    ensure_topic,
+    partition_counts,
+    record_size_limits,
+    require_topics,
+)
 from state.epoch import EpochBuffer
 from state.keygroups import key_group_range
 from state.serde import JsonSerde
@@ -68,6 +74,8 @@ class Worker:
         self.full_slots: set[int] = set()
         self.stopping = threading.Event()
         self.fatal: BaseException | None = None
+        self.restarts = 0
+        self.size_limits: dict[str, int] = {}
         self.delivery_failures: list[str] = []
         self.state = "starting"
         self.started = time.time()
@@ -131,6 +139,8 @@ class Worker:
             "enable.idempotence": True,
             "partitioner": "murmur2_random",  # the Java client's: same key, same partition
             "queue.buffering.max.messages": 500000,
+            # Batches must fit the smallest topic limit, or the broker refuses them whole.
+            "batch.size": min([1_000_000, *(v + 512 for v in self.size_limits.values())]),
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery,
         }
@@ -173,6 +183,10 @@ class Worker:
             ensure_topic(admin, self.dlq_topic, 1, cfg.connect_timeout_s)
         if self.stateful:
             self._prepare_state(admin)
+        written = [*self.job.sink_topics(), *(s.options["topic"] for s in self.job.repartitions())]
+        if self.job.on_error == "dlq":
+            written.append(self.dlq_topic)
+        self.size_limits = record_size_limits(admin, written, cfg.connect_timeout_s)
         self.producer = Producer(self._producer_conf())
         if cfg.exactly_once:
             try:
@@ -386,11 +400,33 @@ class Worker:
             slot.inbox.put(SOURCES, FETCHER, Watermark(self.watermark, now_ms))
 
     def _check_fatal(self) -> None:
-        if self.fatal is not None:
-            exc = self.fatal
-            if isinstance(exc, WorkerFailed):
-                raise exc
-            raise WorkerFailed(f"slot failed: {type(exc).__name__}: {exc}") from exc
+        """A slot failed: restart from the last checkpoint (Flink's restart strategies),
+        or give up with the cause once the attempts are spent."""
+        if self.fatal is None:
+            return
+        exc, self.fatal = self.fatal, None
+        if isinstance(exc, WorkerFailed):  # the job's error policy says stop
+            raise exc
+        cause = f"{type(exc).__name__}: {exc}"
+        cfg = self.config
+        if cfg.restart_strategy == "none" or self.restarts >= cfg.restart_attempts:
+            raise WorkerFailed(
+                f"slot failed after {self.restarts} restart(s), giving up: {cause}"
+            ) from exc
+        delay = cfg.restart_delay_ms / 1000
+        if cfg.restart_strategy == "exponential-delay":
+            delay = min(60.0, delay * 2**self.restarts)
+        self.restarts += 1
+        self.metrics.restarts.labels(self.job.name).inc()
+        log.warning(
+            "slot failed (%s); restart %d of %d from the last checkpoint in %.1fs",
+            cause,
+            self.restarts,
+            cfg.restart_attempts,
+            delay,
+        )
+        self.stopping.wait(delay)  # well within max.poll.interval.ms (delays cap at 60 s)
+        self._rollback(f"restart after: {cause}")
 
     def _on_slot_fatal(self, exc: BaseException) -> None:
         log.error("slot failed: %s: %s", type(exc).__name__, exc)
@@ -416,6 +452,7 @@ class Worker:
                     self._on_slot_fatal,
                     state=None if self.store is None else EpochBuffer(self.store, serdes),
                     changelogs=changelogs,
+                    size_limits=self.size_limits,
                 )
             )
         self.slots = slots

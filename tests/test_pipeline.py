@@ -222,3 +222,47 @@ def test_sigterm_stops_cleanly_with_exit_0(kafka_bootstrap, new_topic, tmp_path)
         assert worker.terminate(timeout=30) == 0, worker.log_tail()
     finally:
         worker.close()
+
+
+def test_record_over_the_sink_limit_goes_to_the_dlq(kafka_bootstrap, new_topic):
+    src = new_topic()
+    out = new_topic(config={"max.message.bytes": "4096"})
+    records = [{"n": i, "pad": "x" * (9000 if i % 10 == 3 else 10)} for i in range(50)]
+    produce_json(kafka_bootstrap, src, records)
+    group = f"g-{uuid.uuid4().hex}"
+    worker = WorkerThread(
+        "tagged.py", job_env(in_=src, out=out), bootstrap=kafka_bootstrap, group=group,
+        worker_id="w1", checkpoint_interval_ms=200,
+    )  # fmt: skip
+    try:
+        got = consume_all(kafka_bootstrap, out, expected=45, timeout=60)
+        dead = consume_all(kafka_bootstrap, f"{group}.dlq", expected=5, timeout=60)
+        assert worker.thread.is_alive()
+    finally:
+        worker.stop()
+    assert sorted(r["value"]["n"] for r in got) == [i for i in range(50) if i % 10 != 3]
+    assert sorted(r["value"]["n"] for r in dead) == [3, 13, 23, 33, 43]
+
+
+def test_restart_strategy_gives_up_after_its_attempts(kafka_bootstrap, new_topic, tmp_path):
+    src, out = new_topic(), new_topic()
+    t0 = 1_700_000_000_000
+    produce_json(
+        kafka_bootstrap,
+        src,
+        [{"n": i, "ts": t0 + i} for i in range(10)],
+        key=lambda r: b"bad" if r["n"] == 5 else b"good",
+    )
+    worker = WorkerThread(
+        "window_bug.py", job_env(in_=src, out=out), bootstrap=kafka_bootstrap,
+        group=f"g-{uuid.uuid4().hex}", worker_id="w1", state_dir=str(tmp_path),
+        restart_strategy="fixed-delay", restart_attempts=2, restart_delay_ms=100,
+    )  # fmt: skip
+    worker.thread.join(60)
+    assert not worker.thread.is_alive(), "the worker gave up"
+    assert "after 2 restart(s), giving up" in str(worker.error)
+    assert "bug in summarize" in str(worker.error)
+    restarts = worker.worker.metrics.registry.get_sample_value(
+        "weir_restarts_total", {"job": "window-bug"}
+    )
+    assert restarts == 2
