@@ -547,7 +547,8 @@ class Worker:
         if not revoked:
             return
         self.metrics.rebalances.labels(self.job.name).inc()
-        self._drain("revoking partitions")
+        if self.state != "failed":  # a failed worker commits nothing more
+            self._drain("revoking partitions")
         self._forget(revoked)
         log.info("revoked %s; now %d partitions", sorted(revoked), len(self.router.pins))
 
