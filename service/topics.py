@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
@@ -67,6 +68,13 @@ def ensure_topic(
     except KafkaException as exc:
         if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
             raise KafkaUnavailable(f"cannot create topic {topic!r}: {exc.args[0].str()}") from None
+    deadline = time.monotonic() + timeout_s
+    while partition_counts(admin, timeout_s).get(topic) != partitions:  # metadata catches up
+        if time.monotonic() > deadline:
+            raise KafkaUnavailable(
+                f"topic {topic!r} was created but is not visible after {timeout_s:.0f}s"
+            )
+        time.sleep(0.1)
 
 
 RECORD_OVERHEAD = 1024  # batch header, record framing and headers, with room to spare

@@ -76,6 +76,7 @@ class Worker:
         self.fatal: BaseException | None = None
         self.restarts = 0
         self.size_limits: dict[str, int] = {}
+        self.lag: dict[TopicPartitionKey, int] = {}
         self.delivery_failures: list[str] = []
         self.state = "starting"
         self.started = time.time()
@@ -502,13 +503,23 @@ class Worker:
             self.metrics.slot_backpressure_ratio.labels(job, str(slot.slot)).set(
                 1.0 if slot.slot in self.full_slots else 0.0
             )
-        for (topic, p), position in list(self.router.positions.items()):
+        # Lag as Kafka's tools report it: log end minus the committed (processed) offset.
+        committed = self.coordinator.committed
+        for topic, p in self.router.partitions:
             try:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), cached=True
+                )
             except KafkaException:
                 continue
             if high >= 0:
-                self.metrics.consumer_lag.labels(job, topic, str(p)).set(max(0, high - position))
+                done = committed.get((topic, p), max(low, 0))
+                self.lag[(topic, p)] = max(0, high - done)
+                self.metrics.consumer_lag.labels(job, topic, str(p)).set(self.lag[(topic, p)])
+        if self.store is not None:
+            for op in self.stateful:
+                size = sum(self.store.size_bytes(state) for state in op.states)
+                self.metrics.state_bytes.labels(job, op.name).set(size)
 
     # -- rebalancing --------------------------------------------------------
     def _drain(self, why: str) -> None:
@@ -566,6 +577,8 @@ class Worker:
         self.restoring -= partitions
         for tp in partitions:
             self.assigned_at.pop(tp, None)
+            if self.lag.pop(tp, None) is not None:  # no stale series for partitions gone
+                self.metrics.consumer_lag.remove(self.job.name, tp[0], str(tp[1]))
         self._ownership()
         self.metrics.assigned_partitions.set(len(self.router.pins))
 

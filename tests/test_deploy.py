@@ -1,0 +1,841 @@
+"""The deployment files in deploy/ hold together, without a Docker engine.
+
+Static checks: every service deploy/README.md names exists in docker-compose.yml;
+Kafka runs the official image in KRaft mode with single-replica internal topics;
+every ``weir`` command a container runs (Dockerfile ENTRYPOINT/CMD, compose
+``command:``) passes the real CLI parser and its ``WEIR_*`` environment the real
+config loader; every mounted file, build input, port and volume exists and agrees;
+the Dockerfile runs as a non-root user with a health check on ``/health``.
+
+Live checks, against the session's Kafka broker: every PromQL expression in the
+Grafana dashboard and the alert rules names only metric families a running worker
+serves on /metrics; and a real Prometheus (``/usr/bin/prometheus``), configured
+from deploy/prometheus/prometheus.yml with the worker as its only target, scrapes
+growing counters, runs every dashboard query without error, and evaluates the
+alert rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.cli import _parser
+from service.config import load_config
+from service.jobfile import load_job
+from tests.kafka_fixture import produce_json
+from tests.workers import WorkerProcess, free_port, job_env
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+PROMETHEUS_FILE = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "weir.json"
+README_FILE = DEPLOY / "README.md"
+
+BOUND = 60.0  # upper bound of every wait on a live process, seconds
+
+
+# -- reading the files ---------------------------------------------------------------
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    """A compose service's ``environment`` (map or list form) as strings."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def argv_of(value: str | list[str] | None) -> list[str] | None:
+    """A compose ``command``/``entrypoint`` as argv (the string form is split like a shell)."""
+    if value is None:
+        return None
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions as (INSTRUCTION, arguments), continuations joined."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        instruction, _, args = line.partition(" ")
+        out.append((instruction.upper(), args.strip()))
+    return out
+
+
+def instructions(name: str) -> list[str]:
+    return [args for instruction, args in dockerfile() if instruction == name]
+
+
+def exec_form(args: str) -> list[str]:
+    """ENTRYPOINT/CMD/HEALTHCHECK CMD arguments; only the JSON (exec) form is accepted."""
+    try:
+        argv = json.loads(args)
+    except json.JSONDecodeError:
+        pytest.fail(f"Dockerfile: {args!r} is not in exec (JSON array) form")
+    assert isinstance(argv, list) and all(isinstance(a, str) for a in argv), args
+    return argv
+
+
+def image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for args in instructions("ENV"):
+        for item in shlex.split(args):
+            key, sep, value = item.partition("=")
+            assert sep, f"Dockerfile: ENV {args!r}: use the KEY=VALUE form"
+            env[key] = value
+    return env
+
+
+def image_files() -> dict[PurePosixPath, Path]:
+    """Where the Dockerfile's COPY instructions put repository paths in the image."""
+    workdir = PurePosixPath("/")
+    placed: dict[PurePosixPath, Path] = {}
+    for instruction, args in dockerfile():
+        if instruction == "WORKDIR":
+            workdir = workdir / args
+        elif instruction == "COPY":
+            parts = [p for p in shlex.split(args) if not p.startswith("--")]
+            *sources, dest = parts
+            target = workdir / dest
+            for source in sources:
+                path = ROOT / source
+                assert path.exists(), f"Dockerfile: COPY {source}: not in the repository"
+                placed[target / PurePosixPath(source).name if dest.endswith("/") else target] = path
+    return placed
+
+
+def in_image(path: str) -> Path | None:
+    """The repository file at ``path`` (absolute or relative to WORKDIR) in the image."""
+    workdir = PurePosixPath("/")
+    for args in instructions("WORKDIR"):
+        workdir = workdir / args
+    wanted = workdir / path
+    for target, source in image_files().items():
+        if wanted == target:
+            return source
+        if source.is_dir() and wanted.is_relative_to(target):
+            return source / wanted.relative_to(target)
+    return None
+
+
+def docker_ignores(path: str) -> bool:
+    """Whether deploy/Dockerfile.dockerignore keeps ``path`` (repository-relative) out of the build.
+
+    Docker's rules: patterns in order, the last one that matches a path or one of
+    its parent directories wins, ``!`` re-includes, ``**`` matches any directories.
+    """
+    lines = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        glob = pattern.lstrip("!").strip("/").replace("**", "*")
+        if any(fnmatch.fnmatchcase(prefix, glob) for prefix in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def readme_services() -> list[str]:
+    section = README_FILE.read_text().split("## Services", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([\w.-]+)`", section, flags=re.MULTILINE)
+
+
+def weir_services() -> dict[str, dict[str, Any]]:
+    """Services that run the image built from deploy/Dockerfile."""
+    out = {}
+    for name, service in services().items():
+        build = service.get("build")
+        if build is None:
+            continue
+        context = COMPOSE_FILE.parent / build["context"]
+        if (context / build["dockerfile"]).resolve() == DOCKERFILE.resolve():
+            out[name] = service
+    return out
+
+
+def weir_commands(service: dict[str, Any]) -> list[list[str]]:
+    """Every ``weir ...`` command line the service's container runs.
+
+    The image's ENTRYPOINT/CMD unless the service overrides them; a shell
+    entrypoint (``sh -c SCRIPT``) contributes each ``weir`` command in its script.
+    """
+    entrypoint = argv_of(service.get("entrypoint"))
+    command = argv_of(service.get("command"))
+    if entrypoint is None:
+        entrypoint = exec_form(instructions("ENTRYPOINT")[-1])
+        if command is None:
+            command = exec_form(instructions("CMD")[-1])
+    argv = entrypoint + (command or [])
+    if PurePosixPath(argv[0]).name in ("sh", "bash") and argv[1] == "-c":
+        found = re.findall(r"(?:^|[;&|(\s])(weir\s[^;&|\n)]*)", argv[2])
+        assert found, f"shell script runs no weir command: {argv[2]!r}"
+        return [shlex.split(cmd) for cmd in found]
+    return [argv]
+
+
+def parse_weir(argv: list[str]) -> Any:
+    """``argv`` (starting with ``weir``) through the real CLI parser; fails the test if refused."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert argv[0] == "weir" and scripts["weir"] == "service.cli:main", argv
+    try:
+        return _parser().parse_args(argv[1:])
+    except SystemExit:
+        pytest.fail(f"the weir CLI refuses {shlex.join(argv)}")
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> repository path of a service's bind mounts (short syntax)."""
+    named = set(compose().get("volumes") or {})
+    out = {}
+    for spec in service.get("volumes") or []:
+        source, target = spec.split(":")[:2]
+        if source in named:
+            continue
+        out[target] = (COMPOSE_FILE.parent / source).resolve()
+    return out
+
+
+def published(service: dict[str, Any]) -> dict[int, int | None]:
+    """Container port -> host port (None: ephemeral) of a service's ``ports``."""
+    out: dict[int, int | None] = {}
+    for spec in service.get("ports") or []:
+        parts = str(spec).split(":")
+        out[int(parts[-1].split("/")[0])] = int(parts[-2]) if len(parts) > 1 else None
+    return out
+
+
+def worker_http_port() -> int:
+    ports = {
+        int(env_of(s)["WEIR_HTTP_PORT"])
+        for s in weir_services().values()
+        if "WEIR_HTTP_PORT" in env_of(s)
+    }
+    assert len(ports) == 1, f"workers disagree on WEIR_HTTP_PORT: {ports}"
+    return ports.pop()
+
+
+# -- PromQL ----------------------------------------------------------------------------
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
+_PROMQL_WORDS |= {"and", "or", "unless", "offset", "atan2", "inf", "nan"}
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (functions, labels, keywords excluded)."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)  # strings
+    e = re.sub(r"\{[^{}]*\}", " ", e)  # label matchers
+    e = re.sub(r"\[[^\]]*\]", " ", e)  # ranges and subqueries
+    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    e = re.sub(r"\$\{?\w+\}?", " ", e)  # Grafana variables
+    names = set()
+    for m in re.finditer(r"(?<![\w.$])([A-Za-z_:][\w:]*)(\s*\()?", e):
+        if m.group(2) is None and m.group(1).lower() not in _PROMQL_WORDS:
+            names.add(m.group(1))
+    return names
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD_FILE.read_text())
+
+
+def dashboard_panels() -> Iterator[dict[str, Any]]:
+    for panel in dashboard()["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # collapsed rows keep their panels inside
+
+
+def dashboard_exprs() -> dict[str, str]:
+    """``"panel title / refId"`` -> PromQL of every query in the dashboard."""
+    out = {}
+    for panel in dashboard_panels():
+        for target in panel.get("targets", []):
+            out[f"{panel['title']} / {target['refId']}"] = target["expr"]
+    return out
+
+
+def variable_metrics() -> set[str]:
+    """Metric names the dashboard's template variables read (``label_values(metric, label)``)."""
+    names = set()
+    for var in dashboard()["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            m = re.fullmatch(r"label_values\((.*),\s*\w+\)", query.strip())
+            assert m, f"variable {var['name']}: unexpected query {query!r}"
+            names |= promql_metrics(m.group(1))
+    return names
+
+
+def rule_files() -> list[Path]:
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    return [PROMETHEUS_FILE.parent / f for f in config.get("rule_files") or []]
+
+
+def rule_exprs() -> dict[str, str]:
+    out = {}
+    for path in rule_files():
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                out[f"{path.name} {rule.get('alert') or rule.get('record')}"] = str(rule["expr"])
+    return out
+
+
+def exported_names(text: str) -> tuple[set[str], set[str]]:
+    """(every series name a /metrics page may carry, the names that have samples now).
+
+    A labelled metric without children has a HELP/TYPE but no samples yet; its
+    series names follow from its type (counter ``_total``, histogram ``_bucket``...).
+    """
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
+    declared, sampled = set(), set()
+    for family in text_string_to_metric_families(text):
+        declared |= {family.name + s for s in suffixes.get(family.type, ("",))}
+        sampled |= {s.name for s in family.samples}
+    return declared | sampled, sampled
+
+
+def tool(name: str) -> str:
+    """Path of a Prometheus binary; Debian's `prometheus` package ships them (./dev installs it)."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"{name} is not installed and apt-get is unavailable to install `prometheus`")
+    pytest.fail(f"{name} not found: run ./dev setup, or apt-get install prometheus")
+
+
+# -- static checks -------------------------------------------------------------------
+def test_promql_metric_extraction() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (le, job) (rate(a_bucket{job=~"$job", x="y{z}"}'
+        "[$__rate_interval]))) / on (job) group_left (instance) b offset 5m > bool 1e3"
+        " or absent(c:rule) unless sum without (le) (d[5m:1m])"
+    )
+    assert promql_metrics(expr) == {"a_bucket", "b", "c:rule", "d"}
+
+
+def test_readme_services_exist_and_every_service_is_documented() -> None:
+    documented = readme_services()
+    assert documented, "deploy/README.md has no services table"
+    assert set(documented) == set(services()), (
+        f"README documents {sorted(documented)}, compose defines {sorted(services())}"
+    )
+    readme = README_FILE.read_text()
+    assert "docker compose -f deploy/docker-compose.yml up" in readme
+    assert "--scale worker=" in readme
+    for service in services().values():
+        for host_port in published(service).values():
+            if host_port is not None:
+                assert str(host_port) in readme, f"README does not mention port {host_port}"
+
+
+def test_kafka_is_a_single_kraft_node_on_the_official_image() -> None:
+    kafka = services()["kafka"]
+    assert kafka["image"].startswith("apache/kafka:"), kafka["image"]
+    assert kafka["image"].split(":", 1)[1] not in ("", "latest"), "pin the Kafka image"
+    env = env_of(kafka)
+    assert not any(k.startswith("KAFKA_ZOOKEEPER") for k in env), "KRaft needs no ZooKeeper"
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    node = env["KAFKA_NODE_ID"]
+    controllers = env["KAFKA_CONTROLLER_LISTENER_NAMES"].split(",")
+    listeners = dict(
+        (name, address)
+        for name, _, address in (x.partition("://") for x in env["KAFKA_LISTENERS"].split(","))
+    )
+    voter_id, _, voter = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].partition("@")
+    assert voter_id == node and voter.split(":")[0] == kafka["hostname"]
+    assert listeners[controllers[0]].endswith(":" + voter.split(":")[1])
+    protocols = dict(x.split(":") for x in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(listeners) <= set(protocols), "every listener needs a security protocol"
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in listeners
+    assert env["CLUSTER_ID"], "a fixed CLUSTER_ID keeps the volume's log dirs valid"
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
+        assert env[key] == "1", f"{key} must be 1 on a single broker (exactly-once needs it)"
+    # The advertised address containers use is the one the Weir services bootstrap from.
+    advertised = {a.partition("://")[2] for a in env["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+    for name, service in weir_services().items():
+        assert env_of(service)["WEIR_BOOTSTRAP"] in advertised, name
+    assert "healthcheck" in kafka, "workers and kafka-init wait for a healthy broker"
+
+
+def test_topics_of_the_example_job_are_created_before_the_workers_start() -> None:
+    init = services()["kafka-init"]
+    assert init["image"] == services()["kafka"]["image"]
+    assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+    script = (
+        " ".join(argv_of(init.get("entrypoint")) or [])
+        + " "
+        + " ".join(argv_of(init["command"]) or [])
+    )
+    assert "kafka-topics.sh" in script and "--create" in script
+    created = set(re.findall(r"for topic in ([^;]+);", script)[0].split()) | set(
+        re.findall(r"--topic\s+([\w.-]+)", script)
+    )
+    assert re.search(r"--partitions\s+[1-9]", script)
+    for name, service in weir_services().items():
+        assert service["depends_on"]["kafka-init"]["condition"] == (
+            "service_completed_successfully"
+        ), name
+        for argv in weir_commands(service):
+            args = parse_weir(argv)
+            if args.command == "run":
+                job_file = in_image(args.job)
+                assert job_file is not None and job_file.is_file(), f"{name}: no {args.job}"
+                job = load_job(str(job_file))
+                topics = set(job.source_topics()) | set(job.sink_topics())
+                assert topics <= created, f"{name}: topics {topics - created} are never created"
+            elif args.command == "produce-sample":
+                assert args.topic in created, f"{name}: produces to missing topic {args.topic}"
+
+
+def test_every_weir_container_runs_a_command_and_config_the_worker_accepts() -> None:
+    image = image_env()
+    runs = 0
+    for name, service in weir_services().items():
+        env = {**image, **env_of(service)}
+        for argv in weir_commands(service):
+            args = parse_weir(argv)
+            if args.command != "run":
+                continue
+            runs += 1
+            config = load_config(vars(args), env)  # raises ConfigError on a bad value
+            assert config.http_host == "0.0.0.0", f"{name}: Prometheus could not reach 127.0.0.1"
+            assert config.http_port == worker_http_port() > 0
+            assert "WEIR_WORKER_ID" not in env and args.worker_id is None, (
+                f"{name}: a fixed worker id breaks --scale (the host name is distinct per replica)"
+            )
+            assert config.state_dir in instructions("VOLUME")[-1]
+            mounts = [v.split(":")[1] for v in service.get("volumes") or []]
+            assert config.state_dir in mounts, (
+                f"{name}: state dir {config.state_dir} not on a volume"
+            )
+    assert runs >= 1, "no service runs `weir run`"
+    worker = services()["worker"]
+    assert worker.get("deploy", {}).get("replicas", 1) >= 2, "the example runs two workers"
+    assert worker.get("container_name") is None, "container_name prevents --scale"
+    assert all(host is None for host in published(worker).values()), (
+        "a fixed host port prevents --scale"
+    )
+
+
+def test_mounted_files_ports_and_volumes_exist() -> None:
+    spec = compose()
+    named = set(spec.get("volumes") or {})
+    for name, service in spec["services"].items():
+        for volume in service.get("volumes") or []:
+            source = volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (COMPOSE_FILE.parent / source).exists(), f"{name}: {source} missing"
+            else:
+                assert source in named, f"{name}: named volume {source} not declared"
+        if "build" in service:
+            context = COMPOSE_FILE.parent / service["build"]["context"]
+            assert (context / service["build"]["dockerfile"]).is_file(), name
+            assert (context / "pyproject.toml").is_file(), f"{name}: build context is not the repo"
+        for dep in service.get("depends_on") or {}:
+            assert dep in spec["services"], f"{name} depends on unknown {dep}"
+
+    # One HTTP port everywhere: the image, the workers and the Prometheus scrape.
+    port = worker_http_port()
+    assert instructions("EXPOSE") == [str(port)]
+    assert image_env()["WEIR_HTTP_PORT"] == str(port)
+    for name, service in weir_services().items():
+        if "WEIR_HTTP_PORT" in env_of(service):
+            assert set(published(service)) <= {port}, name
+            assert {int(p) for p in service.get("expose", [])} <= {port}, name
+    prometheus = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    for scrape in prometheus["scrape_configs"]:
+        for sd in scrape.get("dns_sd_configs", []):
+            assert sd["port"] == port
+            assert set(sd["names"]) <= set(weir_services()), sd["names"]
+        for static in scrape.get("static_configs", []):
+            for target in static["targets"]:
+                host, _, target_port = target.partition(":")
+                assert host in spec["services"] and int(target_port) == port, target
+
+    # Prometheus: its config and rule files are mounted where the config names them.
+    prom = spec["services"]["prometheus"]
+    mounts = bind_mounts(prom)
+    flags = dict(a.lstrip("-").split("=", 1) for a in argv_of(prom["command"]) if "=" in a)
+    config_path = flags["config.file"]
+    assert mounts[config_path] == PROMETHEUS_FILE
+    for rule in prometheus.get("rule_files") or []:
+        inside = str(PurePosixPath(config_path).parent / rule)
+        assert mounts.get(inside) == (PROMETHEUS_FILE.parent / rule).resolve(), rule
+        assert (PROMETHEUS_FILE.parent / rule).is_file()
+    assert 9090 in published(prom)
+
+    # Grafana: data source points at the prometheus service; dashboards are where
+    # the provider looks; the home dashboard is the Weir one.
+    grafana = spec["services"]["grafana"]
+    mounts = bind_mounts(grafana)
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    assert mounts["/etc/grafana/provisioning/datasources"] == provisioning / "datasources"
+    assert mounts["/etc/grafana/provisioning/dashboards"] == provisioning / "dashboards"
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (source,) = sources["datasources"]
+    url = urllib.parse.urlsplit(source["url"])
+    assert source["type"] == "prometheus" and url.hostname == "prometheus"
+    assert url.port in published(prom)
+    providers = yaml.safe_load((provisioning / "dashboards" / "weir.yml").read_text())
+    (provider,) = providers["providers"]
+    assert mounts[provider["options"]["path"]] == DASHBOARD_FILE.parent
+    home = env_of(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert PurePosixPath(home).parent == PurePosixPath(provider["options"]["path"])
+    assert (DASHBOARD_FILE.parent / PurePosixPath(home).name) == DASHBOARD_FILE
+    assert 3000 in published(grafana)
+
+
+def test_dockerfile_builds_weir_runs_non_root_and_checks_health() -> None:
+    base = instructions("FROM")[0]
+    m = re.fullmatch(r"python:3\.(\d+)(?:\.\d+)?-slim(?:-\w+)?", base)
+    assert m and int(m.group(1)) >= 11, f"want a slim Python 3.11+ base, got {base}"
+    placed = image_files()
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in [*packages["packages"], "examples", "pyproject.toml"]:
+        assert ROOT / package in placed.values(), f"Dockerfile does not COPY {package}"
+    assert any(re.search(r"\bpip install (?:[^&;]*\s)?\.(?:\s|$)", r) for r in instructions("RUN"))
+
+    user = instructions("USER")[-1].split(":")[0]
+    assert user not in ("root", "0"), "the worker must not run as root"
+    assert any(re.search(rf"useradd .*\b{user}\b", r) for r in instructions("RUN")), user
+
+    argv = exec_form(instructions("ENTRYPOINT")[-1]) + exec_form(instructions("CMD")[-1])
+    args = parse_weir(argv)
+    assert args.command == "run"
+    assert in_image(args.job) is not None and in_image(args.job).is_file(), args.job
+    load_config(vars(args), image_env())
+
+    (health,) = instructions("HEALTHCHECK")
+    _, _, check = health.partition("CMD ")
+    probe = exec_form(check)
+    assert probe[:2] == ["python", "-c"] and "/health" in probe[2]
+    assert "WEIR_HTTP_PORT" in probe[2] or str(worker_http_port()) in probe[2]
+    compile(probe[2], "HEALTHCHECK", "exec")  # the probe is valid Python
+    assert instructions("VOLUME"), "state dir should be a volume"
+    assert image_env()["WEIR_STATE_DIR"] in instructions("VOLUME")[-1]
+
+    # The build context is the repository: what the image needs is in it, the
+    # virtualenv, caches (Kafka's jars) and bytecode stay out.
+    for path in ("pyproject.toml", "README.md", "service/cli.py", "examples/sensor_stats.py"):
+        assert not docker_ignores(path), f"Dockerfile.dockerignore hides {path}"
+    for path in (".venv/bin/python", ".cache/weir/kafka.jar", "service/__pycache__/cli.pyc"):
+        assert docker_ignores(path), f"Dockerfile.dockerignore lets {path} into the build"
+    for source in placed.values():
+        assert not docker_ignores(str(source.relative_to(ROOT))), source
+
+
+def test_promtool_accepts_the_config_and_rules() -> None:
+    promtool = tool("promtool")
+    for args in (
+        ["check", "config", str(PROMETHEUS_FILE)],
+        ["check", "rules", *map(str, rule_files())],
+    ):
+        done = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=BOUND)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dashboard_shows_what_the_issue_asks_for() -> None:
+    dash = dashboard()
+    ids = [p["id"] for p in dashboard_panels()]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    exprs = dashboard_exprs()
+    assert exprs, "dashboard has no queries"
+    used = set().union(*map(promql_metrics, exprs.values()))
+    for name in (
+        "weir_records_in_total",
+        "weir_records_out_total",
+        "weir_consumer_lag",
+        "weir_checkpoint_duration_seconds_bucket",
+        "weir_checkpoints_total",
+        "weir_state_bytes",
+        "weir_slot_busy_ratio",
+        "weir_slot_backpressure_ratio",
+        "weir_rebalances_total",
+        "weir_records_failed_total",
+        "weir_end_to_end_latency_seconds_bucket",
+    ):
+        assert name in used, f"no panel shows {name}"
+    assert any("histogram_quantile" in e and "checkpoint_duration" in e for e in exprs.values())
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in dashboard_panels():
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+# -- live checks -----------------------------------------------------------------------
+@pytest.fixture
+def live_worker(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> Iterator[WorkerProcess]:
+    """tests/jobs/tagged.py on the real broker, fed continuously while the test runs."""
+    source, sink = new_topic(partitions=3), new_topic(partitions=3)
+    worker = WorkerProcess(
+        "tagged.py",
+        kafka_bootstrap,
+        f"deploy-{uuid.uuid4().hex[:8]}",
+        "w1",
+        tmp_path,
+        env=job_env(in_=source, out=sink),
+        args=[
+            "--checkpoint-interval-ms",
+            "200",
+            "--slots",
+            "2",
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+    )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def feed() -> None:
+        n = 0
+        deadline = time.monotonic() + 4 * BOUND
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                batch = [{"n": n + i} for i in range(100)]
+                produce_json(kafka_bootstrap, source, batch, key=lambda r: str(r["n"]))
+                n += len(batch)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            stop.wait(0.1)
+
+    feeder = threading.Thread(target=feed, name="deploy-feeder", daemon=True)
+    try:
+        worker.wait_running(BOUND)
+        feeder.start()
+        yield worker
+        assert not errors, f"feeding the worker failed: {errors[0]!r}"
+    finally:
+        stop.set()
+        if feeder.is_alive():
+            feeder.join(BOUND)
+        worker.close()
+
+
+def test_dashboard_and_rules_use_only_metrics_a_worker_exports(live_worker: WorkerProcess) -> None:
+    exported, _ = exported_names(live_worker.metrics())
+    queries = {**dashboard_exprs(), **rule_exprs()}
+    queries |= {f"variable / {m}": m for m in variable_metrics()}
+    for where, expr in queries.items():
+        names = promql_metrics(expr)
+        assert names, f"{where}: {expr!r} selects no metric"
+        unknown = names - exported
+        assert not unknown, f"{where}: {sorted(unknown)} are not exported by a worker"
+
+
+def _get_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+class Prometheus:
+    """A real Prometheus server on a free loopback port, its data in a temporary directory."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config_file = workdir / "prometheus.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "prometheus.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                tool("prometheus"),
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + BOUND
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"prometheus exited: {self.log_tail()}"
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp,
+            ):
+                if resp.status == 200:
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"prometheus not ready after {BOUND}s: {self.log_tail()}")
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            body = _get_json(url)
+        except urllib.error.HTTPError as exc:  # 400 bad_data: the expression does not parse
+            body = json.loads(exc.read())
+        assert body["status"] == "success", f"{expr!r}: {body.get('error')}"
+        return body["data"]["result"]
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def wait(self, what: str, check: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + BOUND
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"prometheus exited: {self.log_tail()}"
+            found = check()
+            if found:
+                return found
+            time.sleep(0.5)
+        raise AssertionError(f"prometheus: no {what} within {BOUND}s")
+
+    def log_tail(self, lines: int = 20) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+def scrape_config_for(target: str) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml, scraping only ``target``, every second."""
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    config["global"] = {
+        **config.get("global", {}),
+        "scrape_interval": "1s",
+        "evaluation_interval": "1s",
+    }
+    config["rule_files"] = [str(path) for path in rule_files()]
+    for scrape in config["scrape_configs"]:
+        for key in [k for k in scrape if k.endswith("_sd_configs")]:
+            del scrape[key]
+        scrape["static_configs"] = [{"targets": [target]}]
+        scrape["scrape_interval"] = "1s"
+    return config
+
+
+def grafana_to_promql(expr: str) -> str:
+    """What Grafana sends for a dashboard query with every variable at "All"."""
+    return (
+        expr.replace("$__rate_interval", "5s")
+        .replace("$__interval", "1s")
+        .replace("$__range", "1m")
+        .replace("$job", ".*")
+        .replace("$instance", ".*")
+    )
+
+
+def test_prometheus_scrapes_a_live_worker(live_worker: WorkerProcess, tmp_path: Path) -> None:
+    prometheus = Prometheus(
+        scrape_config_for(f"127.0.0.1:{live_worker.http_port}"), tmp_path / "prom"
+    )
+    try:
+        prometheus.wait_ready()
+        # honor_labels keeps Weir's own `job` label (the job's name) on its series.
+        series = prometheus.wait(
+            "weir_records_in_total samples", lambda: prometheus.query("weir_records_in_total")
+        )
+        assert {s["metric"]["job"] for s in series} == {"tagged"}
+        assert {s["metric"]["instance"] for s in series} == {f"127.0.0.1:{live_worker.http_port}"}
+
+        for expr in (
+            "sum(weir_records_in_total)",
+            'sum(weir_checkpoints_total{status="completed"})',
+        ):
+            first = prometheus.wait(expr, lambda e=expr: prometheus.value(e))
+            prometheus.wait(
+                f"increase of {expr} past {first}",
+                lambda e=expr, f=first: (prometheus.value(e) or 0) > f,
+            )
+
+        def lag_partitions() -> bool:
+            lag = prometheus.query("weir_consumer_lag")
+            return {s["metric"]["partition"] for s in lag} == {"0", "1", "2"}
+
+        prometheus.wait("weir_consumer_lag of every source partition", lag_partitions)
+
+        # Every dashboard query runs; those over metrics the worker has samples of return data.
+        _, sampled = exported_names(live_worker.metrics())
+        exprs = {where: grafana_to_promql(e) for where, e in dashboard_exprs().items()}
+        for expr in exprs.values():
+            prometheus.query(expr)  # asserts it parses and evaluates
+        expect_data = {w: e for w, e in exprs.items() if promql_metrics(e) <= sampled}
+        assert len(expect_data) >= len(exprs) // 2, sorted(set(exprs) - set(expect_data))
+
+        def empty() -> list[str]:
+            return [w for w, e in expect_data.items() if not prometheus.query(e)]
+
+        prometheus.wait("data for every panel", lambda: not empty())
+
+        # The alert rules load and evaluate without error.
+        def rules_ok() -> bool:
+            groups = _get_json(f"{prometheus.url}/api/v1/rules")["data"]["groups"]
+            rules = [r for g in groups for r in g["rules"]]
+            assert len(rules) == len(rule_exprs()), rules
+            bad = [r for r in rules if r["health"] == "err"]
+            assert not bad, bad
+            return all(r["health"] == "ok" for r in rules)
+
+        prometheus.wait("evaluation of every alert rule", rules_ok)
+        firing = {
+            a["labels"]["alertname"]
+            for a in _get_json(f"{prometheus.url}/api/v1/alerts")["data"]["alerts"]
+        }
+        assert "WeirNoWorkers" not in firing
+    finally:
+        prometheus.close()
