@@ -11,9 +11,14 @@ import threading
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from operators.windowed import NO_WATERMARK
+from service.page import PAGE
+from service.queries import query_state
 
 if TYPE_CHECKING:
     from service.worker import Worker
@@ -33,8 +38,13 @@ def status(worker: Worker) -> dict[str, Any]:
         "guarantee": worker.config.guarantee,
         "state": worker.state,
         "routing": router.mode,
+        "plan": worker.job.describe(),
         "partitions": [f"{t}-{p}" for t, p in router.partitions],
         "paused": sorted(f"{t}-{p}" for t, p in worker.paused),
+        "restoring": sorted(f"{t}-{p}" for t, p in worker.restoring),
+        "lag": {f"{t}-{p}": lag for (t, p), lag in worker.lag.items()},
+        "watermark": worker.watermark if worker.watermark > NO_WATERMARK else None,
+        "restarts": worker.restarts,
         "slots": [
             {
                 "slot": slot.slot,
@@ -69,7 +79,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
-        if path == "/metrics":
+        if path == "/":
+            self._send(200, PAGE.encode(), "text/html; charset=utf-8")
+        elif path.startswith("/state/") and path.count("/") >= 3:
+            _, _, operator, key = path.split("/", 3)
+            code, body = query_state(self.worker, unquote(operator), unquote(key))
+            self._send(code, orjson.dumps(body), "application/json")
+        elif path == "/metrics":
             self._send(200, generate_latest(self.worker.metrics.registry), CONTENT_TYPE_LATEST)
         elif path == "/health":
             self._send(200, b"ok\n", "text/plain")

@@ -77,6 +77,7 @@ class Worker:
         self.restarts = 0
         self.size_limits: dict[str, int] = {}
         self.lag: dict[TopicPartitionKey, int] = {}
+        self.topic_partitions: dict[str, int] = {}
         self.delivery_failures: list[str] = []
         self.state = "starting"
         self.started = time.time()
@@ -180,6 +181,8 @@ class Worker:
         for source in self.job.repartitions():
             wanted = source.options["partitions"] or counts[source.options["upstream"]]
             ensure_topic(admin, source.options["topic"], wanted, cfg.connect_timeout_s)
+        counts = partition_counts(admin, cfg.connect_timeout_s)
+        self.topic_partitions = {t: counts[t] for t in self.job.source_topics()}
         if self.job.on_error == "dlq":
             ensure_topic(admin, self.dlq_topic, 1, cfg.connect_timeout_s)
         if self.stateful:
