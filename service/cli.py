@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from service.config import GUARANTEES, LOG_FORMATS, LOG_LEVELS, RESTART_STRATEGIES, load_config
-from service.exceptions import ConfigError, WeirError
+from service.exceptions import WeirError
 
 log = logging.getLogger("weir")
 
@@ -27,6 +27,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-id", help="stable id of this worker (default: host name)")
     p.add_argument("--slots", help="slot threads in this worker (default 1)")
     p.add_argument("--processes", help="worker processes on this machine (default 1)")
+    p.add_argument("--process-index", type=int, help=argparse.SUPPRESS)  # set by --processes
+    p.add_argument(
+        "--standby-replicas",
+        help="keep warm copies of other partitions' state by tailing their changelogs (0|1)",
+    )
     p.add_argument("--guarantee", choices=GUARANTEES, help="default exactly-once")
     p.add_argument("--checkpoint-interval-ms", help="checkpoint interval (default 1000)")
     p.add_argument("--state-dir", help="directory for local state (default .weir-state)")
@@ -80,21 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from service.http import serve
     from service.jobfile import load_job
     from service.logs import setup_logging
+    from service.supervisor import supervise
     from service.worker import Worker
 
     config = load_config(vars(args))
     setup_logging(config.log_level, config.log_format)
-    if config.processes != 1:
-        raise ConfigError(
-            f"--processes {config.processes}: several processes per worker are not supported"
-            " yet; start one `weir run` per process with distinct --worker-id"
-        )
-    job = load_job(args.job)
-    worker = Worker(job, config)
+    job = load_job(args.job)  # fail here, once, on a bad job file
+    if config.processes > 1 and args.process_index is None:
+        return supervise(argv, config)
+    worker = Worker(job, config, process_index=args.process_index)
     worker.prepare()
     if config.http_port:
         serve(worker, config.http_host, config.http_port)
@@ -144,7 +147,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": _cmd_run,
     "plan": _cmd_plan,
     "kafka": _cmd_kafka,
     "produce-sample": _cmd_sample,
@@ -153,8 +155,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     try:
+        if args.command == "run":
+            return _cmd_run(args, argv)
         return COMMANDS[args.command](args)
     except WeirError as exc:
         print(f"weir: error: {exc}", file=sys.stderr)

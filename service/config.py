@@ -48,6 +48,7 @@ class WorkerConfig:
     restart_strategy: str = "exponential-delay"  # or fixed-delay, none
     restart_attempts: int = 5
     restart_delay_ms: int = 1000  # fixed delay, or the first exponential one (doubling, max 60 s)
+    standby_replicas: int = 0  # 1: tail every other partition's changelog for fast failover
     kafka: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -70,6 +71,7 @@ _INT_RANGES = {
     "slot_queue_records": (1, 100_000_000),
     "restart_attempts": (0, 1_000_000),
     "restart_delay_ms": (0, 3_600_000),
+    "standby_replicas": (0, 1),
 }
 _FLOAT_RANGES = {"connect_timeout_s": (0.1, 3600.0), "shutdown_timeout_s": (0.1, 3600.0)}
 _CHOICES = {

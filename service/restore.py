@@ -66,6 +66,7 @@ class Restorer(threading.Thread):
         operators: list[StatefulOperator],
         metrics: Metrics,
         stall_timeout_s: float = 60.0,
+        standby: bool = False,
     ) -> None:
         super().__init__(name="weir-restore", daemon=True)
         self.consumer_conf = consumer_conf
@@ -79,6 +80,11 @@ class Restorer(threading.Thread):
         self.cancelled: set[TopicPartitionKey] = set()
         self.error: BaseException | None = None
         self.restored_records = 0  # total, for tests and /status
+        self.standby_enabled = standby
+        self.standby: frozenset[TopicPartitionKey] = frozenset()
+        self.tailing: set[tuple[str, int]] = set()
+        self.standby_records = 0
+        self.by_changelog = {op.changelog: op for op in operators}
 
     def submit(self, tp: TopicPartitionKey) -> None:
         self.cancelled.discard(tp)
@@ -96,11 +102,20 @@ class Restorer(threading.Thread):
             out.append(self.done.get_nowait())
         return out
 
+    def set_standby(self, partitions: set[TopicPartitionKey]) -> None:
+        """Source partitions whose state to keep warm (standby replicas); thread-safe."""
+        self.standby = frozenset(partitions)
+
     def run(self) -> None:
         consumer = Consumer(self.consumer_conf)
+        tailer = Consumer(self.consumer_conf) if self.standby_enabled else None
         try:
             while True:
-                tp = self.tasks.get()
+                try:
+                    tp = self.tasks.get(timeout=0.1 if tailer else None)
+                except queue.Empty:
+                    self._tail_standby(tailer)  # restores come first; idle time keeps copies warm
+                    continue
                 if tp is None:
                     return
                 if tp in self.cancelled:
@@ -120,6 +135,41 @@ class Restorer(threading.Thread):
             self.error = exc
         finally:
             consumer.close()
+            if tailer is not None:
+                tailer.close()
+
+    def _tail_standby(self, tailer: Consumer) -> None:
+        """Apply the newest changelog records of partitions other workers own."""
+        wanted = {
+            (op.changelog, p)
+            for topic, p in self.standby
+            for op in self.operators
+            if op.source_topic == topic
+        }
+        if wanted != self.tailing:
+            tailer.assign(
+                [TopicPartition(t, p, self._standby_start(t, p)) for t, p in sorted(wanted)]
+            )
+            self.tailing = wanted
+        if not wanted:
+            return
+        writes: dict[tuple[str, int], list] = {}
+        ends: dict[tuple[str, int], int] = {}
+        for m in tailer.consume(5000, 0.1):
+            if m.error() is not None:
+                continue
+            state, skey = split_changelog_key(m.key())
+            key = (m.topic(), m.partition())
+            writes.setdefault(key, []).append((state, skey, m.value()))
+            ends[key] = m.offset() + 1
+        for (topic, p), batch in writes.items():
+            op = self.by_changelog[topic]
+            self.store.restore(batch, op.name, p, ends[(topic, p)])
+            self.standby_records += len(batch)
+
+    def _standby_start(self, changelog: str, partition: int) -> int:
+        offset = self.store.changelog_offset(self.by_changelog[changelog].name, partition)
+        return OFFSET_BEGINNING if offset is None else offset
 
     def _end_offsets(self, tp: TopicPartition) -> tuple[int, int]:
         """(log start, last stable offset) of a changelog partition."""

@@ -260,6 +260,7 @@ class Worker:
                 self.store,
                 self.stateful,
                 self.metrics,
+                standby=self.config.standby_replicas > 0,
             )  # fmt: skip
             self.restorer.start()
         self.consumer.subscribe(
@@ -531,9 +532,39 @@ class Worker:
         except CheckpointFailed as exc:
             self._rollback(f"checkpoint before {why} failed: {exc}")
 
+    def _update_standby(self) -> None:
+        """Standby replicas: warm copies of every stateful partition this worker does not own."""
+        if self.restorer is None or not self.config.standby_replicas:
+            return
+        topics = {op.source_topic for op in self.stateful}
+        every = {(t, p) for t in topics for p in range(self.topic_partitions.get(t, 0))}
+        self.restorer.set_standby(every - set(self.router.pins))
+
+    def _check_partition_counts(self, added: set[TopicPartitionKey]) -> None:
+        """A source topic grew. Keyed state partitioned by it would be silently wrong
+        (keys move to new partitions without their state), so that stops the job; a
+        topic read through a repartition topic, or stateless, just gains work."""
+        for topic, p in sorted(added):
+            known = self.topic_partitions.get(topic)
+            if known is None or p < known:
+                continue
+            keyed = [op.name for op in self.stateful if op.source_topic == topic]
+            if keyed:
+                self.fatal = WorkerFailed(
+                    f"topic {topic!r} grew from {known} to at least {p + 1} partitions while"
+                    f" {', '.join(keyed)} keeps keyed state partitioned by it; keys now map to"
+                    " other partitions than their state. Restore the partition count, or key"
+                    " with key_by(fn) (a repartition topic with a fixed count decouples state"
+                    " from the source) and start a new --group"
+                )
+                return
+            log.info("topic %s grew to at least %d partitions", topic, p + 1)
+            self.topic_partitions[topic] = p + 1
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(self.job.name).inc()
         added = {(tp.topic, tp.partition) for tp in partitions}
+        self._check_partition_counts(added)
         wanted = set(self.router.pins) | added
         if self.router.moves(wanted):
             self._drain("moving partitions between slots")
@@ -553,6 +584,7 @@ class Worker:
                 self.paused.add(key)
                 self.restorer.submit(key)
         self._ownership()
+        self._update_standby()
         self.metrics.assigned_partitions.set(len(wanted))
         log.info("assigned %s; now %d partitions", sorted(added), len(wanted))
 
@@ -583,6 +615,7 @@ class Worker:
             if self.lag.pop(tp, None) is not None:  # no stale series for partitions gone
                 self.metrics.consumer_lag.remove(self.job.name, tp[0], str(tp[1]))
         self._ownership()
+        self._update_standby()
         self.metrics.assigned_partitions.set(len(self.router.pins))
 
     # -- failure --------------------------------------------------------------
