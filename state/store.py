@@ -119,13 +119,7 @@ class StateStore:
         checkpoint_id: int,
     ) -> None:
         """A committed checkpoint's writes, its changelog offsets and its id: one batch."""
-        batch = WriteBatch(raw_mode=True)
-        handles = self.handles
-        for state, skey, value in writes:
-            if value is None:
-                batch.delete(skey, handles[state])
-            else:
-                batch.put(skey, value, handles[state])
+        batch = self._batch(writes)
         for (operator, partition), offset in offsets.items():
             batch.put(_offset_key(operator, partition), _U64.pack(offset), self.meta_handle)
         batch.put(_CHECKPOINT_KEY, _U64.pack(checkpoint_id), self.meta_handle)
@@ -133,6 +127,11 @@ class StateStore:
 
     def restore(self, writes: Iterable[Write], operator: str, partition: int, offset: int) -> None:
         """Changelog records of one partition, and the offset after them: one batch."""
+        batch = self._batch(writes)
+        batch.put(_offset_key(operator, partition), _U64.pack(offset), self.meta_handle)
+        self.db.write(batch)
+
+    def _batch(self, writes: Iterable[Write]) -> WriteBatch:
         batch = WriteBatch(raw_mode=True)
         handles = self.handles
         for state, skey, value in writes:
@@ -140,8 +139,7 @@ class StateStore:
                 batch.delete(skey, handles[state])
             else:
                 batch.put(skey, value, handles[state])
-        batch.put(_offset_key(operator, partition), _U64.pack(offset), self.meta_handle)
-        self.db.write(batch)
+        return batch
 
     def wipe(self, operator: str, states: Iterable[str], partition: int) -> None:
         """Drop a partition's local state and its offset (before a full restore)."""
