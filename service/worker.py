@@ -53,6 +53,7 @@ from state.store import StateStore
 log = logging.getLogger(__name__)
 
 TopicPartitionKey = tuple[str, int]
+HOLD_MAX_S = 5.0  # longest the fetcher stops consuming because every slot is full
 
 
 class Worker:
@@ -77,6 +78,7 @@ class Worker:
         self.restarts = 0
         self.size_limits: dict[str, int] = {}
         self.lag: dict[TopicPartitionKey, int] = {}
+        self.holding_since: float | None = None
         self.topic_partitions: dict[str, int] = {}
         self.delivery_failures: list[str] = []
         self.state = "starting"
@@ -131,6 +133,9 @@ class Worker:
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 2000,
             "queued.max.messages.kbytes": 16384,
+            # librdkafka >= 2.3 backs off 1 s once its prefetch queue is full, which
+            # starves a fast pipeline on a backlog; keep refilling it promptly.
+            "fetch.queue.backoff.ms": 10,
             **self._passthrough("consumer"),
         }
 
@@ -298,7 +303,11 @@ class Worker:
         self.state = "running"
         producer = self.producer
         while not self.stopping.is_set():
-            msgs = consumer.consume(batch_size, 0.05)
+            if self._backpressure():
+                msgs = []
+                time.sleep(0.002)  # every slot is full: let them drain
+            else:
+                msgs = consumer.consume(batch_size, 0.05)
             producer.poll(0)  # serves delivery errors and librdkafka's log
             self._check_fatal()
             if self.restoring:
@@ -313,7 +322,6 @@ class Worker:
                     if counter is None:
                         counter = in_counters[tp] = records_in.labels(job, tp[0], str(tp[1]))
                     counter.inc(n)
-            self._backpressure()
             try:
                 coordinator.poll()
                 if coordinator.due():
@@ -479,24 +487,45 @@ class Worker:
             if slot.is_alive():
                 log.warning("slot %d did not stop within %.0fs; abandoning it", slot.slot, timeout)
 
-    def _backpressure(self) -> None:
-        """Pause the partitions feeding a full slot; resume them once it has drained."""
+    def _backpressure(self) -> bool:
+        """Backpressure. A slot whose queue is over ``slot_queue_records`` is full
+        until it drains to half.
+
+        When every slot is full, the fetcher holds off consuming (librdkafka's
+        bounded prefetch queue keeps memory bounded) rather than pausing, since a
+        pause throws away what was prefetched for those partitions; returns True
+        then. When only some slots are full, or holding has lasted ``HOLD_MAX_S``,
+        the partitions feeding the full slots are paused and consuming goes on, so
+        the other slots keep working and the worker keeps its group membership
+        however slow a slot is."""
         high = self.config.slot_queue_records
         low = high // 2
-        want: set[TopicPartitionKey] = set(self.restoring)
         for slot in self.slots:
             queued = slot.inbox.records
             if queued > high or (slot.slot in self.full_slots and queued > low):
                 self.full_slots.add(slot.slot)
-                want.update(self.router.feeds(slot.slot))
             else:
                 self.full_slots.discard(slot.slot)
+        now = time.monotonic()
+        hold = bool(self.slots) and len(self.full_slots) == len(self.slots)
+        if hold and (self.holding_since is None or now - self.holding_since < HOLD_MAX_S):
+            self.holding_since = self.holding_since or now
+            want = set(self.restoring)
+        else:
+            if not hold:
+                self.holding_since = None
+            hold = False
+            want = set(self.restoring)
+            for s in self.full_slots:
+                want.update(self.router.feeds(s))
         pause, resume = want - self.paused, self.paused - want
         if pause:
+            log.debug("backpressure: pausing %s", sorted(pause))
             self.consumer.pause([TopicPartition(t, p) for t, p in pause])
         if resume:
             self.consumer.resume([TopicPartition(t, p) for t, p in resume])
         self.paused = want
+        return hold
 
     def _sample(self, elapsed: float) -> None:
         """Once a second: per-slot ratios and consumer lag (never per record)."""
