@@ -179,8 +179,8 @@ class CheckpointCoordinator:
                 left = self.producer.flush(self.commit_timeout_s)
                 if left:
                     raise CheckpointFailed(f"{left} outputs not acknowledged after flush")
-                if offsets:
-                    self.consumer.commit(offsets=offsets, asynchronous=False)
+                if offsets and not self._commit_offsets(offsets):
+                    changed = {}  # not committed: the next checkpoint commits newer ones
             errors = self.delivery_errors()
             if errors:
                 raise CheckpointFailed(f"output delivery failed: {errors[0]}")
@@ -202,6 +202,21 @@ class CheckpointCoordinator:
             if ts > 0:
                 self.metrics.end_to_end_latency.observe(max(0.0, (now_ms - ts) / 1000))
         self._finish(pending, "completed", len(offsets))
+
+    def _commit_offsets(self, offsets: list[TopicPartition]) -> bool:
+        """At-least-once: commit input offsets whose outputs are all acknowledged.
+
+        A refused commit (typically a rebalance in progress: stale generation)
+        undoes nothing — the outputs are out — so it is retried with the next
+        checkpoint's newer offsets instead of rolling back, which would only
+        duplicate outputs. Partitions that move meanwhile were committed by the
+        synchronous checkpoint on revocation."""
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+            return True
+        except KafkaException as exc:
+            log.warning("offset commit refused (%s); retrying at the next checkpoint", exc)
+            return False
 
     def _apply(self, pending: Pending) -> None:
         offsets: dict[tuple[str, int], int] = {}

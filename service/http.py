@@ -41,6 +41,7 @@ def status(worker: Worker) -> dict[str, Any]:
         "plan": worker.job.describe(),
         "partitions": [f"{t}-{p}" for t, p in router.partitions],
         "paused": sorted(f"{t}-{p}" for t, p in worker.paused),
+        "fetch_held": worker.holding_since is not None,  # every slot full: not consuming
         "restoring": sorted(f"{t}-{p}" for t, p in worker.restoring),
         "lag": {f"{t}-{p}": lag for (t, p), lag in worker.lag.items()},
         "watermark": worker.watermark if worker.watermark > NO_WATERMARK else None,

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SOURCES = -1  # target id of the source heads; their one channel is the fetcher
 DLQ_VALUE_LIMIT = 65536  # a dead letter keeps at most this much of the record's value
+CHUNK_S = 0.05  # a batch is processed in chunks of about this much work
+PROBE_RECORDS = 8  # chunk size until the cost per record is known
 FETCHER = -1
 
 
@@ -99,6 +101,14 @@ class Inbox:
             self.records += records
             self._cond.notify()
 
+    def stop(self, item: Any) -> None:
+        """Drop everything queued and put ``item`` (a `Stop`) first."""
+        with self._cond:
+            self._items.clear()
+            self.records = 0
+            self._items.append((SOURCES, FETCHER, item, 0))
+            self._cond.notify()
+
     def get(self) -> tuple[int, int, Any]:
         with self._cond:
             while not self._items:
@@ -111,13 +121,14 @@ class Inbox:
 class SlotStats:
     """Per-slot counters, read by /status and the metrics sampler."""
 
-    __slots__ = ("batches", "busy_s", "failed", "records", "started")
+    __slots__ = ("batches", "busy_s", "cost", "failed", "records", "started")
 
     def __init__(self) -> None:
         self.records = 0
         self.batches = 0
         self.failed = 0
         self.busy_s = 0.0
+        self.cost = 0.0  # seconds per record, moving average: sizes the slot's queue
         self.started = time.monotonic()
 
 
@@ -292,15 +303,26 @@ class Slot(threading.Thread):
                 self.stash.setdefault(target, []).append((channel, payload))
                 continue
             if isinstance(payload, Batch):
-                started = clock()
                 self.current = target
-                if target == SOURCES:
-                    self.chain.sources[payload.topic].process(payload)
-                else:
-                    self.chain.inputs[target].process(payload)
-                stats.busy_s += clock() - started
-                stats.records += len(payload.elems)
-                stats.batches += 1
+                head = (
+                    self.chain.sources[payload.topic]
+                    if target == SOURCES
+                    else (self.chain.inputs[target])
+                )
+                elems = payload.elems
+                # Slow functions get the batch in chunks of about CHUNK_S of work, so
+                # outputs flow steadily and per-batch bookkeeping stays current.
+                step = max(1, int(CHUNK_S / stats.cost)) if stats.cost else PROBE_RECORDS
+                for i in range(0, len(elems), step):
+                    part = elems if step >= len(elems) else elems[i : i + step]
+                    started = clock()
+                    head.process(Batch(payload.topic, payload.partition, part))
+                    took = clock() - started
+                    stats.busy_s += took
+                    stats.records += len(part)
+                    stats.batches += 1
+                    cost = took / len(part)
+                    stats.cost = 0.8 * stats.cost + 0.2 * cost if stats.cost else cost
             elif isinstance(payload, Barrier):
                 self._on_barrier(target, channel, payload)
             elif isinstance(payload, Release):

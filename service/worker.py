@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 TopicPartitionKey = tuple[str, int]
 HOLD_MAX_S = 5.0  # longest the fetcher stops consuming because every slot is full
+QUEUE_TARGET_S = 0.5  # a slot's queue holds at most about this much work
+PROBE_QUEUE = 64  # a slot's queue bound before its speed is known
 
 
 class Worker:
@@ -79,6 +81,7 @@ class Worker:
         self.size_limits: dict[str, int] = {}
         self.lag: dict[TopicPartitionKey, int] = {}
         self.holding_since: float | None = None
+        self.fetch_size = PROBE_QUEUE
         self.topic_partitions: dict[str, int] = {}
         self.delivery_failures: list[str] = []
         self.state = "starting"
@@ -285,6 +288,9 @@ class Worker:
         try:
             self._loop()
             self._shutdown()
+        except KafkaException as exc:  # e.g. a fatal producer error: one line, not a traceback
+            self._abandon()
+            raise WorkerFailed(f"Kafka client failed: {exc.args[0].str()}") from exc
         except BaseException:
             self._abandon()
             raise
@@ -295,7 +301,6 @@ class Worker:
 
     def _loop(self) -> None:
         consumer, router, coordinator = self.consumer, self.router, self.coordinator
-        batch_size = self.config.batch_size
         records_in = self.metrics.records_in
         job = self.job.name
         in_counters: dict[TopicPartitionKey, Any] = {}
@@ -307,7 +312,7 @@ class Worker:
                 msgs = []
                 time.sleep(0.002)  # every slot is full: let them drain
             else:
-                msgs = consumer.consume(batch_size, 0.05)
+                msgs = consumer.consume(self.fetch_size, 0.05)
             producer.poll(0)  # serves delivery errors and librdkafka's log
             self._check_fatal()
             if self.restoring:
@@ -480,7 +485,7 @@ class Worker:
     def _stop_slots(self, timeout: float) -> None:
         for slot in self.slots:
             slot.discard = True
-            slot.inbox.put(SOURCES, FETCHER, Stop())
+            slot.inbox.stop(Stop())  # what it still holds is discarded anyway
         deadline = time.monotonic() + timeout
         for slot in self.slots:
             slot.join(max(0.0, deadline - time.monotonic()))
@@ -498,14 +503,15 @@ class Worker:
         the partitions feeding the full slots are paused and consuming goes on, so
         the other slots keep working and the worker keeps its group membership
         however slow a slot is."""
-        high = self.config.slot_queue_records
-        low = high // 2
+        room = self.config.batch_size  # records to fetch next: what the slots can take
         for slot in self.slots:
+            high = self._queue_limit(slot)
             queued = slot.inbox.records
-            if queued > high or (slot.slot in self.full_slots and queued > low):
+            if queued > high or (slot.slot in self.full_slots and queued > high // 2):
                 self.full_slots.add(slot.slot)
             else:
                 self.full_slots.discard(slot.slot)
+                room = min(room, max(1, high - queued))
         now = time.monotonic()
         hold = bool(self.slots) and len(self.full_slots) == len(self.slots)
         if hold and (self.holding_since is None or now - self.holding_since < HOLD_MAX_S):
@@ -525,7 +531,18 @@ class Worker:
         if resume:
             self.consumer.resume([TopicPartition(t, p) for t, p in resume])
         self.paused = want
+        self.fetch_size = room
         return hold
+
+    def _queue_limit(self, slot: Slot) -> int:
+        """A slot's queue bound in records: ``slot_queue_records``, or less for a slow
+        slot, so that a barrier never waits more than ``QUEUE_TARGET_S`` behind its
+        queue (checkpoints keep completing well within the transaction timeout)."""
+        cost = slot.stats.cost
+        limit = self.config.slot_queue_records
+        if cost <= 0:
+            return min(limit, PROBE_QUEUE)  # until the first records show how slow it is
+        return min(limit, max(1, int(QUEUE_TARGET_S / cost)))
 
     def _sample(self, elapsed: float) -> None:
         """Once a second: per-slot ratios and consumer lag (never per record)."""
