@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -115,9 +116,12 @@ def _stop_on_sigterm(stop: Callable[[], None]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_admin(kafka_bootstrap: str) -> AdminClient:
-    """An AdminClient for the session broker."""
-    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+def kafka_admin(kafka_bootstrap: str) -> Iterator[AdminClient]:
+    """An AdminClient for the session broker, silent about it going away at the end."""
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap, "log_level": 0})
+    yield admin
+    del admin
+    gc.collect()  # destroy the client before the broker stops
 
 
 @pytest.fixture
