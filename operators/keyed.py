@@ -14,6 +14,7 @@ from operators.aggregates import compile_aggregates
 from operators.chain import Batch, Element, Operator, SlotContext
 from operators.formats import encode_key
 from operators.plan import Node
+from operators.windowed import window_states
 from state.epoch import MISSING
 from state.layout import state_key
 
@@ -25,8 +26,6 @@ def state_name(node: Node) -> str:
 
 def states_of(node: Node) -> tuple[str, ...]:
     """Every state name a stateful operator uses."""
-    from operators.windowed import window_states
-
     if node.kind == "window":
         return window_states(node)
     if node.kind == "process":
