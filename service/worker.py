@@ -312,7 +312,10 @@ class Worker:
                 msgs = []
                 time.sleep(0.002)  # every slot is full: let them drain
             else:
-                msgs = consumer.consume(self.fetch_size, 0.05)
+                # Short waits while a checkpoint is in flight, so its commit follows
+                # the slots' acknowledgements promptly.
+                wait = 0.005 if coordinator.pending is not None else 0.05
+                msgs = consumer.consume(self.fetch_size, wait)
             producer.poll(0)  # serves delivery errors and librdkafka's log
             self._check_fatal()
             if self.restoring:
