@@ -220,10 +220,7 @@ class ProcessOp(Operator):
         self.queues: dict[str, list[tuple[int, bytes]]] = {"e": [], "p": []}
 
     def _load(self, skey: bytes) -> dict:
-        value = self.buffer.table(self.state).get(skey, MISSING)
-        if value is MISSING:
-            value = self.buffer.committed(self.state, skey)
-        return value or {}
+        return self.buffer.get(self.state, skey) or {}  # None if deleted or absent
 
     def _store(self, skey: bytes, ctx: Context) -> list[Element]:
         new = ctx._changes()

@@ -28,7 +28,6 @@ from operators.aggregates import compile_aggregates
 from operators.chain import Batch, Element, Operator, SlotContext
 from operators.formats import encode_key
 from operators.plan import Node
-from state.epoch import MISSING
 from state.layout import partition_of, state_key
 
 NO_WATERMARK = -(2**63)
@@ -157,9 +156,7 @@ class WindowOp(Operator):
                 for i in range(i, n):  # noqa: B020 - resumes after a failed record
                     k, v, t, o = elems[i]
                     skey = state_key(p, encode_key(k), self.groups)
-                    value = table.get(skey, MISSING)
-                    if value is MISSING:
-                        value = self.buffer.committed(self.state, skey) or {"k": k, "w": []}
+                    value = self.buffer.get(self.state, skey) or {"k": k, "w": []}
                     if self._add(value, skey, v, t, wm, out):
                         table[skey] = value
                     else:
@@ -263,9 +260,7 @@ class WindowOp(Operator):
         if p not in self.owned:
             return  # stale timer of a partition this slot gave up
         table = self.buffer.table(self.state)
-        value = table.get(skey, MISSING)
-        if value is MISSING:
-            value = self.buffer.committed(self.state, skey)
+        value = self.buffer.get(self.state, skey)  # None if deleted or absent
         if not value:
             return
         out = fired.setdefault(p, [])
