@@ -198,7 +198,8 @@ class Slot(threading.Thread):
         if self.discard:
             return
         if self.current in self.passed:
-            self.held.extend((topic, k, v, None, t) for k, v, _, t in rows)
+            # Exact-size copies: an orjson result keeps its ~4 KB build buffer.
+            self.held.extend((topic, k, bytes(memoryview(v)), None, t) for k, v, _, t in rows)
             return
         produce, poll = self.producer.produce, self.producer.poll
         i, n = 0, len(rows)

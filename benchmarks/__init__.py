@@ -1,0 +1,1 @@
+"""Weir's benchmarks: reproducible measurements against a real Kafka broker."""

@@ -1,0 +1,651 @@
+"""Shared machinery for Weir's benchmarks: broker, topics, data, child processes, reports.
+
+Every benchmark needs the same things, and getting them wrong quietly skews
+numbers: a broker (an external one from ``KAFKA_BOOTSTRAP``, else the
+project's own JVM broker), fresh topics per run, input written *before* the
+processor starts (so the processor, not the producer, is the bottleneck), a
+completion check that does not compete with the processor for CPU, timing taken
+from the broker's append timestamps of the output records (so process start-up
+and group join are excluded the same way for every contender), the CPU time and
+peak RSS of the processor process alone, and a bounded wait everywhere.
+
+Processes started here are registered and stopped on exit, even on errors or
+SIGTERM, so a failed benchmark never leaves a worker or broker behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as dt
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka import (
+    libversion as librdkafka_version,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+TMP = RESULTS / "tmp"  # child logs; gitignored
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark run could not complete (timeout, child died, lost records)."""
+
+
+# -- cleanup -------------------------------------------------------------------
+_cleanups: list[Callable[[], None]] = []
+
+
+def on_exit(fn: Callable[[], None]) -> None:
+    """Run ``fn`` at interpreter exit (LIFO), also after SIGTERM; errors are ignored."""
+    _cleanups.append(fn)
+
+
+def _run_cleanups() -> None:
+    while _cleanups:
+        fn = _cleanups.pop()
+        with contextlib.suppress(Exception):
+            fn()
+
+
+def _raise_exit(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+atexit.register(_run_cleanups)
+# SIGTERM normally kills Python without running atexit or finally blocks.
+signal.signal(signal.SIGTERM, _raise_exit)
+
+
+# -- broker ----------------------------------------------------------------------
+@dataclass
+class Broker:
+    """The broker under test and what the report says about it."""
+
+    bootstrap: str
+    kafka_version: str
+    pid: int | None  # the local broker's JVM, for its CPU; None for an external one
+    stop: Callable[[], None]
+
+
+def start_broker() -> Broker:
+    """``KAFKA_BOOTSTRAP`` if set, else a fresh local JVM broker stopped at exit."""
+    external = os.environ.get("KAFKA_BOOTSTRAP")
+    if external:
+        return Broker(external, "external (see broker)", None, lambda: None)
+    from service.local_kafka import LocalKafka, kafka_version
+
+    kafka = LocalKafka()
+    on_exit(kafka.stop)
+    bootstrap = kafka.start(timeout=120)
+    return Broker(bootstrap, kafka_version(), kafka.pid, kafka.stop)
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
+
+
+def unique(prefix: str) -> str:
+    """A fresh topic or group name, so runs never see each other's data or offsets."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create_topics(
+    admin: AdminClient,
+    names: Iterable[str],
+    partitions: int,
+    config: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Create topics and wait until their leaders are known (clients race creation otherwise)."""
+    names = list(names)
+    futures = admin.create_topics(
+        [NewTopic(n, partitions, 1, config=config or {}) for n in names],
+        operation_timeout=timeout,
+    )
+    for future in futures.values():
+        future.result(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(timeout=timeout)
+        ready = all(
+            n in md.topics
+            and md.topics[n].error is None
+            and len(md.topics[n].partitions) == partitions
+            and all(p.leader >= 0 for p in md.topics[n].partitions.values())
+            for n in names
+        )
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"topics {names} not ready within {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def delete_topics(admin: AdminClient, names: Iterable[str], timeout: float = 30.0) -> None:
+    """Best effort: keeps the broker's disk and page cache from growing run after run."""
+    futures = admin.delete_topics(list(names), operation_timeout=timeout)
+    for future in futures.values():
+        with contextlib.suppress(Exception):
+            future.result(timeout=timeout)
+
+
+# -- data ------------------------------------------------------------------------
+def make_records(n: int, tags: int = 100, seed: int = 42) -> list[tuple[bytes, bytes]]:
+    """``n`` (key, value) pairs: ``{"id": i, "v": float, "tag": "k<j>"}`` keyed by tag.
+
+    Built once and reused for every run, so every contender sees identical input.
+    """
+    rng = random.Random(seed)
+    dumps = orjson.dumps
+    out = []
+    for i in range(n):
+        tag = f"k{i % tags}"
+        value = dumps({"id": i, "v": rng.random() * 100.0, "tag": tag})
+        # orjson's bytes keep their ~4 KB allocation: 500k of them would hold 2 GB
+        # (measured with orjson 3.13), so keep a right-sized copy instead.
+        out.append((tag.encode(), memoryview(value).tobytes()))
+    return out
+
+
+def prefill(
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]], timeout: float = 120.0
+) -> float:
+    """Write ``records`` to ``topic`` as fast as one Python producer can; returns seconds.
+
+    Large linger and batches, no compression, leader-only acks: the input only
+    has to be there before the processor starts.
+    """
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "batch.num.messages": 100_000,
+            "compression.type": "none",
+            "acks": 1,
+            "partitioner": "murmur2_random",  # Java's, like the processors'
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    failures: list[str] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err.str())
+
+    started = time.monotonic()
+    produce, poll = producer.produce, producer.poll
+    for key, value in records:
+        while True:
+            try:
+                produce(topic, value, key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                poll(0.05)
+    left = producer.flush(timeout)
+    if left or failures:
+        raise BenchmarkError(
+            f"prefill of {topic}: {left} records unsent, {len(failures)} failed ({failures[:1]})"
+        )
+    return time.monotonic() - started
+
+
+# -- offsets -----------------------------------------------------------------------
+class OffsetProbe:
+    """Cheap completion checks: end offsets and a group's committed offsets.
+
+    Polling offsets costs a few small requests, unlike consuming the output,
+    so it barely competes with the processor for this machine's CPUs.
+    """
+
+    def __init__(self, bootstrap: str) -> None:
+        self._bootstrap = bootstrap
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": unique("bench-probe"), "log_level": 3}
+        )
+        self._group_consumers: dict[str, Consumer] = {}
+
+    def end_offsets(self, topic: str, partitions: int, timeout: float = 5.0) -> list[int]:
+        """High watermarks (for a transactional topic these include commit markers)."""
+        return [
+            self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            for p in range(partitions)
+        ]
+
+    def committed(self, group: str, topic: str, partitions: int, timeout: float = 5.0) -> int:
+        """Sum of ``group``'s committed offsets on ``topic`` (0 for none)."""
+        consumer = self._group_consumers.get(group)
+        if consumer is None:
+            consumer = Consumer(
+                {"bootstrap.servers": self._bootstrap, "group.id": group, "log_level": 3}
+            )
+            self._group_consumers[group] = consumer
+        tps = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=timeout
+        )
+        return sum(max(0, tp.offset) for tp in tps)
+
+    def forget(self, group: str) -> None:
+        consumer = self._group_consumers.pop(group, None)
+        if consumer is not None:
+            consumer.close()  # never subscribed: leaves no trace in the group
+
+    def close(self) -> None:
+        for group in list(self._group_consumers):
+            self.forget(group)
+        self._consumer.close()
+
+
+@dataclass
+class OutputScan:
+    """What the output topic holds, read back after the run (read_committed)."""
+
+    records: int
+    distinct_ids: int
+    first_ms: int
+    last_ms: int
+    bad: int = 0  # records without the mapped field
+
+
+def scan_output(
+    bootstrap: str, topic: str, partitions: int, expected: int, timeout: float = 120.0
+) -> OutputScan:
+    """Read the whole output: count, distinct ids, first and last append timestamp.
+
+    Runs after the processor is stopped, so it costs the measurement nothing.
+    Counting records (rather than offsets) is needed for transactional outputs,
+    whose offsets include commit markers.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("bench-scan"),
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    ids: set[int] = set()
+    records = bad = 0
+    first, last = sys.maxsize, 0
+    at_eof: set[int] = set()
+    deadline = time.monotonic() + timeout
+    loads = orjson.loads
+    try:
+        while len(at_eof) < partitions:
+            if time.monotonic() > deadline:
+                raise BenchmarkError(
+                    f"reading {topic} back: {records}/{expected} records after {timeout:.0f}s"
+                )
+            for m in consumer.consume(10000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == -191:  # _PARTITION_EOF
+                        at_eof.add(m.partition())
+                        continue
+                    raise BenchmarkError(f"reading {topic} back: {err.str()}")
+                at_eof.discard(m.partition())
+                records += 1
+                ts = m.timestamp()[1]
+                first = min(first, ts)
+                last = max(last, ts)
+                r = loads(m.value())
+                ids.add(r["id"])
+                if "x" not in r:
+                    bad += 1
+    finally:
+        consumer.close()
+    return OutputScan(records, len(ids), first if records else 0, last, bad)
+
+
+# -- CPU accounting ----------------------------------------------------------------
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of all threads of ``pid`` so far (0.0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes on this machine have used since boot (not idle/iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / CLK_TCK
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU used so far by the processor, the broker, this script and the whole machine.
+
+    The difference of two snapshots shows what else ran during a measurement:
+    on a shared machine, other processes' load skews every number.
+    """
+
+    at: float
+    child: float
+    broker: float
+    me: float
+    machine: float
+
+    @staticmethod
+    def take(child_pid: int, broker_pid: int | None) -> CpuSnapshot:
+        return CpuSnapshot(
+            time.monotonic(),
+            process_cpu_seconds(child_pid),
+            process_cpu_seconds(broker_pid) if broker_pid else 0.0,
+            time.process_time(),
+            machine_busy_seconds(),
+        )
+
+    def until(self, later: CpuSnapshot) -> dict[str, float]:
+        """CPU seconds per party between two snapshots, and ``other``: everyone else."""
+        child = later.child - self.child
+        broker = later.broker - self.broker
+        me = later.me - self.me
+        machine = later.machine - self.machine
+        return {
+            "wall": later.at - self.at,
+            "child": child,
+            "broker": broker,
+            "benchmark": me,
+            "other": max(0.0, machine - child - broker - me),
+        }
+
+
+# -- child processes ---------------------------------------------------------------
+class Child:
+    """A processor under test in its own process; CPU and RSS come from /proc/PID.
+
+    The command must exec Python directly (no shell), so that ``pid`` is the
+    process that does the work and /proc reports its threads' CPU, not a shell's.
+    """
+
+    def __init__(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None, http_port: int = 0
+    ) -> None:
+        TMP.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.http_port = http_port
+        # Unique per invocation: several benchmarks may run at once on a shared machine.
+        self.log_path = TMP / f"{name}.{os.getpid()}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C meant for the benchmark is handled by it alone
+        )
+        self.started = time.monotonic()
+        self.rusage: Any = None
+        on_exit(self.kill)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of all the process's threads so far."""
+        return process_cpu_seconds(self.pid)
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM: the resident set's high-water mark since the process started."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The Weir worker's /status JSON, or None (no HTTP port, not up yet)."""
+        if not self.http_port:
+            return None
+        try:
+            url = f"http://127.0.0.1:{self.http_port}/status"
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return orjson.loads(resp.read())
+        except (OSError, ValueError):
+            return None
+
+    def tail(self, lines: int = 5) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+            return " | ".join(text[-lines:])
+        return ""
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait (a clean stop commits); SIGKILL after ``timeout``."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self._wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.proc.returncode
+        self._log.close()
+        return code
+
+    def _wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
+            except ChildProcessError:  # already reaped by Popen.poll()
+                pid = 0
+            if pid:
+                self.rusage = rusage
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+                return self.proc.returncode
+            if self.proc.returncode is not None:
+                return self.proc.returncode
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.proc.args, timeout)
+            time.sleep(0.05)
+
+    def discard_log(self) -> None:
+        """Forget the log of a run that went well; failed runs keep theirs for a post-mortem."""
+        with contextlib.suppress(OSError):
+            self._log.close()
+            self.log_path.unlink()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        with contextlib.suppress(Exception):
+            self._log.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Progress:
+    """When the processor's output started and was complete, with CPU snapshots at both."""
+
+    first: CpuSnapshot
+    done: CpuSnapshot
+    peak_rss_mb: float
+
+
+def wait_for_output(
+    child: Child,
+    probe: OffsetProbe,
+    *,
+    output: str,
+    partitions: int,
+    expected: int,
+    committed_check: tuple[str, str] | None = None,
+    broker_pid: int | None = None,
+    timeout: float = 300.0,
+    interval: float = 0.05,
+) -> Progress:
+    """Poll until the output holds ``expected`` records; bounded by ``timeout``.
+
+    Done means: the output's end offsets add up to ``expected`` and, with
+    ``committed_check=(group, input_topic)``, the group has committed all of
+    its input. A transactional output needs the latter, since its end offsets
+    also count commit markers and open transactions; there the committed input
+    is the moment the outputs become visible. Polls quickly until the first
+    output (the CPU snapshot there starts the measured stretch), then slower.
+    """
+    deadline = time.monotonic() + timeout
+    first: CpuSnapshot | None = None
+    out = 0
+    while True:
+        if not child.alive():
+            raise BenchmarkError(
+                f"{child.name} exited with {child.proc.returncode}: {child.tail()}"
+            )
+        if time.monotonic() > deadline:
+            raise BenchmarkError(
+                f"{child.name}: output has {out}/{expected} records after {timeout:.0f}s"
+            )
+        try:
+            out = sum(probe.end_offsets(output, partitions))
+        except KafkaException:
+            time.sleep(interval)
+            continue
+        if out > 0 and first is None:
+            first = CpuSnapshot.take(child.pid, broker_pid)
+        done = out >= expected
+        if done and committed_check is not None:
+            group, input_topic = committed_check
+            done = probe.committed(group, input_topic, partitions) >= expected
+        if done:
+            last = CpuSnapshot.take(child.pid, broker_pid)
+            return Progress(first or last, last, child.peak_rss_mb())
+        time.sleep(interval if first is None else 4 * interval)
+
+
+# -- reporting ---------------------------------------------------------------------
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def weir_revision() -> str:
+    """The Weir commit measured, marked ``+dirty`` if its packages have local changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "service", "operators", "state"],
+            cwd=ROOT, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}+dirty" if dirty else head
+
+
+def machine_info(kafka_version: str) -> dict[str, Any]:
+    """What the numbers depend on, for the report header."""
+    mem_gb = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = int(line.split()[1]) / 1024 / 1024
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model(),
+        "memory_gb": round(mem_gb, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "confluent_kafka": confluent_kafka.__version__,
+        "librdkafka": librdkafka_version()[0],
+        "orjson": orjson.__version__,
+        "kafka": kafka_version,
+        "weir": weir_revision(),
+    }
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], markdown: bool) -> str:
+    """A plain-text or Markdown table; numbers right-aligned."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    numeric = [all(_is_number(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts)
+
+    out = [line(headers)]
+    if markdown:
+        out.append(
+            "|"
+            + "|".join(
+                ("-" * (w + 1) + ":") if num else ("-" * (w + 2))
+                for w, num in zip(widths, numeric, strict=True)
+            )
+            + "|"
+        )
+    else:
+        out.append("  ".join("-" * w for w in widths))
+    out.extend(line(r) for r in cells)
+    return "\n".join(out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", "").rstrip("%x"))
+    except ValueError:
+        return text in ("", "-")
+    return True
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
