@@ -266,3 +266,33 @@ def test_restart_strategy_gives_up_after_its_attempts(kafka_bootstrap, new_topic
         "weir_restarts_total", {"job": "window-bug"}
     )
     assert restarts == 2
+
+
+def test_wrong_type_for_an_aggregate_goes_to_the_dlq(kafka_bootstrap, new_topic, tmp_path):
+    src, out = new_topic(), new_topic()
+    records = [{"tag": "s1", "value": v} for v in (1, 2, "three", 4, None, 5)]
+    produce_json(kafka_bootstrap, src, records, key=lambda r: r["tag"].encode())
+    group = f"g-{uuid.uuid4().hex}"
+    worker = WorkerThread(
+        "sensor_aggregate.py", job_env(in_=src, out=out), bootstrap=kafka_bootstrap,
+        group=group, worker_id="w1", state_dir=str(tmp_path), checkpoint_interval_ms=200,
+    )  # fmt: skip
+    try:
+        got = consume_all(kafka_bootstrap, out, expected=4, timeout=60)
+        dead = consume_all(kafka_bootstrap, f"{group}.dlq", expected=2, timeout=60)
+        assert worker.thread.is_alive()
+    finally:
+        worker.stop()
+    assert [r["value"]["count"] for r in got] == [1, 2, 3, 4], "bad records left no trace"
+    assert got[-1]["value"]["total"] == 12
+    assert sorted(str(r["value"]["value"]) for r in dead) == ["None", "three"]
+
+
+def test_bad_config_file_fails_with_one_line_naming_the_key(tmp_path, kafka_bootstrap):
+    conf = tmp_path / "weir.toml"
+    conf.write_text('bootstrap = "x:1"\nslots = 2\ncheckpoint_intervall_ms = 5\n')
+    line = _one_line_error(_weir("run", str(JOBS / "upper_bytes.py"), "--config", str(conf)))
+    assert "checkpoint_intervall_ms" in line and "unknown" in line
+    conf.write_text('slots = "many"\n')
+    line = _one_line_error(_weir("run", str(JOBS / "upper_bytes.py"), "--config", str(conf)))
+    assert "'slots'" in line and "whole number" in line
