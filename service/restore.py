@@ -55,8 +55,35 @@ class RestoreFailed(Exception):
     pass
 
 
+@dataclass
+class _Changelog:
+    """One changelog partition being replayed for a restore request."""
+
+    op: StatefulOperator
+    partition: int
+    source: TopicPartitionKey
+    token: int
+    end: int
+    position: int
+    last_progress: float
+
+
+@dataclass
+class _Request:
+    token: int
+    started: float
+    remaining: int
+    records: int = 0
+
+
 class Restorer(threading.Thread):
-    """Restores partitions one at a time, in the order they were assigned."""
+    """Restores assigned partitions concurrently, and keeps standby copies warm.
+
+    All restoring changelog partitions share one consumer, so a small partition
+    finishes at once even while a big one is still replaying. Every request has
+    a token; a completion carries it, so the worker never mistakes the end of a
+    cancelled restore for the end of a later one of the same partition.
+    """
 
     def __init__(
         self,
@@ -69,15 +96,17 @@ class Restorer(threading.Thread):
         standby: bool = False,
     ) -> None:
         super().__init__(name="weir-restore", daemon=True)
-        self.consumer_conf = consumer_conf
+        # Short fetch waits: the end of a partition shows as an empty fetch (EOF).
+        self.consumer_conf = {**consumer_conf, "fetch.wait.max.ms": 10}
         self.admin = admin
         self.store = store
         self.operators = operators
         self.metrics = metrics
         self.stall_timeout_s = stall_timeout_s
-        self.tasks: queue.SimpleQueue[TopicPartitionKey | None] = queue.SimpleQueue()
-        self.done: queue.SimpleQueue[TopicPartitionKey] = queue.SimpleQueue()
-        self.cancelled: set[TopicPartitionKey] = set()
+        self.tasks: queue.SimpleQueue[tuple[str, TopicPartitionKey, int] | None] = (
+            queue.SimpleQueue()
+        )
+        self.done: queue.SimpleQueue[tuple[TopicPartitionKey, int]] = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.restored_records = 0  # total, for tests and /status
         self.standby_enabled = standby
@@ -85,26 +114,27 @@ class Restorer(threading.Thread):
         self.tailing: set[tuple[str, int]] = set()
         self.standby_records = 0
         self.by_changelog = {op.changelog: op for op in operators}
+        self._tokens = 0
+        self._active: dict[tuple[str, int], _Changelog] = {}
+        self._requests: dict[TopicPartitionKey, _Request] = {}
 
-    def submit(self, tp: TopicPartitionKey) -> None:
-        self.cancelled.discard(tp)
-        self.tasks.put(tp)
+    def submit(self, tp: TopicPartitionKey) -> int:
+        """Restore ``tp``'s state; returns the token its completion will carry."""
+        self._tokens += 1
+        self.tasks.put(("restore", tp, self._tokens))
+        return self._tokens
 
     def cancel(self, tp: TopicPartitionKey) -> None:
-        self.cancelled.add(tp)
+        self.tasks.put(("cancel", tp, 0))
 
     def stop(self) -> None:
         self.tasks.put(None)
 
-    def finished(self) -> list[TopicPartitionKey]:
+    def finished(self) -> list[tuple[TopicPartitionKey, int]]:
         out = []
         while not self.done.empty():
             out.append(self.done.get_nowait())
         return out
-
-    def set_standby(self, partitions: set[TopicPartitionKey]) -> None:
-        """Source partitions whose state to keep warm (standby replicas); thread-safe."""
-        self.standby = frozenset(partitions)
 
     def run(self) -> None:
         consumer = Consumer(self.consumer_conf)
@@ -112,24 +142,26 @@ class Restorer(threading.Thread):
         try:
             while True:
                 try:
-                    tp = self.tasks.get(timeout=0.1 if tailer else None)
+                    if self._active:  # replaying: only look for new requests
+                        task = self.tasks.get_nowait()
+                    elif tailer is not None:  # idle with standbys: tail between requests
+                        task = self.tasks.get(timeout=0.1)
+                    else:
+                        task = self.tasks.get()
                 except queue.Empty:
-                    self._tail_standby(tailer)  # restores come first; idle time keeps copies warm
-                    continue
-                if tp is None:
+                    task = ()
+                if task is None:
                     return
-                if tp in self.cancelled:
+                if task:
+                    kind, tp, token = task
+                    self._forget(consumer, tp)
+                    if kind == "restore":
+                        self._begin(consumer, tp, token)
                     continue
-                started = time.monotonic()
-                count = sum(
-                    self._restore(consumer, op, tp[1])
-                    for op in self.operators
-                    if op.source_topic == tp[0]
-                )
-                elapsed = time.monotonic() - started
-                self.metrics.state_restore.observe(elapsed)
-                log.info("restored %s[%d]: %d records in %.2fs", tp[0], tp[1], count, elapsed)
-                self.done.put(tp)
+                if self._active:
+                    self._replay(consumer)
+                elif tailer is not None:
+                    self._tail_standby(tailer)  # idle: keep standby copies warm
         except BaseException as exc:
             log.error("state restore failed: %s", exc)
             self.error = exc
@@ -137,6 +169,112 @@ class Restorer(threading.Thread):
             consumer.close()
             if tailer is not None:
                 tailer.close()
+
+    def _forget(self, consumer: Consumer, source: TopicPartitionKey) -> None:
+        """Drop any restore of ``source`` in progress (cancelled or superseded)."""
+        self._requests.pop(source, None)
+        gone = [key for key, job in self._active.items() if job.source == source]
+        for key in gone:
+            del self._active[key]
+        if gone:
+            consumer.incremental_unassign([TopicPartition(t, p) for t, p in gone])
+
+    def _end_offsets(self, tp: TopicPartition) -> tuple[int, int]:
+        """(log start, last stable offset) of a changelog partition."""
+        specs = {tp: OffsetSpec.earliest()}
+        low = self.admin.list_offsets(specs, request_timeout=30)[tp].result(timeout=30).offset
+        specs = {tp: OffsetSpec.latest()}
+        futures = self.admin.list_offsets(
+            specs, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=30
+        )
+        return low, futures[tp].result(timeout=30).offset
+
+    def _begin(self, consumer: Consumer, source: TopicPartitionKey, token: int) -> None:
+        now = time.monotonic()
+        request = self._requests[source] = _Request(token, now, 0)
+        topic, partition = source
+        for op in self.operators:
+            if op.source_topic != topic:
+                continue
+            tp = TopicPartition(op.changelog, partition)
+            low, end = self._end_offsets(tp)
+            start = self.store.changelog_offset(op.name, partition)
+            if start is None or start < low:
+                if start is not None:
+                    log.warning(
+                        "%s[%d]: local state at offset %d is older than the log start %d"
+                        " (compacted or deleted); rebuilding it from the changelog",
+                        op.changelog, partition, start, low,
+                    )  # fmt: skip
+                self.store.wipe(op.name, op.states, partition)
+                start = low
+            if start >= end:
+                self.store.restore([], op.name, partition, max(start, end))
+                continue
+            self._active[(op.changelog, partition)] = _Changelog(
+                op, partition, source, token, end, start, now
+            )
+            request.remaining += 1
+            consumer.incremental_assign([TopicPartition(op.changelog, partition, start)])
+        if not request.remaining:
+            self._complete(source)
+
+    def _replay(self, consumer: Consumer) -> None:
+        """One batch of changelog records for every restore in progress."""
+        writes: dict[tuple[str, int], list] = {}
+        finished: set[tuple[str, int]] = set()
+        for m in consumer.consume(5000, 0.1):
+            key = (m.topic(), m.partition())
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    finished.add(key)  # read_committed end: only markers or aborted data left
+                    continue
+                raise KafkaException(err)
+            state, skey = split_changelog_key(m.key())
+            writes.setdefault(key, []).append((state, skey, m.value()))
+            job = self._active.get(key)
+            if job is not None:
+                job.position = m.offset() + 1
+        now = time.monotonic()
+        for key, batch in writes.items():
+            job = self._active.get(key)
+            if job is None:
+                continue  # cancelled meanwhile
+            self.store.restore(batch, job.op.name, job.partition, job.position)
+            self.restored_records += len(batch)
+            self._requests[job.source].records += len(batch)
+            self.metrics.restored_records.labels(self.metrics.job, job.op.name).inc(len(batch))
+            job.last_progress = now
+            if job.position >= job.end:
+                finished.add(key)
+        for key, job in list(self._active.items()):
+            if key in finished:
+                self.store.restore([], job.op.name, job.partition, max(job.position, job.end))
+                del self._active[key]
+                consumer.incremental_unassign([TopicPartition(*key)])
+                request = self._requests[job.source]
+                request.remaining -= 1
+                if not request.remaining:
+                    self._complete(job.source)
+            elif now - job.last_progress > self.stall_timeout_s:
+                raise RestoreFailed(
+                    f"restore of {key[0]}[{key[1]}] made no progress for"
+                    f" {self.stall_timeout_s:.0f}s at offset {job.position} (end {job.end})"
+                )
+
+    def _complete(self, source: TopicPartitionKey) -> None:
+        request = self._requests.pop(source)
+        elapsed = time.monotonic() - request.started
+        self.metrics.state_restore.observe(elapsed)
+        log.info(
+            "restored %s[%d]: %d records in %.2fs", source[0], source[1], request.records, elapsed
+        )
+        self.done.put((source, request.token))
+
+    def set_standby(self, partitions: set[TopicPartitionKey]) -> None:
+        """Source partitions whose state to keep warm (standby replicas); thread-safe."""
+        self.standby = frozenset(partitions)
 
     def _tail_standby(self, tailer: Consumer) -> None:
         """Apply the newest changelog records of partitions other workers own."""
@@ -170,71 +308,3 @@ class Restorer(threading.Thread):
     def _standby_start(self, changelog: str, partition: int) -> int:
         offset = self.store.changelog_offset(self.by_changelog[changelog].name, partition)
         return OFFSET_BEGINNING if offset is None else offset
-
-    def _end_offsets(self, tp: TopicPartition) -> tuple[int, int]:
-        """(log start, last stable offset) of a changelog partition."""
-        specs = {tp: OffsetSpec.earliest()}
-        low = self.admin.list_offsets(specs, request_timeout=30)[tp].result(timeout=30).offset
-        specs = {tp: OffsetSpec.latest()}
-        futures = self.admin.list_offsets(
-            specs, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=30
-        )
-        return low, futures[tp].result(timeout=30).offset
-
-    def _restore(self, consumer: Consumer, op: StatefulOperator, partition: int) -> int:
-        store, source = self.store, (op.source_topic, partition)
-        tp = TopicPartition(op.changelog, partition)
-        low, end = self._end_offsets(tp)
-        start = store.changelog_offset(op.name, partition)
-        if start is None or start < low:
-            if start is not None:
-                log.warning(
-                    "%s[%d]: local state at offset %d is older than the log start %d"
-                    " (compacted or deleted); rebuilding it from the changelog",
-                    op.changelog,
-                    partition,
-                    start,
-                    low,
-                )
-            store.wipe(op.name, op.states, partition)
-            start = low
-        if start >= end:
-            store.restore([], op.name, partition, max(start, end))
-            return 0
-        consumer.assign([TopicPartition(op.changelog, partition, start or OFFSET_BEGINNING)])
-        restored, position = 0, start
-        counter = self.metrics.restored_records.labels(self.metrics.job, op.name)
-        last_progress = time.monotonic()
-        try:
-            while position < end:
-                if source in self.cancelled:
-                    return restored
-                msgs = consumer.consume(5000, 0.2)
-                writes, eof = [], False
-                for m in msgs:
-                    err = m.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            eof = True
-                            continue
-                        raise KafkaException(err)
-                    state, skey = split_changelog_key(m.key())
-                    writes.append((state, skey, m.value()))
-                    position = m.offset() + 1
-                if writes:
-                    store.restore(writes, op.name, partition, position)
-                    restored += len(writes)
-                    counter.inc(len(writes))
-                    self.restored_records += len(writes)
-                    last_progress = time.monotonic()
-                if eof:
-                    break  # read_committed end: only aborted data or markers remain
-                if time.monotonic() - last_progress > self.stall_timeout_s:
-                    raise RestoreFailed(
-                        f"restore of {op.changelog}[{partition}] made no progress for"
-                        f" {self.stall_timeout_s:.0f}s at offset {position} (end {end})"
-                    )
-            store.restore([], op.name, partition, max(position, end))
-        finally:
-            consumer.unassign()
-        return restored

@@ -78,6 +78,7 @@ class Worker:
         self.stopping = threading.Event()
         self.fatal: BaseException | None = None
         self.restarts = 0
+        self.renewals: list[float] = []
         self.size_limits: dict[str, int] = {}
         self.lag: dict[TopicPartitionKey, int] = {}
         self.holding_since: float | None = None
@@ -102,7 +103,7 @@ class Worker:
         self.all_idle: tuple[float, int] | None = None  # since when, from which watermark
         self.store: StateStore | None = None
         self.restorer: Restorer | None = None
-        self.restoring: set[TopicPartitionKey] = set()
+        self.restoring: dict[TopicPartitionKey, int] = {}  # partition -> restore token
 
     # -- Kafka clients --------------------------------------------------------
     def _common_conf(self) -> dict[str, Any]:
@@ -306,7 +307,6 @@ class Worker:
         in_counters: dict[TopicPartitionKey, Any] = {}
         last_sample = last_watermark = time.monotonic()
         self.state = "running"
-        producer = self.producer
         while not self.stopping.is_set():
             if self._backpressure():
                 msgs = []
@@ -316,7 +316,10 @@ class Worker:
                 # the slots' acknowledgements promptly.
                 wait = 0.005 if coordinator.pending is not None else 0.05
                 msgs = consumer.consume(self.fetch_size, wait)
-            producer.poll(0)  # serves delivery errors and librdkafka's log
+            try:
+                self.producer.poll(0)  # serves delivery errors and librdkafka's log
+            except KafkaException as exc:  # a fatal producer error, e.g. fenced
+                self._rollback(f"producer failed: {exc.args[0].str()}")
             self._check_fatal()
             if self.restoring:
                 self._restores_done()
@@ -358,9 +361,9 @@ class Worker:
     def _restores_done(self) -> None:
         if self.restorer.error is not None:
             raise WorkerFailed(f"state restore failed: {self.restorer.error}")
-        done = [tp for tp in self.restorer.finished() if tp in self.restoring]
+        done = [tp for tp, token in self.restorer.finished() if self.restoring.get(tp) == token]
         for tp in done:
-            self.restoring.discard(tp)
+            del self.restoring[tp]
             log.info("%s[%d] restored; processing it", *tp)
         if done:
             self._ownership()
@@ -629,9 +632,8 @@ class Worker:
             consumer.pause(restore)
             for tp in restore:
                 key = (tp.topic, tp.partition)
-                self.restoring.add(key)
                 self.paused.add(key)
-                self.restorer.submit(key)
+                self.restoring[key] = self.restorer.submit(key)
         self._ownership()
         self._update_standby()
         self.metrics.assigned_partitions.set(len(wanted))
@@ -656,9 +658,9 @@ class Worker:
     def _forget(self, partitions: set[TopicPartitionKey]) -> None:
         self.router.reassign(set(self.router.pins) - partitions)
         self.paused -= partitions
-        for tp in partitions & self.restoring:
+        for tp in partitions & self.restoring.keys():
             self.restorer.cancel(tp)
-        self.restoring -= partitions
+            del self.restoring[tp]
         for tp in partitions:
             self.assigned_at.pop(tp, None)
             if self.lag.pop(tp, None) is not None:  # no stale series for partitions gone
@@ -676,24 +678,38 @@ class Worker:
             try:
                 self.producer.abort_transaction(self.config.shutdown_timeout_s)
             except KafkaException as exc:
-                if exc.args[0].fatal():
-                    raise WorkerFailed(
-                        f"producer {self.transactional_id!r} was fenced or failed fatally"
-                        f" ({exc.args[0].str()}); is another worker running with"
-                        f" --worker-id {self.worker_id}?"
-                    ) from None
-                raise
+                if not exc.args[0].fatal():
+                    raise
+                self._renew_producer(exc.args[0].str())
         self._take_delivery_failures()
         committed = self._seek_to_committed()
         self.router.reset_positions()
         self.coordinator.reset(committed)
-        resume = self.paused - self.restoring
+        resume = self.paused - self.restoring.keys()
         if resume:
             self.consumer.resume([TopicPartition(t, p) for t, p in resume])
         self.paused, self.full_slots = set(self.restoring), set()
         if self.config.exactly_once:
             self.producer.begin_transaction()
         self._start_slots()
+
+    def _renew_producer(self, cause: str) -> None:
+        """The transactional producer is fenced (e.g. the broker aborted a transaction
+        that outlived transaction.timeout.ms while this worker was stalled): start a
+        new one under the same transactional id, which fences any older instance. If
+        that keeps happening, another live worker uses this worker id."""
+        now = time.monotonic()
+        self.renewals = [t for t in self.renewals if now - t < 300] + [now]
+        if len(self.renewals) > 3:
+            raise WorkerFailed(
+                f"producer {self.transactional_id!r} was fenced {len(self.renewals)} times in"
+                f" 5 minutes ({cause}); is another worker running with --worker-id"
+                f" {self.worker_id}?"
+            )
+        log.warning("producer fenced (%s); starting a new one", cause)
+        self.producer = Producer(self._producer_conf())
+        self.producer.init_transactions(self.config.connect_timeout_s)
+        self.coordinator.producer = self.producer
 
     def _seek_to_committed(self) -> dict[TopicPartitionKey, int]:
         tps = [TopicPartition(t, p) for t, p in self.router.partitions]
