@@ -388,6 +388,18 @@ class Worker:
                 parts.setdefault(topic, set()).add(p)
             slot.inbox.put(SOURCES, FETCHER, Ownership(parts, groups))
 
+    def _caught_up(self, tp: TopicPartitionKey) -> bool:
+        """Has this worker read everything the partition holds? A partition with a
+        backlog is not idle, however long since its last record was processed."""
+        try:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+        except KafkaException:
+            return False
+        if high < 0:
+            return True  # nothing fetched yet from an empty partition
+        position = self.router.positions.get(tp, self.coordinator.committed.get(tp, 0))
+        return position >= high
+
     def _advance_watermark(self, now: float) -> None:
         """The worker's watermark: the minimum over its active partitions of
         (largest event time seen - max out-of-orderness). Partitions idle for
@@ -401,8 +413,8 @@ class Worker:
             seen = [s.last_seen[tp] for s in self.slots if tp in s.last_seen]
             last = max(seen) if seen else self.assigned_at.get(tp, now)
             idle = source.options["idle_timeout"]
-            if idle is not None and now - last > idle:
-                continue
+            if idle is not None and now - last > idle and self._caught_up(tp):
+                continue  # idle: nothing new for idle_timeout, and nothing left to read
             stamps = [s.max_ts[tp] for s in self.slots if tp in s.max_ts]
             ooo = round(source.options["max_out_of_orderness"] * 1000)
             candidates.append(max(stamps) - ooo if stamps else NO_WATERMARK)
