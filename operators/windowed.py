@@ -176,26 +176,31 @@ class WindowOp(Operator):
         """Add one record to its windows; False if every window of it is already gone."""
         fn, lateness = self.fn, self.lateness
         windows = value["w"]
+        index = {(w[0], w[1]): w for w in windows}  # sliding: many open windows per key
         updates = []
         for start, end in self.spec.assign(t):
             if end - 1 + lateness <= wm:
                 continue  # this window was fired and dropped
-            entry = next((w for w in windows if w[0] == start and w[1] == end), None)
+            entry = index.get((start, end))
             acc = fn.add(fn.create() if entry is None else entry[2], v)
             updates.append((start, end, entry, acc))
         if not updates:
             return False
+        added = False
         for start, end, entry, acc in updates:  # all adds succeeded: now change the state
             if entry is None:
                 windows.append([start, end, acc, False])
+                added = True
             else:
                 entry[2] = acc
                 if entry[3]:  # fired already, within allowed lateness: emit the update now
                     out.append(self._result(value["k"], entry))
         if self.spec.merging:
             self._merge_sessions(value)
-        value["w"].sort(key=lambda w: w[0])
-        self._schedule(skey, value["w"])
+        elif added:
+            windows.sort(key=lambda w: w[0])
+        if added or self.spec.merging:  # otherwise the key's timer is already set
+            self._schedule(skey, value["w"])
         return True
 
     def _merge_sessions(self, value: dict) -> None:

@@ -1,0 +1,972 @@
+"""Event time: throughput of tumbling and sliding windows (exactly-once), and the
+latency from a record's production to its window's result being readable.
+
+Part 1 (throughput). N pre-filled records ``{"id", "v", "tag", "ts"}`` keyed by
+tag (default 200k records, 1,000 keys, event times evenly spread over 100 s, 4
+partitions), then one record per partition far in the future, which moves the
+watermark past every window so that all of them fire. Two jobs, exactly-once
+with 1 s checkpoints, 1 slot:
+
+* `jobs/window_tumbling.py`: ``window(Tumbling(seconds=1)).aggregate(count="count")``
+* `jobs/window_sliding.py`: ``window(Sliding(seconds=10, every=1))
+  .aggregate(count="count", mean=("mean", "v"))`` (every record is in 10 windows)
+
+records/s is the processing rate (the slots' processed-records counter in
+``/status``, from the first poll that saw records processed until all were);
+"end to end" is N over the time from that first poll until the last window
+result was readable by a read_committed consumer (a thread of this script
+counts them as they become visible). Every result is read back and checked
+against the counts and means computed here; exactly-once means no duplicates.
+
+Part 2 (latency). A fresh worker runs the tumbling job (1 s windows, no
+out-of-orderness allowance, exactly-once, 1 s checkpoints) while this script
+produces R records/s (default 2,000/s for 30 s, 100 keys) with ``ts`` = the
+wall-clock time of production, and a read_committed consumer in this script
+notes when each window result becomes visible. For every result of a window
+``[s, s+1000)``::
+
+    latency = (wall time the result was received by the read_committed consumer)
+              - (production wall time of the window's last record, over all keys)
+
+Since event time is production time, the window's last record is produced just
+before the window end, so this is, within a few ms, "window end (wall clock) to
+result visible": the wait for the watermark to pass the window end, firing, and
+the wait for the checkpoint that commits the result. Windows of the first 3 s
+(warm-up) and the last, partial one are left out. Also reported: the same from
+the key's own last record, and ``weir_end_to_end_latency_seconds`` (the
+worker's histogram: from a source record's timestamp to the commit of the
+checkpoint that covers it).
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.windows            # defaults, ~5 minutes on 2 cores
+
+Results go to ``benchmarks/results/windows.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    TMP,
+    BenchmarkError,
+    Child,
+    CpuSnapshot,
+    OffsetProbe,
+    admin_client,
+    create_topics,
+    delete_topics,
+    format_table,
+    free_port,
+    machine_info,
+    median,
+    prefill,
+    start_broker,
+    unique,
+    write_json,
+)
+from benchmarks.stateful_common import (
+    code_version,
+    fetch_metrics,
+    histogram_quantile,
+    metric_sum,
+    processed,
+    profile_md,
+    profile_worker,
+    remove_tree,
+    vm_status_mb,
+    wait_committed,
+    wait_ready,
+    watch_processing,
+)
+
+JOBS = Path(__file__).resolve().parent / "jobs"
+BASE_MS = 1_700_000_000_000  # event time of the first record (a multiple of 10 s)
+FLUSH_KEY = b"~flush"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: str
+    job: str
+    operator: str
+    size_s: float
+    slide_s: float  # == size_s for tumbling windows
+
+    def windows_of(self, ts: int) -> list[int]:
+        """Start of every window ``ts`` belongs to (as Weir assigns them)."""
+        size, slide = round(self.size_s * 1000), round(self.slide_s * 1000)
+        start = ts - ts % slide
+        out = []
+        while start > ts - size:
+            out.append(start)
+            start -= slide
+        return out
+
+
+ROWS = (
+    Row("tumbling", "tumbling 1 s, count", "window_tumbling.py", "tumbling", 1.0, 1.0),
+    Row("sliding", "sliding 10 s every 1 s, count + mean", "window_sliding.py", "sliding", 10, 1),
+)
+
+
+def command(
+    row: Row, bootstrap: str, group: str, port: int, state_dir: Path, args: argparse.Namespace
+) -> list[str]:
+    return [
+        sys.executable, "-m", "service.cli", "run", str((JOBS / row.job).relative_to(ROOT)),
+        "--bootstrap", bootstrap, "--group", group, "--worker-id", "bench",
+        "--slots", str(args.slots), "--guarantee", "exactly-once",
+        "--checkpoint-interval-ms", str(args.checkpoint_interval_ms),
+        "--http-port", str(port), "--state-dir", str(state_dir), "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def job_env(row: Row, src: str, dst: str) -> dict[str, str]:
+    return {
+        "BENCH_IN": src,
+        "BENCH_OUT": dst,
+        "BENCH_WINDOW_S": str(row.size_s),
+        "BENCH_SLIDE_S": str(row.slide_s),
+        "BENCH_OOO_S": "0",
+    }
+
+
+# -- data --------------------------------------------------------------------------
+def make_timed_records(
+    n: int, keys: int, span_s: float, seed: int = 42
+) -> list[tuple[bytes, bytes, int, float]]:
+    """(key, value, ts, v): event times evenly spread over ``span_s`` from BASE_MS."""
+    rng = random.Random(seed)
+    dumps = orjson.dumps
+    step = span_s * 1000 / n
+    out = []
+    for i in range(n):
+        tag = f"k{i % keys}"
+        ts = BASE_MS + int(i * step)
+        v = rng.random() * 100.0
+        value = dumps({"id": i, "v": v, "tag": tag, "ts": ts})
+        out.append((tag.encode(), memoryview(value).tobytes(), ts, v))  # see make_records
+    return out
+
+
+def expected_windows(
+    row: Row, records: list[tuple[bytes, bytes, int, float]]
+) -> dict[tuple[str, int], list[float]]:
+    """(key, window start) -> [count, sum of v] for every window of the input."""
+    out: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0, 0.0])
+    for key, _, ts, v in records:
+        k = key.decode()
+        for start in row.windows_of(ts):
+            acc = out[(k, start)]
+            acc[0] += 1
+            acc[1] += v
+    return dict(out)
+
+
+def produce_flush(bootstrap: str, topic: str, partitions: int, ts: int) -> None:
+    """One record per partition at event time ``ts``: the watermark passes every window."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    for p in range(partitions):
+        value = orjson.dumps({"id": -1, "v": 0.0, "tag": "~flush", "ts": ts})
+        producer.produce(topic, value, FLUSH_KEY, partition=p)
+    if producer.flush(30):
+        raise BenchmarkError("flush records not delivered")
+
+
+# -- a read_committed consumer that notes when results become visible ---------------
+class Visible(threading.Thread):
+    """Reads a topic with read_committed from the beginning; notes the receive time
+    of every record (decoding only when ``decode``), or just counts them."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, decode: bool) -> None:
+        super().__init__(name="visible", daemon=True)
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": unique("bench-visible"),
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 10,  # read_committed fetches wait here for the LSO
+                "fetch.min.bytes": 1,
+            }
+        )
+        self.consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
+        self.decode = decode
+        self.count = 0
+        self.last_at = 0.0
+        self.results: list[tuple[float, dict]] = []
+        self.stopping = threading.Event()
+        self.error: str | None = None
+
+    def run(self) -> None:
+        loads = orjson.loads
+        try:
+            while not self.stopping.is_set():
+                msgs = self.consumer.consume(10000, 0.05)
+                now = time.time()
+                got = 0
+                for m in msgs:
+                    if m.error() is not None:
+                        continue
+                    got += 1
+                    if self.decode:
+                        self.results.append((now, loads(m.value())))
+                if got:
+                    self.count += got
+                    self.last_at = time.monotonic()
+        except Exception as exc:  # reported by the caller
+            self.error = repr(exc)
+        finally:
+            self.consumer.close()
+
+    def wait_for(self, n: int, timeout: float) -> float | None:
+        """Monotonic time when ``n`` records had been seen, or None on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.count < n:
+            if time.monotonic() > deadline or not self.is_alive():
+                return None
+            time.sleep(0.02)
+        return self.last_at
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+
+
+def scan_windows(
+    bootstrap: str, topic: str, partitions: int, timeout: float
+) -> tuple[int, dict[tuple[str, int], list[dict]]]:
+    """Every result in the output (read_committed): (records, by (key, window start))."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("bench-scan"),
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    out: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    records = 0
+    at_eof: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(at_eof) < partitions:
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"reading {topic} back: {records} after {timeout:.0f}s")
+            for m in consumer.consume(10000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == -191:  # _PARTITION_EOF
+                        at_eof.add(m.partition())
+                        continue
+                    raise BenchmarkError(f"reading {topic} back: {err.str()}")
+                at_eof.discard(m.partition())
+                records += 1
+                r = orjson.loads(m.value())
+                out[(r["key"], r["window_start"])].append(r)
+    finally:
+        consumer.close()
+    return records, out
+
+
+def check_windows(
+    row: Row,
+    expected: dict[tuple[str, int], list[float]],
+    got: dict[tuple[str, int], list[dict]],
+) -> list[str]:
+    """Problems with the results: missing, duplicated, wrong count or mean, extra."""
+    problems = []
+    size_ms = round(row.size_s * 1000)
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected and k[0] != FLUSH_KEY.decode()]
+    dups = [k for k, rs in got.items() if len(rs) > 1]
+    wrong = 0
+    for k, (count, total) in expected.items():
+        rs = got.get(k)
+        if not rs:
+            continue
+        r = rs[0]
+        if (
+            r["count"] != count
+            or r["window_end"] != k[1] + size_ms
+            or ("mean" in r and abs(r["mean"] - total / count) > 1e-6 * max(1.0, abs(r["mean"])))
+        ):
+            wrong += 1
+    for what, items in (("missing", missing), ("unexpected", extra), ("duplicated", dups)):
+        if items:
+            problems.append(f"{len(items)} {what} results (e.g. {items[0]})")
+    if wrong:
+        problems.append(f"{wrong} results with a wrong count, end or mean")
+    return problems
+
+
+def checkpoint_mean(metrics: dict) -> float | None:
+    n = metric_sum(metrics, "weir_checkpoint_duration_seconds_count")
+    return metric_sum(metrics, "weir_checkpoint_duration_seconds_sum") / n if n else None
+
+
+# -- part 1: throughput ---------------------------------------------------------------------
+def run_throughput(
+    row: Row,
+    run: int,
+    args: argparse.Namespace,
+    bootstrap: str,
+    probe: OffsetProbe,
+    records: list[tuple[bytes, bytes, int, float]],
+    expected: dict[tuple[str, int], list[float]],
+    broker_pid: int | None,
+    profile: bool = False,
+    span_s: float | None = None,
+) -> dict[str, Any]:
+    n = len(records) + args.partitions  # the flush records are processed too
+    span_s = span_s or args.span_s
+    admin = admin_client(bootstrap)
+    src, dst = unique(f"bench-win-in-{row.name}"), unique(f"bench-win-out-{row.name}")
+    group = unique(f"bench-win-{row.name}")
+    create_topics(admin, [src], args.partitions)
+    create_topics(admin, [dst], args.partitions, {"message.timestamp.type": "LogAppendTime"})
+    state_dir = TMP / f"state-{group}"
+    child: Child | None = None
+    visible: Visible | None = None
+    try:
+        prefill_s = prefill(bootstrap, src, [(k, v) for k, v, _, _ in records])
+        flush_ts = BASE_MS + round((span_s + row.size_s + 2) * 1000)
+        produce_flush(bootstrap, src, args.partitions, flush_ts)
+        if sum(probe.end_offsets(src, args.partitions)) != n:
+            raise BenchmarkError(f"input {src} does not hold {n} records after prefill")
+        visible = Visible(bootstrap, dst, args.partitions, decode=False)
+        visible.start()
+        port = free_port()
+        child = Child(
+            f"windows-{row.name}-run{run}",
+            command(row, bootstrap, group, port, state_dir, args),
+            env=job_env(row, src, dst),
+            http_port=port,
+        )
+        if profile:
+            while not (processed(child) or 0):
+                if not child.alive() or time.monotonic() - child.started > args.timeout:
+                    raise BenchmarkError(f"{child.name}: nothing to profile: {child.tail()}")
+                time.sleep(0.05)
+            prof = profile_worker(
+                child,
+                args.profile_seconds,
+                f"windows-{row.name}",
+                busy=lambda: (processed(child) or 0) < n,
+            )
+            wait_committed(child, probe, group, src, args.partitions, n, args.timeout * 3)
+            child.stop()
+            child.discard_log()
+            return {"row": row.name, "profile": prof}
+        progress = watch_processing(child, n, broker_pid, args.timeout)
+        wait_committed(child, probe, group, src, args.partitions, n, args.timeout)
+        results = len(expected)
+        visible_at = visible.wait_for(results, timeout=30 + 3 * row.size_s)
+        metrics = fetch_metrics(port)
+        rss = vm_status_mb(child.pid)
+        code = child.stop()
+        if code != 0:
+            raise BenchmarkError(f"{child.name} exited with {code}: {child.tail()}")
+        count, got = scan_windows(bootstrap, dst, args.partitions, args.timeout)
+        problems = check_windows(row, expected, got)
+        if problems or visible_at is None:
+            raise BenchmarkError(
+                f"{child.name}: {'; '.join(problems) or 'results not all visible in time'}"
+                f" ({count} results read back, {results} expected)"
+            )
+        child.discard_log()
+        cpu = progress.first.until(progress.done)
+        stretch = max(1e-3, progress.t_done - progress.t_first)
+        to_visible = max(1e-3, visible_at - progress.t_first)
+        return {
+            "row": row.name,
+            "run": run,
+            "records": n,
+            "results": count,
+            "records_per_s": progress.rate(n),
+            "processing_s": stretch,
+            "end_to_end_records_per_s": (n - progress.p_first) / to_visible,
+            "results_per_s": count / to_visible,
+            "last_result_after_s": visible_at - progress.t_done,
+            "cpu_s_per_million": cpu["child"] / (n - progress.p_first) * 1e6
+            if cpu["wall"] > 0.05
+            else None,
+            "cpu_s": cpu,
+            "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+            "peak_rss_mb": progress.peak_rss_mb,
+            "rss_mb_at_end": rss.get("VmRSS"),
+            "late_records": metric_sum(metrics, "weir_records_late_total"),
+            "checkpoint_mean_s": checkpoint_mean(metrics),
+            "state_bytes": metric_sum(metrics, "weir_state_bytes"),
+            "startup_s": progress.t_first - child.started,
+            "prefill_s": prefill_s,
+        }
+    finally:
+        if visible is not None:
+            visible.stop()
+        if child is not None:
+            child.stop(timeout=30)
+        delete_topics(
+            admin,
+            [
+                src,
+                dst,
+                f"{group}.{row.operator}.changelog",
+                f"{group}.dlq",
+            ],
+        )
+        remove_tree(state_dir)
+
+
+def summarize(rows: list[Row], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        ok = [r for r in runs if r["row"] == row.name and "error" not in r]
+
+        def med(key: str, ok: list[dict[str, Any]] = ok) -> float:
+            return median([r[key] for r in ok if r.get(key) is not None])
+
+        out.append(
+            {
+                "row": row.name,
+                "label": row.label,
+                "runs": len(ok),
+                "failed": [r["error"] for r in runs if r["row"] == row.name and "error" in r],
+                "records_per_s": med("records_per_s"),
+                "records_per_s_all": [round(r["records_per_s"]) for r in ok],
+                "end_to_end_records_per_s": med("end_to_end_records_per_s"),
+                "results": med("results"),
+                "results_per_s": med("results_per_s"),
+                "last_result_after_s": med("last_result_after_s"),
+                "cpu_s_per_million": med("cpu_s_per_million"),
+                "peak_rss_mb": med("peak_rss_mb"),
+                "checkpoint_mean_s": med("checkpoint_mean_s"),
+                "other_load_cores": med("other_load_cores"),
+            }
+        )
+    return out
+
+
+# -- part 2: latency ---------------------------------------------------------------------------
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def run_latency(
+    run: int, args: argparse.Namespace, bootstrap: str, broker_pid: int | None
+) -> dict[str, Any]:
+    row = ROWS[0]  # tumbling
+    size_ms = round(row.size_s * 1000)
+    admin = admin_client(bootstrap)
+    src, dst, group = unique("bench-lat-in"), unique("bench-lat-out"), unique("bench-lat")
+    create_topics(admin, [src, dst], args.partitions)
+    state_dir = TMP / f"state-{group}"
+    child: Child | None = None
+    visible: Visible | None = None
+    try:
+        port = free_port()
+        child = Child(
+            f"windows-latency-run{run}",
+            command(row, bootstrap, group, port, state_dir, args),
+            env=job_env(row, src, dst),
+            http_port=port,
+        )
+        try:
+            wait_ready(child, 60)
+        except (RuntimeError, TimeoutError) as exc:
+            raise BenchmarkError(str(exc)) from exc
+        visible = Visible(bootstrap, dst, args.partitions, decode=True)
+        visible.start()
+        producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 1,
+                "acks": "all",
+                "partitioner": "murmur2_random",
+            }
+        )
+        keys = [f"k{i}" for i in range(args.latency_keys)]
+        rng = random.Random(run)
+        last_of_window: dict[int, float] = {}
+        last_of_key: dict[tuple[str, int], float] = {}
+        counts: Counter[tuple[str, int]] = Counter()
+        dumps = orjson.dumps
+        rate, duration = args.latency_rate, args.latency_seconds
+        before = CpuSnapshot.take(child.pid, broker_pid)
+        t0 = time.time()
+        sent = 0
+        while True:
+            now = time.time()
+            if now - t0 >= duration:
+                break
+            due = int((now - t0) * rate)
+            while sent < due:
+                now = time.time()
+                ts = int(now * 1000)
+                key = keys[sent % len(keys)]
+                value = dumps({"id": sent, "v": rng.random() * 100, "tag": key, "ts": ts})
+                try:
+                    producer.produce(src, value, key.encode())
+                except BufferError:
+                    producer.poll(0.01)
+                    continue
+                ws = ts - ts % size_ms
+                last_of_window[ws] = now
+                last_of_key[(key, ws)] = now
+                counts[(key, ws)] += 1
+                sent += 1
+            producer.poll(0)
+            time.sleep(0.001)
+        t_stop = time.time()
+        producer.flush(10)
+        after = CpuSnapshot.take(child.pid, broker_pid)
+        warm_ms = (t0 + args.latency_warmup_s) * 1000
+        measured = {
+            ws for ws in last_of_window if ws >= warm_ms and ws + size_ms <= t_stop * 1000 - 50
+        }
+        wanted = {k for k in counts if k[1] in measured}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            seen = {(r["key"], r["window_start"]) for _, r in list(visible.results)}
+            if wanted <= seen:
+                break
+            time.sleep(0.2)
+        metrics = fetch_metrics(port)
+        code = child.stop()
+        visible.stop()
+        if code != 0:
+            raise BenchmarkError(f"{child.name} exited with {code}: {child.tail()}")
+        if visible.error:
+            raise BenchmarkError(f"read_committed consumer failed: {visible.error}")
+        by_window: list[float] = []
+        by_key: list[float] = []
+        from_end: list[float] = []
+        got: Counter[tuple[str, int]] = Counter()
+        wrong = 0
+        for at, r in visible.results:
+            k = (r["key"], r["window_start"])
+            got[k] += 1
+            if k not in wanted or got[k] > 1:
+                continue
+            if r["count"] != counts[k]:
+                wrong += 1
+            by_window.append(at - last_of_window[k[1]])
+            by_key.append(at - last_of_key[k])
+            from_end.append(at - (k[1] + size_ms) / 1000)
+        missing = len(wanted - set(got))
+        dups = sum(1 for c in got.values() if c > 1)
+        if missing or dups or wrong:
+            raise BenchmarkError(
+                f"{child.name}: {missing} results missing, {dups} duplicated,"
+                f" {wrong} with a wrong count (of {len(wanted)})"
+            )
+        child.discard_log()
+        cpu = before.until(after)
+
+        def stats(xs: list[float]) -> dict[str, float]:
+            return {
+                "p50": percentile(xs, 50),
+                "p90": percentile(xs, 90),
+                "p99": percentile(xs, 99),
+                "max": max(xs) if xs else float("nan"),
+                "n": len(xs),
+            }
+
+        return {
+            "run": run,
+            "produced": sent,
+            "rate": sent / (t_stop - t0),
+            "windows": len(measured),
+            "results": len(by_window),
+            "latency_s": stats(by_window),  # the definition reported
+            "latency_from_key_last_s": stats(by_key),
+            "latency_from_window_end_s": stats(from_end),
+            "metric_e2e_p50_s": histogram_quantile(metrics, "weir_end_to_end_latency_seconds", 0.5),
+            "metric_e2e_p99_s": histogram_quantile(
+                metrics, "weir_end_to_end_latency_seconds", 0.99
+            ),
+            "checkpoint_mean_s": checkpoint_mean(metrics),
+            "worker_cores": cpu["child"] / max(cpu["wall"], 1e-3),
+            "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+            "late_records": metric_sum(metrics, "weir_records_late_total"),
+            "samples": [round(x, 4) for x in by_window],
+        }
+    finally:
+        if visible is not None and visible.is_alive():
+            visible.stop()
+        if child is not None:
+            child.stop(timeout=30)
+        delete_topics(admin, [src, dst, f"{group}.{row.operator}.changelog", f"{group}.dlq"])
+        remove_tree(state_dir)
+
+
+# -- report --------------------------------------------------------------------------------
+HEADERS = (
+    "window",
+    "records/s",
+    "records/s end to end",
+    "results",
+    "last result after s",
+    "CPU s / 1M rec",
+    "peak RSS MB",
+    "mean checkpoint s",
+    "other load",
+    "runs (records/s)",
+)
+
+
+def table_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for s in summary:
+        if not s["runs"]:
+            rows.append([s["label"], "failed", *["-"] * (len(HEADERS) - 2)])
+            continue
+        rows.append(
+            [
+                s["label"],
+                f"{s['records_per_s']:,.0f}",
+                f"{s['end_to_end_records_per_s']:,.0f}",
+                f"{s['results']:,.0f}",
+                f"{s['last_result_after_s']:.1f}",
+                f"{s['cpu_s_per_million']:.1f}",
+                f"{s['peak_rss_mb']:.0f}",
+                f"{s['checkpoint_mean_s']:.3f}",
+                f"{s['other_load_cores']:.2f}",
+                ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
+            ]
+        )
+    return rows
+
+
+LAT_HEADERS = (
+    "run",
+    "records/s in",
+    "results",
+    "p50 s",
+    "p90 s",
+    "p99 s",
+    "max s",
+    "p50 / p99 from key's last record s",
+    "weir_end_to_end p50 / p99 s",
+    "mean checkpoint s",
+    "worker cores",
+    "other load",
+)
+
+
+def latency_rows(lat: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for r in lat:
+        if "error" in r:
+            rows.append([str(r["run"]), "failed", *["-"] * (len(LAT_HEADERS) - 2)])
+            continue
+        s, k = r["latency_s"], r["latency_from_key_last_s"]
+        m50, m99 = r["metric_e2e_p50_s"], r["metric_e2e_p99_s"]
+        rows.append(
+            [
+                str(r["run"]),
+                f"{r['rate']:,.0f}",
+                f"{r['results']:,}",
+                f"{s['p50']:.3f}",
+                f"{s['p90']:.3f}",
+                f"{s['p99']:.3f}",
+                f"{s['max']:.3f}",
+                f"{k['p50']:.3f} / {k['p99']:.3f}",
+                "-" if m50 is None else f"{m50:.2f} / {m99:.2f}",
+                f"{r['checkpoint_mean_s'] or float('nan'):.3f}",
+                f"{r['worker_cores']:.2f}",
+                f"{r['other_load_cores']:.2f}",
+            ]
+        )
+    return rows
+
+
+def command_line() -> str:
+    return " ".join([".venv/bin/python -m benchmarks.windows", *sys.argv[1:]])
+
+
+def header(info: dict[str, Any]) -> str:
+    return (
+        f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · {info['memory_gb']} GB"
+        f" · Linux {info['kernel']} · Python {info['python']} · confluent-kafka"
+        f" {info['confluent_kafka']} (librdkafka {info['librdkafka']}) · orjson"
+        f" {info['orjson']} · Kafka {info['kafka']}"
+    )
+
+
+def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
+    code = result["code"]
+    lines = [
+        "# Event time: window throughput and latency",
+        "",
+        header(result["machine"]),
+        "",
+        f"Code: commit {code['commit']} ({code['subject']})"
+        f"{', Weir packages modified' if code['weir_dirty'] else ''}.",
+        "",
+        f"Command: `{result['command']}`. Load average at start: {result['loadavg_start']:.1f}"
+        " (other processes on this shared 2-core machine; see the *other load* columns).",
+        "",
+    ]
+    summary = result.get("summary")
+    if summary:
+        lines += [
+            "## Throughput (exactly-once)",
+            "",
+            f"{args.records:,} pre-filled records over {args.keys:,} keys, event times spread"
+            f" evenly over {args.span_s:g} s ({args.records / args.span_s:,.0f} records per"
+            f" event-time second), {args.partitions} partitions, {args.slots} slot(s),"
+            f" exactly-once with {args.checkpoint_interval_ms} ms checkpoints; median of"
+            f" {args.runs} runs (rows interleaved). Every result was read back and checked"
+            " (counts, means, no duplicates, none missing).",
+            "",
+            format_table(HEADERS, table_rows(summary), markdown=True),
+            "",
+            "records/s: the processing rate — records the slots processed (`/status`, polled"
+            " every 0.1 s) from the first poll that saw any to the moment all were processed."
+            " *records/s end to end*: the same records over the time from that first poll"
+            " until the last window result was readable by a read_committed consumer"
+            " (includes firing the last windows and the last commit). *Last result after*:"
+            " from the last record processed to the last result visible. CPU: the worker's"
+            " user+system seconds (all threads) over the processing stretch, per million"
+            " records. Other load: CPU cores used meanwhile by processes other than the"
+            " worker, the broker and this script.",
+            "",
+        ]
+    lat = result.get("latency")
+    if lat:
+        ok = [r for r in lat if "error" not in r]
+        lines += [
+            "## Latency: record produced → window result readable (read_committed)",
+            "",
+            f"Tumbling 1 s windows (count), {args.latency_rate:,} records/s for"
+            f" {args.latency_seconds:g} s over {args.latency_keys} keys, event time ="
+            f" production wall-clock time, no out-of-orderness allowance, exactly-once with"
+            f" {args.checkpoint_interval_ms} ms checkpoints; windows of the first"
+            f" {args.latency_warmup_s:g} s and the last partial one left out.",
+            "",
+            format_table(LAT_HEADERS, latency_rows(lat), markdown=True),
+            "",
+        ]
+        if ok:
+            p50 = median([r["latency_s"]["p50"] for r in ok])
+            p99 = median([r["latency_s"]["p99"] for r in ok])
+            pooled = result["latency_pooled"]
+            lines += [
+                f"**Latency p50 {p50:.3f} s, p99 {p99:.3f} s** (median over {len(ok)} runs;"
+                f" all runs' results pooled: p50 {pooled['p50']:.3f} s, p99"
+                f" {pooled['p99']:.3f} s, n = {pooled['n']:,}).",
+                "",
+                "Latency of a window result = (wall time the result was received by a"
+                " read_committed consumer in the benchmark process) - (production wall time"
+                " of the window's last record, over all keys). With event time = production"
+                " time this is, within a few ms, the time from the window's end on the wall"
+                " clock to its result being visible: the watermark passing the window end"
+                " (the next records, plus Weir's 100 ms watermark tick), firing, and waiting"
+                " for the checkpoint that commits the result (up to one interval plus the"
+                " commit). *From key's last record*: the same from the last record of that"
+                " key in the window (larger by the gap to the window end)."
+                " `weir_end_to_end_latency_seconds` is Weir's own histogram (source record"
+                " timestamp → commit of its checkpoint), estimated from its buckets. Worker"
+                " cores: the worker's CPU use while producing (sub-saturation check). All"
+                " results of one window become visible with the same commit, so a run's"
+                " distribution is in effect over its ~26 windows (its p99 is about its"
+                " slowest window); hence the pooled figure.",
+                "",
+            ]
+    for name, prof in (result.get("profiles") or {}).items():
+        if prof:
+            lines += [f"## Profile: {name}", "", *profile_md(prof)]
+    return "\n".join(lines) + "\n"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--records", type=int, default=200_000, help="records per throughput run")
+    p.add_argument("--keys", type=int, default=1_000)
+    p.add_argument("--span-s", type=float, default=100.0, help="event-time span of the input")
+    p.add_argument("--runs", type=int, default=3, help="repeats per row; the median is reported")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--slots", type=int, default=1)
+    p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
+    p.add_argument("--rows", default="tumbling,sliding", help="subset of tumbling,sliding")
+    p.add_argument("--latency-rate", type=int, default=2000, help="records/s produced")
+    p.add_argument("--latency-seconds", type=float, default=30.0)
+    p.add_argument("--latency-keys", type=int, default=100)
+    p.add_argument("--latency-warmup-s", type=float, default=3.0)
+    p.add_argument("--latency-runs", type=int, default=3)
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
+    p.add_argument("--profile-seconds", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=0.0, help="per run; default 60 s + N/2000")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args(argv)
+    names = {r.name: r for r in ROWS}
+    wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
+    if [w for w in wanted if w not in names] or not wanted:
+        p.error(f"--rows: choose from {sorted(names)}")
+    args.selected = [names[w] for w in wanted]
+    args.timeout = args.timeout or 60 + args.records / 2000
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    started = time.monotonic()
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.1f} before starting; results will be noisy")
+    broker = start_broker()
+    info = machine_info(broker.kafka_version)
+    print(f"{header(info)}\nbroker {broker.bootstrap}", flush=True)
+    probe = OffsetProbe(broker.bootstrap)
+    result: dict[str, Any] = {
+        "machine": info,
+        "command": command_line(),
+        "loadavg_start": load,
+        "code": code_version(),
+        "config": {k: v for k, v in vars(args).items() if k not in ("selected", "no_write")},
+        "profiles": {},
+    }
+    ok = True
+    try:
+        if not args.skip_throughput:
+            print(f"generating {args.records:,} records over {args.keys:,} keys…", flush=True)
+            records = make_timed_records(args.records, args.keys, args.span_s)
+            expected = {row.name: expected_windows(row, records) for row in args.selected}
+            runs: list[dict[str, Any]] = []
+            for run in range(1, args.runs + 1):
+                for row in args.selected:
+                    print(f"run {run}/{args.runs} {row.label}: ", end="", flush=True)
+                    try:
+                        r = run_throughput(row, run, args, broker.bootstrap, probe, records,
+                                           expected[row.name], broker.pid)  # fmt: skip
+                    except BenchmarkError as exc:
+                        print(f"FAILED: {exc}", flush=True)
+                        runs.append({"row": row.name, "run": run, "error": str(exc)})
+                        continue
+                    runs.append(r)
+                    print(
+                        f"{r['records_per_s']:,.0f} records/s"
+                        f" ({r['end_to_end_records_per_s']:,.0f} end to end),"
+                        f" {r['results']:,} results, {r['cpu_s_per_million'] or float('nan'):.1f}"
+                        f" CPU s/1M, {r['peak_rss_mb']:.0f} MB, checkpoint"
+                        f" {r['checkpoint_mean_s'] or float('nan'):.3f} s,"
+                        f" other load {r['other_load_cores']:.2f} cores",
+                        flush=True,
+                    )
+            summary = summarize(args.selected, runs)
+            ok = ok and all(s["runs"] for s in summary)
+            result["summary"], result["runs"] = summary, runs
+            print()
+            print(format_table(HEADERS, table_rows(summary), markdown=False))
+            if not args.no_profile:
+                for row in args.selected:
+                    # long enough for two profiles at the rate just measured
+                    rate = next(x["records_per_s"] for x in summary if x["row"] == row.name)
+                    want = (2 * args.profile_seconds + 10) * (rate if rate == rate else 10_000)
+                    n_prof = min(5 * len(records), max(len(records), int(want)))
+                    span = args.span_s * n_prof / len(records)
+                    print(
+                        f"profiling {row.label} (unmeasured run, {n_prof:,} records)…", flush=True
+                    )
+                    prof_records = make_timed_records(n_prof, args.keys, span, seed=9)
+                    try:
+                        r = run_throughput(
+                            row, 0, args, broker.bootstrap, probe, prof_records, {},
+                            broker.pid, profile=True, span_s=span,
+                        )  # fmt: skip
+                        result["profiles"][f"{row.label}, exactly-once"] = r["profile"]
+                    except BenchmarkError as exc:
+                        print(f"profile run FAILED: {exc}", flush=True)
+                    del prof_records
+            del records, expected
+        if not args.skip_latency:
+            lat: list[dict[str, Any]] = []
+            for run in range(1, args.latency_runs + 1):
+                print(
+                    f"latency run {run}/{args.latency_runs} ({args.latency_rate}/s for"
+                    f" {args.latency_seconds:g} s): ",
+                    end="",
+                    flush=True,
+                )
+                try:
+                    r = run_latency(run, args, broker.bootstrap, broker.pid)
+                except BenchmarkError as exc:
+                    print(f"FAILED: {exc}", flush=True)
+                    lat.append({"run": run, "error": str(exc)})
+                    continue
+                lat.append(r)
+                s = r["latency_s"]
+                print(
+                    f"{r['results']:,} results, p50 {s['p50']:.3f} s, p99 {s['p99']:.3f} s,"
+                    f" max {s['max']:.3f} s; worker {r['worker_cores']:.2f} cores, other load"
+                    f" {r['other_load_cores']:.2f}",
+                    flush=True,
+                )
+            result["latency"] = lat
+            good = [r for r in lat if "error" not in r]
+            ok = ok and bool(good)
+            if good:
+                result["latency_pooled"] = pooled_stats(good)
+                print()
+                print(format_table(LAT_HEADERS, latency_rows(lat), markdown=False))
+                print(
+                    f"\nlatency (median of runs): p50"
+                    f" {median([r['latency_s']['p50'] for r in good]):.3f} s, p99"
+                    f" {median([r['latency_s']['p99'] for r in good]):.3f} s"
+                )
+    finally:
+        probe.close()
+        broker.stop()
+    for name, prof in result["profiles"].items():
+        if prof:
+            print(f"\nprofile: {name}")
+            print("\n".join(profile_md(prof)))
+    result["elapsed_s"] = time.monotonic() - started
+    print(f"\nelapsed {result['elapsed_s']:.0f} s")
+    if not args.no_write:
+        write_json(RESULTS / "windows.json", result)
+        (RESULTS / "windows.md").write_text(markdown(result, args))
+        print(f"wrote {RESULTS / 'windows.json'} and {RESULTS / 'windows.md'}")
+    return 0 if ok else 1
+
+
+def pooled_stats(runs: list[dict[str, Any]]) -> dict[str, float]:
+    samples = [x for r in runs for x in r.get("samples", [])]
+    return {
+        "p50": percentile(samples, 50),
+        "p99": percentile(samples, 99),
+        "n": len(samples),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
