@@ -1,0 +1,878 @@
+"""Nexmark-style benchmark: Weir against the other Python stream processors.
+
+One command runs every query on every system that can express it, in turn,
+on the same pre-filled input, checks every output against a batch reference,
+and writes ``benchmarks/results/nexmark.{md,json,png}``::
+
+    .venv/bin/python -m benchmarks.nexmark.run                 # defaults below
+    .venv/bin/python -m benchmarks.nexmark.run --events 50000 --repeats 1 --systems weir,quix
+
+Throughput (per query, per system; median of ``--repeats``): the input topic
+holds ``--events`` Nexmark events (4 partitions) written before any processor
+starts; each run uses a fresh consumer group and output topic (broker
+LogAppendTime). records/s = input events ÷ (last output's append time - the
+moment consumption could start: the consumer group's partition assignment,
+polled every 30 ms; Bytewax, which assigns partitions itself, is timed from its
+first output on stateless queries and from its measured start-up on windowed
+ones). For the windowed q5/q7 the last timed output is the last window the
+data closes, and the events are those up to its firing
+(`reference.Reference.measured_events`). The output is read back
+(read_committed) and checked against the reference. CPU is the processor
+process's user+system seconds over the same stretch (all threads, from /proc,
+interpolated between 0.2 s samples) per million events; peak RSS is its VmHWM.
+
+Latency (``--latency-rate`` events/s for ``--latency-seconds``, q1 and the
+running count, after ``--latency-warmup`` s): the generator runs in its own
+process and stamps each event with the wall-clock time it was due; this
+script reads the output read_committed as it appears and records
+``receive time - event time`` for every output, so exactly-once systems are
+charged for holding outputs until their transaction commits.
+
+Setup: ``benchmarks/nexmark/setup_peers.sh`` (the peers' venvs and the
+chart/profiler tools). A peer whose venv is missing is reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    TMP,
+    BenchmarkError,
+    Child,
+    OffsetProbe,
+    admin_client,
+    create_topics,
+    delete_topics,
+    format_table,
+    free_port,
+    machine_busy_seconds,
+    machine_info,
+    process_cpu_seconds,
+    start_broker,
+    unique,
+    write_json,
+)
+from benchmarks.nexmark.generator import (
+    AUCTION_PROPORTION,
+    PERSON_PROPORTION,
+    PROPORTION_DENOMINATOR,
+    GeneratorConfig,
+    generate,
+    prefill,
+)
+from benchmarks.nexmark.reference import Reference
+from benchmarks.nexmark.spec import QUERIES
+from benchmarks.nexmark.systems import BY_NAME, PEERS, SYSTEMS, System
+
+NTMP = TMP / "nexmark"
+TOOLS_PY = PEERS / "tools" / "bin" / "python"
+
+
+# -- sampling a child ------------------------------------------------------------------
+class Sampler:
+    """CPU and peak RSS of one process (and the machine, broker) every ``interval`` s."""
+
+    def __init__(self, pid: int, broker_pid: int | None, interval: float = 0.2) -> None:
+        self.pid, self.broker_pid = pid, broker_pid
+        self.samples: list[tuple[float, float, float, float, float]] = []
+        self.peak_rss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(interval)
+
+    def sample(self) -> None:
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) / 1024)
+        cpu = process_cpu_seconds(self.pid)
+        if cpu <= 0 and self.samples:
+            return  # gone (zombie): keep the last real sample
+        self.samples.append(
+            (
+                time.time(),
+                cpu,
+                process_cpu_seconds(self.broker_pid) if self.broker_pid else 0.0,
+                time.process_time(),
+                machine_busy_seconds(),
+            )
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def at(self, t: float) -> tuple[float, ...]:
+        """Interpolated (child, broker, harness, machine) CPU seconds at wall time ``t``."""
+        s = self.samples
+        if not s:
+            return (0.0, 0.0, 0.0, 0.0)
+        if t <= s[0][0]:
+            return s[0][1:]
+        for a, b in itertools.pairwise(s):
+            if a[0] <= t <= b[0]:
+                f = (t - a[0]) / max(b[0] - a[0], 1e-9)
+                return tuple(x + (y - x) * f for x, y in zip(a[1:], b[1:], strict=True))
+        return s[-1][1:]
+
+    def between(self, t0: float, t1: float) -> dict[str, float]:
+        a, b = self.at(t0), self.at(t1)
+        child, broker, me, machine = (y - x for x, y in zip(a, b, strict=True))
+        wall = max(t1 - t0, 1e-3)
+        return {
+            "child": child,
+            "broker": broker,
+            "harness": me,
+            "other_cores": max(0.0, machine - child - broker - me) / wall,
+        }
+
+
+# -- offsets ------------------------------------------------------------------------------
+def read_output(bootstrap: str, topic: str, partitions: int, timeout: float = 120.0):
+    """Every record of ``topic`` (read_committed): [(append time ms, decoded value)]."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("nexmark-scan"),
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "log_level": 3,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    out: list[tuple[int, Any]] = []
+    at_eof: set[int] = set()
+    deadline = time.monotonic() + timeout
+    loads = orjson.loads
+    try:
+        while len(at_eof) < partitions:
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"reading {topic} back: timed out after {len(out)} records")
+            for m in consumer.consume(10000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == -191:  # _PARTITION_EOF
+                        at_eof.add(m.partition())
+                        continue
+                    raise BenchmarkError(f"reading {topic} back: {err.str()}")
+                at_eof.discard(m.partition())
+                try:
+                    value = loads(m.value())
+                except orjson.JSONDecodeError:
+                    value = {"undecodable": m.value()[:100].decode(errors="replace")}
+                out.append((m.timestamp()[1], value))
+    finally:
+        consumer.close()
+    return out
+
+
+def cleanup_topics(admin: Any, *needles: str) -> None:
+    """Delete every topic whose name contains one of ``needles`` (run-specific names)."""
+    with contextlib.suppress(Exception):
+        names = [t for t in admin.list_topics(timeout=10).topics if any(n in t for n in needles)]
+        if names:
+            delete_topics(admin, names)
+
+
+STARTUP: dict[str, list[float]] = {}  # system -> seconds from spawn to first output
+
+
+def group_assigned(admin: Any, group: str) -> bool:
+    """Does ``group`` have a member with partitions assigned (consumption can start)?"""
+    try:
+        desc = admin.describe_consumer_groups([group])[group].result(timeout=5)
+    except Exception:
+        return False
+    return str(desc.state).endswith("STABLE") and any(
+        m.assignment.topic_partitions for m in desc.members
+    )
+
+
+def wait_ready(admin: Any, group: str, child: Child, timeout: float = 60.0) -> float:
+    """Until ``group`` has a member with partitions (or ``timeout``): seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if not child.alive():
+            raise BenchmarkError(
+                f"{child.name} exited with {child.proc.returncode}: {child.tail()}"
+            )
+        if group_assigned(admin, group):
+            return time.monotonic() - started
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def _prepare(launch: Any) -> None:
+    for cmd in launch.prepare:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise BenchmarkError(f"{' '.join(cmd)}: {done.stderr.strip()[-300:]}")
+
+
+# -- one throughput run ----------------------------------------------------------------------
+def throughput_run(
+    system: System,
+    query: str,
+    run: int,
+    args: argparse.Namespace,
+    broker: Any,
+    source: str,
+    ref: Reference,
+    probe: OffsetProbe,
+) -> dict[str, Any]:
+    admin = admin_client(broker.bootstrap)
+    tag = f"{system.name}-{query}-r{run}"
+    output, group = unique(f"nx-out-{tag}"), unique(f"nx-{tag}")
+    state_dir = NTMP / group
+    state_dir.mkdir(parents=True, exist_ok=True)
+    create_topics(admin, [output], args.partitions, {"message.timestamp.type": "LogAppendTime"})
+    port = free_port() if system.name.startswith("weir") else 0
+    launch = system.launch(
+        query, bootstrap=broker.bootstrap, source=source, output=output, group=group,
+        state_dir=state_dir, partitions=args.partitions, http_port=port, tail=False,
+    )  # fmt: skip
+    _prepare(launch)
+    child = Child(f"nexmark-{tag}", launch.cmd, env=launch.env, http_port=port)
+    spawned = time.time()
+    sampler = Sampler(child.pid, broker.pid)
+    n = ref.n
+    windowed = query in ("q5", "q7")
+    timeout = args.timeout or 90 + n / 2000
+    deadline = time.monotonic() + timeout
+    assigned: float | None = None  # wall time the group first had its partitions assigned
+    try:
+        last_end, stable_since = -1, time.monotonic()
+        while True:
+            if assigned is None and system.done == "committed" and group_assigned(admin, group):
+                assigned = time.time()
+                continue
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"not done after {timeout:.0f}s: {child.tail()}")
+            if system.done == "exit":
+                if not child.alive():
+                    if child.proc.returncode != 0:
+                        raise BenchmarkError(f"exited with {child.proc.returncode}: {child.tail()}")
+                    break
+            else:
+                if not child.alive():
+                    raise BenchmarkError(f"exited with {child.proc.returncode}: {child.tail()}")
+                try:
+                    committed = probe.committed(group, source, args.partitions)
+                    end = sum(probe.end_offsets(output, args.partitions))
+                except KafkaException:
+                    committed, end = 0, 0
+                if end != last_end:
+                    last_end, stable_since = end, time.monotonic()
+                settle = 3.0 if windowed else 0.0
+                if committed >= n and time.monotonic() - stable_since >= settle:
+                    break
+            time.sleep(0.2 if assigned is not None or system.done == "exit" else 0.03)
+        sampler.sample()
+    finally:
+        sampler.stop()
+        code = child.stop(timeout=30)
+        probe.forget(group)
+    outputs = read_output(broker.bootstrap, output, args.partitions)
+    values = [v for _, v in outputs]
+    check = ref.check(query, values, allow_duplicates=not system.exactly_once)
+    result: dict[str, Any] = {
+        "system": system.name, "query": query, "run": run, "check": check.as_dict(),
+        "exit_code": code, "peak_rss_mb": round(sampler.peak_rss_mb, 1),
+    }  # fmt: skip
+    stamps = [outputs[i][0] for i in check.measured]
+    if not outputs or not stamps:
+        result["error"] = f"no measurable output ({len(outputs)} records)"
+        return result
+    first = min(t for t, _ in outputs) / 1000
+    last = max(stamps) / 1000
+    # When consumption started: the group's assignment for systems with a consumer
+    # group; for Bytewax (which assigns partitions itself) its first output on a
+    # stateless query, and on a windowed one its start-up time measured on those.
+    if assigned is not None:
+        start, how = assigned, "group assignment"
+    elif not windowed:
+        start, how = first, "first output"
+        STARTUP.setdefault(system.name, []).append(first - spawned)
+    elif STARTUP.get(system.name):
+        start, how = spawned + statistics.median(STARTUP[system.name]), "process start + start-up"
+    else:
+        start, how = first, "first output (no start-up measured)"
+    span = max(last - start, 1e-3)
+    events = ref.measured_events(query)
+    cpu = sampler.between(start, last)
+    result.update(
+        {
+            "records_per_s": events / span,
+            "measured_events": events,
+            "span_s": span,
+            "start": how,
+            "first_output_after_s": first - start,
+            "output_span_rate": events / max(last - first, 1e-3),
+            "cpu_s": cpu["child"],
+            "cpu_s_per_million": cpu["child"] / events * 1e6,
+            "broker_cpu_s": cpu["broker"],
+            "other_load_cores": cpu["other_cores"],
+            "startup_s": start - spawned,
+        }
+    )
+    if not check.ok:
+        result["error"] = f"wrong output: {check.detail}"
+    with contextlib.suppress(OSError):
+        shutil.rmtree(state_dir)
+    cleanup_topics(admin, output, group)
+    return result
+
+
+# -- one latency run -------------------------------------------------------------------------
+def latency_run(
+    system: System, query: str, args: argparse.Namespace, broker: Any
+) -> dict[str, Any]:
+    admin = admin_client(broker.bootstrap)
+    tag = f"{system.name}-{query}-lat"
+    source, output, group = (
+        unique(f"nx-lin-{tag}"), unique(f"nx-lout-{tag}"), unique(f"nx-{tag}"),
+    )  # fmt: skip
+    state_dir = NTMP / group
+    state_dir.mkdir(parents=True, exist_ok=True)
+    create_topics(admin, [source, output], args.partitions)
+    port = free_port() if system.name.startswith("weir") else 0
+    launch = system.launch(
+        query, bootstrap=broker.bootstrap, source=source, output=output, group=group,
+        state_dir=state_dir, partitions=args.partitions, http_port=port, tail=True,
+    )  # fmt: skip
+    _prepare(launch)
+    child = Child(f"nexmark-{tag}", launch.cmd, env=launch.env, http_port=port)
+    sampler = Sampler(child.pid, broker.pid)
+    n = int(args.latency_rate * args.latency_seconds)
+    bids = sum(
+        1 for i in range(n) if i % PROPORTION_DENOMINATOR >= PERSON_PROPORTION + AUCTION_PROPORTION
+    )
+    latencies: list[tuple[int, float]] = []  # (event ts, latency ms)
+    stop = threading.Event()
+
+    def consume() -> None:
+        c = Consumer(
+            {
+                "bootstrap.servers": broker.bootstrap,
+                "group.id": unique("nexmark-lat"),
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 5,
+                "log_level": 3,
+            }
+        )
+        c.assign([TopicPartition(output, p, OFFSET_BEGINNING) for p in range(args.partitions)])
+        try:
+            while not stop.is_set():
+                msgs = c.consume(1000, 0.05)
+                now = time.time() * 1000
+                for m in msgs:
+                    if m.error() is None:
+                        latencies.append((ts := orjson.loads(m.value())["ts"], now - ts))
+        finally:
+            c.close()
+
+    reader = threading.Thread(target=consume, daemon=True)
+    try:
+        if system.done == "exit":
+            time.sleep(5)  # no consumer group to watch: give it time to start
+            ready_s = 5.0
+        else:
+            ready_s = wait_ready(admin, group, child)
+        reader.start()
+        started = time.time()
+        gen = subprocess.run(
+            [
+                str(ROOT / ".venv" / "bin" / "python"), "-m", "benchmarks.nexmark.generator",
+                "--bootstrap", broker.bootstrap, "--topic", source, "--events", str(n),
+                "--rate", str(args.latency_rate),
+            ],
+            cwd=ROOT, capture_output=True, text=True, timeout=args.latency_seconds + 120,
+        )  # fmt: skip
+        if gen.returncode != 0:
+            raise BenchmarkError(f"generator failed: {gen.stderr[-500:]}")
+        gen_info = orjson.loads(gen.stdout.strip().splitlines()[-1])
+        deadline = time.monotonic() + 30
+        while len(latencies) < bids and time.monotonic() < deadline:
+            if not child.alive():
+                raise BenchmarkError(f"exited with {child.proc.returncode}: {child.tail()}")
+            time.sleep(0.2)
+        cpu_s = sampler.between(started, time.time())["child"]
+    finally:
+        stop.set()
+        if reader.is_alive():
+            reader.join(5)
+        sampler.stop()
+        code = child.stop(timeout=30)
+    warm_ms = (started + args.latency_warmup) * 1000
+    kept = sorted(lat for ts, lat in latencies if ts >= warm_ms)
+    result: dict[str, Any] = {
+        "system": system.name, "query": query, "rate": args.latency_rate,
+        "seconds": args.latency_seconds, "expected": bids, "received": len(latencies),
+        "exit_code": code, "ready_s": round(ready_s, 1), "generator": gen_info,
+        "cpu_cores": cpu_s / max(args.latency_seconds, 1),
+    }  # fmt: skip
+    if kept:
+        result.update(
+            {
+                "p50_ms": _pct(kept, 50),
+                "p99_ms": _pct(kept, 99),
+                "max_ms": kept[-1],
+                "measured": len(kept),
+            }
+        )
+    if len(latencies) < bids:
+        result["error"] = f"only {len(latencies)}/{bids} outputs within 30 s of the last input"
+    elif len(latencies) > bids and system.exactly_once:
+        result["error"] = f"{len(latencies) - bids} duplicates under exactly-once"
+    with contextlib.suppress(OSError):
+        shutil.rmtree(state_dir)
+    cleanup_topics(admin, source, output, group)
+    return result
+
+
+def _pct(sorted_values: list[float], p: float) -> float:
+    k = (len(sorted_values) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+# -- summary and report ---------------------------------------------------------------------------
+def summarize(systems: list[System], queries: list[str], runs: list[dict]) -> dict[str, Any]:
+    cells: dict[str, dict[str, Any]] = {}
+    for s in systems:
+        cells[s.name] = {}
+        for q in queries:
+            if q not in s.queries:
+                cells[s.name][q] = {"status": "n/a", "why": s.not_expressible.get(q, "not run")}
+                continue
+            mine = [r for r in runs if r["system"] == s.name and r["query"] == q]
+            ok = [r for r in mine if "error" not in r]
+            if not mine:
+                cells[s.name][q] = {"status": "not run"}
+                continue
+            cell: dict[str, Any] = {
+                "status": "ok" if len(ok) == len(mine) else ("failed" if not ok else "partial"),
+                "runs": len(mine),
+                "verified_runs": sum(1 for r in mine if r["check"]["ok"]),
+                "errors": [r["error"] for r in mine if "error" in r],
+                "duplicates": sum(r["check"]["duplicates"] for r in mine),
+            }
+            if ok:
+                cell.update(
+                    {
+                        "records_per_s": statistics.median(r["records_per_s"] for r in ok),
+                        "records_per_s_all": [round(r["records_per_s"]) for r in ok],
+                        "cpu_s_per_million": statistics.median(r["cpu_s_per_million"] for r in ok),
+                        "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in ok),
+                        "other_load_cores": statistics.median(r["other_load_cores"] for r in ok),
+                    }
+                )
+            cells[s.name][q] = cell
+    ratios: dict[str, Any] = {}
+    for q in queries:
+        w, qx = cells.get("weir", {}).get(q, {}), cells.get("quix", {}).get(q, {})
+        if "records_per_s" in w and "records_per_s" in qx:
+            ratios[f"weir/quix {q}"] = w["records_per_s"] / qx["records_per_s"]
+    for q in ("q0", "q1", "q2"):
+        raw = cells.get("raw", {}).get(q, {})
+        for name in ("weir", "weir-alo"):
+            w = cells.get(name, {}).get(q, {})
+            if "records_per_s" in w and "records_per_s" in raw:
+                ratios[f"{name}/raw {q}"] = w["records_per_s"] / raw["records_per_s"]
+    return {"cells": cells, "ratios": ratios}
+
+
+def _fmt_cell(cell: dict[str, Any], key: str, fmt: str) -> str:
+    if cell.get("status") == "n/a":
+        return "n/a"
+    if key not in cell:
+        return "FAILED" if cell.get("status") == "failed" else "-"
+    mark = "" if cell["status"] == "ok" else " (partial)"
+    return fmt.format(cell[key]) + mark
+
+
+def markdown(report: dict[str, Any]) -> str:
+    info, args = report["machine"], report["args"]
+    systems = [BY_NAME[s] for s in report["systems"]]
+    queries = report["queries"]
+    cells = report["summary"]["cells"]
+    lines = [
+        "# Nexmark: Weir against the Python stream processors",
+        "",
+        f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · {info['memory_gb']} GB ·"
+        f" Linux {info['kernel']} · Python {info['python']} · Kafka {info['kafka']}"
+        f" (one local broker, same machine) · librdkafka {info['librdkafka']}",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Input: {args['events']:,} Nexmark events (persons:auctions:bids 1:3:46, JSON,"
+        f" bids keyed by auction; seed {args['seed']}, {args['event_rate']:g} events per"
+        f" second of event time) in {args['partitions']} partitions, written before each"
+        f" processor starts; every system reads all of it. Median of {args['repeats']}"
+        " repeats. Every system single-process, 1 s commit/checkpoint interval."
+        " Queries: see `benchmarks/nexmark/spec.py`.",
+        "",
+        "## Throughput (input events/s)",
+        "",
+        format_table(
+            ["system", *queries],
+            [
+                [s.label]
+                + [_fmt_cell(cells[s.name][q], "records_per_s", "{:,.0f}") for q in queries]
+                for s in systems
+            ],
+            markdown=True,
+        ),
+        "",
+    ]
+    ratios = report["summary"]["ratios"]
+    if ratios:
+        lines += ["Ratios: " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()), ""]
+    loads = sorted(r["other_load_cores"] for r in report["runs"] if "other_load_cores" in r)
+    if loads:
+        lines += [
+            f"Other load during the timed stretches (cores used by other processes on this"
+            f" {info['nproc']}-CPU machine): median {statistics.median(loads):.2f},"
+            f" range {loads[0]:.2f}-{loads[-1]:.2f}. Above ~0.1 the numbers are disturbed;"
+            " compare systems within this report, not across reports.",
+            "",
+        ]
+    lines += [
+        "## Verified against the batch reference",
+        "",
+        format_table(
+            ["system", *queries],
+            [[s.label] + [_verified(cells[s.name][q]) for q in queries] for s in systems],
+            markdown=True,
+        ),
+        "",
+        "## CPU seconds per million input events (processor process, all threads)",
+        "",
+        format_table(
+            ["system", *queries],
+            [
+                [s.label]
+                + [_fmt_cell(cells[s.name][q], "cpu_s_per_million", "{:.1f}") for q in queries]
+                for s in systems
+            ],
+            markdown=True,
+        ),
+        "",
+        "## Peak RSS (MB)",
+        "",
+        format_table(
+            ["system", *queries],
+            [
+                [s.label] + [_fmt_cell(cells[s.name][q], "peak_rss_mb", "{:.0f}") for q in queries]
+                for s in systems
+            ],
+            markdown=True,
+        ),
+        "",
+    ]
+    lat = report.get("latency") or []
+    if lat:
+        lines += [
+            f"## Latency at {args['latency_rate']:g} events/s"
+            f" ({args['latency_seconds']} s, first {args['latency_warmup']} s dropped)",
+            "",
+            format_table(
+                ["system", "query", "p50 ms", "p99 ms", "max ms", "outputs", "note"],
+                [
+                    [
+                        BY_NAME[r["system"]].label,
+                        r["query"],
+                        f"{r['p50_ms']:.0f}" if "p50_ms" in r else "-",
+                        f"{r['p99_ms']:.0f}" if "p99_ms" in r else "-",
+                        f"{r['max_ms']:.0f}" if "max_ms" in r else "-",
+                        f"{r.get('received', 0)}/{r.get('expected', 0)}",
+                        r.get("error", ""),
+                    ]
+                    for r in lat
+                ],
+                markdown=True,
+            ),
+            "",
+            "Latency: wall-clock time this script received an output (read_committed)"
+            " minus the time its input event was due (the generator stamps each event"
+            " with its scheduled send time; all on one clock).",
+            "",
+        ]
+    na = [
+        (s.label, q, s.not_expressible[q])
+        for s in systems
+        for q in queries
+        if q in s.not_expressible
+    ]
+    if na:
+        lines += ["## Not expressible / not run", ""]
+        lines += [f"- {label}, {q}: {why}" for label, q, why in na]
+        lines += [""]
+    failures = [
+        f"- {BY_NAME[r['system']].label}, {r['query']}, run {r['run']}: {r['error']}"
+        for r in report["runs"] if "error" in r
+    ] + [f"- latency {BY_NAME[r['system']].label}, {r['query']}: {r['error']}"
+         for r in lat if "error" in r]  # fmt: skip
+    if failures:
+        lines += ["## Failed runs", "", *failures, ""]
+    lines += [
+        "## How it is measured",
+        "",
+        f"Slow systems ({', '.join(s.label for s in systems if s.slow) or 'none'}) read"
+        f" the first {min(args['slow_events'], args['events']):,} events of the same input"
+        " (a separate topic holding that prefix), checked against the prefix's reference,"
+        " so that their repeats fit the time budget.",
+        "",
+        "records/s: input events ÷ (last output record's broker append time - the moment"
+        " the processor's consumer group got its partitions; Bytewax, which has no group:"
+        " its first output, or on q5/q7 its start-up time measured on the stateless"
+        " queries). For q5/q7 the last timed output is the last window the data closes"
+        " (windows left open at the end of the input are not timed) and the events are"
+        " those up to its firing. Exactly-once outputs become visible at their"
+        " transaction's commit, up to one commit interval after their append time. CPU:"
+        " the processor's user+system seconds over the same stretch. Other load: cores"
+        " used meanwhile by processes other than the processor, the broker and this"
+        " script (noise on a shared machine).",
+        "",
+        "Verification: q0-q2 exact records by event number; count: every auction's counts"
+        " are exactly 1..n, each carrying its bid's event time; q5/q7: every emitted"
+        " result equals the reference, and every window the data closes has its true"
+        " maximum. At-least-once rows may repeat records (counted, allowed).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _verified(cell: dict[str, Any]) -> str:
+    if cell.get("status") in ("n/a", "not run"):
+        return cell["status"]
+    text = f"{cell['verified_runs']}/{cell['runs']}"
+    if cell.get("duplicates"):
+        text += f" ({cell['duplicates']} dup)"
+    return text
+
+
+def chart(json_path: Path, png_path: Path) -> str | None:
+    if not TOOLS_PY.exists():
+        return f"no chart: {TOOLS_PY} missing (run benchmarks/nexmark/setup_peers.sh)"
+    proc = subprocess.run(
+        [str(TOOLS_PY), str(Path(__file__).parent / "chart.py"), str(json_path), str(png_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return None if proc.returncode == 0 else f"chart failed: {proc.stderr[-500:]}"
+
+
+# -- main -----------------------------------------------------------------------------------------
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=200_000, help="input events (default 200k)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per cell; the median counts")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--event-rate", type=float, default=1000.0, help="events/s of event time")
+    p.add_argument(
+        "--base-time-ms",
+        type=int,
+        default=0,
+        help="first event time (default: about N/rate s + 1 h ago)",
+    )
+    p.add_argument("--queries", default=",".join(QUERIES))
+    p.add_argument("--systems", default=",".join(s.name for s in SYSTEMS))
+    p.add_argument(
+        "--slow-events", type=int, default=20_000,
+        help="events for the slow systems (Faust): a prefix of the same input",
+    )  # fmt: skip
+    p.add_argument("--latency-rate", type=float, default=1000.0, help="events/s; 0 = skip")
+    p.add_argument("--latency-seconds", type=int, default=15)
+    p.add_argument("--latency-warmup", type=float, default=5.0)
+    p.add_argument("--latency-systems", default="weir,weir-alo,quix,faust,bytewax")
+    p.add_argument("--timeout", type=float, default=0.0, help="per run; default 90 s + N/2000")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-up run")
+    p.add_argument("--out", default=str(RESULTS / "nexmark"), help="results path prefix")
+    p.add_argument("--render", metavar="JSON", help="only rewrite the .md/.png of a results .json")
+    args = p.parse_args(argv)
+    args.query_list = [q.strip() for q in args.queries.split(",") if q.strip()]
+    args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.latency_list = [s.strip() for s in args.latency_systems.split(",") if s.strip()]
+    bad = [q for q in args.query_list if q not in QUERIES]
+    bad += [s for s in args.system_list + args.latency_list if s not in BY_NAME]
+    if bad:
+        p.error(f"unknown queries/systems: {bad}")
+    return args
+
+
+def render(json_path: Path) -> int:
+    """Rewrite the .md and .png next to a results .json (after a change to the report)."""
+    report = orjson.loads(json_path.read_bytes())
+    json_path.with_suffix(".md").write_text(markdown(report))
+    problem = chart(json_path, json_path.with_suffix(".png"))
+    print(problem or f"wrote {json_path.with_suffix('.md')} and .png")
+    return 0 if problem is None else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.render:
+        return render(Path(args.render))
+    started = time.monotonic()
+    systems = [BY_NAME[s] for s in args.system_list]
+    missing = [s.name for s in systems if not s.available()]
+    if missing:
+        print(f"not installed (run benchmarks/nexmark/setup_peers.sh): {missing}", flush=True)
+    versions = {"weir": BY_NAME["weir"].version()}
+    for s in systems:
+        versions.setdefault(s.package, s.version())
+    print(f"generating {args.events:,} events…", flush=True)
+    # Event time ends about an hour ago: old enough to be the past for every system,
+    # recent enough that the broker's 7-day time retention never deletes the input
+    # (or the repartition topics, which carry event timestamps) in the middle of a run.
+    span_ms = int(args.events * 1000 / args.event_rate)
+    base = args.base_time_ms or (int(time.time() * 1000) - span_ms - 3_600_000) // 60_000 * 60_000
+    args.base_time_ms = base
+    cfg = GeneratorConfig(seed=args.seed, base_time_ms=base, event_rate=args.event_rate)
+    events = generate(args.events, cfg)
+    ref = Reference([v for _, v, _ in events])
+    slow_n = min(args.slow_events, args.events)
+    slow_ref = Reference([v for _, v, _ in events[:slow_n]]) if slow_n < args.events else ref
+    broker = start_broker()
+    info = machine_info(broker.kafka_version)
+    print(f"broker {broker.bootstrap} (Kafka {broker.kafka_version})", flush=True)
+    admin = admin_client(broker.bootstrap)
+    source = unique("nexmark-events")
+    create_topics(admin, [source], args.partitions, {"retention.ms": "-1"})
+    took = prefill(broker.bootstrap, source, events)
+    print(f"pre-filled {source} in {took:.1f}s", flush=True)
+    slow_source = source
+    if slow_ref is not ref:
+        slow_source = unique("nexmark-prefix")
+        create_topics(admin, [slow_source], args.partitions, {"retention.ms": "-1"})
+        prefill(broker.bootstrap, slow_source, events[:slow_n])
+        print(f"pre-filled {slow_source} with the first {slow_n:,} events", flush=True)
+    del events
+    probe = OffsetProbe(broker.bootstrap)
+    runs: list[dict[str, Any]] = []
+    latency: list[dict[str, Any]] = []
+    NTMP.mkdir(parents=True, exist_ok=True)
+    try:
+        if not args.no_warmup and BY_NAME["raw"].available():
+            print("warm-up (raw loop, q0, unmeasured)… ", end="", flush=True)
+            try:
+                throughput_run(BY_NAME["raw"], "q0", 0, args, broker, source, ref, probe)
+                print("done", flush=True)
+            except BenchmarkError as exc:
+                print(f"FAILED: {exc}", flush=True)
+        for run in range(1, args.repeats + 1):
+            for q in args.query_list:
+                for s in systems:
+                    if q not in s.queries or not s.available():
+                        continue
+                    print(f"run {run}/{args.repeats} {q} {s.label}: ", end="", flush=True)
+                    try:
+                        r = throughput_run(
+                            s, q, run, args, broker,
+                            slow_source if s.slow else source, slow_ref if s.slow else ref, probe,
+                        )  # fmt: skip
+                    except BenchmarkError as exc:
+                        r = {"system": s.name, "query": q, "run": run, "error": str(exc),
+                             "check": {"ok": False, "duplicates": 0}}  # fmt: skip
+                    runs.append(r)
+                    if "records_per_s" in r:
+                        c = r["check"]
+                        print(
+                            f"{r['records_per_s']:,.0f} ev/s, {r['cpu_s_per_million']:.1f} CPU"
+                            f" s/1M, {r['peak_rss_mb']:.0f} MB, other load"
+                            f" {r['other_load_cores']:.2f}, check"
+                            f" {'ok' if c['ok'] else 'FAILED: ' + c['detail']}"
+                            + (f", {c['duplicates']} dup" if c["duplicates"] else ""),
+                            flush=True,
+                        )
+                    else:
+                        print(f"FAILED: {r['error']}", flush=True)
+        if args.latency_rate > 0:
+            for name in args.latency_list:
+                s = BY_NAME[name]
+                if not s.available():
+                    continue
+                for q in s.latency_queries:
+                    if q not in args.query_list:
+                        continue
+                    print(f"latency {q} {s.label} at {args.latency_rate:g}/s: ", end="", flush=True)
+                    try:
+                        r = latency_run(s, q, args, broker)
+                    except BenchmarkError as exc:
+                        r = {"system": s.name, "query": q, "error": str(exc)}
+                    latency.append(r)
+                    if "p99_ms" in r:
+                        print(
+                            f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms,"
+                            f" {r['received']}/{r['expected']}"
+                            + (f" ({r['error']})" if "error" in r else ""),
+                            flush=True,
+                        )
+                    else:
+                        print(f"FAILED: {r.get('error')}", flush=True)
+    finally:
+        probe.close()
+        cleanup_topics(admin, source, slow_source)
+    present = [s for s in systems]
+    report = {
+        "machine": info,
+        "versions": versions,
+        "command": " ".join(
+            [".venv/bin/python -m benchmarks.nexmark.run", *(argv or sys.argv[1:])]
+        ),
+        "args": {k: v for k, v in vars(args).items() if k not in ("query_list", "system_list",
+                                                                    "latency_list")},
+        "systems": [s.name for s in present],
+        "queries": args.query_list,
+        "runs": runs,
+        "latency": latency,
+        "summary": summarize(present, args.query_list, runs),
+        "elapsed_s": round(time.monotonic() - started),
+    }  # fmt: skip
+    text = markdown(report)
+    print(text)
+    if not args.no_write:
+        out = Path(args.out)
+        write_json(out.with_suffix(".json"), report)
+        out.with_suffix(".md").write_text(text)
+        problem = chart(out.with_suffix(".json"), out.with_suffix(".png"))
+        if problem:
+            print(problem)
+        print(f"wrote {out}.md, .json, .png")
+    print(f"elapsed {report['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The contenders: how to start each system on one query, and what it can run.
+
+Each system runs as one process from its own virtual environment (Weir from
+the repository's ``.venv``, the peers from ``benchmarks/.peers/<name>``, see
+``benchmarks/nexmark/setup_peers.sh``), single process, against the same
+broker, reading the whole input topic from the beginning with a fresh
+consumer group and writing a fresh output topic.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.nexmark.spec import QUERIES
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PEERS = ROOT / "benchmarks" / ".peers"
+WEIR_PY = ROOT / ".venv" / "bin" / "python"
+
+EOS = "exactly-once"
+ALO = "at-least-once"
+
+
+@dataclass(frozen=True)
+class Launch:
+    cmd: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    prepare: list[list[str]] = field(default_factory=list)  # commands to run first
+    http_port: int = 0
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    label: str
+    guarantee: str
+    queries: tuple[str, ...]
+    package: str  # distribution whose version the report shows
+    python: Path
+    # How the harness knows a run is complete: "committed" (the group committed
+    # all input) or "exit" (the process ends at the end of its input).
+    done: str = "committed"
+    not_expressible: dict[str, str] = field(default_factory=dict)
+    # Much slower than the rest: its throughput runs read a prefix of the input
+    # (run.py --slow-events) so that three repeats fit the time budget.
+    slow: bool = False
+    latency_queries: tuple[str, ...] = ("q1", "count")
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.guarantee == EOS
+
+    def available(self) -> bool:
+        return self.python.exists()
+
+    def version(self) -> str:
+        if not self.available():
+            return "not installed"
+        if self.package == "weir":
+            return weir_version()
+        code = f"import importlib.metadata as m; print(m.version({self.package!r}))"
+        try:
+            out = subprocess.run(
+                [str(self.python), "-c", code], capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"unknown ({exc})"
+        return out.stdout.strip() or "unknown"
+
+    def launch(
+        self,
+        query: str,
+        *,
+        bootstrap: str,
+        source: str,
+        output: str,
+        group: str,
+        state_dir: Path,
+        partitions: int,
+        http_port: int,
+        tail: bool,
+    ) -> Launch:
+        py = str(self.python)
+        if self.name.startswith("weir"):
+            return Launch(
+                [
+                    py, "-m", "service.cli", "run", f"benchmarks/nexmark/jobs/{query}.py",
+                    "--bootstrap", bootstrap, "--group", group, "--worker-id", "bench",
+                    "--slots", "1", "--guarantee", self.guarantee,
+                    "--checkpoint-interval-ms", "1000", "--state-dir", str(state_dir),
+                    "--http-port", str(http_port), "--log-level", "warning",
+                ],
+                {"NEXMARK_IN": source, "NEXMARK_OUT": output},
+                http_port=http_port,
+            )  # fmt: skip
+        if self.name.startswith("quix"):
+            return Launch(
+                [
+                    py, str(HERE / "peers" / "quix_app.py"), "--query", query,
+                    "--bootstrap", bootstrap, "--input", source, "--output", output,
+                    "--group", group, "--state-dir", str(state_dir),
+                    "--guarantee", self.guarantee,
+                ]
+            )  # fmt: skip
+        if self.name.startswith("faust"):
+            return Launch(
+                [py, str(HERE / "peers" / "faust_app.py"), "worker", "-l", "warn", "--without-web"],
+                {
+                    "NEXMARK_QUERY": query, "NEXMARK_BOOTSTRAP": bootstrap,
+                    "NEXMARK_IN": source, "NEXMARK_OUT": output, "NEXMARK_GROUP": group,
+                    "NEXMARK_STATE_DIR": str(state_dir),
+                    "NEXMARK_PARTITIONS": str(partitions), "NEXMARK_GUARANTEE": self.guarantee,
+                },
+            )  # fmt: skip
+        if self.name.startswith("bytewax"):
+            recovery = state_dir / "recovery"
+            recovery.mkdir(parents=True, exist_ok=True)
+            return Launch(
+                [
+                    py, "-m", "bytewax.run", "benchmarks/nexmark/peers/bytewax_app.py:flow",
+                    "-w", "1", "-r", str(recovery), "-s", "1", "-b", "0",
+                ],
+                {
+                    "NEXMARK_QUERY": query, "NEXMARK_BOOTSTRAP": bootstrap,
+                    "NEXMARK_IN": source, "NEXMARK_OUT": output,
+                    "NEXMARK_TAIL": "1" if tail else "0",
+                },
+                prepare=[[py, "-m", "bytewax.recovery", str(recovery), "1"]],
+            )  # fmt: skip
+        if self.name.startswith("raw"):
+            return Launch(
+                [
+                    py, str(HERE / "peers" / "raw.py"), "--query", query,
+                    "--bootstrap", bootstrap, "--input", source, "--output", output,
+                    "--group", group,
+                ]
+            )  # fmt: skip
+        raise ValueError(self.name)
+
+
+def weir_version() -> str:
+    """pyproject's version and the commit (``+dirty`` if the runtime has local changes)."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "service", "operators", "state"],
+            cwd=ROOT, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+    except OSError:
+        return version
+    return f"{version} ({head}{'+dirty' if dirty else ''})" if head else version
+
+
+FAUST_NO_WINDOWS = (
+    "Faust's windowed tables have no watermark and emit nothing when an event-time"
+    " window ends (window-close callbacks run from a processing-time cleanup timer,"
+    " outside the stream's commits)"
+)
+RAW_STATELESS = "the raw loop is the stateless limit only (no state, no windows)"
+
+SYSTEMS: tuple[System, ...] = (
+    System("weir", "Weir, exactly-once", EOS, QUERIES, "weir", WEIR_PY),
+    System(
+        "weir-alo",
+        "Weir, at-least-once",
+        ALO,
+        ("q0",),
+        "weir",
+        WEIR_PY,
+        latency_queries=("q1",),
+    ),
+    System(
+        "quix",
+        "Quix Streams, exactly-once",
+        EOS,
+        QUERIES,
+        "quixstreams",
+        PEERS / "quix" / "bin" / "python",
+    ),
+    System(
+        "faust",
+        "Faust, exactly-once",
+        EOS,
+        ("q0", "q1", "q2", "count"),
+        "faust-streaming",
+        PEERS / "faust" / "bin" / "python",
+        not_expressible={"q5": FAUST_NO_WINDOWS, "q7": FAUST_NO_WINDOWS},
+        slow=True,
+    ),
+    System(
+        "bytewax",
+        "Bytewax, at-least-once",
+        ALO,
+        QUERIES,
+        "bytewax",
+        PEERS / "bytewax" / "bin" / "python",
+        done="exit",
+    ),
+    System(
+        "raw",
+        "raw confluent-kafka loop, at-least-once",
+        ALO,
+        ("q0", "q1", "q2"),
+        "confluent-kafka",
+        WEIR_PY,
+        not_expressible={"q5": RAW_STATELESS, "q7": RAW_STATELESS, "count": RAW_STATELESS},
+        latency_queries=(),
+    ),
+)
+
+BY_NAME = {s.name: s for s in SYSTEMS}
