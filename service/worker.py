@@ -138,6 +138,8 @@ class Worker:
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 2000,
             "queued.max.messages.kbytes": 16384,
+            # Notice a source topic that gains partitions within 30 s (default 5 min).
+            "topic.metadata.refresh.interval.ms": 30000,
             # librdkafka >= 2.3 backs off 1 s once its prefetch queue is full, which
             # starves a fast pipeline on a backlog; keep refilling it promptly.
             "fetch.queue.backoff.ms": 10,
@@ -634,6 +636,8 @@ class Worker:
         self.metrics.rebalances.labels(self.job.name).inc()
         added = {(tp.topic, tp.partition) for tp in partitions}
         self._check_partition_counts(added)
+        if self.fatal is not None:
+            return  # the source grew under keyed state: stop rather than restore a bad layout
         wanted = set(self.router.pins) | added
         if self.router.moves(wanted):
             self._drain("moving partitions between slots")
