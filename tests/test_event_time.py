@@ -1,0 +1,1116 @@
+"""Event-time windows end to end on a real broker, checked against DuckDB.
+
+The job (tests/jobs/windowed.py) keys ``{"tag", "value", "ts"}`` readings by the Kafka
+key (the tag) and aggregates count/sum/min/max/mean per tumbling (10 s), sliding (10 s
+every 2 s) or session (gap 5 s) window; watermark = min over active partitions of
+(max ts - 2 s). DuckDB computes the same windows in one batch over the same input.
+
+Lateness must be known independently of Weir, so the data are built to make it
+unambiguous:
+
+* phase A: every partition's readings are generated in event-time order and then
+  disordered by at most out-of-orderness - 1 ms, so none of them can be late (the
+  watermark never exceeds a partition's max - 2 s). Two partitions end early (they go
+  idle and must stop holding the watermark back).
+* once phase A is processed, a *closer* reading on partition 0 (2 min after the rest)
+  pushes the watermark past every phase-A window: all of them must be emitted;
+* phase B: readings at least 60 s older than anything the watermark has passed (surely
+  late; on every partition) interleaved with fresh readings on partition 0 (10 min
+  ahead: surely not late), then a second closer.
+
+Every emitted window must equal DuckDB's (count/sum/min/max exactly: values are
+multiples of 1/4, so float sums are exact; mean approximately), nothing missing,
+nothing extra, no (key, window) twice; the late records are exactly phase B's late ones
+(metric and late topic). Allowed lateness, exactly-once under kill -9, idle partitions
+and the repartition path (key_by(fn)) have their own tests below. Every wait is bounded;
+figures are printed (``-s``).
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import math
+import random
+import re
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from tests.kafka_fixture import produce_json
+from tests.workers import WorkerProcess, job_env
+
+JOB = "windowed.py"
+JOB_NAME = "windowed"  # Job(...) name: the metrics' job label
+OPERATOR = "stats"
+SIZE, SLIDE, GAP = 10_000, 2_000, 5_000
+OOO = 2_000  # max_out_of_orderness (ms), WEIR_TEST_OOO=2
+T0 = 1_700_000_003_217  # deliberately not aligned to any window
+KINDS = ("tumbling", "sliding", "session")
+CHECKPOINT = ["--checkpoint-interval-ms", "200"]
+# A killed worker's partitions move after the session timeout; keep it short.
+SESSION = [
+    "--kafka", "consumer.session.timeout.ms=6000",
+    "--kafka", "consumer.heartbeat.interval.ms=1000",
+]  # fmt: skip
+CLOSER = "zz-closer"
+Key = tuple[str, int, int]  # (key, window_start, window_end)
+
+
+# -- readings -------------------------------------------------------------------------
+
+
+@dataclass
+class Reading:
+    tag: str
+    value: float
+    ts: int
+    partition: int
+    true_ts: int = 0  # generation time: the order readings are produced in
+    # the watermark when Weir processes it, where the test knows it exactly: the reading
+    # is left out of windows with end - 1 + allowed lateness <= wm (reference only)
+    wm: int = -(2**62)
+    lateness: int = 0
+
+    def record(self) -> dict:
+        return {"tag": self.tag, "value": self.value, "ts": self.ts}
+
+
+def partition_readings(
+    rng: random.Random,
+    partition: int,
+    tags: list[str],
+    start: int,
+    end: int,
+    disorder: int = OOO - 1,
+) -> list[Reading]:
+    """One partition's readings in production order, event times disordered by at most
+    ``disorder`` ms: each tag has bursts (steps 20 ms .. 2.5 s) and pauses (3 .. 15 s,
+    a fifth of them exactly gap - 1, gap or gap + 1 ms); some times sit on window
+    boundaries; half the readings keep their exact time, a few are exactly
+    ``disorder`` ms late."""
+    events: list[tuple[int, str]] = []
+    for tag in tags:
+        t = start + rng.randrange(3000)
+        burst_end = t + rng.randrange(5000, 60000)
+        while t < end:
+            if rng.random() < 0.03:
+                t += -t % SLIDE  # onto a window boundary (start of a slide / tumble)
+            elif rng.random() < 0.03:
+                t += -(t + 1) % SLIDE  # the last ms of a window
+            events.append((t, tag))
+            if t >= burst_end:
+                if rng.random() < 0.2:
+                    t += rng.choice((GAP - 1, GAP, GAP + 1))
+                else:
+                    t += rng.randrange(3000, 15000)
+                burst_end = t + rng.randrange(5000, 60000)
+            else:
+                t += rng.randrange(20, 2500)
+    events.sort()
+    out = []
+    for true_ts, tag in events:
+        u = rng.random()
+        delay = 0 if u < 0.5 else disorder if u < 0.55 else rng.randrange(disorder + 1)
+        value = rng.randrange(-4000, 4001) / 4  # exact in binary: sums are exact
+        out.append(Reading(tag, value, true_ts - delay, partition, true_ts))
+    return out
+
+
+@dataclass
+class Dataset:
+    partitions: int
+    a: list[Reading]  # phase A, every partition (some end early)
+    closer1: Reading
+    b_normal: list[Reading]  # partition 0 only, 10 min after closer1
+    b_late: list[Reading]  # surely late, every partition
+    closer2: Reading
+    tags: dict[int, list[str]] = field(default_factory=dict)
+
+    @property
+    def max_a(self) -> int:
+        return max(r.ts for r in self.a)
+
+    def phase_b(self) -> list[Reading]:
+        """B's readings in production order: late ones spread through the fresh ones."""
+        out = list(self.b_normal)
+        rng = random.Random(len(out))
+        for r in self.b_late:
+            out.insert(rng.randrange(len(out) + 1), r)
+        return out
+
+    def counted(self) -> list[Reading]:
+        """Everything that must be in some window (all but the late readings)."""
+        return [*self.a, self.closer1, *self.b_normal, self.closer2]
+
+
+def generate(
+    seed: int,
+    target: int,
+    partitions: int = 4,
+    tags_per_partition: int = 12,
+    ends: tuple[float, ...] = (1.0, 1.0, 0.7, 0.4),
+    late: int = 400,
+    fresh: int = 1000,
+) -> Dataset:
+    """About ``target`` phase-A readings; partition p's readings stop at ``ends[p]`` of
+    the duration (idle partitions)."""
+    rng = random.Random(seed)
+    ends = tuple(ends[p % len(ends)] for p in range(partitions))
+    rate = 0.63  # readings per second per tag, from the burst/pause/step distributions
+    duration = int(target / (rate * tags_per_partition * sum(ends)) * 1000)
+    tags = {p: [f"s{p}-{i:02d}" for i in range(tags_per_partition)] for p in range(partitions)}
+    a: list[Reading] = []
+    for p in range(partitions):
+        a += partition_readings(rng, p, tags[p], T0, T0 + int(duration * ends[p]))
+    max_a = max(r.ts for r in a)
+    closer1 = Reading(CLOSER, 1.0, max_a + 120_000, 0, max_a + 120_000)
+    b_start = closer1.ts + 600_000
+    span = int(fresh / (rate * tags_per_partition) * 1200)
+    b_normal = partition_readings(rng, 0, tags[0], b_start, b_start + span)[:fresh]
+    max_b = max(r.ts for r in b_normal)
+    b_late = []
+    for i in range(late):
+        p = i % partitions
+        ts = rng.randrange(T0 - 30_000, max_a - 60_000)
+        b_late.append(Reading(rng.choice(tags[p]), rng.randrange(-400, 401) / 4, ts, p))
+    closer2 = Reading(CLOSER, 2.0, max_b + 120_000, 0, max_b + 120_000)
+    return Dataset(partitions, a, closer1, b_normal, b_late, closer2, tags)
+
+
+def windows_of(kind: str, ts: int) -> list[tuple[int, int]]:
+    """The windows a timestamp belongs to (sessions: its own [ts, ts + gap))."""
+    if kind == "tumbling":
+        start = ts - ts % SIZE
+        return [(start, start + SIZE)]
+    if kind == "sliding":
+        last = ts - ts % SLIDE
+        return [(s, s + SIZE) for s in range(last - SIZE + SLIDE, last + 1, SLIDE)]
+    return [(ts, ts + GAP)]
+
+
+# -- the reference: DuckDB ----------------------------------------------------------
+
+Agg = tuple[int, float, float, float, float]  # count, sum, min, max, mean
+
+SQL = {
+    "tumbling": f"""
+        SELECT tag, ts - ts % {SIZE} AS ws, ts - ts % {SIZE} + {SIZE} AS we,
+               count(*), sum(value), min(value), max(value), avg(value)
+        FROM readings WHERE ts - ts % {SIZE} + {SIZE} - 1 + lateness > wm GROUP BY ALL""",
+    "sliding": f"""
+        SELECT tag, ws, ws + {SIZE} AS we,
+               count(*), sum(value), min(value), max(value), avg(value)
+        FROM (SELECT tag, value, wm, lateness, unnest(generate_series(
+                  ts - ts % {SLIDE} - {SIZE - SLIDE}, ts - ts % {SLIDE}, {SLIDE})) AS ws
+              FROM readings)
+        WHERE ws + {SIZE} - 1 + lateness > wm
+        GROUP BY ALL""",
+    # gaps and islands: a reading starts a new session when it is a gap or more after
+    # the previous reading of its tag
+    "session": f"""
+        WITH marked AS (
+            SELECT *, CASE WHEN ts - lag(ts) OVER (PARTITION BY tag ORDER BY ts) < {GAP}
+                           THEN 0 ELSE 1 END AS starts
+            FROM readings WHERE ts + {GAP} - 1 + lateness > wm),
+        numbered AS (
+            SELECT *, sum(starts) OVER (PARTITION BY tag ORDER BY ts
+                                        ROWS UNBOUNDED PRECEDING) AS session
+            FROM marked)
+        SELECT tag, min(ts) AS ws, max(ts) + {GAP} AS we,
+               count(*), sum(value), min(value), max(value), avg(value)
+        FROM numbered GROUP BY tag, session""",
+}
+
+
+def reference(kind: str, readings: Iterable[Reading], tmp: Path) -> dict[Key, Agg]:
+    """DuckDB's windows over ``readings``: (key, start, end) -> aggregates. A reading
+    with a known watermark ``wm`` is left out of the windows that were gone at it
+    (sessions: when its own window [ts, ts + gap) was)."""
+    path = tmp / f"readings-{uuid.uuid4().hex}.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["tag", "value", "ts", "wm", "lateness"])
+        for r in readings:
+            w.writerow([r.tag, repr(r.value), r.ts, r.wm, r.lateness])
+    con = duckdb.connect()
+    try:
+        con.execute(
+            "CREATE TABLE readings AS SELECT * FROM read_csv(?, header = true,"
+            " columns = {'tag': 'VARCHAR', 'value': 'DOUBLE', 'ts': 'BIGINT',"
+            " 'wm': 'BIGINT', 'lateness': 'BIGINT'})",
+            [str(path)],
+        )
+        rows = con.execute(SQL[kind]).fetchall()
+    finally:
+        con.close()
+        path.unlink()
+    return {(t, ws, we): (c, s, lo, hi, mean) for t, ws, we, c, s, lo, hi, mean in rows}
+
+
+def agg_of(value: dict) -> Agg:
+    return (value["count"], value["sum"], value["min"], value["max"], value["mean"])
+
+
+def same(got: Agg, want: Agg) -> bool:
+    return got[:4] == want[:4] and math.isclose(got[4], want[4], rel_tol=1e-9, abs_tol=1e-9)
+
+
+def compare(
+    kind: str, emitted: list[dict], want: dict[Key, Agg], optional: set[Key] = frozenset()
+) -> dict[str, Any]:
+    """Emitted windows vs the reference, each (key, window) exactly once. ``optional``
+    windows may be missing (they need a watermark the test does not wait for)."""
+    seen: Counter[Key] = Counter()
+    wrong: list[str] = []
+    for v in emitted:
+        k = (v["key"], v["window_start"], v["window_end"])
+        seen[k] += 1
+        if k in want and not same(agg_of(v), want[k]) and len(wrong) < 5:
+            wrong.append(f"{k}: got {agg_of(v)} want {want[k]}")
+    missing = [k for k in want if k not in seen and k not in optional]
+    extra = [k for k in seen if k not in want]
+    twice = [k for k, n in seen.items() if n > 1]
+    return {
+        "kind": kind,
+        "emitted": len(emitted),
+        "expected": len(want) - len(optional & want.keys()),
+        "missing": len(missing),
+        "extra": len(extra),
+        "duplicated": len(twice),
+        "wrong": len(wrong),
+        "examples": {"missing": sorted(missing)[:5], "extra": sorted(extra)[:5],
+                     "duplicated": sorted(twice)[:5], "wrong": wrong},
+    }  # fmt: skip
+
+
+def assert_matches(problems: dict[str, Any]) -> None:
+    bad = {k: problems[k] for k in ("missing", "extra", "duplicated", "wrong") if problems[k]}
+    assert not bad, f"{problems['kind']} windows differ from DuckDB: {problems}"
+
+
+# -- Kafka helpers -------------------------------------------------------------------
+
+
+def produce_readings(bootstrap: str, topic: str, readings: Iterable[Reading]) -> None:
+    """Each partition's readings in the given order, keyed by tag."""
+    per: dict[int, list[dict]] = defaultdict(list)
+    for r in readings:
+        per[r.partition].append(r.record())
+    for p, records in sorted(per.items()):
+        produce_json(
+            bootstrap, topic, records, key=lambda r: r["tag"].encode(), partition=p, timeout=120
+        )
+
+
+class Reader:
+    """Reads a topic from the beginning (read_committed) and keeps what it got."""
+
+    def __init__(self, bootstrap: str, topic: str, decode: bool = True) -> None:
+        self.topic = topic
+        self.decode = decode
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"et-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+            }
+        )
+        meta = self.consumer.list_topics(topic, timeout=30).topics[topic]
+        self.partitions = sorted(meta.partitions)
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self.partitions])
+        self.records: list[dict] = []  # key, value, partition, offset, arrived (monotonic)
+        self.at_end: set[int] = set()
+
+    def poll(self, seconds: float = 0.2) -> int:
+        """Read for up to ``seconds``; returns how many records arrived."""
+        deadline = time.monotonic() + seconds
+        n = 0
+        while True:
+            msgs = self.consumer.consume(5000, max(0.0, min(0.1, deadline - time.monotonic())))
+            now = time.monotonic()
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        raise AssertionError(f"reading {self.topic}: {err.str()}")
+                    self.at_end.add(m.partition())
+                    continue
+                self.at_end.discard(m.partition())
+                value = m.value()
+                if self.decode and value is not None:
+                    value = json.loads(value)
+                key = m.key()
+                self.records.append(
+                    {"key": key.decode() if key is not None else None, "value": value,
+                     "partition": m.partition(), "offset": m.offset(), "arrived": now,
+                     "headers": m.headers()}
+                )  # fmt: skip
+                n += 1
+            if time.monotonic() >= deadline:
+                return n
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Until every partition is read to its end (last stable offset)."""
+        self.poll(0.3)
+        deadline = time.monotonic() + timeout
+        while len(self.at_end) < len(self.partitions):
+            assert time.monotonic() < deadline, f"{self.topic} not read to its end in {timeout}s"
+            self.poll(0.2)
+
+    def values(self) -> list[dict]:
+        return [r["value"] for r in self.records]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def committed_reached(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
+    """Has ``group`` committed the end of every partition of ``topic``?"""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = {p: consumer.get_watermark_offsets(tps[p], timeout=10)[1] for p in range(partitions)}
+        got = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+    finally:
+        consumer.close()
+    return all(got[p] >= ends[p] for p in range(partitions) if ends[p] > 0)
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    every: float = 0.2,
+    check: Callable[[], None] | None = None,
+    detail: Callable[[], str] | None = None,
+) -> float:
+    """Until ``predicate()`` is true; returns the seconds it took."""
+    started = time.monotonic()
+    while True:
+        if check is not None:
+            check()
+        if predicate():
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            extra = f"\n{detail()}" if detail else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
+        time.sleep(every)
+
+
+def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
+    """One sample of the worker's /metrics (0 if absent)."""
+    text = worker.metrics()
+    want = {"job": JOB_NAME, **labels}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}") + 1]))
+        if found == want:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# -- a windowed job per kind -----------------------------------------------------------
+
+
+class Pipeline:
+    """One worker group running the windowed job for one window kind, its output and
+    late topics, and readers of both."""
+
+    def __init__(
+        self,
+        kind: str,
+        bootstrap: str,
+        new_topic: Callable[..., str],
+        src: str,
+        partitions: int,
+        logs: Path,
+        state: Path,
+        lateness: float = 0,
+        idle: float = 1,
+        job: str = JOB,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.kind, self.bootstrap, self.src, self.partitions = kind, bootstrap, src, partitions
+        self.out = new_topic(partitions=2, prefix=f"out-{kind}")
+        self.late = new_topic(partitions=1, prefix=f"late-{kind}")
+        self.group = f"et-{kind}-{uuid.uuid4().hex[:10]}"
+        self.env = {
+            **job_env(in_=src, out=self.out, late=self.late, window=kind, lateness=lateness,
+                      idle=idle, ooo=OOO / 1000),
+            **(extra_env or {}),
+        }  # fmt: skip
+        self.job = job
+        self.logs, self.state = logs / kind, state / kind
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.incarnations = 0
+        self.worker: WorkerProcess | None = None
+        self.all: list[WorkerProcess] = []
+        self.late_counts: list[float] = []  # late metric of each finished incarnation
+        self.output = Reader(bootstrap, self.out)
+        self.late_reader = Reader(bootstrap, self.late)
+
+    def start(self) -> WorkerProcess:
+        self.incarnations += 1
+        log_dir = self.logs / str(self.incarnations)
+        log_dir.mkdir()
+        self.worker = WorkerProcess(
+            self.job, self.bootstrap, self.group, "w1", log_dir, env=self.env,
+            args=[*CHECKPOINT, *SESSION, "--state-dir", str(self.state)],
+        )  # fmt: skip
+        self.all.append(self.worker)
+        return self.worker
+
+    def kill(self) -> None:
+        self.worker.kill()
+
+    def check_alive(self) -> None:
+        w = self.worker
+        if w is not None and w.proc.poll() is not None:
+            raise AssertionError(
+                f"{self.kind} worker exited {w.proc.returncode} on its own:\n{w.log_tail(40)}"
+            )
+
+    def late_metric(self) -> float:
+        return metric(self.worker, "weir_records_late_total", operator=OPERATOR)
+
+    def processed(self) -> bool:
+        self.check_alive()
+        return committed_reached(self.bootstrap, self.group, self.src, self.partitions)
+
+    def poll(self) -> None:
+        self.output.poll(0.1)
+        self.late_reader.poll(0.05)
+
+    def late_summary(self) -> str:
+        """Late records per partition of their key, and a few of them."""
+        per = Counter(r["key"].split("-")[0] for r in self.late_reader.records)
+        some = [(r["key"], r["value"]["timestamp"], r["value"]["reason"])
+                for r in self.late_reader.records[:3]]  # fmt: skip
+        return f"(by tag prefix {dict(per)}; e.g. {some})"
+
+    def emitted_keys(self) -> set[Key]:
+        return {(v["key"], v["window_start"], v["window_end"]) for v in self.output.values()}
+
+    def stop(self) -> None:
+        if self.worker is not None and self.worker.proc.poll() is None:
+            code = self.worker.terminate(60)
+            assert code == 0, f"{self.kind} worker exited {code}:\n{self.worker.log_tail(40)}"
+
+    def close(self) -> None:
+        for w in self.all:
+            w.close()
+        self.output.close()
+        self.late_reader.close()
+
+    def logs_tail(self) -> str:
+        return "".join(f"\n--- {w.log_path}\n{w.log_tail(20)}" for w in self.all)
+
+
+def wait_windows(pipes: list[Pipeline], want: dict[str, set[Key]], timeout: float) -> float:
+    """Until every pipeline has emitted every window in ``want[kind]``."""
+
+    def done() -> bool:
+        ok = True
+        for pipe in pipes:
+            pipe.poll()
+            ok &= want[pipe.kind] <= pipe.emitted_keys()
+        return ok
+
+    def detail() -> str:
+        return "; ".join(
+            f"{p.kind}: {len(want[p.kind] - p.emitted_keys())} of {len(want[p.kind])} missing,"
+            f" e.g. {sorted(want[p.kind] - p.emitted_keys())[:3]};"
+            f" {len(p.late_reader.records)} records on the late topic so far"
+            f" {p.late_summary()}{p.logs_tail()}"
+            for p in pipes
+        )
+
+    def check() -> None:
+        for p in pipes:
+            p.check_alive()
+
+    return wait_for(done, timeout, "windows", every=0.05, check=check, detail=detail)
+
+
+def wait_processed(pipes: list[Pipeline], timeout: float) -> float:
+    return wait_for(
+        lambda: all(p.processed() for p in pipes),
+        timeout,
+        "input processed (offsets committed)",
+        every=0.3,
+        detail=lambda: "".join(p.logs_tail() for p in pipes),
+    )
+
+
+def late_ids(readings: Iterable[Reading]) -> Counter:
+    return Counter((r.tag, r.ts, r.value) for r in readings)
+
+
+def late_topic_ids(pipe: Pipeline) -> Counter:
+    return Counter(
+        (r["key"], r["value"]["timestamp"], r["value"]["record"]["value"])
+        for r in pipe.late_reader.records
+    )
+
+
+# -- the scenario shared by the DuckDB and the kill tests ---------------------------------
+
+
+def run_scenario(
+    data: Dataset,
+    kinds: Iterable[str],
+    bootstrap: str,
+    new_topic: Callable[..., str],
+    tmp_path: Path,
+    feed: Callable[[list[Pipeline], str], None] | None = None,
+    timeout: float = 120,
+    job: str = JOB,
+) -> dict[str, Any]:
+    """Phase A (pre-produced, or fed live by ``feed`` while it kills workers), closer 1,
+    phase B, closer 2; then compare every pipeline's windows with DuckDB."""
+    started = time.monotonic()
+    src = new_topic(partitions=data.partitions, prefix="readings")
+    pipes: list[Pipeline] = []
+    figures: dict[str, Any] = {"readings": len(data.a) + len(data.b_normal) + 2,
+                               "late": len(data.b_late)}  # fmt: skip
+    try:
+        if feed is None:
+            produce_readings(bootstrap, src, data.a)
+        for kind in kinds:
+            pipes.append(
+                Pipeline(kind, bootstrap, new_topic, src, data.partitions, tmp_path / "logs",
+                         tmp_path / "state", job=job)
+            )  # fmt: skip
+        for pipe in pipes:
+            pipe.start()
+        for pipe in pipes:
+            pipe.worker.wait_running(60)
+        if feed is not None:
+            feed(pipes, src)
+        figures["phase_a_processed_s"] = round(wait_processed(pipes, timeout), 1)
+
+        # closer 1: the watermark passes every phase-A window
+        produce_readings(bootstrap, src, [data.closer1])
+        want_a = {k: set(reference(k, data.a, tmp_path)) for k in kinds}
+        figures["phase_a_windows_s"] = round(wait_windows(pipes, want_a, 60), 1)
+
+        # phase B: surely late readings among fresh ones, then closer 2
+        produce_readings(bootstrap, src, data.phase_b())
+        wait_processed(pipes, timeout)
+        produce_readings(bootstrap, src, [data.closer2])
+        final = {k: reference(k, data.counted(), tmp_path) for k in kinds}
+        last = {  # closer 2's own windows need a watermark beyond it: optional
+            k: {(CLOSER, s, e) for s, e in windows_of(k, data.closer2.ts)}
+            if k != "session" else {(CLOSER, data.closer2.ts, data.closer2.ts + GAP)}
+            for k in kinds
+        }  # fmt: skip
+        required = {k: set(final[k]) - last[k] for k in kinds}
+        figures["phase_b_windows_s"] = round(wait_windows(pipes, required, 60), 1)
+        want_late = late_ids(data.b_late)
+        for pipe in pipes:
+            wait_for(
+                lambda p=pipe: (p.poll(), len(p.late_reader.records) >= len(data.b_late))[1],
+                30,
+                f"{pipe.kind}: {len(data.b_late)} late records on the late topic",
+            )
+        metrics = {p.kind: p.late_metric() for p in pipes}
+        for pipe in pipes:
+            pipe.output.drain()
+            pipe.late_reader.drain()
+        for pipe in pipes:
+            problems = compare(pipe.kind, pipe.output.values(), final[pipe.kind], last[pipe.kind])
+            figures[pipe.kind] = {
+                "windows_compared": problems["emitted"],
+                "windows_expected": problems["expected"],
+                "incarnations": pipe.incarnations,
+                "late_metric": metrics[pipe.kind],
+            }
+            print(f"{pipe.kind}: {problems}")
+            assert_matches(problems)
+            got_late = late_topic_ids(pipe)
+            assert got_late == want_late, (
+                f"{pipe.kind}: late topic differs: {sum((got_late - want_late).values())}"
+                f" unexpected (e.g. {list(got_late - want_late)[:3]}),"
+                f" {sum((want_late - got_late).values())} missing"
+                f" (e.g. {list(want_late - got_late)[:3]})"
+            )
+            for r in pipe.late_reader.records:
+                assert r["value"]["reason"].startswith("late: timestamp"), r
+            if pipe.incarnations == 1:
+                assert metrics[pipe.kind] == len(data.b_late), (
+                    f"{pipe.kind}: weir_records_late_total={metrics[pipe.kind]},"
+                    f" expected {len(data.b_late)}"
+                )
+        for pipe in pipes:
+            pipe.stop()
+    finally:
+        for pipe in pipes:
+            pipe.close()
+    figures["total_s"] = round(time.monotonic() - started, 1)
+    print(f"figures: {figures}")
+    return figures
+
+
+# -- 1. correctness against DuckDB ---------------------------------------------------------
+
+
+def test_windows_match_duckdb(kafka_bootstrap, new_topic, tmp_path):
+    """~25k readings over 4 partitions (2 going idle early), 48 tags: tumbling, sliding
+    and session windows equal DuckDB's; exactly the 400 surely-late readings are late."""
+    data = generate(seed=1, target=25_000)
+    run_scenario(data, KINDS, kafka_bootstrap, new_topic, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_windows_match_duckdb_large(kafka_bootstrap, new_topic, tmp_path):
+    """~300k readings over 8 partitions, 160 tags, 3000 late ones."""
+    data = generate(
+        seed=2,
+        target=300_000,
+        partitions=8,
+        tags_per_partition=20,
+        ends=(1.0, 1.0, 0.9, 0.5, 1.0, 0.8, 0.3, 1.0),
+        late=3000,
+        fresh=5000,
+    )
+    run_scenario(data, KINDS, kafka_bootstrap, new_topic, tmp_path, timeout=600)
+
+
+# -- 3. exactly once under kill -9 ----------------------------------------------------------
+
+
+class Feeder(threading.Thread):
+    """Produces readings (each to its partition, keyed by tag) at ``rate`` per second."""
+
+    def __init__(self, bootstrap: str, topic: str, readings: list[Reading], rate: float):
+        super().__init__(name="feeder", daemon=True)
+        self.topic, self.readings, self.rate = topic, readings, rate
+        self.sent = 0
+        self.errors: list[str] = []
+        self.halted = threading.Event()
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        )
+
+    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(err.str())
+
+    def run(self) -> None:
+        start, end = time.monotonic(), len(self.readings)
+        while self.sent < end and not self.halted.is_set():
+            due = min(end, int((time.monotonic() - start) * self.rate) + 1)
+            while self.sent < due:
+                r = self.readings[self.sent]
+                try:
+                    self.producer.produce(
+                        self.topic, json.dumps(r.record()).encode(), r.tag.encode(),
+                        partition=r.partition, on_delivery=self._delivered,
+                    )  # fmt: skip
+                except BufferError:
+                    self.producer.poll(0.05)
+                    continue
+                self.sent += 1
+            self.producer.poll(0.005)
+
+    def finish(self, timeout: float) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), f"feeder stuck at {self.sent} of {len(self.readings)}"
+        assert self.producer.flush(30) == 0, "input not delivered"
+        assert not self.errors, f"input delivery failed: {self.errors[:3]}"
+
+    def halt(self) -> None:
+        self.halted.set()
+        self.join(10)
+        self.producer.flush(10)
+
+
+def interleaved(readings: list[Reading]) -> list[Reading]:
+    """All partitions' readings merged by generation time (each partition's order kept)."""
+    per: dict[int, list[Reading]] = defaultdict(list)
+    for r in readings:
+        per[r.partition].append(r)
+    return list(heapq.merge(*per.values(), key=lambda r: r.true_ts))
+
+
+def killing_feed(
+    rate: float, kills: list[tuple[float, str]], seed: int, record: dict[str, Any]
+) -> Callable[[list[Pipeline], str], None]:
+    """A ``feed`` for `run_scenario`: phase A produced live at ``rate``/s; at each
+    (fraction of the feed, kind) that kind's worker gets kill -9 and is restarted at
+    once on the same state dir (its partitions come back after the session timeout)."""
+
+    def feed(pipes: list[Pipeline], src: str) -> None:
+        rng = random.Random(seed)
+        by_kind = {p.kind: p for p in pipes}
+        data = record["data"]
+        feeder = Feeder(pipes[0].bootstrap, src, interleaved(data.a), rate)
+        feeder.start()
+        try:
+            for fraction, kind in sorted(kills):
+                due = int(fraction * len(data.a))
+                wait_for(
+                    lambda d=due: feeder.sent >= d or not feeder.is_alive(),
+                    len(data.a) / rate + 60,
+                    f"feeder reaching {due}",
+                    every=0.05,
+                    check=lambda: [p.check_alive() for p in pipes] and None,
+                )
+                pipe = by_kind[kind]
+                pipe.kill()
+                record.setdefault("kills", []).append((kind, feeder.sent))
+                time.sleep(rng.uniform(0, 0.5))
+                pipe.start()
+            feeder.finish(len(data.a) / rate + 60)
+        finally:
+            if feeder.is_alive():
+                feeder.halt()
+
+    return feed
+
+
+def test_windows_exactly_once_with_kills(kafka_bootstrap, new_topic, tmp_path):
+    """~20k readings fed live at 1000/s; the tumbling and the session worker are each
+    killed (kill -9) twice and restarted: every window exactly once and equal to
+    DuckDB's, the late topic holds exactly the late readings once each."""
+    data = generate(seed=3, target=20_000, late=200, fresh=500)
+    record: dict[str, Any] = {"data": data}
+    kills = [(0.25, "tumbling"), (0.35, "session"), (0.6, "tumbling"), (0.7, "session")]
+    feed = killing_feed(1000, kills, seed=3, record=record)
+    figures = run_scenario(
+        data, ("tumbling", "session"), kafka_bootstrap, new_topic, tmp_path, feed=feed
+    )
+    print(f"kills: {record['kills']}")
+    assert figures["tumbling"]["incarnations"] == 3 and figures["session"]["incarnations"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_windows_exactly_once_with_kills_large(kafka_bootstrap, new_topic, tmp_path):
+    """~80k readings fed live at 1500/s over 6 partitions; all three kinds, each worker
+    killed three times at staggered moments."""
+    data = generate(
+        seed=4, target=80_000, partitions=6, tags_per_partition=16,
+        ends=(1.0, 1.0, 0.6, 1.0, 0.35, 1.0), late=1000, fresh=2000,
+    )  # fmt: skip
+    record: dict[str, Any] = {"data": data}
+    kills = [(f + i * 0.05, kind) for f in (0.15, 0.45, 0.75) for i, kind in enumerate(KINDS)]
+    feed = killing_feed(1500, kills, seed=4, record=record)
+    figures = run_scenario(
+        data, KINDS, kafka_bootstrap, new_topic, tmp_path, feed=feed, timeout=300
+    )
+    print(f"kills: {record['kills']}")
+    assert all(figures[k]["incarnations"] == 4 for k in KINDS)
+
+
+# -- 2. allowed lateness ---------------------------------------------------------------------
+
+
+def is_late(kind: str, ts: int, watermark: int, lateness: int) -> bool:
+    """Every window of ``ts`` has end - 1 + lateness <= watermark."""
+    return all(e - 1 + lateness <= watermark for _, e in windows_of(kind, ts))
+
+
+def sessions_of(readings: Iterable[Reading]) -> dict[str, list[tuple[int, int]]]:
+    """Per tag, its sessions [first ts, last ts + gap) by gaps and islands."""
+    by_tag: dict[str, list[int]] = defaultdict(list)
+    for r in readings:
+        by_tag[r.tag].append(r.ts)
+    out: dict[str, list[tuple[int, int]]] = {}
+    for tag, stamps in by_tag.items():
+        stamps.sort()
+        spans = [[stamps[0], stamps[0]]]
+        for ts in stamps[1:]:
+            if ts - spans[-1][1] < GAP:
+                spans[-1][1] = ts
+            else:
+                spans.append([ts, ts])
+        out[tag] = [(s, last + GAP) for s, last in spans]
+    return out
+
+
+def edge_of(rng: random.Random, partition: int, tags: list[str], end: int, edge: int,
+            tag: str) -> list[Reading]:  # fmt: skip
+    """Readings up to ``edge`` - 3 s, then ``tag`` alone at edge - gap + 1 (so its
+    window and its session end exactly at ``edge`` + 1), then the partition's max at
+    edge + out-of-orderness: once both partitions are read, the watermark is ``edge``."""
+    out = partition_readings(rng, partition, tags, end, edge - 3000)
+    out.append(Reading(tag, 0.5, edge - GAP + 1, partition, edge - GAP + 1))
+    out.append(Reading(tags[0], 0.25, edge + OOO, partition, edge + OOO))
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_allowed_lateness_updates_and_late_topic(kafka_bootstrap, new_topic, tmp_path):
+    """Allowed lateness 5 s, idle timeout 1 h (the watermark moves only with the data, so
+    it is known exactly between phases): records behind the watermark but within the
+    lateness update their windows (the last emission of every window equals DuckDB over
+    every record not late), later ones go to the late topic with the reason and the
+    watermark, and nothing fires before the watermark reaches it."""
+    lateness = 5000
+    rng = random.Random(5)
+    tags = {p: [f"s{p}-{i}" for i in range(6)] for p in range(2)}
+    e1 = T0 + 300_000 - (T0 + 300_000) % SIZE + SIZE - 1  # end - 1 of a tumbling window
+    e3 = e1 + 120_000
+    phase1 = [r for p in range(2) for r in edge_of(rng, p, tags[p], T0, e1, f"edge{p}")]
+    # phase 2, at watermark e1: old records on both partitions
+    dropped = {  # sessions fired and forgotten by e1: DuckDB would merge records into them
+        tag: [(s, e) for s, e in spans if e - 1 + lateness <= e1]
+        for tag, spans in sessions_of(phase1).items()
+    }
+    phase2: list[Reading] = []
+    while len(phase2) < 400:
+        p = rng.randrange(2)
+        tag, ts = rng.choice(tags[p]), rng.randrange(e1 - 30_000, e1 + 1)
+        if any(ts < e and s < ts + GAP for s, e in dropped.get(tag, ())):
+            continue  # would bridge into a forgotten session: DuckDB cannot model that
+        phase2.append(Reading(tag, rng.randrange(-400, 401) / 4, ts, p, wm=e1, lateness=lateness))
+    # phase 3: the data move on to watermark e3; phase 4: records beyond the lateness
+    phase3 = [r for p in range(2) for r in edge_of(rng, p, tags[p], e1 + OOO + 1, e3, f"edge{p}")]
+    phase4 = [
+        Reading(rng.choice(tags[p]), 9.0, rng.randrange(e1 - 30_000, e3 - 20_000), p)
+        for p in (0, 1) for _ in range(50)
+    ]  # fmt: skip
+    src = new_topic(partitions=2, prefix="readings")
+    pipes = [
+        Pipeline(kind, kafka_bootstrap, new_topic, src, 2, tmp_path / "logs", tmp_path / "st",
+                 lateness=lateness / 1000, idle=3600)
+        for kind in KINDS
+    ]  # fmt: skip
+    figures: dict[str, Any] = {}
+    try:
+        produce_readings(kafka_bootstrap, src, phase1)
+        for pipe in pipes:
+            pipe.start()
+        ref1 = {k: reference(k, phase1, tmp_path) for k in KINDS}
+        wait_windows(pipes, {k: {w for w in ref1[k] if w[2] - 1 <= e1} for k in KINDS}, 60)
+        for pipe in pipes:
+            pipe.output.poll(0.5)
+            beyond = [v for v in pipe.output.values() if v["window_end"] - 1 > e1]
+            assert not beyond, f"{pipe.kind}: fired before the watermark: {beyond[:3]}"
+        emitted_before = {p.kind: len(p.output.records) for p in pipes}
+
+        produce_readings(kafka_bootstrap, src, phase2)
+        wait_processed(pipes, 60)
+        produce_readings(kafka_bootstrap, src, phase3)
+        late2 = {k: [r for r in phase2 if is_late(k, r.ts, e1, lateness)] for k in KINDS}
+        kept = {k: [*phase1, *(r for r in phase2 if not is_late(k, r.ts, e1, lateness)), *phase3]
+                for k in KINDS}  # fmt: skip
+        final = {k: reference(k, kept[k], tmp_path) for k in KINDS}
+        due = {k: {w for w in final[k] if w[2] - 1 <= e3} for k in KINDS}
+        wait_windows(pipes, due, 60)
+        produce_readings(kafka_bootstrap, src, phase4)
+        for pipe in pipes:
+            n = len(late2[pipe.kind]) + len(phase4)
+            wait_for(
+                lambda p=pipe, n=n: (p.poll(), len(p.late_reader.records) >= n)[1],
+                60,
+                f"{pipe.kind}: {n} late records",
+                check=pipe.check_alive,
+            )
+        wait_processed(pipes, 60)
+        metrics = {p.kind: p.late_metric() for p in pipes}
+        for pipe in pipes:
+            pipe.output.drain()
+            pipe.late_reader.drain()
+
+        for pipe in pipes:
+            kind = pipe.kind
+            records = sorted(pipe.output.records, key=lambda r: (r["partition"], r["offset"]))
+            history: dict[Key, list[Agg]] = defaultdict(list)
+            for r in records:
+                v = r["value"]
+                history[(v["key"], v["window_start"], v["window_end"])].append(agg_of(v))
+            early = [w for w in history if w[2] - 1 > e3]
+            assert not early, f"{kind}: fired before the watermark reached end - 1: {early[:3]}"
+            missing = due[kind] - set(history)
+            assert not missing, (
+                f"{kind}: {len(missing)} windows never emitted: {sorted(missing)[:3]}"
+            )
+            wrong = [(w, history[w][-1], final[kind][w]) for w in due[kind]
+                     if not same(history[w][-1], final[kind][w])]  # fmt: skip
+            assert not wrong, f"{kind}: last emission differs from DuckDB: {wrong[:3]}"
+            if kind == "session":  # superseded sessions lie inside a final one of their key
+                finals = defaultdict(list)
+                for tag, s, e in final[kind]:
+                    finals[tag].append((s, e))
+                stray = [w for w in set(history) - due[kind]
+                         if not any(s <= w[1] and w[2] <= e for s, e in finals[w[0]])]  # fmt: skip
+                assert not stray, f"session: emitted sessions inside no final one: {stray[:3]}"
+            else:
+                assert set(history) == due[kind], f"{kind}: extra {set(history) - due[kind]}"
+            updated = {w for w, h in history.items() if len(h) > 1}
+            figures[kind] = {
+                "windows_compared": len(due[kind]),
+                "emissions": len(records),
+                "emissions_before_phase2": emitted_before[kind],
+                "windows_updated": len(updated),
+                "late_phase2": len(late2[kind]),
+                "within_lateness_phase2": len(phase2) - len(late2[kind]),
+                "late_metric": metrics[kind],
+            }
+            if kind == "tumbling":
+                check_tumbling_updates(history, phase1, phase2, e1, lateness)
+            # the late topic: exactly the late records, with the watermark they missed
+            want_late = late_ids([*late2[kind], *phase4])
+            got_late = late_topic_ids(pipe)
+            assert got_late == want_late, (
+                f"{kind}: late topic: {sum((got_late - want_late).values())} unexpected,"
+                f" {sum((want_late - got_late).values())} missing"
+            )
+            marks = Counter(
+                int(re.search(r"at watermark (-?\d+)", r["value"]["reason"]).group(1))
+                for r in pipe.late_reader.records
+            )
+            assert marks == Counter({e1: len(late2[kind]), e3: len(phase4)}), marks
+            assert metrics[kind] == len(want_late), (kind, metrics[kind], len(want_late))
+        for pipe in pipes:
+            pipe.stop()
+    finally:
+        for pipe in pipes:
+            pipe.close()
+    print(f"figures: {figures}")
+
+
+def check_tumbling_updates(
+    history: dict[Key, list[Agg]], phase1: list[Reading], phase2: list[Reading], e1: int,
+    lateness: int,
+) -> None:  # fmt: skip
+    """Tumbling: a window fired before phase 2 is re-emitted once per record of phase 2
+    it takes, each emission over the records so far; a window phase 2 creates behind the
+    watermark may be emitted later (at the next watermark), but only ever with a result
+    over a prefix of its records."""
+    first: dict[Key, list[float]] = defaultdict(list)
+    for r in phase1:
+        first[windows_key(r)].append(r.value)
+    later: dict[Key, list[float]] = defaultdict(list)
+    for r in phase2:  # production order = partition order, and a tag has one partition
+        if not is_late("tumbling", r.ts, e1, lateness):
+            later[windows_key(r)].append(r.value)
+    for w, values in later.items():
+        prefixes = [stats(first[w] + values[:i]) for i in range(len(values) + 1) if
+                    first[w] or i]  # fmt: skip
+        got = history[w]
+        if first[w] and w[2] - 1 <= e1:  # fired before phase 2: one update per record
+            assert len(got) == 1 + len(values), f"{w}: {len(got)} emissions, {len(values)} updates"
+            assert all(same(g, p) for g, p in zip(got, prefixes, strict=True)), (w, got)
+        else:
+            assert all(any(same(g, p) for p in prefixes) for g in got), (w, got)
+            assert same(got[-1], prefixes[-1]), (w, got)
+
+
+def windows_key(r: Reading) -> Key:
+    (s, e) = windows_of("tumbling", r.ts)[0]
+    return (r.tag, s, e)
+
+
+def stats(values: list[float]) -> Agg:
+    return (len(values), sum(values), min(values), max(values), sum(values) / len(values))
+
+
+# -- the repartition path: key_by(fn) -----------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="known limitation: the watermark of a repartition topic is derived from its own"
+    " records, so when source partitions drift apart in event time while catching up on a"
+    " pre-filled backlog, re-keyed records arrive later than max_out_of_orderness allows and"
+    " are dropped as late; watermark propagation through repartition topics is a follow-up",
+)
+def test_windows_through_repartition_topic_match_duckdb(kafka_bootstrap, new_topic, tmp_path):
+    """The path of examples/sensor_stats.py: readings keyed by ``key_by(lambda r:
+    r["tag"])`` reach the windows through the repartition topic (which carries the event
+    time as the record timestamp). Each source partition's readings are within the
+    out-of-orderness bound, so, as with the record key, exactly the surely-late readings
+    may be late and every window must equal DuckDB's."""
+    data = generate(seed=6, target=20_000, late=200, fresh=500)
+    run_scenario(
+        data,
+        ("tumbling", "session"),
+        kafka_bootstrap,
+        new_topic,
+        tmp_path,
+        job="et_keyed_by_tag.py",
+    )
+
+
+# -- 5. idle partitions ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_idle_partition_does_not_stall_windows(kafka_bootstrap, new_topic, tmp_path):
+    """Two partitions fed live; then partition 1 stops while partition 0 jumps 25 s ahead
+    in event time and keeps going. Partition 1's last windows (and partition 0's windows
+    in between) must wait while partition 1 is active, and be emitted once it has been
+    idle for idle_timeout (1 s): within idle_timeout + 2.5 s of its last record, not
+    before idle_timeout."""
+    idle = 1.0
+    src = new_topic(partitions=2, prefix="readings")
+    pipe = Pipeline("tumbling", kafka_bootstrap, new_topic, src, 2, tmp_path / "logs",
+                    tmp_path / "state", idle=idle)  # fmt: skip
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
+    sent: list[Reading] = []
+
+    def send(readings: list[Reading]) -> float:
+        for r in readings:
+            producer.produce(src, json.dumps(r.record()).encode(), r.tag.encode(),
+                             partition=r.partition)  # fmt: skip
+        assert producer.flush(10) == 0
+        sent.extend(readings)
+        return time.monotonic()
+
+    try:
+        pipe.start().wait_running(60)
+        ts = T0
+        for _ in range(40):  # 2 s: both partitions, event time 10x the wall clock
+            send([Reading(f"a{ts % 3}", 1.0, ts, 0), Reading(f"b{ts % 3}", 2.0, ts, 1)])
+            ts += 500
+            pipe.output.poll(0.05)
+        stopped_at, last_b = time.monotonic(), ts - 500
+        ts += 25_000
+        for _ in range(80):  # 4 s: partition 0 only
+            send([Reading(f"a{ts % 3}", 1.0, ts, 0)])
+            ts += 500
+            pipe.output.poll(0.05)
+        pipe.output.poll(1.0)
+        # windows partition 1 held back: ending after its max - ooo, before p0's jump
+        held = {(r.tag, *windows_of("tumbling", r.ts)[0]) for r in sent
+                if windows_of("tumbling", r.ts)[0][1] - 1 > last_b - OOO
+                and r.ts <= last_b + 25_000 - OOO - SIZE}  # fmt: skip
+        arrived = {}
+        for rec in pipe.output.records:
+            v = rec["value"]
+            arrived.setdefault((v["key"], v["window_start"], v["window_end"]), rec["arrived"])
+        assert held and held <= set(arrived), f"never emitted: {sorted(held - set(arrived))}"
+        delays = sorted(arrived[w] - stopped_at for w in held)
+        print(f"held-back windows: {len(held)}, emitted {delays[0]:.2f}..{delays[-1]:.2f}s"
+              f" after partition 1 stopped (idle_timeout {idle}s)")  # fmt: skip
+        assert delays[0] >= idle - 0.1, f"emitted before partition 1 was idle: {delays}"
+        assert delays[-1] <= idle + 2.5, f"stalled past idle_timeout + 2.5 s: {delays}"
+        # and the results are right
+        want = reference("tumbling", sent, tmp_path)
+        got = {w: agg_of(v) for v in pipe.output.values()
+               if (w := (v["key"], v["window_start"], v["window_end"]))}  # fmt: skip
+        assert all(same(got[w], want[w]) for w in got), "wrong results"
+        pipe.stop()
+    finally:
+        producer.flush(5)
+        pipe.close()
