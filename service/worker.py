@@ -407,6 +407,17 @@ class Worker:
         position = self.router.positions.get(tp, self.coordinator.committed.get(tp, 0))
         return position >= high
 
+    def _restored_watermark(self, tp: TopicPartitionKey) -> int:
+        """The watermark ``tp`` had reached before a restart, from its timer operators' state."""
+        floors = [
+            getattr(op, "floors", {}).get(tp[1], NO_WATERMARK)
+            for slot in self.slots
+            if slot.chain is not None
+            for op in slot.chain.windows
+            if op.topic == tp[0]
+        ]
+        return max(floors, default=NO_WATERMARK)
+
     def _advance_watermark(self, now: float) -> None:
         """The worker's watermark: the minimum over its active partitions of
         (largest event time seen - max out-of-orderness). Partitions idle for
@@ -424,11 +435,17 @@ class Worker:
                 continue  # idle: nothing new for idle_timeout, and nothing left to read
             stamps = [s.max_ts[tp] for s in self.slots if tp in s.max_ts]
             ooo = round(source.options["max_out_of_orderness"] * 1000)
-            candidates.append(max(stamps) - ooo if stamps else NO_WATERMARK)
+            seen_wm = max(stamps) - ooo if stamps else NO_WATERMARK
+            candidates.append(max(seen_wm, self._restored_watermark(tp)))
         if candidates:
             new = min(candidates)
             self.all_idle = None
-        elif self.router.pins and self.watermark > NO_WATERMARK:
+        elif self.router.pins and self.watermark == NO_WATERMARK:
+            # All idle right after a restart: start from the watermark the partitions had
+            # reached (kept in state), so windows restored from state still close.
+            floors = [self._restored_watermark(tp) for tp in self.router.pins]
+            new = min(floors) if floors else NO_WATERMARK
+        elif self.router.pins:
             if self.all_idle is None:
                 self.all_idle = (now, self.watermark)
             since, base = self.all_idle
@@ -644,6 +661,12 @@ class Worker:
         self.router.reassign(wanted)
         for tp in added:
             self.assigned_at[tp] = time.monotonic()
+        try:  # where each new partition starts: for lag and for "caught up" (idleness)
+            for tp in consumer.committed(partitions, timeout=self.config.connect_timeout_s):
+                if tp.offset >= 0:
+                    self.coordinator.committed[(tp.topic, tp.partition)] = tp.offset
+        except KafkaException as exc:
+            log.warning("could not read committed offsets of %s: %s", sorted(added), exc)
         stateful_topics = {op.source_topic for op in self.stateful}
         restore = [tp for tp in partitions if tp.topic in stateful_topics]
         if restore:
