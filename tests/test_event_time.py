@@ -1122,8 +1122,8 @@ def test_idle_partition_does_not_stall_windows(kafka_bootstrap, new_topic, tmp_p
     """Two partitions fed live; then partition 1 stops while partition 0 jumps 25 s ahead
     in event time and keeps going. Partition 1's last windows (and partition 0's windows
     in between) must wait while partition 1 is active, and be emitted once it has been
-    idle for idle_timeout (1 s): within idle_timeout + 2.5 s of its last record, not
-    before idle_timeout."""
+    idle for idle_timeout (1 s): within idle_timeout + 5 s of its last record (checkpoint
+    commits and a loaded CI machine take some of that), not before idle_timeout."""
     idle = 1.0
     src = new_topic(partitions=2, prefix="readings")
     pipe = Pipeline("tumbling", kafka_bootstrap, new_topic, src, 2, tmp_path / "logs",
@@ -1166,7 +1166,7 @@ def test_idle_partition_does_not_stall_windows(kafka_bootstrap, new_topic, tmp_p
         print(f"held-back windows: {len(held)}, emitted {delays[0]:.2f}..{delays[-1]:.2f}s"
               f" after partition 1 stopped (idle_timeout {idle}s)")  # fmt: skip
         assert delays[0] >= idle - 0.1, f"emitted before partition 1 was idle: {delays}"
-        assert delays[-1] <= idle + 2.5, f"stalled past idle_timeout + 2.5 s: {delays}"
+        assert delays[-1] <= idle + 5.0, f"stalled past idle_timeout + 5 s: {delays}"
         # and the results are right
         want = reference("tumbling", sent, tmp_path)
         got = {w: agg_of(v) for v in pipe.output.values()
