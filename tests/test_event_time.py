@@ -1078,11 +1078,6 @@ def test_windows_through_repartition_topic_match_duckdb(kafka_bootstrap, new_top
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known limitation (see test_windows_through_repartition_topic_match_duckdb): on a"
-    " loaded machine the repartition topic's own watermark can outrun records re-keyed late",
-)
 def test_repartition_topic_accounts_for_every_record(kafka_bootstrap, new_topic, tmp_path):
     """Through the repartition topic, readings may be late (see the known limitation
     above), but each one is accounted for exactly once: in its tumbling window, or on
