@@ -470,6 +470,9 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "share.coordinator.state.topic.min.isr": 1,
         "share.coordinator.state.topic.num.partitions": 4,
         "group.initial.rebalance.delay.ms": 0,
+        # A dead worker's open transaction blocks read_committed readers and state
+        # restores until the broker aborts it: look for expired ones every second, not 10.
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": 1000,
         # Lets fault tests use short consumer session timeouts (the default floor is 6 s).
         "group.min.session.timeout.ms": 1000,
         "log.segment.bytes": 16 * 1024 * 1024,

@@ -8,10 +8,18 @@ machine) or from the start, writing each fetched batch and its offset in one
 RocksDB write batch. The worker keeps that source partition paused until its
 restore is done; other partitions keep processing.
 
-It never waits for records that will not come: the end is the changelog's
-last stable offset, read when the restore starts; an empty partition ends at
-once; a recorded offset below the log start (compacted or deleted segments)
-wipes the local copy and restores what the log still holds.
+The end of a restore is the changelog's log end offset when it starts: the
+previous owner committed everything it wrote before it let the partition go,
+so every committed change lies below that offset. It is not the last stable
+offset: a worker killed mid-checkpoint leaves an open transaction in the
+changelog, which holds the last stable offset back until the broker aborts it
+(after the dead producer's ``transaction.timeout.ms``), and read_committed
+hides every record after it — including what later owners committed. Ending
+there would restore stale state while the input offsets say those changes are
+done: lost updates. So a restore that meets such a transaction waits for it to
+be aborted, then reads on to the end. An empty partition ends at once; a
+recorded offset below the log start (compacted or deleted segments) wipes the
+local copy and restores what the log still holds.
 """
 
 from __future__ import annotations
@@ -25,7 +33,6 @@ from dataclasses import dataclass
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    IsolationLevel,
     KafkaError,
     KafkaException,
     TopicPartition,
@@ -66,6 +73,7 @@ class _Changelog:
     end: int
     position: int
     last_progress: float
+    blocked: bool = False
 
 
 @dataclass
@@ -180,14 +188,12 @@ class Restorer(threading.Thread):
             consumer.incremental_unassign([TopicPartition(t, p) for t, p in gone])
 
     def _end_offsets(self, tp: TopicPartition) -> tuple[int, int]:
-        """(log start, last stable offset) of a changelog partition."""
-        specs = {tp: OffsetSpec.earliest()}
-        low = self.admin.list_offsets(specs, request_timeout=30)[tp].result(timeout=30).offset
-        specs = {tp: OffsetSpec.latest()}
-        futures = self.admin.list_offsets(
-            specs, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=30
+        """(log start, log end offset) of a changelog partition."""
+        low, end = (
+            self.admin.list_offsets({tp: spec}, request_timeout=30)[tp].result(timeout=30).offset
+            for spec in (OffsetSpec.earliest(), OffsetSpec.latest())
         )
-        return low, futures[tp].result(timeout=30).offset
+        return low, end
 
     def _begin(self, consumer: Consumer, source: TopicPartitionKey, token: int) -> None:
         now = time.monotonic()
@@ -222,13 +228,14 @@ class Restorer(threading.Thread):
     def _replay(self, consumer: Consumer) -> None:
         """One batch of changelog records for every restore in progress."""
         writes: dict[tuple[str, int], list] = {}
-        finished: set[tuple[str, int]] = set()
         for m in consumer.consume(5000, 0.1):
             key = (m.topic(), m.partition())
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    finished.add(key)  # read_committed end: only markers or aborted data left
+                    # The read_committed end, past markers and aborted data: the end
+                    # of the restore, unless an open transaction holds it back.
+                    self._reached(key, m.offset())
                     continue
                 raise KafkaException(err)
             state, skey = split_changelog_key(m.key())
@@ -246,10 +253,8 @@ class Restorer(threading.Thread):
             self._requests[job.source].records += len(batch)
             self.metrics.restored_records.labels(self.metrics.job, job.op.name).inc(len(batch))
             job.last_progress = now
-            if job.position >= job.end:
-                finished.add(key)
         for key, job in list(self._active.items()):
-            if key in finished:
+            if job.position >= job.end:
                 self.store.restore([], job.op.name, job.partition, max(job.position, job.end))
                 del self._active[key]
                 consumer.incremental_unassign([TopicPartition(*key)])
@@ -260,8 +265,25 @@ class Restorer(threading.Thread):
             elif now - job.last_progress > self.stall_timeout_s:
                 raise RestoreFailed(
                     f"restore of {key[0]}[{key[1]}] made no progress for"
-                    f" {self.stall_timeout_s:.0f}s at offset {job.position} (end {job.end})"
+                    f" {self.stall_timeout_s:.0f}s at offset {job.position} (end {job.end});"
+                    " an open transaction there that is never aborted holds it back"
                 )
+
+    def _reached(self, key: tuple[str, int], offset: int) -> None:
+        """A changelog partition's read_committed end is ``offset`` for now."""
+        job = self._active.get(key)
+        if job is None:
+            return
+        if offset > job.position:
+            job.position = offset
+            job.last_progress = time.monotonic()
+        if job.position < job.end and not job.blocked:
+            job.blocked = True
+            log.info(
+                "%s[%d]: an open transaction at offset %d (a dead worker's, until the broker"
+                " aborts it) holds the restore back from its end %d; waiting",
+                key[0], key[1], job.position, job.end,
+            )  # fmt: skip
 
     def _complete(self, source: TopicPartitionKey) -> None:
         request = self._requests.pop(source)

@@ -160,13 +160,14 @@ class Worker:
         }
         if self.config.exactly_once:
             conf["transactional.id"] = self.transactional_id
-            # Short, so a dead worker's open transaction blocks read_committed readers
-            # briefly (Kafka Streams uses 10 s), but always longer than one epoch.
-            conf["transaction.timeout.ms"] = max(
-                10000, 2 * self.config.checkpoint_interval_ms + 5000
-            )
+            conf["transaction.timeout.ms"] = self._transaction_timeout_ms()
         conf.update(self._passthrough("producer"))
         return conf
+
+    def _transaction_timeout_ms(self) -> int:
+        """Short, so a dead worker's open transaction blocks read_committed readers (and
+        state restores) briefly — Kafka Streams uses 10 s — but longer than one epoch."""
+        return max(10000, 2 * self.config.checkpoint_interval_ms + 5000)
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -276,6 +277,9 @@ class Worker:
                 self.store,
                 self.stateful,
                 self.metrics,
+                # A restore may wait for a dead worker's open transaction: the broker
+                # aborts it after its timeout, checking every 10 s by default.
+                stall_timeout_s=max(60.0, 2 * self._transaction_timeout_ms() / 1000 + 20),
                 standby=self.config.standby_replicas > 0,
             )  # fmt: skip
             self.restorer.start()

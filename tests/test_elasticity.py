@@ -436,12 +436,14 @@ def problems_of(
         seen = Counter(lasts)
         duplicated += sum(c - 1 for c in seen.values())
         missing += len(set(ns) - set(seen))
-        totals_ok, running = counts_ok, 0
-        for v in have if counts_ok else []:  # each total: the amounts seen so far
+        totals_ok, running, first_bad_total = counts_ok, 0, ""
+        for i, v in enumerate(have if counts_ok else []):  # each total: amounts so far
             if v["last"] not in by_n:
                 totals_ok = False
                 break
             running += by_n[v["last"]]["amount"]
+            if v["total"] != running and totals_ok:
+                first_bad_total = f" first bad total at count {i + 1}: {v} want {running}"
             totals_ok = totals_ok and v["total"] == running
         order_ok = all(
             [n for n in lasts if partition_of.get(n) == p]
@@ -452,6 +454,7 @@ def problems_of(
             bad.append(
                 f"{user}: counts {[v['count'] for v in have][:10]} lasts {lasts[:10]}"
                 f" want {len(ns)} outputs, totals_ok={totals_ok} order_ok={order_ok}"
+                f"{first_bad_total}"
             )
     return {
         "outputs": len(outputs),
