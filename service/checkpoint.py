@@ -11,8 +11,8 @@ A checkpoint N, in order (the code marks each step):
    With it, each slot hands over its epoch's state writes, whose changelog
    records it has already produced.
 3. **Commit.** When every slot has acknowledged:
-   exactly-once — ``send_offsets_to_transaction`` (positions of step 1, with the
-   consumer's group metadata) and ``commit_transaction``, then begin the next
+   exactly-once — ``send_offsets_to_transaction`` (positions of step 1, each with the group
+   metadata of the member reading it) and ``commit_transaction``, then begin the next
    transaction; at-least-once — ``flush`` (every output and changelog record
    before the barrier is acknowledged by the broker) and commit the positions.
 4. **Apply.** Write the epoch's state to RocksDB in one batch, with the
@@ -34,9 +34,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from operators.chain import Barrier
+from service.consumers import GroupConsumers
 from service.metrics import Metrics
 from service.router import SlotRouter
 from service.slots import FETCHER, SOURCES, Release, Slot
@@ -80,7 +81,7 @@ class CheckpointCoordinator:
 
     def __init__(
         self,
-        consumer: Consumer,
+        consumer: GroupConsumers,
         producer: Producer,
         router: SlotRouter,
         slots: Callable[[], list[Slot]],
@@ -92,6 +93,7 @@ class CheckpointCoordinator:
         store: StateStore | None = None,
         changelog_ends: Callable[[set[tuple[str, int]]], dict[tuple[str, int], int]] | None = None,
         state_operators: dict[str, tuple[str, str]] | None = None,
+        slot_failure: Callable[[], BaseException | None] = lambda: None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -105,6 +107,7 @@ class CheckpointCoordinator:
         self.store = store
         self.changelog_ends = changelog_ends
         self.state_operators = state_operators or {}  # state -> (operator, changelog topic)
+        self.slot_failure = slot_failure
         self.acks: queue.SimpleQueue[tuple[int, int, list[Write]]] = queue.SimpleQueue()
         self.next_id = 1 + (store.last_checkpoint() if store is not None else 0)
         self.stateful_commits = 0
@@ -145,11 +148,18 @@ class CheckpointCoordinator:
         deadline = time.monotonic() + timeout
         n_slots = len(self.slots())
         while len(pending.acked) < n_slots:
+            failure = self.slot_failure()
+            if failure is not None:  # a failed slot never passes the barrier: stop waiting
+                reason = f"a slot failed: {type(failure).__name__}: {failure}"
+                self._finish(pending, "failed", 0, reason)
+                raise CheckpointFailed(reason)
             remaining = deadline - time.monotonic()
             try:
-                slot, cid, writes = self.acks.get(timeout=max(remaining, 0.0001))
+                slot, cid, writes = self.acks.get(timeout=min(max(remaining, 0.0001), 0.1))
             except queue.Empty:
-                return False
+                if time.monotonic() >= deadline:
+                    return False
+                continue
             if cid == pending.id:
                 pending.acked.add(slot)
                 pending.writes.extend(writes)
@@ -169,9 +179,9 @@ class CheckpointCoordinator:
             # Step 3: commit outputs and input positions together.
             if self.exactly_once:
                 if offsets or pending.writes:
-                    if offsets:
+                    for member, part in self.consumer.by_member(offsets):
                         self.producer.send_offsets_to_transaction(
-                            offsets, self.consumer.consumer_group_metadata(), self.commit_timeout_s
+                            part, member.consumer_group_metadata(), self.commit_timeout_s
                         )
                     self.producer.commit_transaction(self.commit_timeout_s)
                     self.producer.begin_transaction()
@@ -212,7 +222,8 @@ class CheckpointCoordinator:
         duplicate outputs. Partitions that move meanwhile were committed by the
         synchronous checkpoint on revocation."""
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            for member, part in self.consumer.by_member(offsets):
+                member.commit(offsets=part, asynchronous=False)
             return True
         except KafkaException as exc:
             log.warning("offset commit refused (%s); retrying at the next checkpoint", exc)

@@ -34,6 +34,7 @@ from operators.keyed import states_of
 from operators.windowed import NO_WATERMARK
 from service.checkpoint import CheckpointCoordinator, CheckpointFailed
 from service.config import WorkerConfig
+from service.consumers import GroupConsumers
 from service.exceptions import KafkaUnavailable, WorkerFailed
 from service.metrics import Metrics
 from service.restore import Restorer, StatefulOperator
@@ -88,7 +89,7 @@ class Worker:
         self.delivery_failures: list[str] = []
         self.state = "starting"
         self.started = time.time()
-        self.consumer: Consumer | None = None
+        self.consumer: GroupConsumers | None = None
         self.producer: Producer | None = None
         self.admin: AdminClient | None = None
         self.coordinator: CheckpointCoordinator | None = None
@@ -214,7 +215,11 @@ class Worker:
                     f" {exc.args[0].str()}"
                 ) from None
             self.producer.begin_transaction()
-        self.consumer = Consumer(self._consumer_conf())
+        internal = {n.options["topic"] for n in self.job.repartitions()}
+        self.consumer = GroupConsumers(
+            self._consumer_conf(),
+            [sorted(set(self.job.source_topics()) - internal), sorted(internal)],
+        )
         self.coordinator = CheckpointCoordinator(
             self.consumer,
             self.producer,
@@ -223,10 +228,15 @@ class Worker:
             self.metrics,
             cfg.exactly_once,
             cfg.checkpoint_interval_ms / 1000,
+            # A commit still waiting when the transaction times out is lost anyway; give
+            # up sooner, roll back, and keep serving the group (a rebalance may be what
+            # it waits for).
+            commit_timeout_s=self._transaction_timeout_ms() / 2000,
             delivery_errors=self._take_delivery_failures,
             store=self.store,
             changelog_ends=self._changelog_ends,
             state_operators={s: (op.name, op.changelog) for op in self.stateful for s in op.states},
+            slot_failure=lambda: self.fatal,
         )
 
     def _prepare_state(self, admin: AdminClient) -> None:
@@ -283,12 +293,7 @@ class Worker:
                 standby=self.config.standby_replicas > 0,
             )  # fmt: skip
             self.restorer.start()
-        self.consumer.subscribe(
-            self.job.source_topics(),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
+        self.consumer.subscribe(self._on_assign, self._on_revoke, self._on_lost)
         log.info(
             "worker %s running job %s: group=%s slots=%d guarantee=%s",
             self.worker_id,
@@ -375,6 +380,7 @@ class Worker:
         done = [tp for tp, token in self.restorer.finished() if self.restoring.get(tp) == token]
         for tp in done:
             del self.restoring[tp]
+            self.assigned_at[tp] = time.monotonic()  # its idle clock starts now
             log.info("%s[%d] restored; processing it", *tp)
         if done:
             self._ownership()
@@ -426,16 +432,21 @@ class Worker:
 
     def _advance_watermark(self, now: float) -> None:
         """The worker's watermark: the minimum over its active partitions of
-        (largest event time seen - max out-of-orderness). Partitions idle for
-        their source's idle_timeout do not hold it back; when all are idle it
-        advances with processing time, so the last windows close."""
+        (largest event time seen - max out-of-orderness). A partition still
+        restoring its state holds it where it is (its backlog is unread, its
+        timers not yet rebuilt). Partitions idle for their source's idle_timeout
+        do not hold it back; when all are idle it advances with processing time,
+        so the last windows close."""
         candidates = []
         for tp in self.router.pins:
             source = self.event_sources.get(tp[0])
-            if source is None or tp in self.restoring:
+            if source is None:
+                continue
+            if tp in self.restoring:
+                candidates.append(NO_WATERMARK)
                 continue
             seen = [s.last_seen[tp] for s in self.slots if tp in s.last_seen]
-            last = max(seen) if seen else self.assigned_at.get(tp, now)
+            last = max([*seen, self.assigned_at.get(tp, now)])  # idle since when
             idle = source.options["idle_timeout"]
             if idle is not None and now - last > idle and self._caught_up(tp):
                 continue  # idle: nothing new for idle_timeout, and nothing left to read
@@ -725,12 +736,7 @@ class Worker:
         log.warning("rolling back to the last committed checkpoint: %s", reason)
         self._stop_slots(self.config.shutdown_timeout_s)
         if self.config.exactly_once:
-            try:
-                self.producer.abort_transaction(self.config.shutdown_timeout_s)
-            except KafkaException as exc:
-                if not exc.args[0].fatal():
-                    raise
-                self._renew_producer(exc.args[0].str())
+            self._replace_producer()
         self._take_delivery_failures()
         committed = self._seek_to_committed()
         self.router.reset_positions()
@@ -743,11 +749,31 @@ class Worker:
             self.producer.begin_transaction()
         self._start_slots()
 
-    def _renew_producer(self, cause: str) -> None:
-        """The transactional producer is fenced (e.g. the broker aborted a transaction
-        that outlived transaction.timeout.ms while this worker was stalled): start a
-        new one under the same transactional id, which fences any older instance. If
-        that keeps happening, another live worker uses this worker id."""
+    def _replace_producer(self) -> None:
+        """Abort by starting over: purge the old producer and start a new one under the
+        same transactional id, whose ``init_transactions`` aborts the open transaction and
+        fences the old instance. A plain ``abort_transaction`` is not enough after an
+        error that needs an epoch bump: librdkafka may then resend records of the aborted
+        transaction under the new epoch, into the next transaction (seen: one record
+        committed twice after an ILLEGAL_GENERATION offset commit and a skipped sequence)."""
+        old = self.producer
+        with contextlib.suppress(KafkaException):
+            old.purge(in_queue=True, in_flight=True)
+        try:
+            old.abort_transaction(1.0)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                self._fenced(exc.args[0].str())
+        old.poll(0)  # serve the purged records' reports
+        self.producer = Producer(self._producer_conf())
+        self.producer.init_transactions(self.config.connect_timeout_s)
+        self.coordinator.producer = self.producer
+
+    def _fenced(self, cause: str) -> None:
+        """The transactional producer was fenced (e.g. the broker aborted a transaction
+        that outlived transaction.timeout.ms while this worker was stalled); a new one
+        fences any older instance in turn. If that keeps happening, another live worker
+        uses this worker id."""
         now = time.monotonic()
         self.renewals = [t for t in self.renewals if now - t < 300] + [now]
         if len(self.renewals) > 3:
@@ -757,9 +783,6 @@ class Worker:
                 f" {self.worker_id}?"
             )
         log.warning("producer fenced (%s); starting a new one", cause)
-        self.producer = Producer(self._producer_conf())
-        self.producer.init_transactions(self.config.connect_timeout_s)
-        self.coordinator.producer = self.producer
 
     def _seek_to_committed(self) -> dict[TopicPartitionKey, int]:
         tps = [TopicPartition(t, p) for t, p in self.router.partitions]

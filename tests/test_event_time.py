@@ -1214,11 +1214,6 @@ def test_restart_keeps_firing_when_a_partition_has_nothing_new(
         pipe.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug: a partition still restoring does not hold the watermark back, so the"
-    " ready partitions can push it past the restoring partition's backlog",
-)
 @pytest.mark.timeout(180)
 def test_partition_restoring_its_state_holds_the_watermark(kafka_bootstrap, new_topic, tmp_path):
     """After a restart on a new machine (empty state dir), partition 0 restores a big

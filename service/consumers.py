@@ -1,0 +1,104 @@
+"""The worker's consumer-group membership: one consumer per kind of input topic.
+
+Kafka's cooperative-sticky assignor balances the *number* of partitions per
+member over all the topics it assigns together. A job that reads its source
+topics and, after a ``key_by(fn)``, its own repartition topics is two stages of
+work: everything up to the key_by runs on the source partitions, the keyed
+state on the repartition partitions. Assigned as one pool, a member joining a
+running group is typically handed one whole topic — one worker does all of the
+first stage, another all of the second — and adding processes buys nothing.
+
+So a worker joins its group with one consumer per stage: one subscribed to the
+source topics, one to the repartition topics. Each consumer only gets
+partitions of the topics it subscribes to, so the assignor balances every stage
+over the workers on its own (Kafka Streams gets the same from its own
+task-aware assignor, which librdkafka cannot load). All members share the group
+id, so offsets live where they always did; a checkpoint commits each member's
+offsets with that member's group metadata, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
+
+
+class GroupConsumers:
+    """Consumers of one group, each subscribed to one stage's topics; dispatches by topic."""
+
+    def __init__(self, conf: dict[str, Any], stages: list[list[str]]) -> None:
+        self.stages = [sorted(topics) for topics in stages if topics]
+        self.members = [Consumer(conf) for _ in self.stages]
+        self._of = {
+            topic: consumer
+            for consumer, topics in zip(self.members, self.stages, strict=True)
+            for topic in topics
+        }
+        self._next = 0
+
+    def of(self, topic: str) -> Consumer:
+        """The member reading ``topic``."""
+        return self._of[topic]
+
+    def subscribe(
+        self, on_assign: RebalanceCallback, on_revoke: RebalanceCallback, on_lost: RebalanceCallback
+    ) -> None:
+        for consumer, topics in zip(self.members, self.stages, strict=True):
+            consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+
+    def consume(self, num: int, timeout: float) -> list[Any]:
+        """Up to ``num`` messages from the members, taking turns so neither starves;
+        waits at most ``timeout`` in all when none has anything."""
+        members = self.members
+        if len(members) == 1:
+            return members[0].consume(num, timeout)
+        first = self._next
+        self._next = (first + 1) % len(members)
+        order = members[first:] + members[:first]
+        for consumer in order:  # what is ready, without waiting
+            msgs = consumer.consume(num, 0)
+            if msgs:
+                return msgs
+        wait = timeout / len(members)
+        for consumer in order:
+            msgs = consumer.consume(num, wait)
+            if msgs:
+                return msgs
+        return []
+
+    def by_member(self, tps: list[TopicPartition]) -> list[tuple[Consumer, list[TopicPartition]]]:
+        """``tps`` grouped by the member that reads them."""
+        out: dict[int, tuple[Consumer, list[TopicPartition]]] = {}
+        for tp in tps:
+            consumer = self._of[tp.topic]
+            out.setdefault(id(consumer), (consumer, []))[1].append(tp)
+        return list(out.values())
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        for consumer, part in self.by_member(tps):
+            consumer.pause(part)
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        for consumer, part in self.by_member(tps):
+            consumer.resume(part)
+
+    def seek(self, tp: TopicPartition) -> None:
+        self._of[tp.topic].seek(tp)
+
+    def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        out: list[TopicPartition] = []
+        for consumer, part in self.by_member(tps):
+            out.extend(consumer.committed(part, timeout=timeout))
+        return out
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False) -> tuple[int, int]:
+        return self._of[tp.topic].get_watermark_offsets(tp, cached=cached)
+
+    def close(self) -> None:
+        """Leave the group: each member's revocation runs before it goes."""
+        for consumer in self.members:
+            consumer.close()
