@@ -35,7 +35,7 @@ from operators.windowed import NO_WATERMARK
 from service.checkpoint import CheckpointCoordinator, CheckpointFailed
 from service.config import WorkerConfig
 from service.consumers import GroupConsumers
-from service.exceptions import KafkaUnavailable, WorkerFailed
+from service.exceptions import JobLoadError, KafkaUnavailable, WorkerFailed
 from service.metrics import Metrics
 from service.restore import Restorer, StatefulOperator
 from service.router import PINNED, SlotRouter
@@ -193,8 +193,17 @@ class Worker:
         self.admin = admin
         counts = partition_counts(admin, cfg.connect_timeout_s)
         for source in self.job.repartitions():
-            wanted = source.options["partitions"] or counts[source.options["upstream"]]
-            ensure_topic(admin, source.options["topic"], wanted, cfg.connect_timeout_s)
+            topic, declared = source.options["topic"], source.options["partitions"]
+            have = counts.get(topic)
+            if declared and have is not None and have != declared:
+                raise JobLoadError(
+                    f"repartition topic {topic!r} has {have} partitions but the job's"
+                    f" key_by(partitions={declared}) asks for {declared}; the keyed state"
+                    f" behind it is partitioned by the existing count. Keep partitions={have},"
+                    " or start a new --group to repartition"
+                )
+            wanted = declared or counts[source.options["upstream"]]
+            ensure_topic(admin, topic, wanted, cfg.connect_timeout_s)
         counts = partition_counts(admin, cfg.connect_timeout_s)
         self.topic_partitions = {t: counts[t] for t in self.job.source_topics()}
         if self.job.on_error == "dlq":

@@ -1088,3 +1088,30 @@ def test_source_growth_under_a_repartitioned_job_keeps_running(
     assert {partition_of[r["n"]] for r in more} == {0, 1, 2, 3}
     outputs = consume_all(kafka_bootstrap, out, None, 120)
     assert_exactly_once(outputs, inputs, partition_of)
+
+
+def test_changed_repartition_count_is_refused(kafka_bootstrap, new_topic, kafka_admin, tmp_path):
+    """A group's repartition topic exists with 4 partitions; the job now says
+    ``key_by(partitions=6)``. The keyed state behind it is partitioned by 4, so the
+    worker refuses to start (exit 2) with one line naming both counts — rather than
+    silently keeping 4 or splitting keys from their state."""
+    src, out = new_topic(partitions=4), new_topic()
+    group = new_group()
+    env = job_env(in_=src, out=out, partitions=4)
+    workers = Workers(kafka_bootstrap, group, env, FAST, tmp_path / "logs")
+    try:
+        workers.start("w1", ["--state-dir", str(tmp_path / "state")]).wait_running(60)
+        workers.stop("w1")
+        assert topic_partitions(kafka_admin, repartition_topic(group)) == 4
+        workers.env = job_env(in_=src, out=out, partitions=6)
+        again = workers.start("w1", ["--state-dir", str(tmp_path / "state")])
+        workers.live.clear()  # its exit is what we wait for
+        code = again.wait(60)
+        text = again.log_path.read_text(errors="replace")
+    finally:
+        workers.close()
+    assert code == 2, text[-2000:]
+    rep = repartition_topic(group)
+    assert f"repartition topic {rep!r} has 4 partitions but the job's" in text, text[-2000:]
+    assert "key_by(partitions=6)" in text and "Traceback" not in text, text[-2000:]
+    assert topic_partitions(kafka_admin, rep) == 4
