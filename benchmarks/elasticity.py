@@ -941,28 +941,28 @@ def markdown(info: dict[str, Any], argv: list[str], cpu: dict | None, rb: dict |
         "",
         "- Partitions reach processes through the consumer group's cooperative-sticky"
         " assignor, which balances the *number* of partitions per member over all topics"
-        " together. A member that joins a running group (a scaled-out worker; also the"
-        " supervisor's second child, as this broker, like the project's local one, sets"
-        " group.initial.rebalance.delay.ms=0 so the first child gets everything at once)"
-        " is handed a contiguous run of the sorted partition list, typically one whole"
-        " topic: one process then runs every source"
-        " partition (all of the map's CPU work) and the other only the cheap aggregate."
-        " That, not the GIL, is what keeps the keyed job from scaling when it happens"
-        " (the 'split by topic' column); the stateless control shows what two processes"
-        " give when the work is spread.",
+        " together. With one consumer per process, a member joining a running group was"
+        " handed a contiguous run of the sorted partition list, typically one whole topic:"
+        " one process ran every source partition (all of the map's CPU work) and the other"
+        " only the cheap aggregate (measured 2026-11-24: keyed 0.97x, split by topic in 3"
+        " of 3 runs). A worker of a job with repartition topics now joins with one"
+        " consumer per stage (service/consumers.py), so each stage is balanced on its own;"
+        " 'split by topic' counts runs where one process still got all source partitions.",
         "- Standby replicas tail the partitions a worker does *not* own, so they help a"
         " failover (the survivor has a warm copy) but not a join: the joining worker owns"
         " its partitions from its first assignment and restores them in full, unless its"
         " tailer happened to catch up during the revocation round.",
-        "- A restore ends when the consumer reports the end of the partition, one fetch"
-        " round after the last record (the changelog ends with a transaction marker that"
-        " the restore's position never reaches): about 0.4-1.5 s per restored partition"
-        " even when there is nothing to replay.",
+        "- A restore ends when its read_committed position reaches the changelog's log"
+        " end as of the restore's start (the end-of-partition event carries the position"
+        " past the final transaction marker): about 0.4-1.5 s per restored partition even"
+        " when there is nothing to replay.",
         "- After a kill -9 that is not followed by a restart of the same worker id, the"
         " dead worker's open transaction holds back every read_committed reader of the"
         " partitions it wrote to (output and repartition topics) until the broker aborts it"
-        " (transaction.timeout.ms, 10 s, checked periodically): the survivors keep"
-        " processing (small produce gaps) but their outputs become visible late.",
+        " (transaction.timeout.ms, 10 s, checked every second by this broker): the"
+        " survivors keep processing (small produce gaps) but their outputs become visible"
+        " late, and a restore of a changelog partition it wrote waits for that abort too"
+        " (read_committed hides what was committed after the open transaction).",
     ]
     return "\n".join(lines) + "\n"
 
