@@ -814,8 +814,8 @@ def _mixed_note(cpu: dict[str, Any]) -> list[str]:
     return [
         "Keyed runs with 2 processes where the group gave each process some source and"
         f" some repartition partitions: {', '.join(f'{v:,} rec/s ({v / one:.2f}x)' for v in mixed)}"
-        " of the 1-process median; where it split them by topic:"
-        f" {', '.join(f'{v:,}' for v in split) or 'none'} rec/s.",
+        " of the 1-process median; where it split them by topic: "
+        + (f"{', '.join(f'{v:,}' for v in split)} rec/s." if split else "no run."),
         "",
     ]
 
@@ -972,7 +972,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=("cpu", "rebalance"), default=None)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--cpu-records", type=int, default=100_000)
+    p.add_argument(
+        "--cpu-records",
+        type=int,
+        default=300_000,
+        help="records per run (300k: the first and last checkpoint and the pipeline"
+        " filling up weigh ~1-2 s, which at 100k was a quarter of a 2-process run)",
+    )
     p.add_argument("--work-us", type=float, default=50.0)
     p.add_argument(
         "--no-stateless",
