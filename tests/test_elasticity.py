@@ -298,57 +298,64 @@ def wait_for(
         time.sleep(every)
 
 
-def wait_balanced(
-    workers: Workers, ports: list[int], expected: set[tuple[str, int]], timeout: float = 90
-) -> dict[int, set[tuple[str, int]]]:
-    """Until the processes on ``ports`` together own every partition of ``expected``,
-    once each, each owning some, nothing restoring; returns who owns what."""
+Ownership = dict[int, set[tuple[str, int]]]
 
-    def settled():
+
+def wait_owned(
+    workers: Workers, ports: list[int], what: str, accept: Callable[[Ownership], bool],
+    timeout: float,
+) -> Ownership:  # fmt: skip
+    """Until who owns what (per process, from /status) is accepted; returns it."""
+
+    def ready() -> Ownership | None:
         own = ownership(ports)
-        if own is None or any(not parts for parts in own.values()):
-            return None
-        everything = [tp for parts in own.values() for tp in parts]
-        if len(everything) != len(set(everything)) or set(everything) != expected:
-            return None
-        return own
+        return own if own is not None and accept(own) else None
 
     return wait_for(
-        settled,
+        ready,
         timeout,
-        f"{len(ports)} processes to share {len(expected)} partitions",
+        what,
         every=0.3,
         on_timeout=lambda: f": {ownership(ports)}{workers.logs_tail()}",
         check=workers.check_alive,
     )
 
 
+def wait_balanced(
+    workers: Workers, ports: list[int], expected: set[tuple[str, int]], timeout: float = 90
+) -> Ownership:
+    """Until the processes on ``ports`` together own every partition of ``expected``,
+    once each, each owning some, nothing restoring; returns who owns what."""
+
+    def settled(own: Ownership) -> bool:
+        everything = [tp for parts in own.values() for tp in parts]
+        return (
+            all(own.values())
+            and len(everything) == len(set(everything))
+            and set(everything) == expected
+        )
+
+    what = f"{len(ports)} processes to share {len(expected)} partitions"
+    return wait_owned(workers, ports, what, settled, timeout)
+
+
 def wait_spread(
     workers: Workers, ports: list[int], topics: dict[str, int], timeout: float = 60
-) -> dict[int, set[tuple[str, int]]]:
+) -> Ownership:
     """Until every topic's partitions are spread evenly over the processes (counts per
     process differ by at most one), each partition owned once; returns who owns what.
     A worker joins the group with one consumer per stage (service/consumers.py), so a
     repartitioned job's source and repartition partitions are balanced each on its own."""
 
-    def spread():
-        own = ownership(ports)
-        if own is None:
-            return None
+    def even(own: Ownership) -> bool:
         for topic, n in topics.items():
             per = [sum(1 for t, _ in parts if t == topic) for parts in own.values()]
             if sum(per) != n or max(per) - min(per) > 1:
-                return None
-        return own
+                return False
+        return True
 
-    return wait_for(
-        spread,
-        timeout,
-        f"{len(ports)} processes to share each of {topics} evenly",
-        every=0.3,
-        on_timeout=lambda: f": {ownership(ports)}{workers.logs_tail()}",
-        check=workers.check_alive,
-    )
+    what = f"{len(ports)} processes to share each of {topics} evenly"
+    return wait_owned(workers, ports, what, even, timeout)
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
