@@ -95,6 +95,10 @@ class GroupConsumers:
             out.extend(consumer.committed(part, timeout=timeout))
         return out
 
+    def position(self, tp: TopicPartition) -> int:
+        """The member's next offset to return for ``tp`` (past markers); -1001 if none."""
+        return self._of[tp.topic].position([tp])[0].offset
+
     def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False) -> tuple[int, int]:
         return self._of[tp.topic].get_watermark_offsets(tp, cached=cached)
 

@@ -419,14 +419,17 @@ class Worker:
         backlog is not idle, however long since its last record was processed."""
         try:
             _, high = self.consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            # The consumer's position steps over transaction markers and aborted records
+            # (which never reach the router), so on a transactional topic — repartition
+            # topics, other exactly-once jobs' output — it reaches the end past the last
+            # commit marker. ``high`` is the last stable offset (read_committed).
+            consumed = self.consumer.position(TopicPartition(*tp))
         except KafkaException:
             return False
         if high < 0:
             return True  # nothing fetched yet from an empty partition
-        position = self.router.positions.get(tp, self.coordinator.committed.get(tp, 0))
-        # On a transactional topic (repartition topics, other exactly-once jobs' output)
-        # the last commit marker takes an offset after the last record: allow for it.
-        return position >= high - 1
+        routed = self.router.positions.get(tp, self.coordinator.committed.get(tp, 0))
+        return max(routed, consumed) >= high
 
     def _restored_watermark(self, tp: TopicPartitionKey) -> int:
         """The watermark ``tp`` had reached before a restart, from its timer operators' state."""
