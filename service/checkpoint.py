@@ -12,8 +12,9 @@ A checkpoint N, in order (the code marks each step):
    records it has already produced.
 3. **Commit.** When every slot has acknowledged:
    exactly-once — ``send_offsets_to_transaction`` (positions of step 1, each with the group
-   metadata of the member reading it) and ``commit_transaction``, then begin the next
-   transaction; at-least-once — ``flush`` (every output and changelog record
+   metadata of the member reading it; a transaction that moved no input sends the
+   committed offsets again, so the group still checks this worker's generation) and
+   ``commit_transaction``, then begin the next transaction; at-least-once — ``flush`` (every output and changelog record
    before the barrier is acknowledged by the broker) and commit the positions.
 4. **Apply.** Write the epoch's state to RocksDB in one batch, with the
    changelog offsets it is complete up to and the checkpoint id.
@@ -179,7 +180,7 @@ class CheckpointCoordinator:
             # Step 3: commit outputs and input positions together.
             if self.exactly_once:
                 if offsets or pending.writes:
-                    for member, part in self.consumer.by_member(offsets):
+                    for member, part in self.consumer.by_member(offsets or self._fencing()):
                         self.producer.send_offsets_to_transaction(
                             part, member.consumer_group_metadata(), self.commit_timeout_s
                         )
@@ -212,6 +213,17 @@ class CheckpointCoordinator:
             if ts > 0:
                 self.metrics.end_to_end_latency.observe(max(0.0, (now_ms - ts) / 1000))
         self._finish(pending, "completed", len(offsets))
+
+    def _fencing(self) -> list[TopicPartition]:
+        """Offsets to send with a transaction that moved no input (state changed by
+        timers or by an idle watermark): the committed ones again. Committing offsets
+        is what makes the group check this worker's generation, so a worker the group
+        has evicted cannot commit such a transaction for partitions it no longer owns."""
+        return [
+            TopicPartition(t, p, off)
+            for (t, p), off in self.committed.items()
+            if (t, p) in self.router.pins
+        ]
 
     def _commit_offsets(self, offsets: list[TopicPartition]) -> bool:
         """At-least-once: commit input offsets whose outputs are all acknowledged.
