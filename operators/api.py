@@ -142,6 +142,10 @@ class Job:
         """Topics the job's author named (they must exist before it runs)."""
         return sorted({n.options["topic"] for n in self.sources if not n.options.get("internal")})
 
+    def repartition_topics(self) -> list[str]:
+        """The repartition topics the job writes and reads (after `bind`)."""
+        return sorted({n.options["topic"] for n in self.repartitions()})
+
     def repartitions(self) -> list[Node]:
         """The internal sources reading repartition topics (after `bind`)."""
         return [n for n in self.sources if n.options.get("internal")]

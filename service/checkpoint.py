@@ -11,11 +11,12 @@ A checkpoint N, in order (the code marks each step):
    With it, each slot hands over its epoch's state writes, whose changelog
    records it has already produced.
 3. **Commit.** When every slot has acknowledged:
-   exactly-once — ``send_offsets_to_transaction`` (positions of step 1, each with the group
-   metadata of the member reading it; a transaction that moved no input sends the
-   committed offsets again, so the group still checks this worker's generation) and
-   ``commit_transaction``, then begin the next transaction; at-least-once — ``flush`` (every output and changelog record
-   before the barrier is acknowledged by the broker) and commit the positions.
+   exactly-once — ``send_offsets_to_transaction`` (positions of step 1, each with
+   the group metadata of the member reading it; a transaction that moved no input
+   sends the committed offsets again, so the group still checks this worker's
+   generation) and ``commit_transaction``, then begin the next transaction;
+   at-least-once — ``flush`` (every output and changelog record before the
+   barrier is acknowledged by the broker) and commit the positions.
 4. **Apply.** Write the epoch's state to RocksDB in one batch, with the
    changelog offsets it is complete up to and the checkpoint id.
 5. **Release.** Tell every slot that N is committed; held outputs go out into

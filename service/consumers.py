@@ -31,7 +31,7 @@ class GroupConsumers:
     """Consumers of one group, each subscribed to one stage's topics; dispatches by topic."""
 
     def __init__(self, conf: dict[str, Any], stages: list[list[str]]) -> None:
-        self.stages = [sorted(topics) for topics in stages if topics]
+        self.stages = [topics for topics in stages if topics]
         self.members = [Consumer(conf) for _ in self.stages]
         self._of = {
             topic: consumer
@@ -39,10 +39,6 @@ class GroupConsumers:
             for topic in topics
         }
         self._next = 0
-
-    def of(self, topic: str) -> Consumer:
-        """The member reading ``topic``."""
-        return self._of[topic]
 
     def subscribe(
         self, on_assign: RebalanceCallback, on_revoke: RebalanceCallback, on_lost: RebalanceCallback

@@ -80,7 +80,7 @@ class Worker:
         self.stopping = threading.Event()
         self.fatal: BaseException | None = None
         self.restarts = 0
-        self.renewals: list[float] = []
+        self.fencings: list[float] = []  # when the producer was last fenced
         self.size_limits: dict[str, int] = {}
         self.lag: dict[TopicPartitionKey, int] = {}
         self.holding_since: float | None = None
@@ -210,7 +210,7 @@ class Worker:
             ensure_topic(admin, self.dlq_topic, 1, cfg.connect_timeout_s)
         if self.stateful:
             self._prepare_state(admin)
-        written = [*self.job.sink_topics(), *(s.options["topic"] for s in self.job.repartitions())]
+        written = [*self.job.sink_topics(), *self.job.repartition_topics()]
         if self.job.on_error == "dlq":
             written.append(self.dlq_topic)
         self.size_limits = record_size_limits(admin, written, cfg.connect_timeout_s)
@@ -224,10 +224,8 @@ class Worker:
                     f" {exc.args[0].str()}"
                 ) from None
             self.producer.begin_transaction()
-        internal = {n.options["topic"] for n in self.job.repartitions()}
         self.consumer = GroupConsumers(
-            self._consumer_conf(),
-            [sorted(set(self.job.source_topics()) - internal), sorted(internal)],
+            self._consumer_conf(), [self.job.user_source_topics(), self.job.repartition_topics()]
         )
         self.coordinator = CheckpointCoordinator(
             self.consumer,
@@ -787,10 +785,10 @@ class Worker:
         fences any older instance in turn. If that keeps happening, another live worker
         uses this worker id."""
         now = time.monotonic()
-        self.renewals = [t for t in self.renewals if now - t < 300] + [now]
-        if len(self.renewals) > 3:
+        self.fencings = [t for t in self.fencings if now - t < 300] + [now]
+        if len(self.fencings) > 3:
             raise WorkerFailed(
-                f"producer {self.transactional_id!r} was fenced {len(self.renewals)} times in"
+                f"producer {self.transactional_id!r} was fenced {len(self.fencings)} times in"
                 f" 5 minutes ({cause}); is another worker running with --worker-id"
                 f" {self.worker_id}?"
             )

@@ -274,6 +274,8 @@ def test_repartition_plan_for_key_by_before_state():
     (internal,) = job.repartitions()
     assert internal.options["topic"] == "grp.key_by-2.repartition"
     assert job.user_source_topics() == ["in"]
+    assert job.repartition_topics() == ["grp.key_by-2.repartition"]
+    assert job.source_topics() == ["grp.key_by-2.repartition", "in"]
     assert [(n.name, t) for n, t in job.stateful()] == [("window-3", "grp.key_by-2.repartition")]
     stateless = Job("s")
     stateless.source("in").key_by(lambda r: r["k"]).map(str).sink("out")
