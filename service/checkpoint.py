@@ -33,17 +33,19 @@ import logging
 import os
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from operators.chain import Barrier
+from service.changelog import Changelogs
 from service.consumers import GroupConsumers
 from service.metrics import Metrics
 from service.router import SlotRouter
 from service.slots import FETCHER, SOURCES, Release, Slot
-from state.layout import partition_of
+from service.transaction import TransactionalOutput, TransactionFailed
 from state.store import StateStore, Write
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,16 @@ log = logging.getLogger(__name__)
 
 class CheckpointFailed(Exception):
     """Step 3 failed; nothing of this checkpoint is committed."""
+
+
+@dataclass(frozen=True)
+class StateCommit:
+    """Where step 4 writes: the store, and the changelogs it records offsets of."""
+
+    store: StateStore
+    changelogs: Changelogs
+    admin: AdminClient
+    timeout_s: float
 
 
 @dataclass
@@ -84,34 +96,26 @@ class CheckpointCoordinator:
     def __init__(
         self,
         consumer: GroupConsumers,
-        producer: Producer,
+        output: TransactionalOutput,
         router: SlotRouter,
-        slots: Callable[[], list[Slot]],
+        slots: Callable[[], Sequence[Slot]],
         metrics: Metrics,
-        exactly_once: bool,
         interval_s: float,
         commit_timeout_s: float = 30.0,
-        delivery_errors: Callable[[], list[str]] = list,
-        store: StateStore | None = None,
-        changelog_ends: Callable[[set[tuple[str, int]]], dict[tuple[str, int], int]] | None = None,
-        state_operators: dict[str, tuple[str, str]] | None = None,
+        state: StateCommit | None = None,
         slot_failure: Callable[[], BaseException | None] = lambda: None,
     ) -> None:
         self.consumer = consumer
-        self.producer = producer
+        self.output = output
         self.router = router
         self.slots = slots
         self.metrics = metrics
-        self.exactly_once = exactly_once
         self.interval_s = interval_s
         self.commit_timeout_s = commit_timeout_s
-        self.delivery_errors = delivery_errors
-        self.store = store
-        self.changelog_ends = changelog_ends
-        self.state_operators = state_operators or {}  # state -> (operator, changelog topic)
+        self.state = state
         self.slot_failure = slot_failure
         self.acks: queue.SimpleQueue[tuple[int, int, list[Write]]] = queue.SimpleQueue()
-        self.next_id = 1 + (store.last_checkpoint() if store is not None else 0)
+        self.next_id = 1 + (state.store.last_checkpoint() if state is not None else 0)
         self.stateful_commits = 0
         self._crash_after = _fault_injection()
         self.pending: Pending | None = None
@@ -177,34 +181,24 @@ class CheckpointCoordinator:
             if tp in self.router.pins and self.committed.get(tp) != off
         }
         offsets = [TopicPartition(t, p, off) for (t, p), off in changed.items()]
+        # Step 3: commit outputs and input positions together.
+        if self.output.exactly_once and not (offsets or pending.writes):
+            members = None  # nothing moved and nothing changed: nothing to commit
+        elif self.output.exactly_once:
+            members = self.consumer.by_member(offsets or self._fencing())
+        else:
+            members = self.consumer.by_member(offsets)
         try:
-            # Step 3: commit outputs and input positions together.
-            if self.exactly_once:
-                if offsets or pending.writes:
-                    for member, part in self.consumer.by_member(offsets or self._fencing()):
-                        self.producer.send_offsets_to_transaction(
-                            part, member.consumer_group_metadata(), self.commit_timeout_s
-                        )
-                    self.producer.commit_transaction(self.commit_timeout_s)
-                    self.producer.begin_transaction()
-            else:
-                left = self.producer.flush(self.commit_timeout_s)
-                if left:
-                    raise CheckpointFailed(f"{left} outputs not acknowledged after flush")
-                if offsets and not self._commit_offsets(offsets):
-                    changed = {}  # not committed: the next checkpoint commits newer ones
-            errors = self.delivery_errors()
-            if errors:
-                raise CheckpointFailed(f"output delivery failed: {errors[0]}")
-        except KafkaException as exc:
-            self._finish(pending, "failed", len(offsets), str(exc.args[0]))
-            raise CheckpointFailed(str(exc.args[0])) from exc
-        except CheckpointFailed as exc:
+            if members is None:
+                self.output.check_deliveries()
+            elif not self.output.commit(members, self.commit_timeout_s):
+                changed = {}  # not committed: the next checkpoint commits newer ones
+        except TransactionFailed as exc:
             self._finish(pending, "failed", len(offsets), str(exc))
-            raise
+            raise CheckpointFailed(str(exc)) from exc
         self.committed.update(changed)
         # Step 4: the committed epoch's state goes to RocksDB, with its changelog offsets.
-        if self.store is not None:
+        if self.state is not None:
             self._apply(pending)
         # Step 5: release outputs held since the barrier.
         for slot in self.slots():
@@ -226,37 +220,17 @@ class CheckpointCoordinator:
             if (t, p) in self.router.pins
         ]
 
-    def _commit_offsets(self, offsets: list[TopicPartition]) -> bool:
-        """At-least-once: commit input offsets whose outputs are all acknowledged.
-
-        A refused commit (typically a rebalance in progress: stale generation)
-        undoes nothing — the outputs are out — so it is retried with the next
-        checkpoint's newer offsets instead of rolling back, which would only
-        duplicate outputs. Partitions that move meanwhile were committed by the
-        synchronous checkpoint on revocation."""
-        try:
-            for member, part in self.consumer.by_member(offsets):
-                member.commit(offsets=part, asynchronous=False)
-            return True
-        except KafkaException as exc:
-            log.warning("offset commit refused (%s); retrying at the next checkpoint", exc)
-            return False
-
     def _apply(self, pending: Pending) -> None:
         offsets: dict[tuple[str, int], int] = {}
         if pending.writes:
-            touched = {
-                (self.state_operators[state][1], partition_of(skey))
-                for state, skey, _ in pending.writes
-            }
-            ends = self.changelog_ends(touched)
-            by_topic = {topic: op for op, topic in self.state_operators.values()}
-            offsets = {(by_topic[topic], p): end for (topic, p), end in ends.items()}
+            offsets = self.state.changelogs.end_offsets(
+                self.state.admin, pending.writes, self.state.timeout_s
+            )
             self.stateful_commits += 1
             if self.stateful_commits == self._crash_after:
                 log.error("fault injection: exiting between commit and state write")
                 os._exit(86)
-        self.store.apply(pending.writes, offsets, pending.id)
+        self.state.store.apply(pending.writes, offsets, pending.id)
         for slot in self.slots():
             if slot.state is not None:
                 slot.state.applied()

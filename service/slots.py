@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from confluent_kafka import KafkaException, Producer
@@ -35,8 +35,10 @@ from operators.plan import Node
 from service.exceptions import WorkerFailed
 from service.metrics import Metrics
 from state.epoch import EpochBuffer
-from state.layout import changelog_key, partition_of
 from state.store import Write
+
+if TYPE_CHECKING:
+    from service.changelog import Changelogs
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ class Slot(threading.Thread):
         on_ack: Callable[[int, int, list[Write]], None],
         on_fatal: Callable[[BaseException], None],
         state: EpochBuffer | None = None,
-        changelogs: dict[str, str] | None = None,
+        changelogs: Changelogs | None = None,
         size_limits: dict[str, int] | None = None,
     ) -> None:
         super().__init__(name=f"weir-slot-{index}", daemon=True)
@@ -163,7 +165,7 @@ class Slot(threading.Thread):
         self.on_fatal = on_fatal
         self.stats = SlotStats()
         self.state = state
-        self.changelogs = changelogs or {}  # state name -> changelog topic
+        self.changelogs = changelogs
         self.size_limits = size_limits or {}  # topic -> largest record (key + value) it takes
         self.epoch_writes: list[Write] = []
         self._chain_args = (sources, max_key_groups)
@@ -183,6 +185,16 @@ class Slot(threading.Thread):
     @property
     def slots(self) -> int:
         return len(self.peers)
+
+    @property
+    def queued(self) -> int:
+        """Records waiting in the inbox (flow control reads it)."""
+        return self.inbox.records
+
+    @property
+    def cost(self) -> float:
+        """Seconds per record, moving average (flow control sizes the queue by it)."""
+        return self.stats.cost
 
     # -- SlotContext ---------------------------------------------------------
     def produce(self, topic: str, rows: list[Row], batch: Batch) -> None:
@@ -373,10 +385,8 @@ class Slot(threading.Thread):
         if self.state is None:
             return []
         writes = self.state.freeze()
-        for state, skey, data in writes:
-            self._produce_one(
-                self.changelogs[state], changelog_key(state, skey), data, None, partition_of(skey)
-            )
+        for topic, key, data, partition in self.changelogs.records(writes):
+            self._produce_one(topic, key, data, None, partition)
         return writes
 
     def _release(self) -> None:

@@ -8,7 +8,8 @@ import time
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from service.exceptions import KafkaUnavailable
+from operators import Job
+from service.exceptions import JobLoadError, KafkaUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +90,21 @@ def record_size_limits(admin: AdminClient, topics: list[str], timeout_s: float) 
         if entry is not None and entry.value is not None:
             limits[resource.name] = int(entry.value) - RECORD_OVERHEAD
     return limits
+
+
+def provision_repartition_topics(admin: AdminClient, job: Job, timeout_s: float) -> None:
+    """Create each repartition topic with its declared count (default: its upstream
+    source's); refuse a declared count that differs from an existing topic's, as the
+    keyed state behind it is partitioned by the existing count."""
+    counts = partition_counts(admin, timeout_s)
+    for source in job.repartitions():
+        topic, declared = source.options["topic"], source.options["partitions"]
+        have = counts.get(topic)
+        if declared and have is not None and have != declared:
+            raise JobLoadError(
+                f"repartition topic {topic!r} has {have} partitions but the job's"
+                f" key_by(partitions={declared}) asks for {declared}; the keyed state"
+                f" behind it is partitioned by the existing count. Keep partitions={have},"
+                " or start a new --group to repartition"
+            )
+        ensure_topic(admin, topic, declared or counts[source.options["upstream"]], timeout_s)

@@ -1,0 +1,107 @@
+"""Kafka client settings of one worker process, in one place.
+
+Every client of the worker (the group consumers, the transactional producer, the
+admin client and the restore consumer) starts from the same base — bootstrap
+servers, a client id naming the worker, librdkafka's log routed to ours — and
+then the settings its role needs. What the user passes with ``--kafka`` comes
+last, so it wins: ``kafka.X`` reaches every client, ``kafka.consumer.X``,
+``kafka.producer.X`` and ``kafka.admin.X`` one role only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from service.config import WorkerConfig
+
+ROLES = ("consumer", "producer", "admin")
+
+
+class ClientSettings:
+    """Builds the librdkafka configuration of each of the worker's clients."""
+
+    def __init__(self, config: WorkerConfig, group: str, transactional_id: str) -> None:
+        self.config = config
+        self.group = group
+        self.transactional_id = transactional_id
+
+    @property
+    def transaction_timeout_ms(self) -> int:
+        """Short, so a dead worker's open transaction blocks read_committed readers (and
+        state restores) briefly — Kafka Streams uses 10 s — but longer than one epoch."""
+        return max(10000, 2 * self.config.checkpoint_interval_ms + 5000)
+
+    def common(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.config.bootstrap,
+            "client.id": self.transactional_id,
+            "logger": logging.getLogger("weir.kafka"),  # librdkafka's log, in our format
+        }
+
+    def passthrough(self, role: str) -> dict[str, str]:
+        """``kafka.X`` goes to every client; ``kafka.consumer.X`` etc. to that one only."""
+        out = {}
+        for key, value in self.config.kafka.items():
+            head, _, rest = key.partition(".")
+            if head in ROLES:
+                if head == role:
+                    out[rest] = value
+            else:
+                out[key] = value
+        return out
+
+    def admin(self) -> dict[str, Any]:
+        return {**self.common(), **self.passthrough("admin")}
+
+    def consumer(self) -> dict[str, Any]:
+        """A member of the job's group: manual commits inside checkpoints, read_committed."""
+        return {
+            **self.common(),
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 2000,
+            "queued.max.messages.kbytes": 16384,
+            # Notice a source topic that gains partitions within 30 s (default 5 min).
+            "topic.metadata.refresh.interval.ms": 30000,
+            # librdkafka >= 2.3 backs off 1 s once its prefetch queue is full, which
+            # starves a fast pipeline on a backlog; keep refilling it promptly.
+            "fetch.queue.backoff.ms": 10,
+            **self.passthrough("consumer"),
+        }
+
+    def restore_consumer(self) -> dict[str, Any]:
+        """The restorer's consumer: assigned partitions only, never a group member."""
+        return {
+            **self.consumer(),
+            "group.id": f"{self.group}.restore",
+            "enable.partition.eof": True,
+            "client.id": f"{self.transactional_id}.restore",
+        }
+
+    def producer(
+        self, size_limits: dict[str, int], on_delivery: Callable[[Any, Any], None]
+    ) -> dict[str, Any]:
+        """The worker's one producer; transactional under exactly-once."""
+        conf: dict[str, Any] = {
+            **self.common(),
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",  # the Java client's: same key, same partition
+            "queue.buffering.max.messages": 500000,
+            # Batches must fit the smallest topic limit, or the broker refuses them whole.
+            "batch.size": min([1_000_000, *(v + 512 for v in size_limits.values())]),
+            "delivery.report.only.error": True,
+            "on_delivery": on_delivery,
+        }
+        if self.config.exactly_once:
+            conf["transactional.id"] = self.transactional_id
+            conf["transaction.timeout.ms"] = self.transaction_timeout_ms
+        conf.update(self.passthrough("producer"))
+        return conf
