@@ -19,10 +19,15 @@ offsets with that member's group metadata, in the same transaction.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from service.exceptions import WorkerFailed
+
+log = logging.getLogger(__name__)
 
 RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 
@@ -47,8 +52,12 @@ class GroupConsumers:
             consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
 
     def consume(self, num: int, timeout: float) -> list[Any]:
-        """Up to ``num`` messages from the members, taking turns so neither starves;
-        waits at most ``timeout`` in all when none has anything."""
+        """Up to ``num`` records from the members, taking turns so neither starves;
+        waits at most ``timeout`` in all when none has anything. Error events are
+        logged and left out; a fatal one raises `WorkerFailed`."""
+        return _records(self._consume(num, timeout))
+
+    def _consume(self, num: int, timeout: float) -> list[Any]:
         members = self.members
         if len(members) == 1:
             return members[0].consume(num, timeout)
@@ -91,6 +100,25 @@ class GroupConsumers:
             out.extend(consumer.committed(part, timeout=timeout))
         return out
 
+    def seek_to_committed(
+        self, partitions: list[tuple[str, int]], timeout: float
+    ) -> dict[tuple[str, int], int]:
+        """Rewind ``partitions`` to their committed offsets (the start where none is
+        committed); returns the committed offsets found."""
+        if not partitions:
+            return {}
+        committed = self.committed([TopicPartition(t, p) for t, p in partitions], timeout)
+        out = {}
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            try:
+                self.seek(TopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as exc:
+                log.warning("seek %s[%d] to %d: %s", tp.topic, tp.partition, offset, exc)
+            if tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = tp.offset
+        return out
+
     def position(self, tp: TopicPartition) -> int:
         """The member's next offset to return for ``tp`` (past markers); -1001 if none."""
         return self._of[tp.topic].position([tp])[0].offset
@@ -102,3 +130,16 @@ class GroupConsumers:
         """Leave the group: each member's revocation runs before it goes."""
         for consumer in self.members:
             consumer.close()
+
+
+def _records(msgs: list[Any]) -> list[Any]:
+    """The records among ``msgs``; error events are logged, a fatal one raises."""
+    ok = [m for m in msgs if m.error() is None]
+    if len(ok) != len(msgs):
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise WorkerFailed(f"consumer failed: {err.str()}")
+                log.warning("consumer: %s", err.str())
+    return ok

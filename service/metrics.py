@@ -7,6 +7,8 @@ per checkpoint, never per record.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -29,6 +31,7 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         self.job = job
+        self._in_counters: dict[tuple[str, int], Any] = {}
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(f"weir_{name}", doc, ("job", *labels), registry=r)
@@ -102,3 +105,13 @@ class Metrics:
             "From a source record's Kafka timestamp to its output being committed.",
             _LATENCY_BUCKETS,
         ).labels(job)
+
+    def count_in(self, counts: dict[tuple[str, int], int]) -> None:
+        """Records consumed per partition, once per fetched batch (label lookups cached)."""
+        for tp, n in counts.items():
+            counter = self._in_counters.get(tp)
+            if counter is None:
+                counter = self._in_counters[tp] = self.records_in.labels(
+                    self.job, tp[0], str(tp[1])
+                )
+            counter.inc(n)

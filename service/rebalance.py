@@ -79,8 +79,7 @@ class Rebalancer:
         self.rollback = rollback
         self.fail = fail
         self.coordinator: CheckpointCoordinator | None = None
-        self.restorer: Restorer | None = None
-        self.standby = False
+        self.restorer: Restorer | None = None  # set when the job has keyed state
         self.restoring: dict[TopicPartitionKey, int] = {}  # partition -> restore token
         self.failed = False  # a failed worker commits nothing more
 
@@ -192,7 +191,7 @@ class Rebalancer:
 
     def _update_standby(self) -> None:
         """Standby replicas: warm copies of every stateful partition this worker does not own."""
-        if self.restorer is None or not self.standby:
+        if self.restorer is None or not self.restorer.standby_enabled:
             return
         every = {
             (t, p)

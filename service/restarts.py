@@ -9,8 +9,13 @@ doubles it per restart up to ``MAX_DELAY_S``, ``none`` never restarts. After
 
 from __future__ import annotations
 
+import logging
+
 from service.config import WorkerConfig
 from service.exceptions import WorkerFailed
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 MAX_DELAY_S = 60.0  # well within max.poll.interval.ms: the wait never costs the group
 
@@ -18,7 +23,8 @@ MAX_DELAY_S = 60.0  # well within max.poll.interval.ms: the wait never costs the
 class RestartStrategy:
     """Counts restarts and says how long to wait before the next one."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, metrics: Metrics) -> None:
+        self.metrics = metrics
         self.strategy = config.restart_strategy
         self.attempts = config.restart_attempts
         self.delay_s = config.restart_delay_ms / 1000
@@ -35,4 +41,12 @@ class RestartStrategy:
         if self.strategy == "exponential-delay":
             delay = min(MAX_DELAY_S, delay * 2**self.restarts)
         self.restarts += 1
+        self.metrics.restarts.labels(self.metrics.job).inc()
+        log.warning(
+            "slot failed (%s); restart %d of %d from the last checkpoint in %.1fs",
+            cause,
+            self.restarts,
+            self.attempts,
+            delay,
+        )
         return delay

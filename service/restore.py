@@ -39,7 +39,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from service.changelog import StatefulOperator
+from service.changelog import Changelogs, StatefulOperator
+from service.clients import ClientSettings
+from service.config import WorkerConfig
 from service.metrics import Metrics
 from state.layout import split_changelog_key
 from state.store import StateStore
@@ -116,6 +118,29 @@ class Restorer(threading.Thread):
         self._tokens = 0
         self._active: dict[tuple[str, int], _Changelog] = {}
         self._requests: dict[TopicPartitionKey, _Request] = {}
+
+    @classmethod
+    def for_worker(
+        cls,
+        settings: ClientSettings,
+        admin: AdminClient,
+        store: StateStore,
+        changelogs: Changelogs,
+        metrics: Metrics,
+        config: WorkerConfig,
+    ) -> Restorer:
+        """The restorer of a worker process (not started)."""
+        return cls(
+            settings.restore_consumer(),
+            admin,
+            store,
+            changelogs.operators,
+            metrics,
+            # A restore may wait for a dead worker's open transaction: the broker
+            # aborts it after its timeout, checking every 10 s by default.
+            stall_timeout_s=max(60.0, 2 * settings.transaction_timeout_ms / 1000 + 20),
+            standby=config.standby_replicas > 0,
+        )
 
     def submit(self, tp: TopicPartitionKey) -> int:
         """Restore ``tp``'s state; returns the token its completion will carry."""

@@ -8,6 +8,7 @@ leaves the worker loses its lag series at once, so no stale series remain.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
 
@@ -21,23 +22,24 @@ TopicPartitionKey = tuple[str, int]
 class MetricsSampler:
     """Owns the sampled gauges and the lag per partition that /status shows."""
 
-    def __init__(self, metrics: Metrics, changelogs: Changelogs) -> None:
+    def __init__(self, metrics: Metrics, changelogs: Changelogs, slots: Iterable) -> None:
         self.metrics = metrics
         self.changelogs = changelogs
+        self.slots = slots
         self.lag: dict[TopicPartitionKey, int] = {}
 
     def sample(
         self,
         elapsed: float,
-        slots: Iterable,
         full_slots: set[int],
         partitions: Iterable[TopicPartitionKey],
-        consumer: object,
+        consumer: Any,
         committed: dict[TopicPartitionKey, int],
         store: StateStore | None,
     ) -> None:
+        """Gauges over the last ``elapsed`` seconds."""
         m, job = self.metrics, self.metrics.job
-        for slot in slots:
+        for slot in self.slots:
             busy, slot.stats.busy_s = slot.stats.busy_s, 0.0
             m.slot_busy_ratio.labels(job, str(slot.slot)).set(min(1.0, busy / elapsed))
             m.slot_backpressure_ratio.labels(job, str(slot.slot)).set(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from operators import Job
+from operators.chain import Batch
 from service.changelog import Changelogs
 from service.metrics import Metrics
 from service.router import PINNED, SlotRouter
@@ -97,6 +98,12 @@ class SlotPool:
             slot.join(max(0.0, deadline - time.monotonic()))
             if slot.is_alive():
                 log.warning("slot %d did not stop within %.0fs; abandoning it", slot.slot, timeout)
+
+    def dispatch(self, per_slot: list[list[Batch]]) -> None:
+        """Hand each slot its routed batches (one inbox hand-off per batch)."""
+        for slot, batches in zip(self.slots, per_slot, strict=True):
+            for batch in batches:
+                slot.inbox.put(SOURCES, FETCHER, batch, len(batch.elems))
 
     def broadcast(self, item: Any) -> None:
         for slot in self.slots:

@@ -108,3 +108,20 @@ def provision_repartition_topics(admin: AdminClient, job: Job, timeout_s: float)
                 " or start a new --group to repartition"
             )
         ensure_topic(admin, topic, declared or counts[source.options["upstream"]], timeout_s)
+
+
+def provision_job_topics(
+    admin: AdminClient, job: Job, dlq_topic: str, timeout_s: float
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Before a worker joins its group: check the job's own topics exist, create Weir's
+    (repartition topics, the dead-letter topic). Returns the partition count of every
+    topic the job reads, and the record size limit of every topic it writes."""
+    require_topics(admin, job.user_source_topics(), job.sink_topics(), timeout_s)
+    provision_repartition_topics(admin, job, timeout_s)
+    counts = partition_counts(admin, timeout_s)
+    written = [*job.sink_topics(), *job.repartition_topics()]
+    if job.on_error == "dlq":
+        ensure_topic(admin, dlq_topic, 1, timeout_s)
+        written.append(dlq_topic)
+    read = {t: counts[t] for t in job.source_topics()}
+    return read, record_size_limits(admin, written, timeout_s)

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from operators import Job
 from operators.windowed import NO_WATERMARK
 
 TopicPartitionKey = tuple[str, int]
@@ -71,6 +72,18 @@ class WatermarkTracker:
         self.watermark = NO_WATERMARK
         self._active_since: dict[TopicPartitionKey, float] = {}
         self._all_idle: tuple[float, int] | None = None  # since when, from which watermark
+
+    @classmethod
+    def for_job(cls, job: Job) -> WatermarkTracker:
+        """A tracker of the job's sources that feed event-time operators."""
+        return cls(
+            {
+                src.options["topic"]: SourceClock(
+                    round(src.options["max_out_of_orderness"] * 1000), src.options["idle_timeout"]
+                )
+                for src in job.event_time_sources()
+            }
+        )
 
     def __bool__(self) -> bool:
         return bool(self.sources)

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from operators import Job
 from service.changelog import Changelogs
@@ -50,17 +50,9 @@ from service.restore import Restorer
 from service.router import SlotRouter
 from service.sampler import MetricsSampler
 from service.slot_pool import SlotPool
-from service.slots import FETCHER, SOURCES
-from service.topics import (
-    connect_admin,
-    ensure_topic,
-    partition_counts,
-    provision_repartition_topics,
-    record_size_limits,
-    require_topics,
-)
+from service.topics import connect_admin, provision_job_topics
 from service.transaction import TransactionalOutput, TransactionFailed
-from service.watermarks import SlotProgress, SourceClock, WatermarkTracker
+from service.watermarks import SlotProgress, WatermarkTracker
 from state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -86,19 +78,12 @@ class Worker:
         self.output = TransactionalOutput(
             self.settings, config.exactly_once, config.connect_timeout_s
         )
-        self.watermarks = WatermarkTracker(
-            {
-                src.options["topic"]: SourceClock(
-                    round(src.options["max_out_of_orderness"] * 1000), src.options["idle_timeout"]
-                )
-                for src in job.event_time_sources()
-            }
-        )
-        self.sampler = MetricsSampler(self.metrics, self.changelogs)
+        self.watermarks = WatermarkTracker.for_job(job)
         self.slots = SlotPool(
             job, config.slots, self.dlq_topic, self.metrics, self.changelogs, self._on_slot_fatal
         )
-        self.restarts = RestartStrategy(config)
+        self.sampler = MetricsSampler(self.metrics, self.changelogs, self.slots)
+        self.restarts = RestartStrategy(config, self.metrics)
         self.stopping = threading.Event()
         self.fatal: BaseException | None = None
         self.size_limits: dict[str, int] = {}
@@ -108,7 +93,6 @@ class Worker:
         self.consumer: GroupConsumers | None = None
         self.admin: Any = None
         self.store: StateStore | None = None
-        self.restorer: Restorer | None = None
         self.flow: FlowControl | None = None
         self.coordinator: CheckpointCoordinator | None = None
         self.rebalancer: Rebalancer | None = None
@@ -117,23 +101,16 @@ class Worker:
     def prepare(self) -> None:
         """Check Kafka and the topics, create Weir's own, and open the clients."""
         cfg, timeout = self.config, self.config.connect_timeout_s
-        admin = connect_admin(self.settings.admin(), cfg.bootstrap, timeout)
-        require_topics(admin, self.job.user_source_topics(), self.job.sink_topics(), timeout)
-        self.admin = admin
-        provision_repartition_topics(admin, self.job, timeout)
-        counts = partition_counts(admin, timeout)
-        self.topic_partitions = {t: counts[t] for t in self.job.source_topics()}
-        written = [*self.job.sink_topics(), *self.job.repartition_topics()]
-        if self.job.on_error == "dlq":
-            ensure_topic(admin, self.dlq_topic, 1, timeout)
-            written.append(self.dlq_topic)
+        self.admin = admin = connect_admin(self.settings.admin(), cfg.bootstrap, timeout)
+        self.topic_partitions, self.size_limits = provision_job_topics(
+            admin, self.job, self.dlq_topic, timeout
+        )
         state = None
         if self.changelogs:
             self.changelogs.provision(admin, timeout)
             path = Path(cfg.state_dir) / self.group / self.worker_id
             self.store = StateStore(path, self.changelogs.states)
             state = StateCommit(self.store, self.changelogs, admin, timeout)
-        self.size_limits = record_size_limits(admin, written, timeout)
         self.output.open(self.size_limits)
         self.consumer = GroupConsumers(
             self.settings.consumer(),
@@ -169,28 +146,19 @@ class Worker:
             fail=self._fail,
         )
         self.rebalancer.coordinator = self.coordinator
+        if self.changelogs:
+            self.rebalancer.restorer = Restorer.for_worker(
+                self.settings, admin, self.store, self.changelogs, self.metrics, cfg
+            )
 
     def run(self) -> None:
         """Process until `stop`; raises on failure."""
         if self.consumer is None:
             self.prepare()
         self._start_slots()
-        if self.changelogs:
-            self.restorer = Restorer(
-                self.settings.restore_consumer(),
-                self.admin,
-                self.store,
-                self.changelogs.operators,
-                self.metrics,
-                # A restore may wait for a dead worker's open transaction: the broker
-                # aborts it after its timeout, checking every 10 s by default.
-                stall_timeout_s=max(60.0, 2 * self.settings.transaction_timeout_ms / 1000 + 20),
-                standby=self.config.standby_replicas > 0,
-            )
-            self.restorer.start()
-            self.rebalancer.restorer = self.restorer
-            self.rebalancer.standby = self.config.standby_replicas > 0
         r = self.rebalancer
+        if r.restorer is not None:
+            r.restorer.start()
         self.consumer.subscribe(r.on_assign, r.on_revoke, r.on_lost)
         log.info(
             "worker %s running job %s: group=%s slots=%d guarantee=%s",
@@ -217,9 +185,6 @@ class Worker:
     def _loop(self) -> None:
         consumer, router, coordinator = self.consumer, self.router, self.coordinator
         flow, rebalancer = self.flow, self.rebalancer
-        records_in = self.metrics.records_in
-        job = self.job.name
-        in_counters: dict[TopicPartitionKey, Any] = {}
         progress = SlotProgress(self.slots, consumer, router, lambda: coordinator.committed)
         last_sample = last_watermark = time.monotonic()
         self.state = "running"
@@ -241,15 +206,9 @@ class Worker:
             if rebalancer.restoring:  # Step 5
                 rebalancer.restores_done()
             if msgs:  # Step 6
-                per_slot, counts = router.route(self._without_errors(msgs))
-                for slot, batches in zip(self.slots, per_slot, strict=True):
-                    for batch in batches:
-                        slot.inbox.put(SOURCES, FETCHER, batch, len(batch.elems))
-                for tp, n in counts.items():
-                    counter = in_counters.get(tp)
-                    if counter is None:
-                        counter = in_counters[tp] = records_in.labels(job, tp[0], str(tp[1]))
-                    counter.inc(n)
+                per_slot, counts = router.route(msgs)
+                self.slots.dispatch(per_slot)
+                self.metrics.count_in(counts)
             try:  # Step 7
                 coordinator.poll()
                 if coordinator.due():
@@ -266,7 +225,6 @@ class Worker:
             if now - last_sample >= 1.0:
                 self.sampler.sample(
                     now - last_sample,
-                    self.slots,
                     flow.full_slots,
                     router.partitions,
                     consumer,
@@ -274,17 +232,6 @@ class Worker:
                     self.store,
                 )
                 last_sample = now
-
-    def _without_errors(self, msgs: list[Any]) -> list[Any]:
-        ok = [m for m in msgs if m.error() is None]
-        if len(ok) != len(msgs):
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.fatal():
-                        raise WorkerFailed(f"consumer failed: {err.str()}")
-                    log.warning("consumer: %s", err.str())
-        return ok
 
     # -- slots ----------------------------------------------------------------
     def _start_slots(self) -> None:
@@ -311,16 +258,7 @@ class Worker:
         if isinstance(exc, WorkerFailed):  # the job's error policy says stop
             raise exc
         cause = f"{type(exc).__name__}: {exc}"
-        delay = self.restarts.next_delay(cause, exc)
-        self.metrics.restarts.labels(self.job.name).inc()
-        log.warning(
-            "slot failed (%s); restart %d of %d from the last checkpoint in %.1fs",
-            cause,
-            self.restarts.restarts,
-            self.restarts.attempts,
-            delay,
-        )
-        self.stopping.wait(delay)
+        self.stopping.wait(self.restarts.next_delay(cause, exc))
         self._rollback(f"restart after: {cause}")
 
     # -- checkpoints and failure ----------------------------------------------------
@@ -335,27 +273,13 @@ class Worker:
         log.warning("rolling back to the last committed checkpoint: %s", reason)
         self.slots.stop(self.config.shutdown_timeout_s)
         self.output.restart()
-        committed = self._seek_to_committed()
+        committed = self.consumer.seek_to_committed(
+            self.router.partitions, self.config.connect_timeout_s
+        )
         self.router.reset_positions()
         self.coordinator.reset(committed)
         self.flow.reset(self.rebalancer.restoring)
         self._start_slots()
-
-    def _seek_to_committed(self) -> dict[TopicPartitionKey, int]:
-        tps = [TopicPartition(t, p) for t, p in self.router.partitions]
-        if not tps:
-            return {}
-        committed = self.consumer.committed(tps, timeout=self.config.connect_timeout_s)
-        out = {}
-        for tp in committed:
-            offset = tp.offset if tp.offset >= 0 else -2  # OFFSET_BEGINNING
-            try:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-            except KafkaException as exc:
-                log.warning("seek %s[%d] to %d: %s", tp.topic, tp.partition, offset, exc)
-            if tp.offset >= 0:
-                out[(tp.topic, tp.partition)] = tp.offset
-        return out
 
     def _shutdown(self) -> None:
         """Clean stop: last checkpoint, leave the group, stop the slots."""
@@ -370,10 +294,11 @@ class Worker:
         log.info("stopped")
 
     def _close_state(self) -> None:
-        if self.restorer is not None:
-            self.restorer.stop()
-            self.restorer.join(10)
-        if self.store is not None and not (self.restorer and self.restorer.is_alive()):
+        restorer = self.rebalancer.restorer if self.rebalancer is not None else None
+        if restorer is not None:
+            restorer.stop()
+            restorer.join(10)
+        if self.store is not None and not (restorer and restorer.is_alive()):
             self.store.close()
 
     def _abandon(self) -> None:
