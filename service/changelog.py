@@ -40,7 +40,7 @@ TopicPartitionKey = tuple[str, int]
 
 
 def changelog_topic(group: str, operator: str) -> str:
-    """The changelog topic of ``operator`` in ``group`` (a DESIGN.md contract)."""
+    """The changelog topic of ``operator`` in ``group`` (a contract: docs/architecture.md)."""
     return f"{group}.{operator}.changelog"
 
 

@@ -26,7 +26,8 @@ log = logging.getLogger("weir")
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
-    """The worker flags of DESIGN.md; each is also WEIR_<NAME> and a --config TOML key."""
+    """The worker flags (a contract, docs/architecture.md); each is also WEIR_<NAME>
+    and a --config TOML key."""
     p.add_argument("--config", help="TOML file with settings (flags and WEIR_* env win)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default 127.0.0.1:9092)")
     p.add_argument("--group", help="consumer group / job id (default: the job's name)")

@@ -1,4 +1,5 @@
-"""Prometheus metrics: the names in DESIGN.md, all prefixed ``weir_`` and labelled ``job``.
+"""Prometheus metrics: the contract's names (docs/architecture.md), prefixed ``weir_``,
+labelled ``job``.
 
 Each worker process owns one `Metrics` (its own registry, so tests may run
 several workers in one interpreter). Callers update metrics once per batch or
