@@ -25,3 +25,8 @@ class WorkerFailed(WeirError):
     """The worker stopped because processing failed (error policy ``fail``, fencing, ...)."""
 
     exit_code = 1
+
+
+class DuplicateWorker(WeirError):
+    """Another live worker uses this worker id (its state directory or its
+    transactional id): a deployment mistake, not to be restarted."""

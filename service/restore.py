@@ -35,6 +35,7 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -211,6 +212,29 @@ class Restorer(threading.Thread):
         )
         return low, end
 
+    def _topic_id(self, topic: str) -> str:
+        """The topic's id: a changelog deleted and created again gets a new one."""
+        futures = self.admin.describe_topics(TopicCollection([topic]), request_timeout=30)
+        return str(futures[topic].result(timeout=30).topic_id)
+
+    def _stale(
+        self, op: StatefulOperator, partition: int, start: int | None, low: int, end: int, cid: str
+    ) -> str | None:
+        """Why the local copy of a changelog partition cannot be resumed, if it cannot:
+        older than what the log still holds (compacted or deleted), ahead of its end,
+        or restored from another topic of the same name (deleted and recreated, or a
+        new cluster under an old volume). Kafka Streams wipes such state too."""
+        if start is None:
+            return None
+        recorded = self.store.changelog_id(op.name, partition)
+        if recorded is not None and recorded != cid:
+            return f"local state came from another changelog topic (id {recorded}, now {cid})"
+        if start < low:
+            return f"local state at offset {start} is older than the log start {low}"
+        if start > end:
+            return f"local state at offset {start} is ahead of the changelog's end {end}"
+        return None
+
     def _begin(self, consumer: Consumer, source: TopicPartitionKey, token: int) -> None:
         now = time.monotonic()
         request = self._requests[source] = _Request(token, now, 0)
@@ -220,16 +244,16 @@ class Restorer(threading.Thread):
                 continue
             tp = TopicPartition(op.changelog, partition)
             low, end = self._end_offsets(tp)
+            changelog_id = self._topic_id(op.changelog)
             start = self.store.changelog_offset(op.name, partition)
-            if start is None or start < low:
-                if start is not None:
-                    log.warning(
-                        "%s[%d]: local state at offset %d is older than the log start %d"
-                        " (compacted or deleted); rebuilding it from the changelog",
-                        op.changelog, partition, start, low,
-                    )  # fmt: skip
+            stale = self._stale(op, partition, start, low, end, changelog_id)
+            if stale:
+                log.warning("%s[%d]: %s; rebuilding it from the changelog",
+                            op.changelog, partition, stale)  # fmt: skip
+            if start is None or stale:
                 self.store.wipe(op.name, op.states, partition)
                 start = low
+            self.store.restore([], op.name, partition, start, changelog_id)
             if start >= end:
                 self.store.restore([], op.name, partition, max(start, end))
                 continue

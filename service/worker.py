@@ -41,7 +41,7 @@ from service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCom
 from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.consumers import GroupConsumers
-from service.exceptions import WorkerFailed
+from service.exceptions import DuplicateWorker, WorkerFailed
 from service.flow import FlowControl
 from service.metrics import Metrics
 from service.rebalance import Rebalancer
@@ -53,6 +53,7 @@ from service.slot_pool import SlotPool
 from service.topics import connect_admin, provision_job_topics
 from service.transaction import TransactionalOutput, TransactionFailed
 from service.watermarks import SlotProgress, WatermarkTracker
+from state.exceptions import StateDirectoryLocked, StateError
 from state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,12 @@ class Worker:
         if self.changelogs:
             self.changelogs.provision(admin, timeout)
             path = Path(cfg.state_dir) / self.group / self.worker_id
-            self.store = StateStore(path, self.changelogs.states)
+            try:
+                self.store = StateStore(path, self.changelogs.states)
+            except StateDirectoryLocked as exc:
+                raise DuplicateWorker(str(exc)) from None
+            except StateError as exc:
+                raise WorkerFailed(str(exc)) from None
             state = StateCommit(self.store, self.changelogs, admin, timeout)
         self.output.open(self.size_limits)
         self.consumer = GroupConsumers(

@@ -6,20 +6,29 @@ database is complete, and the id of the last checkpoint applied. Every write
 goes through `StateStore.apply` or `StateStore.restore`, each one RocksDB write
 batch, so data and its offsets change together or not at all.
 
-A database that cannot be opened (corrupt, or written by an incompatible
-format) is discarded with a warning; the changelogs rebuild it.
+Opening takes an exclusive lock on ``<path>.lock`` first (``flock``, released by
+the kernel when the process dies, so a crashed worker never leaves it behind).
+A directory held by another live process — the same ``--worker-id`` and
+``--state-dir`` started twice — is refused with `StateDirectoryLocked` naming the
+directory and the holder's pid, and never touched. Only a database proven
+corrupt (RocksDB reports corruption) or written in another format is discarded,
+with a warning; the changelogs rebuild it. Any other failure to open is an error.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 import struct
 from collections.abc import Iterable
 from pathlib import Path
+from typing import IO
 
 from rocksdict import Options, Rdict, WriteBatch
 
+from state.exceptions import StateDirectoryLocked, StateError
 from state.layout import partition_range
 
 log = logging.getLogger(__name__)
@@ -46,10 +55,18 @@ class StateStore:
     def __init__(self, path: Path, states: Iterable[str]) -> None:
         self.path = Path(path)
         self.states = sorted(set(states))
+        self._lock: IO[str] | None = _lock_directory(self.path)
         try:
             self._open()
-        except Exception as exc:  # rocksdict raises plain Exceptions for corruption
+        except _Unusable as exc:
             log.warning("discarding local state at %s (%s); rebuilding from changelogs", path, exc)
+            self._discard()
+            self._open()
+        except Exception as exc:  # rocksdict raises plain Exceptions
+            if "corruption" not in str(exc).lower():
+                self._unlock()
+                raise StateError(f"cannot open local state at {self.path}: {exc}") from None
+            log.warning("discarding corrupt local state at %s (%s); rebuilding", path, exc)
             self._discard()
             self._open()
 
@@ -64,8 +81,8 @@ class StateStore:
         if fmt is None and not existing - {"default", META}:
             self.meta[_FORMAT_KEY] = FORMAT
         elif fmt != FORMAT:
-            self.close()
-            raise ValueError(f"state format {fmt!r}, expected {FORMAT!r}")
+            self._close_db()
+            raise _Unusable(f"state format {fmt!r}, expected {FORMAT!r}")
         self.columns = {name: self.db.get_column_family(name) for name in self.states}
         self.handles = {name: self.db.get_column_family_handle(name) for name in self.states}
         self.meta_handle = self.db.get_column_family_handle(META)
@@ -74,10 +91,19 @@ class StateStore:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
+        self._close_db()
+        self._unlock()
+
+    def _close_db(self) -> None:
         self.columns = {}
         self.handles = {}
         self.meta = self.meta_handle = None
         self.db.close()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
 
     # -- reads --------------------------------------------------------------
     def get(self, state: str, skey: bytes) -> bytes | None:
@@ -87,6 +113,11 @@ class StateStore:
         """Next changelog offset to read for this operator's partition, if recorded."""
         data = self.meta.get(_offset_key(operator, partition))
         return None if data is None else _U64.unpack(data)[0]
+
+    def changelog_id(self, operator: str, partition: int) -> str | None:
+        """The id of the changelog topic this partition's local state came from."""
+        data = self.meta.get(_id_key(operator, partition))
+        return None if data is None else data.decode()
 
     def last_checkpoint(self) -> int:
         data = self.meta.get(_CHECKPOINT_KEY)
@@ -125,10 +156,20 @@ class StateStore:
         batch.put(_CHECKPOINT_KEY, _U64.pack(checkpoint_id), self.meta_handle)
         self.db.write(batch)
 
-    def restore(self, writes: Iterable[Write], operator: str, partition: int, offset: int) -> None:
-        """Changelog records of one partition, and the offset after them: one batch."""
+    def restore(
+        self,
+        writes: Iterable[Write],
+        operator: str,
+        partition: int,
+        offset: int,
+        changelog_id: str | None = None,
+    ) -> None:
+        """Changelog records of one partition, and the offset after them: one batch
+        (with the changelog topic's id, when a restore starts)."""
         batch = self._batch(writes)
         batch.put(_offset_key(operator, partition), _U64.pack(offset), self.meta_handle)
+        if changelog_id is not None:
+            batch.put(_id_key(operator, partition), changelog_id.encode(), self.meta_handle)
         self.db.write(batch)
 
     def _batch(self, writes: Iterable[Write]) -> WriteBatch:
@@ -147,7 +188,38 @@ class StateStore:
         for state in states:
             self.columns[state].delete_range(start, end)
         self.meta.delete(_offset_key(operator, partition))
+        self.meta.delete(_id_key(operator, partition))
+
+
+class _Unusable(Exception):
+    """The database opened but holds another format: rebuild it."""
+
+
+def _lock_directory(path: Path) -> IO[str]:
+    """Hold ``<path>.lock`` exclusively for this process's life; the file records the
+    holder's pid, so a refusal can name it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 - held open
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise StateDirectoryLocked(
+            f"state directory {path} is in use by another live process (pid {holder});"
+            " is a worker with the same --worker-id and --state-dir already running?"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 def _offset_key(operator: str, partition: int) -> bytes:
     return b"offset/" + operator.encode() + b"/" + str(partition).encode()
+
+
+def _id_key(operator: str, partition: int) -> bytes:
+    return b"changelog-id/" + operator.encode() + b"/" + str(partition).encode()
