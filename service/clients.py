@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+from confluent_kafka import KafkaException
 
 from service.config import WorkerConfig
+from service.exceptions import ConfigError
 
 ROLES = ("consumer", "producer", "admin")
+Client = TypeVar("Client")
 
 
 class ClientSettings:
@@ -51,6 +55,21 @@ class ClientSettings:
             else:
                 out[key] = value
         return out
+
+    def open(self, factory: Callable[[dict[str, Any]], Client], conf: dict[str, Any]) -> Client:
+        """A client built from ``conf``; a setting librdkafka refuses stops the worker
+        with one line in which no ``--kafka`` value appears (they may be secrets)."""
+        try:
+            return factory(conf)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(f"Kafka client settings refused: {self.redact(str(exc))}") from None
+
+    def redact(self, text: str) -> str:
+        """``text`` with every ``--kafka`` value replaced by ``***``."""
+        for value in sorted(self.config.kafka.values(), key=len, reverse=True):
+            if value:
+                text = text.replace(value, "***")
+        return text
 
     def admin(self) -> dict[str, Any]:
         return {**self.common(), **self.passthrough("admin")}

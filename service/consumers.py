@@ -25,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from service.clients import ClientSettings
 from service.exceptions import WorkerFailed
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,9 @@ RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 class GroupConsumers:
     """Consumers of one group, each subscribed to one stage's topics; dispatches by topic."""
 
-    def __init__(self, conf: dict[str, Any], stages: list[list[str]]) -> None:
+    def __init__(self, settings: ClientSettings, stages: list[list[str]]) -> None:
         self.stages = [topics for topics in stages if topics]
-        self.members = [Consumer(conf) for _ in self.stages]
+        self.members = [settings.open(Consumer, settings.consumer()) for _ in self.stages]
         self._of = {
             topic: consumer
             for consumer, topics in zip(self.members, self.stages, strict=True)

@@ -19,6 +19,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.exceptions import WeirError
 from service.jobfile import load_job
@@ -77,7 +78,8 @@ def run_demo(bootstrap: str | None, count: int) -> int:
         print(f"broker up at {bootstrap}")
     try:
         job = load_job(str(EXAMPLE))
-        admin = connect_admin({"bootstrap.servers": bootstrap}, bootstrap, 15)
+        settings = ClientSettings(WorkerConfig(bootstrap=bootstrap), "weir-demo", "weir-demo")
+        admin = connect_admin(settings, bootstrap, 15)
         for topic in (*job.source_topics(), *job.sink_topics()):
             ensure_topic(admin, topic, 3, 15)
         start = _end_offsets(bootstrap, "sensor-stats", admin)

@@ -15,6 +15,7 @@ forwarded to every child; the supervisor exits once they all have.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -30,32 +31,57 @@ HEALTHY_AFTER_S = 60.0
 
 
 class Child:
-    def __init__(self, index: int, argv: list[str]) -> None:
+    def __init__(self, index: int, argv: list[str], env: dict[str, str]) -> None:
         self.index = index
         self.argv = argv
+        self.env = env
         self.proc: subprocess.Popen | None = None
         self.started = 0.0
         self.backoff = 1.0
         self.restart_at: float | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv)
+        self.proc = subprocess.Popen(self.argv, env=self.env)
         self.started = time.monotonic()
         log.info("process %d started (pid %d)", self.index, self.proc.pid)
 
 
 def child_argv(argv: list[str], index: int, config: WorkerConfig) -> list[str]:
     """The parent's ``weir run`` arguments plus this child's overrides (the last
-    occurrence of a flag wins, and flags win over WEIR_* variables)."""
+    occurrence of a flag wins, and flags win over WEIR_* variables), without any
+    ``--kafka`` setting: those may be secrets, and a command line is visible to
+    every user of the machine (they travel in the environment, `child_env`)."""
     extra = ["--processes", "1", "--process-index", str(index)]
     if config.http_port:
         extra += ["--http-port", str(config.http_port + index)]
-    return [sys.executable, "-m", "service.cli", *argv, *extra]
+    return [sys.executable, "-m", "service.cli", *_without_kafka_flags(argv), *extra]
+
+
+def child_env(config: WorkerConfig) -> dict[str, str]:
+    """The environment of a child: the parent's, plus every librdkafka setting as a
+    ``WEIR_KAFKA_<KEY>`` variable (readable only by the same user)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_KAFKA_")}
+    for key, value in config.kafka.items():
+        env["WEIR_KAFKA_" + key.replace(".", "_").upper()] = value
+    return env
+
+
+def _without_kafka_flags(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--kafka":
+            skip = True
+        elif not arg.startswith("--kafka="):
+            out.append(arg)
+    return out
 
 
 def supervise(argv: list[str], config: WorkerConfig) -> int:
     """Run ``config.processes`` children until stopped; the exit code of the set."""
-    children = [Child(i, child_argv(argv, i, config)) for i in range(config.processes)]
+    env = child_env(config)
+    children = [Child(i, child_argv(argv, i, config), env) for i in range(config.processes)]
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())

@@ -9,20 +9,22 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from operators import Job
+from service.clients import ClientSettings
 from service.exceptions import JobLoadError, KafkaUnavailable
 
 log = logging.getLogger(__name__)
 
 
-def connect_admin(conf: dict[str, str], bootstrap: str, timeout_s: float) -> AdminClient:
+def connect_admin(settings: ClientSettings, bootstrap: str, timeout_s: float) -> AdminClient:
     """An admin client that has answered a metadata request within ``timeout_s``."""
     # Silent: if Kafka cannot be reached, the one line below says so.
-    admin = AdminClient({**conf, "log_level": 0})
+    admin = settings.open(AdminClient, {**settings.admin(), "log_level": 0})
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaUnavailable(
-            f"cannot reach Kafka at {bootstrap} within {timeout_s:.0f}s ({exc.args[0].str()});"
+            f"cannot reach Kafka at {bootstrap} within {timeout_s:.0f}s"
+            f" ({settings.redact(exc.args[0].str())});"
             " check --bootstrap / WEIR_BOOTSTRAP"
         ) from None
     return admin

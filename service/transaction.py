@@ -79,7 +79,8 @@ class TransactionalOutput:
             self.producer.begin_transaction()
 
     def _new_producer(self) -> Producer:
-        producer = Producer(self.settings.producer(self.size_limits, self._on_delivery))
+        conf = self.settings.producer(self.size_limits, self._on_delivery)
+        producer = self.settings.open(Producer, conf)
         if self.exactly_once:
             try:
                 producer.init_transactions(self.timeout_s)

@@ -102,7 +102,7 @@ class Worker:
     def prepare(self) -> None:
         """Check Kafka and the topics, create Weir's own, and open the clients."""
         cfg, timeout = self.config, self.config.connect_timeout_s
-        self.admin = admin = connect_admin(self.settings.admin(), cfg.bootstrap, timeout)
+        self.admin = admin = connect_admin(self.settings, cfg.bootstrap, timeout)
         self.topic_partitions, self.size_limits = provision_job_topics(
             admin, self.job, self.dlq_topic, timeout
         )
@@ -119,8 +119,7 @@ class Worker:
             state = StateCommit(self.store, self.changelogs, admin, timeout)
         self.output.open(self.size_limits)
         self.consumer = GroupConsumers(
-            self.settings.consumer(),
-            [self.job.user_source_topics(), self.job.repartition_topics()],
+            self.settings, [self.job.user_source_topics(), self.job.repartition_topics()]
         )
         self.flow = FlowControl(self.consumer, cfg.slot_queue_records, cfg.batch_size)
         self.coordinator = CheckpointCoordinator(
