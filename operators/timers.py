@@ -10,11 +10,12 @@ use it — what a slot's ``chain.windows`` holds.
 Invariants:
 
 1. **Deduplicated per key and time.** Registering ``(domain, time, key)`` that
-   is already queued does nothing: a key fires at most once per time.
+   is already queued does nothing: a queued timer fires once.
 2. **Fired in timestamp order.** `Timers.due` yields every event-time timer up
    to the watermark, then every processing-time timer up to the clock, each
    domain in timestamp order (keys of one time in no particular order). A
-   timer registered while firing that is already due fires in the same pass.
+   timer registered while its domain fires, and already due, fires in the same
+   pass.
 3. **Persisted with the key, not here.** The service writes no timers: each
    operator keeps its timers in its keyed state value (a process function its
    ``"t"`` section, a window its open windows, whose ends are its timers) and
@@ -24,7 +25,8 @@ Invariants:
    What the service persists is the watermark each owned partition reached,
    in the operator's ``<name>.watermark`` state under `state.layout.partition_key`,
    so that after a restart the partition's watermark (`restored_watermark`)
-   does not go back: late records stay late and no window fires twice.
+   does not go back: late records stay late, no window fires twice, and with
+   every input idle the runtime starts from it, so restored timers still fire.
 4. **Rebuilt on ownership changes.** `Timers.own` is given the partitions (and,
    when slots share partitions, the key groups) the slot now owns. For each
    newly owned partition it reads the partition's restored watermark and scans
