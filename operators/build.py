@@ -38,6 +38,7 @@ from operators.plan import (
     Node,
 )
 from operators.process import ProcessOp
+from operators.timers import TimerOperator
 from operators.windowed import WindowOp
 
 _CHAINED: dict[str, type[Operator]] = {
@@ -54,14 +55,16 @@ class SlotChain:
     """One slot's instances of a job's operators, and where inputs enter them.
 
     ``sources[topic]`` takes batches of raw Kafka messages read from ``topic``;
-    ``inputs[target]`` takes batches arriving from exchanges.
+    ``inputs[target]`` takes batches arriving from exchanges; ``windows`` are the
+    operators with timers (windows and process functions): the slot advances their
+    watermark and clock and tells them which partitions it owns.
     """
 
     def __init__(
         self,
         sources: dict[str, Operator],
         inputs: dict[int, Operator],
-        windows: list[WindowOp | ProcessOp],
+        windows: list[TimerOperator],
     ) -> None:
         self.sources = sources
         self.inputs = inputs
@@ -71,7 +74,7 @@ class SlotChain:
 def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> SlotChain:
     """Instantiate the plan for one slot, chaining everything between exchanges."""
     inputs: dict[int, Operator] = {}
-    windows: list[WindowOp | ProcessOp] = []  # operators with timers
+    windows: list[TimerOperator] = []  # operators with timers
     topic = ""
 
     def downstream(children: list[Node]) -> Operator | None:

@@ -14,6 +14,7 @@ from operators.aggregates import compile_aggregates
 from operators.chain import Batch, Element, Operator, SlotContext
 from operators.formats import encode_key
 from operators.plan import Node
+from operators.process import process_states
 from operators.windowed import window_states
 from state.epoch import MISSING
 from state.layout import state_key
@@ -29,7 +30,7 @@ def states_of(node: Node) -> tuple[str, ...]:
     if node.kind == "window":
         return window_states(node)
     if node.kind == "process":
-        return (f"{node.name}.keyed",)
+        return process_states(node)
     return (state_name(node),)
 
 

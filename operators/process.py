@@ -19,23 +19,24 @@ returns, so a record whose function raises changes nothing and emits nothing
 (it goes to the dead-letter topic). Timers are deduplicated per key and time,
 fired in timestamp order — event-time timers when the watermark passes them,
 processing-time timers when the wall clock does — and are checkpointed with the
-rest of the key's state.
+rest of the key's state (`operators.timers`, which also keeps the watermark each
+partition reached, so restored event-time timers fire after a restart even when
+no input has anything new).
 """
 
 from __future__ import annotations
 
 import copy
-import heapq
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from operators.chain import Batch, Element, Operator, SlotContext
+from operators.chain import Batch, Element, SlotContext
 from operators.formats import encode_key
 from operators.plan import Node
+from operators.timers import EVENT, PROCESSING, TimerOperator, watermark_state
 from state.epoch import MISSING
 from state.layout import partition_of, state_key
-
-NO_TIME = -(2**63)
 
 
 class KeyedProcessFunction:
@@ -116,20 +117,20 @@ class TimerService:
         self._ctx = ctx
 
     def register_event_time(self, timestamp: int) -> None:
-        self._ctx._timer("e", int(timestamp), True)
+        self._ctx._timer(EVENT, int(timestamp), True)
 
     def register_processing_time(self, timestamp: int) -> None:
-        self._ctx._timer("p", int(timestamp), True)
+        self._ctx._timer(PROCESSING, int(timestamp), True)
 
     def delete_event_time(self, timestamp: int) -> None:
-        self._ctx._timer("e", int(timestamp), False)
+        self._ctx._timer(EVENT, int(timestamp), False)
 
     def delete_processing_time(self, timestamp: int) -> None:
-        self._ctx._timer("p", int(timestamp), False)
+        self._ctx._timer(PROCESSING, int(timestamp), False)
 
     @property
     def watermark(self) -> int:
-        return self._ctx._op.watermark
+        return self._ctx._op.timers.watermark
 
     @property
     def processing_time(self) -> int:
@@ -201,23 +202,19 @@ class Context:
         return {"k": self.key, **sections} if sections else {}
 
 
-class ProcessOp(Operator):
+def process_states(node: Node) -> tuple[str, str]:
+    """(keyed values with their timers, per-partition watermark) state names."""
+    return f"{node.name}.keyed", watermark_state(node.name)
+
+
+class ProcessOp(TimerOperator):
     """Runs a `KeyedProcessFunction` over a keyed stream."""
 
-    __slots__ = ("buffer", "fn", "groups", "now", "owned", "queues", "state", "topic", "watermark")
+    __slots__ = ("fn",)
 
     def __init__(self, node: Node, ctx: SlotContext, max_key_groups: int, topic: str) -> None:
-        super().__init__(node, ctx)
+        super().__init__(node, ctx, max_key_groups, topic, process_states(node)[0])
         self.fn: KeyedProcessFunction = node.fn
-        self.state = f"{node.name}.keyed"
-        self.buffer = ctx.state
-        self.groups = max_key_groups
-        self.topic = topic
-        self.watermark = NO_TIME
-        self.now = NO_TIME
-        self.owned: set[int] = set()
-        # per domain: heap of (time, storage key), deduplicated by the stored timer sets
-        self.queues: dict[str, list[tuple[int, bytes]]] = {"e": [], "p": []}
 
     def _load(self, skey: bytes) -> dict:
         return self.buffer.get(self.state, skey) or {}  # None if deleted or absent
@@ -231,7 +228,7 @@ class ProcessOp(Operator):
                 self.buffer.delete(self.state, skey)
             for (domain, ts), add in ctx._timers.items():
                 if add:
-                    heapq.heappush(self.queues[domain], (ts, skey))
+                    self.timers.register(domain, ts, skey)
         key = ctx.key
         return [(key, out, ctx.timestamp, -1) for out in ctx.outputs]
 
@@ -255,29 +252,16 @@ class ProcessOp(Operator):
         if out and self.out is not None:
             self.out.process(Batch(batch.topic, p, out))
 
-    def advance(self, watermark: int, now: int) -> None:
-        """Fire event-time timers up to ``watermark``, processing-time ones up to ``now``."""
-        self.watermark = max(self.watermark, watermark)
-        self.now = max(self.now, now)
-        fired: dict[int, list[Element]] = {}
-        for domain, limit in (("e", self.watermark), ("p", self.now)):
-            queue = self.queues[domain]
-            while queue and queue[0][0] <= limit:
-                ts, skey = heapq.heappop(queue)
-                self._fire(domain, ts, skey, fired)
-        for p, out in fired.items():
-            if out and self.out is not None:
-                self.out.process(Batch(self.topic, p, out))
+    def _due_times(self, value: Any) -> Iterable[tuple[str, int]]:
+        return [(domain, ts) for domain, times in value.get("t", {}).items() for ts in times]
 
     def _fire(self, domain: str, ts: int, skey: bytes, fired: dict[int, list[Element]]) -> None:
-        p = partition_of(skey)
-        if p not in self.owned:
-            return
         stored = self._load(skey)
         if ts not in stored.get("t", {}).get(domain, ()):
-            return  # deleted, or already fired (a duplicate heap entry)
+            return  # deleted, or already fired
+        p = partition_of(skey)
         ctx = Context(self, stored.get("k"), stored, ts)
-        ctx.time_domain = "event" if domain == "e" else "processing"
+        ctx.time_domain = "event" if domain == EVENT else "processing"
         ctx._timer(domain, ts, False)
         try:
             self.fn.on_timer(ts, ctx)
@@ -287,15 +271,3 @@ class ProcessOp(Operator):
             ctx._staged.clear()
             ctx.outputs.clear()
         fired.setdefault(p, []).extend(self._store(skey, ctx))
-
-    def own(self, partitions: set[int], key_groups: range | None) -> None:
-        """Rebuild the timer queues for newly owned partitions from state."""
-        self.owned &= partitions
-        for p in partitions - self.owned:
-            self.owned.add(p)
-            for skey, value in self.buffer.scan(self.state, p):
-                mine = key_groups is None or int.from_bytes(skey[2:4], "big") in key_groups
-                if mine:
-                    for domain, times in value.get("t", {}).items():
-                        for ts in times:
-                            heapq.heappush(self.queues[domain], (ts, skey))

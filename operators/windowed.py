@@ -9,28 +9,28 @@ record within that re-emits the updated result. Records for windows already
 gone are late: counted in ``weir_records_late_total`` and, if configured,
 written to the late topic with the reason.
 
-Timers are not stored separately: the slot keeps an in-memory index from
-time to keys, rebuilt from the window state whenever the slot is given a
-partition (after a restore, a rebalance or a rollback). The watermark each
-partition reached is kept in state too, so after a restart a record that was
-late before is still late, and no window fires twice.
+A key's timer is the earliest time one of its windows fires or expires; it
+is not stored separately but read back from the window state when the slot is
+given a partition (`operators.timers`, which also keeps the watermark each
+partition reached, so after a restart a record that was late before is still
+late, and no window fires twice).
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
 from operators.aggregates import compile_aggregates
-from operators.chain import Batch, Element, Operator, SlotContext
+from operators.chain import Batch, Element, SlotContext
 from operators.formats import encode_key
 from operators.plan import Node
+from operators.timers import EVENT, NO_TIME, TimerOperator, watermark_state
 from state.layout import partition_of, state_key
 
-NO_WATERMARK = -(2**63)
+NO_WATERMARK = NO_TIME  # the runtime imports it from here
 
 
 class WindowFunction:
@@ -115,37 +115,25 @@ def window_function(node: Node) -> WindowFunction:
 
 def window_states(node: Node) -> tuple[str, str]:
     """(window contents, per-partition watermark) state names."""
-    return f"{node.name}.windows", f"{node.name}.watermark"
+    return f"{node.name}.windows", watermark_state(node.name)
 
 
-class WindowOp(Operator):
+class WindowOp(TimerOperator):
     """Assigns records to windows and fires them as the watermark advances."""
 
-    __slots__ = (
-        "buffer", "floors", "fn", "groups", "heap", "late_topic", "lateness", "owned",
-        "spec", "state", "timers", "topic", "watermark", "wm_state",
-    )  # fmt: skip
+    __slots__ = ("fn", "late_topic", "lateness", "spec")
 
     def __init__(self, node: Node, ctx: SlotContext, max_key_groups: int, topic: str) -> None:
-        super().__init__(node, ctx)
+        super().__init__(node, ctx, max_key_groups, topic, window_states(node)[0])
         self.spec = node.options["spec"]
         self.lateness: int = node.options["lateness_ms"]
         self.late_topic: str | None = node.options["late_topic"]
         self.fn = window_function(node)
-        self.state, self.wm_state = window_states(node)
-        self.buffer = ctx.state
-        self.groups = max_key_groups
-        self.topic = topic
-        self.timers: dict[int, set[bytes]] = {}
-        self.heap: list[int] = []
-        self.watermark = NO_WATERMARK
-        self.floors: dict[int, int] = {}  # partition -> watermark it had reached (restored)
-        self.owned: set[int] = set()
 
     # -- records ------------------------------------------------------------
     def process(self, batch: Batch) -> None:
         p = batch.partition
-        wm = max(self.watermark, self.floors.get(p, NO_WATERMARK))
+        wm = max(self.timers.watermark, self.timers.restored_watermark(p))
         table = self.buffer.table(self.state)
         out: list[Element] = []
         late: list[tuple[bytes | None, bytes, int, int]] = []
@@ -234,41 +222,30 @@ class WindowOp(Operator):
         return (key, output, w[1] - 1, -1)
 
     # -- timers -------------------------------------------------------------
+    def _due(self, windows: list) -> int:
+        """When the key's next window fires (at end - 1) or, fired, expires."""
+        return min(w[1] - 1 + (self.lateness if w[3] else 0) for w in windows)
+
     def _schedule(self, skey: bytes, windows: list) -> None:
-        due = min(w[1] - 1 + (self.lateness if w[3] else 0) for w in windows)
-        keys = self.timers.get(due)
-        if keys is None:
-            self.timers[due] = {skey}
-            heapq.heappush(self.heap, due)
-        else:
-            keys.add(skey)
+        self.timers.register(EVENT, self._due(windows), skey)
+
+    def _due_times(self, value: Any) -> Iterable[tuple[str, int]]:
+        return [(EVENT, self._due(value["w"]))] if value["w"] else []
 
     def advance(self, watermark: int, now: int = 0) -> None:
-        """The watermark moved: fire every window it has passed (``now`` is unused)."""
-        if watermark <= self.watermark:
-            return
-        self.watermark = watermark
-        wm_table = self.buffer.table(self.wm_state)
-        for p in self.owned:
-            wm_table[p.to_bytes(2, "big")] = watermark
-        heap, timers = self.heap, self.timers
-        fired: dict[int, list[Element]] = {}
-        while heap and heap[0] <= watermark:
-            for skey in timers.pop(heapq.heappop(heap), ()):
-                self._fire(skey, watermark, fired)
-        for p, out in fired.items():
-            if out and self.out is not None:
-                self.out.process(Batch(self.topic, p, out))
+        """The watermark moved: fire every window it has passed (``now`` is unused).
+        Only a rise fires: a window opened behind the watermark, within its allowed
+        lateness, fires at the next rise, with the records that came until then."""
+        if watermark > self.timers.watermark:
+            super().advance(watermark, now)
 
-    def _fire(self, skey: bytes, wm: int, fired: dict[int, list[Element]]) -> None:
-        p = partition_of(skey)
-        if p not in self.owned:
-            return  # stale timer of a partition this slot gave up
+    def _fire(self, domain: str, time: int, skey: bytes, fired: dict[int, list[Element]]) -> None:
+        wm = self.timers.watermark
         table = self.buffer.table(self.state)
         value = self.buffer.get(self.state, skey)  # None if deleted or absent
         if not value:
             return
-        out = fired.setdefault(p, [])
+        out = fired.setdefault(partition_of(skey), [])
         keep = []
         for w in value["w"]:
             if not w[3] and w[1] - 1 <= wm:
@@ -282,20 +259,3 @@ class WindowOp(Operator):
             self._schedule(skey, keep)
         else:
             self.buffer.delete(self.state, skey)
-
-    # -- ownership ------------------------------------------------------------
-    def own(self, partitions: set[int], key_groups: range | None) -> None:
-        """The partitions (and, when slots share partitions, the key groups) this slot
-        now owns: rebuild timers for new ones from state, forget the others."""
-        for p in list(self.owned - partitions):
-            self.owned.discard(p)
-            self.floors.pop(p, None)
-        for p in partitions - self.owned:
-            self.owned.add(p)
-            floor = self.buffer.get(self.wm_state, p.to_bytes(2, "big"))
-            if floor is not None:
-                self.floors[p] = floor
-            for skey, value in self.buffer.scan(self.state, p):
-                mine = key_groups is None or int.from_bytes(skey[2:4], "big") in key_groups
-                if mine and value and value["w"]:
-                    self._schedule(skey, value["w"])

@@ -7,6 +7,10 @@ all big-endian, so that
 * within it, one key group's state is one contiguous range (scan by key group),
 * a key's map-state entries share the prefix ``partition | group | len | key``.
 
+An entry that belongs to a whole partition rather than to a key (the watermark
+the partition reached) has the key ``partition (2 B)`` alone (`partition_key`):
+it lies in the partition's range, so it is restored, moved and dropped with it.
+
 A changelog record carries one state write of one operator: its key is
 ``len(state name) (1 B) | state name | state key`` and its value the serialized
 value, or a tombstone (``None``) for a delete, so the topic can be compacted.
@@ -27,8 +31,19 @@ def state_key(partition: int, key: bytes, max_key_groups: int) -> bytes:
     return _HEAD.pack(partition, key_group(key, max_key_groups), len(key)) + key
 
 
+def partition_key(partition: int) -> bytes:
+    """The storage key of ``partition``'s own entry (not any key's)."""
+    return partition.to_bytes(2, "big")
+
+
 def partition_of(skey: bytes) -> int:
+    """The input partition of a storage key (a key's or the partition's own)."""
     return (skey[0] << 8) | skey[1]
+
+
+def key_group_of(skey: bytes) -> int:
+    """The key group of a key's storage key."""
+    return (skey[2] << 8) | skey[3]
 
 
 def key_of(skey: bytes) -> bytes:
@@ -39,7 +54,7 @@ def key_of(skey: bytes) -> bytes:
 
 def partition_range(partition: int) -> tuple[bytes, bytes]:
     """``[start, end)`` of every storage key of ``partition``."""
-    return partition.to_bytes(2, "big"), (partition + 1).to_bytes(2, "big")
+    return partition_key(partition), partition_key(partition + 1)
 
 
 def changelog_key(state: str, skey: bytes) -> bytes:
