@@ -27,10 +27,8 @@ from operators.aggregates import compile_aggregates
 from operators.chain import Batch, Element, SlotContext
 from operators.formats import encode_key
 from operators.plan import Node
-from operators.timers import EVENT, NO_TIME, TimerOperator, watermark_state
+from operators.timers import EVENT, TimerOperator, watermark_state
 from state.layout import partition_of, state_key
-
-NO_WATERMARK = NO_TIME  # the runtime imports it from here
 
 
 class WindowFunction:

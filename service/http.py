@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from operators.windowed import NO_WATERMARK
+from operators.timers import NO_TIME
 from service.page import PAGE
 from service.queries import query_state
 
@@ -52,7 +52,7 @@ def status(worker: Worker) -> dict[str, Any]:
         if rebalancer
         else [],
         "lag": {f"{t}-{p}": lag for (t, p), lag in list(worker.sampler.lag.items())},
-        "watermark": watermark if watermark > NO_WATERMARK else None,
+        "watermark": watermark if watermark > NO_TIME else None,
         "restarts": worker.restarts.restarts,
         "slots": [
             {

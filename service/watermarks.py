@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaException, TopicPartition
 
 from operators import Job
-from operators.windowed import NO_WATERMARK
+from operators.timers import NO_TIME
 
 TopicPartitionKey = tuple[str, int]
 
@@ -61,7 +61,7 @@ class PartitionProgress(Protocol):
         """Has everything ``tp`` holds been read?"""
 
     def restored_watermark(self, tp: TopicPartitionKey) -> int:
-        """The watermark ``tp`` had reached before a restart (NO_WATERMARK if none)."""
+        """The watermark ``tp`` had reached before a restart (NO_TIME if none)."""
 
 
 class WatermarkTracker:
@@ -69,7 +69,7 @@ class WatermarkTracker:
 
     def __init__(self, sources: dict[str, SourceClock]) -> None:
         self.sources = sources
-        self.watermark = NO_WATERMARK
+        self.watermark = NO_TIME
         self._active_since: dict[TopicPartitionKey, float] = {}
         self._all_idle: tuple[float, int] | None = None  # since when, from which watermark
 
@@ -112,7 +112,7 @@ class WatermarkTracker:
         if candidates:  # Rule 4
             new = min(candidates)
             self._all_idle = None
-        elif owned and self.watermark == NO_WATERMARK:  # Rule 5, right after a restart
+        elif owned and self.watermark == NO_TIME:  # Rule 5, right after a restart
             new = min(progress.restored_watermark(tp) for tp in owned)
         elif owned:  # Rule 5: all idle
             if self._all_idle is None:
@@ -135,7 +135,7 @@ class WatermarkTracker:
     ) -> int | None:
         """Rules 1-3 for one partition: its watermark, or None if it is idle."""
         if tp in restoring:  # Rule 2
-            return NO_WATERMARK
+            return NO_TIME
         clock = self.sources[tp[0]]
         seen = progress.last_seen(tp)
         since = self._active_since.get(tp, now)
@@ -144,7 +144,7 @@ class WatermarkTracker:
         if idle is not None and now - last > idle and progress.caught_up(tp):  # Rule 3
             return None
         stamp = progress.max_timestamp(tp)
-        seen_wm = NO_WATERMARK if stamp is None else stamp - clock.out_of_orderness_ms
+        seen_wm = NO_TIME if stamp is None else stamp - clock.out_of_orderness_ms
         return max(seen_wm, progress.restored_watermark(tp))  # Rule 1
 
 
@@ -183,10 +183,10 @@ class SlotProgress:
 
     def restored_watermark(self, tp: TopicPartitionKey) -> int:
         floors = [
-            getattr(op, "floors", {}).get(tp[1], NO_WATERMARK)
+            op.restored_watermark(tp[1])
             for slot in self.slots
             if slot.chain is not None
             for op in slot.chain.windows
             if op.topic == tp[0]
         ]
-        return max(floors, default=NO_WATERMARK)
+        return max(floors, default=NO_TIME)

@@ -85,3 +85,39 @@ def test_process_function_state_and_timers(kafka_bootstrap, new_topic, tmp_path)
                 if any(r["kind"] == kind for r in mine)
             }
     assert len(dead) == 1 and dead[0]["value"]["n"] == 7
+
+
+def test_restored_event_time_timers_fire_with_no_new_input(kafka_bootstrap, new_topic, tmp_path):
+    """Timers pending at a stop fire after the restart although nothing new arrives:
+    the watermark restarts from the one the partitions had reached (kept in state), and
+    idle partitions then let it advance."""
+    src, out = new_topic(partitions=2), new_topic()
+    records = [{"n": i, "kind": "a", "ts": T0 + i * 10} for i in range(40)]  # ts up to T0+390
+    for p in (0, 1):  # both partitions have records, so both move the watermark
+        mine = [r for r in records if r["n"] % 2 == p]
+        produce_json(
+            kafka_bootstrap, src, mine, key=lambda r: f"k{r['n'] % 4}".encode(), partition=p
+        )
+    group = f"g-{uuid.uuid4().hex}"
+
+    def start(idle: float) -> WorkerThread:
+        return WorkerThread(
+            "process_timers.py", job_env(in_=src, out=out, idle=idle), bootstrap=kafka_bootstrap,
+            group=group, worker_id="w1", slots=2, state_dir=str(tmp_path),
+            checkpoint_interval_ms=200,
+        )  # fmt: skip
+
+    worker = start(idle=3600)  # never idle: the watermark stops at T0+390, timers wait
+    try:
+        first = consume_all(kafka_bootstrap, out, expected=40 + 4, timeout=60)
+    finally:
+        worker.stop()
+    assert not [r for r in first if r["value"].get("timer") == "event"], "fired too early"
+    worker = start(idle=1.0)  # nothing new: all partitions go idle, time moves on
+    try:
+        got = consume_all(kafka_bootstrap, out, expected=40 + 4 + 4, timeout=60)
+    finally:
+        worker.stop()
+    fired = sorted(r["value"]["key"] for r in got if r["value"].get("timer") == "event")
+    assert fired == ["k0", "k1", "k2", "k3"], "each key's event timer fires once after restart"
+    assert all(r["value"]["count"] == 10 for r in got if r["value"].get("timer") == "event")

@@ -28,7 +28,7 @@ from operators.keyed import states_of
 from operators.plan import PROCESS, WINDOW, Node, walk
 from operators.process import ProcessOp
 from operators.timers import EVENT, NO_TIME, PROCESSING, Timers, watermark_state
-from operators.windowed import NO_WATERMARK, WindowOp
+from operators.windowed import WindowOp
 from state.epoch import EpochBuffer
 from state.keygroups import key_group
 from state.layout import key_group_of, key_of, partition_key, partition_of, state_key
@@ -92,10 +92,6 @@ def test_layout_gives_back_partition_and_key_group(partition, key, groups):
     assert partition_of(k) == partition
     assert key_group_of(k) == key_group(key, groups)
     assert partition_of(partition_key(partition)) == partition
-
-
-def test_one_constant_for_no_time():
-    assert NO_WATERMARK is NO_TIME == -(2**63)
 
 
 # -- the service ---------------------------------------------------------------------

@@ -38,7 +38,8 @@ from hypothesis import strategies as st
 from operators import Job, Session, Sliding, Tumbling
 from operators.chain import Batch
 from operators.plan import WINDOW, walk
-from operators.windowed import NO_WATERMARK, WindowOp, window_states
+from operators.timers import NO_TIME
+from operators.windowed import WindowOp, window_states
 from state.epoch import EpochBuffer
 from state.serde import JsonSerde
 from state.store import StateStore
@@ -301,7 +302,7 @@ def run(harness: Harness, events: list, cuts: list[int], actions: list, ooo: int
     """Feed ``events`` in batches; after each, maybe advance to max - ooo and do the
     batch's action. With ``check_firing`` (the final reference), after every advance the
     emitted windows must be exactly those whose end - 1 the watermark has reached."""
-    max_ts = NO_WATERMARK
+    max_ts = NO_TIME
     for i, batch in enumerate(batches(events, cuts)):
         harness.process(batch)
         max_ts = max(max_ts, *(ts for _, ts, _ in batch))
@@ -394,7 +395,7 @@ class Model:
 
     def __init__(self, kind: str, a: int, b: int, lateness: int) -> None:
         self.kind, self.a, self.b, self.lateness = kind, a, b, lateness
-        self.wm = NO_WATERMARK
+        self.wm = NO_TIME
         self.open: dict[tuple, dict] = {}
         self.emitted: list[tuple] = []
         self.late: list[tuple[str, int, int]] = []
@@ -456,7 +457,7 @@ def test_lateness_and_updates_match_the_model(kind_spec, stream):
     model = Model(kind, a, b, lateness)
     h = Harness(spec_of(kind, a, b), lateness_ms=lateness)
     try:
-        max_ts = NO_WATERMARK
+        max_ts = NO_TIME
         for i, batch in enumerate(batches(stream["events"], stream["cuts"])):
             h.process(batch)
             model.process(batch)
@@ -518,7 +519,7 @@ def test_session_late_records_are_exactly_those_whose_own_window_is_gone(kind_sp
     ooo = stream["ooo"]
     h = Harness(spec_of(kind, gap), lateness_ms=0)
     try:
-        wm, max_ts, late = NO_WATERMARK, NO_WATERMARK, []
+        wm, max_ts, late = NO_TIME, NO_TIME, []
         kept: list[tuple[str, int, int]] = []
         for i, batch in enumerate(batches(stream["events"], stream["cuts"])):
             h.process(batch)

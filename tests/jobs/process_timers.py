@@ -5,6 +5,7 @@ last three ``n`` in list state and the count per ``kind`` in map state; it
 emits ``{"key", "n", "count"}`` for every record, an event-time summary when
 the watermark passes ``ts + 1000`` of the key's first record, and a
 processing-time "heartbeat" 300 ms after the key was first seen.
+``WEIR_TEST_IDLE`` sets the source's idle_timeout (default 1 s).
 """
 
 import os
@@ -42,7 +43,11 @@ class Summarize(KeyedProcessFunction):
 
 job = Job("process-timers")
 (
-    job.source(os.environ["WEIR_TEST_IN"], timestamp=lambda r: r["ts"], idle_timeout=1.0)
+    job.source(
+        os.environ["WEIR_TEST_IN"],
+        timestamp=lambda r: r["ts"],
+        idle_timeout=float(os.environ.get("WEIR_TEST_IDLE", "1.0")),
+    )
     .key_by()
     .process(Summarize(), name="summarize")
     .sink(os.environ["WEIR_TEST_OUT"])
