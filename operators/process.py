@@ -31,7 +31,7 @@ from typing import Any
 
 from operators.chain import Batch, Element, Operator, SlotContext
 from operators.formats import encode_key
-from operators.plan import Node
+from operators.plan import Process
 from state.epoch import MISSING
 from state.layout import partition_of, state_key
 
@@ -206,7 +206,7 @@ class ProcessOp(Operator):
 
     __slots__ = ("buffer", "fn", "groups", "now", "owned", "queues", "state", "topic", "watermark")
 
-    def __init__(self, node: Node, ctx: SlotContext, max_key_groups: int, topic: str) -> None:
+    def __init__(self, node: Process, ctx: SlotContext, max_key_groups: int, topic: str) -> None:
         super().__init__(node, ctx)
         self.fn: KeyedProcessFunction = node.fn
         self.state = f"{node.name}.keyed"

@@ -38,7 +38,7 @@ def status(worker: Worker) -> dict[str, Any]:
         "guarantee": worker.config.guarantee,
         "state": worker.state,
         "routing": router.mode,
-        "plan": worker.job.describe(),
+        "plan": worker.plan.describe(),
         "partitions": [f"{t}-{p}" for t, p in router.partitions],
         "paused": sorted(f"{t}-{p}" for t, p in worker.paused),
         "fetch_held": worker.holding_since is not None,  # every slot full: not consuming

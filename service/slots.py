@@ -31,7 +31,7 @@ from confluent_kafka import KafkaException, Producer
 
 from operators.build import SlotChain, build_chain
 from operators.chain import Barrier, Batch, Row
-from operators.plan import Node
+from operators.physical import PlanNode
 from service.exceptions import WorkerFailed
 from service.metrics import Metrics
 from state.epoch import EpochBuffer
@@ -139,7 +139,7 @@ class Slot(threading.Thread):
         self,
         index: int,
         slots: list[Slot],
-        sources: list[Node],
+        sources: tuple[PlanNode, ...],
         max_key_groups: int,
         producer: Producer,
         policy: str,

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from operators import Job
-from operators.keyed import states_of
+from operators.physical import compile_plan
 from operators.windowed import NO_WATERMARK
 from service.checkpoint import CheckpointCoordinator, CheckpointFailed
 from service.config import WorkerConfig
@@ -67,11 +67,11 @@ class Worker:
         self.job = job
         self.config = config
         self.group = config.group or job.name
-        job.bind(self.group)
+        self.plan = compile_plan(job, self.group)
         suffix = "" if process_index is None else f".{process_index}"
         self.worker_id = f"{config.worker_id}{suffix}"
         self.transactional_id = f"{self.group}.{self.worker_id}"
-        self.dlq_topic = f"{self.group}.dlq"
+        self.dlq_topic = self.plan.dlq_topic
         self.metrics = Metrics(job.name)
         self.router = SlotRouter(config.slots, job.max_key_groups)
         self.slots: list[Slot] = []
@@ -94,12 +94,10 @@ class Worker:
         self.admin: AdminClient | None = None
         self.coordinator: CheckpointCoordinator | None = None
         self.stateful = [
-            StatefulOperator(
-                node.name, topic, f"{self.group}.{node.name}.changelog", states_of(node)
-            )
-            for node, topic in job.stateful()
+            StatefulOperator(state.name, state.input_topic, state.changelog, state.states)
+            for state in self.plan.stateful
         ]
-        self.event_sources = {src.options["topic"]: src for src in job.event_time_sources()}
+        self.event_sources = {src.topic: src for src in self.plan.event_time_sources}
         self.watermark = NO_WATERMARK
         self.assigned_at: dict[TopicPartitionKey, float] = {}
         self.all_idle: tuple[float, int] | None = None  # since when, from which watermark
@@ -188,12 +186,12 @@ class Worker:
             cfg.connect_timeout_s,
         )
         require_topics(
-            admin, self.job.user_source_topics(), self.job.sink_topics(), cfg.connect_timeout_s
+            admin, self.plan.user_source_topics, self.plan.sink_topics, cfg.connect_timeout_s
         )
         self.admin = admin
         counts = partition_counts(admin, cfg.connect_timeout_s)
-        for source in self.job.repartitions():
-            topic, declared = source.options["topic"], source.options["partitions"]
+        for source in self.plan.repartitions:
+            topic, declared = source.topic, source.partitions
             have = counts.get(topic)
             if declared and have is not None and have != declared:
                 raise JobLoadError(
@@ -202,15 +200,15 @@ class Worker:
                     f" behind it is partitioned by the existing count. Keep partitions={have},"
                     " or start a new --group to repartition"
                 )
-            wanted = declared or counts[source.options["upstream"]]
+            wanted = declared or counts[source.upstream]
             ensure_topic(admin, topic, wanted, cfg.connect_timeout_s)
         counts = partition_counts(admin, cfg.connect_timeout_s)
-        self.topic_partitions = {t: counts[t] for t in self.job.source_topics()}
+        self.topic_partitions = {t: counts[t] for t in self.plan.source_topics}
         if self.job.on_error == "dlq":
             ensure_topic(admin, self.dlq_topic, 1, cfg.connect_timeout_s)
         if self.stateful:
             self._prepare_state(admin)
-        written = [*self.job.sink_topics(), *self.job.repartition_topics()]
+        written = [*self.plan.sink_topics, *self.plan.repartition_topics]
         if self.job.on_error == "dlq":
             written.append(self.dlq_topic)
         self.size_limits = record_size_limits(admin, written, cfg.connect_timeout_s)
@@ -225,7 +223,7 @@ class Worker:
                 ) from None
             self.producer.begin_transaction()
         self.consumer = GroupConsumers(
-            self._consumer_conf(), [self.job.user_source_topics(), self.job.repartition_topics()]
+            self._consumer_conf(), [self.plan.user_source_topics, self.plan.repartition_topics]
         )
         self.coordinator = CheckpointCoordinator(
             self.consumer,
@@ -457,11 +455,11 @@ class Worker:
                 continue
             seen = [s.last_seen[tp] for s in self.slots if tp in s.last_seen]
             last = max([*seen, self.assigned_at.get(tp, now)])  # idle since when
-            idle = source.options["idle_timeout"]
+            idle = source.idle_timeout
             if idle is not None and now - last > idle and self._caught_up(tp):
                 continue  # idle: nothing new for idle_timeout, and nothing left to read
             stamps = [s.max_ts[tp] for s in self.slots if tp in s.max_ts]
-            ooo = round(source.options["max_out_of_orderness"] * 1000)
+            ooo = round(source.max_out_of_orderness * 1000)
             seen_wm = max(stamps) - ooo if stamps else NO_WATERMARK
             candidates.append(max(seen_wm, self._restored_watermark(tp)))
         if candidates:
@@ -529,7 +527,7 @@ class Worker:
                 Slot(
                     i,
                     slots,
-                    self.job.sources,
+                    self.plan.roots,
                     self.job.max_key_groups,
                     self.producer,
                     self.job.on_error,
