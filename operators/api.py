@@ -1,7 +1,8 @@
 """The job API: `Job`, `Stream` and `KeyedStream`.
 
-This is all a job file sees. Calls only record the dataflow (the logical plan
-in `operators.plan`); nothing runs until ``weir run`` hands the job to a worker.
+This is all a job file sees. Calls only record the dataflow (the logical plan,
+`operators.plan.Dataflow`); nothing runs until ``weir run`` hands the job to a
+worker, which compiles it for its consumer group (`operators.physical`).
 Arguments are validated here, at definition time, so a bad job fails before it
 touches Kafka, with a message naming the bad value.
 """
