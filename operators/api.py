@@ -1,7 +1,8 @@
 """The job API: `Job`, `Stream` and `KeyedStream`.
 
-This is all a job file sees. Calls only record the dataflow (the logical plan
-in `operators.plan`); nothing runs until ``weir run`` hands the job to a worker.
+This is all a job file sees. Calls only record the dataflow (the logical plan,
+`operators.plan.Dataflow`); nothing runs until ``weir run`` hands the job to a
+worker, which compiles it for its consumer group (`operators.physical`).
 Arguments are validated here, at definition time, so a bad job fails before it
 touches Kafka, with a message naming the bad value.
 """
@@ -10,37 +11,37 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from operators.aggregates import compile_aggregates
 from operators.exceptions import JobDefinitionError
 from operators.formats import check_format
 from operators.plan import (
-    AGGREGATE,
-    BROADCAST,
-    FILTER,
-    FLAT_MAP,
-    FORWARD,
-    KEY_BY,
-    MAP,
-    PARTITION,
-    PROCESS,
-    REBALANCE,
-    REDUCE,
-    RESCALE,
-    SHUFFLE,
-    SINK,
-    SOURCE,
-    STATEFUL,
-    WINDOW,
-    Node,
-    walk,
+    Aggregate,
+    Dataflow,
+    ErrorPolicy,
+    Filter,
+    FlatMap,
+    KeyBy,
+    Map,
+    Op,
+    Partition,
+    Partitioner,
+    Process,
+    Reduce,
+    Sink,
+    Source,
+    StatefulOp,
+    Window,
+    WindowFunctionKind,
 )
 from operators.process import KeyedProcessFunction
 from operators.windows import WindowSpec
 from state.keygroups import DEFAULT_MAX_KEY_GROUPS
 
-ERROR_POLICIES = ("dlq", "skip", "fail")
+ERROR_POLICIES = tuple(p.value for p in ErrorPolicy)
+_O = TypeVar("_O", bound=Op)
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -80,12 +81,17 @@ class Job:
             raise JobDefinitionError(
                 f"max_key_groups={max_key_groups!r}; expected an int from 1 to 32768"
             )
-        self.on_error = on_error
+        self.on_error = ErrorPolicy(on_error)
         self.max_key_groups = max_key_groups
-        self.sources: list[Node] = []
+        self._dataflow = Dataflow()
         self._next_id = 0
         self._names: set[str] = set()
-        self._bound: str | None = None
+
+    @property
+    def dataflow(self) -> Dataflow:
+        """The operators recorded so far. `operators.physical.compile_plan` reads it to
+        build what runs; nothing changes it but the `Stream` methods."""
+        return self._dataflow
 
     def source(
         self,
@@ -105,7 +111,7 @@ class Job:
         describe the source's disorder and idleness for watermarks.
         """
         _check_name(topic, "source topic")
-        check_format(value, f"source({topic!r})")
+        fmt = check_format(value, f"source({topic!r})")
         if timestamp is not None:
             _check_callable(timestamp, "source(timestamp=…)")
         if not isinstance(max_out_of_orderness, int | float) or max_out_of_orderness < 0:
@@ -116,191 +122,89 @@ class Job:
             not isinstance(idle_timeout, int | float) or idle_timeout <= 0
         ):
             raise JobDefinitionError(f"idle_timeout={idle_timeout!r}; expected seconds > 0")
-        node = self._node(
-            SOURCE,
+        source = self._add(
+            Source,
             name or f"source-{topic}",
             None,
             topic=topic,
-            value=value,
+            value=fmt,
             timestamp=timestamp,
             max_out_of_orderness=float(max_out_of_orderness),
             idle_timeout=idle_timeout,
         )
-        self.sources.append(node)
-        return Stream(self, node)
-
-    # -- plan ------------------------------------------------------------
-    def nodes(self) -> list[Node]:
-        """Every node of the plan, sources first, depth first."""
-        return [n for src in self.sources for n in walk(src)]
-
-    def source_topics(self) -> list[str]:
-        """Topics the job reads, its repartition topics included."""
-        return sorted({n.options["topic"] for n in self.sources})
-
-    def user_source_topics(self) -> list[str]:
-        """Topics the job's author named (they must exist before it runs)."""
-        return sorted({n.options["topic"] for n in self.sources if not n.options.get("internal")})
-
-    def repartition_topics(self) -> list[str]:
-        """The repartition topics the job writes and reads (after `bind`)."""
-        return sorted({n.options["topic"] for n in self.repartitions()})
-
-    def repartitions(self) -> list[Node]:
-        """The internal sources reading repartition topics (after `bind`)."""
-        return [n for n in self.sources if n.options.get("internal")]
-
-    def bind(self, group: str) -> None:
-        """Fix the group-dependent plan: a ``key_by(fn)`` that feeds keyed state
-        writes to ``<group>.<key_by name>.repartition``, and what followed it reads
-        that topic as a new source. Call once, before running."""
-        if self._bound is not None:
-            if self._bound != group:
-                raise JobDefinitionError(f"job {self.name!r} is already bound to {self._bound!r}")
-            return
-        self._bound = group
-        for src in list(self.sources):
-            self._split(src, src, group)
-
-    def _split(self, node: Node, source: Node, group: str) -> None:
-        for child in node.children:
-            if child.kind == KEY_BY and child.fn is not None and _feeds_state(child):
-                topic = f"{group}.{child.name}.repartition"
-                self._next_id += 1
-                internal = Node(
-                    self._next_id,
-                    SOURCE,
-                    f"source-{topic}",
-                    None,
-                    {
-                        **source.options,
-                        "topic": topic,
-                        "value": "repartition",
-                        "timestamp": None,  # the record timestamp carries the event time
-                        "internal": True,
-                        "partitions": child.options["partitions"],
-                        "upstream": source.options["topic"],
-                    },
-                    child.children,
-                )
-                child.children = []
-                child.options["repartition"] = topic
-                self.sources.append(internal)
-                self._split(internal, internal, group)
-            else:
-                self._split(child, source, group)
-
-    def sink_topics(self) -> list[str]:
-        topics = {n.options["topic"] for n in self.nodes() if n.kind == SINK}
-        topics |= {
-            n.options["late_topic"]
-            for n in self.nodes()
-            if n.kind == WINDOW and n.options["late_topic"] is not None
-        }
-        return sorted(topics)
-
-    def event_time_sources(self) -> list[Node]:
-        """Sources feeding windows or process functions: their watermarks drive timers."""
-        return [s for s in self.sources if any(n.kind in (WINDOW, PROCESS) for n in walk(s))]
-
-    def has_timers(self) -> bool:
-        return bool(self.event_time_sources())
+        return Stream(self, source)
 
     def validate(self) -> None:
-        """Check the job is runnable as a whole (called by the worker before it starts)."""
-        if not self.sources:
+        """Check the job is runnable as a whole: it reads, it writes, and keyed state
+        gets its records partitioned by key. Loading a job file calls this."""
+        flow = self._dataflow
+        if not flow.sources:
             raise JobDefinitionError(f"job {self.name!r} has no source; call job.source(topic)")
-        if not any(n.kind == SINK for n in self.nodes()):
+        if not any(isinstance(op, Sink) for op in flow.ops()):
             raise JobDefinitionError(
                 f"job {self.name!r} has no sink; end a stream with .sink(topic)"
             )
-        for src in self.sources:
-            self._check_stateful(src, exchanged=None)
+        for source in flow.sources:
+            self._check_stateful(source, exchanged=None)
 
-    def _check_stateful(self, node: Node, exchanged: Node | None) -> None:
+    def _check_stateful(self, op: Op, exchanged: Op | None) -> None:
         """Keyed state needs every key's records in one input partition: no exchange before it."""
-        if node.kind in STATEFUL and exchanged is not None:
+        if isinstance(op, StatefulOp) and exchanged is not None:
             raise JobDefinitionError(
-                f"{node.name} ({node.kind}) comes after {exchanged.name}, which moves records"
+                f"{op.name} ({op.kind}) comes after {exchanged.name}, which moves records"
                 " between slots; keyed state needs records partitioned by its key: put a"
                 " key_by(...) right before it"
             )
-        if node.kind == KEY_BY and node.fn is not None and _feeds_state(node):
+        if isinstance(op, KeyBy) and op.fn is not None and self._dataflow.feeds_state(op):
             exchanged = None  # a repartition topic re-partitions by the key
-        elif node.exchanges:
-            exchanged = node
-        for child in node.children:
+        elif op.exchanges:
+            exchanged = op
+        for child in self._dataflow.children(op):
             self._check_stateful(child, exchanged)
 
-    def stateful(self) -> list[tuple[Node, str]]:
-        """Every stateful operator with the source topic whose partitions its state follows."""
-        found = []
-        for src in self.sources:
-            found.extend((n, src.options["topic"]) for n in walk(src) if n.kind in STATEFUL)
-        return found
-
-    def describe(self) -> str:
-        """A readable plan: one line per operator, indented by depth."""
-        lines = [f"job {self.name}"]
-
-        def add(node: Node, depth: int) -> None:
-            lines.append("  " * depth + node.describe())
-            for child in node.children:
-                add(child, depth + 1)
-
-        for src in self.sources:
-            add(src, 1)
-        return "\n".join(lines)
-
-    def _node(self, kind: str, name: str, fn: Callable[..., Any] | None, **options: Any) -> Node:
-        _check_name(name, "operator name")
+    def _add(self, cls: type[_O], name: str | None, after: Op | None, **fields: Any) -> _O:
+        """Record a new ``cls`` operator after ``after`` (None: a source); the default
+        name is ``<kind>-<id>``."""
+        ident = self._next_id + 1
+        name = _check_name(name or f"{cls.kind}-{ident}", "operator name")
         if name in self._names:
             raise JobDefinitionError(
                 f"operator name {name!r} is used twice in job {self.name!r}; names must be unique"
             )
         self._names.add(name)
-        self._next_id += 1
-        return Node(self._next_id, kind, name, fn, options)
-
-
-def _feeds_state(node: Node) -> bool:
-    """Does keyed state follow ``node`` before any other exchange?"""
-    for child in node.children:
-        if child.kind in STATEFUL:
-            return True
-        if not child.exchanges and _feeds_state(child):
-            return True
-    return False
+        self._next_id = ident
+        op = cls(id=ident, name=name, **fields)
+        if after is None:
+            self._dataflow.add_source(op)
+        else:
+            self._dataflow.add(op, after)
+        return op
 
 
 class Stream:
     """A stream of records; each method adds an operator and returns the new stream."""
 
-    def __init__(self, job: Job, node: Node) -> None:
+    def __init__(self, job: Job, op: Op) -> None:
         self._job = job
-        self._node = node
+        self._op = op
 
-    def _then(
-        self, kind: str, fn: Callable[..., Any] | None, name: str | None, **options: Any
-    ) -> Node:
-        node = self._job._node(kind, name or f"{kind}-{self._job._next_id + 1}", fn, **options)
-        self._node.children.append(node)
-        return node
+    def _then(self, cls: type[_O], name: str | None, **fields: Any) -> _O:
+        return self._job._add(cls, name, self._op, **fields)
 
-    def _same_kind(self, node: Node) -> Stream:
-        return type(self)(self._job, node)
+    def _same_kind(self, op: Op) -> Stream:
+        return type(self)(self._job, op)
 
     def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Stream:
         """One output per record: ``fn(value)``."""
-        return self._same_kind(self._then(MAP, _check_callable(fn, "map"), name))
+        return self._same_kind(self._then(Map, name, fn=_check_callable(fn, "map")))
 
     def filter(self, fn: Callable[[Any], bool], *, name: str | None = None) -> Stream:
         """Keep the records for which ``fn(value)`` is true."""
-        return self._same_kind(self._then(FILTER, _check_callable(fn, "filter"), name))
+        return self._same_kind(self._then(Filter, name, fn=_check_callable(fn, "filter")))
 
     def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> Stream:
         """Zero or more outputs per record: the items of ``fn(value)``."""
-        return self._same_kind(self._then(FLAT_MAP, _check_callable(fn, "flat_map"), name))
+        return self._same_kind(self._then(FlatMap, name, fn=_check_callable(fn, "flat_map")))
 
     def key_by(
         self,
@@ -324,22 +228,22 @@ class Stream:
             isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
         ):
             raise JobDefinitionError(f"key_by(partitions={partitions!r}): expected an int >= 1")
-        return KeyedStream(self._job, self._then(KEY_BY, fn, name, partitions=partitions))
+        return KeyedStream(self._job, self._then(KeyBy, name, fn=fn, partitions=partitions))
 
-    def _partition(self, partitioner: str, name: str | None) -> Stream:
-        return Stream(self._job, self._then(PARTITION, None, name, partitioner=partitioner))
+    def _partition(self, partitioner: Partitioner, name: str | None) -> Stream:
+        return Stream(self._job, self._then(Partition, name, partitioner=partitioner))
 
     def forward(self, *, name: str | None = None) -> Stream:
         """Keep records in the slot that produced them (the default)."""
-        return self._partition(FORWARD, name)
+        return self._partition(Partitioner.FORWARD, name)
 
     def rebalance(self, *, name: str | None = None) -> Stream:
         """Spread records round-robin over all slots (evens out skew)."""
-        return self._partition(REBALANCE, name)
+        return self._partition(Partitioner.REBALANCE, name)
 
     def shuffle(self, *, name: str | None = None) -> Stream:
         """Send each record to a uniformly random slot."""
-        return self._partition(SHUFFLE, name)
+        return self._partition(Partitioner.SHUFFLE, name)
 
     def rescale(self, *, name: str | None = None) -> Stream:
         """Flink's rescale: round-robin to a local subset of downstream slots.
@@ -347,11 +251,11 @@ class Stream:
         Inside a worker every stage runs on all slots, so upstream and
         downstream parallelism are equal and rescale is one-to-one.
         """
-        return self._partition(RESCALE, name)
+        return self._partition(Partitioner.RESCALE, name)
 
     def broadcast(self, *, name: str | None = None) -> Stream:
         """Send every record to every slot."""
-        return self._partition(BROADCAST, name)
+        return self._partition(Partitioner.BROADCAST, name)
 
     def sink(
         self,
@@ -364,10 +268,10 @@ class Stream:
         """Write to ``topic``. The record key is ``key(value)`` if given, else
         the stream's key (after ``key_by``), else the input record's key."""
         _check_name(topic, "sink topic")
-        check_format(value, f"sink({topic!r})")
+        fmt = check_format(value, f"sink({topic!r})")
         if key is not None:
             _check_callable(key, "sink(key=…)")
-        self._then(SINK, key, name or f"sink-{topic}", topic=topic, value=value)
+        self._then(Sink, name or f"sink-{topic}", topic=topic, value=fmt, key=key)
 
 
 class KeyedStream(Stream):
@@ -380,7 +284,7 @@ class KeyedStream(Stream):
         Emits ``{"key": key, **result}`` (or ``{"key": key, "value": result}`` when
         the result is not a dict) on every update. State is checkpointed.
         """
-        return KeyedStream(self._job, self._then(REDUCE, _check_callable(fn, "reduce"), name))
+        return KeyedStream(self._job, self._then(Reduce, name, fn=_check_callable(fn, "reduce")))
 
     def aggregate(self, *, name: str | None = None, **fields: Any) -> KeyedStream:
         """Running aggregates per key, e.g. ``aggregate(count="count", avg=("mean", "v"))``.
@@ -389,7 +293,8 @@ class KeyedStream(Stream):
         `operators.AggregateFunction`. Emits ``{"key": key, <fields>}`` on every update.
         """
         compile_aggregates(fields)  # validate now
-        return KeyedStream(self._job, self._then(AGGREGATE, None, name, fields=fields))
+        op = self._then(Aggregate, name, fields=MappingProxyType(fields))
+        return KeyedStream(self._job, op)
 
     def process(self, fn: KeyedProcessFunction, *, name: str | None = None) -> KeyedStream:
         """A keyed process function: per-key state handles and event/processing-time timers.
@@ -400,7 +305,7 @@ class KeyedStream(Stream):
             raise JobDefinitionError(
                 f"process({fn!r}): expected an instance of operators.KeyedProcessFunction"
             )
-        return KeyedStream(self._job, self._then(PROCESS, fn, name))
+        return KeyedStream(self._job, self._then(Process, name, fn=fn))
 
     def window(
         self,
@@ -440,24 +345,41 @@ class WindowedStream:
         self, keyed: KeyedStream, spec: WindowSpec, lateness_ms: int, late_topic: str | None
     ) -> None:
         self._keyed = keyed
-        self._options = {"spec": spec, "lateness_ms": lateness_ms, "late_topic": late_topic}
+        self._spec = spec
+        self._lateness_ms = lateness_ms
+        self._late_topic = late_topic
 
-    def _then(self, function: str, fn: Any, name: str | None, **options: Any) -> KeyedStream:
+    def _then(
+        self,
+        function: WindowFunctionKind,
+        name: str | None,
+        fn: Callable[..., Any] | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> KeyedStream:
         keyed = self._keyed
-        node = keyed._then(WINDOW, fn, name, function=function, **self._options, **options)
-        return KeyedStream(keyed._job, node)
+        op = keyed._then(
+            Window,
+            name,
+            spec=self._spec,
+            function=function,
+            fn=fn,
+            fields=None if fields is None else MappingProxyType(fields),
+            lateness_ms=self._lateness_ms,
+            late_topic=self._late_topic,
+        )
+        return KeyedStream(keyed._job, op)
 
     def aggregate(self, *, name: str | None = None, **fields: Any) -> KeyedStream:
         """Per key and window: ``{"key", "window_start", "window_end", <fields>}``."""
         compile_aggregates(fields)
-        return self._then("aggregate", None, name, fields=fields)
+        return self._then(WindowFunctionKind.AGGREGATE, name, fields=fields)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> KeyedStream:
         """Per key and window, ``fn(accumulated, value)`` over the window's records."""
-        return self._then("reduce", _check_callable(fn, "reduce"), name)
+        return self._then(WindowFunctionKind.REDUCE, name, fn=_check_callable(fn, "reduce"))
 
     def process(
         self, fn: Callable[[Any, tuple[int, int], list], Any], *, name: str | None = None
     ) -> KeyedStream:
         """A full-window function: ``fn(key, (start, end), elements)`` sees all elements."""
-        return self._then("process", _check_callable(fn, "process"), name)
+        return self._then(WindowFunctionKind.PROCESS, name, fn=_check_callable(fn, "process"))

@@ -1,11 +1,14 @@
 """Instantiating a job's plan inside one slot.
 
-`build_chain` creates one operator instance per plan node and links them:
-everything between two exchanges is chained (a direct call per batch), an
-exchange's downstream becomes an *input* of the slot that other slots send to.
+`build_chain` creates one operator instance per node of a physical plan
+(`operators.physical`) and links them: everything between two exchanges is
+chained (a direct call per batch), an exchange's downstream becomes an *input*
+of the slot that other slots send to.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 from operators.chain import (
     ExchangeOp,
@@ -23,32 +26,39 @@ from operators.chain import (
     SourceOp,
 )
 from operators.keyed import AggregateOp, KeyedOp, ReduceOp
+from operators.physical import PlanNode
 from operators.plan import (
-    AGGREGATE,
-    FILTER,
-    FLAT_MAP,
-    KEY_BY,
-    MAP,
-    PARTITION,
-    PROCESS,
-    REDUCE,
-    SINK,
-    SOURCE,
-    WINDOW,
-    Node,
+    Aggregate,
+    Filter,
+    FlatMap,
+    HashExchange,
+    Map,
+    Op,
+    Partition,
+    Process,
+    RecordKey,
+    Reduce,
+    Repartition,
+    RepartitionSource,
+    Sink,
+    Source,
+    Window,
 )
 from operators.process import ProcessOp
 from operators.timers import TimerOperator
 from operators.windowed import WindowOp
 
-_CHAINED: dict[str, type[Operator]] = {
-    SOURCE: SourceOp,
-    MAP: MapOp,
-    FILTER: FilterOp,
-    FLAT_MAP: FlatMapOp,
-    SINK: SinkOp,
+_CHAINED: dict[type[Op], Callable[..., Operator]] = {
+    Source: SourceOp,
+    RepartitionSource: RepartitionSourceOp,
+    Map: MapOp,
+    Filter: FilterOp,
+    FlatMap: FlatMapOp,
+    RecordKey: RecordKeyOp,
+    Sink: SinkOp,
 }
-_KEYED: dict[str, type[KeyedOp]] = {REDUCE: ReduceOp, AGGREGATE: AggregateOp}
+_KEYED: dict[type[Op], type[KeyedOp]] = {Reduce: ReduceOp, Aggregate: AggregateOp}
+_TIMED: dict[type[Op], type[WindowOp | ProcessOp]] = {Window: WindowOp, Process: ProcessOp}
 
 
 class SlotChain:
@@ -71,57 +81,52 @@ class SlotChain:
         self.windows = windows
 
 
-def build_chain(sources: list[Node], ctx: SlotContext, max_key_groups: int) -> SlotChain:
-    """Instantiate the plan for one slot, chaining everything between exchanges."""
+def build_chain(roots: Sequence[PlanNode], ctx: SlotContext, max_key_groups: int) -> SlotChain:
+    """Instantiate a physical plan's trees (`PhysicalPlan.roots`) for one slot,
+    chaining everything between exchanges."""
     inputs: dict[int, Operator] = {}
     windows: list[TimerOperator] = []  # operators with timers
     topic = ""
 
-    def downstream(children: list[Node]) -> Operator | None:
+    def downstream(children: tuple[PlanNode, ...]) -> Operator | None:
         ops = [op for op in (build(child) for child in children) if op is not None]
         if not ops:
             return None
         return ops[0] if len(ops) == 1 else FanOut(ops)
 
-    def build(node: Node) -> Operator | None:
+    def build(node: PlanNode) -> Operator | None:
+        op = node.op
         after = downstream(node.children)
-        if node.exchanges:
+        if op.exchanges:
             if after is None:
                 return None
-            inputs[node.id] = after
-            cls = KeyByOp if node.kind == KEY_BY else ExchangeOp
-            return cls(node, ctx, node.id, max_key_groups)
-        if after is None and node.kind != SINK and "repartition" not in node.options:
+            inputs[op.id] = after
+            cls = KeyByOp if isinstance(op, HashExchange) else ExchangeOp
+            return cls(op, ctx, op.id, max_key_groups)
+        if isinstance(op, Repartition):
+            return RepartitionOp(op, ctx)  # ends this part of the plan: a topic follows
+        if after is None and not isinstance(op, Sink):
             return None  # a branch without a sink does nothing
-        if node.kind == PARTITION:  # forward, rescale: records stay in their slot
+        if isinstance(op, Partition):  # forward, rescale: records stay in their slot
             return after
-        if node.kind == KEY_BY and "repartition" in node.options:
-            return RepartitionOp(node, ctx)  # ends this part of the plan: a topic follows
-        if node.kind == KEY_BY:
-            op: Operator = RecordKeyOp(node, ctx)
-        elif node.kind in _KEYED:
-            op = _KEYED[node.kind](node, ctx, max_key_groups)
-        elif node.kind == WINDOW:
-            op = WindowOp(node, ctx, max_key_groups, topic)
-            windows.append(op)
-        elif node.kind == PROCESS:
-            op = ProcessOp(node, ctx, max_key_groups, topic)
-            windows.append(op)
-        elif node.kind == SOURCE and node.options["value"] == "repartition":
-            op = RepartitionSourceOp(node, ctx)
+        if type(op) in _KEYED:
+            instance: Operator = _KEYED[type(op)](op, ctx, max_key_groups)
+        elif type(op) in _TIMED:
+            instance = _TIMED[type(op)](op, ctx, max_key_groups, topic)
+            windows.append(instance)
         else:
-            op = _CHAINED[node.kind](node, ctx)
-        op.out = after
-        return op
+            instance = _CHAINED[type(op)](op, ctx)
+        instance.out = after
+        return instance
 
     heads: dict[str, list[Operator]] = {}
-    for src in sources:
-        topic = src.options["topic"]
+    for root in roots:
+        topic = root.op.topic
         before = len(windows)
-        op = build(src)
-        if op is not None:
-            op.track_time = len(windows) > before  # its watermark drives those windows
-            heads.setdefault(topic, []).append(op)
+        head = build(root)
+        if head is not None:
+            head.track_time = len(windows) > before  # its watermark drives those windows
+            heads.setdefault(topic, []).append(head)
     return SlotChain(
         {t: ops[0] if len(ops) == 1 else FanOut(ops) for t, ops in heads.items()},
         inputs,

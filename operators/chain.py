@@ -26,12 +26,17 @@ import orjson
 
 from operators.formats import decoder, encode_key, encoder
 from operators.plan import (
-    BROADCAST,
-    HASH,
-    KEY_BY,
-    REBALANCE,
-    SHUFFLE,
-    Node,
+    Filter,
+    FlatMap,
+    HashExchange,
+    Map,
+    Op,
+    Partition,
+    Partitioner,
+    Repartition,
+    RepartitionSource,
+    Sink,
+    Source,
 )
 from state.epoch import EpochBuffer
 from state.keygroups import key_group, slot_table
@@ -91,8 +96,8 @@ class Operator:
 
     __slots__ = ("ctx", "name", "out")
 
-    def __init__(self, node: Node, ctx: SlotContext) -> None:
-        self.name = node.name
+    def __init__(self, op: Op, ctx: SlotContext) -> None:
+        self.name = op.name
         self.ctx = ctx
         self.out: Operator | None = None
 
@@ -127,10 +132,10 @@ class SourceOp(Operator):
 
     __slots__ = ("decode", "timestamp", "track_time")
 
-    def __init__(self, node: Node, ctx: SlotContext) -> None:
-        super().__init__(node, ctx)
-        self.decode = decoder(node.options["value"])
-        self.timestamp: Callable[[Any], int] | None = node.options["timestamp"]
+    def __init__(self, op: Source, ctx: SlotContext) -> None:
+        super().__init__(op, ctx)
+        self.decode = decoder(op.value)
+        self.timestamp: Callable[[Any], int] | None = op.timestamp
         self.track_time = False  # set when windows downstream need this source's watermark
 
     def process(self, batch: Batch) -> None:
@@ -178,9 +183,9 @@ class SourceOp(Operator):
 class MapOp(Operator):
     __slots__ = ("fn",)
 
-    def __init__(self, node: Node, ctx: SlotContext) -> None:
-        super().__init__(node, ctx)
-        self.fn = node.fn
+    def __init__(self, op: Map, ctx: SlotContext) -> None:
+        super().__init__(op, ctx)
+        self.fn = op.fn
 
     def process(self, batch: Batch) -> None:
         fn = self.fn
@@ -204,9 +209,9 @@ class MapOp(Operator):
 class FilterOp(Operator):
     __slots__ = ("fn",)
 
-    def __init__(self, node: Node, ctx: SlotContext) -> None:
-        super().__init__(node, ctx)
-        self.fn = node.fn
+    def __init__(self, op: Filter, ctx: SlotContext) -> None:
+        super().__init__(op, ctx)
+        self.fn = op.fn
 
     def process(self, batch: Batch) -> None:
         fn = self.fn
@@ -231,9 +236,9 @@ class FilterOp(Operator):
 class FlatMapOp(Operator):
     __slots__ = ("fn",)
 
-    def __init__(self, node: Node, ctx: SlotContext) -> None:
-        super().__init__(node, ctx)
-        self.fn = node.fn
+    def __init__(self, op: FlatMap, ctx: SlotContext) -> None:
+        super().__init__(op, ctx)
+        self.fn = op.fn
 
     def process(self, batch: Batch) -> None:
         fn = self.fn
@@ -254,10 +259,15 @@ class FlatMapOp(Operator):
             self.out.process(Batch(batch.topic, batch.partition, out))
 
 
-class RepartitionSourceOp(SourceOp):
-    """Reads a repartition topic: values are ``[key, value]`` envelopes (JSON)."""
+class RepartitionSourceOp(Operator):
+    """Reads a repartition topic: values are ``[key, value]`` envelopes (JSON), the
+    record timestamp is the event time."""
 
-    __slots__ = ()
+    __slots__ = ("track_time",)
+
+    def __init__(self, op: RepartitionSource, ctx: SlotContext) -> None:
+        super().__init__(op, ctx)
+        self.track_time = False  # set when windows downstream need this source's watermark
 
     def process(self, batch: Batch) -> None:
         msgs = batch.elems
@@ -281,10 +291,10 @@ class RepartitionOp(Operator):
 
     __slots__ = ("fn", "topic")
 
-    def __init__(self, node: Node, ctx: SlotContext) -> None:
-        super().__init__(node, ctx)
-        self.fn = node.fn
-        self.topic = node.options["repartition"]
+    def __init__(self, op: Repartition, ctx: SlotContext) -> None:
+        super().__init__(op, ctx)
+        self.fn = op.fn
+        self.topic = op.topic
 
     def process(self, batch: Batch) -> None:
         fn, dumps = self.fn, orjson.dumps
@@ -339,25 +349,27 @@ class ExchangeOp(Operator):
 
     __slots__ = ("partitioner", "rr", "table", "target")
 
-    def __init__(self, node: Node, ctx: SlotContext, target: int, max_key_groups: int) -> None:
-        super().__init__(node, ctx)
+    def __init__(
+        self, op: Partition | HashExchange, ctx: SlotContext, target: int, max_key_groups: int
+    ) -> None:
+        super().__init__(op, ctx)
         self.target = target
-        self.partitioner = HASH if node.kind == KEY_BY else node.options["partitioner"]
+        self.partitioner = op.partitioner
         self.table = slot_table(ctx.slots, max_key_groups)
         self.rr = ctx.slot
 
     def process(self, batch: Batch) -> None:
         n = self.ctx.slots
         elems = batch.elems
-        if self.partitioner == BROADCAST:
+        if self.partitioner is Partitioner.BROADCAST:
             parts = [elems] * n
-        elif self.partitioner == REBALANCE:
+        elif self.partitioner is Partitioner.REBALANCE:
             start = self.rr
             parts = [[] for _ in range(n)]
             for k in range(n):
                 parts[(start + k) % n] = elems[k::n]
             self.rr = (start + len(elems)) % n
-        elif self.partitioner == SHUFFLE:
+        elif self.partitioner is Partitioner.SHUFFLE:
             parts = [[] for _ in range(n)]
             for e, s in zip(elems, random.choices(range(n), k=len(elems)), strict=True):
                 parts[s].append(e)
@@ -381,9 +393,11 @@ class KeyByOp(ExchangeOp):
 
     __slots__ = ("fn", "max_key_groups")
 
-    def __init__(self, node: Node, ctx: SlotContext, target: int, max_key_groups: int) -> None:
-        super().__init__(node, ctx, target, max_key_groups)
-        self.fn = node.fn
+    def __init__(
+        self, op: HashExchange, ctx: SlotContext, target: int, max_key_groups: int
+    ) -> None:
+        super().__init__(op, ctx, target, max_key_groups)
+        self.fn = op.fn
         self.max_key_groups = max_key_groups
 
     def _by_key(self, batch: Batch) -> list[list[Element]]:
@@ -409,11 +423,11 @@ class SinkOp(Operator):
 
     __slots__ = ("encode", "key_fn", "topic")
 
-    def __init__(self, node: Node, ctx: SlotContext) -> None:
-        super().__init__(node, ctx)
-        self.topic: str = node.options["topic"]
-        self.encode = encoder(node.options["value"])
-        self.key_fn = node.fn
+    def __init__(self, op: Sink, ctx: SlotContext) -> None:
+        super().__init__(op, ctx)
+        self.topic = op.topic
+        self.encode = encoder(op.value)
+        self.key_fn = op.key
 
     def process(self, batch: Batch) -> None:
         encode, key_fn = self.encode, self.key_fn

@@ -8,13 +8,22 @@ operator, never per record.
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 import orjson
 
 from operators.exceptions import JobDefinitionError
 
-VALUE_FORMATS = ("json", "bytes")
+
+class ValueFormat(StrEnum):
+    """How a topic's record values are encoded."""
+
+    JSON = "json"
+    BYTES = "bytes"
+
+
+VALUE_FORMATS = tuple(f.value for f in ValueFormat)
 
 Decoder = Callable[[bytes], Any]
 Encoder = Callable[[Any], bytes]
@@ -32,23 +41,23 @@ def _encode_bytes(value: Any) -> bytes:
     raise TypeError(f"a bytes sink needs bytes or str values, got {type(value).__name__}")
 
 
-def check_format(value: str, where: str) -> str:
+def check_format(value: str, where: str) -> ValueFormat:
     """Validate a ``value=`` argument at job-definition time."""
     if value not in VALUE_FORMATS:
         raise JobDefinitionError(
             f"{where}: value={value!r} is not a known format; expected one of {VALUE_FORMATS}"
         )
-    return value
+    return ValueFormat(value)
 
 
-def decoder(fmt: str) -> Decoder:
+def decoder(fmt: ValueFormat) -> Decoder:
     """The decode function for a format: raises on bad input (the caller dead-letters it)."""
-    return orjson.loads if fmt == "json" else _identity
+    return orjson.loads if fmt is ValueFormat.JSON else _identity
 
 
-def encoder(fmt: str) -> Encoder:
+def encoder(fmt: ValueFormat) -> Encoder:
     """The encode function for a format."""
-    return orjson.dumps if fmt == "json" else _encode_bytes
+    return orjson.dumps if fmt is ValueFormat.JSON else _encode_bytes
 
 
 def encode_key(key: Any) -> bytes | None:

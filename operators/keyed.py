@@ -13,25 +13,25 @@ from typing import Any
 from operators.aggregates import compile_aggregates
 from operators.chain import Batch, Element, Operator, SlotContext
 from operators.formats import encode_key
-from operators.plan import Node
+from operators.plan import Aggregate, Process, Reduce, StatefulOp, Window
 from operators.process import process_states
 from operators.windowed import window_states
 from state.epoch import MISSING
 from state.layout import state_key
 
 
-def state_name(node: Node) -> str:
+def state_name(op: Reduce | Aggregate) -> str:
     """The column family / changelog name of a keyed operator's state."""
-    return f"{node.name}.acc"
+    return f"{op.name}.acc"
 
 
-def states_of(node: Node) -> tuple[str, ...]:
+def states_of(op: StatefulOp) -> tuple[str, ...]:
     """Every state name a stateful operator uses."""
-    if node.kind == "window":
-        return window_states(node)
-    if node.kind == "process":
-        return process_states(node)
-    return (state_name(node),)
+    if isinstance(op, Window):
+        return window_states(op)
+    if isinstance(op, Process):
+        return process_states(op)
+    return (state_name(op),)
 
 
 def _output(key: Any, value: Any) -> dict:
@@ -45,9 +45,9 @@ def _output(key: Any, value: Any) -> dict:
 class KeyedOp(Operator):
     __slots__ = ("buffer", "groups", "state")
 
-    def __init__(self, node: Node, ctx: SlotContext, max_key_groups: int) -> None:
-        super().__init__(node, ctx)
-        self.state = state_name(node)
+    def __init__(self, op: Reduce | Aggregate, ctx: SlotContext, max_key_groups: int) -> None:
+        super().__init__(op, ctx)
+        self.state = state_name(op)
         self.buffer = ctx.state
         self.groups = max_key_groups
 
@@ -87,9 +87,9 @@ class KeyedOp(Operator):
 class ReduceOp(KeyedOp):
     __slots__ = ("fn",)
 
-    def __init__(self, node: Node, ctx: SlotContext, max_key_groups: int) -> None:
-        super().__init__(node, ctx, max_key_groups)
-        self.fn = node.fn
+    def __init__(self, op: Reduce, ctx: SlotContext, max_key_groups: int) -> None:
+        super().__init__(op, ctx, max_key_groups)
+        self.fn = op.fn
 
     def update(self, acc: Any, value: Any) -> tuple[Any, Any]:
         new = value if acc is None else self.fn(acc, value)
@@ -99,9 +99,9 @@ class ReduceOp(KeyedOp):
 class AggregateOp(KeyedOp):
     __slots__ = ("functions", "names")
 
-    def __init__(self, node: Node, ctx: SlotContext, max_key_groups: int) -> None:
-        super().__init__(node, ctx, max_key_groups)
-        functions = compile_aggregates(node.options["fields"])
+    def __init__(self, op: Aggregate, ctx: SlotContext, max_key_groups: int) -> None:
+        super().__init__(op, ctx, max_key_groups)
+        functions = compile_aggregates(op.fields)
         self.names = list(functions)
         self.functions = list(functions.values())
 

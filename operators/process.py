@@ -33,7 +33,7 @@ from typing import Any
 
 from operators.chain import Batch, Element, SlotContext
 from operators.formats import encode_key
-from operators.plan import Node
+from operators.plan import Process
 from operators.timers import EVENT, PROCESSING, TimerOperator, watermark_state
 from state.epoch import MISSING
 from state.layout import partition_of, state_key
@@ -202,7 +202,7 @@ class Context:
         return {"k": self.key, **sections} if sections else {}
 
 
-def process_states(node: Node) -> tuple[str, str]:
+def process_states(node: Process) -> tuple[str, str]:
     """(keyed values with their timers, per-partition watermark) state names."""
     return f"{node.name}.keyed", watermark_state(node.name)
 
@@ -212,7 +212,7 @@ class ProcessOp(TimerOperator):
 
     __slots__ = ("fn",)
 
-    def __init__(self, node: Node, ctx: SlotContext, max_key_groups: int, topic: str) -> None:
+    def __init__(self, node: Process, ctx: SlotContext, max_key_groups: int, topic: str) -> None:
         super().__init__(node, ctx, max_key_groups, topic, process_states(node)[0])
         self.fn: KeyedProcessFunction = node.fn
 

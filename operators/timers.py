@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from operators.chain import Batch, Element, Operator, SlotContext
-from operators.plan import Node
+from operators.plan import StatefulOp
 from state.epoch import EpochBuffer
 from state.layout import key_group_of, partition_key, partition_of
 
@@ -144,7 +144,7 @@ class TimerOperator(Operator):
     __slots__ = ("buffer", "groups", "state", "timers", "topic")
 
     def __init__(
-        self, node: Node, ctx: SlotContext, max_key_groups: int, topic: str, state: str
+        self, node: StatefulOp, ctx: SlotContext, max_key_groups: int, topic: str, state: str
     ) -> None:
         super().__init__(node, ctx)
         self.buffer = ctx.state

@@ -26,7 +26,7 @@ import orjson
 from operators.aggregates import compile_aggregates
 from operators.chain import Batch, Element, SlotContext
 from operators.formats import encode_key
-from operators.plan import Node
+from operators.plan import Window
 from operators.timers import EVENT, TimerOperator, watermark_state
 from state.layout import partition_of, state_key
 
@@ -102,16 +102,16 @@ class ProcessWindow(WindowFunction):
         return self.fn(key, (start, end), acc)
 
 
-def window_function(node: Node) -> WindowFunction:
-    kind = node.options["function"]
+def window_function(node: Window) -> WindowFunction:
+    kind = node.function
     if kind == "aggregate":
-        return AggregateWindow(node.options["fields"])
+        return AggregateWindow(node.fields)
     if kind == "reduce":
         return ReduceWindow(node.fn)
     return ProcessWindow(node.fn)
 
 
-def window_states(node: Node) -> tuple[str, str]:
+def window_states(node: Window) -> tuple[str, str]:
     """(window contents, per-partition watermark) state names."""
     return f"{node.name}.windows", watermark_state(node.name)
 
@@ -121,11 +121,11 @@ class WindowOp(TimerOperator):
 
     __slots__ = ("fn", "late_topic", "lateness", "spec")
 
-    def __init__(self, node: Node, ctx: SlotContext, max_key_groups: int, topic: str) -> None:
+    def __init__(self, node: Window, ctx: SlotContext, max_key_groups: int, topic: str) -> None:
         super().__init__(node, ctx, max_key_groups, topic, window_states(node)[0])
-        self.spec = node.options["spec"]
-        self.lateness: int = node.options["lateness_ms"]
-        self.late_topic: str | None = node.options["late_topic"]
+        self.spec = node.spec
+        self.lateness: int = node.lateness_ms
+        self.late_topic: str | None = node.late_topic
         self.fn = window_function(node)
 
     # -- records ------------------------------------------------------------

@@ -24,13 +24,11 @@ The life of a state change:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from operators import Job
-from operators.keyed import states_of
+from operators.physical import PhysicalPlan
 from service.exceptions import KafkaUnavailable
 from service.topics import ensure_topic, partition_counts
 from state.layout import changelog_key, partition_of
@@ -39,29 +37,11 @@ from state.store import Write
 TopicPartitionKey = tuple[str, int]
 
 
-def changelog_topic(group: str, operator: str) -> str:
-    """The changelog topic of ``operator`` in ``group`` (a contract: docs/architecture.md)."""
-    return f"{group}.{operator}.changelog"
-
-
-@dataclass(frozen=True)
-class StatefulOperator:
-    """A stateful operator as the runtime sees it: its input and its states."""
-
-    name: str
-    source_topic: str
-    changelog: str
-    states: tuple[str, ...]
-
-
 class Changelogs:
     """The changelog topics of one job in one group."""
 
-    def __init__(self, job: Job, group: str) -> None:
-        self.operators = [
-            StatefulOperator(node.name, topic, changelog_topic(group, node.name), states_of(node))
-            for node, topic in job.stateful()
-        ]
+    def __init__(self, plan: PhysicalPlan) -> None:
+        self.operators = list(plan.stateful)
         self.topic_of = {s: op.changelog for op in self.operators for s in op.states}
         self._operator_of = {op.changelog: op.name for op in self.operators}
 
@@ -73,8 +53,8 @@ class Changelogs:
         return [s for op in self.operators for s in op.states]
 
     @property
-    def source_topics(self) -> set[str]:
-        return {op.source_topic for op in self.operators}
+    def input_topics(self) -> set[str]:
+        return {op.input_topic for op in self.operators}
 
     def provision(self, admin: AdminClient, timeout_s: float) -> None:
         """Create missing changelogs (compacted, partitioned like their input); refuse
@@ -82,13 +62,13 @@ class Changelogs:
         input partitions."""
         counts = partition_counts(admin, timeout_s)
         for op in self.operators:
-            wanted = counts[op.source_topic]
+            wanted = counts[op.input_topic]
             ensure_topic(admin, op.changelog, wanted, timeout_s, {"cleanup.policy": "compact"})
             have = partition_counts(admin, timeout_s)[op.changelog]
             if have != wanted:
                 raise KafkaUnavailable(
                     f"changelog {op.changelog!r} has {have} partitions but its input"
-                    f" {op.source_topic!r} has {wanted}; keyed state follows input partitions,"
+                    f" {op.input_topic!r} has {wanted}; keyed state follows input partitions,"
                     " so a source topic's partition count must not change under a running"
                     " keyed job (restore the old count, or start a new --group)"
                 )

@@ -125,18 +125,19 @@ def _process_settings(worker: Worker) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from operators.physical import compile_plan
     from service.jobfile import load_job
 
     job = load_job(args.job)
-    job.bind(job.name)
-    print(job.describe())
-    print(f"source topics: {', '.join(job.user_source_topics())}")
-    print(f"sink topics: {', '.join(job.sink_topics())}")
-    for node, topic in job.stateful():
-        changelog = f"{job.name}.{node.name}.changelog"
-        print(f"state: {node.name} ({node.kind}) on {topic}, changelog {changelog}")
-    for source in job.repartitions():
-        print(f"repartition topic: {source.options['topic']} (group {job.name!r})")
+    plan = compile_plan(job, job.name)
+    print(plan.describe())
+    print(f"source topics: {', '.join(plan.user_source_topics)}")
+    print(f"sink topics: {', '.join(plan.sink_topics)}")
+    for state in plan.stateful:
+        where = f"on {state.input_topic}, changelog {state.changelog}"
+        print(f"state: {state.name} ({state.op.kind}) {where}")
+    for source in plan.repartitions:
+        print(f"repartition topic: {source.topic} (group {plan.group!r})")
     return 0
 
 

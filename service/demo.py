@@ -19,6 +19,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from operators.physical import compile_plan
 from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.exceptions import WeirError
@@ -80,7 +81,8 @@ def run_demo(bootstrap: str | None, count: int) -> int:
         job = load_job(str(EXAMPLE))
         settings = ClientSettings(WorkerConfig(bootstrap=bootstrap), "weir-demo", "weir-demo")
         admin = connect_admin(settings, bootstrap, 15)
-        for topic in (*job.source_topics(), *job.sink_topics()):
+        plan = compile_plan(job, job.name)
+        for topic in (*plan.user_source_topics, *plan.sink_topics):
             ensure_topic(admin, topic, 3, 15)
         start = _end_offsets(bootstrap, "sensor-stats", admin)
         # A minute of event time, ending now, aligned to the 10 s windows: 6 windows

@@ -38,13 +38,13 @@ def status(worker: Worker) -> dict[str, Any]:
     flow, rebalancer = worker.flow, worker.rebalancer
     watermark = worker.watermarks.watermark
     return {
-        "job": worker.job.name,
+        "job": worker.plan.job,
         "worker_id": worker.worker_id,
         "group": worker.group,
         "guarantee": worker.config.guarantee,
         "state": worker.state,
         "routing": router.mode,
-        "plan": worker.job.describe(),
+        "plan": worker.plan.describe(),
         "partitions": [f"{t}-{p}" for t, p in router.partitions],
         "paused": sorted(f"{t}-{p}" for t, p in set(flow.paused)) if flow else [],
         "fetch_held": flow is not None and flow.holding_since is not None,  # all slots full

@@ -14,7 +14,7 @@ import orjson
 from confluent_kafka import KafkaException
 
 from operators.aggregates import compile_aggregates
-from operators.plan import AGGREGATE, PROCESS, REDUCE, WINDOW
+from operators.plan import Aggregate, Process, Reduce, Window
 from operators.windowed import window_function
 from service.partitioner import partition_for
 from state.layout import state_key
@@ -25,14 +25,14 @@ if TYPE_CHECKING:
 
 def _present(node: Any, key: str, value: Any) -> Any:
     """The stored value as the operator would emit it."""
-    if node.kind == REDUCE:
+    if isinstance(node, Reduce):
         return {"key": key, **value} if isinstance(value, dict) else {"key": key, "value": value}
-    if node.kind == AGGREGATE:
-        functions = compile_aggregates(node.options["fields"])
+    if isinstance(node, Aggregate):
+        functions = compile_aggregates(node.fields)
         return {"key": key} | {
             name: f.result(acc) for (name, f), acc in zip(functions.items(), value, strict=True)
         }
-    if node.kind == WINDOW:
+    if isinstance(node, Window):
         fn = window_function(node)
         windows = []
         for start, end, acc, fired in value["w"]:
@@ -40,14 +40,14 @@ def _present(node: Any, key: str, value: Any) -> Any:
             fields = result if isinstance(result, dict) else {"value": result}
             windows.append({"window_start": start, "window_end": end, "fired": fired, **fields})
         return {"key": key, "open_windows": windows}
-    if node.kind == PROCESS:
+    if isinstance(node, Process):
         return {"key": key, **{k: v for k, v in value.items() if k != "k"}}
     return value
 
 
 def query_state(worker: Worker, operator: str, key: str) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) for one key of one stateful operator."""
-    ops = {node.name: (node, topic) for node, topic in worker.job.stateful()}
+    ops = {state.name: (state.op, state.input_topic) for state in worker.plan.stateful}
     if operator not in ops:
         return 404, {"error": f"no stateful operator {operator!r}", "operators": sorted(ops)}
     if worker.store is None:
@@ -59,7 +59,7 @@ def query_state(worker: Worker, operator: str, key: str) -> tuple[int, dict[str,
     for p in owned:
         if (topic, p) in worker.rebalancer.restoring:
             continue
-        data = worker.store.get(state, state_key(p, key_bytes, worker.job.max_key_groups))
+        data = worker.store.get(state, state_key(p, key_bytes, worker.plan.max_key_groups))
         if data is not None:
             body = {
                 "operator": operator,

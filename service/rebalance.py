@@ -102,7 +102,7 @@ class Rebalancer:
                     self.coordinator.committed[(tp.topic, tp.partition)] = tp.offset
         except KafkaException as exc:
             log.warning("could not read committed offsets of %s: %s", sorted(added), exc)
-        stateful = self.changelogs.source_topics
+        stateful = self.changelogs.input_topics
         restore = [tp for tp in partitions if tp.topic in stateful]
         if restore:  # Step 4
             # Assign now (the client would right after this callback) so they can be
@@ -119,9 +119,9 @@ class Rebalancer:
         """A source topic grew. Keyed state partitioned by it would be silently wrong
         (keys move to new partitions without their state), so that stops the job; a
         topic read through a repartition topic, or stateless, just gains work."""
-        keyed_topics = {op.source_topic: [] for op in self.changelogs.operators}
+        keyed_topics = {op.input_topic: [] for op in self.changelogs.operators}
         for op in self.changelogs.operators:
-            keyed_topics[op.source_topic].append(op.name)
+            keyed_topics[op.input_topic].append(op.name)
         for topic, p in sorted(added):
             known = self.topic_partitions.get(topic)
             if known is None or p < known:
@@ -195,7 +195,7 @@ class Rebalancer:
             return
         every = {
             (t, p)
-            for t in self.changelogs.source_topics
+            for t in self.changelogs.input_topics
             for p in range(self.topic_partitions.get(t, 0))
         }
         self.restorer.set_standby(every - set(self.router.pins))

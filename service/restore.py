@@ -40,7 +40,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from service.changelog import Changelogs, StatefulOperator
+from operators.physical import KeyedState
+from service.changelog import Changelogs
 from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.metrics import Metrics
@@ -60,7 +61,7 @@ class RestoreFailed(Exception):
 class _Changelog:
     """One changelog partition being replayed for a restore request."""
 
-    op: StatefulOperator
+    op: KeyedState
     partition: int
     source: TopicPartitionKey
     token: int
@@ -92,7 +93,7 @@ class Restorer(threading.Thread):
         consumer_conf: dict,
         admin: AdminClient,
         store: StateStore,
-        operators: list[StatefulOperator],
+        operators: list[KeyedState],
         metrics: Metrics,
         stall_timeout_s: float = 60.0,
         standby: bool = False,
@@ -218,7 +219,7 @@ class Restorer(threading.Thread):
         return str(futures[topic].result(timeout=30).topic_id)
 
     def _stale(
-        self, op: StatefulOperator, partition: int, start: int | None, low: int, end: int, cid: str
+        self, op: KeyedState, partition: int, start: int | None, low: int, end: int, cid: str
     ) -> str | None:
         """Why the local copy of a changelog partition cannot be resumed, if it cannot:
         older than what the log still holds (compacted or deleted), ahead of its end,
@@ -240,7 +241,7 @@ class Restorer(threading.Thread):
         request = self._requests[source] = _Request(token, now, 0)
         topic, partition = source
         for op in self.operators:
-            if op.source_topic != topic:
+            if op.input_topic != topic:
                 continue
             tp = TopicPartition(op.changelog, partition)
             low, end = self._end_offsets(tp)
@@ -344,7 +345,7 @@ class Restorer(threading.Thread):
             (op.changelog, p)
             for topic, p in self.standby
             for op in self.operators
-            if op.source_topic == topic
+            if op.input_topic == topic
         }
         if wanted != self.tailing:
             tailer.assign(

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
-from operators import Job
 from operators.chain import Batch
+from operators.physical import PhysicalPlan
 from service.changelog import Changelogs
 from service.metrics import Metrics
 from service.router import PINNED, SlotRouter
@@ -34,16 +34,14 @@ class SlotPool:
 
     def __init__(
         self,
-        job: Job,
+        plan: PhysicalPlan,
         count: int,
-        dlq_topic: str,
         metrics: Metrics,
         changelogs: Changelogs,
         on_fatal: Callable[[BaseException], None],
     ) -> None:
-        self.job = job
+        self.plan = plan
         self.count = count
-        self.dlq_topic = dlq_topic
         self.metrics = metrics
         self.changelogs = changelogs
         self.on_fatal = on_fatal
@@ -70,11 +68,11 @@ class SlotPool:
                 Slot(
                     i,
                     slots,
-                    self.job.sources,
-                    self.job.max_key_groups,
+                    self.plan.roots,
+                    self.plan.max_key_groups,
                     producer,
-                    self.job.on_error,
-                    self.dlq_topic,
+                    self.plan.on_error,
+                    self.plan.dlq_topic,
                     self.metrics,
                     on_ack,
                     self.on_fatal,
@@ -128,7 +126,7 @@ class SlotPool:
                 groups = None
             else:
                 mine = ready
-                groups = key_group_range(slot.slot, n, self.job.max_key_groups)
+                groups = key_group_range(slot.slot, n, self.plan.max_key_groups)
             for topic, p in mine:
                 parts.setdefault(topic, set()).add(p)
             slot.inbox.put(SOURCES, FETCHER, Ownership(parts, groups))

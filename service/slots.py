@@ -31,7 +31,8 @@ from confluent_kafka import KafkaException, Producer
 
 from operators.build import SlotChain, build_chain
 from operators.chain import Barrier, Batch, Row
-from operators.plan import Node
+from operators.physical import PlanNode
+from operators.plan import ErrorPolicy
 from service.exceptions import WorkerFailed
 from service.metrics import Metrics
 from state.epoch import EpochBuffer
@@ -141,10 +142,10 @@ class Slot(threading.Thread):
         self,
         index: int,
         slots: list[Slot],
-        sources: list[Node],
+        sources: tuple[PlanNode, ...],
         max_key_groups: int,
         producer: Producer,
-        policy: str,
+        policy: ErrorPolicy,
         dlq_topic: str,
         metrics: Metrics,
         on_ack: Callable[[int, int, list[Write]], None],
@@ -244,7 +245,7 @@ class Slot(threading.Thread):
         self.stats.failed += 1
         self.metrics.records_failed.labels(self.metrics.job, operator, reason).inc()
         error = f"{type(exc).__name__}: {exc}"
-        if self.policy == "fail":
+        if self.policy == ErrorPolicy.FAIL:
             raise WorkerFailed(
                 f"operator {operator!r} failed on {batch.topic}[{batch.partition}]@{elem[3]}"
                 f" ({reason}): {error}"
@@ -258,7 +259,7 @@ class Slot(threading.Thread):
             reason,
             error,
         )
-        if self.policy == "skip":
+        if self.policy == ErrorPolicy.SKIP:
             return
         key_bytes, value = elem[0], elem[1]
         if not isinstance(value, bytes | None):

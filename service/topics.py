@@ -8,7 +8,8 @@ import time
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from operators import Job
+from operators.physical import PhysicalPlan
+from operators.plan import ErrorPolicy
 from service.clients import ClientSettings
 from service.exceptions import JobLoadError, KafkaUnavailable
 
@@ -94,13 +95,13 @@ def record_size_limits(admin: AdminClient, topics: list[str], timeout_s: float) 
     return limits
 
 
-def provision_repartition_topics(admin: AdminClient, job: Job, timeout_s: float) -> None:
+def provision_repartition_topics(admin: AdminClient, plan: PhysicalPlan, timeout_s: float) -> None:
     """Create each repartition topic with its declared count (default: its upstream
     source's); refuse a declared count that differs from an existing topic's, as the
     keyed state behind it is partitioned by the existing count."""
     counts = partition_counts(admin, timeout_s)
-    for source in job.repartitions():
-        topic, declared = source.options["topic"], source.options["partitions"]
+    for source in plan.repartitions:
+        topic, declared = source.topic, source.partitions
         have = counts.get(topic)
         if declared and have is not None and have != declared:
             raise JobLoadError(
@@ -109,21 +110,21 @@ def provision_repartition_topics(admin: AdminClient, job: Job, timeout_s: float)
                 f" behind it is partitioned by the existing count. Keep partitions={have},"
                 " or start a new --group to repartition"
             )
-        ensure_topic(admin, topic, declared or counts[source.options["upstream"]], timeout_s)
+        ensure_topic(admin, topic, declared or counts[source.upstream], timeout_s)
 
 
 def provision_job_topics(
-    admin: AdminClient, job: Job, dlq_topic: str, timeout_s: float
+    admin: AdminClient, plan: PhysicalPlan, timeout_s: float
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Before a worker joins its group: check the job's own topics exist, create Weir's
     (repartition topics, the dead-letter topic). Returns the partition count of every
     topic the job reads, and the record size limit of every topic it writes."""
-    require_topics(admin, job.user_source_topics(), job.sink_topics(), timeout_s)
-    provision_repartition_topics(admin, job, timeout_s)
+    require_topics(admin, plan.user_source_topics, plan.sink_topics, timeout_s)
+    provision_repartition_topics(admin, plan, timeout_s)
     counts = partition_counts(admin, timeout_s)
-    written = [*job.sink_topics(), *job.repartition_topics()]
-    if job.on_error == "dlq":
-        ensure_topic(admin, dlq_topic, 1, timeout_s)
-        written.append(dlq_topic)
-    read = {t: counts[t] for t in job.source_topics()}
+    written = [*plan.sink_topics, *plan.repartition_topics]
+    if plan.on_error == ErrorPolicy.DLQ:
+        ensure_topic(admin, plan.dlq_topic, 1, timeout_s)
+        written.append(plan.dlq_topic)
+    read = {t: counts[t] for t in plan.source_topics}
     return read, record_size_limits(admin, written, timeout_s)

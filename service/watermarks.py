@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from operators import Job
+from operators.physical import PhysicalPlan
 from operators.timers import NO_TIME
 
 TopicPartitionKey = tuple[str, int]
@@ -74,14 +74,12 @@ class WatermarkTracker:
         self._all_idle: tuple[float, int] | None = None  # since when, from which watermark
 
     @classmethod
-    def for_job(cls, job: Job) -> WatermarkTracker:
-        """A tracker of the job's sources that feed event-time operators."""
+    def for_plan(cls, plan: PhysicalPlan) -> WatermarkTracker:
+        """A tracker of the plan's sources that feed event-time operators."""
         return cls(
             {
-                src.options["topic"]: SourceClock(
-                    round(src.options["max_out_of_orderness"] * 1000), src.options["idle_timeout"]
-                )
-                for src in job.event_time_sources()
+                src.topic: SourceClock(round(src.max_out_of_orderness * 1000), src.idle_timeout)
+                for src in plan.event_time_sources
             }
         )
 

@@ -36,6 +36,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from operators import Job
+from operators.physical import compile_plan
 from service.changelog import Changelogs
 from service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCommit
 from service.clients import ClientSettings
@@ -68,20 +69,19 @@ class Worker:
         self.job = job
         self.config = config
         self.group = config.group or job.name
-        job.bind(self.group)
+        self.plan = plan = compile_plan(job, self.group)
         suffix = "" if process_index is None else f".{process_index}"
         self.worker_id = f"{config.worker_id}{suffix}"
-        self.dlq_topic = f"{self.group}.dlq"
         self.settings = ClientSettings(config, self.group, f"{self.group}.{self.worker_id}")
         self.metrics = Metrics(job.name)
-        self.router = SlotRouter(config.slots, job.max_key_groups)
-        self.changelogs = Changelogs(job, self.group)
+        self.router = SlotRouter(config.slots, plan.max_key_groups)
+        self.changelogs = Changelogs(plan)
         self.output = TransactionalOutput(
             self.settings, config.exactly_once, config.connect_timeout_s
         )
-        self.watermarks = WatermarkTracker.for_job(job)
+        self.watermarks = WatermarkTracker.for_plan(plan)
         self.slots = SlotPool(
-            job, config.slots, self.dlq_topic, self.metrics, self.changelogs, self._on_slot_fatal
+            plan, config.slots, self.metrics, self.changelogs, self._on_slot_fatal
         )
         self.sampler = MetricsSampler(self.metrics, self.changelogs, self.slots)
         self.restarts = RestartStrategy(config, self.metrics)
@@ -103,9 +103,7 @@ class Worker:
         """Check Kafka and the topics, create Weir's own, and open the clients."""
         cfg, timeout = self.config, self.config.connect_timeout_s
         self.admin = admin = connect_admin(self.settings, cfg.bootstrap, timeout)
-        self.topic_partitions, self.size_limits = provision_job_topics(
-            admin, self.job, self.dlq_topic, timeout
-        )
+        self.topic_partitions, self.size_limits = provision_job_topics(admin, self.plan, timeout)
         state = None
         if self.changelogs:
             self.changelogs.provision(admin, timeout)
@@ -119,7 +117,7 @@ class Worker:
             state = StateCommit(self.store, self.changelogs, admin, timeout)
         self.output.open(self.size_limits)
         self.consumer = GroupConsumers(
-            self.settings, [self.job.user_source_topics(), self.job.repartition_topics()]
+            self.settings, [self.plan.user_source_topics, self.plan.repartition_topics]
         )
         self.flow = FlowControl(self.consumer, cfg.slot_queue_records, cfg.batch_size)
         self.coordinator = CheckpointCoordinator(

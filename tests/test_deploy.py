@@ -39,6 +39,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from operators.physical import compile_plan
 from service.cli import _parser
 from service.config import load_config
 from service.jobfile import load_job
@@ -427,8 +428,8 @@ def test_topics_of_the_example_job_are_created_before_the_workers_start() -> Non
             if args.command == "run":
                 job_file = in_image(args.job)
                 assert job_file is not None and job_file.is_file(), f"{name}: no {args.job}"
-                job = load_job(str(job_file))
-                topics = set(job.source_topics()) | set(job.sink_topics())
+                plan = compile_plan(load_job(str(job_file)), "deploy")
+                topics = set(plan.user_source_topics) | set(plan.sink_topics)
                 assert topics <= created, f"{name}: topics {topics - created} are never created"
             elif args.command == "produce-sample":
                 assert args.topic in created, f"{name}: produces to missing topic {args.topic}"

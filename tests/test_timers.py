@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from operators import Job, KeyedProcessFunction, Tumbling
 from operators.chain import Batch
 from operators.keyed import states_of
-from operators.plan import PROCESS, WINDOW, Node, walk
+from operators.plan import Op, Process, Window
 from operators.process import ProcessOp
 from operators.timers import EVENT, NO_TIME, PROCESSING, Timers, watermark_state
 from operators.windowed import WindowOp
@@ -281,11 +281,11 @@ class Reminders(KeyedProcessFunction):
         ctx.emit([ctx.key, ctx.time_domain, timestamp])
 
 
-def node_of(kind: str, job: Job) -> Node:
-    return next(n for n in walk(job.sources[0]) if n.kind == kind)
+def node_of(kind: type[Op], job: Job) -> Op:
+    return next(op for op in job.dataflow.ops() if isinstance(op, kind))
 
 
-def process_node() -> Node:
+def process_node() -> Process:
     job = Job("timers")
     (
         job.source("in", timestamp=lambda r: r["ts"])
@@ -293,10 +293,10 @@ def process_node() -> Node:
         .process(Reminders(), name="rem")
         .sink("out")
     )
-    return node_of(PROCESS, job)
+    return node_of(Process, job)
 
 
-def start(op_class: type, node: Node, store: Store, owned: set[int]) -> tuple[Any, Collector]:
+def start(op_class: type, node: Op, store: Store, owned: set[int]) -> tuple[Any, Collector]:
     """A fresh operator over what ``store`` committed, owning ``owned``."""
     op = op_class(node, Ctx(store.buffer()), GROUPS, "in")
     out = Collector()
@@ -373,7 +373,7 @@ def test_window_restored_watermark_keeps_late_records_late_after_a_restart():
         .aggregate(n="count", name="w")
         .sink("out")
     )
-    node = node_of(WINDOW, job)
+    node = node_of(Window, job)
     s = Store(states_of(node))
     try:
         op, out = start(WindowOp, node, s, {0})

@@ -11,6 +11,16 @@ from hypothesis import strategies as st
 from operators import Job, JobDefinitionError
 from operators.build import build_chain
 from operators.chain import Barrier, Batch
+from operators.formats import ValueFormat
+from operators.physical import compile_plan
+from operators.plan import (
+    ErrorPolicy,
+    HashExchange,
+    Repartition,
+    RepartitionSource,
+    Source,
+    Window,
+)
 from service.config import WorkerConfig, load_config
 from service.exceptions import ConfigError
 from service.router import KEY_GROUPS, PINNED, SlotRouter
@@ -187,9 +197,10 @@ def test_job_api_validates_at_definition_time():
 def test_plan_describes_exchanges():
     job = Job("p")
     job.source("in").key_by(lambda r: r["k"]).map(str).rebalance().sink("out")
-    text = job.describe()
+    plan = compile_plan(job, "p")
+    text = plan.describe()
     assert "key_by (hash exchange)" in text and "partition rebalance" in text
-    assert job.source_topics() == ["in"] and job.sink_topics() == ["out"]
+    assert plan.source_topics == ["in"] and plan.sink_topics == ["out"]
 
 
 # -- operator chains with a fake slot context ------------------------------------------
@@ -198,6 +209,7 @@ def test_plan_describes_exchanges():
 class FakeSlot:
     def __init__(self, slot=0, slots=1):
         self.slot, self.slots = slot, slots
+        self.state = None
         self.produced, self.failed, self.sent = [], [], []
 
     def produce(self, topic, rows, batch):
@@ -222,7 +234,7 @@ def test_chain_resumes_after_a_failing_record_and_calls_functions_once():
     job = Job("c")
     job.source("in").map(f).filter(lambda x: x != 20).sink("out")
     ctx = FakeSlot()
-    chain = build_chain(job.sources, ctx, 128)
+    chain = build_chain(compile_plan(job, "c").roots, ctx, 128)
     msgs = [Msg("in", 0, i, None, f'{{"n": {i}}}'.encode()) for i in range(6)]
     msgs.insert(2, Msg("in", 0, 99, None, b"not json"))
     chain.sources["in"].process(Batch("in", 0, msgs))
@@ -235,7 +247,7 @@ def test_key_by_exchange_routes_by_key_group_and_forwards_barriers():
     job = Job("x")
     job.source("in").key_by(lambda r: r["k"]).sink("out")
     ctx = FakeSlot(0, 4)
-    chain = build_chain(job.sources, ctx, 128)
+    chain = build_chain(compile_plan(job, "x").roots, ctx, 128)
     msgs = [Msg("in", 0, i, None, f'{{"k": "k{i % 9}"}}'.encode()) for i in range(90)]
     chain.sources["in"].process(Batch("in", 0, msgs))
     table = slot_table(4)
@@ -262,22 +274,131 @@ def test_sliding_assigns_every_window_containing_the_timestamp(ts, size_s, slide
     assert [s for s, _ in windows] == expected, "exactly the windows that contain ts"
 
 
-def test_repartition_plan_for_key_by_before_state():
+def windowed_job(name: str = "r") -> Job:
+    """in -> filter -> key_by(fn) -> window (late topic) -> sink: keyed state behind a key_by."""
     from operators import Tumbling
 
-    job = Job("r")
-    job.source("in").key_by(lambda r: r["k"]).window(Tumbling(seconds=1)).aggregate(n="count").sink(
-        "out"
+    job = Job(name, on_error="skip", max_key_groups=64)
+    (
+        job.source("in", timestamp=lambda r: r["ts"], max_out_of_orderness=2, idle_timeout=5)
+        .filter(bool)
+        .key_by(lambda r: r["k"], partitions=3, name="by-k")
+        .window(Tumbling(seconds=1), late_topic="late")
+        .aggregate(n="count", name="counts")
+        .sink("out")
     )
-    job.validate()
-    job.bind("grp")
-    (internal,) = job.repartitions()
-    assert internal.options["topic"] == "grp.key_by-2.repartition"
-    assert job.user_source_topics() == ["in"]
-    assert job.repartition_topics() == ["grp.key_by-2.repartition"]
-    assert job.source_topics() == ["grp.key_by-2.repartition", "in"]
-    assert [(n.name, t) for n, t in job.stateful()] == [("window-3", "grp.key_by-2.repartition")]
+    return job
+
+
+def shape(job: Job) -> list[tuple[int, str, list[int]]]:
+    """The recorded dataflow: every operator with the ids of the operators it feeds."""
+    flow = job.dataflow
+    return [(op.id, op.name, [c.id for c in flow.children(op)]) for op in flow.ops()]
+
+
+def test_repartition_plan_for_key_by_before_state():
+    plan = compile_plan(windowed_job(), "grp")
+    assert plan.user_source_topics == ["in"]
+    assert plan.repartition_topics == ["grp.by-k.repartition"]
+    assert plan.source_topics == ["grp.by-k.repartition", "in"]
+    assert plan.sink_topics == ["late", "out"], "a window's late topic is written too"
+    user, internal = plan.roots
+    (key_by,) = user.children[0].children
+    assert isinstance(key_by.op, Repartition) and key_by.children == (), "the branch ends there"
+    assert key_by.op.topic == "grp.by-k.repartition"
+    assert [n.op.name for n in internal.walk()] == [
+        "source-grp.by-k.repartition",
+        "counts",
+        "sink-out",
+    ]
     stateless = Job("s")
     stateless.source("in").key_by(lambda r: r["k"]).map(str).sink("out")
-    stateless.bind("g")
-    assert stateless.repartitions() == [], "no state after it: an in-worker exchange suffices"
+    plan = compile_plan(stateless, "g")
+    assert plan.repartitions == (), "no state after it: an in-worker exchange suffices"
+    assert isinstance(plan.roots[0].children[0].op, HashExchange)
+
+
+def test_compiled_plan_is_typed():
+    plan = compile_plan(windowed_job(), "grp")
+    assert (plan.job, plan.group, plan.max_key_groups) == ("r", "grp", 64)
+    assert plan.on_error == ErrorPolicy.SKIP and plan.dlq_topic == "grp.dlq"
+    source, internal = plan.sources
+    assert isinstance(source, Source) and source.value is ValueFormat.JSON
+    assert source.timestamp({"ts": 7}) == 7
+    assert (source.max_out_of_orderness, source.idle_timeout) == (2.0, 5)
+    assert isinstance(internal, RepartitionSource)
+    assert (internal.topic, internal.upstream, internal.partitions) == (
+        "grp.by-k.repartition",
+        "in",
+        3,
+    )
+    assert (internal.max_out_of_orderness, internal.idle_timeout) == (2.0, 5), "inherited"
+    (state,) = plan.stateful
+    assert isinstance(state.op, Window) and state.name == "counts"
+    assert state.input_topic == "grp.by-k.repartition", "state follows the repartition topic"
+    assert state.states == ("counts.windows", "counts.watermark")
+    assert state.changelog == "grp.counts.changelog"
+    assert plan.event_time_sources == (internal,), "only the window's source drives timers"
+
+
+def test_compile_plan_leaves_the_job_as_it_was():
+    job = windowed_job()
+    before = shape(job)
+    first = compile_plan(job, "a")
+    assert shape(job) == before, "the key_by still feeds the window in the job"
+    second = compile_plan(job, "b")
+    assert shape(job) == before
+    assert first.repartition_topics == ["a.by-k.repartition"], "compiling again changed nothing"
+    assert second.repartition_topics == ["b.by-k.repartition"]
+    assert [s.changelog for s in second.stateful] == ["b.counts.changelog"]
+    assert first.describe() == second.describe().replace("b.by-k", "a.by-k")
+    assert first.stateful[0].op is second.stateful[0].op, "operators are shared, immutably"
+
+
+def test_chained_key_bys_repartition_twice_in_walk_order():
+    job = Job("n")
+    src = job.source("in", idle_timeout=1)
+    (
+        src.key_by(lambda r: r["a"], name="by-a")
+        .reduce(lambda x, y: y, name="first")
+        .key_by(lambda r: r["b"], name="by-b")
+        .reduce(lambda x, y: y, name="second")
+        .sink("out")
+    )
+    src.key_by(lambda r: r["c"], name="by-c").reduce(lambda x, y: y, name="third").sink("out2")
+    plan = compile_plan(job, "g")
+    assert [s.topic for s in plan.sources] == [
+        "in",
+        "g.by-a.repartition",
+        "g.by-b.repartition",
+        "g.by-c.repartition",
+    ], "job sources first, then repartition sources depth first"
+    assert [s.upstream for s in plan.repartitions] == ["in", "g.by-a.repartition", "in"]
+    assert [(s.name, s.input_topic) for s in plan.stateful] == [
+        ("first", "g.by-a.repartition"),
+        ("second", "g.by-b.repartition"),
+        ("third", "g.by-c.repartition"),
+    ]
+    assert len({n.op.id for root in plan.roots for n in root.walk()}) == sum(
+        1 for root in plan.roots for _ in root.walk()
+    ), "operator ids stay unique: exchanges are addressed by them"
+
+
+def test_compile_plan_refuses_an_unrunnable_job():
+    job = Job("bad")
+    job.source("in").rebalance().key_by().reduce(lambda a, b: b).sink("out")
+    with pytest.raises(JobDefinitionError, match="moves records between slots"):
+        compile_plan(job, "g")
+
+
+def test_repartition_chain_writes_key_value_envelopes_to_the_groups_topic():
+    plan = compile_plan(windowed_job(), "grp")
+    ctx = FakeSlot()
+    chain = build_chain(plan.roots, ctx, 64)
+    assert set(chain.sources) == {"in", "grp.by-k.repartition"}
+    msgs = [Msg("in", 0, i, None, f'{{"k": "k{i}", "ts": {i}}}'.encode()) for i in range(3)]
+    chain.sources["in"].process(Batch("in", 0, msgs))
+    assert ctx.produced == [
+        ("grp.by-k.repartition", f"k{i}".encode(), f'["k{i}",{{"k":"k{i}","ts":{i}}}]'.encode())
+        for i in range(3)
+    ]

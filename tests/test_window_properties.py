@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from operators import Job, Session, Sliding, Tumbling
 from operators.chain import Batch
-from operators.plan import WINDOW, walk
+from operators.physical import compile_plan
 from operators.timers import NO_TIME
 from operators.windowed import WindowOp, window_states
 from state.epoch import EpochBuffer
@@ -174,7 +174,8 @@ class Harness:
             )
             .sink("out")
         )
-        self.node = next(n for n in walk(job.sources[0]) if n.kind == WINDOW)
+        (state,) = compile_plan(job, "props").stateful
+        self.node = state.op
         self.states = window_states(self.node)
         self.dir = Path(tempfile.mkdtemp(prefix="weir-props-"))
         self.store = StateStore(self.dir, self.states)
