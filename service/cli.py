@@ -16,7 +16,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.config import GUARANTEES, LOG_FORMATS, LOG_LEVELS, RESTART_STRATEGIES, load_config
+from service.config import (
+    GUARANTEES,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MEMBERSHIPS,
+    RESTART_STRATEGIES,
+    load_config,
+)
 from service.exceptions import WeirError
 
 if TYPE_CHECKING:
@@ -51,6 +58,12 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         choices=RESTART_STRATEGIES,
         help="after an unexpected slot error: restart from the last checkpoint"
         " (default exponential-delay)",
+    )
+    p.add_argument(
+        "--membership",
+        choices=MEMBERSHIPS,
+        help="static: rejoin the group under the worker id after a restart, without a"
+        " rebalance (partitions of a stopped worker wait for session.timeout.ms); default dynamic",
     )
     p.add_argument("--restart-attempts", help="restarts before the worker exits (default 5)")
     p.add_argument("--restart-delay-ms", help="(first) delay before a restart (default 1000)")

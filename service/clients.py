@@ -74,8 +74,16 @@ class ClientSettings:
     def admin(self) -> dict[str, Any]:
         return {**self.common(), **self.passthrough("admin")}
 
-    def consumer(self) -> dict[str, Any]:
-        """A member of the job's group: manual commits inside checkpoints, read_committed."""
+    def consumer(self, stage: str | None = None) -> dict[str, Any]:
+        """A member of the job's group: manual commits inside checkpoints, read_committed.
+
+        With static membership (``membership="static"``) each stage's member joins as
+        ``group.instance.id = <worker-id>.<stage>`` (KIP-345): a worker restarted within
+        ``session.timeout.ms`` gets its partitions back without a rebalance, and a second
+        live worker with the same id fences the first out of the group."""
+        static = {}
+        if stage is not None and self.config.membership == "static":
+            static["group.instance.id"] = f"{self.transactional_id}.{stage}"
         return {
             **self.common(),
             "group.id": self.group,
@@ -92,6 +100,7 @@ class ClientSettings:
             # librdkafka >= 2.3 backs off 1 s once its prefetch queue is full, which
             # starves a fast pipeline on a backlog; keep refilling it promptly.
             "fetch.queue.backoff.ms": 10,
+            **static,
             **self.passthrough("consumer"),
         }
 

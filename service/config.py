@@ -22,6 +22,7 @@ GUARANTEES = ("exactly-once", "at-least-once")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 RESTART_STRATEGIES = ("exponential-delay", "fixed-delay", "none")
+MEMBERSHIPS = ("dynamic", "static")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class WorkerConfig:
     restart_attempts: int = 5
     restart_delay_ms: int = 1000  # fixed delay, or the first exponential one (doubling, max 60 s)
     standby_replicas: int = 0  # 1: tail every other partition's changelog for fast failover
+    # static: rejoin under group.instance.id = worker id (KIP-345), no rebalance on restart
+    membership: str = "dynamic"
     kafka: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -79,6 +82,7 @@ _CHOICES = {
     "log_level": LOG_LEVELS,
     "log_format": LOG_FORMATS,
     "restart_strategy": RESTART_STRATEGIES,
+    "membership": MEMBERSHIPS,
 }
 FIELDS = {f.name for f in fields(WorkerConfig)} - {"kafka"}
 

@@ -23,10 +23,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from service.clients import ClientSettings
-from service.exceptions import WorkerFailed
+from service.exceptions import DuplicateWorker, WorkerFailed
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,10 @@ RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 class GroupConsumers:
     """Consumers of one group, each subscribed to one stage's topics; dispatches by topic."""
 
-    def __init__(self, settings: ClientSettings, stages: list[list[str]]) -> None:
-        self.stages = [topics for topics in stages if topics]
-        self.members = [settings.open(Consumer, settings.consumer()) for _ in self.stages]
+    def __init__(self, settings: ClientSettings, stages: dict[str, list[str]]) -> None:
+        named = {name: topics for name, topics in stages.items() if topics}
+        self.stages = list(named.values())
+        self.members = [settings.open(Consumer, settings.consumer(name)) for name in named]
         self._of = {
             topic: consumer
             for consumer, topics in zip(self.members, self.stages, strict=True)
@@ -120,6 +122,20 @@ class GroupConsumers:
                 out[(tp.topic, tp.partition)] = tp.offset
         return out
 
+    def other_member_with(self, admin: AdminClient, group: str, client_id: str) -> str | None:
+        """Another live member of ``group`` using ``client_id`` (a second worker with this
+        worker's id), described; None if there is none or the group cannot be read."""
+        mine = {consumer.memberid() for consumer in self.members}
+        try:
+            futures = admin.describe_consumer_groups([group], request_timeout=10)
+            members = futures[group].result(timeout=10).members
+        except KafkaException:
+            return None
+        for member in members:
+            if member.client_id == client_id and member.member_id not in mine:
+                return f"another group member on {member.host} uses this worker's id"
+        return None
+
     def position(self, tp: TopicPartition) -> int:
         """The member's next offset to return for ``tp`` (past markers); -1001 if none."""
         return self._of[tp.topic].position([tp])[0].offset
@@ -134,13 +150,20 @@ class GroupConsumers:
 
 
 def _records(msgs: list[Any]) -> list[Any]:
-    """The records among ``msgs``; error events are logged, a fatal one raises."""
+    """The records among ``msgs``; error events are logged, a fatal one raises —
+    `DuplicateWorker` when another member took this worker's static id."""
     ok = [m for m in msgs if m.error() is None]
     if len(ok) != len(msgs):
         for m in msgs:
             err = m.error()
-            if err is not None:
-                if err.fatal():
-                    raise WorkerFailed(f"consumer failed: {err.str()}")
-                log.warning("consumer: %s", err.str())
+            if err is None:
+                continue
+            if "same group.instance.id" in err.str():
+                raise DuplicateWorker(
+                    "another worker joined the group with this worker's id (static membership"
+                    f" fenced this one: {err.str()}); run each --worker-id once"
+                )
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                raise WorkerFailed(f"consumer failed: {err.str()}")
+            log.warning("consumer: %s", err.str())
     return ok

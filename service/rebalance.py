@@ -15,6 +15,10 @@ Assigned (`Rebalancer.on_assign`):
    restore is submitted; they resume when it finishes (`restores_done`), other
    partitions start at once.
 5. Tell the slots what they own; update the standby set.
+6. If another live member uses this worker's id (a second worker started with
+   the same ``--worker-id``), make the next checkpoint commit even if nothing
+   changed: the instance whose producer the other one fenced finds out there and
+   stops (`service.transaction`), even on an idle job.
 
 Revoked (`on_revoke`): drain, then forget. Lost (`on_lost`: the group moved on
 without us, e.g. after a session timeout): forget, and roll back to the last
@@ -65,6 +69,7 @@ class Rebalancer:
         drain: Callable[[str], None],
         rollback: Callable[[str], None],
         fail: Callable[[BaseException], None],
+        duplicate: Callable[[], str | None],
     ) -> None:
         self.router = router
         self.slots = slots
@@ -78,6 +83,7 @@ class Rebalancer:
         self.drain = drain
         self.rollback = rollback
         self.fail = fail
+        self.duplicate = duplicate
         self.coordinator: CheckpointCoordinator | None = None
         self.restorer: Restorer | None = None  # set when the job has keyed state
         self.restoring: dict[TopicPartitionKey, int] = {}  # partition -> restore token
@@ -114,6 +120,12 @@ class Rebalancer:
                 self.restoring[key] = self.restorer.submit(key)
         self._changed()  # Step 5
         log.info("assigned %s; now %d partitions", sorted(added), len(wanted))
+        duplicate = self.duplicate()  # Step 6
+        if duplicate is not None:
+            log.warning(
+                "%s; the next checkpoint commits to find out which one is fenced", duplicate
+            )
+            self.coordinator.prove_ownership = True
 
     def _partition_counts_hold(self, added: set[TopicPartitionKey]) -> bool:
         """A source topic grew. Keyed state partitioned by it would be silently wrong

@@ -24,11 +24,14 @@ Exactly-once, the life of the producer:
    sequence).
 4. **Close**: abort the empty transaction that followed the last commit, flush.
 
-Fencing: a fatal error while aborting means this producer was fenced (the
+Fencing: a fatal error while aborting means this producer was fenced — the
 broker aborted a transaction that outlived ``transaction.timeout.ms`` while the
-worker was stalled, or another instance took the id). A fresh producer fences
-in turn; if that keeps happening, another live worker uses the same id, and the
-worker stops with a line saying so instead of fencing back and forth.
+worker was stalled, or another instance took the id. The group tells which
+(`duplicate_check`): if another live member uses this worker's client id, the
+worker stops with `DuplicateWorker` (the newer instance keeps running, no
+fencing back and forth); otherwise a fresh producer carries on. Should fencing
+still repeat (``FENCINGS_ALLOWED`` within ``FENCING_WINDOW_S``), the worker stops
+with a line saying so.
 
 At-least-once has no transactions: a commit flushes (every record produced so
 far is acknowledged by the broker) and then commits the input offsets.
@@ -39,12 +42,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from service.clients import ClientSettings
-from service.exceptions import KafkaUnavailable, WorkerFailed
+from service.exceptions import DuplicateWorker, KafkaUnavailable, WorkerFailed
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +65,15 @@ class TransactionFailed(Exception):
 class TransactionalOutput:
     """Owns the worker's producer, its transactions and their failures."""
 
-    def __init__(self, settings: ClientSettings, exactly_once: bool, timeout_s: float) -> None:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        exactly_once: bool,
+        timeout_s: float,
+        duplicate_check: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.settings = settings
+        self.duplicate_check = duplicate_check
         self.exactly_once = exactly_once
         self.timeout_s = timeout_s
         self.size_limits: dict[str, int] = {}
@@ -166,6 +177,12 @@ class TransactionalOutput:
         self.producer.begin_transaction()
 
     def _fenced(self, cause: str) -> None:
+        duplicate = self.duplicate_check()
+        if duplicate is not None:
+            raise DuplicateWorker(
+                f"producer {self.settings.transactional_id!r} was fenced ({cause}) and {duplicate};"
+                " run each --worker-id once"
+            )
         now = time.monotonic()
         self.fencings = [t for t in self.fencings if now - t < FENCING_WINDOW_S] + [now]
         if len(self.fencings) > FENCINGS_ALLOWED:

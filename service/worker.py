@@ -77,7 +77,7 @@ class Worker:
         self.router = SlotRouter(config.slots, plan.max_key_groups)
         self.changelogs = Changelogs(plan)
         self.output = TransactionalOutput(
-            self.settings, config.exactly_once, config.connect_timeout_s
+            self.settings, config.exactly_once, config.connect_timeout_s, self._duplicate
         )
         self.watermarks = WatermarkTracker.for_plan(plan)
         self.slots = SlotPool(
@@ -117,7 +117,8 @@ class Worker:
             state = StateCommit(self.store, self.changelogs, admin, timeout)
         self.output.open(self.size_limits)
         self.consumer = GroupConsumers(
-            self.settings, [self.plan.user_source_topics, self.plan.repartition_topics]
+            self.settings,
+            {"source": self.plan.user_source_topics, "repartition": self.plan.repartition_topics},
         )
         self.flow = FlowControl(self.consumer, cfg.slot_queue_records, cfg.batch_size)
         self.coordinator = CheckpointCoordinator(
@@ -147,6 +148,7 @@ class Worker:
             drain=self._drain,
             rollback=self._rollback,
             fail=self._fail,
+            duplicate=self._duplicate,
         )
         self.rebalancer.coordinator = self.coordinator
         if self.changelogs:
@@ -246,6 +248,14 @@ class Worker:
     def _on_slot_fatal(self, exc: BaseException) -> None:
         log.error("slot failed: %s: %s", type(exc).__name__, exc)
         self.fatal = exc
+
+    def _duplicate(self) -> str | None:
+        """Is another live worker using this worker's id? (asked after a fencing)"""
+        if self.consumer is None:
+            return None
+        return self.consumer.other_member_with(
+            self.admin, self.group, self.settings.transactional_id
+        )
 
     def _fail(self, exc: WorkerFailed) -> None:
         """Stop at the next loop iteration (from a callback that must not raise)."""

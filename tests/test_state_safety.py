@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import defaultdict
 
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from tests.kafka_fixture import consume_all, produce_json
@@ -109,3 +110,50 @@ def test_local_state_from_another_changelog_is_rebuilt(kafka_bootstrap, new_topi
         time.sleep(0.2)
     second = run(out2)
     _assert_exactly_once(second, len(records))  # as a clean run: counts start at 1 again
+
+
+@pytest.mark.parametrize("membership", ["dynamic", "static"])
+def test_same_worker_id_on_two_machines(kafka_bootstrap, new_topic, tmp_path, membership):
+    """Two live workers with one id (other state directories: other machines): exactly
+    one keeps running, the other stops with a line saying the id is taken; nothing is
+    lost or doubled."""
+    src, out = new_topic(partitions=3), new_topic(partitions=3)
+    group = f"twice-{uuid.uuid4().hex[:12]}"
+    env = job_env(in_=src, out=out)
+    _produce(kafka_bootstrap, src, _records(0, 300))
+    workers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        args = ["--state-dir", str(tmp_path / name / "state"), "--checkpoint-interval-ms", "200",
+                "--membership", membership]  # fmt: skip
+        workers.append(
+            WorkerProcess(
+                "keyed_count.py", kafka_bootstrap, group, "w1", tmp_path / name, env, args
+            )
+        )
+        if name == "a":
+            workers[0].wait_running(90)
+            assert len(consume_all(kafka_bootstrap, out, expected=300, timeout=90)) == 300
+    try:
+        deadline = time.monotonic() + 90
+        while all(w.proc.poll() is None for w in workers):
+            assert time.monotonic() < deadline, "both workers still run with one id"
+            _produce(kafka_bootstrap, src, [])
+            time.sleep(0.5)
+        stopped = next(w for w in workers if w.proc.poll() is not None)
+        survivor = next(w for w in workers if w is not stopped)
+        assert stopped.proc.returncode == 2, stopped.log_tail()
+        assert "this worker's id" in stopped.log_tail() or "same group.instance.id" in (
+            stopped.log_tail()
+        ), stopped.log_tail()
+        _produce(kafka_bootstrap, src, _records(300, 300))
+        survivor.wait_running(90)
+        outputs = consume_all(kafka_bootstrap, out, expected=600, timeout=120)
+        time.sleep(3)
+        assert survivor.proc.poll() is None, f"the survivor stopped: {survivor.log_tail()}"
+        assert survivor.terminate(60) == 0
+    finally:
+        for w in workers:
+            w.close()
+    outputs = consume_all(kafka_bootstrap, out, expected=None, timeout=60)
+    _assert_exactly_once(outputs, 600)
