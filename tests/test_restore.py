@@ -18,8 +18,10 @@ import uuid
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from operators.physical import KeyedState
+from operators.plan import Reduce
 from service.metrics import Metrics
-from service.restore import Restorer, StatefulOperator
+from service.restore import Restorer
 from state.layout import changelog_key, key_of, state_key
 from state.store import StateStore
 
@@ -76,7 +78,7 @@ def test_restore_reads_past_a_dead_workers_open_transaction(kafka_bootstrap, new
          "enable.auto.commit": False},
         AdminClient({"bootstrap.servers": kafka_bootstrap}),
         store,
-        [StatefulOperator("counts", SOURCE, changelog, (STATE,))],
+        [KeyedState(Reduce(id=1, name="counts", fn=max), SOURCE, (STATE,), changelog)],
         Metrics("restore-test"),
         stall_timeout_s=60,
     )  # fmt: skip
