@@ -55,6 +55,11 @@ class CheckpointFailed(Exception):
     """Step 3 failed; nothing of this checkpoint is committed."""
 
 
+class CheckpointTimedOut(CheckpointFailed):
+    """Step 2 did not finish within the checkpoint timeout: a slot is stuck (a hung or
+    too slow function). The message says where."""
+
+
 @dataclass(frozen=True)
 class StateCommit:
     """Where step 4 writes: the store, and the changelogs it records offsets of."""
@@ -102,6 +107,7 @@ class CheckpointCoordinator:
         metrics: Metrics,
         interval_s: float,
         commit_timeout_s: float = 30.0,
+        timeout_s: float = 7.0,
         state: StateCommit | None = None,
         slot_failure: Callable[[], BaseException | None] = lambda: None,
     ) -> None:
@@ -112,6 +118,8 @@ class CheckpointCoordinator:
         self.metrics = metrics
         self.interval_s = interval_s
         self.commit_timeout_s = commit_timeout_s
+        self.timeout_s = timeout_s
+        self.stalled: str | None = None  # why the last checkpoint timed out, until one completes
         self.state = state
         self.slot_failure = slot_failure
         self.acks: queue.SimpleQueue[tuple[int, int, list[Write]]] = queue.SimpleQueue()
@@ -160,6 +168,8 @@ class CheckpointCoordinator:
                 reason = f"a slot failed: {type(failure).__name__}: {failure}"
                 self._finish(pending, "failed", 0, reason)
                 raise CheckpointFailed(reason)
+            if time.monotonic() - pending.started > self.timeout_s:
+                self._time_out(pending)
             remaining = deadline - time.monotonic()
             try:
                 slot, cid, writes = self.acks.get(timeout=min(max(remaining, 0.0001), 0.1))
@@ -173,6 +183,35 @@ class CheckpointCoordinator:
         pending.aligned_at = time.monotonic()
         self._commit(pending)
         return True
+
+    def _laggards(self, pending: Pending) -> str:
+        """The slots that have not passed the barrier yet, and where they are."""
+        waiting = [s for s in self.slots() if s.slot not in pending.acked]
+        where = [s.stuck_in() or f"slot {s.slot} is aligning" for s in waiting]
+        return "; ".join(where) or "no slot is missing"
+
+    def _time_out(self, pending: Pending) -> None:
+        age = time.monotonic() - pending.started
+        reason = (
+            f"checkpoint {pending.id} did not complete within {self.timeout_s:.0f}s"
+            f" ({age:.1f}s): {self._laggards(pending)}"
+        )
+        log.error("%s", reason)
+        self.stalled = reason
+        self._finish(pending, "failed", 0, reason)
+        raise CheckpointTimedOut(reason)
+
+    def overdue(self) -> str | None:
+        """Why checkpoints are not completing, for /ready: one in flight for more than
+        half the timeout, or the last one timed out and none completed since."""
+        pending = self.pending
+        if pending is not None:
+            age = time.monotonic() - pending.started
+            if age > self.timeout_s / 2:
+                return (
+                    f"checkpoint {pending.id} in flight for {age:.1f}s: {self._laggards(pending)}"
+                )
+        return self.stalled
 
     def _commit(self, pending: Pending) -> None:
         """Steps 3 to 5."""
@@ -248,6 +287,7 @@ class CheckpointCoordinator:
         self.metrics.checkpoint_alignment.observe(alignment)
         if status == "completed":
             self.metrics.last_checkpoint_id.set(pending.id)
+            self.stalled = None
         record = CheckpointRecord(pending.id, status, duration, alignment, offsets, reason)
         self.history.append(record)
         del self.history[:-20]

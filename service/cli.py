@@ -48,6 +48,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--guarantee", choices=GUARANTEES, help="default exactly-once")
     p.add_argument("--checkpoint-interval-ms", help="checkpoint interval (default 1000)")
+    p.add_argument(
+        "--checkpoint-timeout-ms",
+        help="a checkpoint not complete by then fails and the restart strategy applies"
+        " (default 7000)",
+    )
     p.add_argument("--state-dir", help="directory for local state (default .weir-state)")
     p.add_argument("--http-port", help="metrics/health/status port; 0 = off (default)")
     p.add_argument("--http-host", help="HTTP bind address (default 127.0.0.1)")

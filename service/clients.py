@@ -34,8 +34,10 @@ class ClientSettings:
     @property
     def transaction_timeout_ms(self) -> int:
         """Short, so a dead worker's open transaction blocks read_committed readers (and
-        state restores) briefly — Kafka Streams uses 10 s — but longer than one epoch."""
-        return max(10000, 2 * self.config.checkpoint_interval_ms + 5000)
+        state restores) briefly — Kafka Streams uses 10 s — but longer than one epoch:
+        a checkpoint interval plus the checkpoint timeout, with room to commit."""
+        interval, timeout = self.config.checkpoint_interval_ms, self.config.checkpoint_timeout_ms
+        return max(10000, 2 * interval + 5000, interval + timeout + 2000)
 
     def common(self) -> dict[str, Any]:
         return {

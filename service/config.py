@@ -36,6 +36,8 @@ class WorkerConfig:
     processes: int = 1
     guarantee: str = "exactly-once"
     checkpoint_interval_ms: int = 1000
+    # A checkpoint not complete by then fails (a hung or too slow function): restart.
+    checkpoint_timeout_ms: int = 7000
     state_dir: str = ".weir-state"
     http_port: int = 0
     http_host: str = "127.0.0.1"
@@ -69,6 +71,7 @@ _INT_RANGES = {
     "slots": (1, 1024),
     "processes": (1, 256),
     "checkpoint_interval_ms": (10, 3_600_000),
+    "checkpoint_timeout_ms": (100, 3_600_000),
     "http_port": (0, 65535),
     "batch_size": (1, 1_000_000),
     "slot_queue_records": (1, 100_000_000),

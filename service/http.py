@@ -77,6 +77,9 @@ def readiness(worker: Worker) -> str | None:
         return f"worker is {worker.state}"
     if not worker.router.pins:
         return "no partitions assigned"
+    overdue = worker.coordinator.overdue()
+    if overdue is not None:
+        return overdue
     restoring = list(worker.rebalancer.restoring)
     if restoring:
         names = ", ".join(f"{t}[{p}]" for t, p in sorted(restoring))

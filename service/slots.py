@@ -20,17 +20,19 @@ they are held in the slot until the coordinator has committed N and sends
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from confluent_kafka import KafkaException, Producer
 
 from operators.build import SlotChain, build_chain
-from operators.chain import Barrier, Batch, Row
+from operators.chain import Barrier, Batch, Operator, Row
 from operators.physical import PlanNode
 from operators.plan import ErrorPolicy
 from service.exceptions import WorkerFailed
@@ -181,6 +183,7 @@ class Slot(threading.Thread):
         self.max_ts: dict[tuple[str, int], int] = {}  # event time seen per partition
         self.last_seen: dict[tuple[str, int], float] = {}  # when, in monotonic seconds
         self.discard = False  # set on rollback: a slot that outlives it must not produce
+        self.busy: tuple[Batch, list, float] | None = None  # the chunk in process, since when
         self._out_counters: dict[str, Any] = {}
 
     @property
@@ -299,6 +302,24 @@ class Slot(threading.Thread):
             self.max_ts[tp] = max_timestamp
         self.last_seen[tp] = time.monotonic()
 
+    def stuck_in(self) -> str | None:
+        """Where this slot's thread is now, for a checkpoint that waits on it: the
+        operator it is in (from the thread's stack: no cost on the hot path), the
+        record's topic, partition and offset, and for how long. None when idle."""
+        busy = self.busy
+        if busy is None:
+            return None
+        batch, chunk, since = busy
+        operator, offset = _operator_in(sys._current_frames().get(self.ident))
+        if offset is None:
+            first, last = _offset(chunk[0]), _offset(chunk[-1])
+            offset = first if first == last else f"{first}..{last}"
+        seconds = time.perf_counter() - since
+        return (
+            f"slot {self.slot} has been in operator {operator or '?'!r} for {seconds:.1f}s"
+            f" on record {batch.topic}[{batch.partition}]@{offset}"
+        )
+
     # -- thread ------------------------------------------------------------
     def run(self) -> None:
         try:
@@ -330,7 +351,9 @@ class Slot(threading.Thread):
                 for i in range(0, len(elems), step):
                     part = elems if step >= len(elems) else elems[i : i + step]
                     started = clock()
+                    self.busy = (payload, part, started)
                     head.process(Batch(payload.topic, payload.partition, part))
+                    self.busy = None
                     took = clock() - started
                     stats.busy_s += took
                     stats.records += len(part)
@@ -414,3 +437,20 @@ class Slot(threading.Thread):
                 return
             except BufferError:
                 self.producer.poll(0.05)
+
+
+def _offset(elem: Any) -> int:
+    """The source offset of a chunk entry: a Kafka message or an element tuple."""
+    return elem[3] if isinstance(elem, tuple) else elem.offset()
+
+
+def _operator_in(frame: FrameType | None) -> tuple[str | None, int | None]:
+    """The innermost operator on a thread's stack, and the offset of the record it is
+    on when its frame shows it (operators unpack ``k, v, t, o = elems[i]``)."""
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Operator):
+            offset = frame.f_locals.get("o")
+            return owner.name, offset if isinstance(offset, int) else None
+        frame = frame.f_back
+    return None, None

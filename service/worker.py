@@ -38,7 +38,12 @@ from confluent_kafka import KafkaException
 from operators import Job
 from operators.physical import compile_plan
 from service.changelog import Changelogs
-from service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCommit
+from service.checkpoint import (
+    CheckpointCoordinator,
+    CheckpointFailed,
+    CheckpointTimedOut,
+    StateCommit,
+)
 from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.consumers import GroupConsumers
@@ -60,6 +65,7 @@ from state.store import StateStore
 log = logging.getLogger(__name__)
 
 TopicPartitionKey = tuple[str, int]
+ROLLBACK_SLOT_STOP_S = 5.0
 
 
 class Worker:
@@ -132,6 +138,7 @@ class Worker:
             # up sooner, roll back, and keep serving the group (a rebalance may be what
             # it waits for).
             commit_timeout_s=self.settings.transaction_timeout_ms / 2000,
+            timeout_s=cfg.checkpoint_timeout_ms / 1000,
             state=state,
             slot_failure=lambda: self.fatal,
         )
@@ -218,6 +225,8 @@ class Worker:
                 coordinator.poll()
                 if coordinator.due():
                     coordinator.trigger()
+            except CheckpointTimedOut as exc:  # a stuck slot: the restart strategy decides
+                self.fatal = exc
             except CheckpointFailed as exc:
                 self._rollback(f"checkpoint failed: {exc}")
             now = time.monotonic()  # Step 8
@@ -284,7 +293,7 @@ class Worker:
     def _rollback(self, reason: str) -> None:
         """Return to the last committed checkpoint: abort, seek back, fresh slots."""
         log.warning("rolling back to the last committed checkpoint: %s", reason)
-        self.slots.stop(self.config.shutdown_timeout_s)
+        self.slots.stop(ROLLBACK_SLOT_STOP_S)  # a hung slot is abandoned, never waited for
         self.output.restart()
         committed = self.consumer.seek_to_committed(
             self.router.partitions, self.config.connect_timeout_s

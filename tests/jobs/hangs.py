@@ -1,0 +1,24 @@
+"""Test job: a map that blocks forever on the record whose ``n`` is ``WEIR_TEST_HANG_AT``
+(a call to a service that never answers); every other record passes through."""
+
+import os
+import threading
+
+from operators import Job
+
+HANG_AT = int(os.environ["WEIR_TEST_HANG_AT"])
+NEVER = threading.Event()
+
+
+def lookup(record: dict) -> dict:
+    if record["n"] == HANG_AT:
+        NEVER.wait()
+    return record
+
+
+job = Job("hangs")
+(
+    job.source(os.environ["WEIR_TEST_IN"])
+    .map(lookup, name="slow-lookup")
+    .sink(os.environ["WEIR_TEST_OUT"])
+)

@@ -1,0 +1,57 @@
+"""A hung user function never leaves a worker stuck and silent: the checkpoint times out,
+``/ready`` says which operator and record, the restart strategy applies, and once its
+attempts are spent the worker exits with the cause."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+from tests.kafka_fixture import consume_all, produce_json
+from tests.workers import WorkerProcess, job_env
+
+CHECKPOINT_TIMEOUT_S = 3
+
+
+def _ready(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def test_hung_map_turns_not_ready_naming_the_operator(kafka_bootstrap, new_topic, tmp_path):
+    src, out = new_topic(partitions=1), new_topic()
+    produce_json(kafka_bootstrap, src, [{"n": n} for n in range(20)])
+    worker = WorkerProcess(
+        "hangs.py", kafka_bootstrap, f"hang-{uuid.uuid4().hex[:8]}", "w1", tmp_path,
+        job_env(in_=src, out=out, hang_at=20),
+        ["--checkpoint-interval-ms", "200", "--checkpoint-timeout-ms",
+         str(CHECKPOINT_TIMEOUT_S * 1000), "--restart-attempts", "1", "--restart-delay-ms", "500"],
+    )  # fmt: skip
+    try:
+        worker.wait_running(60)
+        got = consume_all(kafka_bootstrap, out, expected=20, timeout=60)
+        assert sorted(r["value"]["n"] for r in got) == list(range(20)), "the records before it"
+        produce_json(kafka_bootstrap, src, [{"n": n} for n in range(20, 50)])
+        hung_at = time.monotonic()
+        status, body = 200, ""
+        while time.monotonic() - hung_at < CHECKPOINT_TIMEOUT_S + 5:
+            status, body = _ready(worker.http_port)
+            if status == 503 and "slow-lookup" in body:
+                break
+            time.sleep(0.2)
+        assert status == 503 and "'slow-lookup'" in body, (status, body)
+        assert f"{src}[0]@20" in body, body  # the record it is stuck on
+        code = worker.wait(4 * CHECKPOINT_TIMEOUT_S + 30)
+        log = worker.log_tail(80)
+        assert code == 1, log
+        assert "restart 1 of 1" in log and "giving up" in log, log
+        assert "did not complete within 3s" in log and f"{src}[0]@20" in log, log
+    finally:
+        worker.close()
