@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from service.config import (
     RESTART_STRATEGIES,
     load_config,
 )
-from service.exceptions import WeirError
+from service.exceptions import ShutdownOverran, WeirError
 
 if TYPE_CHECKING:
     from service.worker import Worker
@@ -127,7 +128,12 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     if config.http_port:
         serve(worker, config.http_host, config.http_port)
     _process_settings(worker)
-    worker.run()
+    try:
+        worker.run()
+    except ShutdownOverran as exc:  # a client call may still hang: exit without waiting
+        log.error("%s", exc)
+        logging.shutdown()
+        os._exit(exc.exit_code)
     return 0
 
 
@@ -168,7 +174,6 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    import os
 
     from service.sample import produce_readings, readings
 

@@ -30,3 +30,7 @@ class WorkerFailed(WeirError):
 class DuplicateWorker(WeirError):
     """Another live worker uses this worker id (its state directory or its
     transactional id): a deployment mistake, not to be restarted."""
+
+
+class ShutdownOverran(WorkerFailed):
+    """A clean stop did not finish within its time budget; the message names the step."""

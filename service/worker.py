@@ -30,6 +30,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ from service.checkpoint import (
 from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.consumers import GroupConsumers
-from service.exceptions import DuplicateWorker, WorkerFailed
+from service.deadline import BoundedCaller, CallTimedOut
+from service.exceptions import DuplicateWorker, ShutdownOverran, WorkerFailed
 from service.flow import FlowControl
 from service.metrics import Metrics
 from service.rebalance import Rebalancer
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 
 TopicPartitionKey = tuple[str, int]
 ROLLBACK_SLOT_STOP_S = 5.0
+ABANDON_S = 10.0  # the most a failed worker spends on leaving cleanly
 
 
 class Worker:
@@ -183,6 +186,9 @@ class Worker:
         try:
             self._loop()
             self._shutdown()
+        except ShutdownOverran:
+            self.state = "failed"  # a step is still running: touch nothing more
+            raise
         except KafkaException as exc:  # e.g. a fatal producer error: one line, not a traceback
             self._abandon()
             raise WorkerFailed(f"Kafka client failed: {exc.args[0].str()}") from exc
@@ -304,32 +310,56 @@ class Worker:
         self._start_slots()
 
     def _shutdown(self) -> None:
-        """Clean stop: last checkpoint, leave the group, stop the slots."""
+        """Clean stop within ``shutdown_timeout_s`` in all: the last checkpoint, leave the
+        group (revoking everything drains again), stop the slots, close the producer
+        and the state. Each step runs with what is left of the budget; one that
+        overruns raises `ShutdownOverran` naming it."""
         self.state = "stopping"
         log.info("stopping: committing the last checkpoint")
-        self._drain("shutdown")
-        self.consumer.close()  # revokes everything (drains again) and leaves the group
-        self.slots.stop(self.config.shutdown_timeout_s)
-        self.output.close(self.config.shutdown_timeout_s)
-        self._close_state()
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        caller = BoundedCaller("shutdown")
+        steps: list[tuple[str, Callable[[float], object]]] = [
+            ("the last checkpoint", self.coordinator.drain),
+            ("leaving the group", lambda _: self.consumer.close()),
+            ("stopping the slots", self.slots.stop),
+            ("closing the producer", self.output.close),
+            ("closing local state", self._close_state),
+        ]
+        for what, step in steps:
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                caller.call(lambda step=step, left=left: step(left), left, what)
+            except CallTimedOut:
+                raise ShutdownOverran(
+                    f"stopping overran shutdown_timeout_s={self.config.shutdown_timeout_s:g}"
+                    f" in step {what!r}"
+                ) from None
+            except CheckpointFailed as exc:
+                log.error("the last checkpoint failed (%s); its records are not committed", exc)
         self.state = "stopped"
         log.info("stopped")
 
-    def _close_state(self) -> None:
+    def _close_state(self, timeout: float = 10.0) -> None:
         restorer = self.rebalancer.restorer if self.rebalancer is not None else None
         if restorer is not None:
             restorer.stop()
-            restorer.join(10)
+            restorer.join(timeout)
         if self.store is not None and not (restorer and restorer.is_alive()):
             self.store.close()
 
     def _abandon(self) -> None:
-        """After a failure: stop the slots and abort; committed work stays committed."""
+        """After a failure: stop the slots, abort, leave; committed work stays committed.
+        Within ``ABANDON_S`` in all: the failure may be a broker that does not answer."""
         self.state = "failed"
         if self.rebalancer is not None:
             self.rebalancer.failed = True
-        self.slots.stop(5.0)
-        self.output.abandon()
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self.consumer.close()
-        self._close_state()
+        self.slots.stop(ROLLBACK_SLOT_STOP_S)
+        deadline = time.monotonic() + ABANDON_S
+        caller = BoundedCaller("abandon")
+        for what, step in (
+            ("aborting the transaction", self.output.abandon),
+            ("leaving the group", self.consumer.close),
+            ("closing local state", self._close_state),
+        ):
+            with contextlib.suppress(KafkaException, RuntimeError, CallTimedOut):
+                caller.call(step, max(0.1, deadline - time.monotonic()), what)

@@ -55,3 +55,26 @@ def test_hung_map_turns_not_ready_naming_the_operator(kafka_bootstrap, new_topic
         assert "did not complete within 3s" in log and f"{src}[0]@20" in log, log
     finally:
         worker.close()
+
+
+def test_stop_is_bounded_even_with_a_hung_function(kafka_bootstrap, new_topic, tmp_path):
+    """SIGTERM while a slot hangs: the worker exits within shutdown_timeout_s (plus the
+    time to start), saying which step overran, instead of waiting forever."""
+    src, out = new_topic(partitions=1), new_topic()
+    produce_json(kafka_bootstrap, src, [{"n": n} for n in range(5)])
+    worker = WorkerProcess(
+        "hangs.py", kafka_bootstrap, f"hang-{uuid.uuid4().hex[:8]}", "w1", tmp_path,
+        {**job_env(in_=src, out=out, hang_at=2), "WEIR_SHUTDOWN_TIMEOUT_S": "4"},
+        ["--checkpoint-timeout-ms", "60000"],
+    )  # fmt: skip
+    try:
+        worker.wait_running(60)
+        time.sleep(2)  # the slot is inside the hung call now
+        started = time.monotonic()
+        code = worker.terminate(30)
+        took = time.monotonic() - started
+        log = worker.log_tail(40)
+        assert took < 4 + 5, f"stopping took {took:.1f}s: {log}"
+        assert code == 1 and "overran shutdown_timeout_s=4 in step" in log, (code, log)
+    finally:
+        worker.close()

@@ -1,0 +1,87 @@
+"""Deadlines Weir enforces itself on blocking Kafka client calls.
+
+Some librdkafka calls can block past the timeout they are given — after a lost
+coordinator connection, ``send_offsets_to_transaction`` and
+``commit_transaction`` have been seen to wait forever — and a worker stuck in
+one holds its partitions, which is worse than a dead worker. So such calls run
+on a helper thread (librdkafka releases the GIL while it waits) and the caller
+waits at most the deadline:
+
+1. The call is handed to the caller's one helper thread.
+2. The caller waits up to ``seconds`` for its result (or exception).
+3. On time: the result is returned, the exception re-raised.
+4. Past the deadline: `CallTimedOut` is raised and the helper thread is
+   abandoned — it may still be inside the client — and a fresh one serves the
+   next call. The caller must treat the client as lost (a producer: replace it;
+   its successor's ``init_transactions`` fences it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class CallTimedOut(Exception):
+    """A client call did not return within its deadline; the client is presumed stuck."""
+
+
+class _Call:
+    """One call and, once it has returned or raised, its outcome."""
+
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class BoundedCaller:
+    """Runs blocking calls on a helper thread and waits for each at most its deadline.
+
+    The helper is a daemon thread, so one abandoned inside a call never keeps the
+    process from exiting."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.abandoned = 0  # helper threads left inside a call that never returned
+        self._calls: queue.SimpleQueue[_Call] = self._start()
+
+    def _start(self) -> queue.SimpleQueue[_Call]:
+        calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        threading.Thread(
+            target=_serve, args=(calls,), name=f"weir-{self.name}", daemon=True
+        ).start()
+        return calls
+
+    def call(self, fn: Callable[[], T], seconds: float, what: str) -> T:
+        """``fn()``'s result, or `CallTimedOut` once ``seconds`` have passed (steps 1-4)."""
+        call = _Call(fn)
+        self._calls.put(call)  # Step 1
+        if call.done.wait(seconds):  # Step 2
+            if call.error is not None:  # Step 3
+                raise call.error
+            return call.result
+        self._calls = self._start()  # Step 4: the stuck thread keeps the old queue
+        self.abandoned += 1
+        log.error("%s did not return within %.1fs; abandoning the call", what, seconds)
+        raise CallTimedOut(f"{what} did not return within {seconds:.1f}s")
+
+
+def _serve(calls: queue.SimpleQueue[_Call]) -> None:
+    while True:
+        call = calls.get()
+        try:
+            call.result = call.fn()
+        except BaseException as exc:  # handed to the caller, who decides
+            call.error = exc
+        call.done.set()
