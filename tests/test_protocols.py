@@ -263,6 +263,7 @@ ACTIONS = st.one_of(
     st.tuples(st.just("commit")),
 )
 EXCHANGES = st.lists(st.sampled_from(["rebalance", "broadcast", "key_by"]), max_size=2)
+KEYS = 2  # few keys: records of one key pile up behind barriers, so order is tested
 
 
 def pipeline(exchanges: list[str]) -> Job:
@@ -301,8 +302,8 @@ class Epochs:
             i = len(self.epoch_of)
             self.epoch_of[i] = self.triggered + 1
             self.bad_of[i] = b
-            self.fetched.append((slot, i % 4, i))
-            msgs.append(Msg("in", slot, self.offsets[slot], {"id": i, "k": i % 4, "bad": b}))
+            self.fetched.append((slot, i % KEYS, i))
+            msgs.append(Msg("in", slot, self.offsets[slot], {"id": i, "k": i % KEYS, "bad": b}))
             self.offsets[slot] += 1
         if msgs:
             self.slots.fetch(slot, "in", slot, msgs)
@@ -376,7 +377,7 @@ def test_every_output_lands_in_the_transaction_of_its_records_epoch(n, exchanges
     if all(kind == "key_by" for kind in exchanges):
         order = [rec.record["id"] for rec in records if rec.topic == "out"]
         for p in range(n):
-            for k in range(4):
+            for k in range(KEYS):
                 ids = [i for q, kk, i in run.fetched if (q, kk) == (p, k) and i in order]
                 assert [i for i in order if i in set(ids)] == ids, "a key keeps partition order"
 
