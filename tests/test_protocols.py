@@ -338,9 +338,8 @@ def copies(exchanges: list[str], stage: int, n: int) -> int:
     return n ** exchanges[: stage - 1].count("broadcast")
 
 
-@PROPERTY
-@given(st.integers(1, 3), EXCHANGES, st.lists(ACTIONS, max_size=40))
-def test_every_output_lands_in_the_transaction_of_its_records_epoch(n, exchanges, actions):
+def play(n: int, exchanges: list[str], actions: list[tuple]) -> Epochs:
+    """Run ``actions`` on ``n`` slots of the pipeline, then drain."""
     run = Epochs(pipeline(exchanges), n)
     for action in actions:
         if action[0] == "fetch":
@@ -352,6 +351,13 @@ def test_every_output_lands_in_the_transaction_of_its_records_epoch(n, exchanges
         else:
             run.commit()
     run.finish()
+    return run
+
+
+@PROPERTY
+@given(st.integers(1, 3), EXCHANGES, st.lists(ACTIONS, max_size=40))
+def test_every_output_lands_in_the_transaction_of_its_records_epoch(n, exchanges, actions):
+    run = play(n, exchanges, actions)
     records = run.slots.producer.records
     assert len(run.txn) == len(records), "nothing is produced after the last commit"
 
@@ -374,12 +380,21 @@ def test_every_output_lands_in_the_transaction_of_its_records_epoch(n, exchanges
         )
     acks = Counter((s, cid) for s, cid, _ in run.slots.acks)
     assert acks == Counter({(s, c): 1 for s in range(n) for c in range(1, run.triggered + 1)})
-    if all(kind == "key_by" for kind in exchanges):
-        order = [rec.record["id"] for rec in records if rec.topic == "out"]
-        for p in range(n):
-            for k in range(KEYS):
-                ids = [i for q, kk, i in run.fetched if (q, kk) == (p, k) and i in order]
-                assert [i for i in order if i in set(ids)] == ids, "a key keeps partition order"
+
+
+@PROPERTY
+@given(
+    st.integers(2, 3),
+    st.sampled_from([["key_by"], ["key_by", "key_by"]]),
+    st.lists(ACTIONS, max_size=40),
+)
+def test_records_of_one_key_keep_their_partition_order_through_barriers(n, exchanges, actions):
+    run = play(n, exchanges, actions)
+    order = [rec.record["id"] for rec in run.slots.producer.records if rec.topic == "out"]
+    for p in range(n):
+        for k in range(KEYS):
+            ids = [i for q, kk, i in run.fetched if (q, kk) == (p, k) and i in order]
+            assert [i for i in order if i in set(ids)] == ids, f"partition {p}, key {k}"
 
 
 # -- 2. the checkpoint coordinator ------------------------------------------------------------
