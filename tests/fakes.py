@@ -142,11 +142,13 @@ class FakeChangelogs:
 
 class Slots:
     """The slots of one worker process with their real `Slot` code and chains, a fake
-    producer, and the acknowledgements they send to the coordinator (``acks``)."""
+    producer, and the acknowledgements they send to the coordinator (``acks``), each
+    with the inputs the slot had passed the barrier on when it sent it (``passed``)."""
 
     def __init__(self, job: Job, n: int, policy: str = "dlq", stateful: bool = False) -> None:
         self.producer = FakeProducer()
         self.acks: list[tuple[int, int, list]] = []
+        self.passed: list[set[int]] = []
         self.all: list[Slot] = []
         self.metrics = Metrics(job.name)
         for i in range(n):
@@ -171,6 +173,11 @@ class Slots:
 
     def _on_ack(self, slot: int, checkpoint_id: int, writes: list) -> None:
         self.acks.append((slot, checkpoint_id, writes))
+        self.passed.append(set(self.all[slot].passed))
+
+    def inputs(self, slot: int) -> set[int]:
+        """Every input of a slot: its sources and the targets exchanges feed."""
+        return {SOURCES, *self.all[slot].chain.inputs}
 
     def _on_fatal(self, exc: BaseException) -> None:
         raise AssertionError(f"slot failed: {exc!r}") from exc
