@@ -176,7 +176,9 @@ def idle(tp, now: float, p: Progress) -> bool:
     return now - last > CLOCKS[tp[0]].idle_timeout_s and p.caught_up(tp)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(  # derandomized: the same examples every run
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(st.dictionaries(st.sampled_from(TPS), st.integers(0, 30_000)), st.lists(STEP, max_size=60))
 def test_watermark_rules_hold_for_any_sequence(floors, steps):
     t = WatermarkTracker(CLOCKS)
