@@ -1,0 +1,220 @@
+"""The watermark tracker's rules (service/watermarks.py, rules 1-6), without slots or a
+broker: what partitions have shown comes from `tests.fakes.Progress`, time is a number
+the test advances."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from operators.windowed import NO_WATERMARK
+from service.watermarks import SourceClock, WatermarkTracker
+from tests.fakes import Progress
+
+A0, A1, B0 = ("a", 0), ("a", 1), ("b", 0)
+
+
+def tracker(ooo_ms: int = 1_000, idle_s: float | None = 5.0, at: float = 0.0, tps=(A0, A1)):
+    """A tracker of source "a"; ``tps`` assigned (activated) at time ``at``."""
+    t = WatermarkTracker({"a": SourceClock(ooo_ms, idle_s)})
+    for tp in tps:
+        t.activate(tp, at)
+    return t
+
+
+def test_the_watermark_is_the_minimum_of_the_partitions_max_timestamp_minus_disorder():
+    t, p = tracker(), Progress()
+    p.record(A0, 10_000, 1.0)
+    p.record(A1, 7_000, 1.0)
+    assert t.advance(1.1, [A0, A1, B0], (), p) is True
+    assert t.watermark == 6_000, "min(10000, 7000) - 1000; topic b feeds no window"
+    p.record(A1, 20_000, 1.2)
+    t.advance(1.3, [A0, A1], (), p)
+    assert t.watermark == 9_000, "now partition a-0 holds it"
+
+
+def test_a_partition_without_records_holds_the_watermark_until_idle():
+    t, p = tracker(at=10.0), Progress()
+    p.record(A0, 10_000, 14.9)
+    assert t.advance(14.9, [A0, A1], (), p) is False
+    assert t.watermark == NO_WATERMARK, "a-1 has shown nothing and is not idle yet"
+    assert t.advance(15.1, [A0, A1], (), p) is True, "idle 5 s after it was assigned"
+    assert t.watermark == 9_000
+
+
+def test_a_restoring_partition_holds_the_watermark_where_it_is():
+    t, p = tracker(), Progress()
+    p.record(A0, 10_000, 1.0)
+    p.record(A1, 10_000, 1.0)
+    t.advance(1.0, [A0, A1], (), p)
+    assert t.watermark == 9_000
+    p.record(A0, 50_000, 2.0)
+    p.record(A1, 50_000, 2.0)
+    assert t.advance(2.0, [A0, A1], {A1}, p) is False
+    assert t.watermark == 9_000
+    assert t.advance(100.0, [A0, A1], {A1}, p) is False, "restoring is never idle"
+    t.activate(A1, 100.0)  # its restore ended: idleness counts from now
+    assert t.advance(100.1, [A0, A1], (), p) is True
+    assert t.watermark == 49_000, "a-0 went idle meanwhile; a-1 counts again"
+
+
+def test_idle_needs_the_timeout_and_everything_read():
+    t, p = tracker(), Progress()
+    p.record(A0, 100_000, 1.0)
+    p.record(A1, 5_000, 1.0)
+    t.advance(1.0, [A0, A1], (), p)
+    assert t.watermark == 4_000
+    for now in (2.0, 4.0, 6.0):
+        p.record(A0, 100_000, now)  # a-0 keeps going; a-1 falls silent at 1.0
+        t.advance(now, [A0, A1], (), p)
+        assert t.watermark == 4_000, f"at {now}: a-1 is silent for {now - 1.0} s, not idle yet"
+    p.backlog.add(A1)  # a-1 has records not read yet: not idle however long the silence
+    for now in (6.5, 60.0, 600.0):
+        p.record(A0, 100_000, now)
+        assert t.advance(now, [A0, A1], (), p) is False
+    p.backlog.discard(A1)
+    p.record(A0, 100_000, 601.0)
+    assert t.advance(601.0, [A0, A1], (), p) is True
+    assert t.watermark == 99_000, "idle a-1 no longer holds it back"
+
+
+def test_no_idle_timeout_means_never_idle():
+    t, p = tracker(idle_s=None), Progress()
+    p.record(A0, 100_000, 1.0)
+    p.record(A1, 5_000, 1.0)
+    t.advance(1.0, [A0, A1], (), p)
+    p.record(A0, 200_000, 10_000.0)
+    t.advance(10_000.0, [A0, A1], (), p)
+    assert t.watermark == 4_000
+
+
+def test_all_idle_advances_with_the_wall_clock_from_where_it_was():
+    t, p = tracker(), Progress()
+    p.record(A0, 10_000, 1.0)
+    p.record(A1, 12_000, 1.0)
+    t.advance(1.0, [A0, A1], (), p)
+    assert t.watermark == 9_000
+    assert t.advance(6.5, [A0, A1], (), p) is False, "both idle from now: the clock starts"
+    assert t.advance(7.5, [A0, A1], (), p) is True
+    assert t.watermark == 10_000
+    t.advance(10.0, [A0, A1], (), p)
+    assert t.watermark == 12_500
+    p.record(A1, 12_600, 10.5)  # a-1 wakes up behind the wall clock
+    assert t.advance(10.5, [A0, A1], (), p) is False, "never goes back"
+    assert t.watermark == 12_500
+    t.advance(16.0, [A0, A1], (), p)  # idle again: the clock restarts from 12500
+    t.advance(17.0, [A0, A1], (), p)
+    assert t.watermark == 13_500
+
+
+def test_right_after_a_restart_it_starts_from_the_lowest_restored_watermark():
+    t, p = tracker(at=0.0), Progress()
+    p.floors = {A0: 50_000, A1: 40_000}
+    assert t.advance(6.0, [A0, A1], (), p) is True, "no records yet, both idle"
+    assert t.watermark == 40_000
+    t.advance(7.0, [A0, A1], (), p)
+    t.advance(8.0, [A0, A1], (), p)
+    assert t.watermark == 41_000, "then with the wall clock from there"
+
+
+def test_a_restored_watermark_is_a_floor_for_its_partition():
+    t, p = tracker(ooo_ms=0), Progress()
+    p.floors = {A0: 30_000}
+    p.record(A0, 10_000, 1.0)
+    p.record(A1, 50_000, 1.0)
+    t.advance(1.0, [A0, A1], (), p)
+    assert t.watermark == 30_000, "a-0 reached 30000 before the restart"
+
+
+def test_the_watermark_never_goes_back_when_a_partition_joins():
+    t, p = tracker(), Progress()
+    p.record(A0, 10_000, 1.0)
+    t.advance(1.0, [A0], (), p)
+    t.activate(A1, 2.0)
+    p.record(A1, 1_000, 2.0)
+    assert t.advance(2.0, [A0, A1], (), p) is False
+    assert t.watermark == 9_000
+
+
+def test_a_burst_then_silence_still_closes_its_windows_when_another_partition_is_empty():
+    """Rule 5: with every partition idle the watermark advances with the wall clock
+    "so the last windows close". Partition a-1 is empty, so it holds the watermark at
+    NO_WATERMARK until its idle timeout; a-0's only burst was read within the same
+    100 ms tick as the assignment, so both turn idle on the same tick. The tracker
+    then sees "no watermark yet, all idle" and takes the restored watermarks (none)
+    instead of a-0's 10000: the watermark stays at NO_WATERMARK for good, and the
+    window holding the burst never closes. A burst at 0.15 s instead of 0.05 s closes it."""
+    t, p = tracker(ooo_ms=0, idle_s=1.0, at=0.0), Progress()
+    p.record(A0, 10_000, 0.05)
+    for tick in range(1, 60):  # the worker's cadence: every 100 ms
+        t.advance(round(tick * 0.1, 1), [A0, A1], (), p)
+    assert t.watermark >= 10_000, "the window holding a-0's records must be able to close"
+
+
+# -- properties -------------------------------------------------------------------------------
+
+TPS = [A0, A1, B0]
+CLOCKS = {"a": SourceClock(1_000, 2.0), "b": SourceClock(0, 5.0)}
+STEP = st.one_of(
+    st.tuples(st.just("record"), st.sampled_from(TPS), st.integers(0, 60_000)),
+    st.tuples(st.just("backlog"), st.sampled_from(TPS), st.booleans()),
+    st.tuples(st.just("restoring"), st.sampled_from(TPS), st.booleans()),
+    st.tuples(st.just("tick"), st.sampled_from([0.1, 0.5, 1.0, 3.0, 6.0])),
+)
+
+
+def partition_watermark(tp, p: Progress) -> int:
+    ts = p.max_timestamp(tp)
+    seen = NO_WATERMARK if ts is None else ts - CLOCKS[tp[0]].out_of_orderness_ms
+    return max(seen, p.restored_watermark(tp))
+
+
+def idle(tp, now: float, p: Progress) -> bool:
+    """Rule 3, from the definition: silent past the timeout (counted from the last record
+    or from activation at 0) and caught up."""
+    last = max(p.last_seen(tp) or 0.0, 0.0)
+    return now - last > CLOCKS[tp[0]].idle_timeout_s and p.caught_up(tp)
+
+
+@settings(  # derandomized: the same examples every run
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(st.dictionaries(st.sampled_from(TPS), st.integers(0, 30_000)), st.lists(STEP, max_size=60))
+def test_watermark_rules_hold_for_any_sequence(floors, steps):
+    t = WatermarkTracker(CLOCKS)
+    p = Progress()
+    p.floors = dict(floors)
+    for tp in TPS:
+        t.activate(tp, 0.0)
+    now, restoring = 0.0, set()
+    idle_run: tuple[float, int] | None = None  # all idle since when, from which watermark
+    for step in steps:
+        if step[0] == "record":
+            p.record(step[1], step[2], now)
+            continue
+        if step[0] == "backlog":
+            (p.backlog.add if step[2] else p.backlog.discard)(step[1])
+            continue
+        if step[0] == "restoring":
+            (restoring.add if step[2] else restoring.discard)(step[1])
+            continue
+        now += step[1]
+        before = t.watermark
+        moved = t.advance(now, TPS, restoring, p)
+        after = t.watermark
+        assert after >= before, "rule 6: never goes back"
+        assert moved == (after > before)
+        if restoring:
+            assert after == before, "rule 2: a restoring partition holds it"
+            idle_run = None
+            continue
+        active = [tp for tp in TPS if not idle(tp, now, p)]
+        if active:
+            idle_run = None
+            low = min(partition_watermark(tp, p) for tp in active)
+            assert after == max(before, low), "rules 1, 3, 4: the minimum over active ones"
+        else:
+            idle_run = idle_run or (now, before)
+            since, base = idle_run
+            if base != NO_WATERMARK:
+                assert after == base + round((now - since) * 1000), "rule 5: the wall clock"
