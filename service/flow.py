@@ -93,7 +93,8 @@ class FlowControl:
         hold = bool(slots) and len(self.full_slots) == len(slots)
         want = set(restoring)
         if hold and (self.holding_since is None or now - self.holding_since < HOLD_MAX_S):
-            self.holding_since = self.holding_since or now  # Step 3
+            if self.holding_since is None:  # Step 3
+                self.holding_since = now
         else:  # Step 4
             if not hold:
                 self.holding_since = None

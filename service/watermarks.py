@@ -15,9 +15,10 @@ this order every tick):
    partitions do not hold the watermark back.
 4. The worker's watermark is the minimum over the partitions left.
 5. With every partition idle it advances with the wall clock from where it
-   was, so the last windows close; right after a restart, when no partition
-   has shown a record yet, it starts from the lowest watermark the partitions
-   had reached before.
+   was, so the last windows close. If it was never set (every partition went
+   idle before all had shown a record, or right after a restart), it first
+   starts from the lowest watermark any partition has reached — from records
+   seen, or kept in state from before the restart; empty partitions do not count.
 6. It never goes back.
 
 The tracker owns only these rules and their clocks. What a partition has shown
@@ -110,8 +111,9 @@ class WatermarkTracker:
         if candidates:  # Rule 4
             new = min(candidates)
             self._all_idle = None
-        elif owned and self.watermark == NO_TIME:  # Rule 5, right after a restart
-            new = min(progress.restored_watermark(tp) for tp in owned)
+        elif owned and self.watermark == NO_TIME:  # Rule 5, no watermark yet
+            reached = [r for tp in owned if (r := self._reached(tp, progress)) > NO_TIME]
+            new = min(reached, default=NO_TIME)
         elif owned:  # Rule 5: all idle
             if self._all_idle is None:
                 self._all_idle = (now, self.watermark)
@@ -141,9 +143,13 @@ class WatermarkTracker:
         idle = clock.idle_timeout_s
         if idle is not None and now - last > idle and progress.caught_up(tp):  # Rule 3
             return None
+        return self._reached(tp, progress)
+
+    def _reached(self, tp: TopicPartitionKey, progress: PartitionProgress) -> int:
+        """Rule 1: from the records seen, never below the watermark restored from state."""
         stamp = progress.max_timestamp(tp)
-        seen_wm = NO_TIME if stamp is None else stamp - clock.out_of_orderness_ms
-        return max(seen_wm, progress.restored_watermark(tp))  # Rule 1
+        seen = NO_TIME if stamp is None else stamp - self.sources[tp[0]].out_of_orderness_ms
+        return max(seen, progress.restored_watermark(tp))
 
 
 class SlotProgress:

@@ -14,7 +14,9 @@ import orjson
 from operators import Job
 from operators.build import build_chain
 from operators.chain import Barrier, Batch
-from operators.windowed import NO_WATERMARK
+from operators.physical import compile_plan
+from operators.plan import ErrorPolicy
+from operators.timers import NO_TIME
 from service.metrics import Metrics
 from service.slots import FETCHER, SOURCES, Inbox, Release, Slot, Stop
 
@@ -151,14 +153,15 @@ class Slots:
         self.passed: list[set[int]] = []
         self.all: list[Slot] = []
         self.metrics = Metrics(job.name)
+        plan = compile_plan(job, job.name)
         for i in range(n):
             slot = Slot(
                 i,
                 self.all,
-                job.sources,
-                job.max_key_groups,
+                plan.roots,
+                plan.max_key_groups,
                 self.producer,
-                policy,
+                ErrorPolicy(policy),
                 f"{job.name}.dlq",
                 self.metrics,
                 on_ack=self._on_ack,
@@ -169,7 +172,7 @@ class Slots:
             slot.inbox = SteppedInbox()
             self.all.append(slot)
         for slot in self.all:
-            slot.chain = build_chain(job.sources, slot, job.max_key_groups)
+            slot.chain = build_chain(plan.roots, slot, plan.max_key_groups)
 
     def _on_ack(self, slot: int, checkpoint_id: int, writes: list) -> None:
         self.acks.append((slot, checkpoint_id, writes))
@@ -214,7 +217,7 @@ class Slots:
 
 def node_id(job: Job, name: str) -> int:
     """The plan node id of operator ``name`` (an exchange's id is its input target)."""
-    return next(n.id for n in job.nodes() if n.name == name)
+    return next(op.id for op in job.dataflow.ops() if op.name == name)
 
 
 # -- the checkpoint coordinator's collaborators ---------------------------------------------
@@ -376,4 +379,4 @@ class Progress:
         return tp not in self.backlog
 
     def restored_watermark(self, tp) -> int:
-        return self.floors.get(tp, NO_WATERMARK)
+        return self.floors.get(tp, NO_TIME)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.windowed import NO_WATERMARK
+from operators.timers import NO_TIME
 from service.watermarks import SourceClock, WatermarkTracker
 from tests.fakes import Progress
 
@@ -37,7 +37,7 @@ def test_a_partition_without_records_holds_the_watermark_until_idle():
     t, p = tracker(at=10.0), Progress()
     p.record(A0, 10_000, 14.9)
     assert t.advance(14.9, [A0, A1], (), p) is False
-    assert t.watermark == NO_WATERMARK, "a-1 has shown nothing and is not idle yet"
+    assert t.watermark == NO_TIME, "a-1 has shown nothing and is not idle yet"
     assert t.advance(15.1, [A0, A1], (), p) is True, "idle 5 s after it was assigned"
     assert t.watermark == 9_000
 
@@ -139,10 +139,10 @@ def test_the_watermark_never_goes_back_when_a_partition_joins():
 def test_a_burst_then_silence_still_closes_its_windows_when_another_partition_is_empty():
     """Rule 5: with every partition idle the watermark advances with the wall clock
     "so the last windows close". Partition a-1 is empty, so it holds the watermark at
-    NO_WATERMARK until its idle timeout; a-0's only burst was read within the same
+    NO_TIME until its idle timeout; a-0's only burst was read within the same
     100 ms tick as the assignment, so both turn idle on the same tick. The tracker
     then sees "no watermark yet, all idle" and takes the restored watermarks (none)
-    instead of a-0's 10000: the watermark stays at NO_WATERMARK for good, and the
+    instead of a-0's 10000: the watermark stays at NO_TIME for good, and the
     window holding the burst never closes. A burst at 0.15 s instead of 0.05 s closes it."""
     t, p = tracker(ooo_ms=0, idle_s=1.0, at=0.0), Progress()
     p.record(A0, 10_000, 0.05)
@@ -165,7 +165,7 @@ STEP = st.one_of(
 
 def partition_watermark(tp, p: Progress) -> int:
     ts = p.max_timestamp(tp)
-    seen = NO_WATERMARK if ts is None else ts - CLOCKS[tp[0]].out_of_orderness_ms
+    seen = NO_TIME if ts is None else ts - CLOCKS[tp[0]].out_of_orderness_ms
     return max(seen, p.restored_watermark(tp))
 
 
@@ -216,5 +216,5 @@ def test_watermark_rules_hold_for_any_sequence(floors, steps):
         else:
             idle_run = idle_run or (now, before)
             since, base = idle_run
-            if base != NO_WATERMARK:
+            if base != NO_TIME:
                 assert after == base + round((now - since) * 1000), "rule 5: the wall clock"
