@@ -135,6 +135,12 @@ class PhysicalPlan:
         )
 
     @property
+    def exchanges(self) -> bool:
+        """Do records move between slots inside a worker (a hash exchange, or a
+        rebalance/shuffle/rescale/broadcast partitioner)?"""
+        return any(node.op.exchanges for root in self.roots for node in root.walk())
+
+    @property
     def dlq_topic(self) -> str:
         """Where failed records go under ``on_error="dlq"``."""
         return f"{self.group}.dlq"

@@ -45,6 +45,7 @@ class WorkerConfig:
     log_format: str = "text"
     batch_size: int = 2000  # records per consume() call
     slot_queue_records: int = 20000  # backpressure bound per slot
+    slot_queue_bytes: int = 64 * 1024 * 1024  # and in bytes (inbox and held outputs)
     connect_timeout_s: float = 15.0
     shutdown_timeout_s: float = 30.0
     # Flink's restart strategies, for unexpected errors in a slot (not bad records):
@@ -75,6 +76,7 @@ _INT_RANGES = {
     "http_port": (0, 65535),
     "batch_size": (1, 1_000_000),
     "slot_queue_records": (1, 100_000_000),
+    "slot_queue_bytes": (1024 * 1024, 64 * 1024**3),
     "restart_attempts": (0, 1_000_000),
     "restart_delay_ms": (0, 3_600_000),
     "standby_replicas": (0, 1),

@@ -5,8 +5,13 @@ Every fetch loop iteration, `FlowControl.update`:
 1. Sizes each slot's queue bound: ``slot_queue_records``, or less for a slow
    slot, so a barrier never waits more than ``QUEUE_TARGET_S`` behind its queue
    (checkpoints keep completing well within the transaction timeout). Until a
-   slot's first records show its cost, the bound is ``PROBE_QUEUE``.
-2. Marks a slot *full* when its queue exceeds the bound, until it drains to half.
+   slot's first records show its cost, the bound is ``PROBE_QUEUE``. Bytes are
+   bounded too: ``slot_queue_bytes`` per slot, counting its inbox (records from
+   the fetcher and from other slots' exchanges) and the outputs it holds for the
+   next commit, so large records or a hot key behind an exchange cannot grow
+   the process without bound.
+2. Marks a slot *full* when its queue exceeds either bound, until it drains to
+   half of both.
 3. When every slot is full, holds off consuming (librdkafka's bounded prefetch
    queue keeps memory bounded) rather than pausing, since a pause throws away
    what was prefetched for those partitions — for at most ``HOLD_MAX_S``.
@@ -44,6 +49,10 @@ class SlotLoad(Protocol):
         """Records waiting in the slot's inbox."""
 
     @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the slot's inbox plus the outputs it holds."""
+
+    @property
     def cost(self) -> float:
         """Seconds per record (moving average); 0 until known."""
 
@@ -57,9 +66,12 @@ class Pausable(Protocol):
 class FlowControl:
     """Owns which partitions are paused and how much the fetcher may take next."""
 
-    def __init__(self, consumer: Pausable, queue_records: int, batch_size: int) -> None:
+    def __init__(
+        self, consumer: Pausable, queue_records: int, batch_size: int, queue_bytes: int
+    ) -> None:
         self.consumer = consumer
         self.queue_records = queue_records
+        self.queue_bytes = queue_bytes
         self.batch_size = batch_size
         self.paused: set[TopicPartitionKey] = set()
         self.full_slots: set[int] = set()
@@ -84,8 +96,10 @@ class FlowControl:
         room = self.batch_size
         for slot in slots:  # Steps 1-2
             high = self.queue_limit(slot.cost)
-            queued = slot.queued
-            if queued > high or (slot.slot in self.full_slots and queued > high // 2):
+            queued, size = slot.queued, slot.queued_bytes
+            over = queued > high or size > self.queue_bytes
+            above_half = queued > high // 2 or size > self.queue_bytes // 2
+            if over or (slot.slot in self.full_slots and above_half):
                 self.full_slots.add(slot.slot)
             else:
                 self.full_slots.discard(slot.slot)

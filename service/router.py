@@ -32,8 +32,9 @@ KEY_GROUPS = "key-groups"
 class SlotRouter:
     """Splits consumed messages into per-slot batches and tracks read positions."""
 
-    def __init__(self, slots: int, max_key_groups: int) -> None:
+    def __init__(self, slots: int, max_key_groups: int, exchanges: bool = False) -> None:
         self.slots = slots
+        self.exchanges = exchanges  # records move between slots after the fetcher
         self.max_key_groups = max_key_groups
         self.table = slot_table(slots, max_key_groups)
         self.pins: dict[TopicPartition, int] = {}
@@ -100,8 +101,10 @@ class SlotRouter:
         return owned
 
     def feeds(self, slot: int) -> list[TopicPartition]:
-        """The partitions whose records can reach ``slot`` directly from the fetcher."""
-        if self.mode == KEY_GROUPS:
+        """The partitions whose records can reach ``slot``: from the fetcher directly or,
+        when the job exchanges records between slots, through any other slot (a hot
+        key behind an exchange fills one slot from every partition)."""
+        if self.mode == KEY_GROUPS or self.exchanges:
             return list(self.pins)
         return [tp for tp, s in self.pins.items() if s == slot]
 

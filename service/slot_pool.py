@@ -98,10 +98,14 @@ class SlotPool:
                 log.warning("slot %d did not stop within %.0fs; abandoning it", slot.slot, timeout)
 
     def dispatch(self, per_slot: list[list[Batch]]) -> None:
-        """Hand each slot its routed batches (one inbox hand-off per batch)."""
+        """Hand each slot its routed batches (one inbox hand-off per batch), with their
+        records and bytes counted for flow control."""
         for slot, batches in zip(self.slots, per_slot, strict=True):
             for batch in batches:
-                slot.inbox.put(SOURCES, FETCHER, batch, len(batch.elems))
+                records = len(batch.elems)
+                size = sum(map(len, batch.elems))  # value bytes, in C
+                slot.record_bytes = size // records
+                slot.inbox.put(SOURCES, FETCHER, batch, records, size)
 
     def broadcast(self, item: Any) -> None:
         for slot in self.slots:

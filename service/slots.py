@@ -88,38 +88,42 @@ class Ownership:
 
 
 class Inbox:
-    """An unbounded FIFO that also counts the records it holds (for backpressure).
+    """An unbounded FIFO that also counts the records and bytes it holds (for
+    backpressure).
 
     Unbounded so that slots never block on each other (exchanges go both ways);
     memory is bounded by the fetcher, which pauses partitions while a slot's
-    ``records`` is over the limit.
+    ``records`` or ``bytes`` is over its limit (`service.flow`).
     """
 
     def __init__(self) -> None:
-        self._items: deque[tuple[int, int, Any, int]] = deque()
+        self._items: deque[tuple[int, int, Any, int, int]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self.records = 0
+        self.bytes = 0
 
-    def put(self, target: int, channel: int, payload: Any, records: int = 0) -> None:
+    def put(self, target: int, channel: int, payload: Any, records: int = 0, size: int = 0) -> None:
         with self._cond:
-            self._items.append((target, channel, payload, records))
+            self._items.append((target, channel, payload, records, size))
             self.records += records
+            self.bytes += size
             self._cond.notify()
 
     def stop(self, item: Any) -> None:
         """Drop everything queued and put ``item`` (a `Stop`) first."""
         with self._cond:
             self._items.clear()
-            self.records = 0
-            self._items.append((SOURCES, FETCHER, item, 0))
+            self.records = self.bytes = 0
+            self._items.append((SOURCES, FETCHER, item, 0, 0))
             self._cond.notify()
 
     def get(self) -> tuple[int, int, Any]:
         with self._cond:
             while not self._items:
                 self._cond.wait()
-            target, channel, payload, records = self._items.popleft()
+            target, channel, payload, records, size = self._items.popleft()
             self.records -= records
+            self.bytes -= size
             return target, channel, payload
 
 
@@ -176,6 +180,8 @@ class Slot(threading.Thread):
         self.current = SOURCES
         self.passed: set[int] = set()  # targets past the in-flight barrier
         self.held: list[tuple[str, bytes | None, bytes, Any, int]] = []
+        self.held_bytes = 0
+        self.record_bytes = 0  # bytes per record of the fetched batches (set by the fetcher)
         self.arrived: dict[int, set[int]] = {}
         self.stash: dict[int, list[tuple[int, Any]]] = {}
         self.replay: deque[tuple[int, int, Any]] = deque()
@@ -194,6 +200,11 @@ class Slot(threading.Thread):
     def queued(self) -> int:
         """Records waiting in the inbox (flow control reads it)."""
         return self.inbox.records
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the inbox plus outputs held for the next commit."""
+        return self.inbox.bytes + self.held_bytes
 
     @property
     def cost(self) -> float:
@@ -215,7 +226,9 @@ class Slot(threading.Thread):
             return
         if self.current in self.passed:
             # Exact-size copies: an orjson result keeps its ~4 KB build buffer.
-            self.held.extend((topic, k, bytes(memoryview(v)), None, t) for k, v, _, t in rows)
+            held = [(topic, k, bytes(memoryview(v)), None, t) for k, v, _, t in rows]
+            self.held.extend(held)
+            self.held_bytes += sum(len(h[2]) for h in held)
             return
         produce, poll = self.producer.produce, self.producer.poll
         i, n = 0, len(rows)
@@ -286,12 +299,15 @@ class Slot(threading.Thread):
         ]
         if self.current in self.passed:
             self.held.append((self.dlq_topic, key_bytes, value, headers, 0))
+            self.held_bytes += len(value or b"")
         else:
             self._produce_one(self.dlq_topic, key_bytes, value, headers)
 
     def send(self, slot: int, target: int, item: Batch | Barrier) -> None:
+        """To another slot's inbox; a batch's bytes are estimated from the size of the
+        records this slot was fetched (decoded elements have no byte size)."""
         records = len(item.elems) if isinstance(item, Batch) else 0
-        self.peers[slot].inbox.put(target, self.slot, item, records)
+        self.peers[slot].inbox.put(target, self.slot, item, records, records * self.record_bytes)
 
     def late(self, operator: str, count: int) -> None:
         self.metrics.records_late.labels(self.metrics.job, operator).inc(count)
@@ -415,7 +431,7 @@ class Slot(threading.Thread):
 
     def _release(self) -> None:
         self.passed.clear()
-        held, self.held = self.held, []
+        held, self.held, self.held_bytes = self.held, [], 0
         for topic, key, value, headers, ts in held:
             self._produce_one(topic, key, value, headers, timestamp=ts)
 

@@ -171,7 +171,8 @@ class TransactionalOutput:
         except KafkaException as exc:
             if exc.args[0].fatal():
                 self._fenced(exc.args[0].str())
-        old.poll(0)  # serve the purged records' reports
+        with contextlib.suppress(KafkaException):  # a fenced producer raises its fatal error
+            old.poll(0)  # serve the purged records' reports
         self._delivery_failures = []
         self.producer = self._new_producer()
         self.producer.begin_transaction()

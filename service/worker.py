@@ -83,7 +83,7 @@ class Worker:
         self.worker_id = f"{config.worker_id}{suffix}"
         self.settings = ClientSettings(config, self.group, f"{self.group}.{self.worker_id}")
         self.metrics = Metrics(job.name)
-        self.router = SlotRouter(config.slots, plan.max_key_groups)
+        self.router = SlotRouter(config.slots, plan.max_key_groups, plan.exchanges)
         self.changelogs = Changelogs(plan)
         self.output = TransactionalOutput(
             self.settings, config.exactly_once, config.connect_timeout_s, self._duplicate
@@ -129,7 +129,9 @@ class Worker:
             self.settings,
             {"source": self.plan.user_source_topics, "repartition": self.plan.repartition_topics},
         )
-        self.flow = FlowControl(self.consumer, cfg.slot_queue_records, cfg.batch_size)
+        self.flow = FlowControl(
+            self.consumer, cfg.slot_queue_records, cfg.batch_size, cfg.slot_queue_bytes
+        )
         self.coordinator = CheckpointCoordinator(
             self.consumer,
             self.output,

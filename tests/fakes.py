@@ -351,8 +351,10 @@ class PauseRecorder:
 class Load:
     """A slot as flow control reads it."""
 
-    def __init__(self, slot: int, queued: int = 0, cost: float = 0.0) -> None:
-        self.slot, self.queued, self.cost = slot, queued, cost
+    def __init__(
+        self, slot: int, queued: int = 0, cost: float = 0.0, queued_bytes: int = 0
+    ) -> None:
+        self.slot, self.queued, self.cost, self.queued_bytes = slot, queued, cost, queued_bytes
 
 
 class Progress:

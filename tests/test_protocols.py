@@ -630,7 +630,24 @@ COST = 0.001  # seconds per record: a queue bound of 100 records with queue_reco
 
 def flow() -> tuple[FlowControl, PauseRecorder]:
     consumer = PauseRecorder()
-    return FlowControl(consumer, queue_records=100, batch_size=500), consumer
+    return FlowControl(consumer, queue_records=100, batch_size=500, queue_bytes=MB), consumer
+
+
+MB = 1024 * 1024
+
+
+def test_a_slot_over_its_byte_bound_pauses_until_its_bytes_drain_to_half():
+    """Few, large records (or outputs held for the next commit) fill a slot by bytes."""
+    fc, consumer = flow()
+    loads = [Load(0, 3, COST, queued_bytes=MB + 1), Load(1, 0, COST)]
+    fc.update(loads, (), FEEDS.get, now=1000.0)
+    assert consumer.paused == {("in", 0), ("in", 2)}, "3 records, but over the byte bound"
+    loads[0].queued_bytes = MB // 2 + 1
+    fc.update(loads, (), FEEDS.get, now=1000.0)
+    assert consumer.paused == {("in", 0), ("in", 2)}, "above half of the byte bound"
+    loads[0].queued_bytes = MB // 2
+    fc.update(loads, (), FEEDS.get, now=1000.0)
+    assert consumer.paused == set()
 
 
 def test_a_full_slot_pauses_its_partitions_until_it_drains_to_half():
