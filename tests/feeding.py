@@ -12,10 +12,11 @@ keeps the order records were given in.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -24,6 +25,17 @@ ValueFn = Callable[[Any], Any]
 KeyFn = Callable[[Any], str | bytes | None]
 PartitionFn = Callable[[Any], int]
 _DONE = object()  # the end of a feed
+
+
+def numbered(first: int = 0, pad: int = 0) -> Iterator[dict]:
+    """Endless ``{"n": n}`` records from ``first`` on (with ``pad`` bytes of padding)."""
+    padding = {"pad": "x" * pad} if pad else {}
+    return ({"n": n, **padding} for n in itertools.count(first))
+
+
+def n_key(record: dict) -> str:
+    """A record's ``n`` as its key."""
+    return str(record["n"])
 
 
 def message(

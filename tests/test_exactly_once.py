@@ -420,19 +420,29 @@ def check_crash_at_least_once(keys: list[str], outputs: list[dict], records: lis
     assert all((state.get(k) or {}).get("count", 0) >= len(ns) for k, ns in expected.items())
 
 
-@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
-def test_random_kills_small(kafka_bootstrap, new_topic, tmp_path, guarantee):
-    """CI version: 30k inputs, 1k keys, 6 partitions, 2 workers, 3 kill -9s."""
+def random_kills(
+    bootstrap: str, new_topic: Callable[..., str], tmp_path: Path, guarantee: str, **sizes: Any
+) -> None:
+    """A `crash_run` with a random seed (``WEIR_TEST_SEED`` replays one), checked
+    against ``guarantee``."""
     seed = int(os.environ.get("WEIR_TEST_SEED") or random.randrange(1 << 30))
     print(f"seed {seed}")
     keys, outputs, records, _ = crash_run(
-        kafka_bootstrap, new_topic, tmp_path,
-        total=30_000, nkeys=1_000, kills=3, rate=1500, guarantee=guarantee, seed=seed,
-    )  # fmt: skip
+        bootstrap, new_topic, tmp_path, guarantee=guarantee, seed=seed, **sizes
+    )
     if guarantee == "exactly-once":
         check_crash_exactly_once(keys, outputs, records)
     else:
         check_crash_at_least_once(keys, outputs, records)
+
+
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_random_kills_small(kafka_bootstrap, new_topic, tmp_path, guarantee):
+    """CI version: 30k inputs, 1k keys, 6 partitions, 2 workers, 3 kill -9s."""
+    random_kills(
+        kafka_bootstrap, new_topic, tmp_path, guarantee,
+        total=30_000, nkeys=1_000, kills=3, rate=1500,
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -440,16 +450,10 @@ def test_random_kills_small(kafka_bootstrap, new_topic, tmp_path, guarantee):
 @pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
 def test_random_kills_full(kafka_bootstrap, new_topic, tmp_path, guarantee):
     """200k inputs, 10k keys, 6 partitions, 2 workers, 6 kill -9s at random moments."""
-    seed = int(os.environ.get("WEIR_TEST_SEED") or random.randrange(1 << 30))
-    print(f"seed {seed}")
-    keys, outputs, records, _ = crash_run(
-        kafka_bootstrap, new_topic, tmp_path,
-        total=200_000, nkeys=10_000, kills=6, rate=2500, guarantee=guarantee, seed=seed,
+    random_kills(
+        kafka_bootstrap, new_topic, tmp_path, guarantee,
+        total=200_000, nkeys=10_000, kills=6, rate=2500,
     )  # fmt: skip
-    if guarantee == "exactly-once":
-        check_crash_exactly_once(keys, outputs, records)
-    else:
-        check_crash_at_least_once(keys, outputs, records)
 
 
 # -- 2. death between the transaction commit and the RocksDB write --------------------

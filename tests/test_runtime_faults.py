@@ -16,7 +16,6 @@ repeated in assertion messages.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 import uuid
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.feeding import Feeder
+from tests.feeding import Feeder, n_key, numbered
 from tests.kafka_fixture import (
     committed_offsets,
     committed_reached,
@@ -43,16 +42,6 @@ SLOT_QUEUE_RECORDS = 20000  # WorkerConfig.slot_queue_records default: backpress
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def counting_feeder(
-    bootstrap: str, topic: str, rate: float, first: int = 0, pad: int = 0
-) -> Feeder:
-    """An endless `Feeder` of ``{"n": n}`` from ``first`` on (with ``pad`` bytes of
-    padding), keyed by ``str(n)``, at ``rate`` records/s until stopped."""
-    padding = {"pad": "x" * pad} if pad else {}
-    records = ({"n": n, **padding} for n in itertools.count(first))
-    return Feeder(bootstrap, topic, records, rate, key=lambda r: str(r["n"]))
 
 
 class StatusMonitor(threading.Thread):
@@ -132,7 +121,7 @@ def test_rebalances_at_least_once_lose_nothing(kafka_bootstrap, new_topic, tmp_p
         )
         return workers[name]
 
-    feeder = counting_feeder(kafka_bootstrap, src, RATE)
+    feeder = Feeder(kafka_bootstrap, src, numbered(), RATE, key=n_key)
     monitor = StatusMonitor(workers)
     feeder.start()
     monitor.start()
@@ -212,6 +201,13 @@ def test_rebalances_at_least_once_lose_nothing(kafka_bootstrap, new_topic, tmp_p
 # -- 2. backpressure -------------------------------------------------------------------
 
 
+def slow_worker(
+    bootstrap: str, name: str, logs: Path, env: dict[str, str], args: list[str] | None = None
+) -> WorkerProcess:
+    """tests/jobs/tagged.py (slowed down by ``env``'s sleep_ms) in a group of its own."""
+    return WorkerProcess("tagged.py", bootstrap, f"g-{uuid.uuid4().hex}", name, logs, env, args)
+
+
 def test_backpressure_bounds_memory_and_keeps_membership(kafka_bootstrap, new_topic, tmp_path):
     """A slot that takes 50 ms per record, 60k records (60 MB) waiting, more arriving.
 
@@ -225,15 +221,8 @@ def test_backpressure_bounds_memory_and_keeps_membership(kafka_bootstrap, new_to
     produce_json(
         kafka_bootstrap, src, [{"n": i, "pad": "x" * pad} for i in range(prefill)], key=None
     )
-    feeder = counting_feeder(kafka_bootstrap, src, rate=300, first=prefill, pad=pad)
-    worker = WorkerProcess(
-        "tagged.py",
-        kafka_bootstrap,
-        f"g-{uuid.uuid4().hex}",
-        "slow",
-        tmp_path,
-        env=job_env(in_=src, out=out, sleep_ms=50),
-    )
+    feeder = Feeder(kafka_bootstrap, src, numbered(prefill, pad), rate=300, key=n_key)
+    worker = slow_worker(kafka_bootstrap, "slow", tmp_path, job_env(in_=src, out=out, sleep_ms=50))
     samples: list[dict[str, Any]] = []
     try:
         feeder.start()
@@ -292,15 +281,8 @@ def test_slow_slot_output_rate(kafka_bootstrap, new_topic, tmp_path):
     """1 slot at 50 ms/record: the output flows at ~20 records/s (10-30/s over 10 s)."""
     src, out = new_topic(partitions=1), new_topic(partitions=1)
     produce_json(kafka_bootstrap, src, [{"n": i} for i in range(3000)])
-    worker = WorkerProcess(
-        "tagged.py",
-        kafka_bootstrap,
-        f"g-{uuid.uuid4().hex}",
-        "slow",
-        tmp_path,
-        env=job_env(in_=src, out=out, sleep_ms=50),
-        args=["--guarantee", "at-least-once"],
-    )
+    env = job_env(in_=src, out=out, sleep_ms=50)
+    worker = slow_worker(kafka_bootstrap, "slow", tmp_path, env, ["--guarantee", "at-least-once"])
     try:
         worker.wait_running()
         time.sleep(3)  # past the first records
@@ -324,14 +306,7 @@ def test_backpressure_exactly_once_keeps_committing(kafka_bootstrap, new_topic, 
     """
     src, out = new_topic(partitions=1), new_topic(partitions=1)
     produce_json(kafka_bootstrap, src, [{"n": i} for i in range(40_000)])
-    worker = WorkerProcess(
-        "tagged.py",
-        kafka_bootstrap,
-        f"g-{uuid.uuid4().hex}",
-        "eos",
-        tmp_path,
-        env=job_env(in_=src, out=out, sleep_ms=2),
-    )
+    worker = slow_worker(kafka_bootstrap, "eos", tmp_path, job_env(in_=src, out=out, sleep_ms=2))
     try:
         worker.wait_running()
         started = time.monotonic()
@@ -365,7 +340,6 @@ def _io_run_seconds(bootstrap: str, src: str, out: str, slots: int, total: int) 
         "tagged.py",
         job_env(in_=src, out=out, sleep_ms=5),
         bootstrap=bootstrap,
-        group=f"g-{uuid.uuid4().hex}",
         worker_id="io",
         slots=slots,
         checkpoint_interval_ms=200,
@@ -432,7 +406,6 @@ def test_partition_slot_matrix(kafka_bootstrap, new_topic, partitions, slots):
         "tagged.py",
         job_env(in_=src, out=out),
         bootstrap=kafka_bootstrap,
-        group=f"g-{uuid.uuid4().hex}",
         worker_id="m",
         slots=slots,
         checkpoint_interval_ms=200,

@@ -41,15 +41,8 @@ def wait_for(
         time.sleep(every)
 
 
-def seconds_until(
-    predicate: Callable[[], Any],
-    timeout: float,
-    what: str,
-    every: float = 0.2,
-    check: Callable[[], object] | None = None,
-    detail: Callable[[], str] | None = None,
-) -> float:
-    """`wait_for`, returning how many seconds the wait took (for the printed figures)."""
+def seconds_until(predicate: Callable[[], Any], timeout: float, what: str, **options: Any) -> float:
+    """`wait_for` (with the same options), returning how many seconds the wait took."""
     started = time.monotonic()
-    wait_for(predicate, timeout, what, every, check, detail)
+    wait_for(predicate, timeout, what, **options)
     return time.monotonic() - started

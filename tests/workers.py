@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -290,9 +291,14 @@ class Workers:
 
 
 class WorkerThread:
-    """A `Worker` on a thread of the test process: quick to start, easy to inspect."""
+    """A `Worker` on a thread of the test process: quick to start, easy to inspect.
+
+    ``config`` holds `WorkerConfig` fields; the group defaults to a fresh one, the
+    worker id to ``w1``.
+    """
 
     def __init__(self, job_file: str, env: dict[str, str], **config: Any) -> None:
+        config = {"group": f"g-{uuid.uuid4().hex}", "worker_id": "w1", **config}
         os.environ.update(env)
         try:
             self.job = load_job(str(JOBS / job_file))
