@@ -32,7 +32,6 @@ Results go to ``benchmarks/results/state.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -42,31 +41,40 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Message
 
 from benchmarks.common import (
     RESULTS,
     ROOT,
     TMP,
+    AppendSpan,
     BenchmarkError,
     Child,
     CpuSnapshot,
     OffsetProbe,
     admin_client,
+    check_load,
+    completed,
     create_topics,
     delete_topics,
     format_table,
     free_port,
+    machine_header,
     machine_info,
     make_records,
     median,
+    medians,
     prefill,
+    read_topic,
+    report_base,
+    row_arguments,
+    run_rows,
+    select_rows,
     start_broker,
     unique,
-    write_json,
+    write_report,
 )
 from benchmarks.stateful_common import (
-    code_version,
     dir_size,
     fetch_metrics,
     histogram_quantile,
@@ -83,6 +91,7 @@ from benchmarks.stateful_common import (
     watch_processing,
 )
 
+MODULE = "benchmarks.state"
 JOB_FILE = Path(__file__).resolve().parent / "jobs" / "keyed_count.py"
 OPERATOR = "counts"  # the aggregate's name in the job file
 STATE = f"{OPERATOR}.acc"
@@ -140,49 +149,21 @@ class CountScan:
 
 def scan_counts(bootstrap: str, topic: str, partitions: int, timeout: float) -> CountScan:
     """Read the whole output (read_committed) after the worker stopped."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": unique("bench-scan"),
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     final: dict[str, int] = {}
     pairs: set[tuple[str, int]] = set()
-    records = 0
-    first, last = sys.maxsize, 0
-    at_eof: set[int] = set()
-    deadline = time.monotonic() + timeout
+    stamps = AppendSpan()
     loads = orjson.loads
-    try:
-        while len(at_eof) < partitions:
-            if time.monotonic() > deadline:
-                raise BenchmarkError(
-                    f"reading {topic} back: {records} records after {timeout:.0f}s"
-                )
-            for m in consumer.consume(10000, 0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == -191:  # _PARTITION_EOF
-                        at_eof.add(m.partition())
-                        continue
-                    raise BenchmarkError(f"reading {topic} back: {err.str()}")
-                at_eof.discard(m.partition())
-                records += 1
-                ts = m.timestamp()[1]
-                first = min(first, ts)
-                last = max(last, ts)
-                r = loads(m.value())
-                key, count = r["key"], r["count"]
-                pairs.add((key, count))
-                if count > final.get(key, 0):
-                    final[key] = count
-    finally:
-        consumer.close()
-    return CountScan(records, len(pairs), first if records else 0, last, final)
+
+    def note(m: Message) -> None:
+        stamps.note(m)
+        r = loads(m.value())
+        key, count = r["key"], r["count"]
+        pairs.add((key, count))
+        if count > final.get(key, 0):
+            final[key] = count
+
+    records = read_topic(bootstrap, topic, partitions, note, timeout)
+    return CountScan(records, len(pairs), stamps.first, stamps.last, final)
 
 
 def checkpoint_stats(metrics: dict) -> dict[str, Any]:
@@ -312,7 +293,7 @@ def summarize(
 ) -> list[dict[str, Any]]:
     out = []
     for row in rows:
-        ok = [r for r in runs if r["row"] == row.name and "error" not in r]
+        ok, failed = completed(runs, row.name)
         out.append(
             {
                 "row": row.name,
@@ -320,16 +301,18 @@ def summarize(
                 "guarantee": row.guarantee,
                 "interval_ms": row.interval_ms,
                 "runs": len(ok),
-                "failed": [r["error"] for r in runs if r["row"] == row.name and "error" in r],
-                "records_per_s": median([r["records_per_s"] for r in ok]),
+                "failed": failed,
                 "records_per_s_all": [round(r["records_per_s"]) for r in ok],
-                "cpu_s_per_million": median(
-                    [r["cpu_s_per_million"] for r in ok if r["cpu_s_per_million"] is not None]
+                **medians(
+                    ok,
+                    "records_per_s",
+                    "cpu_s_per_million",
+                    "peak_rss_mb",
+                    "processing_records_per_s",
+                    "final_checkpoint_s",
+                    "append_span_records_per_s",
+                    "other_load_cores",
                 ),
-                "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]),
-                "processing_records_per_s": median([r["processing_records_per_s"] for r in ok]),
-                "final_checkpoint_s": median([r["final_checkpoint_s"] for r in ok]),
-                "append_span_records_per_s": median([r["append_span_records_per_s"] for r in ok]),
                 "checkpoint_mean_s": median(
                     [
                         r["checkpoints"]["mean_duration_s"]
@@ -337,7 +320,6 @@ def summarize(
                         if r["checkpoints"]["mean_duration_s"] is not None
                     ]
                 ),
-                "other_load_cores": median([r["other_load_cores"] for r in ok]),
             }
         )
     alo = next((s for s in out if s["row"] == "alo-1s" and s["runs"]), None)
@@ -478,10 +460,7 @@ def run_restore(
                     raise BenchmarkError(f"{child.name}: restore did not start: {child.tail()}")
                 time.sleep(0.05)
             prof = profile_worker(child, profile_s, "state-restore", modes=(profile,))
-        try:
-            ready_at = wait_ready(child, args.timeout + n / 10000)
-        except (RuntimeError, TimeoutError) as exc:
-            raise BenchmarkError(str(exc)) from exc
+        ready_at = wait_ready(child, args.timeout + n / 10000)
         after = CpuSnapshot.take(child.pid, broker_pid)
         metrics = fetch_metrics(port)
         rss = vm_status_mb(child.pid)
@@ -614,25 +593,12 @@ def restore_rows(restores: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def command_line() -> str:
-    return " ".join([".venv/bin/python -m benchmarks.state", *sys.argv[1:]])
-
-
-def header(info: dict[str, Any]) -> str:
-    return (
-        f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · {info['memory_gb']} GB"
-        f" · Linux {info['kernel']} · Python {info['python']} · confluent-kafka"
-        f" {info['confluent_kafka']} (librdkafka {info['librdkafka']}) · orjson"
-        f" {info['orjson']} · Kafka {info['kafka']}"
-    )
-
-
 def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     info = result["machine"]
     lines = [
         "# Keyed state: running count, checkpoints, restore, footprint",
         "",
-        header(info),
+        machine_header(info),
         "",
         f"Code: commit {result['code']['commit']} ({result['code']['subject']})"
         f"{', Weir packages modified' if result['code']['weir_dirty'] else ''}.",
@@ -737,14 +703,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--records", type=int, default=500_000, help="records per throughput run")
     p.add_argument("--keys", type=int, default=100_000, help="distinct keys in those records")
-    p.add_argument("--runs", type=int, default=3, help="repeats per row; the median is reported")
-    p.add_argument("--partitions", type=int, default=4)
+    row_arguments(p, ROWS)
     p.add_argument("--slots", type=int, default=1)
-    p.add_argument(
-        "--rows",
-        default=",".join(r.name for r in ROWS),
-        help=f"comma-separated subset of {[r.name for r in ROWS]}",
-    )
     p.add_argument("--restore-keys", type=int, default=1_000_000, help="keys of the restored state")
     p.add_argument("--restore-runs", type=int, default=3)
     p.add_argument("--skip-throughput", action="store_true")
@@ -758,37 +718,34 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="the profiled keyed-count run reads the input this many times (to last long enough)",
     )
     p.add_argument("--timeout", type=float, default=0.0, help="per run; default 60 s + N/5000")
-    p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
-    names = {r.name for r in ROWS}
-    wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
-    if [w for w in wanted if w not in names] or not wanted:
-        p.error(f"--rows: choose from {sorted(names)}")
-    args.selected = [r for r in ROWS if r.name in wanted]
+    select_rows(p, args, ROWS)
     if min(args.records, args.keys, args.runs, args.partitions, args.restore_keys) < 1:
         p.error("sizes must be positive")
     args.timeout = args.timeout or 60 + args.records / 5000
     return args
 
 
+def describe(r: dict[str, Any]) -> str:
+    """One throughput run's figures, for the progress lines."""
+    return (
+        f"{r['records_per_s']:,.0f} records/s,"
+        f" {r['cpu_s_per_million'] or float('nan'):.1f} CPU s/1M,"
+        f" {r['peak_rss_mb']:.0f} MB, checkpoint"
+        f" {r['checkpoints']['mean_duration_s'] or float('nan'):.3f} s,"
+        f" other load {r['other_load_cores']:.2f} cores"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     started = time.monotonic()
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.1f} before starting; results will be noisy")
+    load = check_load()
     broker = start_broker()
     info = machine_info(broker.kafka_version)
-    print(f"{header(info)}\nbroker {broker.bootstrap}", flush=True)
+    print(f"{machine_header(info)}\nbroker {broker.bootstrap}", flush=True)
     probe = OffsetProbe(broker.bootstrap)
-    result: dict[str, Any] = {
-        "machine": info,
-        "command": command_line(),
-        "loadavg_start": load,
-        "code": code_version(),
-        "config": {k: v for k, v in vars(args).items() if k not in ("selected", "no_write")},
-        "profiles": {},
-    }
+    result = {**report_base(MODULE, args, info, load), "profiles": {}}
     leftovers: list[str] = []
     ok = True
     try:
@@ -796,26 +753,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"generating {args.records:,} records over {args.keys:,} keys…", flush=True)
             records = make_records(args.records, tags=args.keys)
             expected = Counter(k for k, _ in records)
-            runs: list[dict[str, Any]] = []
-            for run in range(1, args.runs + 1):
-                for row in args.selected:
-                    print(f"run {run}/{args.runs} {row.label}: ", end="", flush=True)
-                    try:
-                        r = run_throughput(row, run, args, broker.bootstrap, probe, records,
-                                           expected, broker.pid)  # fmt: skip
-                    except BenchmarkError as exc:
-                        print(f"FAILED: {exc}", flush=True)
-                        runs.append({"row": row.name, "run": run, "error": str(exc)})
-                        continue
-                    runs.append(r)
-                    print(
-                        f"{r['records_per_s']:,.0f} records/s,"
-                        f" {r['cpu_s_per_million'] or float('nan'):.1f} CPU s/1M,"
-                        f" {r['peak_rss_mb']:.0f} MB, checkpoint"
-                        f" {r['checkpoints']['mean_duration_s'] or float('nan'):.3f} s,"
-                        f" other load {r['other_load_cores']:.2f} cores",
-                        flush=True,
-                    )
+            runs = run_rows(
+                args.selected,
+                args.runs,
+                lambda row, run: run_throughput(
+                    row, run, args, broker.bootstrap, probe, records, expected, broker.pid
+                ),
+                describe,
+            )
             summary = summarize(args.selected, runs)
             ok = ok and all(s["runs"] for s in summary)
             eos = next((s for s in summary if s["row"] == "eos-1s"), None)
@@ -909,9 +854,7 @@ def main(argv: list[str] | None = None) -> int:
     result["elapsed_s"] = time.monotonic() - started
     print(f"\nelapsed {result['elapsed_s']:.0f} s")
     if not args.no_write:
-        write_json(RESULTS / "state.json", result)
-        (RESULTS / "state.md").write_text(markdown(result, args))
-        print(f"wrote {RESULTS / 'state.json'} and {RESULTS / 'state.md'}")
+        write_report(RESULTS / "state", result, markdown(result, args))
     return 0 if ok else 1
 
 

@@ -26,7 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, TMP, BenchmarkError, Child, CpuSnapshot, OffsetProbe
+from benchmarks.common import (
+    ROOT,
+    TMP,
+    BenchmarkError,
+    Child,
+    CpuSnapshot,
+    OffsetProbe,
+    wait_until,
+)
 
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 
@@ -43,18 +51,22 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+def check_running(child: Child) -> None:
+    """Raise BenchmarkError if ``child`` has exited."""
+    if not child.alive():
+        raise BenchmarkError(f"{child.name} exited with {child.proc.returncode}: {child.tail()}")
+
+
 def wait_ready(child: Child, timeout: float) -> float:
     """Poll ``/ready`` until 200; returns the monotonic time it answered so."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if not child.alive():
-            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}: {child.tail()}")
-        code, _ = http_get(child.http_port, "/ready", timeout=1.0)
-        if code == 200:
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{child.name} not ready after {timeout:.0f}s: {child.tail()}")
-        time.sleep(0.05)
+    wait_until(
+        lambda: http_get(child.http_port, "/ready", timeout=1.0)[0] == 200,
+        timeout,
+        f"{child.name} to be ready",
+        check=lambda: check_running(child),
+        every=0.05,
+    )
+    return time.monotonic()
 
 
 # -- Prometheus metrics --------------------------------------------------------------
@@ -420,10 +432,7 @@ def watch_processing(
     first: CpuSnapshot | None = None
     t_first, p_first = 0.0, 0
     while True:
-        if not child.alive():
-            raise BenchmarkError(
-                f"{child.name} exited with {child.proc.returncode}: {child.tail()}"
-            )
+        check_running(child)
         if time.monotonic() > deadline:
             got = samples[-1][1] if samples else 0
             raise BenchmarkError(f"{child.name}: processed {got}/{n} records after {timeout:.0f}s")
@@ -466,36 +475,14 @@ def wait_committed(
     timeout: float,
 ) -> float:
     """Wait until ``group`` has committed ``n`` input offsets; returns when (monotonic)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if not child.alive():
-            raise BenchmarkError(
-                f"{child.name} exited with {child.proc.returncode}: {child.tail()}"
-            )
-        if probe.committed(group, topic, partitions) >= n:
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise BenchmarkError(f"{child.name}: input not all committed after {timeout:.0f}s")
-        time.sleep(0.05)
-
-
-def code_version() -> dict[str, Any]:
-    """The commit the code under test is at, and whether Weir's packages differ from it
-    (other work may be changing the tree while a benchmark runs)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "subject": git("log", "-1", "--format=%s"),
-        "weir_dirty": bool(git("status", "--porcelain", "service", "operators", "state")),
-    }
+    wait_until(
+        lambda: probe.committed(group, topic, partitions) >= n,
+        timeout,
+        f"{child.name}'s input all committed",
+        check=lambda: check_running(child),
+        every=0.05,
+    )
+    return time.monotonic()
 
 
 def stop_when_processed(
