@@ -283,14 +283,30 @@ class OffsetProbe:
 
 
 # -- reading topics back ------------------------------------------------------------
+class AppendSpan:
+    """The first and last broker append time (ms) among the records noted."""
+
+    def __init__(self) -> None:
+        self.first, self.last = 0, 0
+
+    def note(self, m: Message) -> None:
+        ts = m.timestamp()[1]
+        self.first = ts if not self.first else min(self.first, ts)
+        self.last = max(self.last, ts)
+
+    @property
+    def seconds(self) -> float:
+        """From the first to the last append (at least 1 ms: all at once is not 0 s)."""
+        return max(1e-3, (self.last - self.first) / 1000)
+
+
 @dataclass
 class OutputScan:
     """What the output topic holds, read back after the run (read_committed)."""
 
     records: int
     distinct_ids: int
-    first_ms: int
-    last_ms: int
+    appended: AppendSpan
     bad: int = 0  # records without the mapped field
 
 
@@ -344,6 +360,12 @@ def read_topic(
     return records
 
 
+def check_exactly_once(child: Child, exactly_once: bool, records: int, n: int) -> None:
+    """An exactly-once run's output must hold exactly one record per input record."""
+    if exactly_once and records != n:
+        raise BenchmarkError(f"{child.name}: exactly-once output has {records}/{n}")
+
+
 def scan_output(bootstrap: str, topic: str, partitions: int, timeout: float = 120.0) -> OutputScan:
     """Read the whole output: count, distinct ids, first and last append timestamp.
 
@@ -364,19 +386,7 @@ def scan_output(bootstrap: str, topic: str, partitions: int, timeout: float = 12
             bad += 1
 
     records = read_topic(bootstrap, topic, partitions, note, timeout)
-    return OutputScan(records, len(ids), stamps.first, stamps.last, bad)
-
-
-class AppendSpan:
-    """The first and last broker append time (ms) among the records noted."""
-
-    def __init__(self) -> None:
-        self.first, self.last = 0, 0
-
-    def note(self, m: Message) -> None:
-        ts = m.timestamp()[1]
-        self.first = ts if not self.first else min(self.first, ts)
-        self.last = max(self.last, ts)
+    return OutputScan(records, len(ids), stamps, bad)
 
 
 class Tail(threading.Thread):
@@ -500,18 +510,34 @@ class CpuSnapshot:
         )
 
     def until(self, later: CpuSnapshot) -> dict[str, float]:
-        """CPU seconds per party between two snapshots, and ``other``: everyone else."""
+        """CPU seconds per party between two snapshots, ``other``: everyone else, and
+        ``other_cores``: the cores everyone else used on average."""
         child = later.child - self.child
         broker = later.broker - self.broker
         me = later.me - self.me
         machine = later.machine - self.machine
+        wall = later.at - self.at
+        other = max(0.0, machine - child - broker - me)
         return {
-            "wall": later.at - self.at,
+            "wall": wall,
             "child": child,
             "broker": broker,
             "benchmark": me,
-            "other": max(0.0, machine - child - broker - me),
+            "other": other,
+            "other_cores": other / max(wall, 1e-3),
         }
+
+
+def cpu_figures(cpu: dict[str, float], records: int) -> dict[str, Any]:
+    """A measured stretch's CPU figures (``cpu`` from `CpuSnapshot.until`): the
+    processor's CPU seconds per million of the ``records`` it processed meanwhile (None
+    when the stretch was too short to measure), every party's CPU seconds, and the
+    cores other processes used (anything above ~0.1 means disturbed numbers)."""
+    return {
+        "cpu_s_per_million": cpu["child"] / records * 1e6 if cpu["wall"] > 0.05 else None,
+        "cpu_s": cpu,
+        "other_load_cores": cpu["other_cores"],
+    }
 
 
 # -- child processes ---------------------------------------------------------------
@@ -549,6 +575,19 @@ class Child:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def check_running(self) -> None:
+        """Raise BenchmarkError if the process has exited."""
+        if not self.alive():
+            raise self._exited(self.proc.returncode)
+
+    def check_exit(self, code: int) -> None:
+        """Raise BenchmarkError unless ``code``, its exit code, says it stopped cleanly."""
+        if code != 0:
+            raise self._exited(code)
+
+    def _exited(self, code: int) -> BenchmarkError:
+        return BenchmarkError(f"{self.name} exited with {code}: {self.tail()}")
 
     def cpu_seconds(self) -> float:
         """User + system CPU of all the process's threads so far."""
@@ -710,10 +749,7 @@ def wait_for_output(
     first: CpuSnapshot | None = None
     out = 0
     while True:
-        if not child.alive():
-            raise BenchmarkError(
-                f"{child.name} exited with {child.proc.returncode}: {child.tail()}"
-            )
+        child.check_running()
         if time.monotonic() > deadline:
             raise BenchmarkError(
                 f"{child.name}: output has {out}/{expected} records after {timeout:.0f}s"
@@ -809,22 +845,63 @@ def run_rows(
     return runs
 
 
-def completed(runs: list[dict[str, Any]], row: str) -> tuple[list[dict], list[str]]:
-    """A row's successful runs, and the errors of its failed ones."""
-    mine = [r for r in runs if r["row"] == row]
-    return [r for r in mine if "error" not in r], [r["error"] for r in mine if "error" in r]
+def run_figures(r: dict[str, Any], *extra: str) -> str:
+    """A throughput run's progress line: records/s, CPU s per million records, peak
+    RSS, then a benchmark's ``extra`` figures, and the other load on the machine."""
+    return ", ".join(
+        [
+            f"{r['records_per_s']:,.0f} records/s",
+            f"{r['cpu_s_per_million'] or float('nan'):.1f} CPU s/1M",
+            f"{r['peak_rss_mb']:.0f} MB",
+            *extra,
+            f"other load {r['other_load_cores']:.2f} cores",
+        ]
+    )
 
 
-def medians(ok: list[dict[str, Any]], *fields: str) -> dict[str, float]:
-    """Per field, the median over the runs that have a value for it."""
-    return {f: median([r[f] for r in ok if r.get(f) is not None]) for f in fields}
-
-
-def report_base(
-    module: str, args: argparse.Namespace, info: dict[str, Any], load: float
-) -> dict[str, Any]:
-    """What every report's JSON starts with: machine, command, load, code, config."""
+def summary_of(row: Any, runs: list[dict[str, Any]], *fields: str) -> dict[str, Any]:
+    """A row's summary over its runs: name, label, how many succeeded (and the errors
+    of the others), every successful run's records/s, and the median of each of
+    ``fields`` over the runs that have a value for it."""
+    mine = [r for r in runs if r["row"] == row.name]
+    ok = [r for r in mine if "error" not in r]
     return {
+        "row": row.name,
+        "label": row.label,
+        "runs": len(ok),
+        "failed": [r["error"] for r in mine if "error" in r],
+        "records_per_s_all": [round(r["records_per_s"]) for r in ok],
+        **{f: median([r[f] for r in ok if r.get(f) is not None]) for f in fields},
+    }
+
+
+def result_rows(
+    items: list[dict[str, Any]],
+    headers: Sequence[str],
+    cells: Callable[[dict[str, Any]], list[str]],
+    name: Callable[[dict[str, Any]], str],
+) -> list[list[str]]:
+    """The rows of a results table: ``cells(item)``, or for an item that failed (it has
+    an ``error``, or no successful ``runs``) its ``name(item)`` and "failed"."""
+    return [
+        [name(x), "failed", *["-"] * (len(headers) - 2)]
+        if "error" in x or x.get("runs") == 0
+        else cells(x)
+        for x in items
+    ]
+
+
+def open_run(module: str, args: argparse.Namespace) -> tuple[Broker, dict[str, Any]]:
+    """The start of a benchmark: warn about load, start the broker, print the header.
+
+    Returns the broker and the start of the report's JSON: machine, command, load
+    average at the start, code version and configuration.
+    """
+    load = check_load()
+    broker = start_broker()
+    info = machine_info(broker.kafka_version)
+    print(f"{machine_header(info)}\nbroker {broker.bootstrap}", flush=True)
+    return broker, {
         "machine": info,
         "command": command_line(module),
         "loadavg_start": load,

@@ -84,7 +84,7 @@ from benchmarks.common import (
     write_json,
     write_report,
 )
-from benchmarks.stateful_common import check_running, fetch_metrics, metric_sum
+from benchmarks.stateful_common import fetch_metrics, metric_sum
 
 JOBS = ROOT / "tests" / "jobs"
 CPU_JOB = JOBS / "el_cpu.py"
@@ -132,9 +132,6 @@ class Weir(Child):
         super().__init__(f"el-{name}", cmd, env, http_port=port)
         self.processes = processes
         self.ports = [port + i for i in range(processes)]
-
-    def check(self) -> None:
-        check_running(self)
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum over this worker's processes of the samples of ``name`` with ``labels``."""
@@ -289,13 +286,11 @@ def cpu_run(
             lambda: worker.metric("weir_records_out_total", job="el-cpu", topic=out) >= n,
             60 + n / 1000,
             f"{n} outputs",
-            check=worker.check,
+            check=worker.check_running,
             every=0.5,
         )
         busy1, cpu1, t1 = machine_busy_seconds(), worker.cpu_seconds(), time.monotonic()
-        code = worker.stop()
-        if code != 0:
-            raise BenchmarkError(f"{worker.name} exited {code}: {worker.tail()}")
+        worker.check_exit(worker.stop())
         got, first_out, last, final = read_back(bootstrap, out, partitions)
         if got != n or sum(final.values()) != n:
             raise BenchmarkError(f"{worker.name}: {got} outputs, counts add to"
@@ -494,7 +489,7 @@ def rebalance_run(
         build_started = time.monotonic()
         build_state(bootstrap, src, keys)
         wait_until(lambda: probe.committed(group, src, 2) >= sum(probe.end_offsets(src, 2)),
-                   120 + keys / 1000, "the state to be built", check=a.check,
+                   120 + keys / 1000, "the state to be built", check=a.check_running,
                    every=0.5)  # fmt: skip
         build_s = time.monotonic() - build_started
         time.sleep(2.0)  # standby replicas catch up

@@ -53,40 +53,39 @@ from benchmarks.common import (
     CpuSnapshot,
     OffsetProbe,
     admin_client,
-    check_load,
-    completed,
+    check_exactly_once,
+    cpu_figures,
     create_topics,
     delete_topics,
     format_table,
     free_port,
     machine_header,
-    machine_info,
     make_records,
     median,
-    medians,
+    open_run,
     prefill,
     read_topic,
-    report_base,
+    result_rows,
     row_arguments,
+    run_figures,
     run_rows,
     select_rows,
-    start_broker,
+    summary_of,
     unique,
-    write_report,
 )
 from benchmarks.stateful_common import (
+    close_report,
     dir_size,
     fetch_metrics,
     histogram_quantile,
     http_get,
     metric_sum,
-    processed,
     profile_md,
+    profile_run,
     profile_worker,
     remove_tree,
     stop_when_processed,
     vm_status_mb,
-    wait_committed,
     wait_ready,
     watch_processing,
 )
@@ -142,8 +141,7 @@ def command(
 class CountScan:
     records: int
     distinct: int  # distinct (key, count) pairs: every input record makes one
-    first_ms: int
-    last_ms: int
+    appended: AppendSpan
     final: dict[str, int]  # key -> largest count seen
 
 
@@ -163,7 +161,7 @@ def scan_counts(bootstrap: str, topic: str, partitions: int, timeout: float) -> 
             final[key] = count
 
     records = read_topic(bootstrap, topic, partitions, note, timeout)
-    return CountScan(records, len(pairs), stamps.first, stamps.last, final)
+    return CountScan(records, len(pairs), stamps, final)
 
 
 def checkpoint_stats(metrics: dict) -> dict[str, Any]:
@@ -212,22 +210,8 @@ def run_throughput(
             env={"BENCH_IN": src, "BENCH_OUT": dst},
             http_port=port,
         )  # fmt: skip
-        prof = None
         if profile:
-            while not (processed(child) or 0):
-                if not child.alive() or time.monotonic() - child.started > args.timeout:
-                    raise BenchmarkError(f"{child.name}: nothing to profile: {child.tail()}")
-                time.sleep(0.05)
-            prof = profile_worker(
-                child,
-                args.profile_seconds,
-                f"state-{row.name}",
-                busy=lambda: (processed(child) or 0) < n,
-            )
-        if profile:
-            wait_committed(child, probe, group, src, args.partitions, n, args.timeout * 3)
-            child.stop()
-            child.discard_log()
+            prof = profile_run(child, probe, group, src, n, args, f"state-{row.name}")
             return {"row": row.name, "profile": prof}
         progress = watch_processing(child, n, broker_pid, args.timeout)
         metrics = fetch_metrics(port)
@@ -235,8 +219,7 @@ def run_throughput(
         committed_at, exit_code = stop_when_processed(
             child, probe, group, src, args.partitions, n, args.timeout
         )
-        if exit_code != 0:
-            raise BenchmarkError(f"{child.name} exited with {exit_code}: {child.tail()}")
+        child.check_exit(exit_code)
         scan = scan_counts(bootstrap, dst, args.partitions, args.timeout)
         wrong = sum(1 for k, c in expected.items() if scan.final.get(k.decode()) != c)
         if wrong or scan.distinct != n:
@@ -244,12 +227,11 @@ def run_throughput(
                 f"{child.name}: {wrong} keys with a wrong final count,"
                 f" {scan.distinct}/{n} distinct (key, count) outputs"
             )
-        if row.exactly_once and scan.records != n:
-            raise BenchmarkError(f"{child.name}: exactly-once output has {scan.records}/{n}")
+        check_exactly_once(child, row.exactly_once, scan.records, n)
         child.discard_log()
-        span_s = max(1e-3, (scan.last_ms - scan.first_ms) / 1000)
         cpu = progress.first.until(progress.done)
         stretch = max(1e-3, progress.t_done - progress.t_first)
+        checkpoints = checkpoint_stats(metrics)
         return {
             "row": row.name,
             "run": run,
@@ -264,13 +246,9 @@ def run_throughput(
             "processing_s": stretch,
             # as throughput.py: records / (last - first output append time); with
             # exactly-once this also includes the wait for the last commit
-            "append_span_records_per_s": n / span_s,
-            "span_s": span_s,
-            "cpu_s_per_million": cpu["child"] / (n - progress.p_first) * 1e6
-            if cpu["wall"] > 0.05
-            else None,
-            "cpu_s": cpu,
-            "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+            "append_span_records_per_s": n / scan.appended.seconds,
+            "span_s": scan.appended.seconds,
+            **cpu_figures(cpu, n - progress.p_first),
             "peak_rss_mb": progress.peak_rss_mb,
             "rss_mb_at_end": rss.get("VmRSS"),
             # from the last record processed to every input offset committed (for
@@ -278,7 +256,8 @@ def run_throughput(
             "final_checkpoint_s": committed_at - progress.t_done,
             "startup_s": progress.t_first - child.started,
             "duplicates": scan.records - n,
-            "checkpoints": checkpoint_stats(metrics),
+            "checkpoints": checkpoints,
+            "checkpoint_mean_s": checkpoints["mean_duration_s"],
             "prefill_s": prefill_s,
         }
     finally:
@@ -291,37 +270,14 @@ def run_throughput(
 def summarize(
     rows: tuple[Row, ...] | list[Row], runs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    out = []
-    for row in rows:
-        ok, failed = completed(runs, row.name)
-        out.append(
-            {
-                "row": row.name,
-                "label": row.label,
-                "guarantee": row.guarantee,
-                "interval_ms": row.interval_ms,
-                "runs": len(ok),
-                "failed": failed,
-                "records_per_s_all": [round(r["records_per_s"]) for r in ok],
-                **medians(
-                    ok,
-                    "records_per_s",
-                    "cpu_s_per_million",
-                    "peak_rss_mb",
-                    "processing_records_per_s",
-                    "final_checkpoint_s",
-                    "append_span_records_per_s",
-                    "other_load_cores",
-                ),
-                "checkpoint_mean_s": median(
-                    [
-                        r["checkpoints"]["mean_duration_s"]
-                        for r in ok
-                        if r["checkpoints"]["mean_duration_s"] is not None
-                    ]
-                ),
-            }
-        )
+    fields = ("records_per_s", "cpu_s_per_million", "peak_rss_mb", "processing_records_per_s",
+              "final_checkpoint_s", "append_span_records_per_s", "checkpoint_mean_s",
+              "other_load_cores")  # fmt: skip
+    out = [
+        {**summary_of(row, runs, *fields), "guarantee": row.guarantee,
+         "interval_ms": row.interval_ms}
+        for row in rows
+    ]  # fmt: skip
     alo = next((s for s in out if s["row"] == "alo-1s" and s["runs"]), None)
     for s in out:
         s["vs_alo"] = s["records_per_s"] / alo["records_per_s"] if alo and s["runs"] else None
@@ -396,8 +352,7 @@ def build_state(
         committed_at, code = stop_when_processed(
             child, probe, group, src, args.partitions, n, timeout
         )
-        if code != 0:
-            raise BenchmarkError(f"state build exited with {code}: {child.tail()}")
+        child.check_exit(code)
         child.discard_log()
     finally:
         child.stop(timeout=30)
@@ -415,7 +370,7 @@ def build_state(
         "build_s": committed_at - progress.t_first,
         "build_records_per_s": (n - progress.p_first) / max(1e-3, committed_at - progress.t_first),
         "build_processing_records_per_s": progress.rate(n),
-        "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+        "other_load_cores": cpu["other_cores"],
         "rss_mb": rss.get("VmRSS"),
         "peak_rss_mb": rss.get("VmHWM"),
         "state_dir": size,
@@ -467,8 +422,7 @@ def run_restore(
         sample_key = f"k{n // 2}"
         code_q, body = http_get(port, f"/state/{OPERATOR}/{sample_key}")
         code = child.stop()
-        if code != 0:
-            raise BenchmarkError(f"{child.name} exited with {code}: {child.tail()}")
+        child.check_exit(code)
         lines = parse_restore_log(child.log_path.read_text(errors="replace"))
     finally:
         child.stop(timeout=30)
@@ -504,7 +458,7 @@ def run_restore(
         "partitions": lines,
         "ready_after_s": ready_at - child.started,  # process start to /ready
         "worker_cpu_s": cpu["child"],
-        "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+        "other_load_cores": cpu["other_cores"],
         "rss_mb": rss.get("VmRSS"),
         "peak_rss_mb": rss.get("VmHWM"),
         "state_dir": size,
@@ -532,26 +486,21 @@ HEADERS = (
 
 
 def table_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
-    rows = []
-    for s in summary:
-        if not s["runs"]:
-            rows.append([s["label"], "failed", *["-"] * (len(HEADERS) - 2)])
-            continue
-        rows.append(
-            [
-                s["label"],
-                f"{s['records_per_s']:,.0f}",
-                "-" if s["vs_alo"] is None else f"{s['vs_alo']:.2f}x",
-                f"{s['cpu_s_per_million']:.1f}",
-                f"{s['peak_rss_mb']:.0f}",
-                f"{s['checkpoint_mean_s']:.3f}",
-                f"{s['processing_records_per_s']:,.0f}",
-                f"{s['final_checkpoint_s']:.2f}",
-                f"{s['other_load_cores']:.2f}",
-                ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
-            ]
-        )
-    return rows
+    def cells(s: dict[str, Any]) -> list[str]:
+        return [
+            s["label"],
+            f"{s['records_per_s']:,.0f}",
+            "-" if s["vs_alo"] is None else f"{s['vs_alo']:.2f}x",
+            f"{s['cpu_s_per_million']:.1f}",
+            f"{s['peak_rss_mb']:.0f}",
+            f"{s['checkpoint_mean_s']:.3f}",
+            f"{s['processing_records_per_s']:,.0f}",
+            f"{s['final_checkpoint_s']:.2f}",
+            f"{s['other_load_cores']:.2f}",
+            ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
+        ]
+
+    return result_rows(summary, HEADERS, cells, lambda s: s["label"])
 
 
 RESTORE_HEADERS = (
@@ -570,27 +519,22 @@ RESTORE_HEADERS = (
 
 
 def restore_rows(restores: list[dict[str, Any]]) -> list[list[str]]:
-    rows = []
-    for r in restores:
-        if "error" in r:
-            rows.append([str(r["run"]), "failed", *["-"] * (len(RESTORE_HEADERS) - 2)])
-            continue
-        rows.append(
-            [
-                str(r["run"]),
-                f"{r['restored_records']:,}",
-                f"{r['restore_s']:.2f}",
-                f"{r['records_per_s']:,.0f}",
-                ", ".join(f"{x['seconds']:.2f}" for x in r["partitions"]),
-                f"{r['metric_restored_records']:,.0f}",
-                f"{r['ready_after_s']:.1f}",
-                f"{r['worker_cpu_s']:.1f}",
-                f"{r['rss_mb']:.0f}",
-                f"{r['state_dir']['du_bytes'] / 1e6:.0f}",
-                f"{r['other_load_cores']:.2f}",
-            ]
-        )
-    return rows
+    def cells(r: dict[str, Any]) -> list[str]:
+        return [
+            str(r["run"]),
+            f"{r['restored_records']:,}",
+            f"{r['restore_s']:.2f}",
+            f"{r['records_per_s']:,.0f}",
+            ", ".join(f"{x['seconds']:.2f}" for x in r["partitions"]),
+            f"{r['metric_restored_records']:,.0f}",
+            f"{r['ready_after_s']:.1f}",
+            f"{r['worker_cpu_s']:.1f}",
+            f"{r['rss_mb']:.0f}",
+            f"{r['state_dir']['du_bytes'] / 1e6:.0f}",
+            f"{r['other_load_cores']:.2f}",
+        ]
+
+    return result_rows(restores, RESTORE_HEADERS, cells, lambda r: str(r["run"]))
 
 
 def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
@@ -728,24 +672,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def describe(r: dict[str, Any]) -> str:
     """One throughput run's figures, for the progress lines."""
-    return (
-        f"{r['records_per_s']:,.0f} records/s,"
-        f" {r['cpu_s_per_million'] or float('nan'):.1f} CPU s/1M,"
-        f" {r['peak_rss_mb']:.0f} MB, checkpoint"
-        f" {r['checkpoints']['mean_duration_s'] or float('nan'):.3f} s,"
-        f" other load {r['other_load_cores']:.2f} cores"
-    )
+    return run_figures(r, f"checkpoint {r['checkpoint_mean_s'] or float('nan'):.3f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     started = time.monotonic()
-    load = check_load()
-    broker = start_broker()
-    info = machine_info(broker.kafka_version)
-    print(f"{machine_header(info)}\nbroker {broker.bootstrap}", flush=True)
+    broker, result = open_run(MODULE, args)
+    result["profiles"] = {}
     probe = OffsetProbe(broker.bootstrap)
-    result = {**report_base(MODULE, args, info, load), "profiles": {}}
     leftovers: list[str] = []
     ok = True
     try:
@@ -847,14 +782,7 @@ def main(argv: list[str] | None = None) -> int:
             delete_topics(admin_client(broker.bootstrap), leftovers)
         probe.close()
         broker.stop()
-    for name, prof in result["profiles"].items():
-        if prof:
-            print(f"\nprofile: {name}")
-            print("\n".join(profile_md(prof)))
-    result["elapsed_s"] = time.monotonic() - started
-    print(f"\nelapsed {result['elapsed_s']:.0f} s")
-    if not args.no_write:
-        write_report(RESULTS / "state", result, markdown(result, args))
+    close_report(result, started, None if args.no_write else RESULTS / "state", markdown, args)
     return 0 if ok else 1
 
 

@@ -10,6 +10,7 @@ the hottest functions).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import linecache
 import os
@@ -34,6 +35,7 @@ from benchmarks.common import (
     CpuSnapshot,
     OffsetProbe,
     wait_until,
+    write_report,
 )
 
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
@@ -51,19 +53,13 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-def check_running(child: Child) -> None:
-    """Raise BenchmarkError if ``child`` has exited."""
-    if not child.alive():
-        raise BenchmarkError(f"{child.name} exited with {child.proc.returncode}: {child.tail()}")
-
-
 def wait_ready(child: Child, timeout: float) -> float:
     """Poll ``/ready`` until 200; returns the monotonic time it answered so."""
     wait_until(
         lambda: http_get(child.http_port, "/ready", timeout=1.0)[0] == 200,
         timeout,
         f"{child.name} to be ready",
-        check=lambda: check_running(child),
+        check=child.check_running,
         every=0.05,
     )
     return time.monotonic()
@@ -365,6 +361,25 @@ def profile_md(profiles: dict[str, Any], n: int = 10) -> list[str]:
     return lines
 
 
+def close_report(
+    result: dict[str, Any],
+    started: float,
+    stem: Path | None,
+    markdown: Callable[[dict[str, Any], argparse.Namespace], str],
+    args: argparse.Namespace,
+) -> None:
+    """The end of a benchmark with profiles: print them and the elapsed time, then write
+    the report (`benchmarks.common.write_report`) to ``stem`` unless it is None."""
+    for name, prof in result["profiles"].items():
+        if prof:
+            print(f"\nprofile: {name}")
+            print("\n".join(profile_md(prof)))
+    result["elapsed_s"] = time.monotonic() - started
+    print(f"\nelapsed {result['elapsed_s']:.0f} s")
+    if stem is not None:
+        write_report(stem, result, markdown(result, args))
+
+
 def profile_lines(profile: Profile, n: int = 10) -> list[str]:
     """Markdown lines describing a profile."""
     rate = profile.samples / max(1e-3, profile.seconds)
@@ -432,7 +447,7 @@ def watch_processing(
     first: CpuSnapshot | None = None
     t_first, p_first = 0.0, 0
     while True:
-        check_running(child)
+        child.check_running()
         if time.monotonic() > deadline:
             got = samples[-1][1] if samples else 0
             raise BenchmarkError(f"{child.name}: processed {got}/{n} records after {timeout:.0f}s")
@@ -465,6 +480,34 @@ def watch_processing(
         time.sleep(interval)
 
 
+def profile_run(
+    child: Child,
+    probe: OffsetProbe,
+    group: str,
+    topic: str,
+    n: int,
+    args: argparse.Namespace,
+    name: str,
+) -> dict[str, Any]:
+    """An unmeasured run, profiled: once the slots have processed something,
+    `profile_worker` while they still have work; then wait until all ``n`` input
+    records are committed and stop the worker. Returns the profiles."""
+    wait_until(
+        lambda: processed(child),
+        args.timeout,
+        f"{child.name} to process something to profile",
+        check=child.check_running,
+        every=0.05,
+    )
+    prof = profile_worker(
+        child, args.profile_seconds, name, busy=lambda: (processed(child) or 0) < n
+    )
+    wait_committed(child, probe, group, topic, args.partitions, n, args.timeout * 3)
+    child.stop()
+    child.discard_log()
+    return prof
+
+
 def wait_committed(
     child: Child,
     probe: OffsetProbe,
@@ -479,7 +522,7 @@ def wait_committed(
         lambda: probe.committed(group, topic, partitions) >= n,
         timeout,
         f"{child.name}'s input all committed",
-        check=lambda: check_running(child),
+        check=child.check_running,
         every=0.05,
     )
     return time.monotonic()

@@ -38,9 +38,10 @@ from benchmarks.common import (
     Child,
     OffsetProbe,
     admin_client,
+    check_exactly_once,
     check_load,
     command_line,
-    completed,
+    cpu_figures,
     create_topics,
     delete_topics,
     format_table,
@@ -48,13 +49,15 @@ from benchmarks.common import (
     machine_header,
     machine_info,
     make_records,
-    medians,
     prefill,
+    result_rows,
     row_arguments,
+    run_figures,
     run_rows,
     scan_output,
     select_rows,
     start_broker,
+    summary_of,
     unique,
     wait_for_output,
     write_report,
@@ -155,8 +158,7 @@ def run_once(
         )
         status = child.status()
         exit_code = child.stop()
-        if exit_code != 0:
-            raise BenchmarkError(f"{child.name} exited with {exit_code}: {child.tail()}")
+        child.check_exit(exit_code)
         # VmHWM at completion; not rusage's ru_maxrss, which Linux carries over from
         # the forked pre-exec image, i.e. this script's own (large) footprint.
         peak_rss = progress.peak_rss_mb
@@ -166,23 +168,19 @@ def run_once(
                 f"{child.name}: output has {scan.distinct_ids}/{n} distinct ids,"
                 f" {scan.bad} unmapped records"
             )
-        if row.exactly_once and scan.records != n:
-            raise BenchmarkError(f"{child.name}: exactly-once output has {scan.records}/{n}")
+        check_exactly_once(child, row.exactly_once, scan.records, n)
         child.discard_log()
-        span_s = max(1e-3, (scan.last_ms - scan.first_ms) / 1000)
         cpu = progress.first.until(progress.done)
         slot_records = [s["records"] for s in status["slots"]] if status else None
         return {
             "row": row.name,
             "run": run,
             "records": n,
-            "records_per_s": n / span_s,
-            "span_s": span_s,
-            # None when the whole output appeared at once (tiny N): no stretch to measure.
-            "cpu_s_per_million": cpu["child"] / n * 1e6 if cpu["wall"] > 0.05 else None,
-            # CPU seconds per party from the first output seen to completion seen.
-            "cpu_s": cpu,
-            "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+            "records_per_s": n / scan.appended.seconds,
+            "span_s": scan.appended.seconds,
+            # CPU from the first output seen to completion seen (CPU per million is None
+            # when the whole output appeared at once, tiny N: no stretch to measure).
+            **cpu_figures(cpu, n),
             "cpu_s_total": child.rusage.ru_utime + child.rusage.ru_stime
             if child.rusage is not None
             else None,
@@ -201,28 +199,12 @@ def run_once(
 
 def summarize(rows: list[Row], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per row: medians over its successful runs, and the ratios to the raw loop."""
-    out = []
-    for row in rows:
-        ok, failed = completed(runs, row.name)
-        out.append(
-            {
-                "row": row.name,
-                "label": row.label,
-                "slots": row.slots,
-                "guarantee": row.guarantee,
-                "runs": len(ok),
-                "failed": failed,
-                "records_per_s_all": [round(r["records_per_s"]) for r in ok],
-                **medians(
-                    ok,
-                    "records_per_s",
-                    "cpu_s_per_million",
-                    "peak_rss_mb",
-                    "startup_s",
-                    "other_load_cores",
-                ),
-            }
-        )
+    fields = ("records_per_s", "cpu_s_per_million", "peak_rss_mb", "startup_s",
+              "other_load_cores")  # fmt: skip
+    out = [
+        {**summary_of(row, runs, *fields), "slots": row.slots, "guarantee": row.guarantee}
+        for row in rows
+    ]
     raw = next((s for s in out if s["row"] == "raw" and s["runs"]), None)
     for s in out:
         if raw is None or not s["runs"]:
@@ -252,24 +234,19 @@ def table_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
     def ratio(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}x"
 
-    rows = []
-    for s in summary:
-        if not s["runs"]:
-            rows.append([s["label"], "failed", *["-"] * (len(HEADERS) - 2)])
-            continue
-        rows.append(
-            [
-                s["label"],
-                f"{s['records_per_s']:,.0f}",
-                ratio(s["throughput_vs_raw"]),
-                f"{s['cpu_s_per_million']:.1f}",
-                ratio(s["cpu_vs_raw"]),
-                f"{s['peak_rss_mb']:.0f}",
-                f"{s['other_load_cores']:.2f}",
-                ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
-            ]
-        )
-    return rows
+    def cells(s: dict[str, Any]) -> list[str]:
+        return [
+            s["label"],
+            f"{s['records_per_s']:,.0f}",
+            ratio(s["throughput_vs_raw"]),
+            f"{s['cpu_s_per_million']:.1f}",
+            ratio(s["cpu_vs_raw"]),
+            f"{s['peak_rss_mb']:.0f}",
+            f"{s['other_load_cores']:.2f}",
+            ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
+        ]
+
+    return result_rows(summary, HEADERS, cells, lambda s: s["label"])
 
 
 def markdown(info: dict[str, Any], args: argparse.Namespace, summary: list[dict[str, Any]]) -> str:
@@ -334,15 +311,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def describe(result: dict[str, Any]) -> str:
+def describe(r: dict[str, Any]) -> str:
     """One run's figures, for the progress lines."""
-    return (
-        f"{result['records_per_s']:,.0f} records/s,"
-        f" {result['cpu_s_per_million'] or float('nan'):.1f} CPU s/1M,"
-        f" {result['peak_rss_mb']:.0f} MB,"
-        f" other load {result['other_load_cores']:.2f} cores"
-        + (f", {result['duplicates']} duplicates" if result["duplicates"] else "")
-    )
+    return run_figures(r) + (f", {r['duplicates']} duplicates" if r["duplicates"] else "")
 
 
 def main(argv: list[str] | None = None) -> int:

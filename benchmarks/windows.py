@@ -68,34 +68,32 @@ from benchmarks.common import (
     OffsetProbe,
     Tail,
     admin_client,
-    check_load,
-    completed,
+    cpu_figures,
     create_topics,
     delete_topics,
     format_table,
     free_port,
     machine_header,
-    machine_info,
     median,
-    medians,
+    open_run,
     percentile,
     prefill,
     read_topic,
-    report_base,
+    result_rows,
     row_arguments,
+    run_figures,
     run_rows,
     select_rows,
-    start_broker,
+    summary_of,
     unique,
-    write_report,
 )
 from benchmarks.stateful_common import (
+    close_report,
     fetch_metrics,
     histogram_quantile,
     metric_sum,
-    processed,
     profile_md,
-    profile_worker,
+    profile_run,
     remove_tree,
     vm_status_mb,
     wait_committed,
@@ -288,19 +286,7 @@ def run_throughput(
             http_port=port,
         )
         if profile:
-            while not (processed(child) or 0):
-                if not child.alive() or time.monotonic() - child.started > args.timeout:
-                    raise BenchmarkError(f"{child.name}: nothing to profile: {child.tail()}")
-                time.sleep(0.05)
-            prof = profile_worker(
-                child,
-                args.profile_seconds,
-                f"windows-{row.name}",
-                busy=lambda: (processed(child) or 0) < n,
-            )
-            wait_committed(child, probe, group, src, args.partitions, n, args.timeout * 3)
-            child.stop()
-            child.discard_log()
+            prof = profile_run(child, probe, group, src, n, args, f"windows-{row.name}")
             return {"row": row.name, "profile": prof}
         progress = watch_processing(child, n, broker_pid, args.timeout)
         wait_committed(child, probe, group, src, args.partitions, n, args.timeout)
@@ -309,8 +295,7 @@ def run_throughput(
         metrics = fetch_metrics(port)
         rss = vm_status_mb(child.pid)
         code = child.stop()
-        if code != 0:
-            raise BenchmarkError(f"{child.name} exited with {code}: {child.tail()}")
+        child.check_exit(code)
         count, got = scan_windows(bootstrap, dst, args.partitions, args.timeout)
         problems = check_windows(row, expected, got)
         if problems or visible_at is None:
@@ -332,11 +317,7 @@ def run_throughput(
             "end_to_end_records_per_s": (n - progress.p_first) / to_visible,
             "results_per_s": count / to_visible,
             "last_result_after_s": visible_at - progress.t_done,
-            "cpu_s_per_million": cpu["child"] / (n - progress.p_first) * 1e6
-            if cpu["wall"] > 0.05
-            else None,
-            "cpu_s": cpu,
-            "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+            **cpu_figures(cpu, n - progress.p_first),
             "peak_rss_mb": progress.peak_rss_mb,
             "rss_mb_at_end": rss.get("VmRSS"),
             "late_records": metric_sum(metrics, "weir_records_late_total"),
@@ -363,32 +344,10 @@ def run_throughput(
 
 
 def summarize(rows: list[Row], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for row in rows:
-        ok, failed = completed(runs, row.name)
-
-        out.append(
-            {
-                "row": row.name,
-                "label": row.label,
-                "runs": len(ok),
-                "failed": failed,
-                "records_per_s_all": [round(r["records_per_s"]) for r in ok],
-                **medians(
-                    ok,
-                    "records_per_s",
-                    "end_to_end_records_per_s",
-                    "results",
-                    "results_per_s",
-                    "last_result_after_s",
-                    "cpu_s_per_million",
-                    "peak_rss_mb",
-                    "checkpoint_mean_s",
-                    "other_load_cores",
-                ),
-            }
-        )
-    return out
+    fields = ("records_per_s", "end_to_end_records_per_s", "results", "results_per_s",
+              "last_result_after_s", "cpu_s_per_million", "peak_rss_mb", "checkpoint_mean_s",
+              "other_load_cores")  # fmt: skip
+    return [summary_of(row, runs, *fields) for row in rows]
 
 
 # -- part 2: latency ---------------------------------------------------------------------------
@@ -472,8 +431,7 @@ def run_latency(
         metrics = fetch_metrics(port)
         code = child.stop()
         visible.stop()
-        if code != 0:
-            raise BenchmarkError(f"{child.name} exited with {code}: {child.tail()}")
+        child.check_exit(code)
         if visible.error:
             raise BenchmarkError(f"read_committed consumer failed: {visible.error}")
         by_window: list[float] = []
@@ -525,7 +483,7 @@ def run_latency(
             ),
             "checkpoint_mean_s": checkpoint_mean(metrics),
             "worker_cores": cpu["child"] / max(cpu["wall"], 1e-3),
-            "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+            "other_load_cores": cpu["other_cores"],
             "late_records": metric_sum(metrics, "weir_records_late_total"),
             "samples": [round(x, 4) for x in by_window],
         }
@@ -554,26 +512,21 @@ HEADERS = (
 
 
 def table_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
-    rows = []
-    for s in summary:
-        if not s["runs"]:
-            rows.append([s["label"], "failed", *["-"] * (len(HEADERS) - 2)])
-            continue
-        rows.append(
-            [
-                s["label"],
-                f"{s['records_per_s']:,.0f}",
-                f"{s['end_to_end_records_per_s']:,.0f}",
-                f"{s['results']:,.0f}",
-                f"{s['last_result_after_s']:.1f}",
-                f"{s['cpu_s_per_million']:.1f}",
-                f"{s['peak_rss_mb']:.0f}",
-                f"{s['checkpoint_mean_s']:.3f}",
-                f"{s['other_load_cores']:.2f}",
-                ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
-            ]
-        )
-    return rows
+    def cells(s: dict[str, Any]) -> list[str]:
+        return [
+            s["label"],
+            f"{s['records_per_s']:,.0f}",
+            f"{s['end_to_end_records_per_s']:,.0f}",
+            f"{s['results']:,.0f}",
+            f"{s['last_result_after_s']:.1f}",
+            f"{s['cpu_s_per_million']:.1f}",
+            f"{s['peak_rss_mb']:.0f}",
+            f"{s['checkpoint_mean_s']:.3f}",
+            f"{s['other_load_cores']:.2f}",
+            ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
+        ]
+
+    return result_rows(summary, HEADERS, cells, lambda s: s["label"])
 
 
 LAT_HEADERS = (
@@ -593,30 +546,25 @@ LAT_HEADERS = (
 
 
 def latency_rows(lat: list[dict[str, Any]]) -> list[list[str]]:
-    rows = []
-    for r in lat:
-        if "error" in r:
-            rows.append([str(r["run"]), "failed", *["-"] * (len(LAT_HEADERS) - 2)])
-            continue
+    def cells(r: dict[str, Any]) -> list[str]:
         s, k = r["latency_s"], r["latency_from_key_last_s"]
         m50, m99 = r["metric_e2e_p50_s"], r["metric_e2e_p99_s"]
-        rows.append(
-            [
-                str(r["run"]),
-                f"{r['rate']:,.0f}",
-                f"{r['results']:,}",
-                f"{s['p50']:.3f}",
-                f"{s['p90']:.3f}",
-                f"{s['p99']:.3f}",
-                f"{s['max']:.3f}",
-                f"{k['p50']:.3f} / {k['p99']:.3f}",
-                "-" if m50 is None else f"{m50:.2f} / {m99:.2f}",
-                f"{r['checkpoint_mean_s'] or float('nan'):.3f}",
-                f"{r['worker_cores']:.2f}",
-                f"{r['other_load_cores']:.2f}",
-            ]
-        )
-    return rows
+        return [
+            str(r["run"]),
+            f"{r['rate']:,.0f}",
+            f"{r['results']:,}",
+            f"{s['p50']:.3f}",
+            f"{s['p90']:.3f}",
+            f"{s['p99']:.3f}",
+            f"{s['max']:.3f}",
+            f"{k['p50']:.3f} / {k['p99']:.3f}",
+            "-" if m50 is None else f"{m50:.2f} / {m99:.2f}",
+            f"{r['checkpoint_mean_s'] or float('nan'):.3f}",
+            f"{r['worker_cores']:.2f}",
+            f"{r['other_load_cores']:.2f}",
+        ]
+
+    return result_rows(lat, LAT_HEADERS, cells, lambda r: str(r["run"]))
 
 
 def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
@@ -731,25 +679,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def describe(r: dict[str, Any]) -> str:
     """One throughput run's figures, for the progress lines."""
-    return (
-        f"{r['records_per_s']:,.0f} records/s"
-        f" ({r['end_to_end_records_per_s']:,.0f} end to end),"
-        f" {r['results']:,} results, {r['cpu_s_per_million'] or float('nan'):.1f}"
-        f" CPU s/1M, {r['peak_rss_mb']:.0f} MB, checkpoint"
-        f" {r['checkpoint_mean_s'] or float('nan'):.3f} s,"
-        f" other load {r['other_load_cores']:.2f} cores"
+    return run_figures(
+        r,
+        f"{r['end_to_end_records_per_s']:,.0f} records/s end to end",
+        f"{r['results']:,} results",
+        f"checkpoint {r['checkpoint_mean_s'] or float('nan'):.3f} s",
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     started = time.monotonic()
-    load = check_load()
-    broker = start_broker()
-    info = machine_info(broker.kafka_version)
-    print(f"{machine_header(info)}\nbroker {broker.bootstrap}", flush=True)
+    broker, result = open_run(MODULE, args)
+    result["profiles"] = {}
     probe = OffsetProbe(broker.bootstrap)
-    result = {**report_base(MODULE, args, info, load), "profiles": {}}
     ok = True
     try:
         if not args.skip_throughput:
@@ -828,14 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         probe.close()
         broker.stop()
-    for name, prof in result["profiles"].items():
-        if prof:
-            print(f"\nprofile: {name}")
-            print("\n".join(profile_md(prof)))
-    result["elapsed_s"] = time.monotonic() - started
-    print(f"\nelapsed {result['elapsed_s']:.0f} s")
-    if not args.no_write:
-        write_report(RESULTS / "windows", result, markdown(result, args))
+    close_report(result, started, None if args.no_write else RESULTS / "windows", markdown, args)
     return 0 if ok else 1
 
 

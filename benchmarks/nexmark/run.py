@@ -200,10 +200,7 @@ def wait_ready(admin: Any, group: str, child: Child, timeout: float = 60.0) -> f
     """Until ``group`` has a member with partitions (or ``timeout``): seconds waited."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if not child.alive():
-            raise BenchmarkError(
-                f"{child.name} exited with {child.proc.returncode}: {child.tail()}"
-            )
+        child.check_running()
         if group_assigned(admin, group):
             return time.monotonic() - started
         time.sleep(0.25)
@@ -258,12 +255,10 @@ def throughput_run(
                 raise BenchmarkError(f"not done after {timeout:.0f}s: {child.tail()}")
             if system.done == "exit":
                 if not child.alive():
-                    if child.proc.returncode != 0:
-                        raise BenchmarkError(f"exited with {child.proc.returncode}: {child.tail()}")
+                    child.check_exit(child.proc.returncode)
                     break
             else:
-                if not child.alive():
-                    raise BenchmarkError(f"exited with {child.proc.returncode}: {child.tail()}")
+                child.check_running()
                 try:
                     committed = probe.committed(group, source, args.partitions)
                     end = sum(probe.end_offsets(output, args.partitions))
@@ -383,8 +378,7 @@ def latency_run(
         gen_info = orjson.loads(gen.stdout.strip().splitlines()[-1])
         deadline = time.monotonic() + 30
         while len(latencies) < bids and time.monotonic() < deadline:
-            if not child.alive():
-                raise BenchmarkError(f"exited with {child.proc.returncode}: {child.tail()}")
+            child.check_running()
             time.sleep(0.2)
         cpu_s = sampler.between(started, time.time())["child"]
     finally:
