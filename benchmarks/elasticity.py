@@ -188,7 +188,7 @@ def settled(workers: list[Weir], total: int, timeout: float = 120) -> dict[int, 
 
     def alive():
         for w in workers:
-            w.check()
+            w.check_running()
 
     return wait_until(ok, timeout, f"{total} partitions to settle", check=alive, every=0.2)
 
