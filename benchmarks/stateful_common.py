@@ -1,11 +1,13 @@
-"""Helpers shared by the keyed-state and event-time benchmarks (`state.py`, `windows.py`).
+"""Helpers shared by the keyed-state and event-time benchmarks (`state.py`, `windows.py`;
+`elasticity.py` reads metrics with them too).
 
-Everything generic (broker, topics, pre-filling, child processes, CPU snapshots,
-tables) comes from `benchmarks.common`; this module adds what stateful jobs need
-on top: reading a worker's Prometheus metrics (counters and histogram
-quantiles), waiting for ``/ready``, the size of a state directory on disk, a
-process's current RSS, and profiling a worker with py-spy (with a summary of
-the hottest functions).
+Everything generic (broker, topics, pre-filling, reading topics back, child
+processes, CPU snapshots, waiting, tables, reports) comes from `benchmarks.common`;
+this module adds what stateful jobs need on top: reading a worker's Prometheus
+metrics (counters and histogram quantiles), waiting for ``/ready`` and for the
+input to be processed and committed, the size of a state directory on disk, a
+process's current RSS, and profiling a worker with py-spy (with a summary of the
+hottest functions), and the end of a report that carries profiles.
 """
 
 from __future__ import annotations
@@ -162,11 +164,6 @@ def dir_size(path: Path) -> dict[str, Any]:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-# -- CPU of the machine ----------------------------------------------------------------
-def loadavg() -> float:
-    return os.getloadavg()[0]
 
 
 # -- py-spy ----------------------------------------------------------------------------------
