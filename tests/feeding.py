@@ -154,9 +154,11 @@ class Feeder(threading.Thread):
         return self.sent
 
     def halt(self) -> None:
-        """Stop for good (also after a failure): nothing left queued, client closed."""
+        """Stop for good (also after a failure, or before it started): nothing left
+        queued, client closed."""
         self._halt.set()
-        self.join(10)
+        if self.ident is not None:
+            self.join(10)
         if self.producer is not None:
             self.producer.purge()
             self.producer.close()

@@ -184,5 +184,9 @@ class TopicWatcher(threading.Thread):
         )
 
     def halt(self) -> None:
+        """Stop reading; the reader closes (at once if the thread never started)."""
         self._halt.set()
-        self.join(10)
+        if self.ident is None:
+            self.reader.close()
+        else:
+            self.join(10)
