@@ -1,4 +1,5 @@
-"""Shared machinery for Weir's benchmarks: broker, topics, data, child processes, reports.
+"""Shared machinery for Weir's benchmarks: broker, topics, data, reading topics back,
+child processes, waiting, percentiles and reports.
 
 Every benchmark needs the same things, and getting them wrong quietly skews
 numbers: a broker (an external one from ``KAFKA_BOOTSTRAP``, else the
@@ -11,10 +12,15 @@ peak RSS of the processor process alone, and a bounded wait everywhere.
 
 Processes started here are registered and stopped on exit, even on errors or
 SIGTERM, so a failed benchmark never leaves a worker or broker behind.
+
+Every script reports the same way: a header naming the machine and versions
+(`machine_header`), the command that produced the numbers (`command_line`), and
+``results/<name>.json`` (everything) next to ``results/<name>.md`` (`write_report`).
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import datetime as dt
@@ -22,9 +28,11 @@ import os
 import platform
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -38,7 +46,9 @@ import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    KafkaError,
     KafkaException,
+    Message,
     Producer,
     TopicPartition,
 )
@@ -173,26 +183,41 @@ def make_records(n: int, tags: int = 100, seed: int = 42) -> list[tuple[bytes, b
     return out
 
 
+PREFILL_CONFIG = {
+    "linger.ms": 50,
+    "batch.size": 1_000_000,
+    "batch.num.messages": 100_000,
+    "compression.type": "none",
+    "acks": 1,
+    "partitioner": "murmur2_random",  # Java's, like the processors'
+    "queue.buffering.max.messages": 1_000_000,
+}
+
+
+def send(producer: Producer, topic: str, value: bytes, key: bytes | None, **fields: Any) -> None:
+    """Produce one record, letting deliveries drain the local queue while it is full."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **fields)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def prefill(
-    bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]], timeout: float = 120.0
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes, bytes] | tuple[bytes, bytes, int]],
+    timeout: float = 120.0,
+    config: dict[str, Any] | None = None,
 ) -> float:
     """Write ``records`` to ``topic`` as fast as one Python producer can; returns seconds.
 
-    Large linger and batches, no compression, leader-only acks: the input only
-    has to be there before the processor starts.
+    A record is (key, value) or (key, value, timestamp ms). Large linger and
+    batches, no compression, leader-only acks (`PREFILL_CONFIG`, which ``config``
+    overrides): the input only has to be there before the processor starts.
     """
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 50,
-            "batch.size": 1_000_000,
-            "batch.num.messages": 100_000,
-            "compression.type": "none",
-            "acks": 1,
-            "partitioner": "murmur2_random",  # Java's, like the processors'
-            "queue.buffering.max.messages": 1_000_000,
-        }
-    )
+    producer = Producer({**PREFILL_CONFIG, "bootstrap.servers": bootstrap, **(config or {})})
     failures: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -200,14 +225,9 @@ def prefill(
             failures.append(err.str())
 
     started = time.monotonic()
-    produce, poll = producer.produce, producer.poll
-    for key, value in records:
-        while True:
-            try:
-                produce(topic, value, key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                poll(0.05)
+    for record in records:
+        timestamp = record[2] if len(record) > 2 else 0  # 0: the producer's clock
+        send(producer, topic, record[1], record[0], timestamp=timestamp, on_delivery=on_delivery)
     left = producer.flush(timeout)
     if left or failures:
         raise BenchmarkError(
@@ -262,25 +282,47 @@ class OffsetProbe:
         self._consumer.close()
 
 
+# -- reading topics back ------------------------------------------------------------
+class AppendSpan:
+    """The first and last broker append time (ms) among the records noted."""
+
+    def __init__(self) -> None:
+        self.first, self.last = 0, 0
+
+    def note(self, m: Message) -> None:
+        ts = m.timestamp()[1]
+        self.first = ts if not self.first else min(self.first, ts)
+        self.last = max(self.last, ts)
+
+    @property
+    def seconds(self) -> float:
+        """From the first to the last append (at least 1 ms: all at once is not 0 s)."""
+        return max(1e-3, (self.last - self.first) / 1000)
+
+
 @dataclass
 class OutputScan:
     """What the output topic holds, read back after the run (read_committed)."""
 
     records: int
     distinct_ids: int
-    first_ms: int
-    last_ms: int
+    appended: AppendSpan
     bad: int = 0  # records without the mapped field
 
 
-def scan_output(
-    bootstrap: str, topic: str, partitions: int, expected: int, timeout: float = 120.0
-) -> OutputScan:
-    """Read the whole output: count, distinct ids, first and last append timestamp.
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    on_message: Callable[[Message], object],
+    timeout: float = 120.0,
+) -> int:
+    """Read ``topic`` (read_committed) from the beginning to the end of every partition,
+    handing each record to ``on_message``; returns how many there were.
 
-    Runs after the processor is stopped, so it costs the measurement nothing.
-    Counting records (rather than offsets) is needed for transactional outputs,
-    whose offsets include commit markers.
+    Stops early once ``on_message`` returns something truthy. Runs after the
+    processor is stopped, so it costs the measurement nothing. Raises
+    BenchmarkError on a consumer error or when ``timeout`` passes first.
     """
     consumer = Consumer(
         {
@@ -289,40 +331,141 @@ def scan_output(
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
+            "log_level": 3,
         }
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    ids: set[int] = set()
-    records = bad = 0
-    first, last = sys.maxsize, 0
+    records = 0
     at_eof: set[int] = set()
     deadline = time.monotonic() + timeout
-    loads = orjson.loads
     try:
         while len(at_eof) < partitions:
             if time.monotonic() > deadline:
                 raise BenchmarkError(
-                    f"reading {topic} back: {records}/{expected} records after {timeout:.0f}s"
+                    f"reading {topic} back: {records} records after {timeout:.0f}s"
                 )
             for m in consumer.consume(10000, 0.5):
                 err = m.error()
                 if err is not None:
-                    if err.code() == -191:  # _PARTITION_EOF
+                    if err.code() == KafkaError._PARTITION_EOF:
                         at_eof.add(m.partition())
                         continue
                     raise BenchmarkError(f"reading {topic} back: {err.str()}")
                 at_eof.discard(m.partition())
                 records += 1
-                ts = m.timestamp()[1]
-                first = min(first, ts)
-                last = max(last, ts)
-                r = loads(m.value())
-                ids.add(r["id"])
-                if "x" not in r:
-                    bad += 1
+                if on_message(m):
+                    return records
     finally:
         consumer.close()
-    return OutputScan(records, len(ids), first if records else 0, last, bad)
+    return records
+
+
+def check_exactly_once(child: Child, exactly_once: bool, records: int, n: int) -> None:
+    """An exactly-once run's output must hold exactly one record per input record."""
+    if exactly_once and records != n:
+        raise BenchmarkError(f"{child.name}: exactly-once output has {records}/{n}")
+
+
+def scan_output(bootstrap: str, topic: str, partitions: int, timeout: float = 120.0) -> OutputScan:
+    """Read the whole output: count, distinct ids, first and last append timestamp.
+
+    Counting records (rather than offsets) is needed for transactional outputs,
+    whose offsets include commit markers.
+    """
+    ids: set[int] = set()
+    stamps = AppendSpan()
+    bad = 0
+    loads = orjson.loads
+
+    def note(m: Message) -> None:
+        nonlocal bad
+        stamps.note(m)
+        r = loads(m.value())
+        ids.add(r["id"])
+        if "x" not in r:
+            bad += 1
+
+    records = read_topic(bootstrap, topic, partitions, note, timeout)
+    return OutputScan(records, len(ids), stamps, bad)
+
+
+class Tail(threading.Thread):
+    """Reads a topic as records arrive, on a thread, handing each record to
+    ``on_message(received, message)`` with the wall-clock time its batch was received.
+
+    read_committed by default (when a result becomes visible); ``committed=False``
+    sees records when they are appended. From the beginning, or with ``from_end``
+    only what arrives after the start. A short ``fetch.wait.max.ms`` keeps the
+    receive times close to the moment records became readable.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        on_message: Callable[[float, Message], object],
+        committed: bool = True,
+        from_end: bool = False,
+        fetch_wait_ms: int = 10,
+    ) -> None:
+        super().__init__(name=f"tail-{topic}", daemon=True)
+        self.on_message = on_message
+        self.count = 0
+        self.last_at = 0.0  # monotonic time the last record arrived
+        self.error: str | None = None
+        self._stopping = threading.Event()
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": unique("bench-tail"),
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed" if committed else "read_uncommitted",
+                "fetch.wait.max.ms": fetch_wait_ms,  # read_committed fetches wait for the LSO
+                "fetch.min.bytes": 1,
+                "log_level": 3,
+            }
+        )
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        start = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
+        if from_end:
+            for tp in start:
+                tp.offset = self.consumer.get_watermark_offsets(tp, timeout=10)[1]
+        self.consumer.assign(start)
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                msgs = self.consumer.consume(10000, 0.05)
+                received = time.time()
+                got = 0
+                for m in msgs:
+                    if m.error() is None:
+                        self.on_message(received, m)
+                        got += 1
+                if got:
+                    self.count += got
+                    self.last_at = time.monotonic()
+        except Exception as exc:  # reported by the caller
+            self.error = repr(exc)
+        finally:
+            self.consumer.close()
+
+    def wait_count(self, n: int, timeout: float) -> float | None:
+        """Monotonic time when ``n`` records had been seen, or None on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.count < n:
+            if time.monotonic() > deadline or not self.is_alive():
+                return None
+            time.sleep(0.02)
+        return self.last_at
+
+    def stop(self) -> None:
+        """Stop reading (the consumer closes); also for a tail that never started."""
+        self._stopping.set()
+        if self.ident is None:
+            self.consumer.close()
+        else:
+            self.join(10)
 
 
 # -- CPU accounting ----------------------------------------------------------------
@@ -367,18 +510,34 @@ class CpuSnapshot:
         )
 
     def until(self, later: CpuSnapshot) -> dict[str, float]:
-        """CPU seconds per party between two snapshots, and ``other``: everyone else."""
+        """CPU seconds per party between two snapshots, ``other``: everyone else, and
+        ``other_cores``: the cores everyone else used on average."""
         child = later.child - self.child
         broker = later.broker - self.broker
         me = later.me - self.me
         machine = later.machine - self.machine
+        wall = later.at - self.at
+        other = max(0.0, machine - child - broker - me)
         return {
-            "wall": later.at - self.at,
+            "wall": wall,
             "child": child,
             "broker": broker,
             "benchmark": me,
-            "other": max(0.0, machine - child - broker - me),
+            "other": other,
+            "other_cores": other / max(wall, 1e-3),
         }
+
+
+def cpu_figures(cpu: dict[str, float], records: int) -> dict[str, Any]:
+    """A measured stretch's CPU figures (``cpu`` from `CpuSnapshot.until`): the
+    processor's CPU seconds per million of the ``records`` it processed meanwhile (None
+    when the stretch was too short to measure), every party's CPU seconds, and the
+    cores other processes used (anything above ~0.1 means disturbed numbers)."""
+    return {
+        "cpu_s_per_million": cpu["child"] / records * 1e6 if cpu["wall"] > 0.05 else None,
+        "cpu_s": cpu,
+        "other_load_cores": cpu["other_cores"],
+    }
 
 
 # -- child processes ---------------------------------------------------------------
@@ -417,6 +576,19 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def check_running(self) -> None:
+        """Raise BenchmarkError if the process has exited."""
+        if not self.alive():
+            raise self._exited(self.proc.returncode)
+
+    def check_exit(self, code: int) -> None:
+        """Raise BenchmarkError unless ``code``, its exit code, says it stopped cleanly."""
+        if code != 0:
+            raise self._exited(code)
+
+    def _exited(self, code: int) -> BenchmarkError:
+        return BenchmarkError(f"{self.name} exited with {code}: {self.tail()}")
+
     def cpu_seconds(self) -> float:
         """User + system CPU of all the process's threads so far."""
         return process_cpu_seconds(self.pid)
@@ -428,12 +600,14 @@ class Child:
                 return int(line.split()[1]) / 1024
         return 0.0
 
-    def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
-        """The Weir worker's /status JSON, or None (no HTTP port, not up yet)."""
-        if not self.http_port:
+    def status(self, timeout: float = 2.0, port: int = 0) -> dict[str, Any] | None:
+        """The Weir worker's /status JSON (of the process serving ``port``, default its
+        own), or None (no HTTP port, not up yet)."""
+        port = port or self.http_port
+        if not port:
             return None
         try:
-            url = f"http://127.0.0.1:{self.http_port}/status"
+            url = f"http://127.0.0.1:{port}/status"
             with urllib.request.urlopen(url, timeout=timeout) as resp:
                 return orjson.loads(resp.read())
         except (OSError, ValueError):
@@ -482,21 +656,63 @@ class Child:
             self.log_path.unlink()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
+        """SIGKILL the process and everything it started (its own session's group: a
+        ``--processes`` supervisor's children die with it)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
         with contextlib.suppress(Exception):
             self._log.close()
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_ports(n: int) -> int:
+    """A port P with P..P+n-1 free now (``--processes n`` serves HTTP on them)."""
+    for _ in range(200):
+        base = free_port()
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise BenchmarkError(f"no {n} consecutive free ports")
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    check: Callable[[], object] | None = None,
+    every: float = 0.1,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    Each round runs ``check`` first (it raises, e.g. when the processor died);
+    past ``timeout`` seconds, raises BenchmarkError naming ``what``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if check is not None:
+            check()
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
 
 
 @dataclass
@@ -533,10 +749,7 @@ def wait_for_output(
     first: CpuSnapshot | None = None
     out = 0
     while True:
-        if not child.alive():
-            raise BenchmarkError(
-                f"{child.name} exited with {child.proc.returncode}: {child.tail()}"
-            )
+        child.check_running()
         if time.monotonic() > deadline:
             raise BenchmarkError(
                 f"{child.name}: output has {out}/{expected} records after {timeout:.0f}s"
@@ -558,9 +771,146 @@ def wait_for_output(
         time.sleep(interval if first is None else 4 * interval)
 
 
-# -- reporting ---------------------------------------------------------------------
+# -- statistics --------------------------------------------------------------------
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), linearly interpolated between the two nearest
+    ranks (numpy's default; ``percentile(v, 50) == median(v)``); NaN without values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+# -- runs ----------------------------------------------------------------------------
+def row_arguments(p: argparse.ArgumentParser, rows: Sequence[Any]) -> None:
+    """The flags of a benchmark that measures ``rows`` (each with a ``name``) in
+    repeats: ``--runs``, ``--partitions``, ``--rows`` (see `select_rows`), ``--no-write``."""
+    names = [r.name for r in rows]
+    p.add_argument("--runs", type=int, default=3, help="repeats per row; the median is reported")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--rows", default=",".join(names), help=f"comma-separated subset of {names}")
+    p.add_argument(
+        "--no-write", action="store_true", help="print only; leave benchmarks/results alone"
+    )
+
+
+def select_rows(p: argparse.ArgumentParser, args: argparse.Namespace, rows: Sequence[Any]) -> None:
+    """``args.selected``: the rows ``--rows`` names, in their usual order; an unknown
+    name (or none) is a usage error."""
+    wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
+    names = [r.name for r in rows]
+    unknown = [w for w in wanted if w not in names]
+    if unknown or not wanted:
+        p.error(f"--rows: unknown {unknown}; choose from {names}")
+    args.selected = [r for r in rows if r.name in wanted]
+
+
+def check_load() -> float:
+    """The load average now; warns when other work will make the results noisy."""
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.1f} before starting; results will be noisy")
+    return load
+
+
+def run_rows(
+    rows: Sequence[Any],
+    repeats: int,
+    run_one: Callable[[Any, int], dict[str, Any]],
+    describe: Callable[[dict[str, Any]], str],
+) -> list[dict[str, Any]]:
+    """Every row once per repeat, rows interleaved (so slow drift - page cache, JIT,
+    thermal - spreads over all rows instead of favouring the first); prints each
+    result with ``describe``. A run that raises BenchmarkError is kept as
+    ``{"row", "run", "error"}`` and the others go on."""
+    runs: list[dict[str, Any]] = []
+    for run in range(1, repeats + 1):
+        for row in rows:
+            print(f"run {run}/{repeats} {row.label}: ", end="", flush=True)
+            try:
+                result = run_one(row, run)
+            except BenchmarkError as exc:
+                print(f"FAILED: {exc}", flush=True)
+                runs.append({"row": row.name, "run": run, "error": str(exc)})
+                continue
+            runs.append(result)
+            print(describe(result), flush=True)
+    return runs
+
+
+def run_figures(r: dict[str, Any], *extra: str) -> str:
+    """A throughput run's progress line: records/s, CPU s per million records, peak
+    RSS, then a benchmark's ``extra`` figures, and the other load on the machine."""
+    return ", ".join(
+        [
+            f"{r['records_per_s']:,.0f} records/s",
+            f"{r['cpu_s_per_million'] or float('nan'):.1f} CPU s/1M",
+            f"{r['peak_rss_mb']:.0f} MB",
+            *extra,
+            f"other load {r['other_load_cores']:.2f} cores",
+        ]
+    )
+
+
+def summary_of(row: Any, runs: list[dict[str, Any]], *fields: str) -> dict[str, Any]:
+    """A row's summary over its runs: name, label, how many succeeded (and the errors
+    of the others), every successful run's records/s, and the median of each of
+    ``fields`` over the runs that have a value for it."""
+    mine = [r for r in runs if r["row"] == row.name]
+    ok = [r for r in mine if "error" not in r]
+    return {
+        "row": row.name,
+        "label": row.label,
+        "runs": len(ok),
+        "failed": [r["error"] for r in mine if "error" in r],
+        "records_per_s_all": [round(r["records_per_s"]) for r in ok],
+        **{f: median([r[f] for r in ok if r.get(f) is not None]) for f in fields},
+    }
+
+
+def result_rows(
+    items: list[dict[str, Any]],
+    headers: Sequence[str],
+    cells: Callable[[dict[str, Any]], list[str]],
+    name: Callable[[dict[str, Any]], str],
+) -> list[list[str]]:
+    """The rows of a results table: ``cells(item)``, or for an item that failed (it has
+    an ``error``, or no successful ``runs``) its ``name(item)`` and "failed"."""
+    return [
+        [name(x), "failed", *["-"] * (len(headers) - 2)]
+        if "error" in x or x.get("runs") == 0
+        else cells(x)
+        for x in items
+    ]
+
+
+def open_run(module: str, args: argparse.Namespace) -> tuple[Broker, dict[str, Any]]:
+    """The start of a benchmark: warn about load, start the broker, print the header.
+
+    Returns the broker and the start of the report's JSON: machine, command, load
+    average at the start, code version and configuration.
+    """
+    load = check_load()
+    broker = start_broker()
+    info = machine_info(broker.kafka_version)
+    print(f"{machine_header(info)}\nbroker {broker.bootstrap}", flush=True)
+    return broker, {
+        "machine": info,
+        "command": command_line(module),
+        "loadavg_start": load,
+        "code": code_version(),
+        "config": {k: v for k, v in vars(args).items() if k not in ("selected", "no_write")},
+    }
+
+
+# -- reporting ---------------------------------------------------------------------
 
 
 def cpu_model() -> str:
@@ -571,20 +921,23 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def weir_revision() -> str:
-    """The Weir commit measured, marked ``+dirty`` if its packages have local changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "service", "operators", "state"],
-            cwd=ROOT, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}+dirty" if dirty else head
+def code_version() -> dict[str, Any]:
+    """The commit measured, its subject, and whether Weir's packages differ from it
+    (other work may be changing the tree while a benchmark runs)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+        "subject": git("log", "-1", "--format=%s"),
+        "weir_dirty": bool(git("status", "--porcelain", "--", "service", "operators", "state")),
+    }
 
 
 def machine_info(kafka_version: str) -> dict[str, Any]:
@@ -605,8 +958,27 @@ def machine_info(kafka_version: str) -> dict[str, Any]:
         "librdkafka": librdkafka_version()[0],
         "orjson": orjson.__version__,
         "kafka": kafka_version,
-        "weir": weir_revision(),
+        "weir": _revision(code_version()),
     }
+
+
+def _revision(code: dict[str, Any]) -> str:
+    return f"{code['commit']}+dirty" if code["weir_dirty"] else code["commit"]
+
+
+def machine_header(info: dict[str, Any]) -> str:
+    """One line for a report: when, on what machine, with which versions."""
+    return (
+        f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · {info['memory_gb']} GB"
+        f" · Linux {info['kernel']} · Python {info['python']} · confluent-kafka"
+        f" {info['confluent_kafka']} (librdkafka {info['librdkafka']}) · orjson"
+        f" {info['orjson']} · Kafka {info['kafka']} · Weir {info['weir']}"
+    )
+
+
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """How a benchmark was started (``argv``: its arguments, default this process's)."""
+    return " ".join([f".venv/bin/python -m {module}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], markdown: bool) -> str:
@@ -649,3 +1021,10 @@ def _is_number(text: str) -> bool:
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def write_report(stem: Path, data: Any, markdown: str) -> None:
+    """``<stem>.json`` (every figure, for later re-rendering) and ``<stem>.md`` (the report)."""
+    write_json(stem.with_suffix(".json"), data)
+    stem.with_suffix(".md").write_text(markdown)
+    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")

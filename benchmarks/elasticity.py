@@ -43,40 +43,48 @@ import argparse
 import contextlib
 import itertools
 import json
-import os
 import random
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Message, Producer
 
 from benchmarks.common import (
     RESULTS,
     ROOT,
     TMP,
+    AppendSpan,
     BenchmarkError,
+    Child,
+    OffsetProbe,
+    Tail,
     admin_client,
+    command_line,
     create_topics,
     delete_topics,
     format_table,
+    free_ports,
     machine_busy_seconds,
+    machine_header,
     machine_info,
     median,
-    on_exit,
+    prefill,
     process_cpu_seconds,
+    read_topic,
+    send,
     start_broker,
     unique,
+    wait_until,
     write_json,
+    write_report,
 )
+from benchmarks.stateful_common import fetch_metrics, metric_sum
 
 JOBS = ROOT / "tests" / "jobs"
 CPU_JOB = JOBS / "el_cpu.py"
@@ -90,27 +98,6 @@ FAST = [
 # -- processes -------------------------------------------------------------------------
 
 
-def free_ports(n: int) -> int:
-    """A port P with P..P+n-1 free now (``--processes n`` serves HTTP on them)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise BenchmarkError(f"no {n} consecutive free ports")
-
-
 def children_of(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
@@ -122,9 +109,9 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-class Weir:
-    """``weir run`` in its own session (so it and its ``--processes`` children can be
-    killed as a group), HTTP on ``port``..``port + processes - 1``."""
+class Weir(Child):
+    """``weir run`` with ``--processes`` in its own session (so it and its children are
+    killed as a group), HTTP on ``ports``: ``http_port``..``http_port + processes - 1``."""
 
     def __init__(
         self,
@@ -136,84 +123,29 @@ class Weir:
         args: list[str],
         processes: int = 1,
     ) -> None:
-        TMP.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        self.processes = processes
-        self.port = free_ports(processes)
-        self.ports = [self.port + i for i in range(processes)]
-        self.log_path = TMP / f"el-{name}.{os.getpid()}.log"
-        self._log = self.log_path.open("wb")
+        port = free_ports(processes)
         cmd = [
             sys.executable, "-m", "service.cli", "run", str(job), "--bootstrap", bootstrap,
-            "--group", group, "--worker-id", name, "--http-port", str(self.port),
+            "--group", group, "--worker-id", name, "--http-port", str(port),
             "--processes", str(processes), *args,
         ]  # fmt: skip
-        self.started = time.monotonic()
-        self.started_wall = time.time()
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        on_exit(self.kill)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def check(self) -> None:
-        if not self.alive():
-            raise BenchmarkError(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
-
-    def get(self, port: int, path: str) -> bytes | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-                return r.read()
-        except OSError:
-            return None
-
-    def status(self, port: int | None = None) -> dict | None:
-        body = self.get(self.port if port is None else port, "/status")
-        return None if body is None else orjson.loads(body)
+        super().__init__(f"el-{name}", cmd, env, http_port=port)
+        self.processes = processes
+        self.ports = [port + i for i in range(processes)]
 
     def metric(self, name: str, **labels: str) -> float:
-        """Sum over this worker's processes of one labelled sample."""
-        wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-        total = 0.0
-        for port in self.ports:
-            body = self.get(port, "/metrics") or b""
-            for line in body.decode().splitlines():
-                if line.startswith(wanted):
-                    total += float(line.rsplit(" ", 1)[1])
-        return total
+        """Sum over this worker's processes of the samples of ``name`` with ``labels``."""
+        return sum(metric_sum(fetch_metrics(port), name, **labels) for port in self.ports)
 
     def pids(self) -> list[int]:
         """The processes doing the work: the children with --processes > 1."""
-        return children_of(self.proc.pid) if self.processes > 1 else [self.proc.pid]
+        return children_of(self.pid) if self.processes > 1 else [self.pid]
 
     def cpu_seconds(self) -> float:
-        return sum(process_cpu_seconds(p) for p in [self.proc.pid, *children_of(self.proc.pid)])
-
-    def tail(self, lines: int = 8) -> str:
-        with contextlib.suppress(OSError):
-            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return sum(process_cpu_seconds(p) for p in [self.pid, *children_of(self.pid)])
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
-        finally:
-            self._log.close()
 
     def dump_stacks(self) -> None:
         """Append py-spy's stack dump of every live worker process to the log (post-mortem)."""
@@ -231,35 +163,13 @@ class Weir:
                 with self.log_path.open("a") as f:
                     f.write(f"\n--- py-spy dump of {pid}\n{out.stdout}{out.stderr}")
 
-    def kill(self) -> None:
-        if self.proc.poll() is None or children_of(self.proc.pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-        with contextlib.suppress(Exception):
-            self._log.close()
-
-
-def wait_until(predicate, timeout: float, what: str, check=None, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchmarkError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
 
 def owned(workers: list[Weir]) -> dict[int, list[str]] | None:
     """Port -> partitions it processes (restored), or None while one is not running."""
     out = {}
     for w in workers:
         for port in w.ports:
-            st = w.status(port)
+            st = w.status(port=port)
             if st is None or st["state"] != "running":
                 return None
             out[port] = sorted(set(st["partitions"]) - set(st["restoring"]))
@@ -278,7 +188,7 @@ def settled(workers: list[Weir], total: int, timeout: float = 120) -> dict[int, 
 
     def alive():
         for w in workers:
-            w.check()
+            w.check_running()
 
     return wait_until(ok, timeout, f"{total} partitions to settle", check=alive, every=0.2)
 
@@ -309,86 +219,35 @@ def cpu_records(n: int, tags: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 20,
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 1_000_000,
-        }
-    )
-    started = time.monotonic()
-    for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(120):
-        raise BenchmarkError(f"input to {topic} not delivered")
-    return time.monotonic() - started
-
-
-def read_back(bootstrap: str, topic: str, timeout: float = 180) -> tuple[int, int, int, dict]:
+def read_back(bootstrap: str, topic: str, partitions: int) -> tuple[int, int, int, dict]:
     """(records, first append ms, last append ms, final count per key), read_committed."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": unique("el-scan"),
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    records, first, last = 0, sys.maxsize, 0
     final: dict[str, int] = {}
-    eof: set[int] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(eof) < len(parts):
-            if time.monotonic() > deadline:
-                raise BenchmarkError(f"reading {topic}: {records} records after {timeout:.0f}s")
-            for m in consumer.consume(10000, 0.5):
-                if m.error() is not None:
-                    if m.error().code() == -191:
-                        eof.add(m.partition())
-                        continue
-                    raise KafkaException(m.error())
-                eof.discard(m.partition())
-                records += 1
-                ts = m.timestamp()[1]
-                first, last = min(first, ts), max(last, ts)
-                v = orjson.loads(m.value())
-                if "count" in v:  # keyed: the running count per key
-                    final[v["key"]] = max(final.get(v["key"], 0), v["count"])
-                else:  # stateless: each input id once
-                    final[v["id"]] = final.get(v["id"], 0) + 1
-    finally:
-        consumer.close()
-    return records, first, last, final
+    stamps = AppendSpan()
+
+    def note(m: Message) -> None:
+        stamps.note(m)
+        v = orjson.loads(m.value())
+        if "count" in v:  # keyed: the running count per key
+            final[v["key"]] = max(final.get(v["key"], 0), v["count"])
+        else:  # stateless: each input id once
+            final[v["id"]] = final.get(v["id"], 0) + 1
+
+    records = read_topic(bootstrap, topic, partitions, note, timeout=180)
+    return records, stamps.first, stamps.last, final
 
 
-def first_append_ms(bootstrap: str, topic: str) -> int:
+def first_append_ms(bootstrap: str, topic: str, partitions: int) -> int:
     """The smallest broker append time among the first records of ``topic``'s partitions."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("el-first")})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        firsts: dict[int, int] = {}
-        deadline = time.monotonic() + 30
-        while len(firsts) < len(parts) and time.monotonic() < deadline:
-            for m in consumer.consume(100, 0.5):
-                if m.error() is None:
-                    firsts.setdefault(m.partition(), m.timestamp()[1])
-        if not firsts:
-            raise BenchmarkError(f"no input in {topic}")
-        return min(firsts.values())
-    finally:
-        consumer.close()
+    firsts: dict[int, int] = {}
+
+    def note(m: Message) -> bool:
+        firsts.setdefault(m.partition(), m.timestamp()[1])
+        return len(firsts) == partitions
+
+    read_topic(bootstrap, topic, partitions, note, timeout=30)
+    if not firsts:
+        raise BenchmarkError(f"no input in {topic}")
+    return min(firsts.values())
 
 
 def cpu_run(
@@ -422,23 +281,21 @@ def cpu_run(
         )
         assignment = settled([worker], (2 if keyed else 1) * partitions)
         busy0, cpu0, t0 = machine_busy_seconds(), worker.cpu_seconds(), time.monotonic()
-        produce_all(bootstrap, src, records)
+        prefill(bootstrap, src, records)
         wait_until(
             lambda: worker.metric("weir_records_out_total", job="el-cpu", topic=out) >= n,
             60 + n / 1000,
             f"{n} outputs",
-            check=worker.check,
+            check=worker.check_running,
             every=0.5,
         )
         busy1, cpu1, t1 = machine_busy_seconds(), worker.cpu_seconds(), time.monotonic()
-        code = worker.stop()
-        if code != 0:
-            raise BenchmarkError(f"{worker.name} exited {code}: {worker.tail()}")
-        got, first_out, last, final = read_back(bootstrap, out)
+        worker.check_exit(worker.stop())
+        got, first_out, last, final = read_back(bootstrap, out, partitions)
         if got != n or sum(final.values()) != n:
             raise BenchmarkError(f"{worker.name}: {got} outputs, counts add to"
                                  f" {sum(final.values())}, for {n} inputs")  # fmt: skip
-        first = first_append_ms(bootstrap, src)
+        first = first_append_ms(bootstrap, src, partitions)
         span = max(1e-3, (last - first) / 1000)
         wall = t1 - t0
         return {
@@ -527,46 +384,18 @@ def _split_by_topic(detail: dict[str, list[str]]) -> bool:
 # -- (b) join and failover -----------------------------------------------------------------
 
 
-class Watcher(threading.Thread):
-    """Notes when each output becomes visible (read_committed), per source partition;
-    with ``committed=False`` when it is appended (read_uncommitted): when a worker
-    produced it, whether or not its transaction has committed yet."""
+class Arrivals:
+    """When each output arrives, per source partition (keys are "p<partition>-k<i>"):
+    visible with read_committed, or, with ``committed=False``, appended (when a
+    worker produced it, whether or not its transaction has committed yet)."""
 
     def __init__(self, bootstrap: str, topic: str, committed: bool = True) -> None:
-        super().__init__(name="watcher", daemon=True)
-        self.arrivals: dict[int, list[float]] = {0: [], 1: []}
-        self.count = 0
-        self._halt = threading.Event()
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": unique("el-watch"),
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed" if committed else "read_uncommitted",
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        tps = [TopicPartition(topic, p) for p in parts]
-        ends = [self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
-        self.consumer.assign(
-            [TopicPartition(topic, p, e) for p, e in zip(parts, ends, strict=True)]
-        )
+        self.times: dict[int, list[float]] = {0: [], 1: []}
+        self.tail = Tail(bootstrap, topic, self._note, committed=committed, from_end=True)
+        self.tail.start()
 
-    def run(self) -> None:
-        while not self._halt.is_set():
-            msgs = self.consumer.consume(1000, 0.05)
-            now = time.time()
-            for m in msgs:
-                if m.error() is None:
-                    key = orjson.loads(m.value())["key"]
-                    self.arrivals[int(key[1])].append(now)  # keys are "p<partition>-k<i>"
-                    self.count += 1
-        self.consumer.close()
-
-    def halt(self) -> None:
-        self._halt.set()
-        self.join(10)
+    def _note(self, received: float, m: Message) -> None:
+        self.times[int(orjson.loads(m.value())["key"][1])].append(received)
 
 
 class Feeder(threading.Thread):
@@ -606,25 +435,9 @@ def build_state(bootstrap: str, topic: str, keys: int) -> None:
     )  # fmt: skip
     for i in range(keys):
         for p in (0, 1):
-            while True:
-                try:
-                    producer.produce(topic, b'{"n": %d}' % i, f"p{p}-k{i}".encode(), partition=p)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            send(producer, topic, b'{"n": %d}' % i, f"p{p}-k{i}".encode(), partition=p)
     if producer.flush(120):
         raise BenchmarkError("state input not delivered")
-
-
-def committed_all(bootstrap: str, group: str, topic: str) -> bool:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        tps = [TopicPartition(topic, p) for p in (0, 1)]
-        ends = [c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
-        got = [tp.offset for tp in c.committed(tps, timeout=10)]
-        return all(g >= e for g, e in zip(got, ends, strict=True))
-    finally:
-        c.close()
 
 
 def max_gap(times: list[float], start: float, end: float) -> float:
@@ -666,6 +479,7 @@ def rebalance_run(
     tag = f"{scenario}-{'sb' if standby else 'nosb'}-r{run}"
     a = b = None
     watcher = feeder = appended = None
+    probe = OffsetProbe(bootstrap)
     try:
         a = Weir(f"a-{tag}", COUNT_JOB, bootstrap, group, env, args)
         settled([a], 2)
@@ -674,14 +488,13 @@ def rebalance_run(
             settled([a, b], 2)
         build_started = time.monotonic()
         build_state(bootstrap, src, keys)
-        wait_until(lambda: committed_all(bootstrap, group, src), 120 + keys / 1000,
-                   "the state to be built", check=a.check, every=0.5)  # fmt: skip
+        wait_until(lambda: probe.committed(group, src, 2) >= sum(probe.end_offsets(src, 2)),
+                   120 + keys / 1000, "the state to be built", check=a.check_running,
+                   every=0.5)  # fmt: skip
         build_s = time.monotonic() - build_started
         time.sleep(2.0)  # standby replicas catch up
-        watcher = Watcher(bootstrap, out)
-        watcher.start()
-        appended = Watcher(bootstrap, out, committed=False)
-        appended.start()
+        watcher = Arrivals(bootstrap, out)
+        appended = Arrivals(bootstrap, out, committed=False)
         feeder = Feeder(bootstrap, src, keys, rate)
         feeder.start()
         time.sleep(5.0)
@@ -689,7 +502,7 @@ def rebalance_run(
         if scenario == "join":
             b = Weir(f"b-{tag}", COUNT_JOB, bootstrap, group, env, args)
             own = settled([a, b], 2, timeout=180)
-            mover, moved_tp = b, own[b.port][0]
+            mover, moved_tp = b, own[b.http_port][0]
         else:
             own_b = wait_until(b.status, 30, f"{b.name}'s /status")["partitions"][0]
             b.kill()
@@ -700,8 +513,8 @@ def rebalance_run(
         feeder.halt()
         t_end = time.time()
         time.sleep(1.0)
-        watcher.halt()
-        appended.halt()
+        watcher.tail.stop()
+        appended.tail.stop()
         moved = int(moved_tp.rsplit("-", 1)[1])
         stay = 1 - moved
         t_feed = t_event - 5.0
@@ -713,16 +526,16 @@ def rebalance_run(
             "keys_per_partition": keys,
             "build_s": build_s,
             "rate_per_partition": rate,
-            "stay_gap_before_s": max_gap(watcher.arrivals[stay], t_feed + 1.0, t_event),
-            "stay_gap_around_s": max_gap(watcher.arrivals[stay], t_event, t_end),
-            "moved_pause_s": max_gap(watcher.arrivals[moved], t_event, t_end),
-            "stay_produce_gap_s": max_gap(appended.arrivals[stay], t_event, t_end),
-            "moved_produce_gap_s": max_gap(appended.arrivals[moved], t_event, t_end),
+            "stay_gap_before_s": max_gap(watcher.times[stay], t_feed + 1.0, t_event),
+            "stay_gap_around_s": max_gap(watcher.times[stay], t_event, t_end),
+            "moved_pause_s": max_gap(watcher.times[moved], t_event, t_end),
+            "stay_produce_gap_s": max_gap(appended.times[stay], t_event, t_end),
+            "moved_produce_gap_s": max_gap(appended.times[moved], t_event, t_end),
             "settled_after_s": t_settled - t_event,
             "restore_records": restore["records"] if restore else None,
             "restore_s": restore["seconds"] if restore else None,
             "restore_done_after_s": restore["done_at"] - t_event if restore else None,
-            "outputs_seen": watcher.count,
+            "outputs_seen": watcher.tail.count,
             "inputs_fed": 2 * feeder.sent,
         }
         for w in (a, b):
@@ -735,9 +548,12 @@ def rebalance_run(
                 w.dump_stacks()
         raise
     finally:
-        for t in (feeder, watcher, appended):
-            if t is not None and t.is_alive():
-                t.halt()
+        probe.close()
+        if feeder is not None and feeder.is_alive():
+            feeder.halt()
+        for arrivals in (watcher, appended):
+            if arrivals is not None and arrivals.tail.is_alive():
+                arrivals.tail.stop()
         for w in (a, b):
             if w is not None:
                 w.kill()
@@ -820,13 +636,11 @@ def _mixed_note(cpu: dict[str, Any]) -> list[str]:
     ]
 
 
-def markdown(info: dict[str, Any], argv: list[str], cpu: dict | None, rb: dict | None) -> str:
+def markdown(info: dict[str, Any], cpu: dict | None, rb: dict | None) -> str:
     lines = [
         "# Elasticity: --processes scaling and rebalance pauses",
         "",
-        f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · {info['memory_gb']} GB"
-        f" · Linux {info['kernel']} · Python {info['python']} · librdkafka"
-        f" {info['librdkafka']} · Kafka {info['kafka']}",
+        machine_header(info),
         "",
         "Broker, workers and this script share the machine; so did other people's test"
         " runs while this was measured (see the machine-busy column: 2.0 = both cores).",
@@ -999,13 +813,15 @@ def main(argv: list[str] | None = None) -> int:
     args.scenarios = args.scenarios.split(",")
     if args.report_only:
         old = json.loads((RESULTS / "elasticity.json").read_text())
-        (RESULTS / "elasticity.md").write_text(
-            markdown(old["machine"], argv, old.get("cpu"), old.get("rebalance"))
+        write_report(
+            RESULTS / "elasticity",
+            old,
+            markdown(old["machine"], old.get("cpu"), old.get("rebalance")),
         )
         return 0
     broker = start_broker()
     info = machine_info(broker.kafka_version)
-    command = " ".join([".venv/bin/python -m benchmarks.elasticity", *argv])
+    command = command_line("benchmarks.elasticity", argv)
     cpu = rb = None
     if args.only is not None and (RESULTS / "elasticity.json").exists():
         # --only one part: keep the other part of the last report.
@@ -1021,8 +837,8 @@ def main(argv: list[str] | None = None) -> int:
         rb = bench_rebalance(broker.bootstrap, args)
         rb.update(command=command, date=info["date"])
     if not args.no_write:
-        write_json(RESULTS / "elasticity.json", {"machine": info, "cpu": cpu, "rebalance": rb})
-        (RESULTS / "elasticity.md").write_text(markdown(info, argv, cpu, rb))
+        report = {"machine": info, "cpu": cpu, "rebalance": rb}
+        write_report(RESULTS / "elasticity", report, markdown(info, cpu, rb))
     print(json.dumps({"cpu_ratio": cpu and round(cpu["ratio"], 2)}))
     return 0
 

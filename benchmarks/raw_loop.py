@@ -3,7 +3,9 @@
 This is the practical ceiling for one Python process doing Weir's job: no
 framework, no threads handing batches around, just librdkafka's batch consume,
 ``orjson`` and ``produce`` in one tight loop. `benchmarks/throughput.py` runs it
-as a separate process, like the Weir worker, and compares the two.
+as a separate process, like the Weir worker, and compares the two; the Nexmark
+raw loop (`benchmarks/nexmark/peers/raw.py`) is this loop with a query's
+function (`run` takes any ``transform``; one returning None drops the record).
 
 It is at-least-once, as tight as that allows: about once a second it flushes
 the producer (every output consumed so far is acknowledged) and then commits
@@ -23,6 +25,7 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -31,8 +34,14 @@ from confluent_kafka import Consumer, KafkaException, Producer
 COMMIT_INTERVAL_S = 1.0
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def double_v(r: dict) -> dict:
+    """The throughput benchmark's map (as in ``jobs/map_json.py``)."""
+    return {**r, "x": r["v"] * 2}
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The loop's command-line flags (a caller may add its own)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
@@ -45,7 +54,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="consumer.KEY=VALUE|producer.KEY=VALUE",
         help="override a librdkafka setting of one client (for experiments)",
     )
-    return p.parse_args(argv)
+    return p
 
 
 def _overrides(settings: list[str], role: str) -> dict[str, str]:
@@ -58,7 +67,9 @@ def _overrides(settings: list[str], role: str) -> dict[str, str]:
     return out
 
 
-def _slow_batch(msgs: list[Any], out: str, produce: Any, poll: Any) -> None:
+def _slow_batch(
+    msgs: list[Any], out: str, transform: Callable[[Any], Any], produce: Any, poll: Any
+) -> None:
     """Per-record error handling, taken only when the fast path raised on a batch.
 
     The fast path does no per-record checks at all; this one skips consumer
@@ -73,8 +84,10 @@ def _slow_batch(msgs: list[Any], out: str, produce: Any, poll: Any) -> None:
                 raise KafkaException(err)
             print(f"raw_loop: consumer: {err.str()}", file=sys.stderr)
             continue
-        r = orjson.loads(m.value())
-        value = orjson.dumps({**r, "x": r["v"] * 2})
+        r = transform(orjson.loads(m.value()))
+        if r is None:
+            continue
+        value = orjson.dumps(r)
         while True:
             try:
                 produce(out, value, m.key())
@@ -83,7 +96,9 @@ def _slow_batch(msgs: list[Any], out: str, produce: Any, poll: Any) -> None:
                 poll(0.05)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, transform: Callable[[Any], Any]) -> int:
+    """Consume ``args.input``, produce ``transform(record)`` (JSON both ways) to
+    ``args.output``, commit about once a second; until SIGTERM/SIGINT."""
     common = {"bootstrap.servers": args.bootstrap, "client.id": f"raw-{args.group}"}
     consumer = Consumer(
         {
@@ -136,10 +151,11 @@ def run(args: argparse.Namespace) -> int:
                     # The whole loop: no per-record error checks (an error event has
                     # value None, so loads raises and the slow path handles the rest).
                     for i, m in enumerate(msgs):  # noqa: B007 - i is read in except
-                        r = loads(m.value())
-                        produce(out, dumps({**r, "x": r["v"] * 2}), m.key())
+                        r = transform(loads(m.value()))
+                        if r is not None:
+                            produce(out, dumps(r), m.key())
                 except (TypeError, orjson.JSONDecodeError, BufferError):
-                    _slow_batch(msgs[i:], out, produce, poll)
+                    _slow_batch(msgs[i:], out, transform, produce, poll)
                 poll(0)
             if dirty and clock() >= next_commit:
                 producer.flush()  # outputs acknowledged before their inputs are committed
@@ -155,4 +171,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(_parse(None)))
+    sys.exit(run(arguments(__doc__.splitlines()[0]).parse_args(), double_v))

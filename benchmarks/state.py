@@ -32,7 +32,6 @@ Results go to ``benchmarks/results/state.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -42,47 +41,56 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Message
 
 from benchmarks.common import (
     RESULTS,
     ROOT,
     TMP,
+    AppendSpan,
     BenchmarkError,
     Child,
     CpuSnapshot,
     OffsetProbe,
     admin_client,
+    check_exactly_once,
+    cpu_figures,
     create_topics,
     delete_topics,
     format_table,
     free_port,
-    machine_info,
+    machine_header,
     make_records,
     median,
+    open_run,
     prefill,
-    start_broker,
+    read_topic,
+    result_rows,
+    row_arguments,
+    run_figures,
+    run_rows,
+    select_rows,
+    summary_of,
     unique,
-    write_json,
 )
 from benchmarks.stateful_common import (
-    code_version,
+    close_report,
     dir_size,
     fetch_metrics,
     histogram_quantile,
     http_get,
     metric_sum,
-    processed,
     profile_md,
+    profile_run,
     profile_worker,
     remove_tree,
     stop_when_processed,
     vm_status_mb,
-    wait_committed,
     wait_ready,
     watch_processing,
 )
 
+MODULE = "benchmarks.state"
 JOB_FILE = Path(__file__).resolve().parent / "jobs" / "keyed_count.py"
 OPERATOR = "counts"  # the aggregate's name in the job file
 STATE = f"{OPERATOR}.acc"
@@ -133,56 +141,27 @@ def command(
 class CountScan:
     records: int
     distinct: int  # distinct (key, count) pairs: every input record makes one
-    first_ms: int
-    last_ms: int
+    appended: AppendSpan
     final: dict[str, int]  # key -> largest count seen
 
 
 def scan_counts(bootstrap: str, topic: str, partitions: int, timeout: float) -> CountScan:
     """Read the whole output (read_committed) after the worker stopped."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": unique("bench-scan"),
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     final: dict[str, int] = {}
     pairs: set[tuple[str, int]] = set()
-    records = 0
-    first, last = sys.maxsize, 0
-    at_eof: set[int] = set()
-    deadline = time.monotonic() + timeout
+    stamps = AppendSpan()
     loads = orjson.loads
-    try:
-        while len(at_eof) < partitions:
-            if time.monotonic() > deadline:
-                raise BenchmarkError(
-                    f"reading {topic} back: {records} records after {timeout:.0f}s"
-                )
-            for m in consumer.consume(10000, 0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == -191:  # _PARTITION_EOF
-                        at_eof.add(m.partition())
-                        continue
-                    raise BenchmarkError(f"reading {topic} back: {err.str()}")
-                at_eof.discard(m.partition())
-                records += 1
-                ts = m.timestamp()[1]
-                first = min(first, ts)
-                last = max(last, ts)
-                r = loads(m.value())
-                key, count = r["key"], r["count"]
-                pairs.add((key, count))
-                if count > final.get(key, 0):
-                    final[key] = count
-    finally:
-        consumer.close()
-    return CountScan(records, len(pairs), first if records else 0, last, final)
+
+    def note(m: Message) -> None:
+        stamps.note(m)
+        r = loads(m.value())
+        key, count = r["key"], r["count"]
+        pairs.add((key, count))
+        if count > final.get(key, 0):
+            final[key] = count
+
+    records = read_topic(bootstrap, topic, partitions, note, timeout)
+    return CountScan(records, len(pairs), stamps, final)
 
 
 def checkpoint_stats(metrics: dict) -> dict[str, Any]:
@@ -231,22 +210,8 @@ def run_throughput(
             env={"BENCH_IN": src, "BENCH_OUT": dst},
             http_port=port,
         )  # fmt: skip
-        prof = None
         if profile:
-            while not (processed(child) or 0):
-                if not child.alive() or time.monotonic() - child.started > args.timeout:
-                    raise BenchmarkError(f"{child.name}: nothing to profile: {child.tail()}")
-                time.sleep(0.05)
-            prof = profile_worker(
-                child,
-                args.profile_seconds,
-                f"state-{row.name}",
-                busy=lambda: (processed(child) or 0) < n,
-            )
-        if profile:
-            wait_committed(child, probe, group, src, args.partitions, n, args.timeout * 3)
-            child.stop()
-            child.discard_log()
+            prof = profile_run(child, probe, group, src, n, args, f"state-{row.name}")
             return {"row": row.name, "profile": prof}
         progress = watch_processing(child, n, broker_pid, args.timeout)
         metrics = fetch_metrics(port)
@@ -254,8 +219,7 @@ def run_throughput(
         committed_at, exit_code = stop_when_processed(
             child, probe, group, src, args.partitions, n, args.timeout
         )
-        if exit_code != 0:
-            raise BenchmarkError(f"{child.name} exited with {exit_code}: {child.tail()}")
+        child.check_exit(exit_code)
         scan = scan_counts(bootstrap, dst, args.partitions, args.timeout)
         wrong = sum(1 for k, c in expected.items() if scan.final.get(k.decode()) != c)
         if wrong or scan.distinct != n:
@@ -263,12 +227,11 @@ def run_throughput(
                 f"{child.name}: {wrong} keys with a wrong final count,"
                 f" {scan.distinct}/{n} distinct (key, count) outputs"
             )
-        if row.exactly_once and scan.records != n:
-            raise BenchmarkError(f"{child.name}: exactly-once output has {scan.records}/{n}")
+        check_exactly_once(child, row.exactly_once, scan.records, n)
         child.discard_log()
-        span_s = max(1e-3, (scan.last_ms - scan.first_ms) / 1000)
         cpu = progress.first.until(progress.done)
         stretch = max(1e-3, progress.t_done - progress.t_first)
+        checkpoints = checkpoint_stats(metrics)
         return {
             "row": row.name,
             "run": run,
@@ -283,13 +246,9 @@ def run_throughput(
             "processing_s": stretch,
             # as throughput.py: records / (last - first output append time); with
             # exactly-once this also includes the wait for the last commit
-            "append_span_records_per_s": n / span_s,
-            "span_s": span_s,
-            "cpu_s_per_million": cpu["child"] / (n - progress.p_first) * 1e6
-            if cpu["wall"] > 0.05
-            else None,
-            "cpu_s": cpu,
-            "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+            "append_span_records_per_s": n / scan.appended.seconds,
+            "span_s": scan.appended.seconds,
+            **cpu_figures(cpu, n - progress.p_first),
             "peak_rss_mb": progress.peak_rss_mb,
             "rss_mb_at_end": rss.get("VmRSS"),
             # from the last record processed to every input offset committed (for
@@ -297,7 +256,8 @@ def run_throughput(
             "final_checkpoint_s": committed_at - progress.t_done,
             "startup_s": progress.t_first - child.started,
             "duplicates": scan.records - n,
-            "checkpoints": checkpoint_stats(metrics),
+            "checkpoints": checkpoints,
+            "checkpoint_mean_s": checkpoints["mean_duration_s"],
             "prefill_s": prefill_s,
         }
     finally:
@@ -310,36 +270,14 @@ def run_throughput(
 def summarize(
     rows: tuple[Row, ...] | list[Row], runs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    out = []
-    for row in rows:
-        ok = [r for r in runs if r["row"] == row.name and "error" not in r]
-        out.append(
-            {
-                "row": row.name,
-                "label": row.label,
-                "guarantee": row.guarantee,
-                "interval_ms": row.interval_ms,
-                "runs": len(ok),
-                "failed": [r["error"] for r in runs if r["row"] == row.name and "error" in r],
-                "records_per_s": median([r["records_per_s"] for r in ok]),
-                "records_per_s_all": [round(r["records_per_s"]) for r in ok],
-                "cpu_s_per_million": median(
-                    [r["cpu_s_per_million"] for r in ok if r["cpu_s_per_million"] is not None]
-                ),
-                "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]),
-                "processing_records_per_s": median([r["processing_records_per_s"] for r in ok]),
-                "final_checkpoint_s": median([r["final_checkpoint_s"] for r in ok]),
-                "append_span_records_per_s": median([r["append_span_records_per_s"] for r in ok]),
-                "checkpoint_mean_s": median(
-                    [
-                        r["checkpoints"]["mean_duration_s"]
-                        for r in ok
-                        if r["checkpoints"]["mean_duration_s"] is not None
-                    ]
-                ),
-                "other_load_cores": median([r["other_load_cores"] for r in ok]),
-            }
-        )
+    fields = ("records_per_s", "cpu_s_per_million", "peak_rss_mb", "processing_records_per_s",
+              "final_checkpoint_s", "append_span_records_per_s", "checkpoint_mean_s",
+              "other_load_cores")  # fmt: skip
+    out = [
+        {**summary_of(row, runs, *fields), "guarantee": row.guarantee,
+         "interval_ms": row.interval_ms}
+        for row in rows
+    ]  # fmt: skip
     alo = next((s for s in out if s["row"] == "alo-1s" and s["runs"]), None)
     for s in out:
         s["vs_alo"] = s["records_per_s"] / alo["records_per_s"] if alo and s["runs"] else None
@@ -414,8 +352,7 @@ def build_state(
         committed_at, code = stop_when_processed(
             child, probe, group, src, args.partitions, n, timeout
         )
-        if code != 0:
-            raise BenchmarkError(f"state build exited with {code}: {child.tail()}")
+        child.check_exit(code)
         child.discard_log()
     finally:
         child.stop(timeout=30)
@@ -433,7 +370,7 @@ def build_state(
         "build_s": committed_at - progress.t_first,
         "build_records_per_s": (n - progress.p_first) / max(1e-3, committed_at - progress.t_first),
         "build_processing_records_per_s": progress.rate(n),
-        "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+        "other_load_cores": cpu["other_cores"],
         "rss_mb": rss.get("VmRSS"),
         "peak_rss_mb": rss.get("VmHWM"),
         "state_dir": size,
@@ -478,18 +415,14 @@ def run_restore(
                     raise BenchmarkError(f"{child.name}: restore did not start: {child.tail()}")
                 time.sleep(0.05)
             prof = profile_worker(child, profile_s, "state-restore", modes=(profile,))
-        try:
-            ready_at = wait_ready(child, args.timeout + n / 10000)
-        except (RuntimeError, TimeoutError) as exc:
-            raise BenchmarkError(str(exc)) from exc
+        ready_at = wait_ready(child, args.timeout + n / 10000)
         after = CpuSnapshot.take(child.pid, broker_pid)
         metrics = fetch_metrics(port)
         rss = vm_status_mb(child.pid)
         sample_key = f"k{n // 2}"
         code_q, body = http_get(port, f"/state/{OPERATOR}/{sample_key}")
         code = child.stop()
-        if code != 0:
-            raise BenchmarkError(f"{child.name} exited with {code}: {child.tail()}")
+        child.check_exit(code)
         lines = parse_restore_log(child.log_path.read_text(errors="replace"))
     finally:
         child.stop(timeout=30)
@@ -525,7 +458,7 @@ def run_restore(
         "partitions": lines,
         "ready_after_s": ready_at - child.started,  # process start to /ready
         "worker_cpu_s": cpu["child"],
-        "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+        "other_load_cores": cpu["other_cores"],
         "rss_mb": rss.get("VmRSS"),
         "peak_rss_mb": rss.get("VmHWM"),
         "state_dir": size,
@@ -553,26 +486,21 @@ HEADERS = (
 
 
 def table_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
-    rows = []
-    for s in summary:
-        if not s["runs"]:
-            rows.append([s["label"], "failed", *["-"] * (len(HEADERS) - 2)])
-            continue
-        rows.append(
-            [
-                s["label"],
-                f"{s['records_per_s']:,.0f}",
-                "-" if s["vs_alo"] is None else f"{s['vs_alo']:.2f}x",
-                f"{s['cpu_s_per_million']:.1f}",
-                f"{s['peak_rss_mb']:.0f}",
-                f"{s['checkpoint_mean_s']:.3f}",
-                f"{s['processing_records_per_s']:,.0f}",
-                f"{s['final_checkpoint_s']:.2f}",
-                f"{s['other_load_cores']:.2f}",
-                ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
-            ]
-        )
-    return rows
+    def cells(s: dict[str, Any]) -> list[str]:
+        return [
+            s["label"],
+            f"{s['records_per_s']:,.0f}",
+            "-" if s["vs_alo"] is None else f"{s['vs_alo']:.2f}x",
+            f"{s['cpu_s_per_million']:.1f}",
+            f"{s['peak_rss_mb']:.0f}",
+            f"{s['checkpoint_mean_s']:.3f}",
+            f"{s['processing_records_per_s']:,.0f}",
+            f"{s['final_checkpoint_s']:.2f}",
+            f"{s['other_load_cores']:.2f}",
+            ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
+        ]
+
+    return result_rows(summary, HEADERS, cells, lambda s: s["label"])
 
 
 RESTORE_HEADERS = (
@@ -591,40 +519,22 @@ RESTORE_HEADERS = (
 
 
 def restore_rows(restores: list[dict[str, Any]]) -> list[list[str]]:
-    rows = []
-    for r in restores:
-        if "error" in r:
-            rows.append([str(r["run"]), "failed", *["-"] * (len(RESTORE_HEADERS) - 2)])
-            continue
-        rows.append(
-            [
-                str(r["run"]),
-                f"{r['restored_records']:,}",
-                f"{r['restore_s']:.2f}",
-                f"{r['records_per_s']:,.0f}",
-                ", ".join(f"{x['seconds']:.2f}" for x in r["partitions"]),
-                f"{r['metric_restored_records']:,.0f}",
-                f"{r['ready_after_s']:.1f}",
-                f"{r['worker_cpu_s']:.1f}",
-                f"{r['rss_mb']:.0f}",
-                f"{r['state_dir']['du_bytes'] / 1e6:.0f}",
-                f"{r['other_load_cores']:.2f}",
-            ]
-        )
-    return rows
+    def cells(r: dict[str, Any]) -> list[str]:
+        return [
+            str(r["run"]),
+            f"{r['restored_records']:,}",
+            f"{r['restore_s']:.2f}",
+            f"{r['records_per_s']:,.0f}",
+            ", ".join(f"{x['seconds']:.2f}" for x in r["partitions"]),
+            f"{r['metric_restored_records']:,.0f}",
+            f"{r['ready_after_s']:.1f}",
+            f"{r['worker_cpu_s']:.1f}",
+            f"{r['rss_mb']:.0f}",
+            f"{r['state_dir']['du_bytes'] / 1e6:.0f}",
+            f"{r['other_load_cores']:.2f}",
+        ]
 
-
-def command_line() -> str:
-    return " ".join([".venv/bin/python -m benchmarks.state", *sys.argv[1:]])
-
-
-def header(info: dict[str, Any]) -> str:
-    return (
-        f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · {info['memory_gb']} GB"
-        f" · Linux {info['kernel']} · Python {info['python']} · confluent-kafka"
-        f" {info['confluent_kafka']} (librdkafka {info['librdkafka']}) · orjson"
-        f" {info['orjson']} · Kafka {info['kafka']}"
-    )
+    return result_rows(restores, RESTORE_HEADERS, cells, lambda r: str(r["run"]))
 
 
 def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
@@ -632,7 +542,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# Keyed state: running count, checkpoints, restore, footprint",
         "",
-        header(info),
+        machine_header(info),
         "",
         f"Code: commit {result['code']['commit']} ({result['code']['subject']})"
         f"{', Weir packages modified' if result['code']['weir_dirty'] else ''}.",
@@ -737,14 +647,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--records", type=int, default=500_000, help="records per throughput run")
     p.add_argument("--keys", type=int, default=100_000, help="distinct keys in those records")
-    p.add_argument("--runs", type=int, default=3, help="repeats per row; the median is reported")
-    p.add_argument("--partitions", type=int, default=4)
+    row_arguments(p, ROWS)
     p.add_argument("--slots", type=int, default=1)
-    p.add_argument(
-        "--rows",
-        default=",".join(r.name for r in ROWS),
-        help=f"comma-separated subset of {[r.name for r in ROWS]}",
-    )
     p.add_argument("--restore-keys", type=int, default=1_000_000, help="keys of the restored state")
     p.add_argument("--restore-runs", type=int, default=3)
     p.add_argument("--skip-throughput", action="store_true")
@@ -758,37 +662,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="the profiled keyed-count run reads the input this many times (to last long enough)",
     )
     p.add_argument("--timeout", type=float, default=0.0, help="per run; default 60 s + N/5000")
-    p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
-    names = {r.name for r in ROWS}
-    wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
-    if [w for w in wanted if w not in names] or not wanted:
-        p.error(f"--rows: choose from {sorted(names)}")
-    args.selected = [r for r in ROWS if r.name in wanted]
+    select_rows(p, args, ROWS)
     if min(args.records, args.keys, args.runs, args.partitions, args.restore_keys) < 1:
         p.error("sizes must be positive")
     args.timeout = args.timeout or 60 + args.records / 5000
     return args
 
 
+def describe(r: dict[str, Any]) -> str:
+    """One throughput run's figures, for the progress lines."""
+    return run_figures(r, f"checkpoint {r['checkpoint_mean_s'] or float('nan'):.3f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     started = time.monotonic()
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.1f} before starting; results will be noisy")
-    broker = start_broker()
-    info = machine_info(broker.kafka_version)
-    print(f"{header(info)}\nbroker {broker.bootstrap}", flush=True)
+    broker, result = open_run(MODULE, args)
+    result["profiles"] = {}
     probe = OffsetProbe(broker.bootstrap)
-    result: dict[str, Any] = {
-        "machine": info,
-        "command": command_line(),
-        "loadavg_start": load,
-        "code": code_version(),
-        "config": {k: v for k, v in vars(args).items() if k not in ("selected", "no_write")},
-        "profiles": {},
-    }
     leftovers: list[str] = []
     ok = True
     try:
@@ -796,26 +688,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"generating {args.records:,} records over {args.keys:,} keys…", flush=True)
             records = make_records(args.records, tags=args.keys)
             expected = Counter(k for k, _ in records)
-            runs: list[dict[str, Any]] = []
-            for run in range(1, args.runs + 1):
-                for row in args.selected:
-                    print(f"run {run}/{args.runs} {row.label}: ", end="", flush=True)
-                    try:
-                        r = run_throughput(row, run, args, broker.bootstrap, probe, records,
-                                           expected, broker.pid)  # fmt: skip
-                    except BenchmarkError as exc:
-                        print(f"FAILED: {exc}", flush=True)
-                        runs.append({"row": row.name, "run": run, "error": str(exc)})
-                        continue
-                    runs.append(r)
-                    print(
-                        f"{r['records_per_s']:,.0f} records/s,"
-                        f" {r['cpu_s_per_million'] or float('nan'):.1f} CPU s/1M,"
-                        f" {r['peak_rss_mb']:.0f} MB, checkpoint"
-                        f" {r['checkpoints']['mean_duration_s'] or float('nan'):.3f} s,"
-                        f" other load {r['other_load_cores']:.2f} cores",
-                        flush=True,
-                    )
+            runs = run_rows(
+                args.selected,
+                args.runs,
+                lambda row, run: run_throughput(
+                    row, run, args, broker.bootstrap, probe, records, expected, broker.pid
+                ),
+                describe,
+            )
             summary = summarize(args.selected, runs)
             ok = ok and all(s["runs"] for s in summary)
             eos = next((s for s in summary if s["row"] == "eos-1s"), None)
@@ -902,16 +782,7 @@ def main(argv: list[str] | None = None) -> int:
             delete_topics(admin_client(broker.bootstrap), leftovers)
         probe.close()
         broker.stop()
-    for name, prof in result["profiles"].items():
-        if prof:
-            print(f"\nprofile: {name}")
-            print("\n".join(profile_md(prof)))
-    result["elapsed_s"] = time.monotonic() - started
-    print(f"\nelapsed {result['elapsed_s']:.0f} s")
-    if not args.no_write:
-        write_json(RESULTS / "state.json", result)
-        (RESULTS / "state.md").write_text(markdown(result, args))
-        print(f"wrote {RESULTS / 'state.json'} and {RESULTS / 'state.md'}")
+    close_report(result, started, None if args.no_write else RESULTS / "state", markdown, args)
     return 0 if ok else 1
 
 

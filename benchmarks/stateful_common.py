@@ -1,15 +1,18 @@
-"""Helpers shared by the keyed-state and event-time benchmarks (`state.py`, `windows.py`).
+"""Helpers shared by the keyed-state and event-time benchmarks (`state.py`, `windows.py`;
+`elasticity.py` reads metrics with them too).
 
-Everything generic (broker, topics, pre-filling, child processes, CPU snapshots,
-tables) comes from `benchmarks.common`; this module adds what stateful jobs need
-on top: reading a worker's Prometheus metrics (counters and histogram
-quantiles), waiting for ``/ready``, the size of a state directory on disk, a
-process's current RSS, and profiling a worker with py-spy (with a summary of
-the hottest functions).
+Everything generic (broker, topics, pre-filling, reading topics back, child
+processes, CPU snapshots, waiting, tables, reports) comes from `benchmarks.common`;
+this module adds what stateful jobs need on top: reading a worker's Prometheus
+metrics (counters and histogram quantiles), waiting for ``/ready`` and for the
+input to be processed and committed, the size of a state directory on disk, a
+process's current RSS, and profiling a worker with py-spy (with a summary of the
+hottest functions), and the end of a report that carries profiles.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import linecache
 import os
@@ -26,7 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, TMP, BenchmarkError, Child, CpuSnapshot, OffsetProbe
+from benchmarks.common import (
+    ROOT,
+    TMP,
+    BenchmarkError,
+    Child,
+    CpuSnapshot,
+    OffsetProbe,
+    wait_until,
+    write_report,
+)
 
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 
@@ -45,16 +57,14 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 def wait_ready(child: Child, timeout: float) -> float:
     """Poll ``/ready`` until 200; returns the monotonic time it answered so."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if not child.alive():
-            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}: {child.tail()}")
-        code, _ = http_get(child.http_port, "/ready", timeout=1.0)
-        if code == 200:
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{child.name} not ready after {timeout:.0f}s: {child.tail()}")
-        time.sleep(0.05)
+    wait_until(
+        lambda: http_get(child.http_port, "/ready", timeout=1.0)[0] == 200,
+        timeout,
+        f"{child.name} to be ready",
+        check=child.check_running,
+        every=0.05,
+    )
+    return time.monotonic()
 
 
 # -- Prometheus metrics --------------------------------------------------------------
@@ -154,11 +164,6 @@ def dir_size(path: Path) -> dict[str, Any]:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-# -- CPU of the machine ----------------------------------------------------------------
-def loadavg() -> float:
-    return os.getloadavg()[0]
 
 
 # -- py-spy ----------------------------------------------------------------------------------
@@ -353,6 +358,25 @@ def profile_md(profiles: dict[str, Any], n: int = 10) -> list[str]:
     return lines
 
 
+def close_report(
+    result: dict[str, Any],
+    started: float,
+    stem: Path | None,
+    markdown: Callable[[dict[str, Any], argparse.Namespace], str],
+    args: argparse.Namespace,
+) -> None:
+    """The end of a benchmark with profiles: print them and the elapsed time, then write
+    the report (`benchmarks.common.write_report`) to ``stem`` unless it is None."""
+    for name, prof in result["profiles"].items():
+        if prof:
+            print(f"\nprofile: {name}")
+            print("\n".join(profile_md(prof)))
+    result["elapsed_s"] = time.monotonic() - started
+    print(f"\nelapsed {result['elapsed_s']:.0f} s")
+    if stem is not None:
+        write_report(stem, result, markdown(result, args))
+
+
 def profile_lines(profile: Profile, n: int = 10) -> list[str]:
     """Markdown lines describing a profile."""
     rate = profile.samples / max(1e-3, profile.seconds)
@@ -420,10 +444,7 @@ def watch_processing(
     first: CpuSnapshot | None = None
     t_first, p_first = 0.0, 0
     while True:
-        if not child.alive():
-            raise BenchmarkError(
-                f"{child.name} exited with {child.proc.returncode}: {child.tail()}"
-            )
+        child.check_running()
         if time.monotonic() > deadline:
             got = samples[-1][1] if samples else 0
             raise BenchmarkError(f"{child.name}: processed {got}/{n} records after {timeout:.0f}s")
@@ -456,6 +477,34 @@ def watch_processing(
         time.sleep(interval)
 
 
+def profile_run(
+    child: Child,
+    probe: OffsetProbe,
+    group: str,
+    topic: str,
+    n: int,
+    args: argparse.Namespace,
+    name: str,
+) -> dict[str, Any]:
+    """An unmeasured run, profiled: once the slots have processed something,
+    `profile_worker` while they still have work; then wait until all ``n`` input
+    records are committed and stop the worker. Returns the profiles."""
+    wait_until(
+        lambda: processed(child),
+        args.timeout,
+        f"{child.name} to process something to profile",
+        check=child.check_running,
+        every=0.05,
+    )
+    prof = profile_worker(
+        child, args.profile_seconds, name, busy=lambda: (processed(child) or 0) < n
+    )
+    wait_committed(child, probe, group, topic, args.partitions, n, args.timeout * 3)
+    child.stop()
+    child.discard_log()
+    return prof
+
+
 def wait_committed(
     child: Child,
     probe: OffsetProbe,
@@ -466,36 +515,14 @@ def wait_committed(
     timeout: float,
 ) -> float:
     """Wait until ``group`` has committed ``n`` input offsets; returns when (monotonic)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if not child.alive():
-            raise BenchmarkError(
-                f"{child.name} exited with {child.proc.returncode}: {child.tail()}"
-            )
-        if probe.committed(group, topic, partitions) >= n:
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise BenchmarkError(f"{child.name}: input not all committed after {timeout:.0f}s")
-        time.sleep(0.05)
-
-
-def code_version() -> dict[str, Any]:
-    """The commit the code under test is at, and whether Weir's packages differ from it
-    (other work may be changing the tree while a benchmark runs)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "subject": git("log", "-1", "--format=%s"),
-        "weir_dirty": bool(git("status", "--porcelain", "service", "operators", "state")),
-    }
+    wait_until(
+        lambda: probe.committed(group, topic, partitions) >= n,
+        timeout,
+        f"{child.name}'s input all committed",
+        check=child.check_running,
+        every=0.05,
+    )
+    return time.monotonic()
 
 
 def stop_when_processed(

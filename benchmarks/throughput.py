@@ -24,7 +24,6 @@ Results go to ``benchmarks/results/throughput.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -39,21 +38,32 @@ from benchmarks.common import (
     Child,
     OffsetProbe,
     admin_client,
+    check_exactly_once,
+    check_load,
+    command_line,
+    cpu_figures,
     create_topics,
     delete_topics,
     format_table,
     free_port,
+    machine_header,
     machine_info,
     make_records,
-    median,
     prefill,
+    result_rows,
+    row_arguments,
+    run_figures,
+    run_rows,
     scan_output,
+    select_rows,
     start_broker,
+    summary_of,
     unique,
     wait_for_output,
-    write_json,
+    write_report,
 )
 
+MODULE = "benchmarks.throughput"
 JOB_FILE = Path(__file__).resolve().parent / "jobs" / "map_json.py"
 RAW_LOOP = Path(__file__).resolve().parent / "raw_loop.py"
 
@@ -148,34 +158,29 @@ def run_once(
         )
         status = child.status()
         exit_code = child.stop()
-        if exit_code != 0:
-            raise BenchmarkError(f"{child.name} exited with {exit_code}: {child.tail()}")
+        child.check_exit(exit_code)
         # VmHWM at completion; not rusage's ru_maxrss, which Linux carries over from
         # the forked pre-exec image, i.e. this script's own (large) footprint.
         peak_rss = progress.peak_rss_mb
-        scan = scan_output(bootstrap, dst, partitions, n)
+        scan = scan_output(bootstrap, dst, partitions)
         if scan.distinct_ids != n or scan.bad:
             raise BenchmarkError(
                 f"{child.name}: output has {scan.distinct_ids}/{n} distinct ids,"
                 f" {scan.bad} unmapped records"
             )
-        if row.exactly_once and scan.records != n:
-            raise BenchmarkError(f"{child.name}: exactly-once output has {scan.records}/{n}")
+        check_exactly_once(child, row.exactly_once, scan.records, n)
         child.discard_log()
-        span_s = max(1e-3, (scan.last_ms - scan.first_ms) / 1000)
         cpu = progress.first.until(progress.done)
         slot_records = [s["records"] for s in status["slots"]] if status else None
         return {
             "row": row.name,
             "run": run,
             "records": n,
-            "records_per_s": n / span_s,
-            "span_s": span_s,
-            # None when the whole output appeared at once (tiny N): no stretch to measure.
-            "cpu_s_per_million": cpu["child"] / n * 1e6 if cpu["wall"] > 0.05 else None,
-            # CPU seconds per party from the first output seen to completion seen.
-            "cpu_s": cpu,
-            "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+            "records_per_s": n / scan.appended.seconds,
+            "span_s": scan.appended.seconds,
+            # CPU from the first output seen to completion seen (CPU per million is None
+            # when the whole output appeared at once, tiny N: no stretch to measure).
+            **cpu_figures(cpu, n),
             "cpu_s_total": child.rusage.ru_utime + child.rusage.ru_stime
             if child.rusage is not None
             else None,
@@ -194,28 +199,12 @@ def run_once(
 
 def summarize(rows: list[Row], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per row: medians over its successful runs, and the ratios to the raw loop."""
-    out = []
-    for row in rows:
-        ok = [r for r in runs if r["row"] == row.name and "error" not in r]
-        failed = [r["error"] for r in runs if r["row"] == row.name and "error" in r]
-        out.append(
-            {
-                "row": row.name,
-                "label": row.label,
-                "slots": row.slots,
-                "guarantee": row.guarantee,
-                "runs": len(ok),
-                "failed": failed,
-                "records_per_s": median([r["records_per_s"] for r in ok]),
-                "records_per_s_all": [round(r["records_per_s"]) for r in ok],
-                "cpu_s_per_million": median(
-                    [r["cpu_s_per_million"] for r in ok if r["cpu_s_per_million"] is not None]
-                ),
-                "peak_rss_mb": median([r["peak_rss_mb"] for r in ok]),
-                "startup_s": median([r["startup_s"] for r in ok]),
-                "other_load_cores": median([r["other_load_cores"] for r in ok]),
-            }
-        )
+    fields = ("records_per_s", "cpu_s_per_million", "peak_rss_mb", "startup_s",
+              "other_load_cores")  # fmt: skip
+    out = [
+        {**summary_of(row, runs, *fields), "slots": row.slots, "guarantee": row.guarantee}
+        for row in rows
+    ]
     raw = next((s for s in out if s["row"] == "raw" and s["runs"]), None)
     for s in out:
         if raw is None or not s["runs"]:
@@ -245,29 +234,19 @@ def table_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
     def ratio(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}x"
 
-    rows = []
-    for s in summary:
-        if not s["runs"]:
-            rows.append([s["label"], "failed", *["-"] * (len(HEADERS) - 2)])
-            continue
-        rows.append(
-            [
-                s["label"],
-                f"{s['records_per_s']:,.0f}",
-                ratio(s["throughput_vs_raw"]),
-                f"{s['cpu_s_per_million']:.1f}",
-                ratio(s["cpu_vs_raw"]),
-                f"{s['peak_rss_mb']:.0f}",
-                f"{s['other_load_cores']:.2f}",
-                ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
-            ]
-        )
-    return rows
+    def cells(s: dict[str, Any]) -> list[str]:
+        return [
+            s["label"],
+            f"{s['records_per_s']:,.0f}",
+            ratio(s["throughput_vs_raw"]),
+            f"{s['cpu_s_per_million']:.1f}",
+            ratio(s["cpu_vs_raw"]),
+            f"{s['peak_rss_mb']:.0f}",
+            f"{s['other_load_cores']:.2f}",
+            ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
+        ]
 
-
-def command_line() -> str:
-    """How this run was started, for the report (reproducibility)."""
-    return " ".join([".venv/bin/python -m benchmarks.throughput", *sys.argv[1:]])
+    return result_rows(summary, HEADERS, cells, lambda s: s["label"])
 
 
 def markdown(info: dict[str, Any], args: argparse.Namespace, summary: list[dict[str, Any]]) -> str:
@@ -275,12 +254,9 @@ def markdown(info: dict[str, Any], args: argparse.Namespace, summary: list[dict[
     lines = [
         "# Throughput: stateless JSON map",
         "",
-        f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · {info['memory_gb']} GB"
-        f" · Linux {info['kernel']} · Python {info['python']} · confluent-kafka"
-        f" {info['confluent_kafka']} (librdkafka {info['librdkafka']}) · orjson"
-        f" {info['orjson']} · Kafka {info['kafka']} · Weir {info['weir']}",
+        machine_header(info),
         "",
-        f"Command: `{command_line()}`",
+        f"Command: `{command_line(MODULE)}`",
         "",
         f"{args.records:,} records ({{id, v, tag}} JSON, ~{args.value_bytes} B, keyed by"
         f" tag) in {args.partitions} partitions; median of {args.runs} runs; broker,"
@@ -311,17 +287,8 @@ def markdown(info: dict[str, Any], args: argparse.Namespace, summary: list[dict[
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--records", type=int, default=500_000, help="records per run")
-    p.add_argument("--runs", type=int, default=3, help="repeats per row; the median is reported")
-    p.add_argument("--partitions", type=int, default=4)
-    p.add_argument(
-        "--rows",
-        default=",".join(r.name for r in ROWS),
-        help=f"comma-separated subset of {[r.name for r in ROWS]}",
-    )
+    row_arguments(p, ROWS)
     p.add_argument("--timeout", type=float, default=0.0, help="per run; default 60 s + N/5000")
-    p.add_argument(
-        "--no-write", action="store_true", help="print only; leave benchmarks/results alone"
-    )
     p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-up run")
     p.add_argument(
         "--raw-kafka",
@@ -338,15 +305,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="extra `weir run --kafka` setting for the Weir rows (experiments)",
     )
     args = p.parse_args(argv)
-    names = {r.name for r in ROWS}
-    wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
-    unknown = [w for w in wanted if w not in names]
-    if unknown or not wanted:
-        p.error(f"--rows: unknown {unknown}; choose from {sorted(names)}")
-    args.selected = [r for r in ROWS if r.name in wanted]
+    select_rows(p, args, ROWS)
     if args.records < 1 or args.runs < 1 or args.partitions < 1:
         p.error("--records, --runs and --partitions must be positive")
     return args
+
+
+def describe(r: dict[str, Any]) -> str:
+    """One run's figures, for the progress lines."""
+    return run_figures(r) + (f", {r['duplicates']} duplicates" if r["duplicates"] else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,9 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generating {args.records:,} records…", flush=True)
     records = make_records(args.records)
     args.value_bytes = round(sum(len(v) for _, v in records) / len(records))
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.1f} before starting; results will be noisy")
+    check_load()
     broker = start_broker()
     info = machine_info(broker.kafka_version)
     print(f"broker {broker.bootstrap} (Kafka {broker.kafka_version})", flush=True)
@@ -378,36 +343,15 @@ def main(argv: list[str] | None = None) -> int:
                 print("done", flush=True)
             except BenchmarkError as exc:
                 print(f"FAILED: {exc}", flush=True)
-        # Rows interleave within each repeat, so slow drift (page cache, JIT,
-        # thermal) spreads over all rows instead of favouring the first.
-        for run in range(1, args.runs + 1):
-            for row in args.selected:
-                print(f"run {run}/{args.runs} {row.label}: ", end="", flush=True)
-                try:
-                    result = run_once(
-                        row,
-                        run,
-                        broker.bootstrap,
-                        probe,
-                        records,
-                        args.partitions,
-                        timeout,
-                        args.raw_kafka if row.raw else args.weir_kafka,
-                        broker.pid,
-                    )
-                except BenchmarkError as exc:
-                    print(f"FAILED: {exc}", flush=True)
-                    runs.append({"row": row.name, "run": run, "error": str(exc)})
-                    continue
-                runs.append(result)
-                print(
-                    f"{result['records_per_s']:,.0f} records/s,"
-                    f" {result['cpu_s_per_million'] or float('nan'):.1f} CPU s/1M,"
-                    f" {result['peak_rss_mb']:.0f} MB,"
-                    f" other load {result['other_load_cores']:.2f} cores"
-                    + (f", {result['duplicates']} duplicates" if result["duplicates"] else ""),
-                    flush=True,
-                )
+
+        def measure(row: Row, run: int) -> dict[str, Any]:
+            kafka = args.raw_kafka if row.raw else args.weir_kafka
+            return run_once(
+                row, run, broker.bootstrap, probe, records, args.partitions, timeout, kafka,
+                broker.pid,
+            )  # fmt: skip
+
+        runs = run_rows(args.selected, args.runs, measure, describe)
     finally:
         probe.close()
         broker.stop()
@@ -421,19 +365,15 @@ def main(argv: list[str] | None = None) -> int:
             k: v for k, v in vars(args).items() if k not in ("selected", "no_write", "no_warmup")
         }
         config["rows"] = [r.name for r in args.selected]
-        write_json(
-            RESULTS / "throughput.json",
-            {
-                "machine": info,
-                "command": command_line(),
-                "config": config,
-                "summary": summary,
-                "runs": runs,
-                "elapsed_s": elapsed,
-            },
-        )
-        (RESULTS / "throughput.md").write_text(markdown(info, args, summary))
-        print(f"wrote {RESULTS / 'throughput.json'} and {RESULTS / 'throughput.md'}")
+        data = {
+            "machine": info,
+            "command": command_line(MODULE),
+            "config": config,
+            "summary": summary,
+            "runs": runs,
+            "elapsed_s": elapsed,
+        }
+        write_report(RESULTS / "throughput", data, markdown(info, args, summary))
     return 0 if all(s["runs"] for s in summary) else 1
 
 

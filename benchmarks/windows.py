@@ -47,10 +47,8 @@ Results go to ``benchmarks/results/windows.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -58,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Message, Producer
 
 from benchmarks.common import (
     RESULTS,
@@ -68,26 +66,34 @@ from benchmarks.common import (
     Child,
     CpuSnapshot,
     OffsetProbe,
+    Tail,
     admin_client,
+    cpu_figures,
     create_topics,
     delete_topics,
     format_table,
     free_port,
-    machine_info,
+    machine_header,
     median,
+    open_run,
+    percentile,
     prefill,
-    start_broker,
+    read_topic,
+    result_rows,
+    row_arguments,
+    run_figures,
+    run_rows,
+    select_rows,
+    summary_of,
     unique,
-    write_json,
 )
 from benchmarks.stateful_common import (
-    code_version,
+    close_report,
     fetch_metrics,
     histogram_quantile,
     metric_sum,
-    processed,
     profile_md,
-    profile_worker,
+    profile_run,
     remove_tree,
     vm_status_mb,
     wait_committed,
@@ -95,6 +101,7 @@ from benchmarks.stateful_common import (
     watch_processing,
 )
 
+MODULE = "benchmarks.windows"
 JOBS = Path(__file__).resolve().parent / "jobs"
 BASE_MS = 1_700_000_000_000  # event time of the first record (a multiple of 10 s)
 FLUSH_KEY = b"~flush"
@@ -190,104 +197,18 @@ def produce_flush(bootstrap: str, topic: str, partitions: int, ts: int) -> None:
         raise BenchmarkError("flush records not delivered")
 
 
-# -- a read_committed consumer that notes when results become visible ---------------
-class Visible(threading.Thread):
-    """Reads a topic with read_committed from the beginning; notes the receive time
-    of every record (decoding only when ``decode``), or just counts them."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int, decode: bool) -> None:
-        super().__init__(name="visible", daemon=True)
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": unique("bench-visible"),
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 10,  # read_committed fetches wait here for the LSO
-                "fetch.min.bytes": 1,
-            }
-        )
-        self.consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
-        )
-        self.decode = decode
-        self.count = 0
-        self.last_at = 0.0
-        self.results: list[tuple[float, dict]] = []
-        self.stopping = threading.Event()
-        self.error: str | None = None
-
-    def run(self) -> None:
-        loads = orjson.loads
-        try:
-            while not self.stopping.is_set():
-                msgs = self.consumer.consume(10000, 0.05)
-                now = time.time()
-                got = 0
-                for m in msgs:
-                    if m.error() is not None:
-                        continue
-                    got += 1
-                    if self.decode:
-                        self.results.append((now, loads(m.value())))
-                if got:
-                    self.count += got
-                    self.last_at = time.monotonic()
-        except Exception as exc:  # reported by the caller
-            self.error = repr(exc)
-        finally:
-            self.consumer.close()
-
-    def wait_for(self, n: int, timeout: float) -> float | None:
-        """Monotonic time when ``n`` records had been seen, or None on timeout."""
-        deadline = time.monotonic() + timeout
-        while self.count < n:
-            if time.monotonic() > deadline or not self.is_alive():
-                return None
-            time.sleep(0.02)
-        return self.last_at
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(10)
-
-
 def scan_windows(
     bootstrap: str, topic: str, partitions: int, timeout: float
 ) -> tuple[int, dict[tuple[str, int], list[dict]]]:
     """Every result in the output (read_committed): (records, by (key, window start))."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": unique("bench-scan"),
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     out: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    records = 0
-    at_eof: set[int] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(at_eof) < partitions:
-            if time.monotonic() > deadline:
-                raise BenchmarkError(f"reading {topic} back: {records} after {timeout:.0f}s")
-            for m in consumer.consume(10000, 0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == -191:  # _PARTITION_EOF
-                        at_eof.add(m.partition())
-                        continue
-                    raise BenchmarkError(f"reading {topic} back: {err.str()}")
-                at_eof.discard(m.partition())
-                records += 1
-                r = orjson.loads(m.value())
-                out[(r["key"], r["window_start"])].append(r)
-    finally:
-        consumer.close()
-    return records, out
+    loads = orjson.loads
+
+    def note(m: Message) -> None:
+        r = loads(m.value())
+        out[(r["key"], r["window_start"])].append(r)
+
+    return read_topic(bootstrap, topic, partitions, note, timeout), out
 
 
 def check_windows(
@@ -348,14 +269,14 @@ def run_throughput(
     create_topics(admin, [dst], args.partitions, {"message.timestamp.type": "LogAppendTime"})
     state_dir = TMP / f"state-{group}"
     child: Child | None = None
-    visible: Visible | None = None
+    visible: Tail | None = None
     try:
         prefill_s = prefill(bootstrap, src, [(k, v) for k, v, _, _ in records])
         flush_ts = BASE_MS + round((span_s + row.size_s + 2) * 1000)
         produce_flush(bootstrap, src, args.partitions, flush_ts)
         if sum(probe.end_offsets(src, args.partitions)) != n:
             raise BenchmarkError(f"input {src} does not hold {n} records after prefill")
-        visible = Visible(bootstrap, dst, args.partitions, decode=False)
+        visible = Tail(bootstrap, dst, lambda _at, _m: None)  # counts the results
         visible.start()
         port = free_port()
         child = Child(
@@ -365,29 +286,16 @@ def run_throughput(
             http_port=port,
         )
         if profile:
-            while not (processed(child) or 0):
-                if not child.alive() or time.monotonic() - child.started > args.timeout:
-                    raise BenchmarkError(f"{child.name}: nothing to profile: {child.tail()}")
-                time.sleep(0.05)
-            prof = profile_worker(
-                child,
-                args.profile_seconds,
-                f"windows-{row.name}",
-                busy=lambda: (processed(child) or 0) < n,
-            )
-            wait_committed(child, probe, group, src, args.partitions, n, args.timeout * 3)
-            child.stop()
-            child.discard_log()
+            prof = profile_run(child, probe, group, src, n, args, f"windows-{row.name}")
             return {"row": row.name, "profile": prof}
         progress = watch_processing(child, n, broker_pid, args.timeout)
         wait_committed(child, probe, group, src, args.partitions, n, args.timeout)
         results = len(expected)
-        visible_at = visible.wait_for(results, timeout=30 + 3 * row.size_s)
+        visible_at = visible.wait_count(results, timeout=30 + 3 * row.size_s)
         metrics = fetch_metrics(port)
         rss = vm_status_mb(child.pid)
         code = child.stop()
-        if code != 0:
-            raise BenchmarkError(f"{child.name} exited with {code}: {child.tail()}")
+        child.check_exit(code)
         count, got = scan_windows(bootstrap, dst, args.partitions, args.timeout)
         problems = check_windows(row, expected, got)
         if problems or visible_at is None:
@@ -409,11 +317,7 @@ def run_throughput(
             "end_to_end_records_per_s": (n - progress.p_first) / to_visible,
             "results_per_s": count / to_visible,
             "last_result_after_s": visible_at - progress.t_done,
-            "cpu_s_per_million": cpu["child"] / (n - progress.p_first) * 1e6
-            if cpu["wall"] > 0.05
-            else None,
-            "cpu_s": cpu,
-            "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+            **cpu_figures(cpu, n - progress.p_first),
             "peak_rss_mb": progress.peak_rss_mb,
             "rss_mb_at_end": rss.get("VmRSS"),
             "late_records": metric_sum(metrics, "weir_records_late_total"),
@@ -440,44 +344,13 @@ def run_throughput(
 
 
 def summarize(rows: list[Row], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for row in rows:
-        ok = [r for r in runs if r["row"] == row.name and "error" not in r]
-
-        def med(key: str, ok: list[dict[str, Any]] = ok) -> float:
-            return median([r[key] for r in ok if r.get(key) is not None])
-
-        out.append(
-            {
-                "row": row.name,
-                "label": row.label,
-                "runs": len(ok),
-                "failed": [r["error"] for r in runs if r["row"] == row.name and "error" in r],
-                "records_per_s": med("records_per_s"),
-                "records_per_s_all": [round(r["records_per_s"]) for r in ok],
-                "end_to_end_records_per_s": med("end_to_end_records_per_s"),
-                "results": med("results"),
-                "results_per_s": med("results_per_s"),
-                "last_result_after_s": med("last_result_after_s"),
-                "cpu_s_per_million": med("cpu_s_per_million"),
-                "peak_rss_mb": med("peak_rss_mb"),
-                "checkpoint_mean_s": med("checkpoint_mean_s"),
-                "other_load_cores": med("other_load_cores"),
-            }
-        )
-    return out
+    fields = ("records_per_s", "end_to_end_records_per_s", "results", "results_per_s",
+              "last_result_after_s", "cpu_s_per_million", "peak_rss_mb", "checkpoint_mean_s",
+              "other_load_cores")  # fmt: skip
+    return [summary_of(row, runs, *fields) for row in rows]
 
 
 # -- part 2: latency ---------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[k]
-
-
 def run_latency(
     run: int, args: argparse.Namespace, bootstrap: str, broker_pid: int | None
 ) -> dict[str, Any]:
@@ -488,7 +361,8 @@ def run_latency(
     create_topics(admin, [src, dst], args.partitions)
     state_dir = TMP / f"state-{group}"
     child: Child | None = None
-    visible: Visible | None = None
+    visible: Tail | None = None
+    results: list[tuple[float, dict]] = []  # (received, window result)
     try:
         port = free_port()
         child = Child(
@@ -497,11 +371,8 @@ def run_latency(
             env=job_env(row, src, dst),
             http_port=port,
         )
-        try:
-            wait_ready(child, 60)
-        except (RuntimeError, TimeoutError) as exc:
-            raise BenchmarkError(str(exc)) from exc
-        visible = Visible(bootstrap, dst, args.partitions, decode=True)
+        wait_ready(child, 60)
+        visible = Tail(bootstrap, dst, lambda at, m: results.append((at, orjson.loads(m.value()))))
         visible.start()
         producer = Producer(
             {
@@ -553,15 +424,14 @@ def run_latency(
         wanted = {k for k in counts if k[1] in measured}
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            seen = {(r["key"], r["window_start"]) for _, r in list(visible.results)}
+            seen = {(r["key"], r["window_start"]) for _, r in list(results)}
             if wanted <= seen:
                 break
             time.sleep(0.2)
         metrics = fetch_metrics(port)
         code = child.stop()
         visible.stop()
-        if code != 0:
-            raise BenchmarkError(f"{child.name} exited with {code}: {child.tail()}")
+        child.check_exit(code)
         if visible.error:
             raise BenchmarkError(f"read_committed consumer failed: {visible.error}")
         by_window: list[float] = []
@@ -569,7 +439,7 @@ def run_latency(
         from_end: list[float] = []
         got: Counter[tuple[str, int]] = Counter()
         wrong = 0
-        for at, r in visible.results:
+        for at, r in results:
             k = (r["key"], r["window_start"])
             got[k] += 1
             if k not in wanted or got[k] > 1:
@@ -613,7 +483,7 @@ def run_latency(
             ),
             "checkpoint_mean_s": checkpoint_mean(metrics),
             "worker_cores": cpu["child"] / max(cpu["wall"], 1e-3),
-            "other_load_cores": cpu["other"] / max(cpu["wall"], 1e-3),
+            "other_load_cores": cpu["other_cores"],
             "late_records": metric_sum(metrics, "weir_records_late_total"),
             "samples": [round(x, 4) for x in by_window],
         }
@@ -642,26 +512,21 @@ HEADERS = (
 
 
 def table_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
-    rows = []
-    for s in summary:
-        if not s["runs"]:
-            rows.append([s["label"], "failed", *["-"] * (len(HEADERS) - 2)])
-            continue
-        rows.append(
-            [
-                s["label"],
-                f"{s['records_per_s']:,.0f}",
-                f"{s['end_to_end_records_per_s']:,.0f}",
-                f"{s['results']:,.0f}",
-                f"{s['last_result_after_s']:.1f}",
-                f"{s['cpu_s_per_million']:.1f}",
-                f"{s['peak_rss_mb']:.0f}",
-                f"{s['checkpoint_mean_s']:.3f}",
-                f"{s['other_load_cores']:.2f}",
-                ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
-            ]
-        )
-    return rows
+    def cells(s: dict[str, Any]) -> list[str]:
+        return [
+            s["label"],
+            f"{s['records_per_s']:,.0f}",
+            f"{s['end_to_end_records_per_s']:,.0f}",
+            f"{s['results']:,.0f}",
+            f"{s['last_result_after_s']:.1f}",
+            f"{s['cpu_s_per_million']:.1f}",
+            f"{s['peak_rss_mb']:.0f}",
+            f"{s['checkpoint_mean_s']:.3f}",
+            f"{s['other_load_cores']:.2f}",
+            ", ".join(f"{v:,}" for v in s["records_per_s_all"]),
+        ]
+
+    return result_rows(summary, HEADERS, cells, lambda s: s["label"])
 
 
 LAT_HEADERS = (
@@ -681,43 +546,25 @@ LAT_HEADERS = (
 
 
 def latency_rows(lat: list[dict[str, Any]]) -> list[list[str]]:
-    rows = []
-    for r in lat:
-        if "error" in r:
-            rows.append([str(r["run"]), "failed", *["-"] * (len(LAT_HEADERS) - 2)])
-            continue
+    def cells(r: dict[str, Any]) -> list[str]:
         s, k = r["latency_s"], r["latency_from_key_last_s"]
         m50, m99 = r["metric_e2e_p50_s"], r["metric_e2e_p99_s"]
-        rows.append(
-            [
-                str(r["run"]),
-                f"{r['rate']:,.0f}",
-                f"{r['results']:,}",
-                f"{s['p50']:.3f}",
-                f"{s['p90']:.3f}",
-                f"{s['p99']:.3f}",
-                f"{s['max']:.3f}",
-                f"{k['p50']:.3f} / {k['p99']:.3f}",
-                "-" if m50 is None else f"{m50:.2f} / {m99:.2f}",
-                f"{r['checkpoint_mean_s'] or float('nan'):.3f}",
-                f"{r['worker_cores']:.2f}",
-                f"{r['other_load_cores']:.2f}",
-            ]
-        )
-    return rows
+        return [
+            str(r["run"]),
+            f"{r['rate']:,.0f}",
+            f"{r['results']:,}",
+            f"{s['p50']:.3f}",
+            f"{s['p90']:.3f}",
+            f"{s['p99']:.3f}",
+            f"{s['max']:.3f}",
+            f"{k['p50']:.3f} / {k['p99']:.3f}",
+            "-" if m50 is None else f"{m50:.2f} / {m99:.2f}",
+            f"{r['checkpoint_mean_s'] or float('nan'):.3f}",
+            f"{r['worker_cores']:.2f}",
+            f"{r['other_load_cores']:.2f}",
+        ]
 
-
-def command_line() -> str:
-    return " ".join([".venv/bin/python -m benchmarks.windows", *sys.argv[1:]])
-
-
-def header(info: dict[str, Any]) -> str:
-    return (
-        f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · {info['memory_gb']} GB"
-        f" · Linux {info['kernel']} · Python {info['python']} · confluent-kafka"
-        f" {info['confluent_kafka']} (librdkafka {info['librdkafka']}) · orjson"
-        f" {info['orjson']} · Kafka {info['kafka']}"
-    )
+    return result_rows(lat, LAT_HEADERS, cells, lambda r: str(r["run"]))
 
 
 def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
@@ -725,7 +572,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# Event time: window throughput and latency",
         "",
-        header(result["machine"]),
+        machine_header(result["machine"]),
         "",
         f"Code: commit {code['commit']} ({code['subject']})"
         f"{', Weir packages modified' if code['weir_dirty'] else ''}.",
@@ -811,11 +658,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--records", type=int, default=200_000, help="records per throughput run")
     p.add_argument("--keys", type=int, default=1_000)
     p.add_argument("--span-s", type=float, default=100.0, help="event-time span of the input")
-    p.add_argument("--runs", type=int, default=3, help="repeats per row; the median is reported")
-    p.add_argument("--partitions", type=int, default=4)
+    row_arguments(p, ROWS)
     p.add_argument("--slots", type=int, default=1)
     p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
-    p.add_argument("--rows", default="tumbling,sliding", help="subset of tumbling,sliding")
     p.add_argument("--latency-rate", type=int, default=2000, help="records/s produced")
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--latency-keys", type=int, default=100)
@@ -826,62 +671,42 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
     p.add_argument("--profile-seconds", type=float, default=10.0)
     p.add_argument("--timeout", type=float, default=0.0, help="per run; default 60 s + N/2000")
-    p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
-    names = {r.name: r for r in ROWS}
-    wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
-    if [w for w in wanted if w not in names] or not wanted:
-        p.error(f"--rows: choose from {sorted(names)}")
-    args.selected = [names[w] for w in wanted]
+    select_rows(p, args, ROWS)
     args.timeout = args.timeout or 60 + args.records / 2000
     return args
+
+
+def describe(r: dict[str, Any]) -> str:
+    """One throughput run's figures, for the progress lines."""
+    return run_figures(
+        r,
+        f"{r['end_to_end_records_per_s']:,.0f} records/s end to end",
+        f"{r['results']:,} results",
+        f"checkpoint {r['checkpoint_mean_s'] or float('nan'):.3f} s",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     started = time.monotonic()
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.1f} before starting; results will be noisy")
-    broker = start_broker()
-    info = machine_info(broker.kafka_version)
-    print(f"{header(info)}\nbroker {broker.bootstrap}", flush=True)
+    broker, result = open_run(MODULE, args)
+    result["profiles"] = {}
     probe = OffsetProbe(broker.bootstrap)
-    result: dict[str, Any] = {
-        "machine": info,
-        "command": command_line(),
-        "loadavg_start": load,
-        "code": code_version(),
-        "config": {k: v for k, v in vars(args).items() if k not in ("selected", "no_write")},
-        "profiles": {},
-    }
     ok = True
     try:
         if not args.skip_throughput:
             print(f"generating {args.records:,} records over {args.keys:,} keys…", flush=True)
             records = make_timed_records(args.records, args.keys, args.span_s)
             expected = {row.name: expected_windows(row, records) for row in args.selected}
-            runs: list[dict[str, Any]] = []
-            for run in range(1, args.runs + 1):
-                for row in args.selected:
-                    print(f"run {run}/{args.runs} {row.label}: ", end="", flush=True)
-                    try:
-                        r = run_throughput(row, run, args, broker.bootstrap, probe, records,
-                                           expected[row.name], broker.pid)  # fmt: skip
-                    except BenchmarkError as exc:
-                        print(f"FAILED: {exc}", flush=True)
-                        runs.append({"row": row.name, "run": run, "error": str(exc)})
-                        continue
-                    runs.append(r)
-                    print(
-                        f"{r['records_per_s']:,.0f} records/s"
-                        f" ({r['end_to_end_records_per_s']:,.0f} end to end),"
-                        f" {r['results']:,} results, {r['cpu_s_per_million'] or float('nan'):.1f}"
-                        f" CPU s/1M, {r['peak_rss_mb']:.0f} MB, checkpoint"
-                        f" {r['checkpoint_mean_s'] or float('nan'):.3f} s,"
-                        f" other load {r['other_load_cores']:.2f} cores",
-                        flush=True,
-                    )
+
+            def measure(row: Row, run: int) -> dict[str, Any]:
+                want = expected[row.name]
+                return run_throughput(
+                    row, run, args, broker.bootstrap, probe, records, want, broker.pid
+                )
+
+            runs = run_rows(args.selected, args.runs, measure, describe)
             summary = summarize(args.selected, runs)
             ok = ok and all(s["runs"] for s in summary)
             result["summary"], result["runs"] = summary, runs
@@ -946,16 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         probe.close()
         broker.stop()
-    for name, prof in result["profiles"].items():
-        if prof:
-            print(f"\nprofile: {name}")
-            print("\n".join(profile_md(prof)))
-    result["elapsed_s"] = time.monotonic() - started
-    print(f"\nelapsed {result['elapsed_s']:.0f} s")
-    if not args.no_write:
-        write_json(RESULTS / "windows.json", result)
-        (RESULTS / "windows.md").write_text(markdown(result, args))
-        print(f"wrote {RESULTS / 'windows.json'} and {RESULTS / 'windows.md'}")
+    close_report(result, started, None if args.no_write else RESULTS / "windows", markdown, args)
     return 0 if ok else 1
 
 

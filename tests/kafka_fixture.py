@@ -1,4 +1,4 @@
-"""Pytest plugin: one real Kafka broker per test session, plus topic and I/O helpers.
+"""Pytest plugin: one real Kafka broker per test session, plus topic, I/O and offset helpers.
 
 Weir's guarantees (transactions, read_committed, consumer groups) can only be tested
 against a real broker, so every integration test shares one session broker chosen in
@@ -13,35 +13,26 @@ Enable with ``pytest_plugins = ["tests.kafka_fixture"]`` in ``tests/conftest.py`
 from __future__ import annotations
 
 import atexit
-import contextlib
 import gc
-import json
 import os
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from service.local_kafka import LocalKafka
+from tests.feeding import KeyFn, PartitionFn, ValueFn, message, send
+from tests.reading import TopicReader
 
 # Kafka 3.9 in KRaft mode; testcontainers' KafkaContainer drives Confluent's image scripts.
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"
 TOPIC_READY_TIMEOUT = 30.0
-
-KeyFn = Callable[[dict], str | bytes | None]
 
 
 def _docker_answers() -> bool:
@@ -167,15 +158,18 @@ def _wait_topic_ready(admin: AdminClient, topic: str, partitions: int) -> None:
 def produce_json(
     bootstrap: str,
     topic: str,
-    records: list[dict],
+    records: Iterable[Any],
     key: KeyFn | None = None,
-    partition: int | None = None,
+    partition: int | PartitionFn | None = None,
     timeout: float = 30.0,
+    value: ValueFn | None = None,
 ) -> None:
     """Produce ``records`` as JSON values (idempotently, acks=all) and wait for delivery.
 
-    ``key`` maps a record to its key (str or bytes); ``partition`` pins every record to
-    one partition. Raises on any delivery error or if delivery does not finish in time.
+    ``key`` maps a record to its key (str or bytes), ``partition`` to its partition
+    (or one number pins them all), ``value`` to what is written (default: the record;
+    see tests/feeding.py). Raises on any delivery error or if delivery does not finish
+    in time.
     """
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     errors: list[KafkaError] = []
@@ -186,19 +180,7 @@ def produce_json(
 
     try:
         for record in records:
-            extra: dict[str, Any] = {} if partition is None else {"partition": partition}
-            message = {
-                "value": json.dumps(record).encode(),
-                "key": key(record) if key is not None else None,
-                "on_delivery": on_delivery,
-                **extra,
-            }
-            while True:
-                try:
-                    producer.produce(topic, **message)
-                    break
-                except BufferError:  # local queue full: let deliveries drain it
-                    producer.poll(0.1)
+            send(producer, topic, **message(record, value, key, partition), on_delivery=on_delivery)
             producer.poll(0)
         remaining = producer.flush(timeout)
     finally:
@@ -222,59 +204,72 @@ def consume_all(
 
     Stops once ``expected`` records have arrived, or, with ``expected=None``, once every
     partition has been read to its end (for read_committed: its last stable offset).
-    Returns what was read either way, as dicts with key, value, partition, offset and
-    timestamp (epoch ms). With ``decode_json`` values are parsed JSON and UTF-8 keys
-    text; otherwise both stay bytes. Partitions are assigned directly (no group join), under a
-    fresh group id that never commits.
+    Returns what was read either way (the dicts of tests/reading.py: key, value,
+    partition, offset, timestamp, ...). With ``decode_json`` values are parsed JSON and
+    UTF-8 keys text; otherwise both stay bytes.
     """
     deadline = time.monotonic() + timeout
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"weir-test-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-        }
+    reader = TopicReader(
+        bootstrap, topic, read_committed, decode_json, timeout=max(0.1, deadline - time.monotonic())
     )
-    records: list[dict] = []
     try:
-        meta = consumer.list_topics(topic, timeout=max(0.1, deadline - time.monotonic()))
-        if meta.topics[topic].error is not None:
-            raise KafkaException(meta.topics[topic].error)
-        partitions = meta.topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        at_end: set[int] = set()
         while time.monotonic() < deadline:
-            if expected is not None and len(records) >= expected:
+            if expected is not None and len(reader.records) >= expected:
                 break
-            if expected is None and len(at_end) == len(partitions):
+            if expected is None and reader.read_to_end():
                 break
-            msg = consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    raise KafkaException(msg.error())
-                at_end.add(msg.partition())
-                continue
-            at_end.discard(msg.partition())
-            records.append(_record(msg, decode_json))
+            limit = 5000 if expected is None else expected - len(reader.records)
+            reader.read(min(0.2, deadline - time.monotonic()), limit)
+    finally:
+        reader.close()
+    return reader.records
+
+
+# -- offsets ------------------------------------------------------------------------
+
+
+def _watermarks(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
+    """Partition -> (log start, end) offsets of every partition of ``topic``."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"o-{uuid.uuid4().hex}"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            for p in partitions
+        }
     finally:
         consumer.close()
-    return records
 
 
-def _record(msg: Any, decode_json: bool) -> dict:
-    key, value = msg.key(), msg.value()
-    if decode_json:
-        with contextlib.suppress(UnicodeDecodeError):  # a binary key stays bytes
-            key = key.decode() if key is not None else None
-        value = json.loads(value) if value is not None else None
-    return {
-        "key": key,
-        "value": value,
-        "partition": msg.partition(),
-        "offset": msg.offset(),
-        "timestamp": msg.timestamp()[1],
-    }
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> the offset the next record will get (transaction markers count)."""
+    return {p: high for p, (_low, high) in _watermarks(bootstrap, topic).items()}
+
+
+def log_start_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> its first offset still in the log."""
+    return {p: low for p, (low, _high) in _watermarks(bootstrap, topic).items()}
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Partition -> ``group``'s committed offset (0 where none), without joining the group."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        tps = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
+    finally:
+        consumer.close()
+    return {tp.partition: max(tp.offset, 0) for tp in tps}
+
+
+def committed_reached(bootstrap: str, group: str, topic: str) -> bool:
+    """Has ``group`` committed the end of every partition of ``topic``? (False while the
+    broker cannot tell, e.g. its group coordinator is still loading.)"""
+    try:
+        ends = end_offsets(bootstrap, topic)
+        got = committed_offsets(bootstrap, group, topic)
+    except KafkaException:
+        return False
+    return all(got[p] >= end for p, end in ends.items())

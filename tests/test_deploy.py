@@ -24,8 +24,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import threading
-import time
 import tomllib
 import urllib.error
 import urllib.parse
@@ -43,7 +41,8 @@ from operators.physical import compile_plan
 from service.cli import _parser
 from service.config import load_config
 from service.jobfile import load_job
-from tests.kafka_fixture import produce_json
+from tests.feeding import Feeder, n_key, numbered
+from tests.waiting import wait_for
 from tests.workers import WorkerProcess, free_port, job_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +54,7 @@ DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "weir.json"
 README_FILE = DEPLOY / "README.md"
 
 BOUND = 60.0  # upper bound of every wait on a live process, seconds
+FEED_RATE = 500  # records/s into the live worker
 
 
 # -- reading the files ---------------------------------------------------------------
@@ -634,32 +634,14 @@ def live_worker(
             str(tmp_path / "s"),
         ],
     )
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def feed() -> None:
-        n = 0
-        deadline = time.monotonic() + 4 * BOUND
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                batch = [{"n": n + i} for i in range(100)]
-                produce_json(kafka_bootstrap, source, batch, key=lambda r: str(r["n"]))
-                n += len(batch)
-            except BaseException as exc:
-                errors.append(exc)
-                return
-            stop.wait(0.1)
-
-    feeder = threading.Thread(target=feed, name="deploy-feeder", daemon=True)
+    feeder = Feeder(kafka_bootstrap, source, numbered(), FEED_RATE, key=n_key)
     try:
         worker.wait_running(BOUND)
         feeder.start()
         yield worker
-        assert not errors, f"feeding the worker failed: {errors[0]!r}"
+        assert not feeder.errors, f"feeding the worker failed: {feeder.errors[:3]}"
     finally:
-        stop.set()
-        if feeder.is_alive():
-            feeder.join(BOUND)
+        feeder.halt()
         worker.close()
 
 
@@ -702,18 +684,25 @@ class Prometheus:
             stderr=subprocess.STDOUT,
         )
 
+    def check_alive(self) -> None:
+        assert self.proc.poll() is None, f"prometheus exited: {self.log_tail()}"
+
+    def ready(self) -> bool:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp,
+        ):
+            return resp.status == 200
+        return False
+
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + BOUND
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"prometheus exited: {self.log_tail()}"
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp,
-            ):
-                if resp.status == 200:
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"prometheus not ready after {BOUND}s: {self.log_tail()}")
+        wait_for(
+            self.ready,
+            BOUND,
+            "prometheus ready",
+            check=self.check_alive,
+            detail=lambda: f": {self.log_tail()}",
+        )
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -729,14 +718,7 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def wait(self, what: str, check: Callable[[], Any]) -> Any:
-        deadline = time.monotonic() + BOUND
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"prometheus exited: {self.log_tail()}"
-            found = check()
-            if found:
-                return found
-            time.sleep(0.5)
-        raise AssertionError(f"prometheus: no {what} within {BOUND}s")
+        return wait_for(check, BOUND, f"prometheus: {what}", every=0.5, check=self.check_alive)
 
     def log_tail(self, lines: int = 20) -> str:
         self._log.flush()

@@ -32,12 +32,9 @@ Every wait is bounded; figures are printed (``-s``) and repeated in assertion me
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
-import socket
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -46,11 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
+from tests.feeding import Feeder
 from tests.kafka_fixture import consume_all, produce_json
-from tests.workers import WorkerProcess, job_env
+from tests.reading import TopicReader, TopicWatcher
+from tests.waiting import wait_for
+from tests.workers import Workers, job_env, metric, metrics_at, split_tp, status_at
 
 JOB = "el_users.py"
 JOB_NAME = "el-users"  # Job(...) name in the job file: the metrics' job label
@@ -85,217 +84,23 @@ def random_id(_record: dict) -> bytes:
     return uuid.uuid4().bytes
 
 
-class Feeder(threading.Thread):
-    """Produces ``records`` (keyed by a random id) at ``rate`` records/s."""
-
-    def __init__(self, bootstrap: str, topic: str, records: list[dict], rate: float) -> None:
-        super().__init__(name="feeder", daemon=True)
-        self.topic, self.records, self.rate = topic, records, rate
-        self.sent = 0
-        self.errors: list[str] = []
-        self._halt = threading.Event()
-        self.producer = Producer(
-            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
-        )
-
-    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            self.errors.append(err.str())
-
-    def run(self) -> None:
-        start, end = time.monotonic(), len(self.records)
-        while self.sent < end and not self._halt.is_set():
-            due = min(end, int((time.monotonic() - start) * self.rate) + 1)
-            while self.sent < due:
-                record = self.records[self.sent]
-                try:
-                    self.producer.produce(
-                        self.topic,
-                        json.dumps(record).encode(),
-                        random_id(record),
-                        on_delivery=self._delivered,
-                    )
-                except BufferError:
-                    self.producer.poll(0.05)
-                    continue
-                self.sent += 1
-            self.producer.poll(0.005)
-
-    def finish(self) -> None:
-        left_s = (len(self.records) - self.sent) / self.rate
-        self.join(left_s + 30)
-        assert not self.is_alive(), f"feeder stuck at {self.sent}"
-        assert self.producer.flush(30) == 0, "input records not delivered"
-        assert not self.errors, f"input delivery failed: {self.errors[:3]}"
-
-    def halt(self) -> None:
-        self._halt.set()
-        self.join(10)
-        self.producer.flush(10)
-
-
-# -- workers ----------------------------------------------------------------------------
-
-
-def consecutive_free_ports(n: int) -> int:
-    """A port P such that P..P+n-1 are free now (``--processes n`` serves HTTP there)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {n} consecutive free ports")
-
-
-class Workers:
-    """The worker processes of one group; an exit the test did not cause fails it."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        group: str,
-        env: dict[str, str],
-        args: list[str],
-        logs: Path,
-        job: str = JOB,
-    ) -> None:
-        self.bootstrap, self.group, self.env, self.args, self.logs, self.job = (
-            bootstrap, group, env, args, logs, job,
-        )  # fmt: skip
-        self.live: dict[str, WorkerProcess] = {}
-        self.all: list[WorkerProcess] = []
-        self.incarnations: Counter[str] = Counter()
-
-    def start(self, worker_id: str, args: list[str] | None = None, processes: int = 1):
-        self.incarnations[worker_id] += 1
-        log_dir = self.logs / f"{worker_id}.{self.incarnations[worker_id]}"
-        log_dir.mkdir(parents=True)
-        extra = list(args or [])
-        port = None
-        if processes > 1:
-            port = consecutive_free_ports(processes)
-            extra += ["--processes", str(processes), "--http-port", str(port)]
-        worker = WorkerProcess(
-            self.job, self.bootstrap, self.group, worker_id, log_dir,
-            env=self.env, args=[*self.args, *extra],
-        )  # fmt: skip
-        if port is not None:
-            worker.http_port = port  # the last --http-port wins; child n serves on port + n
-        worker.processes = processes
-        self.live[worker_id] = worker
-        self.all.append(worker)
-        return worker
-
-    def kill(self, worker_id: str) -> None:
-        self.live.pop(worker_id).kill()
-
-    def stop(self, worker_id: str, timeout: float = 60.0) -> None:
-        worker = self.live.pop(worker_id)
-        code = worker.terminate(timeout)
-        assert code == 0, f"{worker_id} exited {code} on SIGTERM:\n{worker.log_tail(40)}"
-
-    def check_alive(self) -> None:
-        for worker_id, worker in self.live.items():
-            if worker.proc.poll() is not None:
-                raise AssertionError(
-                    f"worker {worker_id} exited {worker.proc.returncode} on its own:\n"
-                    f"{worker.log_tail(40)}"
-                )
-
-    def stop_all(self, timeout: float = 60.0) -> None:
-        for worker in self.live.values():
-            worker.proc.send_signal(signal.SIGTERM)
-        for worker_id, worker in list(self.live.items()):
-            code = worker.wait(timeout)
-            assert code == 0, f"{worker_id} exited {code}:\n{worker.log_tail(40)}"
-        self.live.clear()
-
-    def logs_tail(self, lines: int = 25) -> str:
-        return "".join(f"\n--- {w.log_path}\n{w.log_tail(lines)}" for w in self.all)
-
-    def close(self) -> None:
-        for worker in self.all:
-            worker.close()
-
-
-def http_get(port: int, path: str, timeout: float = 2.0) -> bytes | None:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
-            return resp.read()
-    except OSError:
-        return None
-
-
-def status_of(port: int) -> dict | None:
-    body = http_get(port, "/status")
-    return None if body is None else json.loads(body)
-
-
-def metric(port: int, name: str, labels: dict[str, str]) -> float:
-    """One sample of a Prometheus metric on ``port`` (0 when absent)."""
-    body = http_get(port, "/metrics")
-    assert body is not None, f"no /metrics on port {port}"
-    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-    for line in body.decode().splitlines():
-        if line.startswith(wanted):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+# -- what the workers own ---------------------------------------------------------------
 
 
 def restored(port: int) -> float:
-    return metric(port, RESTORED, {"job": JOB_NAME, "operator": OPERATOR})
-
-
-def split_tp(item: str) -> tuple[str, int]:
-    topic, _, p = item.rpartition("-")
-    return topic, int(p)
+    """``weir_restored_records_total`` of the process serving ``port``."""
+    return metric(metrics_at(port), RESTORED, job=JOB_NAME, operator=OPERATOR)
 
 
 def ownership(ports: list[int]) -> dict[int, set[tuple[str, int]]] | None:
     """Port -> the partitions that process owns (None if one does not answer/run)."""
     out = {}
     for port in ports:
-        st = status_of(port)
+        st = status_at(port)
         if st is None or st["state"] != "running":
             return None
         out[port] = {split_tp(x) for x in st["partitions"]} - {split_tp(x) for x in st["restoring"]}
     return out
-
-
-def wait_for(
-    predicate: Callable[[], Any],
-    timeout: float,
-    what: str,
-    every: float = 0.2,
-    on_timeout: Callable[[], str] | None = None,
-    check: Callable[[], None] | None = None,
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = on_timeout() if on_timeout else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(every)
 
 
 Ownership = dict[int, set[tuple[str, int]]]
@@ -316,8 +121,8 @@ def wait_owned(
         timeout,
         what,
         every=0.3,
-        on_timeout=lambda: f": {ownership(ports)}{workers.logs_tail()}",
         check=workers.check_alive,
+        detail=lambda: f": {ownership(ports)}{workers.logs_tail()}",
     )
 
 
@@ -358,73 +163,12 @@ def wait_spread(
     return wait_owned(workers, ports, what, even, timeout)
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"e-{uuid.uuid4().hex}"})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in parts
-        }
-    finally:
-        consumer.close()
-
-
-class Outputs(threading.Thread):
-    """Reads a topic (read_committed) from the start while the test runs, so tests can
+def watch_outputs(bootstrap: str, topic: str) -> TopicWatcher:
+    """Reads ``topic`` (read_committed) from the start while the test runs, so tests can
     wait for a number of committed outputs; the final check reads the topic again."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        super().__init__(name="outputs", daemon=True)
-        self.count = 0
-        self.values: list[Any] = []
-        self.error: BaseException | None = None
-        self._halt = threading.Event()
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"out-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-            }
-        )
-        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        self.consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-
-    def run(self) -> None:
-        try:
-            while not self._halt.is_set():
-                for m in self.consumer.consume(1000, 0.2):
-                    if m.error() is None:
-                        self.values.append((m.partition(), json.loads(m.value())))
-                        self.count += 1
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.consumer.close()
-
-    def wait(self, n: int, timeout: float, workers: Workers) -> float:
-        """Until ``n`` outputs are committed; returns the seconds it took."""
-        started = time.monotonic()
-
-        def check() -> None:
-            if self.error is not None:
-                raise AssertionError(f"reading the outputs failed: {self.error!r}")
-            workers.check_alive()
-
-        wait_for(
-            lambda: self.count >= n,
-            timeout,
-            f"{n} committed outputs",
-            on_timeout=lambda: f" (have {self.count}){workers.logs_tail()}",
-            check=check,
-        )
-        return time.monotonic() - started
-
-    def halt(self) -> None:
-        self._halt.set()
-        self.join(10)
+    watch = TopicWatcher(TopicReader(bootstrap, topic))
+    watch.start()
+    return watch
 
 
 def repartition_topic(group: str) -> str:
@@ -556,7 +300,7 @@ def test_repartitioned_aggregate_matches_reference(
     env = job_env(in_=src, out=out, kind="aggregate")
     if nworkers == 3:
         env.update(job_env(partitions=rep_partitions))
-    workers = Workers(kafka_bootstrap, group, env, FAST, tmp_path / "logs")
+    workers = Workers(JOB, kafka_bootstrap, group, env, FAST, tmp_path / "logs")
     inputs = make_inputs(total, nusers, seed=nworkers)
     watch = None
     try:
@@ -575,10 +319,9 @@ def test_repartitioned_aggregate_matches_reference(
             owners = wait_spread(
                 workers, [w.http_port for w in procs], {src: partitions, rep: rep_partitions}
             )
-        watch = Outputs(kafka_bootstrap, out)
-        watch.start()
+        watch = watch_outputs(kafka_bootstrap, out)
         produce_json(kafka_bootstrap, src, inputs, key=random_id)
-        took = watch.wait(total, 120, workers)
+        took = watch.wait(total, 120, workers.check_alive, workers.logs_tail)
         final_owners = ownership([w.http_port for w in procs])
         workers.stop_all()
     finally:
@@ -686,16 +429,16 @@ def scale_run(
     rep = repartition_topic(group)
     everything = {(t, p) for t in (src, rep) for p in range(partitions)}
     args = [*FAST, "--state-dir", str(tmp_path / "state"), "--slots", "2"]
-    workers = Workers(bootstrap, group, job_env(in_=src, out=out), args, tmp_path / "logs")
+    workers = Workers(JOB, bootstrap, group, job_env(in_=src, out=out), args, tmp_path / "logs")
     planned = make_inputs(int(rate * (12 * phase_s + 400)), users, seed)
-    feeder = Feeder(bootstrap, src, planned, rate)
-    watch = Outputs(bootstrap, out)  # created before the topic has outputs: reads from 0
+    feeder = Feeder(bootstrap, src, planned, rate, key=random_id)
+    watch = watch_outputs(bootstrap, out)
     events: list[str] = []
     t0 = time.monotonic()
 
     def event(what: str) -> None:
-        events.append(f"{time.monotonic() - t0:5.1f}s n={feeder.sent:6d} out={watch.count:6d}"
-                      f" {what}")  # fmt: skip
+        events.append(f"{time.monotonic() - t0:5.1f}s n={feeder.sent:6d}"
+                      f" out={len(watch.records):6d} {what}")  # fmt: skip
 
     def settle(ids: list[str], what: str) -> None:
         started = time.monotonic()
@@ -711,7 +454,6 @@ def scale_run(
 
     try:
         workers.start("w1").wait_running(60)
-        watch.start()
         feeder.start()
         event("1 worker")
         run_phase()
@@ -733,13 +475,10 @@ def scale_run(
         workers.stop("w2")
         settle(["w1"], "2 -> 1")
         run_phase()
-        flowing = feeder.sent
-        feeder.halt()
-        assert feeder.is_alive() is False and not feeder.errors, feeder.errors[:3]
-        total = feeder.sent
+        total = feeder.stop()
         event(f"input stopped at {total}")
-        assert flowing < len(planned), "the feeder ran out of planned input mid-run"
-        catch_up = watch.wait(total, 180, workers)
+        assert total < len(planned), "the feeder ran out of planned input mid-run"
+        catch_up = watch.wait(total, 180, workers.check_alive, workers.logs_tail)
         event(f"all {total} outputs committed ({catch_up:.1f}s after the input stopped)")
         workers.stop_all()
     finally:
@@ -816,17 +555,18 @@ def test_restart_with_other_slots_and_processes_keeps_state(kafka_bootstrap, new
     everything = {(t, p) for t in (src, rep) for p in range(partitions)}
     state = tmp_path / "state"
     args = [*FAST, "--state-dir", str(state)]
-    workers = Workers(kafka_bootstrap, group, job_env(in_=src, out=out), args, tmp_path / "logs")
+    workers = Workers(
+        JOB, kafka_bootstrap, group, job_env(in_=src, out=out), args, tmp_path / "logs"
+    )
     inputs: list[dict] = []
-    watch = Outputs(kafka_bootstrap, out)
-    watch.start()
+    watch = watch_outputs(kafka_bootstrap, out)
     figures: dict[str, Any] = {}
 
     def feed(seed: int) -> None:
         records = make_inputs(batch, users, seed, first=len(inputs))
         inputs.extend(records)
         produce_json(kafka_bootstrap, src, records, key=random_id)
-        watch.wait(len(inputs), 120, workers)
+        watch.wait(len(inputs), 120, workers.check_alive, workers.logs_tail)
 
     try:
         # A: one process, one slot.
@@ -834,15 +574,15 @@ def test_restart_with_other_slots_and_processes_keeps_state(kafka_bootstrap, new
         wait_balanced(workers, [w.http_port], everything)
         feed(1)
         workers.stop("w")
-        first_phase = len(watch.values)
+        first_phase = len(watch.records)
 
         # B: two processes of two slots, on ports P and P+1; kill -9 one child.
         w = workers.start("w", ["--slots", "2"], processes=2)
-        ports = [w.http_port, w.http_port + 1]
+        ports = w.ports
         owners = wait_balanced(workers, ports, everything)
-        ids = {status_of(p)["worker_id"] for p in ports}
+        ids = {status_at(p)["worker_id"] for p in ports}
         assert ids == {"w.0", "w.1"}, ids
-        slots = {len(status_of(p)["slots"]) for p in ports}
+        slots = {len(status_at(p)["slots"]) for p in ports}
         assert slots == {2}, slots
         figures["processes_2_owners"] = {p: len(tps) for p, tps in owners.items()}
         figures["processes_2_restored"] = {p: restored(p) for p in ports}
@@ -880,7 +620,7 @@ def test_restart_with_other_slots_and_processes_keeps_state(kafka_bootstrap, new
     outputs = consume_all(kafka_bootstrap, out, None, 120)
     partition_of = source_partition_of(kafka_bootstrap, src, len(inputs))
     assert_exactly_once(outputs, inputs, partition_of)
-    later = [v for _, v in watch.values[first_phase:]]
+    later = [r["value"] for r in watch.records[first_phase:]]
     assert sum(1 for v in later if v["count"] == 1) == len(
         {r["user"] for r in inputs[batch:]} - {r["user"] for r in inputs[:batch]}
     ), "a user's count started again at 1 after a restart"
@@ -924,14 +664,13 @@ def failover_run(
     args = [*FAST, "--state-dir", str(tmp_path / "state"), "--slots", "2"]
     if standby:
         args += ["--standby-replicas", "1"]
-    workers = Workers(bootstrap, group, job_env(in_=src, out=out), args, tmp_path / "logs")
+    workers = Workers(JOB, bootstrap, group, job_env(in_=src, out=out), args, tmp_path / "logs")
     rng = random.Random(users)
     inputs = [
         {"n": n, "user": f"u{n % users}", "amount": rng.randrange(1, 100)} for n in range(2 * users)
     ]
     after = make_inputs(1000, users, seed=7, first=len(inputs))
-    watch = Outputs(bootstrap, out)
-    watch.start()
+    watch = watch_outputs(bootstrap, out)
     figures: dict[str, Any] = {"standby": standby, "users": users}
     try:
         w1 = workers.start("w1")
@@ -941,7 +680,9 @@ def failover_run(
         moved = sorted(p for t, p in owners[w2.http_port] if t == rep)
         figures["moved_partitions"] = moved
         produce_json(bootstrap, src, inputs, key=random_id, timeout=120)
-        figures["build_s"] = round(watch.wait(len(inputs), 180, workers), 1)
+        figures["build_s"] = round(
+            watch.wait(len(inputs), 180, workers.check_alive, workers.logs_tail), 1
+        )
         time.sleep(3.0)  # standby replicas tail the changelogs continuously
         before = restored(w1.http_port)
         workers.kill("w2")
@@ -951,7 +692,7 @@ def failover_run(
         figures["restored"] = restored(w1.http_port) - before
         inputs += after
         produce_json(bootstrap, src, after, key=random_id)
-        watch.wait(len(inputs), 120, workers)
+        watch.wait(len(inputs), 120, workers.check_alive, workers.logs_tail)
         workers.stop_all()
     finally:
         watch.halt()
@@ -1017,23 +758,22 @@ def test_source_growth_stops_a_job_keyed_by_the_record_key(
     src, out = new_topic(partitions=2), new_topic(partitions=2)
     group = new_group()
     workers = Workers(
-        kafka_bootstrap, group, job_env(in_=src, out=out), [*FAST, "--state-dir",
-        str(tmp_path / "state")], tmp_path / "logs", job="keyed_count.py",
+        "keyed_count.py", kafka_bootstrap, group, job_env(in_=src, out=out),
+        [*FAST, "--state-dir", str(tmp_path / "state")], tmp_path / "logs",
     )  # fmt: skip
-    watch = Outputs(kafka_bootstrap, out)
-    watch.start()
+    watch = watch_outputs(kafka_bootstrap, out)
     codes, texts, took = {}, {}, {}
     try:
         if layout == "processes-2":
             procs = {"w0": workers.start("w0", processes=2)}
-            ports = [procs["w0"].http_port, procs["w0"].http_port + 1]
+            ports = procs["w0"].ports
         else:
             procs = {f"w{i}": workers.start(f"w{i}") for i in range(int(layout[-1]))}
             ports = [w.http_port for w in procs.values()]
         wait_balanced(workers, ports, {(src, 0), (src, 1)})
         produce_json(kafka_bootstrap, src, [{"n": i} for i in range(200)],
                      key=lambda r: f"k{r['n'] % 10}".encode())  # fmt: skip
-        watch.wait(200, 60, workers)
+        watch.wait(200, 60, workers.check_alive, workers.logs_tail)
         grown = time.monotonic()
         grow(kafka_admin, src, 3)
         workers.live.clear()  # their exits are what we wait for
@@ -1054,7 +794,7 @@ def test_source_growth_stops_a_job_keyed_by_the_record_key(
         if layout != "processes-2":
             assert len(errors) == 1, errors
         assert "Traceback" not in text, text[-3000:]
-    assert watch.count == 200, "outputs after the growth"
+    assert len(watch.records) == 200, "outputs after the growth"
 
 
 @pytest.mark.parametrize("nworkers", [1, 2])
@@ -1068,9 +808,10 @@ def test_source_growth_under_a_repartitioned_job_keeps_running(
     group = new_group()
     rep = repartition_topic(group)
     args = [*FAST, "--state-dir", str(tmp_path / "state")]
-    workers = Workers(kafka_bootstrap, group, job_env(in_=src, out=out), args, tmp_path / "logs")
-    watch = Outputs(kafka_bootstrap, out)
-    watch.start()
+    workers = Workers(
+        JOB, kafka_bootstrap, group, job_env(in_=src, out=out), args, tmp_path / "logs"
+    )
+    watch = watch_outputs(kafka_bootstrap, out)
     inputs = make_inputs(1500, 50, seed=5)
     more = make_inputs(1500, 50, seed=6, first=len(inputs))
     try:
@@ -1078,13 +819,13 @@ def test_source_growth_under_a_repartitioned_job_keeps_running(
         ports = [w.http_port for w in procs]
         wait_balanced(workers, ports, {(t, p) for t in (src, rep) for p in range(2)})
         produce_json(kafka_bootstrap, src, inputs, key=random_id)
-        watch.wait(len(inputs), 60, workers)
+        watch.wait(len(inputs), 60, workers.check_alive, workers.logs_tail)
         grow(kafka_admin, src, 4)
         produce_json(kafka_bootstrap, src, more, key=random_id)  # into all four
         inputs += more
         wanted = {(src, p) for p in range(4)} | {(rep, p) for p in range(2)}
         wait_balanced(workers, ports, wanted, 90)
-        watch.wait(len(inputs), 90, workers)
+        watch.wait(len(inputs), 90, workers.check_alive, workers.logs_tail)
         workers.check_alive()
         assert topic_partitions(kafka_admin, rep) == 2
         workers.stop_all()
@@ -1105,7 +846,7 @@ def test_changed_repartition_count_is_refused(kafka_bootstrap, new_topic, kafka_
     src, out = new_topic(partitions=4), new_topic()
     group = new_group()
     env = job_env(in_=src, out=out, partitions=4)
-    workers = Workers(kafka_bootstrap, group, env, FAST, tmp_path / "logs")
+    workers = Workers(JOB, kafka_bootstrap, group, env, FAST, tmp_path / "logs")
     try:
         workers.start("w1", ["--state-dir", str(tmp_path / "state")]).wait_running(60)
         workers.stop("w1")

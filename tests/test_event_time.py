@@ -30,26 +30,28 @@ from __future__ import annotations
 
 import csv
 import heapq
-import json
 import math
 import random
 import re
 import shutil
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from tests.kafka_fixture import consume_all, produce_json
-from tests.workers import WorkerProcess, job_env
+from tests.feeding import Feeder, message, send
+from tests.kafka_fixture import committed_reached, consume_all, produce_json
+from tests.reading import TopicReader
+from tests.waiting import seconds_until, wait_for
+from tests.workers import WorkerProcess, Workers, job_env, metric
 
 JOB = "windowed.py"
 JOB_NAME = "windowed"  # Job(...) name: the metrics' job label
@@ -85,6 +87,18 @@ class Reading:
 
     def record(self) -> dict:
         return {"tag": self.tag, "value": self.value, "ts": self.ts}
+
+    def key(self) -> bytes:
+        return self.tag.encode()
+
+
+# How a reading becomes a message (tests/feeding.py): the record keyed by its tag, on
+# its partition.
+AS_MESSAGE: dict[str, Any] = {
+    "value": Reading.record,
+    "key": Reading.key,
+    "partition": attrgetter("partition"),
+}
 
 
 def partition_readings(
@@ -304,126 +318,9 @@ def assert_matches(problems: dict[str, Any]) -> None:
 
 
 def produce_readings(bootstrap: str, topic: str, readings: Iterable[Reading]) -> None:
-    """Each partition's readings in the given order, keyed by tag."""
-    per: dict[int, list[dict]] = defaultdict(list)
-    for r in readings:
-        per[r.partition].append(r.record())
-    for p, records in sorted(per.items()):
-        produce_json(
-            bootstrap, topic, records, key=lambda r: r["tag"].encode(), partition=p, timeout=120
-        )
-
-
-class Reader:
-    """Reads a topic from the beginning (read_committed) and keeps what it got."""
-
-    def __init__(self, bootstrap: str, topic: str, decode: bool = True) -> None:
-        self.topic = topic
-        self.decode = decode
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"et-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-            }
-        )
-        meta = self.consumer.list_topics(topic, timeout=30).topics[topic]
-        self.partitions = sorted(meta.partitions)
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self.partitions])
-        self.records: list[dict] = []  # key, value, partition, offset, arrived (monotonic)
-        self.at_end: set[int] = set()
-
-    def poll(self, seconds: float = 0.2) -> int:
-        """Read for up to ``seconds``; returns how many records arrived."""
-        deadline = time.monotonic() + seconds
-        n = 0
-        while True:
-            msgs = self.consumer.consume(5000, max(0.0, min(0.1, deadline - time.monotonic())))
-            now = time.monotonic()
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        raise AssertionError(f"reading {self.topic}: {err.str()}")
-                    self.at_end.add(m.partition())
-                    continue
-                self.at_end.discard(m.partition())
-                value = m.value()
-                if self.decode and value is not None:
-                    value = json.loads(value)
-                key = m.key()
-                self.records.append(
-                    {"key": key.decode() if key is not None else None, "value": value,
-                     "partition": m.partition(), "offset": m.offset(), "arrived": now,
-                     "headers": m.headers()}
-                )  # fmt: skip
-                n += 1
-            if time.monotonic() >= deadline:
-                return n
-
-    def drain(self, timeout: float = 30.0) -> None:
-        """Until every partition is read to its end (last stable offset)."""
-        self.poll(0.3)
-        deadline = time.monotonic() + timeout
-        while len(self.at_end) < len(self.partitions):
-            assert time.monotonic() < deadline, f"{self.topic} not read to its end in {timeout}s"
-            self.poll(0.2)
-
-    def values(self) -> list[dict]:
-        return [r["value"] for r in self.records]
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def committed_reached(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
-    """Has ``group`` committed the end of every partition of ``topic``?"""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
-    )
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = {p: consumer.get_watermark_offsets(tps[p], timeout=10)[1] for p in range(partitions)}
-        got = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
-    finally:
-        consumer.close()
-    return all(got[p] >= ends[p] for p in range(partitions) if ends[p] > 0)
-
-
-def wait_for(
-    predicate: Callable[[], Any],
-    timeout: float,
-    what: str,
-    every: float = 0.2,
-    check: Callable[[], None] | None = None,
-    detail: Callable[[], str] | None = None,
-) -> float:
-    """Until ``predicate()`` is true; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        if check is not None:
-            check()
-        if predicate():
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            extra = f"\n{detail()}" if detail else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(every)
-
-
-def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
-    """One sample of the worker's /metrics (0 if absent)."""
-    text = worker.metrics()
-    want = {"job": JOB_NAME, **labels}
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}") + 1]))
-        if found == want:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    """The readings, one partition after the other, each in the given order."""
+    in_order = sorted(readings, key=attrgetter("partition"))  # stable: order kept
+    produce_json(bootstrap, topic, in_order, timeout=120, **AS_MESSAGE)
 
 
 # -- a windowed job per kind -----------------------------------------------------------
@@ -439,60 +336,49 @@ class Pipeline:
         bootstrap: str,
         new_topic: Callable[..., str],
         src: str,
-        partitions: int,
         logs: Path,
         state: Path,
         lateness: float = 0,
         idle: float = 1,
-        job: str = JOB,
-        extra_env: dict[str, str] | None = None,
+        key_by_tag: bool = False,
     ) -> None:
-        self.kind, self.bootstrap, self.src, self.partitions = kind, bootstrap, src, partitions
+        self.kind, self.bootstrap, self.src = kind, bootstrap, src
         self.out = new_topic(partitions=2, prefix=f"out-{kind}")
         self.late = new_topic(partitions=1, prefix=f"late-{kind}")
         self.group = f"et-{kind}-{uuid.uuid4().hex[:10]}"
-        self.env = {
-            **job_env(in_=src, out=self.out, late=self.late, window=kind, lateness=lateness,
-                      idle=idle, ooo=OOO / 1000),
-            **(extra_env or {}),
-        }  # fmt: skip
-        self.job = job
-        self.logs, self.state = logs / kind, state / kind
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.incarnations = 0
+        self.env = job_env(in_=src, out=self.out, late=self.late, window=kind,
+                           lateness=lateness, idle=idle, ooo=OOO / 1000,
+                           key_by="tag" if key_by_tag else "")  # fmt: skip
+        self.state = state / kind
+        self.workers = Workers(
+            JOB, bootstrap, self.group, self.env,
+            [*CHECKPOINT, *SESSION, "--state-dir", str(self.state)], logs / kind,
+        )  # fmt: skip
         self.worker: WorkerProcess | None = None
-        self.all: list[WorkerProcess] = []
-        self.late_counts: list[float] = []  # late metric of each finished incarnation
-        self.output = Reader(bootstrap, self.out)
-        self.late_reader = Reader(bootstrap, self.late)
+        self.output = TopicReader(bootstrap, self.out)
+        self.late_reader = TopicReader(bootstrap, self.late)
+
+    @property
+    def incarnations(self) -> int:
+        return self.workers.incarnations["w1"]
 
     def start(self) -> WorkerProcess:
-        self.incarnations += 1
-        log_dir = self.logs / str(self.incarnations)
-        log_dir.mkdir()
-        self.worker = WorkerProcess(
-            self.job, self.bootstrap, self.group, "w1", log_dir, env=self.env,
-            args=[*CHECKPOINT, *SESSION, "--state-dir", str(self.state)],
-        )  # fmt: skip
-        self.all.append(self.worker)
+        self.worker = self.workers.start("w1")
         return self.worker
 
     def kill(self) -> None:
-        self.worker.kill()
+        self.workers.kill("w1")
 
     def check_alive(self) -> None:
-        w = self.worker
-        if w is not None and w.proc.poll() is not None:
-            raise AssertionError(
-                f"{self.kind} worker exited {w.proc.returncode} on its own:\n{w.log_tail(40)}"
-            )
+        self.workers.check_alive()
 
     def late_metric(self) -> float:
-        return metric(self.worker, "weir_records_late_total", operator=OPERATOR)
+        text = self.worker.metrics()
+        return metric(text, "weir_records_late_total", job=JOB_NAME, operator=OPERATOR)
 
     def processed(self) -> bool:
         self.check_alive()
-        return committed_reached(self.bootstrap, self.group, self.src, self.partitions)
+        return committed_reached(self.bootstrap, self.group, self.src)
 
     def poll(self) -> None:
         self.output.poll(0.1)
@@ -509,13 +395,11 @@ class Pipeline:
         return {(v["key"], v["window_start"], v["window_end"]) for v in self.output.values()}
 
     def stop(self) -> None:
-        if self.worker is not None and self.worker.proc.poll() is None:
-            code = self.worker.terminate(60)
-            assert code == 0, f"{self.kind} worker exited {code}:\n{self.worker.log_tail(40)}"
+        if "w1" in self.workers.live:
+            self.workers.stop("w1")
 
     def close(self) -> None:
-        for w in self.all:
-            w.close()
+        self.workers.close()
         self.output.close()
         self.late_reader.close()
 
@@ -538,7 +422,7 @@ class Pipeline:
         )
 
     def logs_tail(self) -> str:
-        return "".join(f"\n--- {w.log_path}\n{w.log_tail(20)}" for w in self.all)
+        return self.workers.logs_tail(20)
 
 
 def wait_windows(pipes: list[Pipeline], want: dict[str, set[Key]], timeout: float) -> float:
@@ -564,16 +448,18 @@ def wait_windows(pipes: list[Pipeline], want: dict[str, set[Key]], timeout: floa
         for p in pipes:
             p.check_alive()
 
-    return wait_for(done, timeout, "windows", every=0.05, check=check, detail=detail)
+    return seconds_until(
+        done, timeout, "windows", every=0.05, check=check, detail=lambda: "\n" + detail()
+    )
 
 
 def wait_processed(pipes: list[Pipeline], timeout: float) -> float:
-    return wait_for(
+    return seconds_until(
         lambda: all(p.processed() for p in pipes),
         timeout,
         "input processed (offsets committed)",
         every=0.3,
-        detail=lambda: "".join(p.logs_tail() for p in pipes),
+        detail=lambda: "\n" + "".join(p.logs_tail() for p in pipes),
     )
 
 
@@ -599,7 +485,7 @@ def run_scenario(
     tmp_path: Path,
     feed: Callable[[list[Pipeline], str], None] | None = None,
     timeout: float = 120,
-    job: str = JOB,
+    key_by_tag: bool = False,
 ) -> dict[str, Any]:
     """Phase A (pre-produced, or fed live by ``feed`` while it kills workers), closer 1,
     phase B, closer 2; then compare every pipeline's windows with DuckDB."""
@@ -613,8 +499,8 @@ def run_scenario(
             produce_readings(bootstrap, src, data.a)
         for kind in kinds:
             pipes.append(
-                Pipeline(kind, bootstrap, new_topic, src, data.partitions, tmp_path / "logs",
-                         tmp_path / "state", job=job)
+                Pipeline(kind, bootstrap, new_topic, src, tmp_path / "logs",
+                         tmp_path / "state", key_by_tag=key_by_tag)
             )  # fmt: skip
         for pipe in pipes:
             pipe.start()
@@ -722,52 +608,6 @@ def test_windows_match_duckdb_large(kafka_bootstrap, new_topic, tmp_path):
 # -- 3. exactly once under kill -9 ----------------------------------------------------------
 
 
-class Feeder(threading.Thread):
-    """Produces readings (each to its partition, keyed by tag) at ``rate`` per second."""
-
-    def __init__(self, bootstrap: str, topic: str, readings: list[Reading], rate: float):
-        super().__init__(name="feeder", daemon=True)
-        self.topic, self.readings, self.rate = topic, readings, rate
-        self.sent = 0
-        self.errors: list[str] = []
-        self.halted = threading.Event()
-        self.producer = Producer(
-            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
-        )
-
-    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            self.errors.append(err.str())
-
-    def run(self) -> None:
-        start, end = time.monotonic(), len(self.readings)
-        while self.sent < end and not self.halted.is_set():
-            due = min(end, int((time.monotonic() - start) * self.rate) + 1)
-            while self.sent < due:
-                r = self.readings[self.sent]
-                try:
-                    self.producer.produce(
-                        self.topic, json.dumps(r.record()).encode(), r.tag.encode(),
-                        partition=r.partition, on_delivery=self._delivered,
-                    )  # fmt: skip
-                except BufferError:
-                    self.producer.poll(0.05)
-                    continue
-                self.sent += 1
-            self.producer.poll(0.005)
-
-    def finish(self, timeout: float) -> None:
-        self.join(timeout)
-        assert not self.is_alive(), f"feeder stuck at {self.sent} of {len(self.readings)}"
-        assert self.producer.flush(30) == 0, "input not delivered"
-        assert not self.errors, f"input delivery failed: {self.errors[:3]}"
-
-    def halt(self) -> None:
-        self.halted.set()
-        self.join(10)
-        self.producer.flush(10)
-
-
 def interleaved(readings: list[Reading]) -> list[Reading]:
     """All partitions' readings merged by generation time (each partition's order kept)."""
     per: dict[int, list[Reading]] = defaultdict(list)
@@ -787,7 +627,7 @@ def killing_feed(
         rng = random.Random(seed)
         by_kind = {p.kind: p for p in pipes}
         data = record["data"]
-        feeder = Feeder(pipes[0].bootstrap, src, interleaved(data.a), rate)
+        feeder = Feeder(pipes[0].bootstrap, src, interleaved(data.a), rate, **AS_MESSAGE)
         feeder.start()
         try:
             for fraction, kind in sorted(kills):
@@ -916,7 +756,7 @@ def test_allowed_lateness_updates_and_late_topic(kafka_bootstrap, new_topic, tmp
     ]  # fmt: skip
     src = new_topic(partitions=2, prefix="readings")
     pipes = [
-        Pipeline(kind, kafka_bootstrap, new_topic, src, 2, tmp_path / "logs", tmp_path / "st",
+        Pipeline(kind, kafka_bootstrap, new_topic, src, tmp_path / "logs", tmp_path / "st",
                  lateness=lateness / 1000, idle=3600)
         for kind in KINDS
     ]  # fmt: skip
@@ -1074,7 +914,7 @@ def test_windows_through_repartition_topic_match_duckdb(kafka_bootstrap, new_top
         kafka_bootstrap,
         new_topic,
         tmp_path,
-        job="et_keyed_by_tag.py",
+        key_by_tag=True,
     )
 
 
@@ -1084,8 +924,8 @@ def test_repartition_topic_accounts_for_every_record(kafka_bootstrap, new_topic,
     the late topic; the windows equal DuckDB's over the readings not reported late."""
     data = generate(seed=9, target=15_000, late=10, fresh=10)  # only phase A is used
     src = new_topic(partitions=data.partitions, prefix="readings")
-    pipe = Pipeline("tumbling", kafka_bootstrap, new_topic, src, data.partitions,
-                    tmp_path / "logs", tmp_path / "state", job="et_keyed_by_tag.py")  # fmt: skip
+    pipe = Pipeline("tumbling", kafka_bootstrap, new_topic, src, tmp_path / "logs",
+                    tmp_path / "state", key_by_tag=True)  # fmt: skip
     try:
         produce_readings(kafka_bootstrap, src, data.a)
         pipe.start().wait_running(60)
@@ -1126,30 +966,28 @@ def test_idle_partition_does_not_stall_windows(kafka_bootstrap, new_topic, tmp_p
     commits and a loaded CI machine take some of that), not before idle_timeout."""
     idle = 1.0
     src = new_topic(partitions=2, prefix="readings")
-    pipe = Pipeline("tumbling", kafka_bootstrap, new_topic, src, 2, tmp_path / "logs",
+    pipe = Pipeline("tumbling", kafka_bootstrap, new_topic, src, tmp_path / "logs",
                     tmp_path / "state", idle=idle)  # fmt: skip
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
     sent: list[Reading] = []
 
-    def send(readings: list[Reading]) -> float:
+    def send_now(readings: list[Reading]) -> None:
         for r in readings:
-            producer.produce(src, json.dumps(r.record()).encode(), r.tag.encode(),
-                             partition=r.partition)  # fmt: skip
+            send(producer, src, **message(r, **AS_MESSAGE))
         assert producer.flush(10) == 0
         sent.extend(readings)
-        return time.monotonic()
 
     try:
         pipe.start().wait_running(60)
         ts = T0
         for _ in range(40):  # 2 s: both partitions, event time 10x the wall clock
-            send([Reading(f"a{ts % 3}", 1.0, ts, 0), Reading(f"b{ts % 3}", 2.0, ts, 1)])
+            send_now([Reading(f"a{ts % 3}", 1.0, ts, 0), Reading(f"b{ts % 3}", 2.0, ts, 1)])
             ts += 500
             pipe.output.poll(0.05)
-        stopped_at, last_b = time.monotonic(), ts - 500
+        stopped_at, last_b = time.time(), ts - 500  # wall clock, as records' "arrived"
         ts += 25_000
         for _ in range(80):  # 4 s: partition 0 only
-            send([Reading(f"a{ts % 3}", 1.0, ts, 0)])
+            send_now([Reading(f"a{ts % 3}", 1.0, ts, 0)])
             ts += 500
             pipe.output.poll(0.05)
         pipe.output.poll(1.0)
@@ -1187,7 +1025,7 @@ def test_restart_keeps_firing_when_a_partition_has_nothing_new(
     watermark back; the windows over the other partition's new records close."""
     rng = random.Random(7)
     src = new_topic(partitions=2, prefix="readings")
-    pipe = Pipeline("tumbling", kafka_bootstrap, new_topic, src, 2, tmp_path / "logs",
+    pipe = Pipeline("tumbling", kafka_bootstrap, new_topic, src, tmp_path / "logs",
                     tmp_path / "state")  # fmt: skip
     before = [
         *partition_readings(rng, 0, ["a0", "a1"], T0, T0 + 30_000),
@@ -1228,7 +1066,7 @@ def test_partition_restoring_its_state_holds_the_watermark(kafka_bootstrap, new_
 def restore_round(bootstrap: str, new_topic: Callable[..., str], tmp: Path, seed: int) -> None:
     base = (T0 // SIZE + 1) * SIZE  # all of phase 1 inside one window: it stays open
     src = new_topic(partitions=2, prefix="readings")
-    pipe = Pipeline("tumbling", bootstrap, new_topic, src, 2, tmp / "logs", tmp / "state")
+    pipe = Pipeline("tumbling", bootstrap, new_topic, src, tmp / "logs", tmp / "state")
     pad = "x" * 80  # bigger state records: a slower restore
     many = [Reading(f"k{i:06d}{pad}", 1.0, base + i % 5000, 0) for i in range(50_000)]
     few = [Reading(f"b{i % 3}", 1.0, base + i * 100, 1) for i in range(50)]

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from tests.kafka_fixture import consume_all, produce_json
+from tests.waiting import wait_for
 from tests.workers import WorkerProcess, job_env
 
 
@@ -63,9 +64,7 @@ def test_ready_state_queries_and_restore(kafka_bootstrap, new_topic, tmp_path):
     try:
         a.wait_running()
         assert len(consume_all(kafka_bootstrap, out, expected=4000, timeout=60)) == 4000
-        deadline = time.monotonic() + 20
-        while _get(a.http_port, "/ready")[0] != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: _get(a.http_port, "/ready")[0] == 200, 20, "a ready", every=0.1)
         assert watcher.seen[-1][0] == 200
 
         # Interactive queries: an owned key answers with its committed count.
@@ -84,12 +83,12 @@ def test_ready_state_queries_and_restore(kafka_bootstrap, new_topic, tmp_path):
             "keyed_count.py", kafka_bootstrap, group, "b", tmp_path, env=env,
             args=[*args, "--state-dir", str(tmp_path / "b")],
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def one_each() -> bool:
             sa, sb = a.status(), b.status()
-            if sa and sb and len(sa["partitions"]) == 1 and len(sb["partitions"]) == 1:
-                break
-            time.sleep(0.2)
+            return bool(sa and sb and len(sa["partitions"]) == 1 and len(sb["partitions"]) == 1)
+
+        wait_for(one_each, 60, "a and b owning one partition each")
         b_part = int(b.status()["partitions"][0].rsplit("-", 1)[1])
         a_only = [r for r in _keyed(40000, start=4000)]
         produce_json(kafka_bootstrap, src, a_only, key=lambda r: r["k"].encode())
@@ -103,12 +102,12 @@ def test_ready_state_queries_and_restore(kafka_bootstrap, new_topic, tmp_path):
         code, body = _get(a.http_port, f"/state/counts/{owned_by_b}")
         assert code == 404 and orjson.loads(body)["owner"] == "b", body
         assert b.terminate(timeout=60) == 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def a_owns_both() -> bool:
             st = a.status()
-            if st and len(st["partitions"]) == 2 and not st["restoring"]:
-                break
-            time.sleep(0.2)
+            return bool(st and len(st["partitions"]) == 2 and not st["restoring"])
+
+        wait_for(a_owns_both, 60, "a owning both partitions, restored")
         time.sleep(0.5)
     finally:
         watcher.stop.set()

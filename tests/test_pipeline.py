@@ -30,8 +30,6 @@ def test_json_pipeline_delivers_every_record_once(kafka_bootstrap, new_topic, gu
         "tagged.py",
         job_env(in_=src, out=out),
         bootstrap=kafka_bootstrap,
-        group=f"g-{uuid.uuid4().hex}",
-        worker_id="w1",
         slots=2,
         guarantee=guarantee,
         checkpoint_interval_ms=200,
@@ -57,8 +55,6 @@ def test_bytes_pipeline(kafka_bootstrap, new_topic):
         "upper_bytes.py",
         job_env(in_=src, out=out),
         bootstrap=kafka_bootstrap,
-        group=f"g-{uuid.uuid4().hex}",
-        worker_id="w1",
     )
     try:
         got = consume_all(kafka_bootstrap, out, expected=500, timeout=60, decode_json=False)
@@ -79,8 +75,6 @@ def test_branches_and_exchanges(kafka_bootstrap, new_topic):
         "branches.py",
         job_env(in_=src, out=out, evens=evens),
         bootstrap=kafka_bootstrap,
-        group=f"g-{uuid.uuid4().hex}",
-        worker_id="w1",
         slots=4,
         checkpoint_interval_ms=200,
     )
@@ -115,7 +109,6 @@ def test_bad_records_are_counted_and_dead_lettered(kafka_bootstrap, new_topic):
         job_env(in_=src, out=out, fail_on=7),
         bootstrap=kafka_bootstrap,
         group=group,
-        worker_id="w1",
     )
     try:
         got = consume_all(kafka_bootstrap, out, expected=99, timeout=60)
@@ -232,7 +225,7 @@ def test_record_over_the_sink_limit_goes_to_the_dlq(kafka_bootstrap, new_topic):
     group = f"g-{uuid.uuid4().hex}"
     worker = WorkerThread(
         "tagged.py", job_env(in_=src, out=out), bootstrap=kafka_bootstrap, group=group,
-        worker_id="w1", checkpoint_interval_ms=200,
+        checkpoint_interval_ms=200,
     )  # fmt: skip
     try:
         got = consume_all(kafka_bootstrap, out, expected=45, timeout=60)
@@ -255,7 +248,7 @@ def test_restart_strategy_gives_up_after_its_attempts(kafka_bootstrap, new_topic
     )
     worker = WorkerThread(
         "window_bug.py", job_env(in_=src, out=out), bootstrap=kafka_bootstrap,
-        group=f"g-{uuid.uuid4().hex}", worker_id="w1", state_dir=str(tmp_path),
+        state_dir=str(tmp_path),
         restart_strategy="fixed-delay", restart_attempts=2, restart_delay_ms=100,
     )  # fmt: skip
     worker.thread.join(60)
@@ -275,7 +268,7 @@ def test_wrong_type_for_an_aggregate_goes_to_the_dlq(kafka_bootstrap, new_topic,
     group = f"g-{uuid.uuid4().hex}"
     worker = WorkerThread(
         "sensor_aggregate.py", job_env(in_=src, out=out), bootstrap=kafka_bootstrap,
-        group=group, worker_id="w1", state_dir=str(tmp_path), checkpoint_interval_ms=200,
+        group=group, state_dir=str(tmp_path), checkpoint_interval_ms=200,
     )  # fmt: skip
     try:
         got = consume_all(kafka_bootstrap, out, expected=4, timeout=60)

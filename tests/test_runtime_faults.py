@@ -16,105 +16,32 @@ repeated in assertion messages.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from tests.kafka_fixture import consume_all, produce_json
-from tests.workers import WorkerProcess, WorkerThread, job_env
+from tests.feeding import Feeder, n_key, numbered
+from tests.kafka_fixture import (
+    committed_offsets,
+    committed_reached,
+    consume_all,
+    end_offsets,
+    produce_json,
+)
+from tests.waiting import wait_for
+from tests.workers import WorkerProcess, WorkerThread, job_env, metric, partition_numbers
 
 BATCH_SIZE = 2000  # WorkerConfig.batch_size default: records per consume()
 SLOT_QUEUE_RECORDS = 20000  # WorkerConfig.slot_queue_records default: backpressure bound
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
-class Feeder(threading.Thread):
-    """Produces ``{"n": i}`` keyed by ``str(i)`` at ``rate`` records/s until `finish`.
-
-    Records where each ``n`` landed (partition, offset) from the delivery reports.
-    """
-
-    def __init__(self, bootstrap: str, topic: str, rate: float, first: int = 0, pad: int = 0):
-        super().__init__(name="feeder", daemon=True)
-        self.topic = topic
-        self.rate = rate
-        self.first = self.next_n = first
-        self.pad = "x" * pad
-        self.where: dict[int, tuple[int, int]] = {}
-        self.errors: list[str] = []
-        self._halt = threading.Event()
-        self.producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "linger.ms": 5,
-                "on_delivery": self._delivered,
-            }
-        )
-
-    def _delivered(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self.errors.append(err.str())
-        else:
-            self.where[int(msg.key())] = (msg.partition(), msg.offset())
-
-    def run(self) -> None:
-        start = time.monotonic()
-        while not self._halt.is_set():
-            due = self.first + int((time.monotonic() - start) * self.rate)
-            while self.next_n < due and not self._halt.is_set():
-                n = self.next_n
-                value = {"n": n, "pad": self.pad} if self.pad else {"n": n}
-                try:
-                    self.producer.produce(self.topic, json.dumps(value).encode(), str(n).encode())
-                except BufferError:
-                    self.producer.poll(0.05)
-                    continue
-                self.next_n += 1
-            self.producer.poll(0.01)
-
-    def finish(self, timeout: float = 30.0) -> int:
-        """Stop producing, wait for every delivery; returns how many records were produced."""
-        self._halt.set()
-        self.join(timeout)
-        assert not self.is_alive(), "feeder thread did not stop"
-        left = self.producer.flush(timeout)
-        assert left == 0, f"{left} input records not delivered within {timeout}s"
-        assert not self.errors, f"input delivery failed: {self.errors[:3]}"
-        assert len(self.where) == self.next_n - self.first
-        return self.next_n
-
-    def halt(self) -> None:
-        """Stop for good (also after a failure): nothing left queued, client closed."""
-        self._halt.set()
-        self.join(10)
-        if self.producer is not None:
-            self.producer.purge()
-            self.producer.close()
-            self.producer = None
 
 
 class StatusMonitor(threading.Thread):
@@ -141,10 +68,8 @@ class StatusMonitor(threading.Thread):
 
 
 def partitions_of(status: dict[str, Any] | None) -> set[int]:
-    """Partition numbers in a /status ``partitions`` list (``"<topic>-<n>"``)."""
-    if status is None:
-        return set()
-    return {int(tp.rsplit("-", 1)[1]) for tp in status["partitions"]}
+    """Partition numbers in a /status ``partitions`` list (none without a status)."""
+    return set() if status is None else partition_numbers(status["partitions"])
 
 
 def split_between(workers: list[WorkerProcess], partitions: int) -> dict[int, int] | None:
@@ -161,50 +86,12 @@ def split_between(workers: list[WorkerProcess], partitions: int) -> dict[int, in
     return owner if len(owner) == partitions else None
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offsets (0 where nothing is committed), without joining it."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
-    )
-    try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-    finally:
-        consumer.close()
-    return {tp.partition: max(tp.offset, 0) for tp in tps}
-
-
-def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"w-{uuid.uuid4().hex}"})
-    try:
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        }
-    finally:
-        consumer.close()
-
-
-def metric_sum(text: str, name: str) -> float:
-    """Sum of every sample of ``name`` in a Prometheus text exposition."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name)] in "{ ":
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def produce_even(bootstrap: str, topic: str, records: list[dict], partitions: int) -> None:
-    """Record i goes to partition i % partitions, so every partition holds the same count."""
-    for p in range(partitions):
-        produce_json(bootstrap, topic, records[p::partitions], partition=p)
 
 
 # -- 1. group membership and rebalances ------------------------------------------------
@@ -234,7 +121,7 @@ def test_rebalances_at_least_once_lose_nothing(kafka_bootstrap, new_topic, tmp_p
         )
         return workers[name]
 
-    feeder = Feeder(kafka_bootstrap, src, RATE)
+    feeder = Feeder(kafka_bootstrap, src, numbered(), RATE, key=n_key)
     monitor = StatusMonitor(workers)
     feeder.start()
     monitor.start()
@@ -257,15 +144,14 @@ def test_rebalances_at_least_once_lose_nothing(kafka_bootstrap, new_topic, tmp_p
         owned_by_b = wait_for(lambda: partitions_of(b.status()), 10, "b's partitions")
         b.kill()
         time.sleep(0.5)  # a commit b sent just before dying has landed by now
-        committed_at_kill = committed_offsets(kafka_bootstrap, group, src, partitions)
-        end_at_kill = end_offsets(kafka_bootstrap, src, partitions)
+        committed_at_kill = committed_offsets(kafka_bootstrap, group, src)
+        end_at_kill = end_offsets(kafka_bootstrap, src)
 
         wait_for(lambda: split_between([c], partitions), 45, "c to own all 8 partitions")
         time.sleep(2)
-        total = feeder.finish()
-        end = end_offsets(kafka_bootstrap, src, partitions)
+        total = feeder.stop()
         wait_for(
-            lambda: committed_offsets(kafka_bootstrap, group, src, partitions) == end,
+            lambda: committed_reached(kafka_bootstrap, group, src),
             60,
             "c to process and commit the whole input",
             every=0.5,
@@ -315,6 +201,13 @@ def test_rebalances_at_least_once_lose_nothing(kafka_bootstrap, new_topic, tmp_p
 # -- 2. backpressure -------------------------------------------------------------------
 
 
+def slow_worker(
+    bootstrap: str, name: str, logs: Path, env: dict[str, str], args: list[str] | None = None
+) -> WorkerProcess:
+    """tests/jobs/tagged.py (slowed down by ``env``'s sleep_ms) in a group of its own."""
+    return WorkerProcess("tagged.py", bootstrap, f"g-{uuid.uuid4().hex}", name, logs, env, args)
+
+
 def test_backpressure_bounds_memory_and_keeps_membership(kafka_bootstrap, new_topic, tmp_path):
     """A slot that takes 50 ms per record, 60k records (60 MB) waiting, more arriving.
 
@@ -328,21 +221,14 @@ def test_backpressure_bounds_memory_and_keeps_membership(kafka_bootstrap, new_to
     produce_json(
         kafka_bootstrap, src, [{"n": i, "pad": "x" * pad} for i in range(prefill)], key=None
     )
-    feeder = Feeder(kafka_bootstrap, src, rate=300, first=prefill, pad=pad)
-    worker = WorkerProcess(
-        "tagged.py",
-        kafka_bootstrap,
-        f"g-{uuid.uuid4().hex}",
-        "slow",
-        tmp_path,
-        env=job_env(in_=src, out=out, sleep_ms=50),
-    )
+    feeder = Feeder(kafka_bootstrap, src, numbered(prefill, pad), rate=300, key=n_key)
+    worker = slow_worker(kafka_bootstrap, "slow", tmp_path, job_env(in_=src, out=out, sleep_ms=50))
     samples: list[dict[str, Any]] = []
     try:
         feeder.start()
         worker.wait_running()
         rss_start = rss_mb(worker.proc.pid)
-        rebalances_start = metric_sum(worker.metrics(), "weir_rebalances_total")
+        rebalances_start = metric(worker.metrics(), "weir_rebalances_total")
         started = time.monotonic()
         while time.monotonic() - started < 18:
             assert worker.proc.poll() is None, f"worker died: {worker.log_tail()}"
@@ -361,8 +247,8 @@ def test_backpressure_bounds_memory_and_keeps_membership(kafka_bootstrap, new_to
                 }
             )
             time.sleep(0.5)
-        rebalances_end = metric_sum(worker.metrics(), "weir_rebalances_total")
-        input_end = end_offsets(kafka_bootstrap, src, 1)[0]
+        rebalances_end = metric(worker.metrics(), "weir_rebalances_total")
+        input_end = end_offsets(kafka_bootstrap, src)[0]
     finally:
         feeder.halt()
         worker.close()  # SIGKILL: a clean stop would first process the whole queue
@@ -395,22 +281,15 @@ def test_slow_slot_output_rate(kafka_bootstrap, new_topic, tmp_path):
     """1 slot at 50 ms/record: the output flows at ~20 records/s (10-30/s over 10 s)."""
     src, out = new_topic(partitions=1), new_topic(partitions=1)
     produce_json(kafka_bootstrap, src, [{"n": i} for i in range(3000)])
-    worker = WorkerProcess(
-        "tagged.py",
-        kafka_bootstrap,
-        f"g-{uuid.uuid4().hex}",
-        "slow",
-        tmp_path,
-        env=job_env(in_=src, out=out, sleep_ms=50),
-        args=["--guarantee", "at-least-once"],
-    )
+    env = job_env(in_=src, out=out, sleep_ms=50)
+    worker = slow_worker(kafka_bootstrap, "slow", tmp_path, env, ["--guarantee", "at-least-once"])
     try:
         worker.wait_running()
         time.sleep(3)  # past the first records
-        first = end_offsets(kafka_bootstrap, out, 1)[0]
+        first = end_offsets(kafka_bootstrap, out)[0]
         t0 = time.monotonic()
         time.sleep(10)
-        last = end_offsets(kafka_bootstrap, out, 1)[0]
+        last = end_offsets(kafka_bootstrap, out)[0]
         rate = (last - first) / (time.monotonic() - t0)
         assert worker.proc.poll() is None, worker.log_tail()
     finally:
@@ -427,14 +306,7 @@ def test_backpressure_exactly_once_keeps_committing(kafka_bootstrap, new_topic, 
     """
     src, out = new_topic(partitions=1), new_topic(partitions=1)
     produce_json(kafka_bootstrap, src, [{"n": i} for i in range(40_000)])
-    worker = WorkerProcess(
-        "tagged.py",
-        kafka_bootstrap,
-        f"g-{uuid.uuid4().hex}",
-        "eos",
-        tmp_path,
-        env=job_env(in_=src, out=out, sleep_ms=2),
-    )
+    worker = slow_worker(kafka_bootstrap, "eos", tmp_path, job_env(in_=src, out=out, sleep_ms=2))
     try:
         worker.wait_running()
         started = time.monotonic()
@@ -468,7 +340,6 @@ def _io_run_seconds(bootstrap: str, src: str, out: str, slots: int, total: int) 
         "tagged.py",
         job_env(in_=src, out=out, sleep_ms=5),
         bootstrap=bootstrap,
-        group=f"g-{uuid.uuid4().hex}",
         worker_id="io",
         slots=slots,
         checkpoint_interval_ms=200,
@@ -497,7 +368,11 @@ def test_io_bound_map_scales_with_slots(kafka_bootstrap, new_topic):
     """8 slots overlap a map that waits 5 ms per record: >= 4x faster than 1 slot."""
     total, partitions = 2000, 8
     src = new_topic(partitions=partitions)
-    produce_even(kafka_bootstrap, src, [{"n": i} for i in range(total)], partitions)
+    # Record n goes to partition n % partitions: every partition holds the same count.
+    produce_json(
+        kafka_bootstrap, src, [{"n": i} for i in range(total)],
+        partition=lambda r: r["n"] % partitions,
+    )  # fmt: skip
     one = _io_run_seconds(kafka_bootstrap, src, new_topic(partitions=partitions), 1, total)
     eight = _io_run_seconds(kafka_bootstrap, src, new_topic(partitions=partitions), 8, total)
     ratio = one / eight
@@ -531,7 +406,6 @@ def test_partition_slot_matrix(kafka_bootstrap, new_topic, partitions, slots):
         "tagged.py",
         job_env(in_=src, out=out),
         bootstrap=kafka_bootstrap,
-        group=f"g-{uuid.uuid4().hex}",
         worker_id="m",
         slots=slots,
         checkpoint_interval_ms=200,

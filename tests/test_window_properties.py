@@ -241,6 +241,15 @@ class Harness:
             else:
                 self.advance(arg)
 
+    def act(self, action: str) -> None:
+        """The action a stream drew for after a batch: checkpoint, restart, crash or none."""
+        if action == "checkpoint":
+            self.checkpoint()
+        elif action == "restart":
+            self.restart()
+        elif action == "crash":
+            self.crash()
+
     def emitted(self) -> list[dict]:
         return self.committed + self.pending
 
@@ -313,12 +322,7 @@ def run(harness: Harness, events: list, cuts: list[int], actions: list, ooo: int
             harness.advance(wm)
             if check_firing is not None:
                 assert_fired_exactly(harness, check_firing, wm, kind)
-        if action == "checkpoint":
-            harness.checkpoint()
-        elif action == "restart":
-            harness.restart()
-        elif action == "crash":
-            harness.crash()
+        harness.act(action)
     harness.advance(END)
     harness.checkpoint()
 
@@ -467,12 +471,7 @@ def test_lateness_and_updates_match_the_model(kind_spec, stream):
             if advance:
                 h.advance(max_ts - ooo)
                 model.advance(max_ts - ooo)
-            if action == "checkpoint":
-                h.checkpoint()
-            elif action == "restart":
-                h.restart()
-            elif action == "crash":
-                h.crash()
+            h.act(action)
         h.advance(END)
         model.advance(END)
         h.checkpoint()
@@ -531,12 +530,7 @@ def test_session_late_records_are_exactly_those_whose_own_window_is_gone(kind_sp
             if advance:
                 wm = max(wm, max_ts - ooo)
                 h.advance(max_ts - ooo)
-            if action == "checkpoint":
-                h.checkpoint()
-            elif action == "restart":
-                h.restart()
-            elif action == "crash":
-                h.crash()
+            h.act(action)
         h.advance(END)
         h.checkpoint()
         assert h.committed_late == len(late)

@@ -40,11 +40,14 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from confluent_kafka import Producer
+
+from benchmarks.common import PREFILL_CONFIG, prefill, send
 
 PERSON_PROPORTION = 1
 AUCTION_PROPORTION = 3
@@ -274,55 +277,24 @@ def stream_at_rate(
 
 
 # -- Kafka ---------------------------------------------------------------------------
-def producer_config(bootstrap: str) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": bootstrap,
-        "linger.ms": 20,
-        "batch.size": 1_000_000,
-        "batch.num.messages": 100_000,
-        "compression.type": "none",
-        "acks": "all",
-        "enable.idempotence": True,  # per-partition order, so event time never goes back
-        "partitioner": "murmur2_random",  # Java's: the same partition for a key everywhere
-        "queue.buffering.max.messages": 1_000_000,
-        "log_level": 3,
-    }
-
-
-def prefill(bootstrap: str, topic: str, events: Sequence[tuple[bytes, bytes, int]]) -> float:
-    """Write ``events`` as fast as possible (Kafka timestamp = event time); returns seconds."""
-    from confluent_kafka import Producer
-
-    producer = Producer(producer_config(bootstrap))
-    failures: list[str] = []
-
-    def on_delivery(err: Any, _msg: Any) -> None:
-        if err is not None:
-            failures.append(err.str())
-
-    started = time.monotonic()
-    produce, poll = producer.produce, producer.poll
-    for key, value, ts in events:
-        while True:
-            try:
-                produce(topic, value, key, timestamp=ts, on_delivery=on_delivery)
-                break
-            except BufferError:
-                poll(0.05)
-    left = producer.flush(120)
-    if left or failures:
-        raise RuntimeError(f"prefill of {topic}: {left} unsent, {len(failures)} failed")
-    return time.monotonic() - started
+# Producer settings for Nexmark input, over common.PREFILL_CONFIG (which keeps Java's
+# partitioner: a key lands on the same partition for every system): idempotent with
+# acks=all, so each partition keeps the event order and event time never goes back.
+ORDERED: dict[str, Any] = {
+    "linger.ms": 20,
+    "acks": "all",
+    "enable.idempotence": True,
+    "log_level": 3,
+}
 
 
 def produce_at_rate(
     bootstrap: str, topic: str, n: int, rate: float, config: GeneratorConfig | None = None
 ) -> dict[str, float]:
     """Send ``n`` events at ``rate``/s; returns how far behind schedule the sender fell."""
-    from confluent_kafka import Producer
-
-    conf = {**producer_config(bootstrap), "linger.ms": 1}
-    producer = Producer(conf)
+    producer = Producer(
+        {**PREFILL_CONFIG, **ORDERED, "bootstrap.servers": bootstrap, "linger.ms": 1}
+    )
     worst = 0.0
     started = time.time()
     for due, key, value, ts in stream_at_rate(n, rate, config, start=started + 0.2):
@@ -331,12 +303,7 @@ def produce_at_rate(
             time.sleep(delay)
         else:
             worst = max(worst, -delay)
-        while True:
-            try:
-                producer.produce(topic, value, key, timestamp=ts)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        send(producer, topic, value, key, timestamp=ts)
         producer.poll(0)
     producer.flush(60)
     return {"seconds": time.time() - started, "max_behind_s": worst}
@@ -371,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         info = produce_at_rate(args.bootstrap, args.topic, args.events, args.rate, cfg)
         print(orjson.dumps(info).decode(), flush=True)
     else:
-        seconds = prefill(args.bootstrap, args.topic, generate(args.events, cfg))
+        seconds = prefill(args.bootstrap, args.topic, generate(args.events, cfg), config=ORDERED)
         print(f"{args.events} events in {seconds:.1f}s", flush=True)
     return 0
 

@@ -31,10 +31,11 @@ from benchmarks.common import (
     admin_client,
     create_topics,
     free_port,
+    prefill,
     start_broker,
     unique,
 )
-from benchmarks.nexmark.generator import GeneratorConfig, generate, prefill
+from benchmarks.nexmark.generator import ORDERED, GeneratorConfig, generate
 from benchmarks.nexmark.run import NTMP, group_assigned
 from benchmarks.nexmark.systems import BY_NAME, PEERS
 
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     create_topics(admin, [output], args.partitions)
     base = (int(time.time() * 1000) - args.events - 3_600_000) // 60_000 * 60_000
     print(f"pre-filling {args.events:,} events…", flush=True)
-    prefill(broker.bootstrap, source, generate(args.events, GeneratorConfig(base_time_ms=base)))
+    events = generate(args.events, GeneratorConfig(base_time_ms=base))
+    prefill(broker.bootstrap, source, events, config=ORDERED)
     system = BY_NAME["weir" if args.guarantee == "exactly-once" else "weir-alo"]
     port = free_port()
     state = NTMP / group

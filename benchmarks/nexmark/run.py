@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message
 
 from benchmarks.common import (
     RESULTS,
@@ -56,25 +56,31 @@ from benchmarks.common import (
     BenchmarkError,
     Child,
     OffsetProbe,
+    Tail,
     admin_client,
+    command_line,
     create_topics,
     delete_topics,
     format_table,
     free_port,
     machine_busy_seconds,
+    machine_header,
     machine_info,
+    percentile,
+    prefill,
     process_cpu_seconds,
+    read_topic,
     start_broker,
     unique,
-    write_json,
+    write_report,
 )
 from benchmarks.nexmark.generator import (
     AUCTION_PROPORTION,
+    ORDERED,
     PERSON_PROPORTION,
     PROPORTION_DENOMINATOR,
     GeneratorConfig,
     generate,
-    prefill,
 )
 from benchmarks.nexmark.reference import Reference
 from benchmarks.nexmark.spec import QUERIES
@@ -151,43 +157,20 @@ class Sampler:
         }
 
 
-# -- offsets ------------------------------------------------------------------------------
-def read_output(bootstrap: str, topic: str, partitions: int, timeout: float = 120.0):
+# -- reading the output back -------------------------------------------------------------
+def read_output(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, Any]]:
     """Every record of ``topic`` (read_committed): [(append time ms, decoded value)]."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": unique("nexmark-scan"),
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "log_level": 3,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     out: list[tuple[int, Any]] = []
-    at_eof: set[int] = set()
-    deadline = time.monotonic() + timeout
     loads = orjson.loads
-    try:
-        while len(at_eof) < partitions:
-            if time.monotonic() > deadline:
-                raise BenchmarkError(f"reading {topic} back: timed out after {len(out)} records")
-            for m in consumer.consume(10000, 0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == -191:  # _PARTITION_EOF
-                        at_eof.add(m.partition())
-                        continue
-                    raise BenchmarkError(f"reading {topic} back: {err.str()}")
-                at_eof.discard(m.partition())
-                try:
-                    value = loads(m.value())
-                except orjson.JSONDecodeError:
-                    value = {"undecodable": m.value()[:100].decode(errors="replace")}
-                out.append((m.timestamp()[1], value))
-    finally:
-        consumer.close()
+
+    def note(m: Message) -> None:
+        try:
+            value = loads(m.value())
+        except orjson.JSONDecodeError:
+            value = {"undecodable": m.value()[:100].decode(errors="replace")}
+        out.append((m.timestamp()[1], value))
+
+    read_topic(bootstrap, topic, partitions, note)
     return out
 
 
@@ -217,10 +200,7 @@ def wait_ready(admin: Any, group: str, child: Child, timeout: float = 60.0) -> f
     """Until ``group`` has a member with partitions (or ``timeout``): seconds waited."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if not child.alive():
-            raise BenchmarkError(
-                f"{child.name} exited with {child.proc.returncode}: {child.tail()}"
-            )
+        child.check_running()
         if group_assigned(admin, group):
             return time.monotonic() - started
         time.sleep(0.25)
@@ -275,12 +255,10 @@ def throughput_run(
                 raise BenchmarkError(f"not done after {timeout:.0f}s: {child.tail()}")
             if system.done == "exit":
                 if not child.alive():
-                    if child.proc.returncode != 0:
-                        raise BenchmarkError(f"exited with {child.proc.returncode}: {child.tail()}")
+                    child.check_exit(child.proc.returncode)
                     break
             else:
-                if not child.alive():
-                    raise BenchmarkError(f"exited with {child.proc.returncode}: {child.tail()}")
+                child.check_running()
                 try:
                     committed = probe.committed(group, source, args.partitions)
                     end = sum(probe.end_offsets(output, args.partitions))
@@ -373,31 +351,12 @@ def latency_run(
         1 for i in range(n) if i % PROPORTION_DENOMINATOR >= PERSON_PROPORTION + AUCTION_PROPORTION
     )
     latencies: list[tuple[int, float]] = []  # (event ts, latency ms)
-    stop = threading.Event()
 
-    def consume() -> None:
-        c = Consumer(
-            {
-                "bootstrap.servers": broker.bootstrap,
-                "group.id": unique("nexmark-lat"),
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 5,
-                "log_level": 3,
-            }
-        )
-        c.assign([TopicPartition(output, p, OFFSET_BEGINNING) for p in range(args.partitions)])
-        try:
-            while not stop.is_set():
-                msgs = c.consume(1000, 0.05)
-                now = time.time() * 1000
-                for m in msgs:
-                    if m.error() is None:
-                        latencies.append((ts := orjson.loads(m.value())["ts"], now - ts))
-        finally:
-            c.close()
+    def note(received: float, m: Message) -> None:
+        ts = orjson.loads(m.value())["ts"]
+        latencies.append((ts, received * 1000 - ts))
 
-    reader = threading.Thread(target=consume, daemon=True)
+    reader = Tail(broker.bootstrap, output, note, fetch_wait_ms=5)
     try:
         if system.done == "exit":
             time.sleep(5)  # no consumer group to watch: give it time to start
@@ -419,14 +378,11 @@ def latency_run(
         gen_info = orjson.loads(gen.stdout.strip().splitlines()[-1])
         deadline = time.monotonic() + 30
         while len(latencies) < bids and time.monotonic() < deadline:
-            if not child.alive():
-                raise BenchmarkError(f"exited with {child.proc.returncode}: {child.tail()}")
+            child.check_running()
             time.sleep(0.2)
         cpu_s = sampler.between(started, time.time())["child"]
     finally:
-        stop.set()
-        if reader.is_alive():
-            reader.join(5)
+        reader.stop()
         sampler.stop()
         code = child.stop(timeout=30)
     warm_ms = (started + args.latency_warmup) * 1000
@@ -440,8 +396,8 @@ def latency_run(
     if kept:
         result.update(
             {
-                "p50_ms": _pct(kept, 50),
-                "p99_ms": _pct(kept, 99),
+                "p50_ms": percentile(kept, 50),
+                "p99_ms": percentile(kept, 99),
                 "max_ms": kept[-1],
                 "measured": len(kept),
             }
@@ -454,13 +410,6 @@ def latency_run(
         shutil.rmtree(state_dir)
     cleanup_topics(admin, source, output, group)
     return result
-
-
-def _pct(sorted_values: list[float], p: float) -> float:
-    k = (len(sorted_values) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
 # -- summary and report ---------------------------------------------------------------------------
@@ -526,9 +475,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Nexmark: Weir against the Python stream processors",
         "",
-        f"{info['date']} · {info['nproc']} CPUs ({info['cpu']}) · {info['memory_gb']} GB ·"
-        f" Linux {info['kernel']} · Python {info['python']} · Kafka {info['kafka']}"
-        f" (one local broker, same machine) · librdkafka {info['librdkafka']}",
+        f"{machine_header(info)} (one local broker, same machine)",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         "",
@@ -770,13 +717,13 @@ def main(argv: list[str] | None = None) -> int:
     admin = admin_client(broker.bootstrap)
     source = unique("nexmark-events")
     create_topics(admin, [source], args.partitions, {"retention.ms": "-1"})
-    took = prefill(broker.bootstrap, source, events)
+    took = prefill(broker.bootstrap, source, events, config=ORDERED)
     print(f"pre-filled {source} in {took:.1f}s", flush=True)
     slow_source = source
     if slow_ref is not ref:
         slow_source = unique("nexmark-prefix")
         create_topics(admin, [slow_source], args.partitions, {"retention.ms": "-1"})
-        prefill(broker.bootstrap, slow_source, events[:slow_n])
+        prefill(broker.bootstrap, slow_source, events[:slow_n], config=ORDERED)
         print(f"pre-filled {slow_source} with the first {slow_n:,} events", flush=True)
     del events
     probe = OffsetProbe(broker.bootstrap)
@@ -848,9 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": info,
         "versions": versions,
-        "command": " ".join(
-            [".venv/bin/python -m benchmarks.nexmark.run", *(argv or sys.argv[1:])]
-        ),
+        "command": command_line("benchmarks.nexmark.run", argv),
         "args": {k: v for k, v in vars(args).items() if k not in ("query_list", "system_list",
                                                                     "latency_list")},
         "systems": [s.name for s in present],
@@ -864,12 +809,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not args.no_write:
         out = Path(args.out)
-        write_json(out.with_suffix(".json"), report)
-        out.with_suffix(".md").write_text(text)
+        write_report(out, report, text)
         problem = chart(out.with_suffix(".json"), out.with_suffix(".png"))
-        if problem:
-            print(problem)
-        print(f"wrote {out}.md, .json, .png")
+        print(problem or f"wrote {out.with_suffix('.png')}")
     print(f"elapsed {report['elapsed_s']} s")
     return 0
 

@@ -2,6 +2,8 @@
 
 WEIR_TEST_WINDOW is "tumbling", "sliding" or "session"; WEIR_TEST_LATENESS is
 the allowed lateness in seconds; WEIR_TEST_LATE names the late-record topic.
+WEIR_TEST_KEY_BY=tag keys by ``r["tag"]`` with ``key_by(fn)`` instead, so records
+reach the windows through the repartition topic (the path of examples/sensor_stats.py).
 """
 
 import os
@@ -15,14 +17,15 @@ SPECS = {
 }
 
 job = Job(os.environ.get("WEIR_TEST_JOB", "windowed"))
+readings = job.source(
+    os.environ["WEIR_TEST_IN"],
+    timestamp=lambda r: r["ts"],
+    max_out_of_orderness=float(os.environ.get("WEIR_TEST_OOO", "2")),
+    idle_timeout=float(os.environ.get("WEIR_TEST_IDLE", "1")),
+)
+by_tag = os.environ.get("WEIR_TEST_KEY_BY") == "tag"
 (
-    job.source(
-        os.environ["WEIR_TEST_IN"],
-        timestamp=lambda r: r["ts"],
-        max_out_of_orderness=float(os.environ.get("WEIR_TEST_OOO", "2")),
-        idle_timeout=float(os.environ.get("WEIR_TEST_IDLE", "1")),
-    )
-    .key_by()
+    (readings.key_by(lambda r: r["tag"]) if by_tag else readings.key_by())
     .window(
         SPECS[os.environ.get("WEIR_TEST_WINDOW", "tumbling")](),
         allowed_lateness=float(os.environ.get("WEIR_TEST_LATENESS", "0")),
