@@ -29,7 +29,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from operators.physical import PhysicalPlan
-from service.exceptions import KafkaUnavailable
+from service.exceptions import TopicsMismatch
 from service.topics import ensure_topic, partition_counts
 from state.layout import changelog_key, partition_of
 from state.store import Write
@@ -66,7 +66,7 @@ class Changelogs:
             ensure_topic(admin, op.changelog, wanted, timeout_s, {"cleanup.policy": "compact"})
             have = partition_counts(admin, timeout_s)[op.changelog]
             if have != wanted:
-                raise KafkaUnavailable(
+                raise TopicsMismatch(
                     f"changelog {op.changelog!r} has {have} partitions but its input"
                     f" {op.input_topic!r} has {wanted}; keyed state follows input partitions,"
                     " so a source topic's partition count must not change under a running"

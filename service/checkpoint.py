@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,10 +43,11 @@ from confluent_kafka.admin import AdminClient
 from operators.chain import Barrier
 from service.changelog import Changelogs
 from service.consumers import GroupConsumers
+from service.deadline import retry_while_unavailable
 from service.metrics import Metrics
 from service.router import SlotRouter
 from service.slots import FETCHER, SOURCES, Release, Slot
-from service.transaction import TransactionalOutput, TransactionFailed
+from service.transaction import TransactionalOutput, TransactionAmbiguous, TransactionFailed
 from state.store import StateStore, Write
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,11 @@ log = logging.getLogger(__name__)
 
 class CheckpointFailed(Exception):
     """Step 3 failed; nothing of this checkpoint is committed."""
+
+
+class CheckpointAmbiguous(CheckpointFailed):
+    """Step 3 may have committed on the broker: roll back, and take the state from the
+    changelogs again rather than assume either outcome."""
 
 
 class CheckpointTimedOut(CheckpointFailed):
@@ -68,6 +75,8 @@ class StateCommit:
     changelogs: Changelogs
     admin: AdminClient
     timeout_s: float
+    broker_timeout_s: float
+    stopping: threading.Event
 
 
 @dataclass
@@ -234,6 +243,9 @@ class CheckpointCoordinator:
                 self.output.check_deliveries()
             elif not self.output.commit(members, self.commit_timeout_s):
                 changed = {}  # not committed: the next checkpoint commits newer ones
+        except TransactionAmbiguous as exc:
+            self._finish(pending, "failed", len(offsets), f"outcome unknown: {exc}")
+            raise CheckpointAmbiguous(str(exc)) from exc
         except TransactionFailed as exc:
             self._finish(pending, "failed", len(offsets), str(exc))
             raise CheckpointFailed(str(exc)) from exc
@@ -264,8 +276,13 @@ class CheckpointCoordinator:
     def _apply(self, pending: Pending) -> None:
         offsets: dict[tuple[str, int], int] = {}
         if pending.writes:
-            offsets = self.state.changelogs.end_offsets(
-                self.state.admin, pending.writes, self.state.timeout_s
+            # Committed already: this must not fail for a broker that just went away.
+            state = self.state
+            offsets = retry_while_unavailable(
+                lambda: state.changelogs.end_offsets(state.admin, pending.writes, state.timeout_s),
+                state.broker_timeout_s,
+                state.stopping,
+                "reading changelog end offsets",
             )
             self.stateful_commits += 1
             if self.stateful_commits == self._crash_after:

@@ -71,6 +71,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         help="static: rejoin the group under the worker id after a restart, without a"
         " rebalance (partitions of a stopped worker wait for session.timeout.ms); default dynamic",
     )
+    p.add_argument(
+        "--broker-timeout-s",
+        help="how long Kafka may be unreachable, at start or later, before the worker"
+        " exits with code 3 (default 300)",
+    )
     p.add_argument("--restart-attempts", help="restarts before the worker exits (default 5)")
     p.add_argument("--restart-delay-ms", help="(first) delay before a restart (default 1000)")
     p.add_argument(
@@ -124,10 +129,10 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     if config.processes > 1 and args.process_index is None:
         return supervise(argv, config)
     worker = Worker(job, config, process_index=args.process_index)
-    worker.prepare()
-    if config.http_port:
-        serve(worker, config.http_host, config.http_port)
     _process_settings(worker)
+    if config.http_port:  # before connecting: /ready says what it waits for
+        serve(worker, config.http_host, config.http_port)
+    worker.prepare()
     try:
         worker.run()
     except ShutdownOverran as exc:  # a client call may still hang: exit without waiting

@@ -47,6 +47,7 @@ class WorkerConfig:
     slot_queue_records: int = 20000  # backpressure bound per slot
     slot_queue_bytes: int = 64 * 1024 * 1024  # and in bytes (inbox and held outputs)
     connect_timeout_s: float = 15.0
+    broker_timeout_s: float = 300.0  # Kafka unreachable this long: exit 3 (restart me)
     shutdown_timeout_s: float = 30.0
     # Flink's restart strategies, for unexpected errors in a slot (not bad records):
     restart_strategy: str = "exponential-delay"  # or fixed-delay, none
@@ -81,7 +82,11 @@ _INT_RANGES = {
     "restart_delay_ms": (0, 3_600_000),
     "standby_replicas": (0, 1),
 }
-_FLOAT_RANGES = {"connect_timeout_s": (0.1, 3600.0), "shutdown_timeout_s": (0.1, 3600.0)}
+_FLOAT_RANGES = {
+    "connect_timeout_s": (0.1, 3600.0),
+    "shutdown_timeout_s": (0.1, 3600.0),
+    "broker_timeout_s": (1.0, 86400.0),
+}
 _CHOICES = {
     "guarantee": GUARANTEES,
     "log_level": LOG_LEVELS,

@@ -21,8 +21,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from confluent_kafka import KafkaException
+
+from service.exceptions import KafkaUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +90,36 @@ def _serve(calls: queue.SimpleQueue[_Call]) -> None:
         except BaseException as exc:  # handed to the caller, who decides
             call.error = exc
         call.done.set()
+
+
+BACKOFF_MAX_S = 30.0
+
+
+def retry_while_unavailable(
+    fn: Callable[[], T],
+    budget_s: float,
+    stopping: threading.Event,
+    what: str,
+    note: Callable[[str | None], None] = lambda _: None,
+) -> T:
+    """``fn()``, tried again with exponential backoff (1 s doubling to 30 s) while Kafka
+    cannot be reached — it raises `KafkaUnavailable` or a client error — for up to
+    ``budget_s``; then `KafkaUnavailable` (exit code 3), saying how long it waited.
+    ``note`` gets the reason while waiting (for /ready) and None once ``fn`` succeeded."""
+    started, backoff = time.monotonic(), 1.0
+    while True:
+        try:
+            result = fn()
+            note(None)
+            return result
+        except (KafkaUnavailable, KafkaException) as exc:
+            reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
+            waited = time.monotonic() - started
+            if waited >= budget_s or stopping.is_set():
+                raise KafkaUnavailable(
+                    f"{what}: {reason} (unreachable for {waited:.0f}s; gave up after {budget_s:g}s)"
+                ) from None
+            note(f"waiting for Kafka ({what}): {reason}")
+            log.warning("%s: %s; trying again in %.0fs", what, reason, backoff)
+            stopping.wait(backoff)
+            backoff = min(BACKOFF_MAX_S, backoff * 2)

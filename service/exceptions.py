@@ -18,7 +18,15 @@ class JobLoadError(WeirError):
 
 
 class KafkaUnavailable(WeirError):
-    """Kafka cannot be reached, or a topic the job needs is missing."""
+    """Kafka cannot be reached: an outage, not a usage error. Exit code 3, which
+    ``--processes``, Docker and Kubernetes restart on."""
+
+    exit_code = 3
+
+
+class TopicsMismatch(WeirError):
+    """A topic the job needs is missing, or has a partition count its state cannot
+    follow: no restart fixes that."""
 
 
 class WorkerFailed(WeirError):

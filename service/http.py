@@ -73,6 +73,9 @@ def status(worker: Worker) -> dict[str, Any]:
 
 def readiness(worker: Worker) -> str | None:
     """None when ready; otherwise why not."""
+    unavailable = worker.unavailable or worker.output.unavailable
+    if unavailable is not None:
+        return unavailable
     if worker.state != "running":
         return f"worker is {worker.state}"
     if not worker.router.pins:

@@ -167,6 +167,19 @@ class Rebalancer:
         if done and self.watermarks:
             self.slots.assign_ownership(self.router, self.restoring)
 
+    def resync(self) -> None:
+        """After a commit whose outcome is unknown: take every owned partition's keyed
+        state from its changelog again — from the local copy's offset to the end, which
+        holds the epoch's changes if it did commit — before processing it again."""
+        if self.restorer is None:
+            return
+        stateful = self.changelogs.input_topics
+        tps = [tp for tp in self.router.pins if tp[0] in stateful and tp not in self.restoring]
+        self.flow.pause_now(tps)
+        for tp in tps:
+            self.restoring[tp] = self.restorer.submit(tp)
+        log.warning("taking the state of %s from the changelogs again", sorted(tps))
+
     # -- revoked and lost ---------------------------------------------------------
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}

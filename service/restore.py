@@ -44,6 +44,7 @@ from operators.physical import KeyedState
 from service.changelog import Changelogs
 from service.clients import ClientSettings
 from service.config import WorkerConfig
+from service.deadline import retry_while_unavailable
 from service.metrics import Metrics
 from state.layout import split_changelog_key
 from state.store import StateStore
@@ -97,6 +98,7 @@ class Restorer(threading.Thread):
         metrics: Metrics,
         stall_timeout_s: float = 60.0,
         standby: bool = False,
+        broker_timeout_s: float = 300.0,
     ) -> None:
         super().__init__(name="weir-restore", daemon=True)
         # Short fetch waits: the end of a partition shows as an empty fetch (EOF).
@@ -106,6 +108,8 @@ class Restorer(threading.Thread):
         self.operators = operators
         self.metrics = metrics
         self.stall_timeout_s = stall_timeout_s
+        self.broker_timeout_s = broker_timeout_s
+        self._halt = threading.Event()
         self.tasks: queue.SimpleQueue[tuple[str, TopicPartitionKey, int] | None] = (
             queue.SimpleQueue()
         )
@@ -142,6 +146,7 @@ class Restorer(threading.Thread):
             # aborts it after its timeout, checking every 10 s by default.
             stall_timeout_s=max(60.0, 2 * settings.transaction_timeout_ms / 1000 + 20),
             standby=config.standby_replicas > 0,
+            broker_timeout_s=config.broker_timeout_s,
         )
 
     def submit(self, tp: TopicPartitionKey) -> int:
@@ -154,6 +159,7 @@ class Restorer(threading.Thread):
         self.tasks.put(("cancel", tp, 0))
 
     def stop(self) -> None:
+        self._halt.set()  # a wait for an unreachable broker ends too
         self.tasks.put(None)
 
     def finished(self) -> list[tuple[TopicPartitionKey, int]]:
@@ -207,16 +213,24 @@ class Restorer(threading.Thread):
 
     def _end_offsets(self, tp: TopicPartition) -> tuple[int, int]:
         """(log start, log end offset) of a changelog partition."""
-        low, end = (
-            self.admin.list_offsets({tp: spec}, request_timeout=30)[tp].result(timeout=30).offset
-            for spec in (OffsetSpec.earliest(), OffsetSpec.latest())
-        )
-        return low, end
+
+        def ask() -> tuple[int, int]:
+            low, end = (
+                self.admin.list_offsets({tp: s}, request_timeout=30)[tp].result(timeout=30).offset
+                for s in (OffsetSpec.earliest(), OffsetSpec.latest())
+            )
+            return low, end
+
+        return retry_while_unavailable(ask, self.broker_timeout_s, self._halt, "changelog offsets")
 
     def _topic_id(self, topic: str) -> str:
         """The topic's id: a changelog deleted and created again gets a new one."""
-        futures = self.admin.describe_topics(TopicCollection([topic]), request_timeout=30)
-        return str(futures[topic].result(timeout=30).topic_id)
+
+        def ask() -> str:
+            futures = self.admin.describe_topics(TopicCollection([topic]), request_timeout=30)
+            return str(futures[topic].result(timeout=30).topic_id)
+
+        return retry_while_unavailable(ask, self.broker_timeout_s, self._halt, "changelog id")
 
     def _stale(
         self, op: KeyedState, partition: int, start: int | None, low: int, end: int, cid: str

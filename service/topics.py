@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 from operators.physical import PhysicalPlan
 from operators.plan import ErrorPolicy
 from service.clients import ClientSettings
-from service.exceptions import JobLoadError, KafkaUnavailable
+from service.exceptions import JobLoadError, KafkaUnavailable, TopicsMismatch
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def require_topics(
     for role, topics in (("source", sources), ("sink", sinks)):
         for topic in topics:
             if topic not in existing:
-                raise KafkaUnavailable(
+                raise TopicsMismatch(
                     f"{role} topic {topic!r} does not exist; create it first"
                     f" (e.g. kafka-topics.sh --create --topic {topic})"
                 )

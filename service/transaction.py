@@ -10,18 +10,29 @@ Exactly-once, the life of the producer:
 1. **Open.** A producer with ``transactional.id = <group>.<worker-id>``;
    ``init_transactions`` fences any older instance under that id (a dead or
    stalled incarnation of this worker) and aborts its open transaction; then
-   the first transaction begins.
+   the first transaction begins. While Kafka cannot be reached this is retried
+   with backoff for up to ``broker_timeout_s``, and `unavailable` says why.
 2. **Commit** (a checkpoint's step 3): ``send_offsets_to_transaction`` for each
    group member with its own group metadata, ``commit_transaction``, and the
    next transaction begins at once, so slots always produce into an open one.
+   Every call runs under a deadline Weir enforces (`service.deadline`): some
+   librdkafka calls block past their own timeout after a lost coordinator
+   connection. Errors are classified as librdkafka documents them:
+   *retriable* — the same call again, until the commit deadline;
+   *abortable* (``txn_requires_abort``) — nothing committed: `TransactionFailed`;
+   anything else once ``commit_transaction`` was called — a timeout, a call past
+   its deadline, a fatal error — may have committed on the broker:
+   `TransactionAmbiguous`. The caller then rolls back *and* takes its state from
+   the changelogs again, so a commit that did happen is never taken for one
+   that did not (`service.worker`).
 3. **Restart** (a rollback): abort by starting over — purge what is queued,
    abort, and open a fresh producer under the same id, whose
-   ``init_transactions`` aborts the open transaction and fences the old
-   instance. A plain ``abort_transaction`` is not enough after an error that
-   needs an epoch bump: librdkafka may then resend records of the aborted
-   transaction under the new epoch, into the next transaction (seen: one record
-   committed twice after an ILLEGAL_GENERATION offset commit and a skipped
-   sequence).
+   ``init_transactions`` aborts the open transaction (or completes one the
+   broker was already committing) and fences the old instance. A plain
+   ``abort_transaction`` is not enough after an error that needs an epoch bump:
+   librdkafka may then resend records of the aborted transaction under the new
+   epoch, into the next transaction. A producer stuck in a call is not touched
+   again; the new instance fences it.
 4. **Close**: abort the empty transaction that followed the last commit, flush.
 
 Fencing: a fatal error while aborting means this producer was fenced — the
@@ -41,6 +52,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,18 +61,24 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from service.clients import ClientSettings
+from service.deadline import BoundedCaller, CallTimedOut, retry_while_unavailable
 from service.exceptions import DuplicateWorker, KafkaUnavailable, WorkerFailed
 
 log = logging.getLogger(__name__)
 
 FENCINGS_ALLOWED = 3  # fencings within FENCING_WINDOW_S before the worker gives up
 FENCING_WINDOW_S = 300.0
+CALL_GRACE_S = 5.0  # past a call's own timeout, before Weir abandons it
 
 MemberOffsets = list[tuple[Consumer, list[TopicPartition]]]
 
 
 class TransactionFailed(Exception):
     """A commit did not happen; nothing of the transaction is visible."""
+
+
+class TransactionAmbiguous(TransactionFailed):
+    """``commit_transaction`` failed in a way that may have committed on the broker."""
 
 
 class TransactionalOutput:
@@ -71,34 +90,62 @@ class TransactionalOutput:
         exactly_once: bool,
         timeout_s: float,
         duplicate_check: Callable[[], str | None] = lambda: None,
+        broker_timeout_s: float = 300.0,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.duplicate_check = duplicate_check
         self.exactly_once = exactly_once
         self.timeout_s = timeout_s
+        self.broker_timeout_s = broker_timeout_s
+        self.stopping = stopping or threading.Event()
         self.size_limits: dict[str, int] = {}
         self.producer: Producer | None = None
+        self.unavailable: str | None = None  # why no producer is open right now
         self.fencings: list[float] = []  # when the producer was last fenced
         self._delivery_failures: list[str] = []
+        self._caller = BoundedCaller("transactions")
+        self._stuck = False  # the producer is inside a call that never returned
+        self._commits = 0
+        self._ambiguous_after = _fault_injection()
 
     # -- Step 1 ---------------------------------------------------------------
     def open(self, size_limits: dict[str, int]) -> None:
         """Create the producer (batches fit the smallest topic limit) and begin."""
         self.size_limits = size_limits
-        self.producer = self._new_producer()
+        self.producer = self._new_producer_retrying()
         if self.exactly_once:
             self.producer.begin_transaction()
+
+    def _new_producer_retrying(self) -> Producer:
+        """A new producer; while Kafka cannot be reached, again with backoff until
+        ``broker_timeout_s`` has passed (then `KafkaUnavailable`, exit code 3)."""
+        return retry_while_unavailable(
+            self._new_producer,
+            self.broker_timeout_s,
+            self.stopping,
+            "starting a producer",
+            self._note,
+        )
+
+    def _note(self, reason: str | None) -> None:
+        self.unavailable = reason
 
     def _new_producer(self) -> Producer:
         conf = self.settings.producer(self.size_limits, self._on_delivery)
         producer = self.settings.open(Producer, conf)
         if self.exactly_once:
             try:
-                producer.init_transactions(self.timeout_s)
-            except KafkaException as exc:
+                self._caller.call(
+                    lambda: producer.init_transactions(self.timeout_s),
+                    self.timeout_s + CALL_GRACE_S,
+                    "init_transactions",
+                )
+            except (KafkaException, CallTimedOut) as exc:
+                reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
                 raise KafkaUnavailable(
                     f"cannot initialise transactions as {self.settings.transactional_id!r}:"
-                    f" {exc.args[0].str()}"
+                    f" {self.settings.redact(reason)}"
                 ) from None
         return producer
 
@@ -121,26 +168,60 @@ class TransactionalOutput:
         begins. At-least-once: flush, then commit the offsets; a refused offset
         commit (typically a rebalance in progress) undoes nothing — the outputs
         are out — so it returns False and the next checkpoint commits newer
-        offsets instead. Raises `TransactionFailed` when nothing was committed.
+        offsets instead. Raises `TransactionFailed` when nothing was committed,
+        `TransactionAmbiguous` when it cannot tell.
         """
+        deadline = time.monotonic() + timeout_s
+        if not self.exactly_once:
+            left = self._call(lambda t: self.producer.flush(t), deadline, "flush")
+            if left:
+                raise TransactionFailed(f"{left} outputs not acknowledged after flush")
+            committed = self._commit_offsets(offsets)
+            self.check_deliveries()
+            return committed
+        producer = self.producer
         try:
-            if self.exactly_once:
-                for member, part in offsets:
-                    self.producer.send_offsets_to_transaction(
-                        part, member.consumer_group_metadata(), timeout_s
-                    )
-                self.producer.commit_transaction(timeout_s)
-                self.producer.begin_transaction()
-                committed = True
-            else:
-                left = self.producer.flush(timeout_s)
-                if left:
-                    raise TransactionFailed(f"{left} outputs not acknowledged after flush")
-                committed = self._commit_offsets(offsets)
+            for member, part in offsets:
+                metadata = member.consumer_group_metadata()
+                self._call(
+                    lambda t, part=part, metadata=metadata: producer.send_offsets_to_transaction(
+                        part, metadata, t
+                    ),
+                    deadline,
+                    "send_offsets_to_transaction",
+                )
+        except (KafkaException, CallTimedOut) as exc:
+            raise TransactionFailed(_describe(exc)) from exc
+        try:
+            self._call(lambda t: producer.commit_transaction(t), deadline, "commit_transaction")
+            self._inject_ambiguity()
         except KafkaException as exc:
-            raise TransactionFailed(str(exc.args[0])) from exc
+            if exc.args[0].txn_requires_abort():
+                raise TransactionFailed(_describe(exc)) from exc
+            raise TransactionAmbiguous(_describe(exc)) from exc
+        except CallTimedOut as exc:
+            raise TransactionAmbiguous(_describe(exc)) from exc
         self.check_deliveries()
-        return committed
+        producer.begin_transaction()
+        return True
+
+    def _call(self, fn: Callable[[float], Any], deadline: float, what: str) -> Any:
+        """``fn(seconds left)`` under a deadline Weir enforces; a retriable error is
+        tried again while time is left. A call past its deadline marks the producer
+        stuck: it is replaced, never called again."""
+        while True:
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                return self._caller.call(lambda left=left: fn(left), left + CALL_GRACE_S, what)
+            except CallTimedOut:
+                self._stuck = True
+                raise
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not error.retriable() or time.monotonic() >= deadline:
+                    raise
+                log.info("%s: %s; trying again", what, error.str())
+                time.sleep(0.1)
 
     def check_deliveries(self) -> None:
         """Raise `TransactionFailed` if the broker refused a record since the last check."""
@@ -151,11 +232,25 @@ class TransactionalOutput:
     def _commit_offsets(self, offsets: MemberOffsets) -> bool:
         try:
             for member, part in offsets:
-                member.commit(offsets=part, asynchronous=False)
+                self._caller.call(
+                    lambda member=member, part=part: member.commit(
+                        offsets=part, asynchronous=False
+                    ),
+                    self.timeout_s + CALL_GRACE_S,
+                    "offset commit",
+                )
             return True
-        except KafkaException as exc:
+        except (KafkaException, CallTimedOut) as exc:
             log.warning("offset commit refused (%s); retrying at the next checkpoint", exc)
             return False
+
+    def _inject_ambiguity(self) -> None:
+        """``WEIR_FAULT_INJECT=ambiguous-commit:N``: the N-th commit succeeds on the broker
+        but reports a retriable timeout (for the recovery tests)."""
+        self._commits += 1
+        if self._commits == self._ambiguous_after:
+            log.error("fault injection: reporting a committed transaction as timed out")
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "injected", retriable=True))
 
     # -- Step 3 ---------------------------------------------------------------
     def restart(self) -> None:
@@ -163,18 +258,22 @@ class TransactionalOutput:
         self._delivery_failures = []
         if not self.exactly_once:
             return
-        old = self.producer
-        with contextlib.suppress(KafkaException):
-            old.purge(in_queue=True, in_flight=True)
-        try:
-            old.abort_transaction(1.0)
-        except KafkaException as exc:
-            if exc.args[0].fatal():
-                self._fenced(exc.args[0].str())
-        with contextlib.suppress(KafkaException):  # a fenced producer raises its fatal error
-            old.poll(0)  # serve the purged records' reports
+        old, stuck = self.producer, self._stuck
+        self._stuck = False
+        if not stuck:
+            with contextlib.suppress(KafkaException):
+                old.purge(in_queue=True, in_flight=True)
+            try:
+                self._caller.call(lambda: old.abort_transaction(1.0), 1.0 + CALL_GRACE_S, "abort")
+            except KafkaException as exc:
+                if exc.args[0].fatal():
+                    self._fenced(exc.args[0].str())
+            except CallTimedOut:
+                pass  # stuck after all: the new instance fences it
+            with contextlib.suppress(KafkaException):  # a fenced producer raises its fatal error
+                old.poll(0)  # serve the purged records' reports
         self._delivery_failures = []
-        self.producer = self._new_producer()
+        self.producer = self._new_producer_retrying()
         self.producer.begin_transaction()
 
     def _fenced(self, cause: str) -> None:
@@ -203,6 +302,16 @@ class TransactionalOutput:
 
     def abandon(self) -> None:
         """After a failure: abort what is open; committed work stays committed."""
-        if self.exactly_once and self.producer is not None:
+        if self.exactly_once and self.producer is not None and not self._stuck:
             with contextlib.suppress(KafkaException):
                 self.producer.abort_transaction(5.0)
+
+
+def _describe(exc: BaseException) -> str:
+    return exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
+
+
+def _fault_injection() -> int:
+    spec = os.environ.get("WEIR_FAULT_INJECT", "")
+    name, _, count = spec.partition(":")
+    return int(count) if name == "ambiguous-commit" and count.isdigit() else 0

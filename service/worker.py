@@ -40,6 +40,7 @@ from operators import Job
 from operators.physical import compile_plan
 from service.changelog import Changelogs
 from service.checkpoint import (
+    CheckpointAmbiguous,
     CheckpointCoordinator,
     CheckpointFailed,
     CheckpointTimedOut,
@@ -48,7 +49,7 @@ from service.checkpoint import (
 from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.consumers import GroupConsumers
-from service.deadline import BoundedCaller, CallTimedOut
+from service.deadline import BoundedCaller, CallTimedOut, retry_while_unavailable
 from service.exceptions import DuplicateWorker, ShutdownOverran, WorkerFailed
 from service.flow import FlowControl
 from service.metrics import Metrics
@@ -85,8 +86,15 @@ class Worker:
         self.metrics = Metrics(job.name)
         self.router = SlotRouter(config.slots, plan.max_key_groups, plan.exchanges)
         self.changelogs = Changelogs(plan)
+        self.stopping = threading.Event()
+        self.unavailable: str | None = None  # why Kafka is being waited for, if it is
         self.output = TransactionalOutput(
-            self.settings, config.exactly_once, config.connect_timeout_s, self._duplicate
+            self.settings,
+            config.exactly_once,
+            config.connect_timeout_s,
+            self._duplicate,
+            config.broker_timeout_s,
+            self.stopping,
         )
         self.watermarks = WatermarkTracker.for_plan(plan)
         self.slots = SlotPool(
@@ -94,7 +102,6 @@ class Worker:
         )
         self.sampler = MetricsSampler(self.metrics, self.changelogs, self.slots)
         self.restarts = RestartStrategy(config, self.metrics)
-        self.stopping = threading.Event()
         self.fatal: BaseException | None = None
         self.size_limits: dict[str, int] = {}
         self.topic_partitions: dict[str, int] = {}
@@ -111,7 +118,14 @@ class Worker:
     def prepare(self) -> None:
         """Check Kafka and the topics, create Weir's own, and open the clients."""
         cfg, timeout = self.config, self.config.connect_timeout_s
-        self.admin = admin = connect_admin(self.settings, cfg.bootstrap, timeout)
+        self.state = "connecting"
+        self.admin = admin = retry_while_unavailable(
+            lambda: connect_admin(self.settings, cfg.bootstrap, timeout),
+            cfg.broker_timeout_s,
+            self.stopping,
+            "connecting",
+            self._note_unavailable,
+        )
         self.topic_partitions, self.size_limits = provision_job_topics(admin, self.plan, timeout)
         state = None
         if self.changelogs:
@@ -123,7 +137,9 @@ class Worker:
                 raise DuplicateWorker(str(exc)) from None
             except StateError as exc:
                 raise WorkerFailed(str(exc)) from None
-            state = StateCommit(self.store, self.changelogs, admin, timeout)
+            state = StateCommit(
+                self.store, self.changelogs, admin, timeout, cfg.broker_timeout_s, self.stopping
+            )
         self.output.open(self.size_limits)
         self.consumer = GroupConsumers(
             self.settings,
@@ -235,6 +251,8 @@ class Worker:
                     coordinator.trigger()
             except CheckpointTimedOut as exc:  # a stuck slot: the restart strategy decides
                 self.fatal = exc
+            except CheckpointAmbiguous as exc:
+                self._rollback(f"checkpoint outcome unknown: {exc}", resync=True)
             except CheckpointFailed as exc:
                 self._rollback(f"checkpoint failed: {exc}")
             now = time.monotonic()  # Step 8
@@ -274,6 +292,9 @@ class Worker:
             self.admin, self.group, self.settings.transactional_id
         )
 
+    def _note_unavailable(self, reason: str | None) -> None:
+        self.unavailable = reason
+
     def _fail(self, exc: WorkerFailed) -> None:
         """Stop at the next loop iteration (from a callback that must not raise)."""
         log.error("%s", exc)
@@ -298,17 +319,27 @@ class Worker:
         except CheckpointFailed as exc:
             self._rollback(f"checkpoint before {why} failed: {exc}")
 
-    def _rollback(self, reason: str) -> None:
-        """Return to the last committed checkpoint: abort, seek back, fresh slots."""
+    def _rollback(self, reason: str, resync: bool = False) -> None:
+        """Return to the last committed checkpoint: abort, seek back, fresh slots. With
+        ``resync``, the checkpoint in flight may have committed: the group's offsets say
+        where the input resumes, and the state is taken from the changelogs again."""
         log.warning("rolling back to the last committed checkpoint: %s", reason)
         self.slots.stop(ROLLBACK_SLOT_STOP_S)  # a hung slot is abandoned, never waited for
         self.output.restart()
-        committed = self.consumer.seek_to_committed(
-            self.router.partitions, self.config.connect_timeout_s
+        committed = retry_while_unavailable(
+            lambda: self.consumer.seek_to_committed(
+                self.router.partitions, self.config.connect_timeout_s
+            ),
+            self.config.broker_timeout_s,
+            self.stopping,
+            "reading committed offsets",
+            self._note_unavailable,
         )
         self.router.reset_positions()
         self.coordinator.reset(committed)
         self.flow.reset(self.rebalancer.restoring)
+        if resync:
+            self.rebalancer.resync()
         self._start_slots()
 
     def _shutdown(self) -> None:

@@ -166,16 +166,22 @@ def test_job_file_without_job(tmp_path, kafka_bootstrap):
 
 
 def test_unreachable_kafka(tmp_path):
+    """Kafka down at start: tried again with backoff (each try logged), then, after
+    broker_timeout_s, one error line and exit code 3 — an outage, not a usage error."""
     start = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "run", str(JOBS / "upper_bytes.py"),
          "--bootstrap", "127.0.0.1:1"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "WEIR_TEST_IN": "a", "WEIR_TEST_OUT": "b",
-             "WEIR_CONNECT_TIMEOUT_S": "3", "PYTHONPATH": str(ROOT)},
+             "WEIR_CONNECT_TIMEOUT_S": "2", "WEIR_BROKER_TIMEOUT_S": "6",
+             "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    line = _one_line_error(result)
-    assert "cannot reach Kafka at 127.0.0.1:1" in line
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "trying again" in lines[0], "each try is logged"
+    assert lines[-1].startswith("weir: error: connecting: cannot reach Kafka at 127.0.0.1:1")
+    assert "gave up after 6s" in lines[-1]
     assert time.monotonic() - start < 30, "bounded wait"
 
 

@@ -9,6 +9,7 @@ protocol's steps is what the tests compare. Watermarks: tests/test_watermarks.py
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -434,7 +435,9 @@ class Rig:
         self.slots = [FakeSlotHandle(self.events, i, stateful) for i in range(n_slots)]
         self.store = FakeStore(self.events, last_checkpoint)
         state = (
-            StateCommit(self.store, FakeStateChangelogs(self.events), None, 1.0)
+            StateCommit(
+                self.store, FakeStateChangelogs(self.events), None, 1.0, 1.0, threading.Event()
+            )
             if stateful
             else None
         )
