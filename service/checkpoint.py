@@ -36,18 +36,22 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from operators.chain import Barrier
 from service.changelog import Changelogs
+from service.config import WorkerConfig
 from service.consumers import GroupConsumers
 from service.deadline import retry_while_unavailable
+from service.exceptions import DuplicateWorker, WorkerFailed
 from service.metrics import Metrics
 from service.router import SlotRouter
 from service.slots import FETCHER, SOURCES, Release, Slot
 from service.transaction import TransactionalOutput, TransactionAmbiguous, TransactionFailed
+from state.exceptions import StateDirectoryLocked, StateError
 from state.store import StateStore, Write
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,26 @@ class StateCommit:
     timeout_s: float
     broker_timeout_s: float
     stopping: threading.Event
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        changelogs: Changelogs,
+        admin: AdminClient,
+        config: WorkerConfig,
+        stopping: threading.Event,
+    ) -> StateCommit:
+        """Open the local store at ``path``; a directory another live process holds is a
+        `DuplicateWorker`, any other unusable one a `WorkerFailed` — one line each."""
+        try:
+            store = StateStore(path, changelogs.states)
+        except StateDirectoryLocked as exc:
+            raise DuplicateWorker(str(exc)) from None
+        except StateError as exc:
+            raise WorkerFailed(str(exc)) from None
+        timeouts = (config.connect_timeout_s, config.broker_timeout_s)
+        return cls(store, changelogs, admin, *timeouts, stopping)
 
 
 @dataclass

@@ -123,3 +123,16 @@ def retry_while_unavailable(
             log.warning("%s: %s; trying again in %.0fs", what, reason, backoff)
             stopping.wait(backoff)
             backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+
+def run_steps(
+    steps: list[tuple[str, Callable[[float], object]]], budget_s: float, name: str
+) -> None:
+    """Run ``steps`` in order, each ``fn(seconds left)`` under what is left of one
+    budget; `CallTimedOut`, naming the step, as soon as one overruns (the rest is not
+    run: the overrunning call may still be using what they would touch)."""
+    caller = BoundedCaller(name)
+    deadline = time.monotonic() + budget_s
+    for what, step in steps:
+        left = max(0.1, deadline - time.monotonic())
+        caller.call(lambda step=step, left=left: step(left), left, what)

@@ -8,13 +8,12 @@ leaves the worker loses its lag series at once, so no stale series remain.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from service.changelog import Changelogs
-from service.metrics import Metrics
-from state.store import StateStore
+if TYPE_CHECKING:
+    from service.worker import Worker
 
 TopicPartitionKey = tuple[str, int]
 
@@ -22,41 +21,34 @@ TopicPartitionKey = tuple[str, int]
 class MetricsSampler:
     """Owns the sampled gauges and the lag per partition that /status shows."""
 
-    def __init__(self, metrics: Metrics, changelogs: Changelogs, slots: Iterable) -> None:
-        self.metrics = metrics
-        self.changelogs = changelogs
-        self.slots = slots
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.metrics = worker.metrics
         self.lag: dict[TopicPartitionKey, int] = {}
 
-    def sample(
-        self,
-        elapsed: float,
-        full_slots: set[int],
-        partitions: Iterable[TopicPartitionKey],
-        consumer: Any,
-        committed: dict[TopicPartitionKey, int],
-        store: StateStore | None,
-    ) -> None:
+    def sample(self, elapsed: float) -> None:
         """Gauges over the last ``elapsed`` seconds."""
+        w = self.worker
         m, job = self.metrics, self.metrics.job
-        for slot in self.slots:
+        for slot in w.slots:
             busy, slot.stats.busy_s = slot.stats.busy_s, 0.0
             m.slot_busy_ratio.labels(job, str(slot.slot)).set(min(1.0, busy / elapsed))
             m.slot_backpressure_ratio.labels(job, str(slot.slot)).set(
-                1.0 if slot.slot in full_slots else 0.0
+                1.0 if slot.slot in w.flow.full_slots else 0.0
             )
-        for topic, p in partitions:
+        committed = w.coordinator.committed
+        for topic, p in w.router.partitions:
             try:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                low, high = w.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
             except KafkaException:
                 continue
             if high >= 0:
                 done = committed.get((topic, p), max(low, 0))
                 self.lag[(topic, p)] = max(0, high - done)
                 m.consumer_lag.labels(job, topic, str(p)).set(self.lag[(topic, p)])
-        if store is not None:
-            for op in self.changelogs.operators:
-                size = sum(store.size_bytes(state) for state in op.states)
+        if w.store is not None:
+            for op in w.changelogs.operators:
+                size = sum(w.store.size_bytes(state) for state in op.states)
                 m.state_bytes.labels(job, op.name).set(size)
 
     def forget(self, partitions: Iterable[TopicPartitionKey]) -> None:

@@ -1,16 +1,9 @@
 """The worker process: wires the runtime's owners together and runs the fetch loop.
 
-Each concept has one owner; the worker holds none of their fields:
-
-- `service.clients.ClientSettings` — every Kafka client's settings;
-- `service.transaction.TransactionalOutput` — the producer and its transactions;
-- `service.changelog.Changelogs` — the changelog topics and records;
-- `service.checkpoint.CheckpointCoordinator` — barriers in, one commit out;
-- `service.rebalance.Rebalancer` — partitions owned, restores, group callbacks;
-- `service.flow.FlowControl` — queue bounds, pause and resume;
-- `service.watermarks.WatermarkTracker` — the worker's event-time clock;
-- `service.slot_pool.SlotPool` — the slot threads; `service.router` — which gets what;
-- `service.restarts.RestartStrategy` and `service.sampler.MetricsSampler`.
+Each concept has one owner (the transactional output, changelogs, checkpoint
+coordinator, rebalancer, flow control, watermark tracker, slot pool, router,
+restart strategy, sampler: docs/architecture.md lists them); the worker holds
+none of their fields.
 
 The fetch loop, on the main thread, each iteration: (1) flow control decides
 whether to consume and how much; (2) consume a batch from the group's consumers
@@ -49,8 +42,8 @@ from service.checkpoint import (
 from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.consumers import GroupConsumers
-from service.deadline import BoundedCaller, CallTimedOut, retry_while_unavailable
-from service.exceptions import DuplicateWorker, ShutdownOverran, WorkerFailed
+from service.deadline import CallTimedOut, retry_while_unavailable, run_steps
+from service.exceptions import ShutdownOverran, WorkerFailed
 from service.flow import FlowControl
 from service.metrics import Metrics
 from service.rebalance import Rebalancer
@@ -62,12 +55,10 @@ from service.slot_pool import SlotPool
 from service.topics import connect_admin, provision_job_topics
 from service.transaction import TransactionalOutput, TransactionFailed
 from service.watermarks import SlotProgress, WatermarkTracker
-from state.exceptions import StateDirectoryLocked, StateError
 from state.store import StateStore
 
 log = logging.getLogger(__name__)
 
-TopicPartitionKey = tuple[str, int]
 ROLLBACK_SLOT_STOP_S = 5.0
 ABANDON_S = 10.0  # the most a failed worker spends on leaving cleanly
 
@@ -100,19 +91,18 @@ class Worker:
         self.slots = SlotPool(
             plan, config.slots, self.metrics, self.changelogs, self._on_slot_fatal
         )
-        self.sampler = MetricsSampler(self.metrics, self.changelogs, self.slots)
         self.restarts = RestartStrategy(config, self.metrics)
         self.fatal: BaseException | None = None
         self.size_limits: dict[str, int] = {}
         self.topic_partitions: dict[str, int] = {}
         self.state = "starting"
-        self.started = time.time()
         self.consumer: GroupConsumers | None = None
         self.admin: Any = None
         self.store: StateStore | None = None
         self.flow: FlowControl | None = None
         self.coordinator: CheckpointCoordinator | None = None
         self.rebalancer: Rebalancer | None = None
+        self.sampler = MetricsSampler(self)  # reads the owners above once they are open
 
     # -- lifecycle ----------------------------------------------------------
     def prepare(self) -> None:
@@ -131,15 +121,8 @@ class Worker:
         if self.changelogs:
             self.changelogs.provision(admin, timeout)
             path = Path(cfg.state_dir) / self.group / self.worker_id
-            try:
-                self.store = StateStore(path, self.changelogs.states)
-            except StateDirectoryLocked as exc:
-                raise DuplicateWorker(str(exc)) from None
-            except StateError as exc:
-                raise WorkerFailed(str(exc)) from None
-            state = StateCommit(
-                self.store, self.changelogs, admin, timeout, cfg.broker_timeout_s, self.stopping
-            )
+            state = StateCommit.open(path, self.changelogs, admin, cfg, self.stopping)
+            self.store = state.store
         self.output.open(self.size_limits)
         self.consumer = GroupConsumers(
             self.settings,
@@ -193,14 +176,9 @@ class Worker:
         if r.restorer is not None:
             r.restorer.start()
         self.consumer.subscribe(r.on_assign, r.on_revoke, r.on_lost)
-        log.info(
-            "worker %s running job %s: group=%s slots=%d guarantee=%s",
-            self.worker_id,
-            self.job.name,
-            self.group,
-            self.config.slots,
-            self.config.guarantee,
-        )
+        cfg = self.config
+        log.info("worker %s running job %s: group=%s slots=%d guarantee=%s",
+                 self.worker_id, self.job.name, self.group, cfg.slots, cfg.guarantee)  # fmt: skip
         try:
             self._loop()
             self._shutdown()
@@ -263,14 +241,7 @@ class Worker:
                 self.slots.tick(self.watermarks.watermark)
                 last_watermark = now
             if now - last_sample >= 1.0:
-                self.sampler.sample(
-                    now - last_sample,
-                    flow.full_slots,
-                    router.partitions,
-                    consumer,
-                    coordinator.committed,
-                    self.store,
-                )
+                self.sampler.sample(now - last_sample)
                 last_sample = now
 
     # -- slots ----------------------------------------------------------------
@@ -349,28 +320,28 @@ class Worker:
         overruns raises `ShutdownOverran` naming it."""
         self.state = "stopping"
         log.info("stopping: committing the last checkpoint")
-        deadline = time.monotonic() + self.config.shutdown_timeout_s
-        caller = BoundedCaller("shutdown")
+        budget = self.config.shutdown_timeout_s
         steps: list[tuple[str, Callable[[float], object]]] = [
-            ("the last checkpoint", self.coordinator.drain),
+            ("the last checkpoint", self._last_checkpoint),
             ("leaving the group", lambda _: self.consumer.close()),
             ("stopping the slots", self.slots.stop),
             ("closing the producer", self.output.close),
             ("closing local state", self._close_state),
         ]
-        for what, step in steps:
-            left = max(0.1, deadline - time.monotonic())
-            try:
-                caller.call(lambda step=step, left=left: step(left), left, what)
-            except CallTimedOut:
-                raise ShutdownOverran(
-                    f"stopping overran shutdown_timeout_s={self.config.shutdown_timeout_s:g}"
-                    f" in step {what!r}"
-                ) from None
-            except CheckpointFailed as exc:
-                log.error("the last checkpoint failed (%s); its records are not committed", exc)
+        try:
+            run_steps(steps, budget, "shutdown")
+        except CallTimedOut as exc:
+            raise ShutdownOverran(
+                f"stopping overran shutdown_timeout_s={budget:g}: {exc}"
+            ) from None
         self.state = "stopped"
         log.info("stopped")
+
+    def _last_checkpoint(self, timeout: float) -> None:
+        try:
+            self.coordinator.drain(timeout)
+        except CheckpointFailed as exc:
+            log.error("the last checkpoint failed (%s); its records are not committed", exc)
 
     def _close_state(self, timeout: float = 10.0) -> None:
         restorer = self.rebalancer.restorer if self.rebalancer is not None else None
@@ -387,12 +358,14 @@ class Worker:
         if self.rebalancer is not None:
             self.rebalancer.failed = True
         self.slots.stop(ROLLBACK_SLOT_STOP_S)
-        deadline = time.monotonic() + ABANDON_S
-        caller = BoundedCaller("abandon")
-        for what, step in (
-            ("aborting the transaction", self.output.abandon),
-            ("leaving the group", self.consumer.close),
+        steps: list[tuple[str, Callable[[float], object]]] = [
+            ("aborting the transaction", lambda _: self.output.abandon()),
+            ("leaving the group", lambda _: self._leave()),
             ("closing local state", self._close_state),
-        ):
-            with contextlib.suppress(KafkaException, RuntimeError, CallTimedOut):
-                caller.call(step, max(0.1, deadline - time.monotonic()), what)
+        ]
+        with contextlib.suppress(CallTimedOut):
+            run_steps(steps, ABANDON_S, "abandon")
+
+    def _leave(self) -> None:
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self.consumer.close()
