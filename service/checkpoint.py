@@ -307,6 +307,7 @@ class CheckpointCoordinator:
                 state.broker_timeout_s,
                 state.stopping,
                 "reading changelog end offsets",
+                refresh=lambda: state.admin.list_topics(timeout=state.timeout_s),
             )
             self.stateful_commits += 1
             if self.stateful_commits == self._crash_after:

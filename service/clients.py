@@ -132,6 +132,14 @@ class ClientSettings:
             "batch.size": min([1_000_000, *(v + 512 for v in size_limits.values())]),
             "delivery.report.only.error": True,
             "on_delivery": on_delivery,
+            # Never re-bootstrap. When every broker connection drops at once (a network
+            # blip), librdkafka 2.16 re-bootstraps and decommissions its broker handles
+            # but keeps a decommissioned one cached as the group coordinator, and the next
+            # send_offsets_to_transaction waits on it for good, past its timeout. Without
+            # re-bootstrap the handle reconnects and the call completes once the network
+            # is back. The cost: a producer whose brokers all change address does not look
+            # them up again (the deadline on every transactional call still replaces it).
+            "metadata.recovery.strategy": "none",
         }
         if self.config.exactly_once:
             conf["transactional.id"] = self.transactional_id

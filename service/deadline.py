@@ -18,6 +18,7 @@ waits at most the deadline:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -101,11 +102,14 @@ def retry_while_unavailable(
     stopping: threading.Event,
     what: str,
     note: Callable[[str | None], None] = lambda _: None,
+    refresh: Callable[[], object] | None = None,
 ) -> T:
     """``fn()``, tried again with exponential backoff (1 s doubling to 30 s) while Kafka
     cannot be reached — it raises `KafkaUnavailable` or a client error — for up to
     ``budget_s``; then `KafkaUnavailable` (exit code 3), saying how long it waited.
-    ``note`` gets the reason while waiting (for /ready) and None once ``fn`` succeeded."""
+    ``note`` gets the reason while waiting (for /ready) and None once ``fn`` succeeded;
+    ``refresh`` runs before each new try (an admin client's metadata: after a broker
+    restart it keeps sending leader epochs the broker has moved past until refreshed)."""
     started, backoff = time.monotonic(), 1.0
     while True:
         try:
@@ -123,6 +127,9 @@ def retry_while_unavailable(
             log.warning("%s: %s; trying again in %.0fs", what, reason, backoff)
             stopping.wait(backoff)
             backoff = min(BACKOFF_MAX_S, backoff * 2)
+            if refresh is not None:
+                with contextlib.suppress(KafkaException):
+                    refresh()
 
 
 def run_steps(

@@ -221,7 +221,9 @@ class Restorer(threading.Thread):
             )
             return low, end
 
-        return retry_while_unavailable(ask, self.broker_timeout_s, self._halt, "changelog offsets")
+        return retry_while_unavailable(
+            ask, self.broker_timeout_s, self._halt, "changelog offsets", refresh=self._refresh
+        )
 
     def _topic_id(self, topic: str) -> str:
         """The topic's id: a changelog deleted and created again gets a new one."""
@@ -230,7 +232,12 @@ class Restorer(threading.Thread):
             futures = self.admin.describe_topics(TopicCollection([topic]), request_timeout=30)
             return str(futures[topic].result(timeout=30).topic_id)
 
-        return retry_while_unavailable(ask, self.broker_timeout_s, self._halt, "changelog id")
+        return retry_while_unavailable(
+            ask, self.broker_timeout_s, self._halt, "changelog id", refresh=self._refresh
+        )
+
+    def _refresh(self) -> None:
+        self.admin.list_topics(timeout=30)
 
     def _stale(
         self, op: KeyedState, partition: int, start: int | None, low: int, end: int, cid: str
