@@ -107,7 +107,7 @@ class TransactionalOutput:
         self._caller = BoundedCaller("transactions")
         self._stuck = False  # the producer is inside a call that never returned
         self._commits = 0
-        self._ambiguous_after = _fault_injection()
+        self._fault = _fault_injection()
 
     # -- Step 1 ---------------------------------------------------------------
     def open(self, size_limits: dict[str, int]) -> None:
@@ -192,9 +192,10 @@ class TransactionalOutput:
                 )
         except (KafkaException, CallTimedOut) as exc:
             raise TransactionFailed(_describe(exc)) from exc
+        self._inject_fault(committed=False)
         try:
             self._call(lambda t: producer.commit_transaction(t), deadline, "commit_transaction")
-            self._inject_ambiguity()
+            self._inject_fault(committed=True)
         except KafkaException as exc:
             if exc.args[0].txn_requires_abort():
                 raise TransactionFailed(_describe(exc)) from exc
@@ -244,13 +245,20 @@ class TransactionalOutput:
             log.warning("offset commit refused (%s); retrying at the next checkpoint", exc)
             return False
 
-    def _inject_ambiguity(self) -> None:
+    def _inject_fault(self, committed: bool) -> None:
         """``WEIR_FAULT_INJECT=ambiguous-commit:N``: the N-th commit succeeds on the broker
-        but reports a retriable timeout (for the recovery tests)."""
-        self._commits += 1
-        if self._commits == self._ambiguous_after:
+        but reports a retriable timeout; ``fail-commit:N``: the N-th commit fails before
+        it reaches the broker, as an abortable error (for the recovery tests)."""
+        kind, at = self._fault
+        if committed:
+            self._commits += 1
+        if kind == "ambiguous-commit" and committed and self._commits == at:
             log.error("fault injection: reporting a committed transaction as timed out")
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "injected", retriable=True))
+        if kind == "fail-commit" and not committed and self._commits + 1 == at:
+            self._commits += 1
+            log.error("fault injection: failing a commit before it is sent")
+            raise TransactionFailed("injected: commit failed")
 
     # -- Step 3 ---------------------------------------------------------------
     def restart(self) -> None:
@@ -311,7 +319,7 @@ def _describe(exc: BaseException) -> str:
     return exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
 
 
-def _fault_injection() -> int:
+def _fault_injection() -> tuple[str, int]:
     spec = os.environ.get("WEIR_FAULT_INJECT", "")
     name, _, count = spec.partition(":")
-    return int(count) if name == "ambiguous-commit" and count.isdigit() else 0
+    return (name, int(count)) if count.isdigit() else ("", 0)

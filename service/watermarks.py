@@ -87,6 +87,14 @@ class WatermarkTracker:
     def __bool__(self) -> bool:
         return bool(self.sources)
 
+    def rewind(self) -> None:
+        """After a rollback: forget the watermark the aborted epoch reached. The next
+        tick starts again from what the last committed checkpoint recorded (the
+        operators' restored watermarks, rule 1), so replayed records are not late
+        because the aborted epoch had moved time on (the one exception to rule 6)."""
+        self.watermark = NO_TIME
+        self._all_idle = None
+
     def activate(self, tp: TopicPartitionKey, now: float) -> None:
         """``tp`` starts counting towards idleness now (assigned, or its restore ended)."""
         self._active_since[tp] = now

@@ -309,6 +309,7 @@ class Worker:
         self.router.reset_positions()
         self.coordinator.reset(committed)
         self.flow.reset(self.rebalancer.restoring)
+        self.watermarks.rewind()
         if resync:
             self.rebalancer.resync()
         self._start_slots()

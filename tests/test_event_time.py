@@ -341,6 +341,7 @@ class Pipeline:
         lateness: float = 0,
         idle: float = 1,
         key_by_tag: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kind, self.bootstrap, self.src = kind, bootstrap, src
         self.out = new_topic(partitions=2, prefix=f"out-{kind}")
@@ -348,7 +349,7 @@ class Pipeline:
         self.group = f"et-{kind}-{uuid.uuid4().hex[:10]}"
         self.env = job_env(in_=src, out=self.out, late=self.late, window=kind,
                            lateness=lateness, idle=idle, ooo=OOO / 1000,
-                           key_by="tag" if key_by_tag else "")  # fmt: skip
+                           key_by="tag" if key_by_tag else "") | (env or {})  # fmt: skip
         self.state = state / kind
         self.workers = Workers(
             JOB, bootstrap, self.group, self.env,
@@ -486,6 +487,7 @@ def run_scenario(
     feed: Callable[[list[Pipeline], str], None] | None = None,
     timeout: float = 120,
     key_by_tag: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Phase A (pre-produced, or fed live by ``feed`` while it kills workers), closer 1,
     phase B, closer 2; then compare every pipeline's windows with DuckDB."""
@@ -500,7 +502,7 @@ def run_scenario(
         for kind in kinds:
             pipes.append(
                 Pipeline(kind, bootstrap, new_topic, src, tmp_path / "logs",
-                         tmp_path / "state", key_by_tag=key_by_tag)
+                         tmp_path / "state", key_by_tag=key_by_tag, env=env)
             )  # fmt: skip
         for pipe in pipes:
             pipe.start()
@@ -587,6 +589,16 @@ def test_windows_match_duckdb(kafka_bootstrap, new_topic, tmp_path):
     and session windows equal DuckDB's; exactly the 400 surely-late readings are late."""
     data = generate(seed=1, target=25_000)
     run_scenario(data, KINDS, kafka_bootstrap, new_topic, tmp_path)
+
+
+def test_a_failed_commit_during_catch_up_changes_no_window(kafka_bootstrap, new_topic, tmp_path):
+    """A checkpoint commit fails once while the backlog is caught up (a test hook): the
+    rollback rewinds event time to the last committed checkpoint, so no replayed reading
+    is late, and every window still equals DuckDB's."""
+    data = generate(seed=3, target=20_000)
+    figures = run_scenario(data, KINDS, kafka_bootstrap, new_topic, tmp_path,
+                           env={"WEIR_FAULT_INJECT": "fail-commit:3"})  # fmt: skip
+    assert all(figures[kind]["incarnations"] == 1 for kind in KINDS), "rolled back in-process"
 
 
 @pytest.mark.slow
