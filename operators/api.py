@@ -18,6 +18,7 @@ from operators.aggregates import compile_aggregates
 from operators.exceptions import JobDefinitionError
 from operators.formats import check_format
 from operators.plan import (
+    DEFAULT_MAX_FUTURE_S,
     Aggregate,
     Dataflow,
     ErrorPolicy,
@@ -101,6 +102,7 @@ class Job:
         timestamp: Callable[[Any], int] | None = None,
         max_out_of_orderness: float = 0.0,
         idle_timeout: float | None = None,
+        max_future: float | None = DEFAULT_MAX_FUTURE_S,
         name: str | None = None,
     ) -> Stream:
         """Read ``topic``. ``value`` is ``"json"`` or ``"bytes"``.
@@ -109,6 +111,10 @@ class Job:
         decoded value; by default the Kafka record timestamp is used.
         ``max_out_of_orderness`` (seconds) and ``idle_timeout`` (seconds)
         describe the source's disorder and idleness for watermarks.
+        ``max_future`` (seconds, default a day; None: no limit): a record whose
+        event time is further ahead of the wall clock is a mistake (seconds for
+        milliseconds, a broken clock): it goes to the dead-letter topic with reason
+        ``future`` and never moves the watermark.
         """
         _check_name(topic, "source topic")
         fmt = check_format(value, f"source({topic!r})")
@@ -122,6 +128,12 @@ class Job:
             not isinstance(idle_timeout, int | float) or idle_timeout <= 0
         ):
             raise JobDefinitionError(f"idle_timeout={idle_timeout!r}; expected seconds > 0")
+        if max_future is not None and (
+            not isinstance(max_future, int | float)
+            or isinstance(max_future, bool)
+            or max_future < 0
+        ):
+            raise JobDefinitionError(f"max_future={max_future!r}; expected seconds >= 0 or None")
         source = self._add(
             Source,
             name or f"source-{topic}",
@@ -131,6 +143,7 @@ class Job:
             timestamp=timestamp,
             max_out_of_orderness=float(max_out_of_orderness),
             idle_timeout=idle_timeout,
+            max_future=None if max_future is None else float(max_future),
         )
         return Stream(self, source)
 

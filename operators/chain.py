@@ -19,6 +19,7 @@ called twice for one record, and a bad record never stops the batch.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -43,6 +44,8 @@ from state.keygroups import key_group, slot_table
 
 Element = tuple[Any, Any, int, int]
 Row = tuple[bytes | None, bytes, int, int]  # key, value, source offset, timestamp
+
+MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last valid event time
 
 
 class Batch:
@@ -84,8 +87,9 @@ class SlotContext(Protocol):
     def send(self, slot: int, target: int, item: Batch | Barrier) -> None:
         """Hand ``item`` to operator ``target`` in slot ``slot`` (an exchange)."""
 
-    def late(self, operator: str, count: int) -> None:
-        """Count records that arrived after their windows were gone."""
+    def late(self, operator: str, count: int, reason: str = "late") -> None:
+        """Count records that arrived after their windows were gone (``late``), or whose
+        event time was too far ahead of the wall clock (``future``)."""
 
     def observe_time(self, topic: str, partition: int, max_timestamp: int) -> None:
         """The largest event time seen in a batch of a partition (for watermarks)."""
@@ -128,15 +132,23 @@ class FanOut(Operator):
 
 
 class SourceOp(Operator):
-    """Decodes a batch of Kafka messages into elements."""
+    """Decodes a batch of Kafka messages into elements.
 
-    __slots__ = ("decode", "timestamp", "track_time")
+    Event times are checked here, before anything downstream sees them: one the
+    ``timestamp`` function returns that is not an integer number of epoch
+    milliseconds from 0 to `MAX_EPOCH_MS` fails its record (reason ``timestamp``);
+    one further ahead of the wall clock than ``max_future`` goes to the dead-letter
+    topic with reason ``future``, is counted as late, and never moves the watermark.
+    """
+
+    __slots__ = ("decode", "future_ms", "timestamp", "track_time")
 
     def __init__(self, op: Source, ctx: SlotContext) -> None:
         super().__init__(op, ctx)
         self.decode = decoder(op.value)
         self.timestamp: Callable[[Any], int] | None = op.timestamp
         self.track_time = False  # set when windows downstream need this source's watermark
+        self.future_ms = None if op.max_future is None else round(op.max_future * 1000)
 
     def process(self, batch: Batch) -> None:
         msgs = batch.elems
@@ -147,10 +159,30 @@ class SourceOp(Operator):
             elems = self._decode_each(batch)
         if self.timestamp is not None:
             elems = self._extract_timestamps(batch, elems)
-        if self.track_time and elems:
-            self.ctx.observe_time(batch.topic, batch.partition, max(e[2] for e in elems))
+        if elems and (self.timestamp is not None or self.track_time):
+            newest = max(e[2] for e in elems)
+            if self.future_ms is not None and newest > time.time() * 1000 + self.future_ms:
+                elems = self._without_future(batch, elems)
+                newest = max((e[2] for e in elems), default=newest)
+            if self.track_time and elems:
+                self.ctx.observe_time(batch.topic, batch.partition, newest)
         if elems and self.out is not None:
             self.out.process(Batch(batch.topic, batch.partition, elems))
+
+    def _without_future(self, batch: Batch, elems: list[Element]) -> list[Element]:
+        """Slow path: a batch holding an event time beyond ``max_future``."""
+        now = time.time() * 1000
+        limit = now + self.future_ms
+        for elem in elems:
+            if elem[2] > limit:
+                ahead = (elem[2] - now) / 1000
+                exc = ValueError(
+                    f"event time {elem[2]} is {ahead:.0f}s ahead of the wall clock; the"
+                    f" source allows max_future={self.future_ms / 1000:g}s"
+                )
+                self.ctx.late(self.name, 1, "future")
+                self.ctx.fail(self.name, "future", batch, elem, exc)
+        return [e for e in elems if e[2] <= limit]
 
     def _decode_each(self, batch: Batch) -> list[Element]:
         """Slow path, taken only for a batch holding a record that fails to decode."""
@@ -172,7 +204,12 @@ class SourceOp(Operator):
             try:
                 for i in range(i, n):  # noqa: B020 - resumes after a failed record
                     k, v, _, o = elems[i]
-                    append((k, v, int(extract(v)), o))
+                    t = int(extract(v))
+                    if not 0 <= t <= MAX_EPOCH_MS:
+                        raise ValueError(
+                            f"event time {t} is not epoch milliseconds from 0 to {MAX_EPOCH_MS}"
+                        )
+                    append((k, v, t, o))
                 break
             except Exception as exc:
                 self.ctx.fail(self.name, "timestamp", batch, elems[i], exc)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from operators.process import KeyedProcessFunction
 
 
+DEFAULT_MAX_FUTURE_S = 86400.0  # an event time further ahead than a day is a mistake
+
+
 class Partitioner(StrEnum):
     """How records reach the next operator (Flink's names).
 
@@ -106,6 +109,7 @@ class Source(Op):
     timestamp: Callable[[Any], int] | None
     max_out_of_orderness: float  # seconds
     idle_timeout: float | None  # seconds
+    max_future: float | None = DEFAULT_MAX_FUTURE_S  # seconds ahead of the wall clock
 
     def _details(self) -> str:
         return f" topic={self.topic} value={self.value}"

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from confluent_kafka import KafkaException
 
 from service.config import WorkerConfig
 from service.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from service.topics import TopicLimits
 
 ROLES = ("consumer", "producer", "admin")
 Client = TypeVar("Client")
@@ -116,7 +119,7 @@ class ClientSettings:
         }
 
     def producer(
-        self, size_limits: dict[str, int], on_delivery: Callable[[Any, Any], None]
+        self, limits: dict[str, TopicLimits], on_delivery: Callable[[Any, Any], None]
     ) -> dict[str, Any]:
         """The worker's one producer; transactional under exactly-once."""
         conf: dict[str, Any] = {
@@ -129,7 +132,9 @@ class ClientSettings:
             # a full queue makes slots wait (BufferError), which fills their inboxes.
             "queue.buffering.max.kbytes": 65536,
             # Batches must fit the smallest topic limit, or the broker refuses them whole.
-            "batch.size": min([1_000_000, *(v + 512 for v in size_limits.values())]),
+            "batch.size": min(
+                [1_000_000, *(t.max_bytes + 512 for t in limits.values() if t.max_bytes)]
+            ),
             "delivery.report.only.error": True,
             "on_delivery": on_delivery,
             # Never re-bootstrap. When every broker connection drops at once (a network

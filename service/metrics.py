@@ -85,7 +85,10 @@ class Metrics:
             "restarts", "In-process restarts from the last checkpoint after a slot failed."
         )
         self.records_late = counter(
-            "records_late", "Records that arrived after their window was gone.", ("operator",)
+            "records_late",
+            "Records that arrived after their window was gone (reason late), or whose event"
+            " time was too far ahead of the wall clock (reason future).",
+            ("operator", "reason"),
         )
         self.watermark_lag = gauge(
             "watermark_lag_seconds", "Wall clock minus the worker's event-time watermark."

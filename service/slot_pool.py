@@ -19,6 +19,7 @@ from service.changelog import Changelogs
 from service.metrics import Metrics
 from service.router import PINNED, SlotRouter
 from service.slots import FETCHER, SOURCES, Ownership, Slot, Stop, Watermark
+from service.topics import TopicLimits
 from state.epoch import EpochBuffer
 from state.keygroups import key_group_range
 from state.serde import JsonSerde
@@ -58,7 +59,7 @@ class SlotPool:
         producer: Any,
         on_ack: Callable[[int, int, list[Write]], None],
         store: StateStore | None,
-        size_limits: dict[str, int],
+        limits: dict[str, TopicLimits],
     ) -> None:
         """Fresh slots producing on ``producer``, each with its own epoch buffer."""
         serdes = {s: JsonSerde() for s in self.changelogs.states}
@@ -78,7 +79,7 @@ class SlotPool:
                     self.on_fatal,
                     state=None if store is None else EpochBuffer(store, serdes),
                     changelogs=self.changelogs,
-                    size_limits=size_limits,
+                    limits=limits,
                 )
             )
         self.slots = slots

@@ -42,6 +42,7 @@ from state.store import Write
 
 if TYPE_CHECKING:
     from service.changelog import Changelogs
+    from service.topics import TopicLimits
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class Slot(threading.Thread):
         on_fatal: Callable[[BaseException], None],
         state: EpochBuffer | None = None,
         changelogs: Changelogs | None = None,
-        size_limits: dict[str, int] | None = None,
+        limits: dict[str, TopicLimits] | None = None,
     ) -> None:
         super().__init__(name=f"weir-slot-{index}", daemon=True)
         self.slot = index
@@ -173,7 +174,7 @@ class Slot(threading.Thread):
         self.stats = SlotStats()
         self.state = state
         self.changelogs = changelogs
-        self.size_limits = size_limits or {}  # topic -> largest record (key + value) it takes
+        self.limits = limits or {}  # topic -> what its broker accepts
         self.epoch_writes: list[Write] = []
         self._chain_args = (sources, max_key_groups)
         self.chain: SlotChain | None = None
@@ -218,9 +219,9 @@ class Slot(threading.Thread):
             counter = self._out_counters[topic] = self.metrics.records_out.labels(
                 self.metrics.job, topic
             )
-        limit = self.size_limits.get(topic)
-        if limit is not None:
-            rows = self._within(topic, rows, batch, limit)
+        limits = self.limits.get(topic)
+        if limits is not None:
+            rows = self._accepted(topic, rows, batch, limits)
         counter.inc(len(rows))
         if self.discard:
             return
@@ -245,17 +246,25 @@ class Slot(threading.Thread):
                 self.fail(f"sink-{topic}", "produce", batch, (k, v, 0, offset), exc)
                 i += 1
 
-    def _within(self, topic: str, rows: list[Row], batch: Batch, limit: int) -> list[Row]:
-        """Rows the topic accepts; larger ones go to the dead-letter topic, not to an
-        aborted transaction (the broker would refuse the whole batch)."""
-        big = [r for r in rows if len(r[1]) + len(r[0] or b"") > limit]
-        if not big:
+    def _accepted(self, topic: str, rows: list[Row], batch: Batch, lim: TopicLimits) -> list[Row]:
+        """Rows the topic's broker accepts; a record it would refuse (too large, a
+        timestamp out of its range) goes to the dead-letter topic instead of failing
+        the whole transaction. One pass over plain comparisons when all is well."""
+        now = time.time() * 1000
+        big, low, high = lim.bounds(now)
+        if all(
+            len(v) + len(k or b"") <= big and (t <= 0 or low <= t <= high) for k, v, _, t in rows
+        ):
             return rows
-        for k, v, offset, t in big:
-            size = len(v) + len(k or b"")
-            exc = ValueError(f"record of {size} bytes exceeds {topic}'s limit of {limit} bytes")
-            self.fail(f"sink-{topic}", "too-large", batch, (k, v, t, offset), exc)
-        return [r for r in rows if len(r[1]) + len(r[0] or b"") <= limit]
+        kept = []
+        for k, v, offset, t in rows:
+            refusal = lim.refusal(k, v, t, now)
+            if refusal is None:
+                kept.append((k, v, offset, t))
+                continue
+            reason = "too-large" if refusal.startswith("record of") else "timestamp"
+            self.fail(f"sink-{topic}", reason, batch, (k, v, t, offset), ValueError(refusal))
+        return kept
 
     def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
         self.stats.failed += 1
@@ -285,7 +294,8 @@ class Slot(threading.Thread):
                 value = repr(value).encode()
         if not isinstance(key_bytes, bytes | None):
             key_bytes = repr(key_bytes).encode()
-        dlq_limit = self.size_limits.get(self.dlq_topic, DLQ_VALUE_LIMIT)
+        dlq = self.limits.get(self.dlq_topic)
+        dlq_limit = dlq.max_bytes if dlq and dlq.max_bytes else DLQ_VALUE_LIMIT
         if value is not None and len(value) > min(DLQ_VALUE_LIMIT, dlq_limit // 2):
             error += f" (value truncated from {len(value)} bytes)"
             value = value[: min(DLQ_VALUE_LIMIT, dlq_limit // 2)]
@@ -309,8 +319,8 @@ class Slot(threading.Thread):
         records = len(item.elems) if isinstance(item, Batch) else 0
         self.peers[slot].inbox.put(target, self.slot, item, records, records * self.record_bytes)
 
-    def late(self, operator: str, count: int) -> None:
-        self.metrics.records_late.labels(self.metrics.job, operator).inc(count)
+    def late(self, operator: str, count: int, reason: str = "late") -> None:
+        self.metrics.records_late.labels(self.metrics.job, operator, reason).inc(count)
 
     def observe_time(self, topic: str, partition: int, max_timestamp: int) -> None:
         tp = (topic, partition)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
@@ -82,16 +83,70 @@ def ensure_topic(
 
 
 RECORD_OVERHEAD = 1024  # batch header, record framing and headers, with room to spare
+CLOCK_MARGIN_MS = 60_000  # the broker judges timestamps by its own clock, later
 
 
-def record_size_limits(admin: AdminClient, topics: list[str], timeout_s: float) -> dict[str, int]:
-    """The largest key + value each topic accepts: its ``max.message.bytes`` less overhead."""
+@dataclass(frozen=True)
+class TopicLimits:
+    """What a topic's broker accepts: key + value bytes (``max.message.bytes`` less
+    overhead) and, for CreateTime topics, record timestamps no further behind
+    (``message.timestamp.before.max.ms``) or ahead (``message.timestamp.after.max.ms``,
+    1 hour by default since Kafka 3.6) of the broker's clock. None: no limit."""
+
+    max_bytes: int | None = None
+    before_ms: int | None = None
+    after_ms: int | None = None
+
+    def bounds(self, now_ms: float) -> tuple[float, float, float]:
+        """(largest size, earliest and latest timestamp) accepted now; `refusal` says why
+        a record outside them is refused."""
+        inf = float("inf")
+        return (
+            inf if self.max_bytes is None else self.max_bytes,
+            -inf if self.before_ms is None else now_ms - self.before_ms + CLOCK_MARGIN_MS,
+            inf if self.after_ms is None else now_ms + self.after_ms - CLOCK_MARGIN_MS,
+        )
+
+    def refusal(self, key: bytes | None, value: bytes, timestamp: int, now_ms: float) -> str | None:
+        """Why the broker would refuse this record (one refusal fails the whole
+        transaction), or None; timestamps within ``CLOCK_MARGIN_MS`` of a limit count as
+        refused, since the broker's clock reads later than ours."""
+        size = len(value) + len(key or b"")
+        if self.max_bytes is not None and size > self.max_bytes:
+            return f"record of {size} bytes exceeds the topic's limit of {self.max_bytes} bytes"
+        if timestamp <= 0:
+            return None  # the producer stamps it now
+        if self.after_ms is not None and timestamp > now_ms + self.after_ms - CLOCK_MARGIN_MS:
+            return (
+                f"timestamp {timestamp} is more than message.timestamp.after.max.ms="
+                f"{self.after_ms} ahead of now"
+            )
+        if self.before_ms is not None and timestamp < now_ms - self.before_ms + CLOCK_MARGIN_MS:
+            return (
+                f"timestamp {timestamp} is more than message.timestamp.before.max.ms="
+                f"{self.before_ms} behind now"
+            )
+        return None
+
+
+def topic_limits(admin: AdminClient, topics: list[str], timeout_s: float) -> dict[str, TopicLimits]:
+    """What each topic the job writes accepts, from its configuration."""
     resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
     limits = {}
     for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
-        entry = future.result(timeout=timeout_s).get("max.message.bytes")
-        if entry is not None and entry.value is not None:
-            limits[resource.name] = int(entry.value) - RECORD_OVERHEAD
+        config = {k: e.value for k, e in future.result(timeout=timeout_s).items()}
+        create_time = config.get("message.timestamp.type", "CreateTime") == "CreateTime"
+
+        def number(name: str, config: dict = config) -> int | None:
+            value = config.get(name)
+            return None if value is None or int(value) >= 2**62 else int(value)
+
+        max_bytes = number("max.message.bytes")
+        limits[resource.name] = TopicLimits(
+            None if max_bytes is None else max_bytes - RECORD_OVERHEAD,
+            number("message.timestamp.before.max.ms") if create_time else None,
+            number("message.timestamp.after.max.ms") if create_time else None,
+        )
     return limits
 
 
@@ -115,10 +170,10 @@ def provision_repartition_topics(admin: AdminClient, plan: PhysicalPlan, timeout
 
 def provision_job_topics(
     admin: AdminClient, plan: PhysicalPlan, timeout_s: float
-) -> tuple[dict[str, int], dict[str, int]]:
+) -> tuple[dict[str, int], dict[str, TopicLimits]]:
     """Before a worker joins its group: check the job's own topics exist, create Weir's
     (repartition topics, the dead-letter topic). Returns the partition count of every
-    topic the job reads, and the record size limit of every topic it writes."""
+    topic the job reads, and what every topic it writes accepts."""
     require_topics(admin, plan.user_source_topics, plan.sink_topics, timeout_s)
     provision_repartition_topics(admin, plan, timeout_s)
     counts = partition_counts(admin, timeout_s)
@@ -127,4 +182,4 @@ def provision_job_topics(
         ensure_topic(admin, plan.dlq_topic, 1, timeout_s)
         written.append(plan.dlq_topic)
     read = {t: counts[t] for t in plan.source_topics}
-    return read, record_size_limits(admin, written, timeout_s)
+    return read, topic_limits(admin, written, timeout_s)

@@ -63,6 +63,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from service.clients import ClientSettings
 from service.deadline import BoundedCaller, CallTimedOut, retry_while_unavailable
 from service.exceptions import DuplicateWorker, KafkaUnavailable, WorkerFailed
+from service.topics import TopicLimits
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class TransactionalOutput:
         self.timeout_s = timeout_s
         self.broker_timeout_s = broker_timeout_s
         self.stopping = stopping or threading.Event()
-        self.size_limits: dict[str, int] = {}
+        self.limits: dict[str, TopicLimits] = {}
         self.producer: Producer | None = None
         self.unavailable: str | None = None  # why no producer is open right now
         self.fencings: list[float] = []  # when the producer was last fenced
@@ -110,9 +111,9 @@ class TransactionalOutput:
         self._fault = _fault_injection()
 
     # -- Step 1 ---------------------------------------------------------------
-    def open(self, size_limits: dict[str, int]) -> None:
+    def open(self, limits: dict[str, TopicLimits]) -> None:
         """Create the producer (batches fit the smallest topic limit) and begin."""
-        self.size_limits = size_limits
+        self.limits = limits
         self.producer = self._new_producer_retrying()
         if self.exactly_once:
             self.producer.begin_transaction()
@@ -132,7 +133,7 @@ class TransactionalOutput:
         self.unavailable = reason
 
     def _new_producer(self) -> Producer:
-        conf = self.settings.producer(self.size_limits, self._on_delivery)
+        conf = self.settings.producer(self.limits, self._on_delivery)
         producer = self.settings.open(Producer, conf)
         if self.exactly_once:
             try:

@@ -52,7 +52,7 @@ from service.restore import Restorer
 from service.router import SlotRouter
 from service.sampler import MetricsSampler
 from service.slot_pool import SlotPool
-from service.topics import connect_admin, provision_job_topics
+from service.topics import TopicLimits, connect_admin, provision_job_topics
 from service.transaction import TransactionalOutput, TransactionFailed
 from service.watermarks import SlotProgress, WatermarkTracker
 from state.store import StateStore
@@ -93,7 +93,7 @@ class Worker:
         )
         self.restarts = RestartStrategy(config, self.metrics)
         self.fatal: BaseException | None = None
-        self.size_limits: dict[str, int] = {}
+        self.limits: dict[str, TopicLimits] = {}
         self.topic_partitions: dict[str, int] = {}
         self.state = "starting"
         self.consumer: GroupConsumers | None = None
@@ -116,14 +116,14 @@ class Worker:
             "connecting",
             self._note_unavailable,
         )
-        self.topic_partitions, self.size_limits = provision_job_topics(admin, self.plan, timeout)
+        self.topic_partitions, self.limits = provision_job_topics(admin, self.plan, timeout)
         state = None
         if self.changelogs:
             self.changelogs.provision(admin, timeout)
             path = Path(cfg.state_dir) / self.group / self.worker_id
             state = StateCommit.open(path, self.changelogs, admin, cfg, self.stopping)
             self.store = state.store
-        self.output.open(self.size_limits)
+        self.output.open(self.limits)
         self.consumer = GroupConsumers(
             self.settings,
             {"source": self.plan.user_source_topics, "repartition": self.plan.repartition_topics},
@@ -246,7 +246,7 @@ class Worker:
 
     # -- slots ----------------------------------------------------------------
     def _start_slots(self) -> None:
-        self.slots.start(self.output.producer, self.coordinator.ack, self.store, self.size_limits)
+        self.slots.start(self.output.producer, self.coordinator.ack, self.store, self.limits)
         if self.watermarks:
             self.slots.assign_ownership(self.router, self.rebalancer.restoring)
             self.slots.tick(self.watermarks.watermark)

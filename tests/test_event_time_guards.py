@@ -1,0 +1,164 @@
+"""Impossible or unwelcome event times never stop a job.
+
+Unit level (no broker): the source refuses event times that are not epoch
+milliseconds, and sends those further ahead than ``max_future`` to the dead-letter
+topic without letting them move the watermark; a topic's limits say which records its
+broker would refuse. End to end: a ``key_by(fn)`` window job fed a reading ten years
+ahead, one whose time is not epoch ms, and one two hours ahead (which the repartition
+topic's broker refuses): each goes to the dead-letter topic with its reason, every
+other window is exact, and the worker never restarts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from operators import Job
+from operators.chain import MAX_EPOCH_MS, Batch, SourceOp
+from operators.physical import compile_plan
+from service.topics import CLOCK_MARGIN_MS, TopicLimits
+from tests.kafka_fixture import consume_all, produce_json
+from tests.workers import WorkerProcess, job_env, metric
+
+DAY_MS = 86_400_000
+
+
+class Message:
+    """What a source operator reads of a Kafka message."""
+
+    def __init__(self, value: bytes, offset: int) -> None:
+        self._value, self._offset = value, offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class Ctx:
+    slot, slots, state = 0, 1, None
+
+    def __init__(self) -> None:
+        self.failed: list[tuple[str, int, str]] = []
+        self.lates: dict[str, int] = defaultdict(int)
+        self.seen: list[int] = []
+
+    def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException):
+        self.failed.append((reason, elem[3], str(exc)))
+
+    def late(self, operator: str, count: int, reason: str = "late") -> None:
+        self.lates[reason] += count
+
+    def observe_time(self, topic: str, partition: int, max_timestamp: int) -> None:
+        self.seen.append(max_timestamp)
+
+
+def source_op(**options: Any) -> tuple[SourceOp, Ctx, list]:
+    job = Job("guards")
+    job.source("in", timestamp=lambda r: r["ts"], **options).sink("out")
+    op = compile_plan(job, "g").roots[0].op
+    ctx = Ctx()
+    source = SourceOp(op, ctx)
+    passed: list = []
+    source.out = type("Out", (), {"process": lambda self, b: passed.extend(b.elems)})()
+    source.track_time = True
+    return source, ctx, passed
+
+
+def test_event_times_that_are_not_epoch_ms_fail_their_record():
+    source, ctx, passed = source_op()
+    now = int(time.time() * 1000)
+    values = [now, 1e20, -5, "NaN", MAX_EPOCH_MS + 1, now + 1]
+    msgs = [Message(f'{{"ts": {v!r}}}'.replace("'", '"').encode(), i) for i, v in enumerate(values)]
+    source.process(Batch("in", 0, msgs))
+    assert [e[3] for e in passed] == [0, 5], "only the valid ones pass"
+    assert [(reason, offset) for reason, offset, _ in ctx.failed] == [
+        ("timestamp", 1), ("timestamp", 2), ("timestamp", 3), ("timestamp", 4)
+    ]  # fmt: skip
+    assert "not epoch milliseconds" in ctx.failed[0][2]
+    assert ctx.seen == [now + 1]
+
+
+def test_event_times_beyond_max_future_go_to_the_dlq_and_never_move_the_watermark():
+    source, ctx, passed = source_op(max_future=3600)
+    now = int(time.time() * 1000)
+    ahead = now + 10 * 365 * DAY_MS
+    msgs = [Message(f'{{"ts": {t}}}'.encode(), i) for i, t in enumerate([now, ahead, now + 5])]
+    source.process(Batch("in", 0, msgs))
+    assert [e[3] for e in passed] == [0, 2]
+    assert [(reason, offset) for reason, offset, _ in ctx.failed] == [("future", 1)]
+    assert "ahead of the wall clock" in ctx.failed[0][2] and "max_future=3600s" in ctx.failed[0][2]
+    assert ctx.lates == {"future": 1}
+    assert ctx.seen == [now + 5], "the watermark never sees the future record"
+    off, ctx_off, passed_off = source_op(max_future=None)
+    off.process(Batch("in", 0, msgs))
+    assert len(passed_off) == 3 and not ctx_off.failed, "max_future=None: no limit"
+
+
+def test_topic_limits_name_what_the_broker_would_refuse():
+    limits = TopicLimits(max_bytes=100, before_ms=DAY_MS, after_ms=3_600_000)
+    now = 1_800_000_000_000
+    assert limits.refusal(b"k", b"v" * 10, now, now) is None
+    assert limits.refusal(None, b"v", 0, now) is None, "stamped by the producer"
+    assert "exceeds" in limits.refusal(b"k", b"v" * 100, now, now)
+    assert "after.max.ms" in limits.refusal(b"k", b"v", now + 3_600_000, now)
+    assert "before.max.ms" in limits.refusal(b"k", b"v", now - DAY_MS, now)
+    late_ok = now + 3_600_000 - CLOCK_MARGIN_MS
+    assert limits.refusal(b"k", b"v", late_ok, now) is None
+    big, low, high = limits.bounds(now)
+    assert (big, low, high) == (100, now - DAY_MS + CLOCK_MARGIN_MS, late_ok)
+    assert TopicLimits().refusal(b"k", b"v" * 10**6, 2**62, now) is None, "no limits"
+
+
+def test_a_reading_years_ahead_never_stops_a_key_by_window_job(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    src, out = new_topic(partitions=1), new_topic()
+    group = f"guard-{uuid.uuid4().hex[:8]}"
+    now = int(time.time() * 1000)
+    start = now - 60_000 - now % 10_000
+    readings = [{"tag": f"t{i % 5}", "ts": start + i * 100, "value": i} for i in range(300)]
+    bad = [
+        {"tag": "t0", "ts": now + 10 * 365 * DAY_MS, "value": -1},  # seconds for ms: future
+        {"tag": "t1", "ts": 1e20, "value": -2},  # not epoch ms
+        {"tag": "t2", "ts": now + 2 * 3_600_000, "value": -3},  # the broker refuses it
+    ]
+    produce_json(kafka_bootstrap, src, readings + bad)
+    worker = WorkerProcess(
+        "windowed.py", kafka_bootstrap, group, "w1", tmp_path,
+        job_env(in_=src, out=out, window="tumbling", key_by="tag", idle=1),
+        ["--checkpoint-interval-ms", "200"],
+    )  # fmt: skip
+    want: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for r in readings:
+        want[(r["tag"], r["ts"] - r["ts"] % 10_000)].append(r["value"])
+    try:
+        got = consume_all(kafka_bootstrap, out, expected=len(want), timeout=90)
+        dead = consume_all(kafka_bootstrap, f"{group}.dlq", expected=3, timeout=60)
+        metrics = worker.metrics()
+        assert worker.proc.poll() is None, worker.log_tail()
+        assert worker.terminate(60) == 0
+    finally:
+        worker.close()
+    windows = {(r["value"]["key"], r["value"]["window_start"]): r["value"] for r in got}
+    assert set(windows) == set(want), "every window of the good readings, no other"
+    for key, values in want.items():
+        assert (windows[key]["count"], windows[key]["sum"]) == (len(values), sum(values)), key
+    reasons = sorted(dict(d["headers"])["weir.reason"].decode() for d in dead)
+    assert reasons == ["future", "timestamp", "timestamp"], reasons
+    # the refused repartition record is its [key, value] envelope
+    records = [d["value"][1] if isinstance(d["value"], list) else d["value"] for d in dead]
+    values = sorted(r["value"] for r in records)
+    assert values == [-3, -2, -1]
+    assert metric(metrics, "weir_restarts_total") == 0
+    assert metric(metrics, "weir_records_late_total", reason="future") == 1
