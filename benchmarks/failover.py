@@ -404,6 +404,7 @@ def summarize(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "violations": sum(r["violations"] for r in ok),
         "outputs": sum(r["outputs"] for r in ok),
         "loadavg_at_event": med("loadavg_at_event"),
+        "machine_busy_cores": med("machine_busy_cores"),
     }
 
 
@@ -419,6 +420,8 @@ HEADERS = [
     "survivor rebalance callbacks",
     "survivor pause s",
     "EOS violations",
+    "loadavg",
+    "machine busy",
     "every run, s",
 ]
 
@@ -439,6 +442,8 @@ def cells(s: dict[str, Any]) -> list[str]:
         f"{s['survivor_rebalances']:.0f}",
         sec(s["survivor_longest_pause_s"]),
         f"{s['violations']} / {s['outputs']:,}",
+        f"{s['loadavg_at_event']:.1f}",
+        f"{s['machine_busy_cores']:.2f}",
         ", ".join(f"{v:.2f}" for v in s["visible_all_s"]),
     ]
 
@@ -456,6 +461,9 @@ def figure(summaries: list[dict[str, Any]], name: str) -> str:
 def markdown(report: dict[str, Any]) -> str:
     cfg, s = report["config"], report["summary"]
     session = cfg["session_timeout_ms"] or 10000
+    default = "" if cfg["session_timeout_ms"] else " (Weir's default)"
+    b_sizes = sorted({len(r["b_partitions"]) for r in report["runs"] if "error" not in r})
+    static = next((x for x in s if x["row"] == "restart-static" and x["runs"]), None)
     failed = [f"- {x['label']}: {e}" for x in s for e in x["failed"]]
     return "\n".join(
         [
@@ -464,17 +472,19 @@ def markdown(report: dict[str, Any]) -> str:
             machine_header(report["machine"]),
             "",
             f"Measured with `{report['command']}`. Load average (1 min) at the start"
-            f" {report['loadavg_start']:.2f}, at the end {report['loadavg_end']:.2f};"
-            " median at the moment of each kill/stop is in the JSON. 2 cores, shared with"
-            " the broker and with other people's test runs, so seconds here include waiting"
-            " for a CPU.",
+            f" {report['loadavg_start']:.2f}, at the end {report['loadavg_end']:.2f}; the"
+            " table gives each row's median at the moment of the kill/stop (loadavg) and"
+            " the cores everything on the machine kept busy during its runs (machine busy,"
+            " 2.00 = both). 2 cores, shared with the broker and with other people's test"
+            " runs, so seconds here include waiting for a CPU.",
             "",
             f"Setup: tests/jobs/keyed_count.py (a running count per record key, exactly-once),"
             f" {PARTITIONS} input partitions, 2 workers (`weir run`, 1 slot each, checkpoint"
             f" interval {cfg['checkpoint_interval_ms']} ms), input fed at {cfg['rate']:,.0f}"
             f" records/s over {PARTITIONS} x {cfg['keys']} keys, {cfg['warmup_s']:.0f} s"
-            f" warm-up, then worker B (3 of the 6 partitions) is stopped. session.timeout.ms"
-            f" {session} (Weir's default), heartbeat.interval.ms 2000, transaction.timeout.ms"
+            f" warm-up, then worker B ({' or '.join(map(str, b_sizes))} of the"
+            f" {PARTITIONS} partitions) is stopped. session.timeout.ms"
+            f" {session}{default}, heartbeat.interval.ms 2000, transaction.timeout.ms"
             " 10000. Fresh topics and group per run; rows alternate dynamic/static.",
             "",
             "**What is timed:** from the event (the SIGKILL; for SIGTERM, B's exit after its"
@@ -493,6 +503,21 @@ def markdown(report: dict[str, Any]) -> str:
             " outputs from the event until 3 s after the first output. EOS violations:"
             " duplicates + gaps + extras + reordered keys over every key's counts (must be"
             " 1..n for n inputs) / outputs read back, summed over the runs.",
+            *(
+                []
+                if static is None
+                else [
+                    "",
+                    f"A static restart's {static['visible_after_s']:.2f} s (medians): the"
+                    " restarted worker answers /ready after"
+                    f" {static['restarted_ready_after_s']:.2f} s (Python start-up,"
+                    " connecting, rejoining under its instance id, opening"
+                    " its local state), its first output for those partitions is appended at"
+                    f" {static['appended_after_s']:.2f} s and becomes visible with the"
+                    " checkpoint that commits it, one checkpoint interval"
+                    f" ({cfg['checkpoint_interval_ms']} ms) later.",
+                ]
+            ),
             "",
             "## Static membership and session.timeout.ms",
             "",
@@ -518,12 +543,15 @@ def markdown(report: dict[str, Any]) -> str:
             " wait for the session timeout (and for the dead worker's open transaction to"
             f" time out): {figure(s, 'kill-dynamic')} dynamic, {figure(s, 'kill-static')}"
             " static. session.timeout.ms sets both sides of the trade: it must be longer"
-            " than a restart takes (start-up, here a few seconds on a loaded machine, plus"
-            " any deploy time) for static membership to avoid the rebalance, and every"
+            " than a restart takes (start-up, here about"
+            f" {static['restarted_ready_after_s'] if static else float('nan'):.0f} s to"
+            " /ready on a loaded machine, plus any deploy or scheduling time) for static"
+            " membership to avoid the rebalance, and every"
             " second of it is added to the outage when a worker dies and is not replaced."
             " Use static membership when workers are restarted in place (systemd,"
             " Kubernetes StatefulSets with stable worker ids); keep dynamic membership, or"
-            " a short session timeout, when workers come and go.",
+            " a short session timeout (`--kafka consumer.session.timeout.ms=...`), when"
+            " workers come and go.",
             "",
             "A kill -9 that is not followed by a restart also stalls the survivor's"
             " *visible* output (survivor pause): the dead worker's open transaction covers"
@@ -555,7 +583,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timeout-s", type=float, default=60.0, help="longest wait for output")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-render benchmarks/results/failover.md from failover.json; run nothing",
+    )
     args = p.parse_args(argv)
+    if args.report_only:
+        report = orjson.loads((RESULTS / "failover.json").read_bytes())
+        names = report["config"]["rows"].split(",")
+        report["summary"] = [summarize(r, report["runs"]) for r in ROWS if r.name in names]
+        write_report(RESULTS / "failover", report, markdown(report))
+        return 0
     select_rows(p, args, ROWS)
     broker, report = open_run("benchmarks.failover", args)
     runs: list[dict[str, Any]] = []
