@@ -157,3 +157,54 @@ def test_status_page_in_a_browser(kafka_bootstrap, new_topic, tmp_path):
     assert f"{src}-0" in dom and f"{src}-2" in dom, "partitions are listed"
     assert "<td>completed</td>" in dom, "recent checkpoints are listed"
     assert "source-" + src in dom, "the operator graph is shown"
+
+
+def test_status_and_ready_answer_through_rebalances(kafka_bootstrap, new_topic, tmp_path):
+    """/status and /ready read what the fetcher thread changes during rebalances (partitions,
+    positions, lag, restores): polled without pause while workers join and leave, every
+    answer is a whole response — never a server error or a dropped connection."""
+    src, out = new_topic(partitions=6), new_topic(partitions=6)
+    group = f"g-{uuid.uuid4().hex}"
+    env = job_env(in_=src, out=out)
+    args = ["--checkpoint-interval-ms", "100", "--kafka", "session.timeout.ms=6000", "--slots", "3"]
+    produce_json(kafka_bootstrap, src, _keyed(3000), key=lambda r: r["k"].encode())
+    a = WorkerProcess("keyed_count.py", kafka_bootstrap, group, "a", tmp_path, env=env,
+                      args=[*args, "--state-dir", str(tmp_path / "a")])  # fmt: skip
+    answers: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            for path in ("/status", "/ready"):
+                code, body = _get(a.http_port, path)
+                if path == "/status" and code == 200:
+                    orjson.loads(body)  # a whole JSON document
+                answers.append((path, code))
+
+    pollers = [threading.Thread(target=poll, daemon=True) for _ in range(3)]
+    others: list[WorkerProcess] = []
+    try:
+        a.wait_running(60)
+        for t in pollers:
+            t.start()
+        for name in ("b", "c"):  # joins: partitions move away from a
+            others.append(WorkerProcess("keyed_count.py", kafka_bootstrap, group, name, tmp_path,
+                                        env=env, args=[*args, "--state-dir",
+                                                       str(tmp_path / name)]))  # fmt: skip
+            others[-1].wait_running(60)
+            produce_json(kafka_bootstrap, src, _keyed(1000, start=3000 + 1000 * len(others)),
+                         key=lambda r: r["k"].encode())  # fmt: skip
+        for worker in others:  # leaves: partitions move back to a
+            assert worker.terminate(60) == 0
+        wait_for(lambda: len(a.status()["partitions"]) == 6, 60, "a owns every partition again")
+    finally:
+        stop.set()
+        for t in pollers:
+            t.join(10)
+        for worker in [a, *others]:
+            worker.close()
+    statuses = [code for path, code in answers if path == "/status"]
+    readies = {code for path, code in answers if path == "/ready"}
+    assert len(statuses) > 100, "polled throughout"
+    assert set(statuses) == {200}, f"/status answered {sorted(set(statuses))}"
+    assert readies <= {200, 503}, f"/ready answered {sorted(readies)}"
