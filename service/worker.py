@@ -158,6 +158,14 @@ class Worker:
             "batch.size": min([1_000_000, *(v + 512 for v in self.size_limits.values())]),
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery,
+            # Never re-bootstrap. When every broker connection drops at once (a network
+            # blip), librdkafka 2.16 re-bootstraps and decommissions its broker handles
+            # but keeps the decommissioned one cached as the group coordinator, and the
+            # next send_offsets_to_transaction waits on it for good, past its timeout
+            # (librdkafka #5511, #5456; 2.12 does not). Without re-bootstrap the handle
+            # reconnects and the call completes once the network is back. The cost: a
+            # producer whose brokers all change address does not look them up again.
+            "metadata.recovery.strategy": "none",
         }
         if self.config.exactly_once:
             conf["transactional.id"] = self.transactional_id
@@ -774,7 +782,8 @@ class Worker:
         except KafkaException as exc:
             if exc.args[0].fatal():
                 self._fenced(exc.args[0].str())
-        old.poll(0)  # serve the purged records' reports
+        with contextlib.suppress(KafkaException):  # raises the old one's fatal error again
+            old.poll(0)  # serve the purged records' reports
         self.producer = Producer(self._producer_conf())
         self.producer.init_transactions(self.config.connect_timeout_s)
         self.coordinator.producer = self.producer
