@@ -274,13 +274,26 @@ class Worker:
         self.store = StateStore(path, [s for op in self.stateful for s in op.states])
 
     def _changelog_ends(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """High watermarks of changelog partitions just committed to (only we write them)."""
+        """High watermarks of changelog partitions just committed to (only we write them).
+
+        Asked again until ``connect_timeout_s`` has passed: right after the connections
+        dropped, the admin client may not know the partition leaders yet and fails at
+        once ("No leaders found"), although the commit went through."""
+        timeout = self.config.connect_timeout_s
         specs = {TopicPartition(t, p): OffsetSpec.latest() for t, p in tps}
-        futures = self.admin.list_offsets(specs, request_timeout=self.config.connect_timeout_s)
-        return {
-            (tp.topic, tp.partition): f.result(timeout=self.config.connect_timeout_s).offset
-            for tp, f in futures.items()
-        }
+        deadline = time.monotonic() + timeout
+        while True:
+            futures = self.admin.list_offsets(specs, request_timeout=timeout)
+            try:
+                return {
+                    (tp.topic, tp.partition): f.result(timeout=timeout).offset
+                    for tp, f in futures.items()
+                }
+            except KafkaException as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.debug("changelog ends not known yet (%s); asking again", exc)
+                time.sleep(0.2)
 
     def run(self) -> None:
         """Process until `stop` (or SIGTERM/SIGINT when on the main thread); raises on failure."""
