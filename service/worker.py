@@ -276,9 +276,11 @@ class Worker:
     def _changelog_ends(self, tps: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """High watermarks of changelog partitions just committed to (only we write them).
 
-        Asked again until ``connect_timeout_s`` has passed: right after the connections
-        dropped, the admin client may not know the partition leaders yet and fails at
-        once ("No leaders found"), although the commit went through."""
+        Asked again, with fresh metadata, until ``connect_timeout_s`` has passed: right
+        after the connections dropped the admin client may not know the partition leaders
+        yet ("No leaders found"), and after a broker restart it sends leader epochs the
+        broker has moved past ("FENCED_LEADER_EPOCH") until its metadata is refreshed;
+        either fails at once, although the commit went through."""
         timeout = self.config.connect_timeout_s
         specs = {TopicPartition(t, p): OffsetSpec.latest() for t, p in tps}
         deadline = time.monotonic() + timeout
@@ -293,6 +295,8 @@ class Worker:
                 if time.monotonic() >= deadline:
                     raise
                 log.debug("changelog ends not known yet (%s); asking again", exc)
+                with contextlib.suppress(KafkaException):
+                    self.admin.list_topics(timeout=timeout)
                 time.sleep(0.2)
 
     def run(self) -> None:
