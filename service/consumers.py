@@ -129,7 +129,7 @@ class GroupConsumers:
         try:
             futures = admin.describe_consumer_groups([group], request_timeout=10)
             members = futures[group].result(timeout=10).members
-        except KafkaException:
+        except (KafkaException, TimeoutError):  # the broker may be away: no answer
             return None
         for member in members:
             if member.client_id == client_id and member.member_id not in mine:

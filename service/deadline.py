@@ -105,7 +105,8 @@ def retry_while_unavailable(
     refresh: Callable[[], object] | None = None,
 ) -> T:
     """``fn()``, tried again with exponential backoff (1 s doubling to 30 s) while Kafka
-    cannot be reached — it raises `KafkaUnavailable` or a client error — for up to
+    cannot be reached — it raises `KafkaUnavailable`, a client error, or a future's
+    `TimeoutError` — for up to
     ``budget_s``; then `KafkaUnavailable` (exit code 3), saying how long it waited.
     ``note`` gets the reason while waiting (for /ready) and None once ``fn`` succeeded;
     ``refresh`` runs before each new try (an admin client's metadata: after a broker
@@ -116,8 +117,11 @@ def retry_while_unavailable(
             result = fn()
             note(None)
             return result
-        except (KafkaUnavailable, KafkaException) as exc:
-            reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
+        except (KafkaUnavailable, KafkaException, TimeoutError) as exc:
+            if isinstance(exc, KafkaException):
+                reason = exc.args[0].str()
+            else:
+                reason = str(exc) or "no answer in time"
             waited = time.monotonic() - started
             if waited >= budget_s or stopping.is_set():
                 raise KafkaUnavailable(

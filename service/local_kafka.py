@@ -132,12 +132,22 @@ class LocalKafka:
     one, an already-formatted directory is reused (topics survive restarts). The JVM runs
     in its own session and is not tied to this object's lifetime (that is what lets
     ``cli_start`` detach it): call ``stop()`` or use the instance as a context manager.
+
+    ``proxied=(listen, advertised)`` adds a second listener on ``127.0.0.1:listen`` that
+    advertises ``127.0.0.1:advertised``: clients bootstrapped at ``advertised`` are handed
+    that address for the broker too, so a proxy listening there (network fault tests)
+    carries every connection they make, while ``bootstrap`` stays direct.
     """
 
     def __init__(
-        self, port: int = 0, data_dir: Path | None = None, cache_dir: Path | None = None
+        self,
+        port: int = 0,
+        data_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        proxied: tuple[int, int] | None = None,
     ) -> None:
         self._requested_port = port
+        self._proxied = proxied
         self._port = 0
         self._data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self._owns_data_dir = False
@@ -181,16 +191,18 @@ class LocalKafka:
         libs = resolve_jars(self._cache_dir)
         deadline = time.monotonic() + timeout
         self._port = self._requested_port or _free_port()
-        if self._requested_port and not _port_is_free(self._port):
-            raise LocalKafkaError(f"port {self._port} on 127.0.0.1 is already in use")
-        controller_port = _free_port(exclude=self._port)
+        for wanted in (self._requested_port, *(self._proxied or ())[:1]):
+            if wanted and not _port_is_free(wanted):
+                raise LocalKafkaError(f"port {wanted} on 127.0.0.1 is already in use")
+        taken = {self._port, *(self._proxied or ())}
+        controller_port = _free_port(exclude=taken)
         if self._data_dir is None:
             self._data_dir = Path(tempfile.mkdtemp(prefix="weir-kafka-")).resolve()
             self._owns_data_dir = True
         try:
             self._data_dir.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(
-                _server_properties(self._data_dir, self._port, controller_port)
+                _server_properties(self._data_dir, self._port, controller_port, self._proxied)
             )
             classpath = f"{libs}{os.sep}*"
             self._cluster_id = self._format_storage(java, classpath, deadline)
@@ -217,6 +229,14 @@ class LocalKafka:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
             self._owns_data_dir = False
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: no controlled shutdown); the data dir stays."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
     def __enter__(self) -> LocalKafka:
         self.start()
@@ -444,16 +464,25 @@ def _ps(pid: int, field: str) -> str:
     return done.stdout.strip()
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+def _server_properties(
+    data_dir: Path, port: int, controller_port: int, proxied: tuple[int, int] | None
+) -> str:
+    listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
+    advertised = f"PLAINTEXT://127.0.0.1:{port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if proxied is not None:
+        listeners += f",PROXIED://127.0.0.1:{proxied[0]}"
+        advertised += f",PROXIED://127.0.0.1:{proxied[1]}"
+        protocols += ",PROXIED:PLAINTEXT"
     settings = {
         "process.roles": "broker,controller",
         "node.id": _NODE_ID,
         # A static one-voter quorum: unlike a dynamic (--standalone) quorum it does not
         # persist the controller endpoint, so a reused data dir may get a new port.
         "controller.quorum.voters": f"{_NODE_ID}@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": listeners,
+        "advertised.listeners": advertised,
+        "listener.security.protocol.map": protocols,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": data_dir / _LOG_DIR,
@@ -512,12 +541,12 @@ def _random_cluster_id() -> str:
             return cluster_id
 
 
-def _free_port(exclude: int = 0) -> int:
+def _free_port(exclude: set[int] | frozenset[int] = frozenset()) -> int:
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port != exclude:
+        if port not in exclude:
             return port
 
 

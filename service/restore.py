@@ -299,7 +299,10 @@ class Restorer(threading.Thread):
                     # of the restore, unless an open transaction holds it back.
                     self._reached(key, m.offset())
                     continue
-                raise KafkaException(err)
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("restore consumer: %s", err.str())  # e.g. a broker restarting
+                continue
             state, skey = split_changelog_key(m.key())
             writes.setdefault(key, []).append((state, skey, m.value()))
             job = self._active.get(key)

@@ -120,35 +120,39 @@ class TransactionalOutput:
 
     def _new_producer_retrying(self) -> Producer:
         """A new producer; while Kafka cannot be reached, again with backoff until
-        ``broker_timeout_s`` has passed (then `KafkaUnavailable`, exit code 3)."""
-        return retry_while_unavailable(
-            self._new_producer,
-            self.broker_timeout_s,
-            self.stopping,
-            "starting a producer",
-            self._note,
-        )
+        ``broker_timeout_s`` has passed (then `KafkaUnavailable`, exit code 3). Each try
+        is a fresh producer: calling ``init_transactions`` again on one whose call timed
+        out ("retry call to resume") tripped an assertion inside librdkafka 2.16 while the
+        broker was restarting."""
+
+        def attempt() -> Producer:
+            producer = self._producer()
+            self._init_transactions(producer)
+            return producer
+
+        budget, stopping = self.broker_timeout_s, self.stopping
+        return retry_while_unavailable(attempt, budget, stopping, "starting a producer", self._note)
 
     def _note(self, reason: str | None) -> None:
         self.unavailable = reason
 
-    def _new_producer(self) -> Producer:
-        conf = self.settings.producer(self.limits, self._on_delivery)
-        producer = self.settings.open(Producer, conf)
-        if self.exactly_once:
-            try:
-                self._caller.call(
-                    lambda: producer.init_transactions(self.timeout_s),
-                    self.timeout_s + CALL_GRACE_S,
-                    "init_transactions",
-                )
-            except (KafkaException, CallTimedOut) as exc:
-                reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
-                raise KafkaUnavailable(
-                    f"cannot initialise transactions as {self.settings.transactional_id!r}:"
-                    f" {self.settings.redact(reason)}"
-                ) from None
-        return producer
+    def _producer(self) -> Producer:
+        return self.settings.open(Producer, self.settings.producer(self.limits, self._on_delivery))
+
+    def _init_transactions(self, producer: Producer) -> None:
+        if not self.exactly_once:
+            return
+        try:
+            self._caller.call(
+                lambda: producer.init_transactions(self.timeout_s),
+                self.timeout_s + CALL_GRACE_S,
+                "init_transactions",
+            )
+        except (KafkaException, CallTimedOut) as exc:
+            raise KafkaUnavailable(
+                f"cannot initialise transactions as {self.settings.transactional_id!r}:"
+                f" {self.settings.redact(_describe(exc))}"
+            ) from None
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:

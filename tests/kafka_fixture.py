@@ -7,6 +7,9 @@ Docker engine answers; otherwise the project's own JVM broker (``service.local_k
 which needs only Java and Maven. Each test gets fresh, uniquely named topics instead of
 a fresh broker, which keeps tests isolated without paying broker startup per test.
 
+Fault tests that stop, kill or cut off the broker get their own instead (``own_kafka``):
+a local JVM broker on a data dir of the test's, behind a fault proxy (tests/netfault.py).
+
 Enable with ``pytest_plugins = ["tests.kafka_fixture"]`` in ``tests/conftest.py``.
 """
 
@@ -16,6 +19,7 @@ import atexit
 import gc
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -28,6 +32,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from service.local_kafka import LocalKafka
 from tests.feeding import KeyFn, PartitionFn, ValueFn, message, send
+from tests.netfault import FaultProxy
 from tests.reading import TopicReader
 
 # Kafka 3.9 in KRaft mode; testcontainers' KafkaContainer drives Confluent's image scripts.
@@ -84,6 +89,82 @@ def kafka_bootstrap() -> Iterator[str]:
         yield bootstrap
     finally:
         stop()
+
+
+class OwnKafka:
+    """A test's own single-node broker, which it may stop, kill and restart, with a fault
+    proxy in front of it.
+
+    - ``bootstrap``: direct, for the test's own clients (topics, input, checking output);
+    - ``proxied_bootstrap``: through ``proxy`` (a `FaultProxy`), for the clients under
+      test: the broker advertises the proxy's port on a second listener, so their broker
+      connections after bootstrap go through the proxy as well;
+    - `stop` (SIGTERM, controlled shutdown), `kill` (SIGKILL) and `start` (again, on the
+      same data dir and the same ports, so clients reconnect to the address they know).
+    """
+
+    def __init__(self, data_dir: Any) -> None:
+        port, listener = _free_ports(2)
+        self.proxy = FaultProxy(("127.0.0.1", listener))
+        self.broker = LocalKafka(port=port, data_dir=data_dir, proxied=(listener, self.proxy.port))
+        self.bootstrap = f"127.0.0.1:{port}"
+        self.proxied_bootstrap = f"127.0.0.1:{self.proxy.port}"
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.broker.start(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.broker.stop(timeout)
+
+    def kill(self) -> None:
+        self.broker.kill()
+
+    def new_topic(self, partitions: int, config: dict | None = None, name: str = "") -> str:
+        """Create a topic (uniquely named unless ``name`` is given); returns once usable."""
+        name = name or f"t-{uuid.uuid4().hex}"
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        spec = NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=1,
+            config={k: str(v) for k, v in (config or {}).items()},
+        )
+        admin.create_topics([spec], operation_timeout=TOPIC_READY_TIMEOUT)[name].result(
+            timeout=TOPIC_READY_TIMEOUT
+        )
+        _wait_topic_ready(admin, name, partitions)
+        return name
+
+    def close(self) -> None:
+        self.broker.stop()
+        self.proxy.close()
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 right now (held open together while chosen)."""
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.fixture
+def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnKafka]:
+    """A started `OwnKafka` for this test alone, stopped and removed afterwards."""
+    kafka = OwnKafka(tmp_path_factory.mktemp("own-kafka"))
+    atexit.register(kafka.broker.stop)  # an interrupted run must not leak the JVM
+    try:
+        kafka.start()
+        yield kafka
+    finally:
+        kafka.close()
+        atexit.unregister(kafka.broker.stop)
 
 
 def _stop_on_sigterm(stop: Callable[[], None]) -> None:
