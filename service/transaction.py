@@ -236,17 +236,15 @@ class TransactionalOutput:
             raise TransactionFailed(f"output delivery failed: {failures[0]}")
 
     def _commit_offsets(self, offsets: MemberOffsets) -> bool:
+        """At-least-once: commit on each member itself, on this (the fetcher) thread. A
+        consumer's synchronous commit must not move to a helper thread: during a
+        rebalance it waits for the consumer to be polled, which the fetcher would then
+        not do until the call returned."""
         try:
             for member, part in offsets:
-                self._caller.call(
-                    lambda member=member, part=part: member.commit(
-                        offsets=part, asynchronous=False
-                    ),
-                    self.timeout_s + CALL_GRACE_S,
-                    "offset commit",
-                )
+                member.commit(offsets=part, asynchronous=False)
             return True
-        except (KafkaException, CallTimedOut) as exc:
+        except KafkaException as exc:
             log.warning("offset commit refused (%s); retrying at the next checkpoint", exc)
             return False
 
