@@ -294,6 +294,7 @@ def test_reset_during_checkpoints_twenty_times(own_kafka: OwnKafka, tmp_path: Pa
     recovered = []
     try:
         run.start()
+        time.sleep(4)  # input flowing: every checkpoint commits, over the network
         for _ in range(20):
             time.sleep(1)
             recovered.append(max(fault(run, own_kafka.proxy, 4, True).values()))
