@@ -28,7 +28,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,8 @@ from confluent_kafka import (
     libversion as librdkafka_version,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -666,31 +667,6 @@ class Child:
             self._log.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int) -> int:
-    """A port P with P..P+n-1 free now (``--processes n`` serves HTTP on them)."""
-    for _ in range(200):
-        base = free_port()
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise BenchmarkError(f"no {n} consecutive free ports")
-
-
 def wait_until(
     predicate: Callable[[], Any],
     timeout: float,
@@ -698,21 +674,11 @@ def wait_until(
     check: Callable[[], object] | None = None,
     every: float = 0.1,
 ) -> Any:
-    """Poll ``predicate`` until it returns something truthy, and return that.
-
-    Each round runs ``check`` first (it raises, e.g. when the processor died);
-    past ``timeout`` seconds, raises BenchmarkError naming ``what``.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchmarkError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+    """`tests.waiting.wait_for`, failing with a BenchmarkError (a failed row, recorded)."""
+    try:
+        return wait_for(predicate, timeout, what, check=check, every=every)
+    except AssertionError as exc:
+        raise BenchmarkError(str(exc)) from None
 
 
 @dataclass

@@ -69,7 +69,6 @@ from benchmarks.common import (
     create_topics,
     delete_topics,
     format_table,
-    free_ports,
     machine_busy_seconds,
     machine_header,
     machine_info,
@@ -85,6 +84,7 @@ from benchmarks.common import (
     write_report,
 )
 from benchmarks.stateful_common import fetch_metrics, metric_sum
+from tests.ports import consecutive_free_ports as free_ports
 
 JOBS = ROOT / "tests" / "jobs"
 CPU_JOB = JOBS / "el_cpu.py"

@@ -70,7 +70,6 @@ from benchmarks.common import (
     create_topics,
     delete_topics,
     format_table,
-    free_port,
     machine_busy_seconds,
     machine_header,
     median,
@@ -86,6 +85,7 @@ from benchmarks.common import (
 )
 from benchmarks.elasticity import max_gap, settled
 from benchmarks.stateful_common import fetch_metrics, http_get, metric_sum
+from tests.ports import free_port
 
 JOB = ROOT / "tests" / "jobs" / "keyed_count.py"
 JOB_NAME = "keyed-count"

@@ -58,7 +58,6 @@ from benchmarks.common import (
     create_topics,
     delete_topics,
     format_table,
-    free_port,
     machine_header,
     make_records,
     median,
@@ -89,6 +88,7 @@ from benchmarks.stateful_common import (
     wait_ready,
     watch_processing,
 )
+from tests.ports import free_port
 
 MODULE = "benchmarks.state"
 JOB_FILE = Path(__file__).resolve().parent / "jobs" / "keyed_count.py"

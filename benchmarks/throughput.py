@@ -45,7 +45,6 @@ from benchmarks.common import (
     create_topics,
     delete_topics,
     format_table,
-    free_port,
     machine_header,
     machine_info,
     make_records,
@@ -62,6 +61,7 @@ from benchmarks.common import (
     wait_for_output,
     write_report,
 )
+from tests.ports import free_port
 
 MODULE = "benchmarks.throughput"
 JOB_FILE = Path(__file__).resolve().parent / "jobs" / "map_json.py"

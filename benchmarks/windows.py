@@ -72,7 +72,6 @@ from benchmarks.common import (
     create_topics,
     delete_topics,
     format_table,
-    free_port,
     machine_header,
     median,
     open_run,
@@ -100,6 +99,7 @@ from benchmarks.stateful_common import (
     wait_ready,
     watch_processing,
 )
+from tests.ports import free_port
 
 MODULE = "benchmarks.windows"
 JOBS = Path(__file__).resolve().parent / "jobs"

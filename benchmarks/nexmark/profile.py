@@ -30,7 +30,6 @@ from benchmarks.common import (
     OffsetProbe,
     admin_client,
     create_topics,
-    free_port,
     prefill,
     start_broker,
     unique,
@@ -38,6 +37,7 @@ from benchmarks.common import (
 from benchmarks.nexmark.generator import ORDERED, GeneratorConfig, generate
 from benchmarks.nexmark.run import NTMP, group_assigned
 from benchmarks.nexmark.systems import BY_NAME, PEERS
+from tests.ports import free_port
 
 PY_SPY = PEERS / "tools" / "bin" / "py-spy"
 

@@ -62,7 +62,6 @@ from benchmarks.common import (
     create_topics,
     delete_topics,
     format_table,
-    free_port,
     machine_busy_seconds,
     machine_header,
     machine_info,
@@ -85,6 +84,7 @@ from benchmarks.nexmark.generator import (
 from benchmarks.nexmark.reference import Reference
 from benchmarks.nexmark.spec import QUERIES
 from benchmarks.nexmark.systems import BY_NAME, PEERS, SYSTEMS, System
+from tests.ports import free_port
 
 NTMP = TMP / "nexmark"
 TOOLS_PY = PEERS / "tools" / "bin" / "python"
