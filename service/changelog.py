@@ -29,7 +29,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from operators.physical import PhysicalPlan
-from service.exceptions import TopicsMismatch
+from service.exceptions import KafkaUnavailable, TopicsMismatch
 from service.topics import ensure_topic, partition_counts
 from state.layout import changelog_key, partition_of
 from state.store import Write
@@ -89,7 +89,11 @@ class Changelogs:
             return {}
         specs = {TopicPartition(t, p): OffsetSpec.latest() for t, p in touched}
         futures = admin.list_offsets(specs, request_timeout=timeout_s)
-        return {
+        ends = {
             (self._operator_of[tp.topic], tp.partition): f.result(timeout=timeout_s).offset
             for tp, f in futures.items()
         }
+        unknown = sorted(key for key, end in ends.items() if end < 0)
+        if unknown:  # seen while a reset connection came back: ask again
+            raise KafkaUnavailable(f"no end offset known yet for changelog partitions {unknown}")
+        return ends

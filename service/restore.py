@@ -45,6 +45,7 @@ from service.changelog import Changelogs
 from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.deadline import retry_while_unavailable
+from service.exceptions import KafkaUnavailable
 from service.metrics import Metrics
 from state.layout import split_changelog_key
 from state.store import StateStore
@@ -219,6 +220,8 @@ class Restorer(threading.Thread):
                 self.admin.list_offsets({tp: s}, request_timeout=30)[tp].result(timeout=30).offset
                 for s in (OffsetSpec.earliest(), OffsetSpec.latest())
             )
+            if low < 0 or end < 0:
+                raise KafkaUnavailable(f"no offsets known yet for {tp.topic}[{tp.partition}]")
             return low, end
 
         return retry_while_unavailable(
