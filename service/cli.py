@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service import topics_cli
 from service.config import (
     GUARANTEES,
     LOG_FORMATS,
@@ -99,10 +100,14 @@ def _parser() -> argparse.ArgumentParser:
 
     kafka = sub.add_parser("kafka", help="local single-node Kafka broker for development")
     kafka_sub = kafka.add_subparsers(dest="kafka_command", required=True)
-    for name in ("start", "stop"):
-        k = kafka_sub.add_parser(name)
-        k.add_argument("--port", type=int, default=9092)
-        k.add_argument("--dir", type=Path, default=None, help="data directory")
+    start = kafka_sub.add_parser("start")
+    start.add_argument("--port", type=int, default=9092)
+    start.add_argument("--dir", type=Path, default=None, help="data directory")
+    stop = kafka_sub.add_parser("stop", help="stop the broker(s) `weir kafka start` started")
+    stop.add_argument("--port", type=int, default=None, help="only the one on this port")
+    stop.add_argument("--dir", type=Path, default=None, help="only the one with this data dir")
+
+    topics_cli.add_parser(sub)
 
     sample = sub.add_parser("produce-sample", help="write sample sensor readings to a topic")
     sample.add_argument("--bootstrap", default=None)
@@ -178,11 +183,16 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
     return local_kafka.cli_stop(args.dir, args.port)
 
 
+def _cmd_topics(args: argparse.Namespace) -> int:
+    return topics_cli.run(args)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
 
     from service.sample import produce_readings, readings
 
     bootstrap = args.bootstrap or os.environ.get("WEIR_BOOTSTRAP", "127.0.0.1:9092")
+    print(topics_cli.create(bootstrap, args.topic, partitions=3))
     produce_readings(bootstrap, args.topic, readings(args.count, args.tags))
     print(f"wrote {args.count} readings to {args.topic} on {bootstrap}")
     return 0
@@ -198,6 +208,7 @@ COMMANDS = {
     "plan": _cmd_plan,
     "kafka": _cmd_kafka,
     "produce-sample": _cmd_sample,
+    "topics": _cmd_topics,
     "demo": _cmd_demo,
 }
 
@@ -214,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (``weir topics list | head``)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

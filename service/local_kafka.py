@@ -382,9 +382,18 @@ def cli_start(port: int = DEFAULT_CLI_PORT, data_dir: Path | None = None) -> int
     return 0
 
 
-def cli_stop(data_dir: Path | None = None, port: int = DEFAULT_CLI_PORT) -> int:
-    """``weir kafka stop``: stop the broker recorded by ``cli_start`` in ``data_dir``."""
-    data_dir = Path(data_dir) if data_dir is not None else default_cache_dir() / f"broker-{port}"
+def cli_stop(data_dir: Path | None = None, port: int | None = None) -> int:
+    """``weir kafka stop``: stop the broker ``cli_start`` recorded in ``data_dir`` (or for
+    ``port``); with neither, every broker it recorded that still runs."""
+    if data_dir is None and port is None:
+        found = sorted(d for d in default_cache_dir().glob("broker-*") if _recorded_broker(d))
+        if not found:
+            print(f"weir kafka: no broker running under {default_cache_dir()}", file=sys.stderr)
+            return 1
+        return max(cli_stop(d) for d in found)
+    if data_dir is None:
+        data_dir = default_cache_dir() / f"broker-{port}"
+    data_dir = Path(data_dir)
     running = _recorded_broker(data_dir)
     if running is None:
         print(f"weir kafka: no broker running in {data_dir}", file=sys.stderr)

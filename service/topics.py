@@ -47,7 +47,7 @@ def require_topics(
             if topic not in existing:
                 raise TopicsMismatch(
                     f"{role} topic {topic!r} does not exist; create it first"
-                    f" (e.g. kafka-topics.sh --create --topic {topic})"
+                    f" (weir topics create {topic} --bootstrap ...)"
                 )
 
 
