@@ -26,7 +26,7 @@ from service.config import (
     RESTART_STRATEGIES,
     load_config,
 )
-from service.exceptions import ShutdownOverran, WeirError
+from service.exceptions import ClientStuck, ShutdownOverran, WeirError
 
 if TYPE_CHECKING:
     from service.worker import Worker
@@ -140,7 +140,7 @@ def _cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     worker.prepare()
     try:
         worker.run()
-    except ShutdownOverran as exc:  # a client call may still hang: exit without waiting
+    except (ShutdownOverran, ClientStuck) as exc:  # a client call may still hang: exit now
         log.error("%s", exc)
         logging.shutdown()
         os._exit(exc.exit_code)

@@ -31,6 +31,7 @@ from service.exceptions import DuplicateWorker, WorkerFailed
 
 log = logging.getLogger(__name__)
 
+DESCRIBE_S = 3.0  # a rebalance callback waits no longer for the group's member list
 RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 
 
@@ -127,8 +128,8 @@ class GroupConsumers:
         worker's id), described; None if there is none or the group cannot be read."""
         mine = {consumer.memberid() for consumer in self.members}
         try:
-            futures = admin.describe_consumer_groups([group], request_timeout=10)
-            members = futures[group].result(timeout=10).members
+            futures = admin.describe_consumer_groups([group], request_timeout=DESCRIBE_S)
+            members = futures[group].result(timeout=DESCRIBE_S).members
         except (KafkaException, TimeoutError):  # the broker may be away: no answer
             return None
         for member in members:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import KafkaException
 
-from service.exceptions import KafkaUnavailable
+from service.exceptions import ClientStuck, KafkaUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ def retry_while_unavailable(
             result = fn()
             note(None)
             return result
+        except ClientStuck:
+            raise  # not an outage: the process must go
         except (KafkaUnavailable, KafkaException, TimeoutError) as exc:
             if isinstance(exc, KafkaException):
                 reason = exc.args[0].str()

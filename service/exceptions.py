@@ -24,6 +24,12 @@ class KafkaUnavailable(WeirError):
     exit_code = 3
 
 
+class ClientStuck(KafkaUnavailable):
+    """A Kafka client call ignored its timeout and never returned: in-process recovery
+    is not safe (librdkafka may still act on the abandoned call), so the worker exits
+    with code 3 to be restarted; the fresh process fences the stuck producer."""
+
+
 class TopicsMismatch(WeirError):
     """A topic the job needs is missing, or has a partition count its state cannot
     follow: no restart fixes that."""

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TopicPartitionKey = tuple[str, int]
+COMMITTED_S = 5.0
 
 
 class Rebalancer:
@@ -103,7 +104,8 @@ class Rebalancer:
         for tp in added:
             self.watermarks.activate(tp, now)
         try:
-            for tp in consumer.committed(partitions, timeout=self.timeout_s):
+            # Only for lag and idleness: never hold a rebalance long for it.
+            for tp in consumer.committed(partitions, timeout=COMMITTED_S):
                 if tp.offset >= 0:
                     self.coordinator.committed[(tp.topic, tp.partition)] = tp.offset
         except KafkaException as exc:

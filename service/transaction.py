@@ -62,14 +62,18 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from service.clients import ClientSettings
 from service.deadline import BoundedCaller, CallTimedOut, retry_while_unavailable
-from service.exceptions import DuplicateWorker, KafkaUnavailable, WorkerFailed
+from service.exceptions import ClientStuck, DuplicateWorker, KafkaUnavailable, WorkerFailed
 from service.topics import TopicLimits
 
 log = logging.getLogger(__name__)
 
 FENCINGS_ALLOWED = 3  # fencings within FENCING_WINDOW_S before the worker gives up
 FENCING_WINDOW_S = 300.0
-CALL_GRACE_S = 5.0  # past a call's own timeout, before Weir abandons it
+# Past a call's own timeout, how long before Weir calls it stuck. Long enough for a broker
+# restart (the call completes once the broker is back: the producer never re-bootstraps);
+# a call this late is one librdkafka lost, and the worker exits to be restarted (an
+# abandoned call was seen to trip an assertion inside librdkafka when it woke up).
+STUCK_AFTER_S = 60.0
 
 MemberOffsets = list[tuple[Consumer, list[TopicPartition]]]
 
@@ -107,6 +111,7 @@ class TransactionalOutput:
         self._delivery_failures: list[str] = []
         self._caller = BoundedCaller("transactions")
         self._stuck = False  # the producer is inside a call that never returned
+        self._retired: list[Producer] = []
         self._commits = 0
         self._fault = _fault_injection()
 
@@ -121,17 +126,28 @@ class TransactionalOutput:
     def _new_producer_retrying(self) -> Producer:
         """A new producer; while Kafka cannot be reached, again with backoff until
         ``broker_timeout_s`` has passed (then `KafkaUnavailable`, exit code 3). Each try
-        is a fresh producer: calling ``init_transactions`` again on one whose call timed
-        out ("retry call to resume") tripped an assertion inside librdkafka 2.16 while the
-        broker was restarting."""
+        is a fresh producer and a failed one is retired, never destroyed: both calling
+        ``init_transactions`` again after a timeout ("retry call to resume") and
+        destroying a producer whose init was still pending tripped an assertion inside
+        librdkafka 2.16 while the broker restarted."""
 
         def attempt() -> Producer:
             producer = self._producer()
-            self._init_transactions(producer)
+            try:
+                self._init_transactions(producer)
+            except KafkaUnavailable:
+                self._retire(producer)
+                raise
             return producer
 
         budget, stopping = self.broker_timeout_s, self.stopping
         return retry_while_unavailable(attempt, budget, stopping, "starting a producer", self._note)
+
+    def _retire(self, producer: Producer) -> None:
+        """Keep a replaced producer referenced for the life of the process: destroying one
+        whose transactional request is still pending inside librdkafka 2.16 (a timed-out
+        init or abort while the broker restarts) was seen to abort the process."""
+        self._retired.append(producer)
 
     def _note(self, reason: str | None) -> None:
         self.unavailable = reason
@@ -145,10 +161,12 @@ class TransactionalOutput:
         try:
             self._caller.call(
                 lambda: producer.init_transactions(self.timeout_s),
-                self.timeout_s + CALL_GRACE_S,
+                self.timeout_s + STUCK_AFTER_S,
                 "init_transactions",
             )
-        except (KafkaException, CallTimedOut) as exc:
+        except CallTimedOut as exc:
+            raise ClientStuck(_stuck(exc)) from None
+        except KafkaException as exc:
             raise KafkaUnavailable(
                 f"cannot initialise transactions as {self.settings.transactional_id!r}:"
                 f" {self.settings.redact(_describe(exc))}"
@@ -195,7 +213,7 @@ class TransactionalOutput:
                     deadline,
                     "send_offsets_to_transaction",
                 )
-        except (KafkaException, CallTimedOut) as exc:
+        except KafkaException as exc:
             raise TransactionFailed(_describe(exc)) from exc
         self._inject_fault(committed=False)
         try:
@@ -205,23 +223,21 @@ class TransactionalOutput:
             if exc.args[0].txn_requires_abort():
                 raise TransactionFailed(_describe(exc)) from exc
             raise TransactionAmbiguous(_describe(exc)) from exc
-        except CallTimedOut as exc:
-            raise TransactionAmbiguous(_describe(exc)) from exc
         self.check_deliveries()
         producer.begin_transaction()
         return True
 
     def _call(self, fn: Callable[[float], Any], deadline: float, what: str) -> Any:
         """``fn(seconds left)`` under a deadline Weir enforces; a retriable error is
-        tried again while time is left. A call past its deadline marks the producer
-        stuck: it is replaced, never called again."""
+        tried again while time is left. A call still running ``STUCK_AFTER_S`` past its
+        deadline raises `ClientStuck`: the worker exits to be restarted."""
         while True:
             left = max(0.1, deadline - time.monotonic())
             try:
-                return self._caller.call(lambda left=left: fn(left), left + CALL_GRACE_S, what)
-            except CallTimedOut:
+                return self._caller.call(lambda left=left: fn(left), left + STUCK_AFTER_S, what)
+            except CallTimedOut as exc:
                 self._stuck = True
-                raise
+                raise ClientStuck(_stuck(exc)) from None
             except KafkaException as exc:
                 error = exc.args[0]
                 if not error.retriable() or time.monotonic() >= deadline:
@@ -275,15 +291,17 @@ class TransactionalOutput:
             with contextlib.suppress(KafkaException):
                 old.purge(in_queue=True, in_flight=True)
             try:
-                self._caller.call(lambda: old.abort_transaction(1.0), 1.0 + CALL_GRACE_S, "abort")
+                self._caller.call(lambda: old.abort_transaction(1.0), 1.0 + STUCK_AFTER_S, "abort")
             except KafkaException as exc:
                 if exc.args[0].fatal():
                     self._fenced(exc.args[0].str())
-            except CallTimedOut:
-                pass  # stuck after all: the new instance fences it
+            except CallTimedOut as exc:
+                self._stuck = True
+                raise ClientStuck(_stuck(exc)) from None
             with contextlib.suppress(KafkaException):  # a fenced producer raises its fatal error
                 old.poll(0)  # serve the purged records' reports
         self._delivery_failures = []
+        self._retire(old)
         self.producer = self._new_producer_retrying()
         self.producer.begin_transaction()
 
@@ -316,6 +334,13 @@ class TransactionalOutput:
         if self.exactly_once and self.producer is not None and not self._stuck:
             with contextlib.suppress(KafkaException):
                 self.producer.abort_transaction(5.0)
+
+
+def _stuck(exc: CallTimedOut) -> str:
+    return (
+        f"{exc} past its own timeout: a Kafka client call that ignores its timeout;"
+        " exiting to be restarted (the new process fences the stuck producer)"
+    )
 
 
 def _describe(exc: BaseException) -> str:
