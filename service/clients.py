@@ -128,9 +128,6 @@ class ClientSettings:
             "enable.idempotence": True,
             "partitioner": "murmur2_random",  # the Java client's: same key, same partition
             "queue.buffering.max.messages": 500000,
-            # Bytes waiting in the producer are bounded too (librdkafka's default is 1 GB);
-            # a full queue makes slots wait (BufferError), which fills their inboxes.
-            "queue.buffering.max.kbytes": 65536,
             # Batches must fit the smallest topic limit, or the broker refuses them whole.
             "batch.size": min(
                 [1_000_000, *(t.max_bytes + 512 for t in limits.values() if t.max_bytes)]

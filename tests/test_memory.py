@@ -14,7 +14,8 @@ RECORDS = 400
 RECORD_BYTES = 900_000
 QUEUE_BYTES = 32 * 1024 * 1024
 # Interpreter and libraries (~100 MB) + 2 slots x slot_queue_bytes (decoded values
-# may take as much again) + librdkafka's fetch (16 MB) and producer (64 MB) queues.
+# may take as much again) + librdkafka's fetch queue (16 MB) and room for the producer's
+# (small outputs here).
 PEAK_RSS_BOUND = 100e6 + 2 * 2 * QUEUE_BYTES + 80 * 1024 * 1024
 
 
