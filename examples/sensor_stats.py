@@ -11,7 +11,7 @@ Readings may arrive up to 2 s out of order; a sensor silent for 5 s no longer
 holds the others' windows back.
 """
 
-from operators import Job, Tumbling
+from weir import Job, Tumbling
 
 job = Job("sensor-stats")
 (

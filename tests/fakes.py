@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 
-from operators import Job
 from operators.build import build_chain
 from operators.chain import Barrier, Batch
 from operators.physical import compile_plan
@@ -19,6 +18,7 @@ from operators.plan import ErrorPolicy
 from operators.timers import NO_TIME
 from service.metrics import Metrics
 from service.slots import FETCHER, SOURCES, Inbox, Release, Slot, Stop
+from weir import Job
 
 # -- Kafka records and the producer ------------------------------------------------------
 

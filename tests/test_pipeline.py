@@ -153,7 +153,7 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
 
 def test_job_file_with_syntax_error(tmp_path, kafka_bootstrap):
     bad = tmp_path / "broken.py"
-    bad.write_text("from operators import Job\njob = Job('x'\n")
+    bad.write_text("from weir import Job\njob = Job('x'\n")
     line = _one_line_error(_weir("run", str(bad), "--bootstrap", kafka_bootstrap))
     assert "broken.py:2" in line and "syntax error" in line
 

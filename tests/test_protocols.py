@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators import Job
 from operators.chain import Barrier, Batch
 from service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCommit
 from service.flow import HOLD_MAX_S, FlowControl
@@ -38,6 +37,7 @@ from tests.fakes import (
     Slots,
     node_id,
 )
+from weir import Job
 
 # Derandomized: the same examples every run, so a run is reproducible.
 PROPERTY = settings(

@@ -22,7 +22,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators import Job, KeyedProcessFunction, Tumbling
 from operators.chain import Batch
 from operators.keyed import states_of
 from operators.plan import Op, Process, Window
@@ -34,6 +33,7 @@ from state.keygroups import key_group
 from state.layout import key_group_of, key_of, partition_key, partition_of, state_key
 from state.serde import JsonSerde
 from state.store import StateStore
+from weir import Job, KeyedProcessFunction, Tumbling
 
 GROUPS = 128
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

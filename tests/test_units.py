@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators import Job, JobDefinitionError
 from operators.build import build_chain
 from operators.chain import Barrier, Batch
 from operators.formats import ValueFormat
@@ -25,6 +24,7 @@ from service.config import WorkerConfig, load_config
 from service.exceptions import ConfigError
 from service.router import KEY_GROUPS, PINNED, SlotRouter
 from state.keygroups import key_group, key_group_range, slot_of_key_group, slot_table
+from weir import Job, JobDefinitionError
 
 # -- key groups ---------------------------------------------------------------
 
@@ -276,7 +276,7 @@ def test_sliding_assigns_every_window_containing_the_timestamp(ts, size_s, slide
 
 def windowed_job(name: str = "r") -> Job:
     """in -> filter -> key_by(fn) -> window (late topic) -> sink: keyed state behind a key_by."""
-    from operators import Tumbling
+    from weir import Tumbling
 
     job = Job(name, on_error="skip", max_key_groups=64)
     (

@@ -35,7 +35,6 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from operators import Job, Session, Sliding, Tumbling
 from operators.chain import Batch
 from operators.physical import compile_plan
 from operators.timers import NO_TIME
@@ -43,6 +42,7 @@ from operators.windowed import WindowOp, window_states
 from state.epoch import EpochBuffer
 from state.serde import JsonSerde
 from state.store import StateStore
+from weir import Job, Session, Sliding, Tumbling
 
 # No "explain" phase: it multiplies the time a failing case takes to report.
 SETTINGS = settings(

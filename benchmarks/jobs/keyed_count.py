@@ -8,7 +8,7 @@ so the output has exactly one record per input record. The operator is named
 
 import os
 
-from operators import Job
+from weir import Job
 
 job = Job("bench-keyed-count")
 (

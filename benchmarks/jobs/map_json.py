@@ -6,7 +6,7 @@ every benchmark run can use fresh topics with the same job file.
 
 import os
 
-from operators import Job
+from weir import Job
 
 job = Job("bench-map")
 (

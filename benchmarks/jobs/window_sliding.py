@@ -9,7 +9,7 @@ default 0), ``BENCH_IDLE_S`` (idle timeout, default none).
 
 import os
 
-from operators import Job, Sliding
+from weir import Job, Sliding
 
 _idle = os.environ.get("BENCH_IDLE_S")
 

@@ -9,7 +9,7 @@ timeout, default none).
 
 import os
 
-from operators import Job, Tumbling
+from weir import Job, Tumbling
 
 _idle = os.environ.get("BENCH_IDLE_S")
 

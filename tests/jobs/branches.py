@@ -8,7 +8,7 @@ even ``n``, one record on WEIR_TEST_EVENS.
 import os
 import threading
 
-from operators import Job
+from weir import Job
 
 job = Job("branches")
 src = job.source(os.environ["WEIR_TEST_IN"])

@@ -9,7 +9,7 @@ repartition topic: the same CPU work, spread over the source partitions only).
 
 import os
 
-from operators import Job
+from weir import Job
 
 ITERS = int(os.environ.get("WEIR_TEST_ITERS", "300"))
 

@@ -14,7 +14,7 @@ WEIR_TEST_KIND:
 
 import os
 
-from operators import Job
+from weir import Job
 
 IN, OUT = os.environ["WEIR_TEST_IN"], os.environ["WEIR_TEST_OUT"]
 PARTITIONS = (

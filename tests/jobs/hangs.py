@@ -4,7 +4,7 @@
 import os
 import threading
 
-from operators import Job
+from weir import Job
 
 HANG_AT = int(os.environ["WEIR_TEST_HANG_AT"])
 NEVER = threading.Event()

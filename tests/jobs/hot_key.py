@@ -4,7 +4,7 @@ stateless map), whose function is slow: the worst case for memory in a worker.""
 import os
 import time
 
-from operators import Job
+from weir import Job
 
 
 def slow(record: dict) -> dict:

@@ -7,7 +7,7 @@ of key ``k`` the state has seen, ``last`` the ``n`` of the record that made it
 
 import os
 
-from operators import Job
+from weir import Job
 
 job = Job(os.environ.get("WEIR_TEST_JOB", "keyed-count"))
 (

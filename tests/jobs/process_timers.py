@@ -10,7 +10,7 @@ processing-time "heartbeat" 300 ms after the key was first seen.
 
 import os
 
-from operators import Job, KeyedProcessFunction
+from weir import Job, KeyedProcessFunction
 
 
 class Summarize(KeyedProcessFunction):

@@ -2,7 +2,7 @@
 
 import os
 
-from operators import Job
+from weir import Job
 
 job = Job("sensor-aggregate")
 (

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 
-from operators import Job
+from weir import Job
 
 SLEEP = float(os.environ.get("WEIR_TEST_SLEEP_MS", "0")) / 1000
 FAIL_ON = int(os.environ.get("WEIR_TEST_FAIL_ON", "-1"))

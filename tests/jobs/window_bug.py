@@ -3,7 +3,7 @@ window fires (not a bad record: the restart strategy handles it)."""
 
 import os
 
-from operators import Job, Tumbling
+from weir import Job, Tumbling
 
 
 def summarize(key, window, elements):

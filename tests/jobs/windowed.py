@@ -8,7 +8,7 @@ reach the windows through the repartition topic (the path of examples/sensor_sta
 
 import os
 
-from operators import Job, Session, Sliding, Tumbling
+from weir import Job, Session, Sliding, Tumbling
 
 SPECS = {
     "tumbling": lambda: Tumbling(seconds=10),

@@ -7,7 +7,7 @@ lives in Weir's keyed state with a changelog, committed with the outputs.
 import os
 
 from benchmarks.nexmark.spec import is_bid
-from operators import Job
+from weir import Job
 
 job = Job("nexmark-count")
 (

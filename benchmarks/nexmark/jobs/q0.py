@@ -2,7 +2,7 @@
 
 import os
 
-from operators import Job
+from weir import Job
 
 job = Job("nexmark-q0")
 job.source(os.environ["NEXMARK_IN"], value="json").sink(os.environ["NEXMARK_OUT"], value="json")

@@ -3,7 +3,7 @@
 import os
 
 from benchmarks.nexmark.spec import is_bid, q1_map
-from operators import Job
+from weir import Job
 
 job = Job("nexmark-q1")
 (

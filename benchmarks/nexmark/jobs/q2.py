@@ -3,7 +3,7 @@
 import os
 
 from benchmarks.nexmark.spec import q2_filter, q2_project
-from operators import Job
+from weir import Job
 
 job = Job("nexmark-q2")
 (

@@ -13,7 +13,7 @@ from benchmarks.nexmark.spec import (
     is_bid,
     more_bids,
 )
-from operators import Job, Sliding
+from weir import Job, Sliding
 
 job = Job("nexmark-q5")
 (

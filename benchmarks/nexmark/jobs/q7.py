@@ -8,7 +8,7 @@ keyed by window, behind a repartition topic.
 import os
 
 from benchmarks.nexmark.spec import OUT_OF_ORDERNESS_S, Q7_SIZE_MS, higher_bid, is_bid
-from operators import Job, Tumbling
+from weir import Job, Tumbling
 
 job = Job("nexmark-q7")
 (

@@ -1,0 +1,45 @@
+"""Weir's public API: everything a job file needs, from one import::
+
+    from weir import Job, Tumbling
+
+    job = Job("clean-readings")
+    job.source("sensors").filter(lambda r: r["value"] >= 0).sink("clean")
+
+`service`, `operators` and `state` are the implementation (the worker, the
+operators that run in slots, keyed state); a job imports from `weir` only, so
+their internals can change without breaking jobs.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from operators import (
+    AggregateFunction,
+    Job,
+    JobDefinitionError,
+    KeyedProcessFunction,
+    KeyedStream,
+    Session,
+    Sliding,
+    Stream,
+    Tumbling,
+    WindowedStream,
+)
+
+try:
+    __version__ = version("weir")
+except PackageNotFoundError:  # running from a checkout that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "AggregateFunction",
+    "Job",
+    "JobDefinitionError",
+    "KeyedProcessFunction",
+    "KeyedStream",
+    "Session",
+    "Sliding",
+    "Stream",
+    "Tumbling",
+    "WindowedStream",
+    "__version__",
+]
