@@ -26,7 +26,7 @@ from operators.chain import (
     SourceOp,
 )
 from operators.keyed import AggregateOp, KeyedOp, ReduceOp
-from operators.physical import PlanNode
+from operators.physical import PlanNode, event_time_topics
 from operators.plan import (
     Aggregate,
     Filter,
@@ -120,12 +120,13 @@ def build_chain(roots: Sequence[PlanNode], ctx: SlotContext, max_key_groups: int
         return instance
 
     heads: dict[str, list[Operator]] = {}
+    timed = event_time_topics(tuple(roots))
     for root in roots:
         topic = root.op.topic
-        before = len(windows)
         head = build(root)
         if head is not None:
-            head.track_time = len(windows) > before  # its watermark drives those windows
+            if isinstance(head, SourceOp):  # its watermark drives timers, here or downstream
+                head.track_time = topic in timed
             heads.setdefault(topic, []).append(head)
     return SlotChain(
         {t: ops[0] if len(ops) == 1 else FanOut(ops) for t, ops in heads.items()},

@@ -35,7 +35,6 @@ from operators.plan import (
     Partition,
     Partitioner,
     Repartition,
-    RepartitionSource,
     Sink,
     Source,
 )
@@ -298,13 +297,11 @@ class FlatMapOp(Operator):
 
 class RepartitionSourceOp(Operator):
     """Reads a repartition topic: values are ``[key, value]`` envelopes (JSON), the
-    record timestamp is the event time."""
+    record timestamp is the event time. Its watermark is not taken from these records
+    but from what the upstream writers announce (`service.repartition_watermarks`;
+    the fetcher keeps those control records away from the slots)."""
 
-    __slots__ = ("track_time",)
-
-    def __init__(self, op: RepartitionSource, ctx: SlotContext) -> None:
-        super().__init__(op, ctx)
-        self.track_time = False  # set when windows downstream need this source's watermark
+    __slots__ = ()
 
     def process(self, batch: Batch) -> None:
         msgs = batch.elems
@@ -316,8 +313,6 @@ class RepartitionSourceOp(Operator):
                 self.ctx.fail(self.name, "decode", batch, (m.key(), m.value(), 0, m.offset()), exc)
                 continue
             elems.append((k, v, m.timestamp()[1], m.offset()))
-        if self.track_time and elems:
-            self.ctx.observe_time(batch.topic, batch.partition, max(e[2] for e in elems))
         if elems and self.out is not None:
             self.out.process(Batch(batch.topic, batch.partition, elems))
 

@@ -18,6 +18,12 @@ was, so one job compiles for any number of groups. The steps:
    follows (the source of its tree), its state names and its changelog
    ``<group>.<operator>.changelog``.
 
+Event time flows through repartition topics (`service.repartition_watermarks`):
+a repartition topic whose tree has timers (windows, process functions), or
+writes into such a topic further down, is a *watermark channel*: the workers
+reading its upstream topic announce their partitions' watermarks into it. The
+plan names these channels and every topic whose watermark someone needs.
+
 Topic names are a contract (they outlive workers and releases): changelogs
 ``<group>.<operator>.changelog``, repartition topics
 ``<group>.<key_by name>.repartition``, dead letters ``<group>.dlq``.
@@ -77,6 +83,52 @@ class KeyedState:
         return self.op.name
 
 
+@dataclass(frozen=True)
+class WatermarkChannel:
+    """A repartition topic that carries the watermarks of its upstream topic's
+    partitions to the timers behind it. ``timed``: timer operators lie between the
+    upstream source and the ``key_by``, so the records written carry times those
+    timers chose (window ends), and what is announced is held to their watermark."""
+
+    upstream: str
+    topic: str
+    timed: bool
+
+
+def _timed(node: PlanNode) -> bool:
+    return isinstance(node.op, Window | Process)
+
+
+def _channels(roots: tuple[PlanNode, ...]) -> tuple[WatermarkChannel, ...]:
+    """Every repartition into a topic whose watermark is needed, found by walking the
+    roots in reverse: a repartition source comes after the tree that writes it."""
+    needed = {root.op.topic for root in roots if any(map(_timed, root.walk()))}
+    found: list[WatermarkChannel] = []
+    for root in reversed(roots):
+        for node, timed in _repartitions(root, False):
+            if node.op.topic in needed:
+                found.append(WatermarkChannel(root.op.topic, node.op.topic, timed))
+                needed.add(root.op.topic)
+    return tuple(reversed(found))
+
+
+def _repartitions(node: PlanNode, timed: bool) -> Iterator[tuple[PlanNode, bool]]:
+    """The `Repartition` nodes under ``node``, each with whether a timer operator
+    lies on the way to it."""
+    timed = timed or _timed(node)
+    if isinstance(node.op, Repartition):
+        yield node, timed
+    for child in node.children:
+        yield from _repartitions(child, timed)
+
+
+def event_time_topics(roots: tuple[PlanNode, ...]) -> frozenset[str]:
+    """The topics whose watermark is needed: those read by a tree with timers, and
+    the upstream topics of every watermark channel."""
+    timed = {root.op.topic for root in roots if any(map(_timed, root.walk()))}
+    return frozenset(timed | {channel.upstream for channel in _channels(roots)})
+
+
 @dataclass(frozen=True, eq=False)
 class PhysicalPlan:
     """What the runtime runs: one tree per source (``roots``), the keyed state, and the
@@ -127,12 +179,15 @@ class PhysicalPlan:
 
     @property
     def event_time_sources(self) -> tuple[AnySource, ...]:
-        """Sources feeding windows or process functions: their watermarks drive timers."""
-        return tuple(
-            root.op
-            for root in self.roots
-            if any(isinstance(node.op, Window | Process) for node in root.walk())
-        )
+        """Sources whose watermark is needed: they feed windows or process functions,
+        directly or through watermark channels."""
+        topics = event_time_topics(self.roots)
+        return tuple(root.op for root in self.roots if root.op.topic in topics)
+
+    @property
+    def watermark_channels(self) -> tuple[WatermarkChannel, ...]:
+        """The repartition topics that carry watermarks, with their upstream topics."""
+        return _channels(self.roots)
 
     @property
     def exchanges(self) -> bool:
@@ -171,8 +226,7 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
         return tuple(compile_op(child, source) for child in flow.children(op))
 
     def compile_op(op: Op, source: AnySource) -> PlanNode:
-        """``op``'s node; ``source`` heads the tree it is in (a repartition source
-        inherits its watermark settings)."""
+        """``op``'s node; ``source`` heads the tree it is in."""
         if not isinstance(op, KeyBy):
             return PlanNode(op, compile_children(op, source))
         if op.fn is None:
@@ -187,8 +241,6 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
             topic=topic,
             upstream=source.topic,
             partitions=op.partitions,
-            max_out_of_orderness=source.max_out_of_orderness,
-            idle_timeout=source.idle_timeout,
         )
         place = len(repartitioned)
         repartitioned.append(PlanNode(reader))  # its place, before the ones found below it

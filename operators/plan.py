@@ -264,14 +264,13 @@ class Repartition(Op):
 @_operator
 class RepartitionSource(Op):
     """Reads a repartition topic. Its records carry the event time as their timestamp;
-    its watermark settings are those of the source upstream of the ``key_by``."""
+    its watermark is what the workers reading ``upstream`` announce into it
+    (`service.repartition_watermarks`)."""
 
     kind = "source"
     topic: str
     upstream: str  # the topic the key_by read from
     partitions: int | None  # key_by(partitions=…); None: as many as ``upstream``
-    max_out_of_orderness: float
-    idle_timeout: float | None
 
     def _details(self) -> str:
         return f" topic={self.topic} value=repartition"

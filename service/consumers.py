@@ -106,13 +106,13 @@ class GroupConsumers:
 
     def seek_to_committed(
         self, partitions: list[tuple[str, int]], timeout: float
-    ) -> dict[tuple[str, int], int]:
+    ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], str]]:
         """Rewind ``partitions`` to their committed offsets (the start where none is
-        committed); returns the committed offsets found."""
+        committed); returns the committed offsets found, and their metadata."""
         if not partitions:
-            return {}
+            return {}, {}
         committed = self.committed([TopicPartition(t, p) for t, p in partitions], timeout)
-        out = {}
+        out, metadata = {}, {}
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:
@@ -121,7 +121,9 @@ class GroupConsumers:
                 log.warning("seek %s[%d] to %d: %s", tp.topic, tp.partition, offset, exc)
             if tp.offset >= 0:
                 out[(tp.topic, tp.partition)] = tp.offset
-        return out
+                if tp.metadata:
+                    metadata[(tp.topic, tp.partition)] = tp.metadata
+        return out, metadata
 
     def other_member_with(self, admin: AdminClient, group: str, client_id: str) -> str | None:
         """Another live member of ``group`` using ``client_id`` (a second worker with this

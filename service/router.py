@@ -10,13 +10,16 @@ Recomputed on every change of the worker's partitions (`SlotRouter.reassign`):
   lands on the same slot; keyless records go round-robin, a batch chunk each.
 
 Either way, records of one key stay in partition order. The router also keeps
-the next offset to read per partition (the positions a checkpoint commits).
+the next offset to read per partition (the positions a checkpoint commits), and
+takes the watermark control records out of repartition topics that carry them
+(`service.repartition_watermarks`): no slot ever sees one.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from operator import methodcaller
 from typing import Any
 
 from operators.chain import Batch
@@ -27,13 +30,22 @@ log = logging.getLogger(__name__)
 TopicPartition = tuple[str, int]
 PINNED = "pinned"
 KEY_GROUPS = "key-groups"
+_HEADERS = methodcaller("headers")  # data records in repartition topics have none
+Control = list[tuple[TopicPartition, bytes]]  # control records: (partition, value), in order
 
 
 class SlotRouter:
     """Splits consumed messages into per-slot batches and tracks read positions."""
 
-    def __init__(self, slots: int, max_key_groups: int, exchanges: bool = False) -> None:
+    def __init__(
+        self,
+        slots: int,
+        max_key_groups: int,
+        exchanges: bool = False,
+        control_topics: Iterable[str] = (),
+    ) -> None:
         self.slots = slots
+        self.control_topics = frozenset(control_topics)
         self.exchanges = exchanges  # records move between slots after the fetcher
         self.max_key_groups = max_key_groups
         self.table = slot_table(slots, max_key_groups)
@@ -108,8 +120,11 @@ class SlotRouter:
             return list(self.pins)
         return [tp for tp, s in self.pins.items() if s == slot]
 
-    def route(self, msgs: list[Any]) -> tuple[list[list[Batch]], dict[TopicPartition, int]]:
-        """Per slot, the batches to hand it; and per partition, how many records came."""
+    def route(
+        self, msgs: list[Any]
+    ) -> tuple[list[list[Batch]], dict[TopicPartition, int], Control]:
+        """Per slot, the batches to hand it; per partition, how many records came; and
+        the control records among them, in order."""
         groups: dict[TopicPartition, list[Any]] = {}
         for m in msgs:
             tp = (m.topic(), m.partition())
@@ -120,12 +135,18 @@ class SlotRouter:
                 group.append(m)
         out: list[list[Batch]] = [[] for _ in range(self.slots)]
         counts: dict[TopicPartition, int] = {}
+        control: Control = []
         for tp, group in groups.items():
             if tp not in self.pins:
                 log.debug("dropping %d records of unassigned partition %s", len(group), tp)
                 continue
-            counts[tp] = len(group)
             self.positions[tp] = group[-1].offset() + 1
+            if tp[0] in self.control_topics and any(map(_HEADERS, group)):
+                control.extend((tp, m.value()) for m in group if m.headers())
+                group = [m for m in group if not m.headers()]
+                if not group:
+                    continue
+            counts[tp] = len(group)
             self.first_timestamps.append(group[0].timestamp()[1])
             if self.mode == PINNED:
                 out[self.pins[tp]].append(Batch(tp[0], tp[1], group))
@@ -133,7 +154,7 @@ class SlotRouter:
                 for slot, part in enumerate(self._by_key(group)):
                     if part:
                         out[slot].append(Batch(tp[0], tp[1], part))
-        return out, counts
+        return out, counts, control
 
     def _by_key(self, group: list[Any]) -> list[list[Any]]:
         table, groups = self.table, self.max_key_groups

@@ -36,6 +36,7 @@ from operators.build import SlotChain, build_chain
 from operators.chain import Barrier, Batch, Operator, Row
 from operators.physical import PlanNode
 from operators.plan import ErrorPolicy
+from operators.timers import NO_TIME
 from service.exceptions import WorkerFailed
 from service.metrics import Metrics
 from state.epoch import EpochBuffer
@@ -69,13 +70,13 @@ class Stop:
 
 
 class Watermark:
-    """Time moved: the worker's watermark is ``value`` and the wall clock ``now``
-    (epoch ms): fire due windows and timers."""
+    """Time moved: the watermark of each input topic is ``values[topic]`` and the wall
+    clock ``now`` (epoch ms): fire due windows and timers."""
 
-    __slots__ = ("now", "value")
+    __slots__ = ("now", "values")
 
-    def __init__(self, value: int, now: int) -> None:
-        self.value = value
+    def __init__(self, values: dict[str, int], now: int) -> None:
+        self.values = values
         self.now = now
 
 
@@ -399,8 +400,9 @@ class Slot(threading.Thread):
                 self._release()
             elif isinstance(payload, Watermark):
                 self.current = SOURCES  # windows run in the source segment
-                for window in self.chain.windows:
-                    window.advance(payload.value, payload.now)
+                values = payload.values
+                for window in self.chain.windows:  # each with the watermark of its input
+                    window.advance(values.get(window.topic, NO_TIME), payload.now)
             elif isinstance(payload, Ownership):
                 for window in self.chain.windows:
                     window.own(payload.partitions.get(window.topic, set()), payload.key_groups)

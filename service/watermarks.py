@@ -1,30 +1,44 @@
-"""The worker's event-time clock: per-partition watermarks, idleness, the minimum.
+"""The worker's event-time clocks: per-partition watermarks, idleness, the minimum.
 
-Rules (Flink's, per input partition; `WatermarkTracker.advance` applies them in
-this order every tick):
+Every topic the job reads whose watermark is needed (`PhysicalPlan.event_time_sources`)
+has its own watermark, as in Flink an operator's watermark is the minimum over its own
+inputs: timers behind a topic advance with that topic's watermark. Rules (Flink's,
+per input partition; `WatermarkTracker.advance` applies them in this order every
+tick, topic by topic):
 
-1. A partition's watermark is the largest event time seen in it minus its
-   source's ``max_out_of_orderness``, and never below the watermark it had
-   reached before a restart (kept in the event-time operators' state).
-2. A partition still restoring its state holds the worker's watermark where it
-   is: its backlog is unread and its timers are not rebuilt yet.
-3. A partition is idle when nothing new came for its source's ``idle_timeout``
+1. A source partition's watermark is the largest event time seen in it minus its
+   source's ``max_out_of_orderness``. A repartition partition's is what the
+   workers writing into it announced: the minimum over the upstream partitions
+   not idle, an upstream partition that announced nothing holding it
+   (`service.repartition_watermarks`). Neither is ever below the watermark the
+   partition had reached before a restart (kept in the event-time operators' state).
+2. A partition still restoring its state holds its topic's watermark where it is:
+   its backlog is unread and its timers are not rebuilt yet.
+3. A partition is idle when it holds nothing unread *and* nothing new is coming:
+   a source partition when nothing new came for its source's ``idle_timeout``
    (counted from its last record, or from when it was assigned or its restore
-   ended) *and* everything it holds has been read — a partition with a backlog
-   is never idle, however long since its last record was processed. Idle
-   partitions do not hold the watermark back.
-4. The worker's watermark is the minimum over the partitions left.
-5. With every partition idle it advances with the wall clock from where it
-   was, so the last windows close. If it was never set (every partition went
-   idle before all had shown a record, or right after a restart), it first
+   ended) — a partition with a backlog is never idle, however long since its
+   last record was processed; a repartition partition when every upstream
+   partition announced that it is idle (its own silence says nothing: a
+   restarting writer is silent too). Idle partitions do not hold the watermark back.
+4. A topic's watermark is the minimum over its partitions left.
+5. With every partition of a topic idle it advances with the wall clock from
+   where it was, so the last windows close. If it was never set (every partition
+   went idle before all had shown a record, or right after a restart), it first
    starts from the lowest watermark any partition has reached — from records
-   seen, or kept in state from before the restart; empty partitions do not count.
+   seen or announced, or kept in state from before the restart; empty partitions
+   do not count.
 6. It never goes back.
 
+`WatermarkTracker.watermark`, the lowest over the topics of the partitions owned, is
+what /status and ``weir_watermark_lag_seconds`` show. `WatermarkTracker.announcements`
+gives the rules' verdict on single partitions, which the worker announces into the
+repartition topics they write (rules 1 and 3 there, and the same never-back floor).
+
 The tracker owns only these rules and their clocks. What a partition has shown
-(largest event time, when last seen, restored watermark, whether it is caught
-up) comes from a `PartitionProgress`, so the rules are tested without slots or
-a broker.
+(largest event time, when last seen, what its upstream announced, restored
+watermark, whether it is caught up) comes from a `PartitionProgress`, so the rules
+are tested without slots or a broker.
 """
 
 from __future__ import annotations
@@ -36,17 +50,31 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaException, TopicPartition
 
 from operators.physical import PhysicalPlan
+from operators.plan import RepartitionSource
 from operators.timers import NO_TIME
+from service.repartition_watermarks import Announced
 
 TopicPartitionKey = tuple[str, int]
 
 
 @dataclass(frozen=True)
 class SourceClock:
-    """What a source declares about its event time."""
+    """What a source declares about its event time; ``announced``: a repartition
+    topic, whose watermark is what its upstream writers announce."""
 
     out_of_orderness_ms: int
     idle_timeout_s: float | None
+    announced: bool = False
+
+
+class Upstream(Protocol):
+    """What the upstream partitions announced into a repartition partition."""
+
+    def watermark(self) -> int | None:
+        """The minimum over those not idle; None if all are idle."""
+
+    def reached(self) -> int:
+        """The lowest watermark any of them announced (NO_TIME if none)."""
 
 
 class PartitionProgress(Protocol):
@@ -64,22 +92,28 @@ class PartitionProgress(Protocol):
     def restored_watermark(self, tp: TopicPartitionKey) -> int:
         """The watermark ``tp`` had reached before a restart (NO_TIME if none)."""
 
+    def announced(self, tp: TopicPartitionKey) -> Upstream | None:
+        """For a repartition partition, what its upstream announced (None: unknown)."""
+
 
 class WatermarkTracker:
-    """Computes the worker's watermark from its partitions (rules in the module doc)."""
+    """Computes each topic's watermark from its partitions (rules in the module doc)."""
 
     def __init__(self, sources: dict[str, SourceClock]) -> None:
         self.sources = sources
+        self.watermarks: dict[str, int] = {}  # per topic; absent: NO_TIME
         self.watermark = NO_TIME
         self._active_since: dict[TopicPartitionKey, float] = {}
-        self._all_idle: tuple[float, int] | None = None  # since when, from which watermark
+        self._all_idle: dict[str, tuple[float, int]] = {}  # topic -> since when, from which
 
     @classmethod
     def for_plan(cls, plan: PhysicalPlan) -> WatermarkTracker:
-        """A tracker of the plan's sources that feed event-time operators."""
+        """A tracker of the plan's sources whose watermark is needed."""
         return cls(
             {
-                src.topic: SourceClock(round(src.max_out_of_orderness * 1000), src.idle_timeout)
+                src.topic: SourceClock(0, None, announced=True)
+                if isinstance(src, RepartitionSource)
+                else SourceClock(round(src.max_out_of_orderness * 1000), src.idle_timeout)
                 for src in plan.event_time_sources
             }
         )
@@ -88,12 +122,13 @@ class WatermarkTracker:
         return bool(self.sources)
 
     def rewind(self) -> None:
-        """After a rollback: forget the watermark the aborted epoch reached. The next
+        """After a rollback: forget the watermarks the aborted epoch reached. The next
         tick starts again from what the last committed checkpoint recorded (the
         operators' restored watermarks, rule 1), so replayed records are not late
         because the aborted epoch had moved time on (the one exception to rule 6)."""
+        self.watermarks = {}
         self.watermark = NO_TIME
-        self._all_idle = None
+        self._all_idle = {}
 
     def activate(self, tp: TopicPartitionKey, now: float) -> None:
         """``tp`` starts counting towards idleness now (assigned, or its restore ended)."""
@@ -109,66 +144,112 @@ class WatermarkTracker:
         restoring: Collection[TopicPartitionKey],
         progress: PartitionProgress,
     ) -> bool:
-        """Apply the rules at monotonic time ``now``; True if the watermark moved."""
-        owned = [tp for tp in partitions if tp[0] in self.sources]
-        candidates = [
-            wm
-            for tp in owned
-            if (wm := self._partition_watermark(tp, now, restoring, progress)) is not None
-        ]
+        """Apply the rules at monotonic time ``now``; True if a watermark moved."""
+        topics: dict[str, list[TopicPartitionKey]] = {}
+        for tp in partitions:
+            if tp[0] in self.sources:
+                topics.setdefault(tp[0], []).append(tp)
+        moved = False
+        for topic, owned in topics.items():
+            moved |= self._advance(topic, owned, now, restoring, progress)
+        if topics:
+            self.watermark = min(self.watermarks.get(t, NO_TIME) for t in topics)
+        return moved
+
+    def _advance(
+        self,
+        topic: str,
+        owned: list[TopicPartitionKey],
+        now: float,
+        restoring: Collection[TopicPartitionKey],
+        progress: PartitionProgress,
+    ) -> bool:
+        current = self.watermarks.get(topic, NO_TIME)
+        states = [self._partition(tp, now, restoring, progress) for tp in owned]
+        candidates = [wm for wm, idle in states if not idle]
         if candidates:  # Rule 4
             new = min(candidates)
-            self._all_idle = None
-        elif owned and self.watermark == NO_TIME:  # Rule 5, no watermark yet
-            reached = [r for tp in owned if (r := self._reached(tp, progress)) > NO_TIME]
-            new = min(reached, default=NO_TIME)
-        elif owned:  # Rule 5: all idle
-            if self._all_idle is None:
-                self._all_idle = (now, self.watermark)
-            since, base = self._all_idle
+            self._all_idle.pop(topic, None)
+        elif current == NO_TIME:  # Rule 5, no watermark yet
+            new = min((wm for wm, _ in states if wm > NO_TIME), default=NO_TIME)
+        else:  # Rule 5: all idle
+            since, base = self._all_idle.setdefault(topic, (now, current))
             new = base + round((now - since) * 1000)
-        else:
-            new = self.watermark
-        if new > self.watermark:  # Rule 6
-            self.watermark = new
+        if new > current:  # Rule 6
+            self.watermarks[topic] = new
             return True
         return False
 
-    def _partition_watermark(
+    def announcements(
+        self,
+        now: float,
+        partitions: Iterable[TopicPartitionKey],
+        restoring: Collection[TopicPartitionKey],
+        progress: PartitionProgress,
+    ) -> dict[TopicPartitionKey, Announced]:
+        """Each owned partition's watermark and idleness by rules 1-3 (restoring ones
+        have nothing to say), for the repartition topics it writes into."""
+        return {
+            tp: Announced(*self._partition(tp, now, restoring, progress))
+            for tp in partitions
+            if tp[0] in self.sources and tp not in restoring
+        }
+
+    def _partition(
         self,
         tp: TopicPartitionKey,
         now: float,
         restoring: Collection[TopicPartitionKey],
         progress: PartitionProgress,
-    ) -> int | None:
-        """Rules 1-3 for one partition: its watermark, or None if it is idle."""
+    ) -> tuple[int, bool]:
+        """Rules 1-3 for one partition: (its watermark, whether it is idle)."""
         if tp in restoring:  # Rule 2
-            return NO_TIME
+            return NO_TIME, False
         clock = self.sources[tp[0]]
+        if clock.announced:
+            upstream = progress.announced(tp)
+            active = NO_TIME if upstream is None else upstream.watermark()
+            if active is None:  # every upstream partition idle
+                if progress.caught_up(tp):  # Rule 3
+                    return self._reached(tp, progress), True
+                active = upstream.reached()
+            return max(active, progress.restored_watermark(tp)), False
         seen = progress.last_seen(tp)
         since = self._active_since.get(tp, now)
         last = since if seen is None else max(seen, since)
         idle = clock.idle_timeout_s
         if idle is not None and now - last > idle and progress.caught_up(tp):  # Rule 3
-            return None
-        return self._reached(tp, progress)
+            return self._reached(tp, progress), True
+        return self._reached(tp, progress), False
 
     def _reached(self, tp: TopicPartitionKey, progress: PartitionProgress) -> int:
-        """Rule 1: from the records seen, never below the watermark restored from state."""
-        stamp = progress.max_timestamp(tp)
-        seen = NO_TIME if stamp is None else stamp - self.sources[tp[0]].out_of_orderness_ms
+        """Rule 1: from the records seen or announced, never below the restored one."""
+        clock = self.sources[tp[0]]
+        if clock.announced:
+            upstream = progress.announced(tp)
+            seen = NO_TIME if upstream is None else upstream.reached()
+        else:
+            stamp = progress.max_timestamp(tp)
+            seen = NO_TIME if stamp is None else stamp - clock.out_of_orderness_ms
         return max(seen, progress.restored_watermark(tp))
 
 
 class SlotProgress:
     """`PartitionProgress` of a running worker: what its slots processed, what its
-    consumers read, and the watermarks its event-time operators restored."""
+    consumers read, what upstream writers announced, and the watermarks its
+    event-time operators restored."""
 
-    def __init__(self, slots: Iterable[Any], consumer: Any, router: Any, committed: Any) -> None:
+    def __init__(
+        self, slots: Iterable[Any], consumer: Any, router: Any, committed: Any, channels: Any
+    ) -> None:
         self.slots = slots
         self.consumer = consumer
         self.router = router
         self.committed = committed  # () -> {partition: committed offset}
+        self.channels = channels  # WatermarkChannels
+
+    def announced(self, tp: TopicPartitionKey) -> Upstream | None:
+        return self.channels.table(tp)
 
     def max_timestamp(self, tp: TopicPartitionKey) -> int | None:
         stamps = [s.max_ts[tp] for s in self.slots if tp in s.max_ts]

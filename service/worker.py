@@ -11,7 +11,7 @@ whether to consume and how much; (2) consume a batch from the group's consumers
 (4) restart the slots if one failed, per the restart strategy; (5) resume
 partitions whose restore finished; (6) route the batch to the slots; (7) collect
 checkpoint acknowledgements, commit, trigger the next checkpoint when due;
-(8) every 100 ms advance the watermark, every second sample the gauges.
+(8) every 100 ms advance the watermarks, every second sample the gauges.
 
 A failed commit, a lost assignment or an output that could not be delivered
 rolls the worker back to its last committed checkpoint (`Worker._rollback`).
@@ -43,10 +43,11 @@ from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.consumers import GroupConsumers
 from service.deadline import CallTimedOut, retry_while_unavailable, run_steps
-from service.exceptions import ShutdownOverran, WorkerFailed
+from service.exceptions import JobLoadError, ShutdownOverran, WorkerFailed
 from service.flow import FlowControl
 from service.metrics import Metrics
 from service.rebalance import Rebalancer
+from service.repartition_watermarks import WatermarkChannels
 from service.restarts import RestartStrategy
 from service.restore import Restorer
 from service.router import SlotRouter
@@ -71,11 +72,17 @@ class Worker:
         self.config = config
         self.group = config.group or job.name
         self.plan = plan = compile_plan(job, self.group)
+        self.topic_partitions: dict[str, int] = {}  # of every topic read, kept current
         suffix = "" if process_index is None else f".{process_index}"
         self.worker_id = f"{config.worker_id}{suffix}"
         self.settings = ClientSettings(config, self.group, f"{self.group}.{self.worker_id}")
         self.metrics = Metrics(job.name)
-        self.router = SlotRouter(config.slots, plan.max_key_groups, plan.exchanges)
+        self.channels = WatermarkChannels(
+            plan.watermark_channels, self.topic_partitions, self._announcements
+        )
+        self.router = SlotRouter(
+            config.slots, plan.max_key_groups, plan.exchanges, self.channels.topics
+        )
         self.changelogs = Changelogs(plan)
         self.stopping = threading.Event()
         self.unavailable: str | None = None  # why Kafka is being waited for, if it is
@@ -94,7 +101,6 @@ class Worker:
         self.restarts = RestartStrategy(config, self.metrics)
         self.fatal: BaseException | None = None
         self.limits: dict[str, TopicLimits] = {}
-        self.topic_partitions: dict[str, int] = {}
         self.state = "starting"
         self.consumer: GroupConsumers | None = None
         self.admin: Any = None
@@ -102,6 +108,7 @@ class Worker:
         self.flow: FlowControl | None = None
         self.coordinator: CheckpointCoordinator | None = None
         self.rebalancer: Rebalancer | None = None
+        self.progress: SlotProgress | None = None
         self.sampler = MetricsSampler(self)  # reads the owners above once they are open
 
     # -- lifecycle ----------------------------------------------------------
@@ -116,7 +123,11 @@ class Worker:
             "connecting",
             self._note_unavailable,
         )
-        self.topic_partitions, self.limits = provision_job_topics(admin, self.plan, timeout)
+        counts, self.limits = provision_job_topics(admin, self.plan, timeout)
+        self.topic_partitions.update(counts)
+        too_many = self.channels.check()
+        if too_many is not None:
+            raise JobLoadError(too_many)
         state = None
         if self.changelogs:
             self.changelogs.provision(admin, timeout)
@@ -145,12 +156,19 @@ class Worker:
             timeout_s=cfg.checkpoint_timeout_ms / 1000,
             state=state,
             slot_failure=lambda: self.fatal,
+            channels=self.channels,
         )
+        self.progress = SlotProgress(
+            self.slots, self.consumer, self.router, lambda: self.coordinator.committed,
+            self.channels,
+        )  # fmt: skip
         self.rebalancer = Rebalancer(
             self.router,
             self.slots,
             self.flow,
             self.watermarks,
+            self.channels,
+            self.consumer,
             self.sampler,
             self.changelogs,
             self.metrics,
@@ -198,8 +216,7 @@ class Worker:
 
     def _loop(self) -> None:
         consumer, router, coordinator = self.consumer, self.router, self.coordinator
-        flow, rebalancer = self.flow, self.rebalancer
-        progress = SlotProgress(self.slots, consumer, router, lambda: coordinator.committed)
+        flow, rebalancer, progress = self.flow, self.rebalancer, self.progress
         last_sample = last_watermark = time.monotonic()
         self.state = "running"
         while not self.stopping.is_set():
@@ -220,9 +237,11 @@ class Worker:
             if rebalancer.restoring:  # Step 5
                 rebalancer.restores_done()
             if msgs:  # Step 6
-                per_slot, counts = router.route(msgs)
+                per_slot, counts, control = router.route(msgs)
                 self.slots.dispatch(per_slot)
                 self.metrics.count_in(counts)
+                if control:  # after the records before them: the watermark follows those
+                    self.channels.observe(control)
             try:  # Step 7
                 coordinator.poll()
                 if coordinator.due():
@@ -238,7 +257,7 @@ class Worker:
                 if self.watermarks.advance(now, router.pins, rebalancer.restoring, progress):
                     lag = max(0.0, time.time() - self.watermarks.watermark / 1000)
                     self.metrics.watermark_lag.set(lag)
-                self.slots.tick(self.watermarks.watermark)
+                self.slots.tick(self.watermarks.watermarks)
                 last_watermark = now
             if now - last_sample >= 1.0:
                 self.sampler.sample(now - last_sample)
@@ -249,7 +268,17 @@ class Worker:
         self.slots.start(self.output.producer, self.coordinator.ack, self.store, self.limits)
         if self.watermarks:
             self.slots.assign_ownership(self.router, self.rebalancer.restoring)
-            self.slots.tick(self.watermarks.watermark)
+            self.slots.tick(self.watermarks.watermarks)
+
+    def _announcements(self) -> tuple[dict, dict[str, int]]:
+        """What the tracker says of every partition this worker owns, and each topic's
+        watermark (for `WatermarkChannels.checkpoint`, at a barrier)."""
+        restoring = self.rebalancer.restoring
+        partitions = self.router.pins
+        values = self.watermarks.announcements(
+            time.monotonic(), partitions, restoring, self.progress
+        )
+        return values, self.watermarks.watermarks
 
     def _on_slot_fatal(self, exc: BaseException) -> None:
         log.error("slot failed: %s: %s", type(exc).__name__, exc)
@@ -297,7 +326,7 @@ class Worker:
         log.warning("rolling back to the last committed checkpoint: %s", reason)
         self.slots.stop(ROLLBACK_SLOT_STOP_S)  # a hung slot is abandoned, never waited for
         self.output.restart()
-        committed = retry_while_unavailable(
+        committed, metadata = retry_while_unavailable(
             lambda: self.consumer.seek_to_committed(
                 self.router.partitions, self.config.connect_timeout_s
             ),
@@ -306,6 +335,8 @@ class Worker:
             "reading committed offsets",
             self._note_unavailable,
         )
+        for tp in self.router.partitions:  # what was announced up to the committed offsets
+            self.channels.load(tp, metadata.get(tp))
         self.router.reset_positions()
         self.coordinator.reset(committed)
         self.flow.reset(self.rebalancer.restoring)

@@ -365,6 +365,7 @@ class Progress:
         self.seen: dict[tuple[str, int], float] = {}
         self.backlog: set[tuple[str, int]] = set()
         self.floors: dict[tuple[str, int], int] = {}
+        self.upstream: dict[tuple[str, int], Any] = {}  # repartition partition -> its table
 
     def record(self, tp: tuple[str, int], ts: int, now: float) -> None:
         """A record of ``tp`` with event time ``ts`` was processed at ``now``."""
@@ -382,3 +383,6 @@ class Progress:
 
     def restored_watermark(self, tp) -> int:
         return self.floors.get(tp, NO_TIME)
+
+    def announced(self, tp):
+        return self.upstream.get(tp)

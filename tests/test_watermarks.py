@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.timers import NO_TIME
+from service.repartition_watermarks import Announced, UpstreamTable
 from service.watermarks import SourceClock, WatermarkTracker
 from tests.fakes import Progress
 
@@ -151,6 +152,91 @@ def test_a_burst_then_silence_still_closes_its_windows_when_another_partition_is
     assert t.watermark >= 10_000, "the window holding a-0's records must be able to close"
 
 
+# -- repartition partitions: what the upstream announced -------------------------------------
+
+R0, R1 = ("r", 0), ("r", 1)
+
+
+def channel_tracker() -> WatermarkTracker:
+    """Source "a" (out-of-orderness 1 s, idle after 5 s) writes into repartition topic "r"."""
+    t = WatermarkTracker({"a": SourceClock(1_000, 5.0), "r": SourceClock(0, None, True)})
+    for tp in (A0, A1, R0, R1):
+        t.activate(tp, 0.0)
+    return t
+
+
+def table(*entries: tuple[int, bool] | None) -> UpstreamTable:
+    return UpstreamTable(len(entries), [e and Announced(*e) for e in entries])
+
+
+def test_a_repartition_partition_is_at_the_lowest_watermark_its_upstream_announced():
+    t, p = channel_tracker(), Progress()
+    p.upstream = {R0: table((50_000, False), None, (9_000, False)), R1: table()}
+    assert t.advance(1.0, [R0, R1], (), p) is False, "upstream 1 announced nothing: it holds"
+    p.upstream[R0] = table((50_000, False), (20_000, False), (9_000, False))
+    p.upstream[R1] = table((50_000, False), (20_000, False), (9_000, False))
+    assert t.advance(1.1, [R0, R1], (), p) is True
+    assert t.watermarks["r"] == 9_000, "the slowest upstream partition holds it"
+    p.upstream[R0].merge(2, Announced(4_000, False))
+    p.upstream[R1].merge(2, Announced(30_000, True))
+    assert p.upstream[R0].entries[2] == Announced(9_000, False), "an announcement never goes back"
+    t.advance(1.2, [R0, R1], (), p)
+    assert t.watermarks["r"] == 9_000, "r-0 still hears upstream 2 at 9000"
+    p.upstream[R0].merge(2, Announced(30_000, True))
+    t.advance(1.3, [R0, R1], (), p)
+    assert t.watermarks["r"] == 20_000, "an idle upstream partition holds nothing back"
+
+
+def test_silence_never_makes_a_repartition_partition_idle_only_its_upstream_can():
+    t, p = channel_tracker(), Progress()
+    p.upstream = {R0: table((10_000, False), (12_000, False))}
+    t.advance(1.0, [R0], (), p)
+    for now in (10.0, 100.0, 1_000.0):  # its writers stopped (killed, restarting): it holds
+        assert t.advance(now, [R0], (), p) is False
+        assert t.watermarks["r"] == 10_000
+    p.upstream[R0] = table((10_000, True), (12_000, True))
+    p.backlog.add(R0)  # their last records not read yet: not idle
+    assert t.advance(1_001.0, [R0], (), p) is False
+    p.backlog.discard(R0)
+    t.advance(1_002.0, [R0], (), p)  # idle: rule 5, the wall clock from where it was
+    t.advance(1_003.0, [R0], (), p)
+    assert t.watermarks["r"] == 11_000
+    fresh = channel_tracker()  # a restart with every upstream idle: from the lowest announced
+    fresh.advance(1.0, [R0], (), p)
+    assert fresh.watermarks["r"] == 10_000
+
+
+def test_a_repartition_partition_never_goes_below_its_restored_watermark():
+    t, p = channel_tracker(), Progress()
+    p.floors = {R0: 70_000}
+    p.upstream = {R0: table((10_000, False))}
+    t.advance(1.0, [R0], (), p)
+    assert t.watermarks["r"] == 70_000
+    assert t.advance(2.0, [R0], {R0}, p) is False, "restoring holds, as any partition"
+
+
+def test_each_topic_has_its_own_watermark_and_the_workers_is_the_lowest():
+    t, p = channel_tracker(), Progress()
+    p.record(A0, 100_000, 1.0)
+    p.record(A1, 90_000, 1.0)
+    p.upstream = {R0: table((20_000, False), (30_000, False))}
+    assert t.advance(1.0, [A0, A1, R0], (), p) is True
+    assert t.watermarks == {"a": 89_000, "r": 20_000}, "a window behind r is not held by a"
+    assert t.watermark == 20_000
+
+
+def test_announcements_are_each_partitions_watermark_and_idleness():
+    t, p = channel_tracker(), Progress()
+    p.record(A0, 100_000, 1.0)
+    p.floors = {A1: 5_000}
+    got = t.announcements(7.0, [A0, A1, B0, R0], {R0}, p)
+    assert got == {A0: Announced(99_000, True), A1: Announced(5_000, True)}, (
+        "idle after 5 s (a-1 since it was assigned); restoring r-0 and untracked b-0 say nothing"
+    )
+    p.record(A1, 50_000, 6.5)
+    assert t.announcements(7.0, [A1], (), p) == {A1: Announced(49_000, False)}
+
+
 # -- properties -------------------------------------------------------------------------------
 
 TPS = [A0, A1, B0]
@@ -187,7 +273,7 @@ def test_watermark_rules_hold_for_any_sequence(floors, steps):
     for tp in TPS:
         t.activate(tp, 0.0)
     now, restoring = 0.0, set()
-    idle_run: tuple[float, int] | None = None  # all idle since when, from which watermark
+    idle_run: dict[str, tuple[float, int] | None] = dict.fromkeys(CLOCKS)  # all idle since
     for step in steps:
         if step[0] == "record":
             p.record(step[1], step[2], now)
@@ -199,22 +285,26 @@ def test_watermark_rules_hold_for_any_sequence(floors, steps):
             (restoring.add if step[2] else restoring.discard)(step[1])
             continue
         now += step[1]
-        before = t.watermark
+        before = {topic: t.watermarks.get(topic, NO_TIME) for topic in CLOCKS}
         moved = t.advance(now, TPS, restoring, p)
-        after = t.watermark
-        assert after >= before, "rule 6: never goes back"
-        assert moved == (after > before)
-        if restoring:
-            assert after == before, "rule 2: a restoring partition holds it"
-            idle_run = None
-            continue
-        active = [tp for tp in TPS if not idle(tp, now, p)]
-        if active:
-            idle_run = None
-            low = min(partition_watermark(tp, p) for tp in active)
-            assert after == max(before, low), "rules 1, 3, 4: the minimum over active ones"
-        else:
-            idle_run = idle_run or (now, before)
-            since, base = idle_run
-            if base != NO_TIME:
-                assert after == base + round((now - since) * 1000), "rule 5: the wall clock"
+        after = {topic: t.watermarks.get(topic, NO_TIME) for topic in CLOCKS}
+        assert moved == any(after[k] > before[k] for k in CLOCKS)
+        assert t.watermark == min(after.values()), "the worker's: the lowest topic's"
+        for topic in CLOCKS:  # each topic on its own
+            tps = [tp for tp in TPS if tp[0] == topic]
+            was, got = before[topic], after[topic]
+            assert got >= was, "rule 6: never goes back"
+            if restoring & set(tps):
+                assert got == was, "rule 2: a restoring partition holds it"
+                idle_run[topic] = None
+                continue
+            active = [tp for tp in tps if not idle(tp, now, p)]
+            if active:
+                idle_run[topic] = None
+                low = min(partition_watermark(tp, p) for tp in active)
+                assert got == max(was, low), "rules 1, 3, 4: the minimum over active ones"
+            else:
+                idle_run[topic] = idle_run[topic] or (now, was)
+                since, base = idle_run[topic]
+                if base != NO_TIME:
+                    assert got == base + round((now - since) * 1000), "rule 5: the wall clock"
