@@ -314,8 +314,8 @@ class WatermarkChannels:
                 continue
             if channel.timed:
                 a = Announced(min(a.watermark, watermarks.get(topic, NO_TIME)), a.idle)
-            if a.watermark > NO_TIME or a.idle:
-                out.append((p, a))
+            if a.watermark > NO_TIME or a.idle or (channel.topic, p) in self.sent:
+                out.append((p, a))  # nothing to say only if never said anything
         return out
 
     def _news(self, topic: str, partition: int, a: Announced) -> bool:

@@ -247,15 +247,30 @@ class FakeOutput:
         self.exactly_once = exactly_once
         self.result = True
         self.error: BaseException | None = None
+        self.producer = EventProducer(events)
+        self.metadata: dict[tuple[str, int], str] = {}  # offset metadata of the last commit
 
     def commit(self, members, timeout_s: float) -> bool:
         self.events.append(("commit", {m: offsets_of(tps) for m, tps in members}))
+        self.metadata = {(tp.topic, tp.partition): tp.metadata for _, tps in members for tp in tps}
         if self.error is not None:
             raise self.error
         return self.result
 
     def check_deliveries(self) -> None:
         self.events.append(("check-deliveries",))
+
+
+class EventProducer(FakeProducer):
+    """The output's producer: a ``("produce", topic, partition)`` event per record."""
+
+    def __init__(self, events: list) -> None:
+        super().__init__()
+        self.events = events
+
+    def produce(self, topic, value=None, key=None, headers=None, timestamp=0, partition=None):
+        super().produce(topic, value, key, headers, timestamp, partition)
+        self.events.append(("produce", topic, partition))
 
 
 class FakeRouter:
