@@ -296,30 +296,35 @@ class FlatMapOp(Operator):
 
 
 class RepartitionSourceOp(Operator):
-    """Reads a repartition topic: values are ``[key, value]`` envelopes (JSON), the
-    record timestamp is the event time. Its watermark is not taken from these records
-    but from what the upstream writers announce (`service.repartition_watermarks`;
-    the fetcher keeps those control records away from the slots)."""
+    """Reads a repartition topic: values are ``[key, value, event time]`` envelopes
+    (JSON; ``[key, value]`` from earlier versions, whose record timestamp was the event
+    time). Its watermark is not taken from these records but from what the upstream
+    writers announce (`service.repartition_watermarks`; the fetcher keeps those
+    control records away from the slots)."""
 
     __slots__ = ()
 
     def process(self, batch: Batch) -> None:
         msgs = batch.elems
+        loads = orjson.loads
         elems = []
         for m in msgs:
             try:
-                k, v = orjson.loads(m.value())
+                k, v, *t = loads(m.value())
             except Exception as exc:
                 self.ctx.fail(self.name, "decode", batch, (m.key(), m.value(), 0, m.offset()), exc)
                 continue
-            elems.append((k, v, m.timestamp()[1], m.offset()))
+            elems.append((k, v, t[0] if t else m.timestamp()[1], m.offset()))
         if elems and self.out is not None:
             self.out.process(Batch(batch.topic, batch.partition, elems))
 
 
 class RepartitionOp(Operator):
-    """``key_by(fn)`` before keyed state: writes ``[key, value]`` to the repartition
-    topic, keyed by the key, with the event time as the record timestamp."""
+    """``key_by(fn)`` before keyed state: writes ``[key, value, event time]`` to the
+    repartition topic, keyed by the key. The record timestamp is the wall clock (the
+    producer stamps it), not the event time: the broker deletes segments by their
+    records' timestamps (``retention.ms``), which would take a backlog of events older
+    than that before it is read, and refuses timestamps far ahead of its clock."""
 
     __slots__ = ("fn", "topic")
 
@@ -339,7 +344,7 @@ class RepartitionOp(Operator):
                 for i in range(i, n):  # noqa: B020 - resumes after a failed record
                     _, v, t, o = elems[i]
                     key = fn(v)
-                    append((encode_key(key), dumps([key, v]), o, t))
+                    append((encode_key(key), dumps([key, v, t]), o, 0))
                 break
             except Exception as exc:
                 self.ctx.fail(self.name, "key", batch, elems[i], exc)

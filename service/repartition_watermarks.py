@@ -276,6 +276,22 @@ class WatermarkChannels:
         """What ``tp``'s upstream partitions announced; None before it is known."""
         return self.tables.get(tp)
 
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """For /status, per repartition partition read: its watermark by its upstream
+        (None: every upstream partition idle), and the upstream partitions holding it
+        there or never heard from."""
+        out = {}
+        for (topic, p), table in list(self.tables.items()):
+            wm = table.watermark()
+            entries = list(table.entries)
+            out[f"{topic}-{p}"] = {
+                "watermark": wm,
+                "held_by": [u for u, e in enumerate(entries) if wm is not None and e
+                            and not e.idle and e.watermark == wm],
+                "unheard": [u for u, e in enumerate(entries) if e is None],
+            }  # fmt: skip
+        return out
+
     def _upstream_count(self, topic: str) -> int:
         return self.partitions.get(self.upstream_of[topic], 0)
 

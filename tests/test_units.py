@@ -469,7 +469,7 @@ def test_repartition_chain_writes_key_value_envelopes_to_the_groups_topic():
     msgs = [Msg("in", 0, i, None, f'{{"k": "k{i}", "ts": {i}}}'.encode()) for i in range(3)]
     chain.sources["in"].process(Batch("in", 0, msgs))
     assert ctx.produced == [
-        ("grp.by-k.repartition", f"k{i}".encode(), f'["k{i}",{{"k":"k{i}","ts":{i}}}]'.encode())
+        ("grp.by-k.repartition", f"k{i}".encode(), f'["k{i}",{{"k":"k{i}","ts":{i}}},{i}]'.encode())
         for i in range(3)
     ]
     assert ctx.times == [("in", 0, 2)], "the source's watermark is announced downstream"
