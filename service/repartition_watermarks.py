@@ -41,10 +41,12 @@ U, from the plan):
    minimum over the upstream partitions not idle; one that has announced
    nothing holds it — a slow, restarting or not yet started writer holds the
    downstream, as an input channel holds a Flink task. It is idle when every
-   upstream partition is idle and it is read to its end. Its records' own times
-   and silences play no part. The tracker runs on the fetcher thread after the
-   records before the control record were handed to the slots, so a watermark it
-   raises reaches every slot behind them.
+   upstream partition is idle and it is read to its end, and has then reached the
+   highest watermark they announced (Flink's valve flushes the largest when its
+   last channel goes idle). Its records' own times and silences play no part.
+   The tracker runs on the fetcher thread after the records before the control
+   record were handed to the slots, so a watermark it raises reaches every slot
+   behind them.
 5. **Persist** (checkpoint step 3). A partition's table is committed as the
    metadata of its committed offset, in the same transaction (as Kafka Streams
    keeps a partition's time): a restart, a rollback and a new owner after a
@@ -128,9 +130,15 @@ class UpstreamTable:
 
     def reached(self) -> int:
         """The lowest watermark an upstream partition has announced (`NO_TIME`: none)."""
-        return min(
-            (e.watermark for e in self.entries if e and e.watermark > NO_TIME), default=NO_TIME
-        )
+        return min(self._announced(), default=NO_TIME)
+
+    def flushed(self) -> int:
+        """The highest watermark an upstream partition has announced (`NO_TIME`: none):
+        where the partition is once every upstream partition is idle."""
+        return max(self._announced(), default=NO_TIME)
+
+    def _announced(self) -> list[int]:
+        return [e.watermark for e in self.entries if e and e.watermark > NO_TIME]
 
     def encode(self) -> str:
         """Offset metadata: ``{"b": base, "u": unit, "w": [code, ...]}``, one code per

@@ -22,12 +22,13 @@ tick, topic by topic):
    partition announced that it is idle (its own silence says nothing: a
    restarting writer is silent too). Idle partitions do not hold the watermark back.
 4. A topic's watermark is the minimum over its partitions left.
-5. With every partition of a topic idle it advances with the wall clock from
-   where it was, so the last windows close. If it was never set (every partition
-   went idle before all had shown a record, or right after a restart), it first
-   starts from the lowest watermark any partition has reached — from records
-   seen or announced, or kept in state from before the restart; empty partitions
-   do not count.
+5. When every partition of a topic is idle, nothing more is coming from any of
+   them: its watermark goes to the highest any of them has reached — from records
+   seen or announced, or kept in state from before a restart; empty partitions do
+   not count — as Flink's valve flushes the largest watermark across its channels
+   when the last one goes idle; then it advances with the wall clock from there,
+   so the last windows close. (A repartition partition whose upstream partitions
+   are all idle has reached the highest of their watermarks, for the same reason.)
 6. It never goes back.
 
 `WatermarkTracker.watermark`, the lowest over the topics of the partitions owned, is
@@ -75,6 +76,9 @@ class Upstream(Protocol):
 
     def reached(self) -> int:
         """The lowest watermark any of them announced (NO_TIME if none)."""
+
+    def flushed(self) -> int:
+        """The highest watermark any of them announced (NO_TIME if none)."""
 
 
 class PartitionProgress(Protocol):
@@ -170,10 +174,14 @@ class WatermarkTracker:
         if candidates:  # Rule 4
             new = min(candidates)
             self._all_idle.pop(topic, None)
-        elif current == NO_TIME:  # Rule 5, no watermark yet
-            new = min((wm for wm, _ in states if wm > NO_TIME), default=NO_TIME)
-        else:  # Rule 5: all idle
-            since, base = self._all_idle.setdefault(topic, (now, current))
+        else:  # Rule 5: all idle, flush the highest reached, then the wall clock
+            run = self._all_idle.get(topic)
+            if run is None:
+                base = max(current, *(wm for wm, _ in states))
+                if base == NO_TIME:  # nothing reached yet: ask again next tick
+                    return False
+                run = self._all_idle[topic] = (now, base)
+            since, base = run
             new = base + round((now - since) * 1000)
         if new > current:  # Rule 6
             self.watermarks[topic] = new
@@ -210,8 +218,8 @@ class WatermarkTracker:
             upstream = progress.announced(tp)
             active = NO_TIME if upstream is None else upstream.watermark()
             if active is None:  # every upstream partition idle
-                if progress.caught_up(tp):  # Rule 3
-                    return self._reached(tp, progress), True
+                if progress.caught_up(tp):  # Rule 3, and rule 5's flush
+                    return max(upstream.flushed(), progress.restored_watermark(tp)), True
                 active = upstream.reached()
             return max(active, progress.restored_watermark(tp)), False
         seen = progress.last_seen(tp)
@@ -223,14 +231,10 @@ class WatermarkTracker:
         return self._reached(tp, progress), False
 
     def _reached(self, tp: TopicPartitionKey, progress: PartitionProgress) -> int:
-        """Rule 1: from the records seen or announced, never below the restored one."""
-        clock = self.sources[tp[0]]
-        if clock.announced:
-            upstream = progress.announced(tp)
-            seen = NO_TIME if upstream is None else upstream.reached()
-        else:
-            stamp = progress.max_timestamp(tp)
-            seen = NO_TIME if stamp is None else stamp - clock.out_of_orderness_ms
+        """Rule 1 for a source partition: from the records seen, never below the
+        restored one."""
+        stamp = progress.max_timestamp(tp)
+        seen = NO_TIME if stamp is None else stamp - self.sources[tp[0]].out_of_orderness_ms
         return max(seen, progress.restored_watermark(tp))
 
 
@@ -263,14 +267,16 @@ class SlotProgress:
         """The consumer's position steps over transaction markers and aborted records
         (which never reach the router), so on a transactional topic — repartition
         topics, other exactly-once jobs' output — it reaches the end past the last
-        commit marker; ``high`` is the last stable offset (read_committed)."""
+        commit marker; ``high`` is the last stable offset (read_committed). Before
+        the first fetch response ``high`` is unknown: a partition just assigned (or
+        paused since) is not caught up; one fetch tells, even for an empty one."""
         try:
             _, high = self.consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
             consumed = self.consumer.position(TopicPartition(*tp))
         except KafkaException:
             return False
         if high < 0:
-            return True  # nothing fetched yet from an empty partition
+            return False
         routed = self.router.positions.get(tp, self.committed().get(tp, 0))
         return max(routed, consumed) >= high
 

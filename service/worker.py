@@ -140,6 +140,7 @@ class Worker:
         self.consumer = GroupConsumers(
             self.settings,
             {"source": self.plan.user_source_topics, "repartition": self.plan.repartition_topics},
+            admin,
         )
         self.flow = FlowControl(
             self.consumer, cfg.slot_queue_records, cfg.batch_size, cfg.slot_queue_bytes

@@ -89,33 +89,34 @@ def test_no_idle_timeout_means_never_idle():
     assert t.watermark == 4_000
 
 
-def test_all_idle_advances_with_the_wall_clock_from_where_it_was():
+def test_all_idle_flushes_the_highest_watermark_then_advances_with_the_wall_clock():
     t, p = tracker(), Progress()
     p.record(A0, 10_000, 1.0)
     p.record(A1, 12_000, 1.0)
     t.advance(1.0, [A0, A1], (), p)
     assert t.watermark == 9_000
-    assert t.advance(6.5, [A0, A1], (), p) is False, "both idle from now: the clock starts"
-    assert t.advance(7.5, [A0, A1], (), p) is True
-    assert t.watermark == 10_000
+    assert t.advance(6.5, [A0, A1], (), p) is True, "both idle: nothing more is coming"
+    assert t.watermark == 11_000, "the highest either reached (Flink's valve flushes it)"
+    t.advance(7.5, [A0, A1], (), p)
+    assert t.watermark == 12_000, "then the wall clock"
     t.advance(10.0, [A0, A1], (), p)
-    assert t.watermark == 12_500
+    assert t.watermark == 14_500
     p.record(A1, 12_600, 10.5)  # a-1 wakes up behind the wall clock
     assert t.advance(10.5, [A0, A1], (), p) is False, "never goes back"
-    assert t.watermark == 12_500
-    t.advance(16.0, [A0, A1], (), p)  # idle again: the clock restarts from 12500
+    assert t.watermark == 14_500
+    t.advance(16.0, [A0, A1], (), p)  # idle again: the clock restarts from 14500
     t.advance(17.0, [A0, A1], (), p)
-    assert t.watermark == 13_500
+    assert t.watermark == 15_500
 
 
-def test_right_after_a_restart_it_starts_from_the_lowest_restored_watermark():
+def test_right_after_a_restart_it_starts_from_the_highest_restored_watermark():
     t, p = tracker(at=0.0), Progress()
     p.floors = {A0: 50_000, A1: 40_000}
     assert t.advance(6.0, [A0, A1], (), p) is True, "no records yet, both idle"
-    assert t.watermark == 40_000
+    assert t.watermark == 50_000
     t.advance(7.0, [A0, A1], (), p)
     t.advance(8.0, [A0, A1], (), p)
-    assert t.watermark == 41_000, "then with the wall clock from there"
+    assert t.watermark == 52_000, "then with the wall clock from there"
 
 
 def test_a_restored_watermark_is_a_floor_for_its_partition():
@@ -198,12 +199,13 @@ def test_silence_never_makes_a_repartition_partition_idle_only_its_upstream_can(
     p.backlog.add(R0)  # their last records not read yet: not idle
     assert t.advance(1_001.0, [R0], (), p) is False
     p.backlog.discard(R0)
-    t.advance(1_002.0, [R0], (), p)  # idle: rule 5, the wall clock from where it was
+    t.advance(1_002.0, [R0], (), p)  # idle: the highest they announced, then the clock
+    assert t.watermarks["r"] == 12_000
     t.advance(1_003.0, [R0], (), p)
-    assert t.watermarks["r"] == 11_000
-    fresh = channel_tracker()  # a restart with every upstream idle: from the lowest announced
+    assert t.watermarks["r"] == 13_000
+    fresh = channel_tracker()  # a restart with every upstream idle: the same
     fresh.advance(1.0, [R0], (), p)
-    assert fresh.watermarks["r"] == 10_000
+    assert fresh.watermarks["r"] == 12_000
 
 
 def test_a_repartition_partition_never_goes_below_its_restored_watermark():
@@ -304,7 +306,11 @@ def test_watermark_rules_hold_for_any_sequence(floors, steps):
                 low = min(partition_watermark(tp, p) for tp in active)
                 assert got == max(was, low), "rules 1, 3, 4: the minimum over active ones"
             else:
-                idle_run[topic] = idle_run[topic] or (now, was)
+                if idle_run[topic] is None:
+                    flush = max([was, *(partition_watermark(tp, p) for tp in tps)])
+                    idle_run[topic] = (now, flush) if flush > NO_TIME else None
+                if idle_run[topic] is None:
+                    assert got == was, "rule 5: nothing reached, nothing to flush"
+                    continue
                 since, base = idle_run[topic]
-                if base != NO_TIME:
-                    assert got == base + round((now - since) * 1000), "rule 5: the wall clock"
+                assert got == base + round((now - since) * 1000), "rule 5: flush, then the clock"
