@@ -14,8 +14,7 @@ checkpoint acknowledgements, commit, trigger the next checkpoint when due;
 (8) every 100 ms advance the watermarks, every second sample the gauges.
 
 A failed commit, a lost assignment or an output that could not be delivered
-rolls the worker back to its last committed checkpoint (`Worker._rollback`); when
-a rebalance callback asks for it, as soon as the callback has returned (step 2).
+rolls the worker back to its last committed checkpoint (`Worker._rollback`).
 """
 
 from __future__ import annotations
@@ -101,7 +100,6 @@ class Worker:
         )
         self.restarts = RestartStrategy(config, self.metrics)
         self.fatal: BaseException | None = None
-        self.rollback_due: tuple[str, bool] | None = None  # asked for in a rebalance callback
         self.limits: dict[str, TopicLimits] = {}
         self.state = "starting"
         self.consumer: GroupConsumers | None = None
@@ -178,7 +176,7 @@ class Worker:
             self.topic_partitions,
             timeout,
             drain=self._drain,
-            rollback=self._rollback_after_callback,
+            rollback=self._rollback,
             fail=self._fail,
             duplicate=self._duplicate,
         )
@@ -232,10 +230,6 @@ class Worker:
                 # the slots' acknowledgements promptly.
                 wait = 0.005 if coordinator.pending is not None else 0.05
                 msgs = consumer.consume(flow.fetch_size, wait)
-            if self.rollback_due is not None:  # the records fetched are read again after it
-                (reason, resync), self.rollback_due = self.rollback_due, None
-                self._rollback(reason, resync)
-                continue
             try:  # Step 3
                 self.output.poll()
             except TransactionFailed as exc:
@@ -321,24 +315,13 @@ class Worker:
 
     # -- checkpoints and failure ----------------------------------------------------
     def _drain(self, why: str) -> None:
-        """A rebalance callback's synchronous checkpoint; a failure rolls back. None once
-        a rollback is due: the epoch since the last commit is lost already, and a new
-        checkpoint would commit input whose outputs were aborted."""
-        if self.rollback_due is not None:
-            return
+        """A rebalance callback's synchronous checkpoint; a failure rolls back (taking
+        the state from the changelogs again when the commit's outcome is unknown)."""
         try:
             self.coordinator.drain(self.config.shutdown_timeout_s)
         except CheckpointFailed as exc:
-            ambiguous = isinstance(exc, CheckpointAmbiguous)
-            self._rollback_after_callback(f"checkpoint before {why} failed: {exc}", ambiguous)
-
-    def _rollback_after_callback(self, reason: str, resync: bool = False) -> None:
-        """Roll back as soon as the rebalance callback asking for it has returned:
-        inside it, reading the group's committed offsets waits for the very rebalance
-        in progress. Nothing is committed meanwhile (the loop rolls back first)."""
-        if self.rollback_due is not None:
-            reason, resync = self.rollback_due[0], resync or self.rollback_due[1]
-        self.rollback_due = (reason, resync)
+            resync = isinstance(exc, CheckpointAmbiguous)
+            self._rollback(f"checkpoint before {why} failed: {exc}", resync=resync)
 
     def _rollback(self, reason: str, resync: bool = False) -> None:
         """Return to the last committed checkpoint: abort, seek back, fresh slots. With
