@@ -136,8 +136,13 @@ class FlowControl:
             self.paused |= tps
 
     def forget(self, tps: Iterable[TopicPartitionKey]) -> None:
-        """``tps`` left this worker: nothing to resume there."""
-        self.paused -= set(tps)
+        """``tps`` are leaving this worker (called while still assigned): resume the
+        paused ones first — librdkafka keeps a partition paused through a revocation,
+        and one assigned back later would never be fetched again."""
+        leaving = self.paused & set(tps)
+        if leaving:
+            self.consumer.resume([TopicPartition(t, p) for t, p in leaving])
+            self.paused -= leaving
 
     def reset(self, restoring: Collection[TopicPartitionKey]) -> None:
         """After a rollback: fresh slots are empty; only restoring partitions stay paused."""

@@ -963,11 +963,21 @@ class TagWindows:
         self.output = {k: TopicReader(bootstrap, t) for k, t in self.outs.items()}
         self.late = {k: TopicReader(bootstrap, t) for k, t in self.lates.items()}
 
-    def progress(self) -> float:
-        """The share of the source's records the group has committed."""
-        ends = end_offsets(self.bootstrap, self.src)
-        done = committed_offsets(self.bootstrap, self.group, self.src)
-        return sum(min(done[p], end) for p, end in ends.items()) / max(1, sum(ends.values()))
+    def progress(self, topic: str | None = None) -> float:
+        """The share of ``topic``'s records (default: the source's) the group has
+        committed; a transaction's commit marker after the last record counts as read."""
+        topic = topic or self.src
+        ends = end_offsets(self.bootstrap, topic)
+        done = committed_offsets(self.bootstrap, self.group, topic)
+        slack = 0 if topic == self.src else 1
+        read = sum(min(done[p] + slack if done[p] else 0, end) for p, end in ends.items())
+        return read / max(1, sum(ends.values()))
+
+    def stage_progress(self) -> float:
+        """How far the slower stage has got: the source, or the windows behind the
+        repartition topics (which trail it)."""
+        topics = [self.src, *(f"{self.group}.by-tag-{k}.repartition" for k in KINDS)]
+        return min(self.progress(t) for t in topics)
 
     def emitted(self, kind: str) -> set[Key]:
         return {(v["key"], v["window_start"], v["window_end"]) for v in self.output[kind].values()}
@@ -1049,17 +1059,19 @@ def run_tag_windows(
     try:
         for share, action, worker in steps:
             if share > 0:
-                seconds_until(lambda s=share: (workers.check_alive(), group.progress() >= s)[1],
-                              timeout, f"{share:.0%} of the backlog committed", every=0.2,
-                              detail=lambda: workers.logs_tail(15))  # fmt: skip
+                seconds_until(
+                    lambda s=share: (workers.check_alive(), group.stage_progress() >= s)[1],
+                    timeout, f"{share:.0%} of the backlog through both stages", every=0.2,
+                    detail=lambda: workers.logs_tail(15),
+                )  # fmt: skip
             if action == "kill":  # kill -9, and at once a new incarnation on the same state
                 workers.kill(worker)
                 workers.start(worker, env=env.get(worker))
             elif action == "stop":
                 workers.stop(worker)
             else:
-                workers.start(worker, env=env.get(worker))
-            figures["steps"].append((action, worker, round(group.progress(), 2)))
+                workers.start(worker, env=env.get(worker)).wait_running(60, partitions=False)
+            figures["steps"].append((action, worker, round(group.stage_progress(), 2)))
         figures["phase_a_processed_s"] = round(group.wait_processed(timeout), 1)
         for kind in KINDS:
             group.late[kind].drain()

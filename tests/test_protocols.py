@@ -745,6 +745,16 @@ def test_all_slots_full_holds_off_consuming_then_pauses_after_hold_max():
     assert fc.update(loads, (), FEEDS.get, now=1020.0) is True, "a new hold starts afresh"
 
 
+def test_a_paused_partition_that_leaves_is_resumed_first():
+    """librdkafka keeps a partition paused through its revocation: assigned back later,
+    it would never be fetched again (and would look read to its end)."""
+    fc, consumer = flow()
+    fc.pause_now([("in", 0), ("in", 1)])
+    fc.forget([("in", 1), ("in", 2)])
+    assert consumer.calls[-1] == ("resume", [("in", 1)])
+    assert consumer.paused == fc.paused == {("in", 0)}
+
+
 def test_restoring_partitions_stay_paused_and_reset_keeps_only_them():
     fc, consumer = flow()
     restoring = {("in", 7)}
