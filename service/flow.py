@@ -24,12 +24,13 @@ Every fetch loop iteration, `FlowControl.update`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Protocol
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,8 @@ class FlowControl:
         and one assigned back later would never be fetched again."""
         leaving = self.paused & set(tps)
         if leaving:
-            self.consumer.resume([TopicPartition(t, p) for t, p in leaving])
+            with contextlib.suppress(KafkaException, RuntimeError):  # the consumer is closing
+                self.consumer.resume([TopicPartition(t, p) for t, p in leaving])
             self.paused -= leaving
 
     def reset(self, restoring: Collection[TopicPartitionKey]) -> None:

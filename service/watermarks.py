@@ -10,8 +10,9 @@ tick, topic by topic):
    source's ``max_out_of_orderness``. A repartition partition's is what the
    workers writing into it announced: the minimum over the upstream partitions
    not idle, an upstream partition that announced nothing holding it
-   (`service.repartition_watermarks`). Neither is ever below the watermark the
-   partition had reached before a restart (kept in the event-time operators' state).
+   (`service.repartition_watermarks`). Neither is ever below the highest
+   watermark the partition has had, here or on a worker that owned it before
+   (kept in the event-time operators' state).
 2. A partition still restoring its state holds its topic's watermark where it is:
    its backlog is unread and its timers are not rebuilt yet.
 3. A partition is idle when it holds nothing unread *and* nothing new is coming:
@@ -29,7 +30,12 @@ tick, topic by topic):
    when the last one goes idle; then it advances with the wall clock from there,
    so the last windows close. (A repartition partition whose upstream partitions
    are all idle has reached the highest of their watermarks, for the same reason.)
-6. It never goes back.
+6. It never goes back — except when a partition joins the topic here (assigned, or
+   its restore ended): then it is the minimum again, even if that is lower. A
+   partition behind the others (its new owner must catch up on it) must not find
+   its windows fired early and its records late; the operators judge lateness per
+   partition, against the watermark that partition reached (rule 1), so nothing
+   that was late becomes on time.
 
 `WatermarkTracker.watermark`, the lowest over the topics of the partitions owned, is
 what /status and ``weir_watermark_lag_seconds`` show. `WatermarkTracker.announcements`
@@ -93,7 +99,7 @@ class PartitionProgress(Protocol):
     def caught_up(self, tp: TopicPartitionKey) -> bool:
         """Has everything ``tp`` holds been read?"""
 
-    def restored_watermark(self, tp: TopicPartitionKey) -> int:
+    def reached_watermark(self, tp: TopicPartitionKey) -> int:
         """The watermark ``tp`` had reached before a restart (NO_TIME if none)."""
 
     def announced(self, tp: TopicPartitionKey) -> Upstream | None:
@@ -109,6 +115,7 @@ class WatermarkTracker:
         self.watermark = NO_TIME
         self._active_since: dict[TopicPartitionKey, float] = {}
         self._all_idle: dict[str, tuple[float, int]] = {}  # topic -> since when, from which
+        self._joined: set[str] = set()  # topics a partition joined since the last tick
 
     @classmethod
     def for_plan(cls, plan: PhysicalPlan) -> WatermarkTracker:
@@ -135,8 +142,10 @@ class WatermarkTracker:
         self._all_idle = {}
 
     def activate(self, tp: TopicPartitionKey, now: float) -> None:
-        """``tp`` starts counting towards idleness now (assigned, or its restore ended)."""
+        """``tp`` joins its topic now (assigned, or its restore ended): its idleness
+        counts from now, and the topic's watermark may go back to it (rule 6)."""
         self._active_since[tp] = now
+        self._joined.add(tp[0])
 
     def forget(self, tp: TopicPartitionKey) -> None:
         self._active_since.pop(tp, None)
@@ -168,7 +177,13 @@ class WatermarkTracker:
         restoring: Collection[TopicPartitionKey],
         progress: PartitionProgress,
     ) -> bool:
+        if any(tp in restoring for tp in owned):  # Rule 2
+            return False
         current = self.watermarks.get(topic, NO_TIME)
+        joined = topic in self._joined
+        if joined:  # Rule 6's exception: the minimum again, and a new idle run
+            self._joined.discard(topic)
+            self._all_idle.pop(topic, None)
         states = [self._partition(tp, now, restoring, progress) for tp in owned]
         candidates = [wm for wm, idle in states if not idle]
         if candidates:  # Rule 4
@@ -179,11 +194,14 @@ class WatermarkTracker:
             if run is None:
                 base = max(current, *(wm for wm, _ in states))
                 if base == NO_TIME:  # nothing reached yet: ask again next tick
+                    if joined and current != NO_TIME:
+                        self.watermarks.pop(topic, None)
+                        return True
                     return False
                 run = self._all_idle[topic] = (now, base)
             since, base = run
             new = base + round((now - since) * 1000)
-        if new > current:  # Rule 6
+        if new > current or (joined and new != current):  # Rule 6
             self.watermarks[topic] = new
             return True
         return False
@@ -219,9 +237,9 @@ class WatermarkTracker:
             active = NO_TIME if upstream is None else upstream.watermark()
             if active is None:  # every upstream partition idle
                 if progress.caught_up(tp):  # Rule 3, and rule 5's flush
-                    return max(upstream.flushed(), progress.restored_watermark(tp)), True
+                    return max(upstream.flushed(), progress.reached_watermark(tp)), True
                 active = upstream.reached()
-            return max(active, progress.restored_watermark(tp)), False
+            return max(active, progress.reached_watermark(tp)), False
         seen = progress.last_seen(tp)
         since = self._active_since.get(tp, now)
         last = since if seen is None else max(seen, since)
@@ -235,7 +253,7 @@ class WatermarkTracker:
         restored one."""
         stamp = progress.max_timestamp(tp)
         seen = NO_TIME if stamp is None else stamp - self.sources[tp[0]].out_of_orderness_ms
-        return max(seen, progress.restored_watermark(tp))
+        return max(seen, progress.reached_watermark(tp))
 
 
 class SlotProgress:
@@ -280,9 +298,9 @@ class SlotProgress:
         routed = self.router.positions.get(tp, self.committed().get(tp, 0))
         return max(routed, consumed) >= high
 
-    def restored_watermark(self, tp: TopicPartitionKey) -> int:
+    def reached_watermark(self, tp: TopicPartitionKey) -> int:
         floors = [
-            op.restored_watermark(tp[1])
+            op.reached_watermark(tp[1])
             for slot in self.slots
             if slot.chain is not None
             for op in slot.chain.windows

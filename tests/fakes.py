@@ -396,7 +396,7 @@ class Progress:
     def caught_up(self, tp) -> bool:
         return tp not in self.backlog
 
-    def restored_watermark(self, tp) -> int:
+    def reached_watermark(self, tp) -> int:
         return self.floors.get(tp, NO_TIME)
 
     def announced(self, tp):

@@ -109,7 +109,7 @@ def test_all_idle_flushes_the_highest_watermark_then_advances_with_the_wall_cloc
     assert t.watermark == 15_500
 
 
-def test_right_after_a_restart_it_starts_from_the_highest_restored_watermark():
+def test_right_after_a_restart_it_starts_from_the_highest_reached_watermark():
     t, p = tracker(at=0.0), Progress()
     p.floors = {A0: 50_000, A1: 40_000}
     assert t.advance(6.0, [A0, A1], (), p) is True, "no records yet, both idle"
@@ -119,7 +119,7 @@ def test_right_after_a_restart_it_starts_from_the_highest_restored_watermark():
     assert t.watermark == 52_000, "then with the wall clock from there"
 
 
-def test_a_restored_watermark_is_a_floor_for_its_partition():
+def test_a_reached_watermark_is_a_floor_for_its_partition():
     t, p = tracker(ooo_ms=0), Progress()
     p.floors = {A0: 30_000}
     p.record(A0, 10_000, 1.0)
@@ -128,13 +128,23 @@ def test_a_restored_watermark_is_a_floor_for_its_partition():
     assert t.watermark == 30_000, "a-0 reached 30000 before the restart"
 
 
-def test_the_watermark_never_goes_back_when_a_partition_joins():
+def test_a_partition_joining_behind_brings_its_topics_watermark_back_to_it():
+    """Rule 6's exception: a partition assigned here behind the others (its new owner
+    catches up on it) must not find its windows fired; the operators keep everything
+    that was late late (lateness is judged per partition)."""
     t, p = tracker(), Progress()
     p.record(A0, 10_000, 1.0)
     t.advance(1.0, [A0], (), p)
+    assert t.watermark == 9_000
     t.activate(A1, 2.0)
     p.record(A1, 1_000, 2.0)
-    assert t.advance(2.0, [A0, A1], (), p) is False
+    assert t.advance(2.0, [A0, A1], (), p) is True
+    assert t.watermark == 0, "the minimum again"
+    p.floors[A1] = 3_000  # its windows' state says it had reached 3000 elsewhere
+    t.advance(2.1, [A0, A1], (), p)
+    assert t.watermark == 3_000, "never below what the partition reached"
+    p.record(A1, 50_000, 2.2)
+    t.advance(2.2, [A0, A1], (), p)
     assert t.watermark == 9_000
 
 
@@ -208,7 +218,7 @@ def test_silence_never_makes_a_repartition_partition_idle_only_its_upstream_can(
     assert fresh.watermarks["r"] == 12_000
 
 
-def test_a_repartition_partition_never_goes_below_its_restored_watermark():
+def test_a_repartition_partition_never_goes_below_its_reached_watermark():
     t, p = channel_tracker(), Progress()
     p.floors = {R0: 70_000}
     p.upstream = {R0: table((10_000, False))}
@@ -254,7 +264,7 @@ STEP = st.one_of(
 def partition_watermark(tp, p: Progress) -> int:
     ts = p.max_timestamp(tp)
     seen = NO_TIME if ts is None else ts - CLOCKS[tp[0]].out_of_orderness_ms
-    return max(seen, p.restored_watermark(tp))
+    return max(seen, p.reached_watermark(tp))
 
 
 def idle(tp, now: float, p: Progress) -> bool:
