@@ -262,13 +262,20 @@ class SlotProgress:
     event-time operators restored."""
 
     def __init__(
-        self, slots: Iterable[Any], consumer: Any, router: Any, committed: Any, channels: Any
+        self,
+        slots: Iterable[Any],
+        consumer: Any,
+        router: Any,
+        committed: Any,
+        channels: Any,
+        paused: Any,
     ) -> None:
         self.slots = slots
         self.consumer = consumer
         self.router = router
         self.committed = committed  # () -> {partition: committed offset}
         self.channels = channels  # WatermarkChannels
+        self.paused = paused  # () -> the partitions flow control holds paused
 
     def announced(self, tp: TopicPartitionKey) -> Upstream | None:
         return self.channels.table(tp)
@@ -285,9 +292,14 @@ class SlotProgress:
         """The consumer's position steps over transaction markers and aborted records
         (which never reach the router), so on a transactional topic — repartition
         topics, other exactly-once jobs' output — it reaches the end past the last
-        commit marker; ``high`` is the last stable offset (read_committed). Before
-        the first fetch response ``high`` is unknown: a partition just assigned (or
-        paused since) is not caught up; one fetch tells, even for an empty one."""
+        commit marker; ``high`` is the last stable offset (read_committed), as of the
+        last fetch response. So a paused partition is never caught up: no fetch tells
+        its end, which moves on meanwhile (one paused by backpressure looked read to an
+        old end, went idle, and its later records were late). Before the first fetch
+        response ``high`` is unknown: a partition just assigned is not caught up either;
+        one fetch tells, even for an empty one."""
+        if tp in self.paused():
+            return False
         try:
             _, high = self.consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
             consumed = self.consumer.position(TopicPartition(*tp))

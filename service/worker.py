@@ -161,7 +161,7 @@ class Worker:
         )
         self.progress = SlotProgress(
             self.slots, self.consumer, self.router, lambda: self.coordinator.committed,
-            self.channels,
+            self.channels, lambda: self.flow.paused,
         )  # fmt: skip
         self.rebalancer = Rebalancer(
             self.router,

@@ -993,6 +993,7 @@ class TagWindows:
                 "; ".join(
                     f"{k}: {len(want[k] - self.emitted(k))} of {len(want[k])} missing, e.g."
                     f" {sorted(want[k] - self.emitted(k))[:2]}, {len(self.late[k].records)} late"
+                    f" {self.late_summary(k)}"
                     for k in want
                 )
                 + self.clocks()
@@ -1011,6 +1012,17 @@ class TagWindows:
             every=0.3,
             detail=lambda: self.clocks() + self.workers.logs_tail(15),
         )
+
+    def late_summary(self, kind: str) -> str:
+        """For failure messages: late records by source partition and the watermarks
+        they missed."""
+        late = self.late[kind].records
+        if not late:
+            return ""
+        by = Counter(r["key"].split("-")[0] for r in late)
+        marks = Counter(r["value"]["reason"].rsplit(" ", 1)[-1] for r in late)
+        stamps = sorted(r["value"]["timestamp"] for r in late)
+        return f"(by source partition {dict(by)}, missed {marks}, ts {stamps[0]}..{stamps[-1]})"
 
     def clocks(self) -> str:
         """For failure messages: each live worker's watermarks and what holds them."""
@@ -1064,6 +1076,7 @@ def run_tag_windows(
                     timeout, f"{share:.0%} of the backlog through both stages", every=0.2,
                     detail=lambda: workers.logs_tail(15),
                 )  # fmt: skip
+            figures["steps"].append((action, worker, round(group.stage_progress(), 2)))
             if action == "kill":  # kill -9, and at once a new incarnation on the same state
                 workers.kill(worker)
                 workers.start(worker, env=env.get(worker))
@@ -1071,15 +1084,14 @@ def run_tag_windows(
                 workers.stop(worker)
             else:
                 workers.start(worker, env=env.get(worker)).wait_running(60, partitions=False)
-            figures["steps"].append((action, worker, round(group.stage_progress(), 2)))
         figures["phase_a_processed_s"] = round(group.wait_processed(timeout), 1)
         for kind in KINDS:
             group.late[kind].drain()
             late = group.late[kind].records
             assert not late, (
                 f"{kind}: {len(late)} readings of phase A (all within the out-of-orderness bound"
-                f" of their partition) were late, e.g. {[r['value'] for r in late[:2]]}"
-                f"{workers.logs_tail(15)}"
+                f" of their partition) were late {group.late_summary(kind)}"
+                f"{group.clocks()}{workers.logs_tail(15)}"
             )
         produce_readings(bootstrap, src, [data.closer1])
         want_a = {k: set(reference(k, data.a, tmp)) for k in KINDS}
