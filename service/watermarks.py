@@ -303,7 +303,7 @@ class SlotProgress:
         try:
             _, high = self.consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
             consumed = self.consumer.position(TopicPartition(*tp))
-        except KafkaException:
+        except (KafkaException, RuntimeError):  # RuntimeError: its consumer is closing
             return False
         if high < 0:
             return False
