@@ -5,16 +5,18 @@ coordinator, rebalancer, flow control, watermark tracker, slot pool, router,
 restart strategy, sampler: docs/architecture.md lists them); the worker holds
 none of their fields.
 
-The fetch loop, on the main thread, each iteration: (1) flow control decides
-whether to consume and how much; (2) consume a batch from the group's consumers
-— rebalance callbacks run inside this call; (3) serve the producer's reports;
-(4) restart the slots if one failed, per the restart strategy; (5) resume
+The fetch loop, on the main thread, each iteration: (1) restart the slots if one
+failed, per the restart strategy; (2) flow control decides whether to consume
+and how much; (3) consume a batch from the group's consumers — rebalance
+callbacks run inside this call; (4) serve the producer's reports; (5) resume
 partitions whose restore finished; (6) route the batch to the slots; (7) collect
 checkpoint acknowledgements, commit, trigger the next checkpoint when due;
 (8) every 100 ms advance the watermarks, every second sample the gauges.
 
 A failed commit, a lost assignment or an output that could not be delivered
 rolls the worker back to its last committed checkpoint (`Worker._rollback`).
+A batch fetched before a rollback's seek is never routed: its records come again
+from the committed offsets, and routing it too would process them twice.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class Worker:
         )
         self.restarts = RestartStrategy(config, self.metrics)
         self.fatal: BaseException | None = None
+        self.rollbacks = 0  # how many so far: a batch fetched across one is not routed
         self.limits: dict[str, TopicLimits] = {}
         self.state = "starting"
         self.consumer: GroupConsumers | None = None
@@ -221,8 +224,9 @@ class Worker:
         last_sample = last_watermark = time.monotonic()
         self.state = "running"
         while not self.stopping.is_set():
-            # Step 1-2
-            if flow.update(self.slots.slots, rebalancer.restoring, router.feeds):
+            self._check_fatal()  # Step 1
+            rollbacks = self.rollbacks
+            if flow.update(self.slots.slots, rebalancer.restoring, router.feeds):  # Step 2-3
                 msgs = []
                 time.sleep(0.002)  # every slot is full: let them drain
             else:
@@ -230,11 +234,14 @@ class Worker:
                 # the slots' acknowledgements promptly.
                 wait = 0.005 if coordinator.pending is not None else 0.05
                 msgs = consumer.consume(flow.fetch_size, wait)
-            try:  # Step 3
+            if self.rollbacks != rollbacks:  # a rebalance callback rolled back meanwhile:
+                self._rollback("records were fetched across a rollback")  # seek after them
+            try:  # Step 4
                 self.output.poll()
             except TransactionFailed as exc:
                 self._rollback(str(exc))
-            self._check_fatal()  # Step 4
+            if self.rollbacks != rollbacks:
+                msgs = []  # fetched before the last seek: they come again from the committed ones
             if rebalancer.restoring:  # Step 5
                 rebalancer.restores_done()
             if msgs:  # Step 6
@@ -328,6 +335,7 @@ class Worker:
         ``resync``, the checkpoint in flight may have committed: the group's offsets say
         where the input resumes, and the state is taken from the changelogs again."""
         log.warning("rolling back to the last committed checkpoint: %s", reason)
+        self.rollbacks += 1
         self.slots.stop(ROLLBACK_SLOT_STOP_S)  # a hung slot is abandoned, never waited for
         self.output.restart()
         committed, metadata = retry_while_unavailable(
