@@ -309,10 +309,13 @@ class CheckpointCoordinator:
         they carry. Committing offsets is what makes the group check this worker's
         generation, so a worker the group has evicted cannot commit such a transaction
         for partitions it no longer owns."""
+        loaded = self.channels.loaded if self.channels is not None else lambda _: True
+        # A repartition partition whose table is not read yet is left out: its offset
+        # committed again without the table would erase it.
         return [
             _offset(t, p, off, tables)
             for (t, p), off in self.committed.items()
-            if (t, p) in self.router.pins
+            if (t, p) in self.router.pins and loaded((t, p))
         ]
 
     def _apply(self, pending: Pending) -> None:

@@ -653,6 +653,12 @@ def test_watermarks_are_announced_after_every_ack_and_committed_with_their_table
         "an announcement alone moved no input: the committed offsets go again, with their tables"
     )
 
+    channels.forget([("rep", 0)])  # its table not read (yet) for some reason
+    said[("in", 1)] = Announced(8_000, False)
+    rig.clear()
+    assert rig.checkpoint(((), ())) is True
+    assert ("rep", 0) not in rig.output.metadata, "re-committed without its table: erased"
+
 
 def test_drain_completes_the_checkpoint_in_flight_then_takes_one_more():
     rig = Rig()
