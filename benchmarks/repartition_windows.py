@@ -16,8 +16,9 @@ slot. Every result is read back and checked. Rows:
   control records (`service.repartition_watermarks`);
 * ``repartition-slack``: the same with ``max_out_of_orderness`` covering the whole
   input (100 s), so that no record can be late whatever code runs it and every window
-  fires at the end, and a 1 s idle timeout (before, the repartition partitions the
-  flush records did not reach had to go idle for the windows to fire);
+  fires at the end, and 64 flush records per source partition with their own tags
+  (before, a repartition partition's watermark came from its own records: every one
+  needs a flush record);
 * ``repartition-before`` (with ``--baseline DIR``): ``repartition-slack`` run by
   another checkout of Weir — the commit before watermarks flowed through repartition
   topics, whose repartition path had no control records. The difference between the
@@ -90,7 +91,7 @@ SLACK = dataclasses.replace(
     name="repartition-slack",
     label=f"key_by(fn), out-of-orderness {SLACK_S:g} s",
     ooo_s=SLACK_S,
-    idle_s=1.0,  # before: repartition partitions the flush records miss must go idle
+    flush_tags=64,  # before, every repartition partition needs a flush record of its own
 )
 BEFORE = dataclasses.replace(
     SLACK,
@@ -123,7 +124,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--records", type=int, default=200_000, help="records per throughput run")
     p.add_argument("--keys", type=int, default=1_000)
     p.add_argument("--span-s", type=float, default=100.0, help="event-time span of the input")
-    p.add_argument("--baseline", type=Path, help="a checkout of Weir to compare with")
+    p.add_argument("--baseline", help="a checkout of Weir to compare with (a directory)")
     row_arguments(p, ROWS)
     p.add_argument("--slots", type=int, default=1)
     p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
@@ -138,9 +139,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     select_rows(p, args, ROWS)
     if args.baseline:
-        check_baseline(args.baseline)
+        root = Path(args.baseline).resolve()
+        check_baseline(root)
         args.selected = [
-            dataclasses.replace(r, root=args.baseline) if r is BEFORE else r for r in args.selected
+            dataclasses.replace(r, root=root) if r is BEFORE else r for r in args.selected
         ]
     elif BEFORE in args.selected:
         args.selected.remove(BEFORE)

@@ -118,6 +118,7 @@ class Row:
     key_by_fn: bool = False  # key_by(fn): through the repartition topic <group>.by-tag.repartition
     ooo_s: float = 0.0  # the source's max_out_of_orderness
     idle_s: float | None = None  # the source's idle_timeout
+    flush_tags: int = 1  # flush records per partition (see `produce_flush`)
     root: Path = ROOT  # the checkout whose code runs the job
 
     def windows_of(self, ts: int) -> list[int]:
@@ -199,12 +200,17 @@ def expected_windows(
     return dict(out)
 
 
-def produce_flush(bootstrap: str, topic: str, partitions: int, ts: int) -> None:
-    """One record per partition at event time ``ts``: the watermark passes every window."""
+def produce_flush(bootstrap: str, topic: str, partitions: int, ts: int, tags: int = 1) -> None:
+    """Records at event time ``ts`` that move the watermark past every window: one per
+    partition, or with ``tags`` > 1 as many per partition, each with its own flush tag
+    (``~flush``, ``~flush1``, ...), so that every partition of a repartition topic gets
+    one too (a watermark taken from the records themselves needs that)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     for p in range(partitions):
-        value = orjson.dumps({"id": -1, "v": 0.0, "tag": "~flush", "ts": ts})
-        producer.produce(topic, value, FLUSH_KEY, partition=p)
+        for i in range(tags):
+            tag = FLUSH_KEY.decode() + (str(i) if i else "")
+            value = orjson.dumps({"id": -1, "v": 0.0, "tag": tag, "ts": ts})
+            producer.produce(topic, value, tag.encode(), partition=p)
     if producer.flush(30):
         raise BenchmarkError("flush records not delivered")
 
@@ -232,7 +238,7 @@ def check_windows(
     problems = []
     size_ms = round(row.size_s * 1000)
     missing = [k for k in expected if k not in got]
-    extra = [k for k in got if k not in expected and k[0] != FLUSH_KEY.decode()]
+    extra = [k for k in got if k not in expected and not k[0].startswith(FLUSH_KEY.decode())]
     dups = [k for k, rs in got.items() if len(rs) > 1]
     wrong = 0
     for k, (count, total) in expected.items():
@@ -272,7 +278,7 @@ def run_throughput(
     profile: bool = False,
     span_s: float | None = None,
 ) -> dict[str, Any]:
-    n = len(records) + args.partitions  # the flush records are processed too
+    n = len(records) + args.partitions * row.flush_tags  # the flush records are processed too
     passes = 2 if row.key_by_fn else 1  # through a repartition topic a record passes twice
     span_s = span_s or args.span_s
     admin = admin_client(bootstrap)
@@ -286,7 +292,7 @@ def run_throughput(
     try:
         prefill_s = prefill(bootstrap, src, [(k, v) for k, v, _, _ in records])
         flush_ts = BASE_MS + round((span_s + row.size_s + row.ooo_s + 2) * 1000)
-        produce_flush(bootstrap, src, args.partitions, flush_ts)
+        produce_flush(bootstrap, src, args.partitions, flush_ts, row.flush_tags)
         if sum(probe.end_offsets(src, args.partitions)) != n:
             raise BenchmarkError(f"input {src} does not hold {n} records after prefill")
         visible = Tail(bootstrap, dst, lambda _at, _m: None)  # counts the results
