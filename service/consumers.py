@@ -48,12 +48,20 @@ class GroupConsumers:
             for topic in topics
         }
         self._next = 0
+        # Every member id this process's consumers have had: after a session timeout
+        # (a broker restart) a consumer rejoins under a new id while the coordinator
+        # may still list its old one — that is this worker, not a duplicate.
+        self.own_member_ids: set[str] = set()
 
     def subscribe(
         self, on_assign: RebalanceCallback, on_revoke: RebalanceCallback, on_lost: RebalanceCallback
     ) -> None:
+        def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            self.own_member_ids.add(consumer.memberid())
+            on_assign(consumer, partitions)
+
         for consumer, topics in zip(self.members, self.stages, strict=True):
-            consumer.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+            consumer.subscribe(topics, on_assign=assigned, on_revoke=on_revoke, on_lost=on_lost)
 
     def consume(self, num: int, timeout: float) -> list[Any]:
         """Up to ``num`` records from the members, taking turns so neither starves;
@@ -126,7 +134,7 @@ class GroupConsumers:
     def other_member_with(self, admin: AdminClient, group: str, client_id: str) -> str | None:
         """Another live member of ``group`` using ``client_id`` (a second worker with this
         worker's id), described; None if there is none or the group cannot be read."""
-        mine = {consumer.memberid() for consumer in self.members}
+        mine = self.own_member_ids | {consumer.memberid() for consumer in self.members}
         try:
             futures = admin.describe_consumer_groups([group], request_timeout=DESCRIBE_S)
             members = futures[group].result(timeout=DESCRIBE_S).members
