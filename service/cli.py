@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ from service.config import (
     RESTART_STRATEGIES,
     load_config,
 )
-from service.exceptions import ClientStuck, ShutdownOverran, WeirError
+from service.exceptions import ClientStuck, ConfigError, ShutdownOverran, WeirError
 
 if TYPE_CHECKING:
     from service.worker import Worker
@@ -112,8 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("produce-sample", help="write sample sensor readings to a topic")
     sample.add_argument("--bootstrap", default=None)
     sample.add_argument("--topic", default="sensors")
-    sample.add_argument("--count", type=int, default=1000)
+    sample.add_argument("--count", type=int, default=1000, help="readings (with --rate, 0: no end)")
     sample.add_argument("--tags", type=int, default=5)
+    sample.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="readings a second, each stamped with the time it is written (default: all at once)",
+    )
 
     demo = sub.add_parser("demo", help="run the example job end to end and print its output")
     demo.add_argument("--bootstrap", default=None, help="existing Kafka (default: start one)")
@@ -188,13 +195,27 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    """Write sample readings: all at once, or with ``--rate`` a steady stream until
+    ``--count`` are written or SIGTERM/SIGINT (a container's stop) ends it cleanly."""
+    from service.sample import produce_readings, readings, stream_readings
 
-    from service.sample import produce_readings, readings
-
+    if args.count < 0 or (args.count == 0 and args.rate is None):
+        raise ConfigError(f"--count {args.count}: expected a positive number (0 only with --rate)")
+    if args.rate is not None and args.rate <= 0:
+        raise ConfigError(f"--rate {args.rate:g}: expected readings a second above 0")
     bootstrap = args.bootstrap or os.environ.get("WEIR_BOOTSTRAP", "127.0.0.1:9092")
-    print(topics_cli.create(bootstrap, args.topic, partitions=3))
-    produce_readings(bootstrap, args.topic, readings(args.count, args.tags))
-    print(f"wrote {args.count} readings to {args.topic} on {bootstrap}")
+    print(topics_cli.create(bootstrap, args.topic, partitions=3), flush=True)
+    if args.rate is None:
+        produce_readings(bootstrap, args.topic, readings(args.count, args.tags))
+        written = args.count
+    else:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        print(f"writing {args.rate:g} readings a second to {args.topic}", flush=True)
+        count = args.count or None
+        written = stream_readings(bootstrap, args.topic, args.rate, count, args.tags, stop)
+    print(f"wrote {written} readings to {args.topic} on {bootstrap}")
     return 0
 
 

@@ -24,7 +24,9 @@ class RestartStrategy:
     """Counts restarts and says how long to wait before the next one."""
 
     def __init__(self, config: WorkerConfig, metrics: Metrics) -> None:
-        self.metrics = metrics
+        # The series exists from the start at 0, so that Prometheus' increase() counts
+        # the first restart too (a restart-loop alert reads it).
+        self.counter = metrics.restarts.labels(metrics.job)
         self.strategy = config.restart_strategy
         self.attempts = config.restart_attempts
         self.delay_s = config.restart_delay_ms / 1000
@@ -41,7 +43,7 @@ class RestartStrategy:
         if self.strategy == "exponential-delay":
             delay = min(MAX_DELAY_S, delay * 2**self.restarts)
         self.restarts += 1
-        self.metrics.restarts.labels(self.metrics.job).inc()
+        self.counter.inc()
         log.warning(
             "slot failed (%s); restart %d of %d from the last checkpoint in %.1fs",
             cause,
