@@ -11,7 +11,8 @@ Every fetch loop iteration, `FlowControl.update`:
    next commit, so large records or a hot key behind an exchange cannot grow
    the process without bound.
 2. Marks a slot *full* when its queue exceeds either bound, until it drains to
-   half of both.
+   half of both, and adds the time since the last update to the seconds it has
+   been full (``full_s``: the partitions feeding it were held back that long).
 3. When every slot is full, holds off consuming (librdkafka's bounded prefetch
    queue keeps memory bounded) rather than pausing, since a pause throws away
    what was prefetched for those partitions — for at most ``HOLD_MAX_S``.
@@ -75,6 +76,8 @@ class FlowControl:
         self.batch_size = batch_size
         self.paused: set[TopicPartitionKey] = set()
         self.full_slots: set[int] = set()
+        self.full_s: dict[int, float] = {}  # seconds each slot has been full, ever
+        self.updated: float | None = None  # when `update` last ran
         self.holding_since: float | None = None
         self.fetch_size = PROBE_QUEUE
 
@@ -104,6 +107,9 @@ class FlowControl:
             else:
                 self.full_slots.discard(slot.slot)
                 room = min(room, max(1, high - queued))
+        since, self.updated = self.updated, now
+        for s in self.full_slots if since is not None else ():
+            self.full_s[s] = self.full_s.get(s, 0.0) + (now - since)
         hold = bool(slots) and len(self.full_slots) == len(slots)
         want = set(restoring)
         if hold and (self.holding_since is None or now - self.holding_since < HOLD_MAX_S):

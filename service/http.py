@@ -1,4 +1,6 @@
-"""The worker's HTTP endpoints: ``/metrics``, ``/health``, ``/ready`` and ``/status``.
+"""The worker's HTTP endpoints: ``/metrics``, ``/health``, ``/ready``, ``/status``,
+``/history`` (the status page's charts: ``?since=<epoch ms>`` for only newer samples),
+``/state/<operator>/<key>`` and the status page at ``/``.
 
 Served by the standard library's threading HTTP server on a daemon thread; the
 handlers only read the worker's state, they never lock the hot path.
@@ -11,7 +13,7 @@ import threading
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -45,6 +47,7 @@ def status(worker: Worker) -> dict[str, Any]:
         "state": worker.state,
         "routing": router.mode,
         "plan": worker.plan.describe(),
+        "graph": worker.history.graph_json(),
         "partitions": [f"{t}-{p}" for t, p in router.partitions],
         "paused": sorted(f"{t}-{p}" for t, p in set(flow.paused)) if flow else [],
         "fetch_held": flow is not None and flow.holding_since is not None,  # all slots full
@@ -94,7 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
     worker: Worker
 
     def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if path == "/":
             self._send(200, PAGE.encode(), "text/html; charset=utf-8")
         elif path.startswith("/state/") and path.count("/") >= 3:
@@ -113,6 +116,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(503, f"not ready: {reason}\n".encode(), "text/plain")
         elif path == "/status":
             self._send(200, orjson.dumps(status(self.worker)), "application/json")
+        elif path == "/history":
+            since = parse_qs(query).get("since", ["0"])[0]
+            if not since.isdigit():
+                self._send(400, f"since={since!r}: expected epoch ms\n".encode(), "text/plain")
+                return
+            body = {"interval_s": 1, "samples": self.worker.history.since(int(since))}
+            self._send(200, orjson.dumps(body), "application/json")
         else:
             self._send(404, b"not found\n", "text/plain")
 

@@ -131,9 +131,16 @@ class Inbox:
 
 
 class SlotStats:
-    """Per-slot counters, read by /status and the metrics sampler."""
+    """Per-slot counters, read by /status, the metrics sampler and the history
+    (`service.history`).
 
-    __slots__ = ("batches", "busy_s", "cost", "failed", "records", "started")
+    ``tasks`` counts, per task — the operators chained from one input: a source topic
+    (keyed by the topic) or an exchange (keyed by the exchange's operator id, as
+    `operators.build.SlotChain.inputs`) — ``[records in, seconds busy]`` since the slot
+    started; ``produced`` the records written per topic. Both grow once per chunk.
+    """
+
+    __slots__ = ("batches", "busy_s", "cost", "failed", "produced", "records", "started", "tasks")
 
     def __init__(self) -> None:
         self.records = 0
@@ -142,6 +149,8 @@ class SlotStats:
         self.busy_s = 0.0
         self.cost = 0.0  # seconds per record, moving average: sizes the slot's queue
         self.started = time.monotonic()
+        self.tasks: dict[str | int, list[float]] = {}
+        self.produced: dict[str, int] = {}
 
 
 class Slot(threading.Thread):
@@ -225,6 +234,8 @@ class Slot(threading.Thread):
         if limits is not None:
             rows = self._accepted(topic, rows, batch, limits)
         counter.inc(len(rows))
+        produced = self.stats.produced
+        produced[topic] = produced.get(topic, 0) + len(rows)
         if self.discard:
             return
         if self.current in self.passed:
@@ -372,11 +383,13 @@ class Slot(threading.Thread):
                 continue
             if isinstance(payload, Batch):
                 self.current = target
-                head = (
-                    self.chain.sources[payload.topic]
-                    if target == SOURCES
-                    else (self.chain.inputs[target])
-                )
+                if target == SOURCES:
+                    head, task = self.chain.sources[payload.topic], payload.topic
+                else:
+                    head, task = self.chain.inputs[target], target
+                counts = stats.tasks.get(task)
+                if counts is None:
+                    counts = stats.tasks[task] = [0, 0.0]
                 elems = payload.elems
                 # Slow functions get the batch in chunks of about CHUNK_S of work, so
                 # outputs flow steadily and per-batch bookkeeping stays current.
@@ -390,6 +403,8 @@ class Slot(threading.Thread):
                     took = clock() - started
                     stats.busy_s += took
                     stats.records += len(part)
+                    counts[0] += len(part)
+                    counts[1] += took
                     stats.batches += 1
                     cost = took / len(part)
                     stats.cost = 0.8 * stats.cost + 0.2 * cost if stats.cost else cost

@@ -2,7 +2,7 @@
 
 Each concept has one owner (the transactional output, changelogs, checkpoint
 coordinator, rebalancer, flow control, watermark tracker, slot pool, router,
-restart strategy, sampler: docs/architecture.md lists them); the worker holds
+restart strategy, sampler, history: docs/architecture.md lists them); the worker holds
 none of their fields.
 
 The fetch loop, on the main thread, each iteration: (1) flow control decides
@@ -11,7 +11,8 @@ whether to consume and how much; (2) consume a batch from the group's consumers
 (4) restart the slots if one failed, per the restart strategy; (5) resume
 partitions whose restore finished; (6) route the batch to the slots; (7) collect
 checkpoint acknowledgements, commit, trigger the next checkpoint when due;
-(8) every 100 ms advance the watermark, every second sample the gauges.
+(8) every 100 ms advance the watermark, every second sample the gauges and the
+status page's history.
 
 A failed commit, a lost assignment or an output that could not be delivered
 rolls the worker back to its last committed checkpoint (`Worker._rollback`).
@@ -45,6 +46,7 @@ from service.consumers import GroupConsumers
 from service.deadline import CallTimedOut, retry_while_unavailable, run_steps
 from service.exceptions import ShutdownOverran, WorkerFailed
 from service.flow import FlowControl
+from service.history import History
 from service.metrics import Metrics
 from service.rebalance import Rebalancer
 from service.restarts import RestartStrategy
@@ -103,6 +105,7 @@ class Worker:
         self.coordinator: CheckpointCoordinator | None = None
         self.rebalancer: Rebalancer | None = None
         self.sampler = MetricsSampler(self)  # reads the owners above once they are open
+        self.history = History(self)  # likewise
 
     # -- lifecycle ----------------------------------------------------------
     def prepare(self) -> None:
@@ -242,6 +245,7 @@ class Worker:
                 last_watermark = now
             if now - last_sample >= 1.0:
                 self.sampler.sample(now - last_sample)
+                self.history.sample(now)
                 last_sample = now
 
     # -- slots ----------------------------------------------------------------

@@ -48,6 +48,16 @@ def status_at(port: int, timeout: float = 2.0) -> dict[str, Any] | None:
         return None
 
 
+def history_at(port: int, timeout: float = 2.0) -> list[dict[str, Any]]:
+    """The samples of the status page's history (/history), oldest first; [] if the
+    worker does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/history", timeout=timeout) as resp:
+            return orjson.loads(resp.read())["samples"]
+    except OSError:
+        return []
+
+
 def metrics_at(port: int, timeout: float = 2.0) -> str:
     """The /metrics text of the worker (process) serving ``port``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
@@ -127,6 +137,9 @@ class WorkerProcess:
 
     def metrics(self, timeout: float = 2.0) -> str:
         return metrics_at(self.http_port, timeout)
+
+    def history(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        return history_at(self.http_port, timeout)
 
     def check_alive(self) -> None:
         """Fail if the process has exited."""
