@@ -193,7 +193,9 @@ function drawChart(spec, samples){
   svg.replaceChildren();
   const W = 440, H = 180, L = 52, R = 12, T = 26, B = 24;
   const now = samples.length ? samples[samples.length - 1].t : Date.now();
-  const x = t => L + (W - L - R) * (1 - (now - t) / WINDOW_MS);
+  // The last five minutes, or since the worker started (at least one minute).
+  const span = Math.min(WINDOW_MS, Math.max(60000, samples.length ? now - samples[0].t : 0));
+  const x = t => L + (W - L - R) * (1 - (now - t) / span);
   let max = 0, points = 0;
   const values = spec.series.map(s => samples.filter(p => p[s.key] !== null &&
     p[s.key] !== undefined).map(p => [p.t, p[s.key] * (s.scale || 1)]));
@@ -207,12 +209,14 @@ function drawChart(spec, samples){
     el(svg, 'text', {x: L - 6, y: y(top * f) + 4, 'text-anchor': 'end', 'class': 'small'},
        num(top * f));
   }
-  for (const m of [5, 4, 3, 2, 1, 0]) {
-    el(svg, 'text', {x: x(now - m * 60000), y: H - 6, 'text-anchor': 'middle',
-      'class': 'small'}, m ? '-' + m + 'm' : 'now');
+  const step = [10000, 15000, 30000, 60000].find(s => span / s <= 6) || 60000;
+  for (let ago = 0; ago <= span; ago += step) {
+    const label = !ago ? 'now' : ago % 60000 ? -ago / 1000 + 's' : -ago / 60000 + 'm';
+    el(svg, 'text', {x: x(now - ago), y: H - 6, 'text-anchor': 'middle', 'class': 'small'},
+       label);
   }
   spec.series.forEach((s, i) => {
-    const pts = values[i].filter(([t]) => now - t <= WINDOW_MS);
+    const pts = values[i].filter(([t]) => now - t <= span);
     points += pts.length;
     const coords = pts.map(([t, v]) => x(t).toFixed(1) + ',' + y(v).toFixed(1)).join(' ');
     el(svg, 'polyline', {points: coords, stroke: s.color, 'stroke-dasharray': s.dash || 'none',

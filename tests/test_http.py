@@ -194,10 +194,16 @@ def test_status_page_draws_the_dataflow_and_live_charts_in_a_browser(
         dom = _Dom()
         dom.feed(_chromium(url, tmp_path / "chrome", "--dump-dom"))
         status = worker.status()
+        samples = worker.history()
+        code, body = _get(worker.http_port, f"/history?since={samples[-3]['t']}")
+        newer = orjson.loads(body)["samples"] if code == 200 else body
+        refused = _get(worker.http_port, "/history?since=yesterday")
     finally:
         feeder.halt()
         worker.close()
     assert shot.exists() and shot.stat().st_size > 20000, "a screenshot was taken"
+    assert len(newer) >= 2 and newer[:2] == samples[-2:], "only the samples after `since`"
+    assert refused[0] == 400 and b"since" in refused[1]
 
     # The graph: three tasks (the source's chain, the one behind the hash exchange, the
     # one reading the repartition topic), three topics, and their edges.
