@@ -135,7 +135,7 @@ class ClientSettings:
             "delivery.report.only.error": True,
             "on_delivery": on_delivery,
             # Never re-bootstrap. When every broker connection drops at once (a network
-            # blip), librdkafka 2.16 re-bootstraps and decommissions its broker handles
+            # blip), librdkafka (seen with 2.16) re-bootstraps and decommissions its broker handles
             # but keeps a decommissioned one cached as the group coordinator, and the next
             # send_offsets_to_transaction waits on it for good, past its timeout. Without
             # re-bootstrap the handle reconnects and the call completes once the network

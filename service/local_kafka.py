@@ -323,16 +323,14 @@ class LocalKafka:
 
         described = describe_group()
         producer = Producer({**quiet, "transactional.id": f"weir-ready-{uuid.uuid4()}"})
-        try:
-            while True:
-                self._check_alive(deadline, "initialising a transactional producer")
-                try:
-                    producer.init_transactions(min(5.0, _remaining(deadline)))
-                    break
-                except KafkaException:
-                    time.sleep(0.1)
-        finally:
-            producer.close()
+        while True:
+            self._check_alive(deadline, "initialising a transactional producer")
+            try:
+                producer.init_transactions(min(5.0, _remaining(deadline)))
+                break
+            except KafkaException:
+                time.sleep(0.1)
+        del producer  # nothing was produced: destroying it has nothing to wait for
         while True:
             try:
                 described.result()

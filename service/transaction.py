@@ -129,7 +129,7 @@ class TransactionalOutput:
         is a fresh producer and a failed one is retired, never destroyed: both calling
         ``init_transactions`` again after a timeout ("retry call to resume") and
         destroying a producer whose init was still pending tripped an assertion inside
-        librdkafka 2.16 while the broker restarted."""
+        librdkafka (seen with 2.16) while the broker restarted."""
 
         def attempt() -> Producer:
             producer = self._producer()
@@ -145,7 +145,7 @@ class TransactionalOutput:
 
     def _retire(self, producer: Producer) -> None:
         """Keep a replaced producer referenced for the life of the process: destroying one
-        whose transactional request is still pending inside librdkafka 2.16 (a timed-out
+        whose transactional request is still pending inside librdkafka (seen with 2.16; a timed-out
         init or abort while the broker restarts) was seen to abort the process."""
         self._retired.append(producer)
 

@@ -265,8 +265,7 @@ def produce_json(
             producer.poll(0)
         remaining = producer.flush(timeout)
     finally:
-        producer.purge()  # whatever is still queued has failed; close() must not wait on it
-        producer.close()
+        producer.purge()  # whatever is still queued has failed: nothing to wait for
     if errors:
         raise KafkaException(errors[0])
     if remaining:

@@ -702,7 +702,6 @@ def _abort_into_changelog(bootstrap: str, group: str, partition: int, key: bytes
         )
     producer.flush(30)
     producer.abort_transaction(30)
-    producer.close()
 
 
 def test_restore_empty_and_aborted_only_changelog_partitions(kafka_bootstrap, new_topic, tmp_path):

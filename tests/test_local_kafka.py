@@ -119,7 +119,6 @@ def test_transactions_hide_aborted_records_from_read_committed(
     transaction(range(0, 5), commit=True)
     transaction(range(100, 103), commit=False)
     transaction(range(5, 8), commit=True)
-    producer.close()
 
     committed = consume_all(kafka_bootstrap, topic, expected=None, timeout=30)
     everything = consume_all(kafka_bootstrap, topic, expected=11, timeout=30, read_committed=False)

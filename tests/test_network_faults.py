@@ -323,12 +323,6 @@ def test_reset_during_checkpoints_twenty_times(own_kafka: OwnKafka, tmp_path: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open (issue 12): passes in some runs; in others librdkafka 2.16 aborts the"
-    " process (rdkafka_queue.h: rd_kafka_enq_once_del_source_return: Assertion"
-    " `eonce->refcnt > 0' failed) in a transactional call while the broker restarts",
-    strict=False,
-)
 def test_broker_stopped_then_killed(own_kafka: OwnKafka, tmp_path: Path) -> None:
     """The broker stopped (SIGTERM) and restarted after 5 s, later killed (SIGKILL) and
     restarted after 3 s, while records keep arriving (buffered by the test's producer
