@@ -93,7 +93,9 @@ def _serve(calls: queue.SimpleQueue[_Call]) -> None:
         call.done.set()
 
 
-BACKOFF_MAX_S = 30.0
+# Short enough that a worker is back within seconds of the broker's return; each try
+# is one cheap request, so trying every 5 s during a long outage costs nothing.
+BACKOFF_MAX_S = 5.0
 
 
 def retry_while_unavailable(
@@ -104,7 +106,7 @@ def retry_while_unavailable(
     note: Callable[[str | None], None] = lambda _: None,
     refresh: Callable[[], object] | None = None,
 ) -> T:
-    """``fn()``, tried again with exponential backoff (1 s doubling to 30 s) while Kafka
+    """``fn()``, tried again with exponential backoff (1 s doubling to 5 s) while Kafka
     cannot be reached — it raises `KafkaUnavailable`, a client error, or a future's
     `TimeoutError` — for up to
     ``budget_s``; then `KafkaUnavailable` (exit code 3), saying how long it waited.
