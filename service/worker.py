@@ -95,6 +95,7 @@ class Worker:
         )
         self.restarts = RestartStrategy(config, self.metrics)
         self.fatal: BaseException | None = None
+        self.rollbacks = 0  # records consumed before the latest one are stale (`_stale`)
         self.limits: dict[str, TopicLimits] = {}
         self.topic_partitions: dict[str, int] = {}
         self.state = "starting"
@@ -206,6 +207,7 @@ class Worker:
         last_sample = last_watermark = time.monotonic()
         self.state = "running"
         while not self.stopping.is_set():
+            rollbacks = self.rollbacks
             # Step 1-2
             if flow.update(self.slots.slots, rebalancer.restoring, router.feeds):
                 msgs = []
@@ -215,6 +217,7 @@ class Worker:
                 # the slots' acknowledgements promptly.
                 wait = 0.005 if coordinator.pending is not None else 0.05
                 msgs = consumer.consume(flow.fetch_size, wait)
+            in_consume = self.rollbacks != rollbacks
             try:  # Step 3
                 self.output.poll()
             except TransactionFailed as exc:
@@ -222,6 +225,8 @@ class Worker:
             self._check_fatal()  # Step 4
             if rebalancer.restoring:  # Step 5
                 rebalancer.restores_done()
+            if self.rollbacks != rollbacks and msgs:
+                msgs = self._stale(msgs, in_consume)
             if msgs:  # Step 6
                 per_slot, counts = router.route(msgs)
                 self.slots.dispatch(per_slot)
@@ -294,22 +299,39 @@ class Worker:
         except CheckpointFailed as exc:
             self._rollback(f"checkpoint before {why} failed: {exc}")
 
-    def _rollback(self, reason: str, resync: bool = False) -> None:
-        """Return to the last committed checkpoint: abort, seek back, fresh slots. With
-        ``resync``, the checkpoint in flight may have committed: the group's offsets say
-        where the input resumes, and the state is taken from the changelogs again."""
-        log.warning("rolling back to the last committed checkpoint: %s", reason)
-        self.slots.stop(ROLLBACK_SLOT_STOP_S)  # a hung slot is abandoned, never waited for
-        self.output.restart()
-        committed = retry_while_unavailable(
-            lambda: self.consumer.seek_to_committed(
-                self.router.partitions, self.config.connect_timeout_s
-            ),
+    def _stale(self, msgs: list[Any], in_consume: bool) -> list[Any]:
+        """Records consumed before a rollback in this loop iteration: the rollback sought
+        every owned partition back to its committed offset, and the fresh slots must see
+        those records again from there, not these (routing them would skip what lies
+        between and count them twice). A rollback inside ``consume`` (a rebalance
+        callback) may precede partitions assigned later in the same call, whose records
+        here are the first after their committed offsets: those partitions are sought
+        back to them too."""
+        if in_consume:
+            owned = set(self.router.partitions)
+            again = sorted({(m.topic(), m.partition()) for m in msgs} & owned)
+            self._seek_to_committed(again)
+        log.info("dropped %d records consumed before the rollback", len(msgs))
+        return []
+
+    def _seek_to_committed(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return retry_while_unavailable(
+            lambda: self.consumer.seek_to_committed(partitions, self.config.connect_timeout_s),
             self.config.broker_timeout_s,
             self.stopping,
             "reading committed offsets",
             self._note_unavailable,
         )
+
+    def _rollback(self, reason: str, resync: bool = False) -> None:
+        """Return to the last committed checkpoint: abort, seek back, fresh slots. With
+        ``resync``, the checkpoint in flight may have committed: the group's offsets say
+        where the input resumes, and the state is taken from the changelogs again."""
+        log.warning("rolling back to the last committed checkpoint: %s", reason)
+        self.rollbacks += 1
+        self.slots.stop(ROLLBACK_SLOT_STOP_S)  # a hung slot is abandoned, never waited for
+        self.output.restart()
+        committed = self._seek_to_committed(self.router.partitions)
         self.router.reset_positions()
         self.coordinator.reset(committed)
         self.flow.reset(self.rebalancer.restoring)
