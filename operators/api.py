@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from operators.aggregates import compile_aggregates
 from operators.exceptions import JobDefinitionError
-from operators.formats import Serde, check_format
+from operators.formats import Serde, check_format, check_writable
 from operators.plan import (
     DEFAULT_MAX_FUTURE_S,
     Aggregate,
@@ -333,6 +333,7 @@ class Stream:
         """
         _check_name(topic, "sink topic")
         fmt = check_format(value, f"sink({topic!r})")
+        check_writable(fmt, f"sink({topic!r})")
         key_fmt = (
             None
             if key_format is None

@@ -172,7 +172,7 @@ class SourceOp(Operator):
 
     def __init__(self, op: Source, ctx: SlotContext) -> None:
         super().__init__(op, ctx)
-        registry = ctx.registry
+        registry = _registry(ctx)
         self.decode = decoder(op.value, SerdeContext(op.topic, False, registry))
         self.decode_key = (
             None
@@ -467,6 +467,11 @@ def _key(decode_key: Callable[[bytes], Any], key: bytes | None) -> Any:
     return None if key is None else decode_key(key)
 
 
+def _registry(ctx: SlotContext) -> Mapping[str, str] | None:
+    """The slot's schema registry settings; a context that predates them has none."""
+    return getattr(ctx, "registry", None)
+
+
 def _nullable(encode: Callable[[Any], bytes]) -> Callable[[Any], bytes | None]:
     """A key encoder that leaves a None key None (no key, not an encoded null)."""
     return lambda key: None if key is None else encode(key)
@@ -569,7 +574,7 @@ class SinkOp(Operator):
     def __init__(self, op: Sink, ctx: SlotContext) -> None:
         super().__init__(op, ctx)
         self.topic = op.topic
-        registry = ctx.registry
+        registry = _registry(ctx)
         self.encode = encoder(op.value, SerdeContext(op.topic, False, registry))
         self.encode_key = (
             encode_key

@@ -176,6 +176,15 @@ def check_format(spec: Any, where: str, param: str = "value") -> Serde:
     )
 
 
+def check_writable(serde: Serde, where: str) -> None:
+    """A sink's format must be able to write: a serde may say why it cannot
+    (``writer_problem()``, e.g. Avro without a schema)."""
+    problem = getattr(serde, "writer_problem", None)
+    reason = problem() if problem is not None else None
+    if reason:
+        raise JobDefinitionError(f"{where}: {reason}")
+
+
 def needs_registry(serde: Serde) -> bool:
     """Does ``serde`` need the worker's schema registry settings?"""
     return bool(getattr(serde, "needs_registry", False))

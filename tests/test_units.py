@@ -210,6 +210,7 @@ class FakeSlot:
     def __init__(self, slot=0, slots=1):
         self.slot, self.slots = slot, slots
         self.state = None
+        self.registry = None
         self.produced, self.failed, self.sent = [], [], []
 
     def produce(self, topic, rows, batch):
