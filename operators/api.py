@@ -131,7 +131,7 @@ class Job:
         key_fmt = (
             None
             if key_format is None
-            else check_format(key_format, f"source({topic!r}, key_format=…)")
+            else check_format(key_format, f"source({topic!r})", "key_format")
         )
         if timestamp is not None:
             _check_callable(timestamp, "source(timestamp=…)")
@@ -337,7 +337,7 @@ class Stream:
         key_fmt = (
             None
             if key_format is None
-            else check_format(key_format, f"sink({topic!r}, key_format=…)")
+            else check_format(key_format, f"sink({topic!r})", "key_format")
         )
         if key is not None:
             _check_callable(key, "sink(key=…)")
