@@ -43,7 +43,7 @@ job = Job("with-meta")
     .map(describe, with_meta=True)
     .sink(
         os.environ["WEIR_TEST_OUT"],
-        key=lambda v: v["tag"],
+        key=lambda v, meta: v["tag"],
         key_format="str",
         headers=lambda v, meta: [*meta.headers, ("seen-offset", str(meta.offset))],
         with_meta=True,
