@@ -12,15 +12,24 @@ they are the runtime's business, not the job author's.
 from operators.aggregates import AggregateFunction
 from operators.api import Job, KeyedStream, Stream, WindowedStream
 from operators.exceptions import JobDefinitionError
+from operators.formats import Serde, SerdeContext
+from operators.meta import RecordMeta
 from operators.process import KeyedProcessFunction
+from operators.schemas import Avro, JsonSchema, Protobuf
 from operators.windows import Session, Sliding, Tumbling
 
 __all__ = [
     "AggregateFunction",
+    "Avro",
     "Job",
     "JobDefinitionError",
+    "JsonSchema",
     "KeyedProcessFunction",
     "KeyedStream",
+    "Protobuf",
+    "RecordMeta",
+    "Serde",
+    "SerdeContext",
     "Session",
     "Sliding",
     "Stream",

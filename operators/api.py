@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from operators.aggregates import compile_aggregates
 from operators.exceptions import JobDefinitionError
-from operators.formats import check_format
+from operators.formats import Serde, check_format, check_writable
 from operators.plan import (
     DEFAULT_MAX_FUTURE_S,
     Aggregate,
@@ -53,6 +53,12 @@ def _check_name(name: Any, what: str) -> str:
             " '.', '_' or '-' (it is used in Kafka topic names)"
         )
     return name
+
+
+def _flag(value: Any, method: str) -> bool:
+    if not isinstance(value, bool):
+        raise JobDefinitionError(f"{method}(with_meta={value!r}): expected True or False")
+    return value
 
 
 def _check_callable(fn: Any, method: str) -> Callable[..., Any]:
@@ -98,14 +104,18 @@ class Job:
         self,
         topic: str,
         *,
-        value: str = "json",
+        value: str | Serde = "json",
+        key_format: str | Serde | None = None,
         timestamp: Callable[[Any], int] | None = None,
         max_out_of_orderness: float = 0.0,
         idle_timeout: float | None = None,
         max_future: float | None = DEFAULT_MAX_FUTURE_S,
         name: str | None = None,
     ) -> Stream:
-        """Read ``topic``. ``value`` is ``"json"`` or ``"bytes"``.
+        """Read ``topic``. ``value`` is the values' format: ``"json"``, ``"bytes"``,
+        ``"str"`` or a `Serde` (e.g. ``Avro()`` with a schema registry);
+        ``key_format`` decodes record keys the same way (None: keys stay bytes).
+        A record that fails to decode goes to the dead-letter topic (reason ``decode``).
 
         ``timestamp`` extracts a record's event time (epoch ms) from its
         decoded value; by default the Kafka record timestamp is used.
@@ -118,6 +128,11 @@ class Job:
         """
         _check_name(topic, "source topic")
         fmt = check_format(value, f"source({topic!r})")
+        key_fmt = (
+            None
+            if key_format is None
+            else check_format(key_format, f"source({topic!r})", "key_format")
+        )
         if timestamp is not None:
             _check_callable(timestamp, "source(timestamp=…)")
         if not isinstance(max_out_of_orderness, int | float) or max_out_of_orderness < 0:
@@ -140,6 +155,7 @@ class Job:
             None,
             topic=topic,
             value=fmt,
+            key_format=key_fmt,
             timestamp=timestamp,
             max_out_of_orderness=float(max_out_of_orderness),
             idle_timeout=idle_timeout,
@@ -207,28 +223,47 @@ class Stream:
     def _same_kind(self, op: Op) -> Stream:
         return type(self)(self._job, op)
 
-    def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Stream:
-        """One output per record: ``fn(value)``."""
-        return self._same_kind(self._then(Map, name, fn=_check_callable(fn, "map")))
+    def map(
+        self, fn: Callable[..., Any], *, with_meta: bool = False, name: str | None = None
+    ) -> Stream:
+        """One output per record: ``fn(value)``, or ``fn(value, meta)`` with
+        ``with_meta=True`` (`operators.meta.RecordMeta`: key, headers, timestamp,
+        topic, partition, offset)."""
+        fn = _check_callable(fn, "map")
+        return self._same_kind(self._then(Map, name, fn=fn, with_meta=_flag(with_meta, "map")))
 
-    def filter(self, fn: Callable[[Any], bool], *, name: str | None = None) -> Stream:
-        """Keep the records for which ``fn(value)`` is true."""
-        return self._same_kind(self._then(Filter, name, fn=_check_callable(fn, "filter")))
+    def filter(
+        self, fn: Callable[..., bool], *, with_meta: bool = False, name: str | None = None
+    ) -> Stream:
+        """Keep the records for which ``fn(value)`` (or ``fn(value, meta)``) is true."""
+        fn = _check_callable(fn, "filter")
+        op = self._then(Filter, name, fn=fn, with_meta=_flag(with_meta, "filter"))
+        return self._same_kind(op)
 
-    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None) -> Stream:
-        """Zero or more outputs per record: the items of ``fn(value)``."""
-        return self._same_kind(self._then(FlatMap, name, fn=_check_callable(fn, "flat_map")))
+    def flat_map(
+        self,
+        fn: Callable[..., Iterable[Any]],
+        *,
+        with_meta: bool = False,
+        name: str | None = None,
+    ) -> Stream:
+        """Zero or more outputs per record: the items of ``fn(value)`` (or
+        ``fn(value, meta)``)."""
+        fn = _check_callable(fn, "flat_map")
+        op = self._then(FlatMap, name, fn=fn, with_meta=_flag(with_meta, "flat_map"))
+        return self._same_kind(op)
 
     def key_by(
         self,
-        fn: Callable[[Any], Any] | None = None,
+        fn: Callable[..., Any] | None = None,
         *,
         partitions: int | None = None,
+        with_meta: bool = False,
         name: str | None = None,
     ) -> KeyedStream:
-        """Partition by key. ``fn(value)`` extracts the key; without ``fn`` the
-        Kafka record key is the key and records stay where they are (Kafka
-        already partitions by it).
+        """Partition by key. ``fn(value)`` (``fn(value, meta)`` with ``with_meta``)
+        extracts the key; without ``fn`` the Kafka record key is the key and records
+        stay where they are (Kafka already partitions by it).
 
         With ``fn``, records move to the owner of their key: to another slot of
         this worker, or — when keyed state follows — through the repartition
@@ -237,11 +272,16 @@ class Stream:
         """
         if fn is not None:
             _check_callable(fn, "key_by")
+        elif with_meta:
+            raise JobDefinitionError("key_by(with_meta=True) needs a function: key_by(fn, …)")
         if partitions is not None and (
             isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
         ):
             raise JobDefinitionError(f"key_by(partitions={partitions!r}): expected an int >= 1")
-        return KeyedStream(self._job, self._then(KeyBy, name, fn=fn, partitions=partitions))
+        op = self._then(
+            KeyBy, name, fn=fn, partitions=partitions, with_meta=_flag(with_meta, "key_by")
+        )
+        return KeyedStream(self._job, op)
 
     def _partition(self, partitioner: Partitioner, name: str | None) -> Stream:
         return Stream(self._job, self._then(Partition, name, partitioner=partitioner))
@@ -274,17 +314,45 @@ class Stream:
         self,
         topic: str,
         *,
-        value: str = "json",
-        key: Callable[[Any], Any] | None = None,
+        value: str | Serde = "json",
+        key: Callable[..., Any] | None = None,
+        key_format: str | Serde | None = None,
+        headers: Callable[..., Any] | None = None,
+        with_meta: bool = False,
         name: str | None = None,
     ) -> None:
-        """Write to ``topic``. The record key is ``key(value)`` if given, else
-        the stream's key (after ``key_by``), else the input record's key."""
+        """Write to ``topic``. ``value`` is the values' format (as for `Job.source`).
+
+        The record key is ``key(value)`` if given, else the stream's key (after
+        ``key_by``), else the input record's key; ``key_format`` encodes it
+        (default: bytes as they are, str as UTF-8, anything else as JSON).
+        ``headers(value)`` returns the record's Kafka headers: a dict or
+        ``(name, value)`` pairs, values bytes or str. With ``with_meta=True`` both
+        functions are called as ``fn(value, meta)``, e.g. to pass the input's
+        headers on: ``headers=lambda v, meta: meta.headers``.
+        """
         _check_name(topic, "sink topic")
         fmt = check_format(value, f"sink({topic!r})")
+        check_writable(fmt, f"sink({topic!r})")
+        key_fmt = (
+            None
+            if key_format is None
+            else check_format(key_format, f"sink({topic!r})", "key_format")
+        )
         if key is not None:
             _check_callable(key, "sink(key=…)")
-        self._then(Sink, name or f"sink-{topic}", topic=topic, value=fmt, key=key)
+        if headers is not None:
+            _check_callable(headers, "sink(headers=…)")
+        self._then(
+            Sink,
+            name or f"sink-{topic}",
+            topic=topic,
+            value=fmt,
+            key=key,
+            key_format=key_fmt,
+            headers=headers,
+            with_meta=_flag(with_meta, "sink"),
+        )
 
 
 class KeyedStream(Stream):

@@ -126,6 +126,8 @@ def build_chain(roots: Sequence[PlanNode], ctx: SlotContext, max_key_groups: int
         head = build(root)
         if head is not None:
             head.track_time = len(windows) > before  # its watermark drives those windows
+            # Kafka headers are kept only for a dataflow with a function that reads them.
+            head.keep_headers = any(node.op.wants_meta for node in root.walk())
             heads.setdefault(topic, []).append(head)
     return SlotChain(
         {t: ops[0] if len(ops) == 1 else FanOut(ops) for t, ops in heads.items()},

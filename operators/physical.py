@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from operators.api import Job
+from operators.formats import Serde
 from operators.keyed import states_of
 from operators.plan import (
     ErrorPolicy,
@@ -126,6 +127,21 @@ class PhysicalPlan:
         return sorted(topics)
 
     @property
+    def formats(self) -> list[tuple[str, Serde]]:
+        """Every format the job's sources and sinks use, each with where it is used
+        (``source('t') value``), for checks a worker makes before it starts."""
+        out = []
+        for root in self.roots:
+            for node in root.walk():
+                op = node.op
+                if isinstance(op, Source | Sink):
+                    where = f"{op.kind}({op.topic!r})"
+                    out.append((f"{where} value", op.value))
+                    if op.key_format is not None:
+                        out.append((f"{where} key_format", op.key_format))
+        return out
+
+    @property
     def event_time_sources(self) -> tuple[AnySource, ...]:
         """Sources feeding windows or process functions: their watermarks drive timers."""
         return tuple(
@@ -178,7 +194,7 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
         if op.fn is None:
             return PlanNode(RecordKey(id=op.id, name=op.name), compile_children(op, source))
         if not flow.feeds_state(op):
-            keyed = HashExchange(id=op.id, name=op.name, fn=op.fn)
+            keyed = HashExchange(id=op.id, name=op.name, fn=op.fn, with_meta=op.with_meta)
             return PlanNode(keyed, compile_children(op, source))
         topic = f"{group}.{op.name}.repartition"
         reader = RepartitionSource(
@@ -193,7 +209,10 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
         place = len(repartitioned)
         repartitioned.append(PlanNode(reader))  # its place, before the ones found below it
         repartitioned[place] = PlanNode(reader, compile_children(op, reader))
-        return PlanNode(Repartition(id=op.id, name=op.name, fn=op.fn, topic=topic))
+        repartition = Repartition(
+            id=op.id, name=op.name, fn=op.fn, topic=topic, with_meta=op.with_meta
+        )
+        return PlanNode(repartition)
 
     user = [compile_op(source, source) for source in flow.sources]
     roots = (*user, *repartitioned)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from operators.formats import ValueFormat
+from operators.formats import Serde
 from operators.windows import WindowSpec
 
 if TYPE_CHECKING:
@@ -88,6 +88,11 @@ class Op:
         """True when records leave their slot after this operator (a segment boundary)."""
         return False
 
+    @property
+    def wants_meta(self) -> bool:
+        """Do this operator's functions take record metadata (``with_meta=True``)?"""
+        return False
+
     def describe(self) -> str:
         return f"{self.name}: {self.kind}{self._details()}"
 
@@ -99,42 +104,59 @@ class Op:
 
 
 @_operator
+class MetaOp(Op):
+    """An operator whose function may take record metadata: ``fn(value, meta)``."""
+
+    with_meta: bool = False
+
+    @property
+    def wants_meta(self) -> bool:
+        return self.with_meta
+
+    def _details(self) -> str:
+        return " (with meta)" if self.with_meta else ""
+
+
+@_operator
 class Source(Op):
     """Reads a topic the job's author named; ``timestamp`` extracts event time (epoch
-    ms) from a decoded value (None: the Kafka record timestamp)."""
+    ms) from a decoded value (None: the Kafka record timestamp). ``key_format``
+    decodes record keys (None: keys stay bytes)."""
 
     kind = "source"
     topic: str
-    value: ValueFormat
+    value: Serde
+    key_format: Serde | None = None
     timestamp: Callable[[Any], int] | None
     max_out_of_orderness: float  # seconds
     idle_timeout: float | None  # seconds
     max_future: float | None = DEFAULT_MAX_FUTURE_S  # seconds ahead of the wall clock
 
     def _details(self) -> str:
-        return f" topic={self.topic} value={self.value}"
+        key = "" if self.key_format is None else f" key={self.key_format!r}"
+        return f" topic={self.topic} value={self.value!r}{key}"
 
 
 @_operator
-class Map(Op):
+class Map(MetaOp):
     kind = "map"
-    fn: Callable[[Any], Any]
+    fn: Callable[..., Any]
 
 
 @_operator
-class Filter(Op):
+class Filter(MetaOp):
     kind = "filter"
-    fn: Callable[[Any], bool]
+    fn: Callable[..., bool]
 
 
 @_operator
-class FlatMap(Op):
+class FlatMap(MetaOp):
     kind = "flat_map"
-    fn: Callable[[Any], Any]
+    fn: Callable[..., Any]
 
 
 @_operator
-class KeyBy(Op):
+class KeyBy(MetaOp):
     """Partition by ``fn(value)``, or by the Kafka record key when ``fn`` is None."""
 
     kind = "key_by"
@@ -146,7 +168,7 @@ class KeyBy(Op):
         return self.fn is not None
 
     def _details(self) -> str:
-        return " (record key)" if self.fn is None else " (hash exchange)"
+        return (" (record key)" if self.fn is None else " (hash exchange)") + super()._details()
 
 
 @_operator
@@ -163,16 +185,22 @@ class Partition(Op):
 
 
 @_operator
-class Sink(Op):
-    """Writes to ``topic``, keyed by ``key(value)`` if given, else by the element's key."""
+class Sink(MetaOp):
+    """Writes to ``topic``, keyed by ``key(value)`` if given, else by the element's key;
+    ``key_format`` encodes keys (None: bytes as is, str as UTF-8, else JSON);
+    ``headers(value)`` gives each record's Kafka headers. With ``with_meta`` both
+    functions take ``(value, meta)``."""
 
     kind = "sink"
     topic: str
-    value: ValueFormat
-    key: Callable[[Any], Any] | None
+    value: Serde
+    key: Callable[..., Any] | None
+    key_format: Serde | None = None
+    headers: Callable[..., Any] | None = None
 
     def _details(self) -> str:
-        return f" topic={self.topic} value={self.value}"
+        key = "" if self.key_format is None else f" key={self.key_format!r}"
+        return f" topic={self.topic} value={self.value!r}{key}{super()._details()}"
 
 
 @_operator
@@ -229,12 +257,12 @@ class RecordKey(Op):
 
 
 @_operator
-class HashExchange(Op):
+class HashExchange(MetaOp):
     """``key_by(fn)`` with no keyed state after it: records move to the slot owning
     their key, inside the worker."""
 
     kind = "key_by"
-    fn: Callable[[Any], Any]
+    fn: Callable[..., Any]
 
     @property
     def exchanges(self) -> bool:
@@ -245,20 +273,20 @@ class HashExchange(Op):
         return Partitioner.HASH
 
     def _details(self) -> str:
-        return " (hash exchange)"
+        return " (hash exchange)" + super()._details()
 
 
 @_operator
-class Repartition(Op):
+class Repartition(MetaOp):
     """``key_by(fn)`` before keyed state: writes ``[key, value]`` to ``topic``, keyed by
     the key, which a `RepartitionSource` reads. It ends its branch."""
 
     kind = "key_by"
-    fn: Callable[[Any], Any]
+    fn: Callable[..., Any]
     topic: str
 
     def _details(self) -> str:
-        return f" -> repartition topic {self.topic}"
+        return f" -> repartition topic {self.topic}" + super()._details()
 
 
 @_operator

@@ -86,6 +86,16 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="librdkafka setting for all clients (kafka.consumer.X / kafka.producer.X for one)",
     )
+    p.add_argument(
+        "--schema-registry-url",
+        help="schema registry for Avro/Protobuf/JSON Schema formats (Confluent API)",
+    )
+    p.add_argument(
+        "--schema-registry",
+        action="append",
+        metavar="KEY=VALUE",
+        help="schema registry client setting, e.g. basic.auth.user.info=U:P (repeatable)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -4,7 +4,10 @@ Precedence is flag > environment (``WEIR_<NAME>``) > TOML file (``--config``)
 > default. Every value is validated here, so a bad one fails at start with one
 line naming it. Keys under ``kafka.`` (``WEIR_KAFKA_…`` or a ``[kafka]`` table)
 are passed to librdkafka as they are, which is how SASL/SSL are configured;
-their values are never printed (see `WorkerConfig.redacted`).
+keys under ``schema_registry.`` (``--schema-registry KEY=VALUE``,
+``WEIR_SCHEMA_REGISTRY_…`` or a ``[schema_registry]`` table) go to the schema
+registry client the same way (``basic.auth.user.info``, ``ssl.ca.location``, …);
+the values of both are never printed (see `WorkerConfig.redacted`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,17 @@ class WorkerConfig:
     # static: rejoin under group.instance.id = worker id (KIP-345), no rebalance on restart
     membership: str = "dynamic"
     kafka: dict[str, str] = field(default_factory=dict)
+    # The schema registry of the job's Avro/Protobuf/JSON Schema serdes, and its client's
+    # further settings (passthrough, like ``kafka``).
+    schema_registry_url: str | None = None
+    schema_registry: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def registry(self) -> dict[str, str] | None:
+        """The schema registry client settings (``url`` first), None without a URL."""
+        if not self.schema_registry_url:
+            return None
+        return {"url": self.schema_registry_url, **self.schema_registry}
 
     @property
     def exactly_once(self) -> bool:
@@ -66,6 +80,7 @@ class WorkerConfig:
         """The settings as a dict safe to log or serve: librdkafka values hidden."""
         out = asdict(self)
         out["kafka"] = {k: "***" for k in self.kafka}
+        out["schema_registry"] = {k: "***" for k in self.schema_registry}
         return out
 
 
@@ -94,7 +109,8 @@ _CHOICES = {
     "restart_strategy": RESTART_STRATEGIES,
     "membership": MEMBERSHIPS,
 }
-FIELDS = {f.name for f in fields(WorkerConfig)} - {"kafka"}
+PASSTHROUGH = ("kafka", "schema_registry")  # tables of client settings passed as they are
+FIELDS = {f.name for f in fields(WorkerConfig)} - set(PASSTHROUGH)
 
 
 def _convert(name: str, value: Any, where: str, typed: bool = False) -> Any:
@@ -128,6 +144,8 @@ def _convert(name: str, value: Any, where: str, typed: bool = False) -> Any:
         raise ConfigError(f"{where}={value!r}: expected a string")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"{where}={value!r}: expected one of {', '.join(_CHOICES[name])}")
+    if name == "schema_registry_url" and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}={value!r}: expected an http:// or https:// URL")
     if name in ("bootstrap", "worker_id", "state_dir", "http_host") and not value.strip():
         raise ConfigError(f"{where} is empty: expected a value")
     if name == "bootstrap":
@@ -154,6 +172,7 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     kafka: dict[str, str] = {}
+    registry: dict[str, str] = {}
 
     config_path = flags.get("config") or environ.get("WEIR_CONFIG")
     if config_path:
@@ -165,12 +184,19 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
                 kafka.update({str(k): str(v) for k, v in value.items()})
             elif name.startswith("kafka."):
                 kafka[name[len("kafka.") :]] = str(value)
+            elif name == "schema_registry":
+                if not isinstance(value, dict):
+                    raise ConfigError(
+                        "config file key schema_registry: expected a table of registry client keys"
+                    )
+                registry.update({str(k): str(v) for k, v in value.items()})
             elif name in FIELDS:
                 values[name] = _convert(name, value, f"config file key {key!r}", typed=True)
             else:
                 raise ConfigError(
                     f"config file key {key!r} is unknown; expected one of "
-                    f"{', '.join(sorted(n.replace('_', '-') for n in FIELDS))} or kafka.*"
+                    f"{', '.join(sorted(n.replace('_', '-') for n in FIELDS))}, kafka.* or"
+                    " [schema_registry]"
                 )
 
     for env_key, value in environ.items():
@@ -181,6 +207,8 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
             kafka[name[len("kafka_") :].replace("_", ".")] = value
         elif name in FIELDS:
             values[name] = _convert(name, value, env_key)
+        elif name.startswith("schema_registry_"):
+            registry[name[len("schema_registry_") :].replace("_", ".")] = value
 
     for name, value in flags.items():
         if name in FIELDS and value is not None:
@@ -190,5 +218,17 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
         if not sep or not key:
             raise ConfigError(f"flag --kafka {item!r}: expected KEY=VALUE (a librdkafka setting)")
         kafka[key] = value
+    for item in flags.get("schema_registry") or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"flag --schema-registry {item!r}: expected KEY=VALUE (a registry client setting)"
+            )
+        registry[key] = value
+    if "url" in registry:
+        raise ConfigError(
+            "schema registry setting 'url': give it as --schema-registry-url"
+            " (WEIR_SCHEMA_REGISTRY_URL, or schema_registry_url in the config file)"
+        )
 
-    return WorkerConfig(**values, kafka=kafka)
+    return WorkerConfig(**values, kafka=kafka, schema_registry=registry)

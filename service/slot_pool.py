@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from operators.chain import Batch
@@ -41,8 +41,10 @@ class SlotPool:
         metrics: Metrics,
         changelogs: Changelogs,
         on_fatal: Callable[[BaseException], None],
+        registry: Mapping[str, str] | None = None,
     ) -> None:
         self.plan = plan
+        self.registry = registry  # schema registry client settings, for the job's serdes
         self.count = count
         self.metrics = metrics
         self.changelogs = changelogs
@@ -81,6 +83,7 @@ class SlotPool:
                     state=None if store is None else EpochBuffer(store, serdes),
                     changelogs=self.changelogs,
                     limits=limits,
+                    registry=self.registry,
                 )
             )
         self.slots = slots

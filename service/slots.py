@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from operator import itemgetter
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -171,6 +171,7 @@ class Slot(threading.Thread):
         state: EpochBuffer | None = None,
         changelogs: Changelogs | None = None,
         limits: dict[str, TopicLimits] | None = None,
+        registry: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(name=f"weir-slot-{index}", daemon=True)
         self.slot = index
@@ -186,6 +187,7 @@ class Slot(threading.Thread):
         self.state = state
         self.changelogs = changelogs
         self.limits = limits or {}  # topic -> what its broker accepts
+        self.registry = registry  # schema registry client settings, for the job's serdes
         self.epoch_writes: list[Write] = []
         self._chain_args = (sources, max_key_groups)
         self.chain: SlotChain | None = None
@@ -236,11 +238,15 @@ class Slot(threading.Thread):
         counter.inc(len(rows))
         produced = self.stats.produced
         produced[topic] = produced.get(topic, 0) + len(rows)
-        if self.discard:
+        if self.discard or not rows:
             return
+        with_headers = len(rows[0]) == 5  # a sink with headers=, or headers forwarded
         if self.current in self.passed:
             # Exact-size copies: an orjson result keeps its ~4 KB build buffer.
-            held = [(topic, k, bytes(memoryview(v)), None, t) for k, v, _, t in rows]
+            if with_headers:
+                held = [(topic, k, bytes(memoryview(v)), h, t) for k, v, _, t, h in rows]
+            else:
+                held = [(topic, k, bytes(memoryview(v)), None, t) for k, v, _, t in rows]
             self.held.extend(held)
             self.held_bytes += sum(len(h[2]) for h in held)
             return
@@ -248,14 +254,19 @@ class Slot(threading.Thread):
         i, n = 0, len(rows)
         while i < n:
             try:
-                for i in range(i, n):  # noqa: B020 - resumes after a full queue
-                    k, v, _, t = rows[i]
-                    produce(topic, v, k, timestamp=t if t > 0 else 0)
+                if with_headers:
+                    for i in range(i, n):  # noqa: B020 - resumes after a full queue
+                        k, v, _, t, h = rows[i]
+                        produce(topic, v, k, timestamp=t if t > 0 else 0, headers=h)
+                else:
+                    for i in range(i, n):  # noqa: B020
+                        k, v, _, t = rows[i]
+                        produce(topic, v, k, timestamp=t if t > 0 else 0)
                 break
             except BufferError:
                 poll(0.05)  # librdkafka's queue is full: let it drain, then resume at row i
             except KafkaException as exc:  # refused locally, e.g. larger than message.max.bytes
-                k, v, offset, _ = rows[i]
+                k, v, offset = rows[i][:3]
                 self.fail(f"sink-{topic}", "produce", batch, (k, v, 0, offset), exc)
                 i += 1
 
@@ -275,10 +286,11 @@ class Slot(threading.Thread):
             if earliest >= low or (earliest <= 0 and min(filter(None, stamps), default=low) >= low):
                 return rows
         kept = []
-        for k, v, offset, t in rows:
+        for row in rows:
+            k, v, offset, t = row[:4]
             refusal = lim.refusal(k, v, t, now)
             if refusal is None:
-                kept.append((k, v, offset, t))
+                kept.append(row)
                 continue
             reason = "too-large" if refusal.startswith("record of") else "timestamp"
             self.fail(f"sink-{topic}", reason, batch, (k, v, t, offset), ValueError(refusal))

@@ -24,14 +24,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaException
 
 from operators import Job
-from operators.physical import compile_plan
+from operators.formats import needs_registry
+from operators.physical import PhysicalPlan, compile_plan
 from service.changelog import Changelogs
 from service.checkpoint import (
     CheckpointAmbiguous,
@@ -44,7 +45,7 @@ from service.clients import ClientSettings
 from service.config import WorkerConfig
 from service.consumers import GroupConsumers
 from service.deadline import CallTimedOut, retry_while_unavailable, run_steps
-from service.exceptions import ShutdownOverran, WorkerFailed
+from service.exceptions import ConfigError, ShutdownOverran, WorkerFailed
 from service.flow import FlowControl
 from service.history import History
 from service.metrics import Metrics
@@ -90,8 +91,14 @@ class Worker:
             self.stopping,
         )
         self.watermarks = WatermarkTracker.for_plan(plan)
+        check_formats(plan, config.registry)
         self.slots = SlotPool(
-            plan, config.slots, self.metrics, self.changelogs, self._on_slot_fatal
+            plan,
+            config.slots,
+            self.metrics,
+            self.changelogs,
+            self._on_slot_fatal,
+            registry=config.registry,
         )
         self.restarts = RestartStrategy(config, self.metrics)
         self.fatal: BaseException | None = None
@@ -396,3 +403,16 @@ class Worker:
     def _leave(self) -> None:
         with contextlib.suppress(KafkaException, RuntimeError):
             self.consumer.close()
+
+
+def check_formats(plan: PhysicalPlan, registry: Mapping[str, str] | None) -> None:
+    """A job whose formats need a schema registry fails at start, with one line, when
+    the worker has none, instead of dead-lettering every record."""
+    if registry is not None:
+        return
+    for where, serde in plan.formats:
+        if needs_registry(serde):
+            raise ConfigError(
+                f"{where}={serde!r} needs a schema registry; set --schema-registry-url"
+                " (WEIR_SCHEMA_REGISTRY_URL, or schema_registry_url in the config file)"
+            )

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from operators.build import build_chain
 from operators.chain import Barrier, Batch
-from operators.formats import ValueFormat
+from operators.formats import JSON
 from operators.physical import compile_plan
 from operators.plan import (
     ErrorPolicy,
@@ -210,6 +210,7 @@ class FakeSlot:
     def __init__(self, slot=0, slots=1):
         self.slot, self.slots = slot, slots
         self.state = None
+        self.registry = None
         self.produced, self.failed, self.sent = [], [], []
 
     def produce(self, topic, rows, batch):
@@ -323,7 +324,7 @@ def test_compiled_plan_is_typed():
     assert (plan.job, plan.group, plan.max_key_groups) == ("r", "grp", 64)
     assert plan.on_error == ErrorPolicy.SKIP and plan.dlq_topic == "grp.dlq"
     source, internal = plan.sources
-    assert isinstance(source, Source) and source.value is ValueFormat.JSON
+    assert isinstance(source, Source) and source.value is JSON
     assert source.timestamp({"ts": 7}) == 7
     assert (source.max_out_of_orderness, source.idle_timeout) == (2.0, 5)
     assert isinstance(internal, RepartitionSource)

@@ -14,10 +14,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 from operators import (
     AggregateFunction,
+    Avro,
     Job,
     JobDefinitionError,
+    JsonSchema,
     KeyedProcessFunction,
     KeyedStream,
+    Protobuf,
+    RecordMeta,
+    Serde,
+    SerdeContext,
     Session,
     Sliding,
     Stream,
@@ -32,10 +38,16 @@ except PackageNotFoundError:  # running from a checkout that was never installed
 
 __all__ = [
     "AggregateFunction",
+    "Avro",
     "Job",
     "JobDefinitionError",
+    "JsonSchema",
     "KeyedProcessFunction",
     "KeyedStream",
+    "Protobuf",
+    "RecordMeta",
+    "Serde",
+    "SerdeContext",
     "Session",
     "Sliding",
     "Stream",
