@@ -2,7 +2,8 @@
 
 ``weir run JOB.py`` runs a worker; ``weir plan JOB.py`` prints a job's plan;
 ``weir kafka start|stop`` runs the local development broker;
-``weir produce-sample`` writes sample readings; ``weir demo`` shows it all.
+``weir produce-sample`` writes sample readings; ``weir demo`` shows it all;
+``weir --version`` names the installed version.
 User errors print one line on stderr and exit non-zero, never a traceback.
 """
 
@@ -28,6 +29,7 @@ from service.config import (
     load_config,
 )
 from service.exceptions import ClientStuck, ConfigError, ShutdownOverran, WeirError
+from weir import __version__
 
 if TYPE_CHECKING:
     from service.worker import Worker
@@ -90,6 +92,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weir", description="Weir stream processor")
+    parser.add_argument("--version", action="version", version=f"weir {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a job until stopped")

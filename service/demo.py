@@ -2,9 +2,9 @@
 
 Starts the local broker (unless ``--bootstrap``/``KAFKA_BOOTSTRAP`` names one),
 creates the example's topics, writes sample readings, runs
-``examples/sensor_stats.py`` in this process until all its outputs are
-committed, prints some of them as a read_committed consumer sees them, and
-stops everything it started.
+``examples/sensor_stats.py`` (installed as ``weir.examples``) in this process
+until all its outputs are committed, prints some of them as a read_committed
+consumer sees them, and stops everything it started.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from importlib.resources import files
 from pathlib import Path
 
 import orjson
@@ -28,7 +29,7 @@ from service.sample import produce_readings, readings
 from service.topics import connect_admin, ensure_topic
 from service.worker import Worker
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sensor_stats.py"
+EXAMPLE = Path(str(files("weir.examples").joinpath("sensor_stats.py")))
 
 
 def _end_offsets(bootstrap: str, topic: str, admin: AdminClient) -> list[TopicPartition]:

@@ -3,7 +3,8 @@
 Weir's integration and fault tests need a real broker with transactions and consumer
 groups, and developers and CI machines do not always have a Docker engine. This module
 runs Apache Kafka's own broker as a plain JVM process: the jars are resolved once with
-Maven from ``deploy/kafka/pom.xml`` into a cache directory, storage is formatted with
+Maven from ``kafka/pom.xml`` (package data next to this module, so an installed wheel
+has it too) into a cache directory, storage is formatted with
 Kafka's StorageTool, and the broker is started in its own process group with a config
 tuned for one node (replication factor 1 everywhere, few internal-topic partitions, no
 initial rebalance delay). ``start()`` returns only once the broker answers metadata
@@ -38,9 +39,9 @@ from types import TracebackType
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-KAFKA_POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
-LOG4J_CONFIG = REPO_ROOT / "deploy" / "kafka" / "log4j2.properties"
+KAFKA_FILES = Path(__file__).resolve().parent / "kafka"
+KAFKA_POM = KAFKA_FILES / "pom.xml"
+LOG4J_CONFIG = KAFKA_FILES / "log4j2.properties"
 
 STATE_FILE = "weir-kafka.json"
 DEFAULT_CLI_PORT = 9092
@@ -61,7 +62,7 @@ class LocalKafkaError(RuntimeError):
 
 
 def kafka_version() -> str:
-    """The Kafka version pinned in ``deploy/kafka/pom.xml`` (the single source of truth)."""
+    """The Kafka version pinned in ``kafka/pom.xml`` (the single source of truth)."""
     try:
         root = ET.parse(KAFKA_POM).getroot()
     except (OSError, ET.ParseError) as exc:
@@ -73,9 +74,13 @@ def kafka_version() -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$WEIR_CACHE_DIR`` if set, else ``<repo>/.cache/weir`` (gitignored)."""
+    """``$WEIR_CACHE_DIR`` if set, else ``weir`` in the user's cache directory
+    (``$XDG_CACHE_HOME``, default ``~/.cache``): one copy of the jars per user, for
+    checkouts and installed wheels alike."""
     env = os.environ.get("WEIR_CACHE_DIR")
-    return Path(env) if env else REPO_ROOT / ".cache" / "weir"
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "weir"
 
 
 def resolve_jars(cache_dir: Path | None = None) -> Path:

@@ -698,10 +698,16 @@ def test_dockerfile_builds_weir_runs_non_root_and_checks_health() -> None:
     m = re.fullmatch(r"python:3\.(\d+)(?:\.\d+)?-slim(?:-\w+)?", base)
     assert m and int(m.group(1)) >= 11, f"want a slim Python 3.11+ base, got {base}"
     placed = image_files()
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    for package in [*packages["packages"], "examples", "pyproject.toml"]:
-        assert ROOT / package in placed.values(), f"Dockerfile does not COPY {package}"
-    assert any(re.search(r"\bpip install (?:[^&;]*\s)?\.(?:\s|$)", r) for r in instructions("RUN"))
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = setup.get("package-dir", {})
+    packages = [dirs.get(p, p.replace(".", "/")) for p in setup["packages"]]
+    for path in [*packages, "pyproject.toml", "LICENSE", "constraints.txt"]:
+        placed_at = [p for p in placed.values() if p == ROOT / path or ROOT / path in p.parents]
+        assert placed_at, f"Dockerfile does not COPY {path}"
+    assert any(
+        re.search(r"\bpip install -c constraints\.txt (?:[^&;]*\s)?\.(?:\s|$)", r)
+        for r in instructions("RUN")
+    ), "the image installs Weir with the tested versions (constraints.txt)"
 
     user = instructions("USER")[-1].split(":")[0]
     assert user not in ("root", "0"), "the worker must not run as root"
