@@ -87,6 +87,10 @@ class SlotContext(Protocol):
     def send(self, slot: int, target: int, item: Batch | Barrier) -> None:
         """Hand ``item`` to operator ``target`` in slot ``slot`` (an exchange)."""
 
+    def now_ms(self) -> int:
+        """Processing time, epoch ms: the wall clock in a worker, a clock the test
+        drives in `weir.testing`."""
+
     def late(self, operator: str, count: int, reason: str = "late") -> None:
         """Count records that arrived after their windows were gone (``late``), or whose
         event time was too far ahead of the wall clock (``future``)."""

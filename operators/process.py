@@ -27,7 +27,6 @@ no input has anything new).
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -134,8 +133,8 @@ class TimerService:
 
     @property
     def processing_time(self) -> int:
-        """The wall clock, epoch ms."""
-        return int(time.time() * 1000)
+        """The processing time (the wall clock), epoch ms."""
+        return self._ctx._op.ctx.now_ms()
 
 
 class Context:

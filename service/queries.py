@@ -15,6 +15,7 @@ from confluent_kafka import KafkaException
 
 from operators.aggregates import compile_aggregates
 from operators.plan import Aggregate, Process, Reduce, Window
+from operators.timers import EVENT, PROCESSING
 from operators.windowed import window_function
 from service.partitioner import partition_for
 from state.layout import state_key
@@ -23,8 +24,15 @@ if TYPE_CHECKING:
     from service.worker import Worker
 
 
-def _present(node: Any, key: str, value: Any) -> Any:
-    """The stored value as the operator would emit it."""
+_SECTIONS = {"v": "value_state", "l": "list_state", "m": "map_state"}
+_DOMAINS = {EVENT: "event", PROCESSING: "processing"}
+
+
+def present_state(node: Any, key: Any, value: Any) -> Any:
+    """A key's stored state as people read it: a running reduce or aggregate as the
+    operator emits it, a window operator's open windows with their results so far, a
+    process function's value, list and map states by name and its pending timers.
+    The state query endpoint and `weir.testing.JobTester.state` show this."""
     if isinstance(node, Reduce):
         return {"key": key, **value} if isinstance(value, dict) else {"key": key, "value": value}
     if isinstance(node, Aggregate):
@@ -41,7 +49,12 @@ def _present(node: Any, key: str, value: Any) -> Any:
             windows.append({"window_start": start, "window_end": end, "fired": fired, **fields})
         return {"key": key, "open_windows": windows}
     if isinstance(node, Process):
-        return {"key": key, **{k: v for k, v in value.items() if k != "k"}}
+        shown: dict[str, Any] = {"key": key}
+        for section, name in _SECTIONS.items():
+            shown[name] = value.get(section, {})
+        timers = value.get("t", {})
+        shown["timers"] = {name: timers.get(domain, []) for domain, name in _DOMAINS.items()}
+        return shown
     return value
 
 
@@ -66,7 +79,7 @@ def query_state(worker: Worker, operator: str, key: str) -> tuple[int, dict[str,
                 "partition": p,
                 "worker_id": worker.worker_id,
                 "checkpoint": worker.store.last_checkpoint(),
-                "value": _present(node, key, orjson.loads(data)),
+                "value": present_state(node, key, orjson.loads(data)),
             }
             return 200, body
     partitions = worker.topic_partitions.get(topic)

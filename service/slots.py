@@ -55,6 +55,11 @@ FETCHER = -1
 _KEY, _VALUE, _STAMP = itemgetter(0), itemgetter(1), itemgetter(3)  # of an output row
 
 
+def wall_clock_ms() -> int:
+    """Processing time: the wall clock, epoch ms."""
+    return int(time.time() * 1000)
+
+
 class Release:
     """Checkpoint ``id`` is committed: held outputs may go out now."""
 
@@ -171,9 +176,11 @@ class Slot(threading.Thread):
         state: EpochBuffer | None = None,
         changelogs: Changelogs | None = None,
         limits: dict[str, TopicLimits] | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         super().__init__(name=f"weir-slot-{index}", daemon=True)
         self.slot = index
+        self.clock = clock  # processing time, epoch ms (the job tester sets its own)
         self.peers = slots  # every slot of the worker, this one included
         self.inbox = Inbox()
         self.producer = producer
@@ -337,6 +344,9 @@ class Slot(threading.Thread):
         records = len(item.elems) if isinstance(item, Batch) else 0
         self.peers[slot].inbox.put(target, self.slot, item, records, records * self.record_bytes)
 
+    def now_ms(self) -> int:
+        return self.clock()
+
     def late(self, operator: str, count: int, reason: str = "late") -> None:
         self.metrics.records_late.labels(self.metrics.job, operator, reason).inc(count)
 
@@ -369,11 +379,14 @@ class Slot(threading.Thread):
         try:
             sources, max_key_groups = self._chain_args
             self.chain = build_chain(sources, self, max_key_groups)
-            self._loop()
+            self.process_inbox()
         except BaseException as exc:  # reported to the worker, which stops or restarts
             self.on_fatal(exc)
 
-    def _loop(self) -> None:
+    def process_inbox(self) -> None:
+        """The slot's loop: take items from the inbox and act on them until a `Stop`.
+        The thread runs it; `weir.testing` runs it in the caller's thread, with an
+        inbox that answers `Stop` once it is empty."""
         inbox, replay, stats = self.inbox, self.replay, self.stats
         clock = time.perf_counter
         while True:

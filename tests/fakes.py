@@ -99,7 +99,7 @@ class FakeProducer:
 
 class SteppedInbox(Inbox):
     """An inbox that ends its slot's loop (a `Stop` in place of the next item) when it
-    is empty or ``budget`` items were taken: `Slot._loop` then runs in the test's own
+    is empty or ``budget`` items were taken: `Slot.process_inbox` then runs in the test's own
     thread, a few items at a time, in any interleaving a test chooses."""
 
     def __init__(self) -> None:
@@ -206,7 +206,7 @@ class Slots:
         replay), then stops."""
         s = self.all[slot]
         s.inbox.budget = items
-        s._loop()
+        s.process_inbox()
 
     def settle(self) -> None:
         """Run every slot until no inbox holds anything."""

@@ -1,7 +1,7 @@
 """The worker's protocols, without a broker: barrier alignment in the slots, the
 checkpoint coordinator's five steps, and flow control.
 
-Slots run their real loop (`Slot._loop`) and real operator chains in the test's
+Slots run their real loop (`Slot.process_inbox`) and real operator chains in the test's
 thread, a few inbox items at a time (`tests.fakes.Slots`); the coordinator runs
 against fakes that record every call in one ``events`` list, so the order of the
 protocol's steps is what the tests compare. Watermarks: tests/test_watermarks.py.
