@@ -11,14 +11,14 @@ from typing import Any
 
 import orjson
 
-from operators.build import build_chain
-from operators.chain import Barrier, Batch
-from operators.physical import compile_plan
-from operators.plan import ErrorPolicy
-from operators.timers import NO_TIME
-from service.metrics import Metrics
-from service.slots import FETCHER, SOURCES, Inbox, Release, Slot, Stop
 from weir import Job
+from weir.operators.build import build_chain
+from weir.operators.chain import Barrier, Batch
+from weir.operators.physical import compile_plan
+from weir.operators.plan import ErrorPolicy
+from weir.operators.timers import NO_TIME
+from weir.service.metrics import Metrics
+from weir.service.slots import FETCHER, SOURCES, Inbox, Release, Slot, Stop
 
 # -- Kafka records and the producer ------------------------------------------------------
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.partitioner import partition_for
 from weir import Job, KeyedProcessFunction, Session, Sliding, Tumbling
+from weir.service.partitioner import partition_for
 from weir.testing import JobTester, WorkerFailed
 
 

@@ -22,7 +22,8 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from service.local_kafka import (
+from tests.kafka_fixture import consume_all, produce_json
+from weir.service.local_kafka import (
     STATE_FILE,
     LocalKafka,
     LocalKafkaError,
@@ -30,7 +31,6 @@ from service.local_kafka import (
     cli_stop,
     kafka_version,
 )
-from tests.kafka_fixture import consume_all, produce_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,7 +148,7 @@ def test_cli_start_detaches_and_cli_stop_stops(tmp_path: Path, capsys) -> None:
     data_dir = tmp_path / "cli-broker"
     port = _free_port()
     script = (
-        "import sys; from pathlib import Path; from service.local_kafka import cli_start; "
+        "import sys; from pathlib import Path; from weir.service.local_kafka import cli_start; "
         f"sys.exit(cli_start({port}, Path({str(data_dir)!r})))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -11,8 +11,8 @@
         assert tester.output("sensor-stats") == [{"key": "a", "window_start": 0, ...}]
 
 It runs the worker's own code, not a model of it: the job is compiled for its group
-(`operators.physical.compile_plan`); each slot is the worker's `Slot` with the operator
-chain `operators.build.build_chain` makes; records reach the slots through the worker's
+(`weir.operators.physical.compile_plan`); each slot is the worker's `Slot` with the operator
+chain `weir.operators.build.build_chain` makes; records reach the slots through the worker's
 `SlotRouter`; the watermark follows the worker's rules (`WatermarkTracker`); keyed state
 lives in a RocksDB store under the JSON serde, as in a worker; dead letters carry the
 worker's headers. The tester stands where Kafka, the fetch loop and the checkpoint
@@ -57,27 +57,27 @@ from typing import Any
 import orjson
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
-from operators import Job
-from operators.build import build_chain
-from operators.chain import Barrier
-from operators.formats import ValueFormat, encode_key
-from operators.physical import KeyedState, compile_plan
-from operators.plan import RepartitionSource, Sink, Source, Window
-from operators.timers import NO_TIME
-from service.changelog import Changelogs
-from service.exceptions import WorkerFailed
-from service.jobfile import load_job
-from service.metrics import Metrics
-from service.partitioner import partition_for
-from service.queries import present_state
-from service.router import SlotRouter
-from service.slot_pool import SlotPool
-from service.slots import FETCHER, SOURCES, Inbox, Release, Slot, Stop, Watermark
-from service.watermarks import WatermarkTracker
-from state.epoch import EpochBuffer
-from state.layout import key_of, state_key
-from state.serde import JsonSerde
-from state.store import StateStore, Write
+from weir.operators import Job
+from weir.operators.build import build_chain
+from weir.operators.chain import Barrier
+from weir.operators.formats import ValueFormat, encode_key
+from weir.operators.physical import KeyedState, compile_plan
+from weir.operators.plan import RepartitionSource, Sink, Source, Window
+from weir.operators.timers import NO_TIME
+from weir.service.changelog import Changelogs
+from weir.service.exceptions import WorkerFailed
+from weir.service.jobfile import load_job
+from weir.service.metrics import Metrics
+from weir.service.partitioner import partition_for
+from weir.service.queries import present_state
+from weir.service.router import SlotRouter
+from weir.service.slot_pool import SlotPool
+from weir.service.slots import FETCHER, SOURCES, Inbox, Release, Slot, Stop, Watermark
+from weir.service.watermarks import WatermarkTracker
+from weir.state.epoch import EpochBuffer
+from weir.state.layout import key_of, state_key
+from weir.state.serde import JsonSerde
+from weir.state.store import StateStore, Write
 
 __all__ = ["DeadLetter", "JobTester", "OutputRecord", "WorkerFailed"]
 
