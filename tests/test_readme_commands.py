@@ -47,6 +47,7 @@ def test_the_running_section_works_as_written(tmp_path):
         ran.add(f"weir {args[0]}")
         return _weir(*args, timeout=timeout)
 
+    assert re.fullmatch(r"weir \d+\.\d+\.\d+\S*\n", weir("--version"))
     assert weir("kafka", "start", "--port", str(port), timeout=300).strip() == bootstrap
     try:
         assert "created topic sensors" in weir(
