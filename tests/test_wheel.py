@@ -21,6 +21,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from tests.kafka_fixture import consume_all, produce_json
 from tests.ports import free_port
@@ -98,6 +101,18 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     (folder / "job.py").write_text(JOB)
     (folder / "service.py").write_text(HELPER)
     return Installed(wheel, venv, folder)
+
+
+def test_constraints_pin_every_dependency_inside_its_range():
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    pinned = {canonicalize_name(name): Version(v) for name, v in pins.items()}
+    for spec in [*PROJECT["dependencies"], *PROJECT["optional-dependencies"]["test"]]:
+        wanted = Requirement(spec)
+        assert wanted.specifier and "==" not in str(wanted.specifier), f"{spec}: want a range"
+        version = pinned.get(canonicalize_name(wanted.name))
+        assert version is not None, f"constraints.txt does not pin {wanted.name}"
+        assert wanted.specifier.contains(version), f"{wanted.name}=={version} is outside {spec}"
 
 
 def test_the_wheel_carries_weir_and_nothing_else(installed):
