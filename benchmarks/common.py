@@ -902,7 +902,7 @@ def code_version() -> dict[str, Any]:
     return {
         "commit": git("rev-parse", "--short", "HEAD") or "unknown",
         "subject": git("log", "-1", "--format=%s"),
-        "weir_dirty": bool(git("status", "--porcelain", "--", "service", "operators", "state")),
+        "weir_dirty": bool(git("status", "--porcelain", "--", "weir")),
     }
 
 

@@ -151,7 +151,7 @@ def weir_version() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "service", "operators", "state"],
+            ["git", "status", "--porcelain", "--", "weir"],
             cwd=ROOT, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
     except OSError:
