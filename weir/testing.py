@@ -18,7 +18,7 @@ lives in a RocksDB store under the JSON serde, as in a worker; dead letters carr
 worker's headers. The tester stands where Kafka, the fetch loop and the checkpoint
 coordinator stand, and after every call (`send`, `advance_time`, `advance_watermark`):
 
-1. Hands the new records, as the Kafka records a consumer returns, to the slots owning
+1. Hands the new records, shaped as a consumer returns Kafka records, to the slots owning
    their partitions (or key groups), which run them through the chain.
 2. Moves time on: the watermark by the worker's rules from what each partition has
    shown (per-partition event time minus ``max_out_of_orderness``, the minimum over the
@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
+from confluent_kafka import TIMESTAMP_CREATE_TIME
 
 from weir.operators import Job
 from weir.operators.build import build_chain
@@ -385,17 +385,7 @@ class JobTester:
             offset = self._offsets.get(tp, 0)
             self._offsets[tp] = offset + 1
             self._seen[tp] = self._now / 1000
-            msgs.append(
-                Message(
-                    topic=topic,
-                    partition=partition,
-                    offset=offset,
-                    key=key,
-                    value=value,
-                    headers=headers,
-                    timestamp=(TIMESTAMP_CREATE_TIME, stamp),
-                )
-            )
+            msgs.append(_Record(topic, partition, offset, key, value, headers, stamp))
         per_slot, _ = self._router.route(msgs)
         self._pool.dispatch(per_slot)
 
@@ -486,6 +476,53 @@ class JobTester:
 
 
 # -- what stands in for Kafka ----------------------------------------------------------
+
+
+class _Record:
+    """A consumed Kafka record, with the accessors of ``confluent_kafka.Message`` the
+    runtime uses (the client's own class cannot be created from Python)."""
+
+    __slots__ = ("_headers", "_key", "_offset", "_partition", "_stamp", "_topic", "_value")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None,
+        timestamp: int,
+    ) -> None:
+        self._topic, self._partition, self._offset = topic, partition, offset
+        self._key, self._value, self._headers, self._stamp = key, value, headers, timestamp
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return TIMESTAMP_CREATE_TIME, self._stamp
+
+    def error(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self._value)
 
 
 class _Written:
