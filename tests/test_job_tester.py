@@ -261,3 +261,5 @@ def test_mistakes_in_the_test_are_one_clear_line():
         tester.output("in")
     with pytest.raises(ValueError, match=r"partitions for \['x'\]"):
         JobTester(windowed_counts(), partitions={"x": 2})
+    with pytest.raises(ValueError, match=r"slots=0: expected an int >= 1"):
+        JobTester(windowed_counts(), slots=0)

@@ -50,6 +50,7 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ from weir.operators import Job
 from weir.operators.build import build_chain
 from weir.operators.chain import Barrier
 from weir.operators.formats import ValueFormat, encode_key
-from weir.operators.physical import KeyedState, compile_plan
+from weir.operators.physical import KeyedState, PhysicalPlan, compile_plan
 from weir.operators.plan import RepartitionSource, Sink, Source, Window
 from weir.operators.timers import NO_TIME
 from weir.service.changelog import Changelogs
@@ -131,6 +132,8 @@ class JobTester:
         start_time: int | None = None,
         group: str | None = None,
     ) -> None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots={slots!r}: expected an int >= 1")
         self.job = job
         self.plan = plan = compile_plan(job, group or job.name)
         self._partitions = _partition_counts(plan, partitions)
@@ -595,7 +598,7 @@ class _Progress:
 # -- helpers -------------------------------------------------------------------------
 
 
-def _partition_counts(plan: Any, partitions: int | dict[str, int]) -> dict[str, int]:
+def _partition_counts(plan: PhysicalPlan, partitions: int | dict[str, int]) -> dict[str, int]:
     """Partitions per topic the job reads: sources as given (default 1), repartition
     topics as their ``key_by(partitions=)`` or their upstream source says."""
     user = plan.user_source_topics
@@ -615,10 +618,10 @@ def _partition_counts(plan: Any, partitions: int | dict[str, int]) -> dict[str, 
     return counts
 
 
-def _formats(plan: Any) -> dict[str, Any]:
+def _formats(plan: PhysicalPlan) -> dict[str, Callable[[bytes], Any]]:
     """How to decode what each written topic holds: sinks in their format, late topics
     as JSON."""
-    decoders: dict[str, Any] = {}
+    decoders: dict[str, Callable[[bytes], Any]] = {}
     for root in plan.roots:
         for node in root.walk():
             op = node.op
