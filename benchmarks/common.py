@@ -109,7 +109,7 @@ def start_broker() -> Broker:
     external = os.environ.get("KAFKA_BOOTSTRAP")
     if external:
         return Broker(external, "external (see broker)", None, lambda: None)
-    from service.local_kafka import LocalKafka, kafka_version
+    from weir.service.local_kafka import LocalKafka, kafka_version
 
     kafka = LocalKafka()
     on_exit(kafka.stop)
@@ -902,7 +902,7 @@ def code_version() -> dict[str, Any]:
     return {
         "commit": git("rev-parse", "--short", "HEAD") or "unknown",
         "subject": git("log", "-1", "--format=%s"),
-        "weir_dirty": bool(git("status", "--porcelain", "--", "service", "operators", "state")),
+        "weir_dirty": bool(git("status", "--porcelain", "--", "weir")),
     }
 
 

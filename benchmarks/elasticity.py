@@ -125,7 +125,7 @@ class Weir(Child):
     ) -> None:
         port = free_ports(processes)
         cmd = [
-            sys.executable, "-m", "service.cli", "run", str(job), "--bootstrap", bootstrap,
+            sys.executable, "-m", "weir.service.cli", "run", str(job), "--bootstrap", bootstrap,
             "--group", group, "--worker-id", name, "--http-port", str(port),
             "--processes", str(processes), *args,
         ]  # fmt: skip
@@ -760,7 +760,7 @@ def markdown(info: dict[str, Any], cpu: dict | None, rb: dict | None) -> str:
         " one process ran every source partition (all of the map's CPU work) and the other"
         " only the cheap aggregate (measured 2026-11-24: keyed 0.97x, split by topic in 3"
         " of 3 runs). A worker of a job with repartition topics now joins with one"
-        " consumer per stage (service/consumers.py), so each stage is balanced on its own;"
+        " consumer per stage (weir/service/consumers.py), so each stage is balanced on its own;"
         " 'split by topic' counts runs where one process still got all source partitions.",
         "- Standby replicas tail the partitions a worker does *not* own, so they help a"
         " failover (the survivor has a warm copy) but not a join: the joining worker owns"

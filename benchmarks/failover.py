@@ -127,7 +127,7 @@ class Worker(Child):
     ) -> None:
         port = free_port()
         cmd = [
-            sys.executable, "-m", "service.cli", "run", str(JOB), "--group", group,
+            sys.executable, "-m", "weir.service.cli", "run", str(JOB), "--group", group,
             "--worker-id", worker_id, "--http-port", str(port), *args,
         ]  # fmt: skip
         super().__init__(f"fo-{incarnation}", cmd, env, http_port=port)

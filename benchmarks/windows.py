@@ -137,7 +137,7 @@ def command(
     row: Row, bootstrap: str, group: str, port: int, state_dir: Path, args: argparse.Namespace
 ) -> list[str]:
     return [
-        sys.executable, "-m", "service.cli", "run", str((JOBS / row.job).relative_to(ROOT)),
+        sys.executable, "-m", "weir.service.cli", "run", str((JOBS / row.job).relative_to(ROOT)),
         "--bootstrap", bootstrap, "--group", group, "--worker-id", "bench",
         "--slots", str(args.slots), "--guarantee", "exactly-once",
         "--checkpoint-interval-ms", str(args.checkpoint_interval_ms),

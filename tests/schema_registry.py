@@ -3,7 +3,7 @@
 Steps (`resolve_registry`, then `SchemaRegistry.start`):
 
 1. Build once: ``deploy/schema-registry/pom.xml`` is copied into the cache
-   (``.cache/weir/apicurio-registry-<version>``, as the broker's jars are) and
+   (``<cache>/apicurio-registry-<version>``, beside the broker's jars) and
    ``mvn package`` there runs Quarkus' build step over Apicurio's app jar (the
    pom says why it takes that). A marker holding the pom's hash makes a changed
    pom rebuild; a file lock serialises concurrent builders.
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from service.local_kafka import default_cache_dir
 from tests.ports import free_port
+from weir.service.local_kafka import default_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / "deploy" / "schema-registry" / "pom.xml"

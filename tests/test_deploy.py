@@ -39,14 +39,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from operators.physical import compile_plan
-from service.cli import _parser
-from service.config import load_config
-from service.jobfile import load_job
 from tests.feeding import Feeder, n_key, numbered
 from tests.kafka_fixture import consume_all
 from tests.waiting import wait_for
 from tests.workers import WorkerProcess, free_port, job_env, metric
+from weir.operators.physical import compile_plan
+from weir.service.cli import _parser
+from weir.service.config import load_config
+from weir.service.jobfile import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -240,7 +240,7 @@ def weir_commands(service: dict[str, Any]) -> list[list[str]]:
 def parse_weir(argv: list[str]) -> Any:
     """``argv`` (starting with ``weir``) through the real CLI parser; fails the test if refused."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert argv[0] == "weir" and scripts["weir"] == "service.cli:main", argv
+    assert argv[0] == "weir" and scripts["weir"] == "weir.service.cli:main", argv
     try:
         return _parser().parse_args(argv[1:])
     except SystemExit:
@@ -698,10 +698,16 @@ def test_dockerfile_builds_weir_runs_non_root_and_checks_health() -> None:
     m = re.fullmatch(r"python:3\.(\d+)(?:\.\d+)?-slim(?:-\w+)?", base)
     assert m and int(m.group(1)) >= 11, f"want a slim Python 3.11+ base, got {base}"
     placed = image_files()
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    for package in [*packages["packages"], "examples", "pyproject.toml"]:
-        assert ROOT / package in placed.values(), f"Dockerfile does not COPY {package}"
-    assert any(re.search(r"\bpip install (?:[^&;]*\s)?\.(?:\s|$)", r) for r in instructions("RUN"))
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = setup.get("package-dir", {})
+    packages = [dirs.get(p, p.replace(".", "/")) for p in setup["packages"]]
+    for path in [*packages, "pyproject.toml", "LICENSE", "constraints.txt"]:
+        placed_at = [p for p in placed.values() if p == ROOT / path or p in (ROOT / path).parents]
+        assert placed_at, f"Dockerfile does not COPY {path}"
+    assert any(
+        re.search(r"\bpip install -c constraints\.txt (?:[^&;]*\s)?\.(?:\s|$)", r)
+        for r in instructions("RUN")
+    ), "the image installs Weir with the tested versions (constraints.txt)"
 
     user = instructions("USER")[-1].split(":")[0]
     assert user not in ("root", "0"), "the worker must not run as root"
@@ -724,9 +730,9 @@ def test_dockerfile_builds_weir_runs_non_root_and_checks_health() -> None:
 
     # The build context is the repository: what the image needs is in it, the
     # virtualenv, caches (Kafka's jars) and bytecode stay out.
-    for path in ("pyproject.toml", "README.md", "service/cli.py", "examples/sensor_stats.py"):
+    for path in ("pyproject.toml", "README.md", "weir/service/cli.py", "examples/sensor_stats.py"):
         assert not docker_ignores(path), f"Dockerfile.dockerignore hides {path}"
-    for path in (".venv/bin/python", ".cache/weir/kafka.jar", "service/__pycache__/cli.pyc"):
+    for path in (".venv/bin/python", ".cache/weir/kafka.jar", "weir/service/__pycache__/cli.pyc"):
         assert docker_ignores(path), f"Dockerfile.dockerignore lets {path} into the build"
     for source in placed.values():
         assert not docker_ignores(str(source.relative_to(ROOT))), source
@@ -895,7 +901,7 @@ def test_the_compose_producer_and_worker_close_real_windows(
         args=[*worker_argv[3:], "--state-dir", str(tmp_path / "state")],
     )  # fmt: skip
     producer = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *producer_argv[1:],
+        [sys.executable, "-m", "weir.service.cli", *producer_argv[1:],
          "--topic", source, "--bootstrap", kafka_bootstrap],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip

@@ -16,12 +16,12 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from operators.chain import MAX_EPOCH_MS, Batch, SourceOp
-from operators.physical import compile_plan
-from service.topics import CLOCK_MARGIN_MS, TopicLimits
 from tests.kafka_fixture import consume_all, produce_json
 from tests.workers import WorkerProcess, job_env, metric
 from weir import Job
+from weir.operators.chain import MAX_EPOCH_MS, Batch, SourceOp
+from weir.operators.physical import compile_plan
+from weir.service.topics import CLOCK_MARGIN_MS, TopicLimits
 
 DAY_MS = 86_400_000
 

@@ -44,8 +44,6 @@ from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from rocksdict import AccessType, Options, Rdict
 
-from state.keygroups import DEFAULT_MAX_KEY_GROUPS
-from state.layout import changelog_key, key_of, split_changelog_key, state_key
 from tests.feeding import Feeder
 from tests.kafka_fixture import (
     committed_offsets,
@@ -58,6 +56,8 @@ from tests.kafka_fixture import (
 from tests.reading import TopicReader, TopicWatcher
 from tests.waiting import seconds_until, wait_for
 from tests.workers import WorkerProcess, Workers, job_env, metric, partition_numbers
+from weir.state.keygroups import DEFAULT_MAX_KEY_GROUPS
+from weir.state.layout import changelog_key, key_of, split_changelog_key, state_key
 
 JOB = "keyed_count.py"
 JOB_NAME = "keyed-count"  # Job(...) name in the job file: the metrics' job label

@@ -8,13 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from operators.build import build_chain
-from operators.physical import compile_plan
-from service.checkpoint import CheckpointRecord
-from service.graph import JobGraph
-from service.history import FIGURES_S, SAMPLES, History
 from tests.fakes import Msg, Slots, node_id
 from weir import Job, Tumbling
+from weir.operators.build import build_chain
+from weir.operators.physical import compile_plan
+from weir.service.checkpoint import CheckpointRecord
+from weir.service.graph import JobGraph
+from weir.service.history import FIGURES_S, SAMPLES, History
 
 
 def repartitioned() -> Job:

@@ -22,8 +22,8 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from service.local_kafka import (
-    REPO_ROOT,
+from tests.kafka_fixture import consume_all, produce_json
+from weir.service.local_kafka import (
     STATE_FILE,
     LocalKafka,
     LocalKafkaError,
@@ -31,7 +31,8 @@ from service.local_kafka import (
     cli_stop,
     kafka_version,
 )
-from tests.kafka_fixture import consume_all, produce_json
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pids_mentioning(text: str) -> list[int]:
@@ -147,10 +148,10 @@ def test_cli_start_detaches_and_cli_stop_stops(tmp_path: Path, capsys) -> None:
     data_dir = tmp_path / "cli-broker"
     port = _free_port()
     script = (
-        "import sys; from pathlib import Path; from service.local_kafka import cli_start; "
+        "import sys; from pathlib import Path; from weir.service.local_kafka import cli_start; "
         f"sys.exit(cli_start({port}, Path({str(data_dir)!r})))"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         # A separate process, so the broker has to outlive the command that started it.
         done = subprocess.run(

@@ -135,7 +135,7 @@ def test_bad_records_are_counted_and_dead_lettered(kafka_bootstrap, new_topic):
 
 def _weir(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "weir.service.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -170,7 +170,7 @@ def test_unreachable_kafka(tmp_path):
     broker_timeout_s, one error line and exit code 3 — an outage, not a usage error."""
     start = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "run", str(JOBS / "upper_bytes.py"),
+        [sys.executable, "-m", "weir.service.cli", "run", str(JOBS / "upper_bytes.py"),
          "--bootstrap", "127.0.0.1:1"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "WEIR_TEST_IN": "a", "WEIR_TEST_OUT": "b",
@@ -187,7 +187,7 @@ def test_unreachable_kafka(tmp_path):
 
 def test_missing_topic(kafka_bootstrap):
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "run", str(JOBS / "upper_bytes.py"),
+        [sys.executable, "-m", "weir.service.cli", "run", str(JOBS / "upper_bytes.py"),
          "--bootstrap", kafka_bootstrap],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "WEIR_TEST_IN": "no-such-topic", "WEIR_TEST_OUT": "b",

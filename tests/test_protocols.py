@@ -1,7 +1,7 @@
 """The worker's protocols, without a broker: barrier alignment in the slots, the
 checkpoint coordinator's five steps, and flow control.
 
-Slots run their real loop (`Slot._loop`) and real operator chains in the test's
+Slots run their real loop (`Slot.process_inbox`) and real operator chains in the test's
 thread, a few inbox items at a time (`tests.fakes.Slots`); the coordinator runs
 against fakes that record every call in one ``events`` list, so the order of the
 protocol's steps is what the tests compare. Watermarks: tests/test_watermarks.py.
@@ -18,12 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.chain import Barrier, Batch
-from service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCommit
-from service.flow import HOLD_MAX_S, FlowControl
-from service.metrics import Metrics
-from service.slots import FETCHER, SOURCES
-from service.transaction import TransactionFailed
 from tests.fakes import (
     FakeConsumers,
     FakeOutput,
@@ -38,6 +32,12 @@ from tests.fakes import (
     node_id,
 )
 from weir import Job
+from weir.operators.chain import Barrier, Batch
+from weir.service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCommit
+from weir.service.flow import HOLD_MAX_S, FlowControl
+from weir.service.metrics import Metrics
+from weir.service.slots import FETCHER, SOURCES
+from weir.service.transaction import TransactionFailed
 
 # Derandomized: the same examples every run, so a run is reproducible.
 PROPERTY = settings(

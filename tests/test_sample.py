@@ -30,7 +30,7 @@ def test_a_steady_stream_carries_the_time_it_is_written_and_stops_cleanly(kafka_
     topic = f"sample-{uuid.uuid4().hex[:8]}"
     started = time.time() * 1000
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "produce-sample", "--bootstrap", kafka_bootstrap,
+        [sys.executable, "-m", "weir.service.cli", "produce-sample", "--bootstrap", kafka_bootstrap,
          "--topic", topic, "--rate", str(RATE), "--count", "0", "--tags", "4"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -20,17 +20,17 @@ from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSe
 from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from operators.formats import SerdeContext, SerdeUnavailable, check_format, decoder, encoder
-from operators.meta import RecordMeta, normalize_headers
-from operators.physical import compile_plan
-from operators.schemas import unavailable
-from service.config import WorkerConfig, load_config
-from service.exceptions import ConfigError
-from service.worker import check_formats
 from tests.kafka_fixture import consume_all
 from tests.schemas import AVRO_OUT, AVRO_V1, AVRO_V2, JSON_SCHEMA, Reading
 from tests.workers import WorkerThread, job_env
 from weir import Avro, Job, JobDefinitionError
+from weir.operators.formats import SerdeContext, SerdeUnavailable, check_format, decoder, encoder
+from weir.operators.meta import RecordMeta, normalize_headers
+from weir.operators.physical import compile_plan
+from weir.operators.schemas import unavailable
+from weir.service.config import WorkerConfig, load_config
+from weir.service.exceptions import ConfigError
+from weir.service.worker import check_formats
 
 # -- definitions and pieces (no broker) ------------------------------------------------
 

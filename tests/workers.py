@@ -21,11 +21,11 @@ from typing import Any
 
 import orjson
 
-from service.config import WorkerConfig
-from service.jobfile import load_job
-from service.worker import Worker
 from tests.ports import consecutive_free_ports, free_port
 from tests.waiting import wait_for
+from weir.service.config import WorkerConfig
+from weir.service.jobfile import load_job
+from weir.service.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = Path(__file__).resolve().parent / "jobs"
@@ -119,7 +119,7 @@ class WorkerProcess:
         self.log_path = log_dir / f"{worker_id}.log"
         extra = ["--processes", str(processes)] if processes > 1 else []
         cmd = [
-            sys.executable, "-m", "service.cli", "run", str(JOBS / job),
+            sys.executable, "-m", "weir.service.cli", "run", str(JOBS / job),
             "--bootstrap", bootstrap, "--group", group, "--worker-id", worker_id,
             "--http-port", str(self.http_port), *extra, *(args or []),
         ]  # fmt: skip

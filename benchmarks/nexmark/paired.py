@@ -47,14 +47,22 @@ from benchmarks.nexmark.systems import BY_NAME, EOS, System
 
 
 def baseline_system(checkout: Path) -> System:
-    """A System running the Weir of ``checkout``: a wrapper enters the checkout (so
-    ``-m service.cli`` and the relative job path resolve there) and runs its venv."""
+    """A System running the Weir of ``checkout``: a wrapper enters the checkout (so the
+    relative job path resolves there) and runs its venv; ``-m weir.service.cli`` becomes
+    the checkout's ``weir`` command, which checkouts from before the runtime moved under
+    the ``weir`` package have too."""
     python = checkout / ".venv" / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"--baseline {checkout}: no .venv/bin/python there (run ./dev setup)")
     NTMP.mkdir(parents=True, exist_ok=True)
     wrapper = NTMP / "baseline-python"
-    wrapper.write_text(f'#!/bin/sh\ncd "{checkout}" && exec "{python}" "$@"\n')
+    weir = checkout / ".venv" / "bin" / "weir"
+    wrapper.write_text(
+        f'#!/bin/sh\ncd "{checkout}" || exit 1\n'
+        f'if [ "$1" = "-m" ] && [ "$2" = "weir.service.cli" ]; then\n'
+        f'  shift 2; exec "{weir}" "$@"\nfi\n'
+        f'exec "{python}" "$@"\n'
+    )
     wrapper.chmod(0o755)
     return System("weir-old", f"Weir baseline ({checkout.name})", EOS, QUERIES, "weir", wrapper)
 

@@ -87,7 +87,7 @@ class System:
         if self.name.startswith("weir"):
             return Launch(
                 [
-                    py, "-m", "service.cli", "run", f"benchmarks/nexmark/jobs/{query}.py",
+                    py, "-m", "weir.service.cli", "run", f"benchmarks/nexmark/jobs/{query}.py",
                     "--bootstrap", bootstrap, "--group", group, "--worker-id", "bench",
                     "--slots", "1", "--guarantee", self.guarantee,
                     "--checkpoint-interval-ms", "1000", "--state-dir", str(state_dir),
@@ -151,7 +151,7 @@ def weir_version() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "service", "operators", "state"],
+            ["git", "status", "--porcelain", "--", "weir"],
             cwd=ROOT, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
     except OSError:

@@ -1,0 +1,38 @@
+"""The job API, which `weir` re-exports: a job file imports it from there::
+
+    from weir import Job
+
+    job = Job("clean-readings")
+    job.source("sensors").filter(lambda r: r["value"] >= 0).sink("clean")
+
+The operator implementations that run inside slots live in `weir.operators.chain`;
+they are the runtime's business, not the job author's.
+"""
+
+from weir.operators.aggregates import AggregateFunction
+from weir.operators.api import Job, KeyedStream, Stream, WindowedStream
+from weir.operators.exceptions import JobDefinitionError
+from weir.operators.formats import Serde, SerdeContext
+from weir.operators.meta import RecordMeta
+from weir.operators.process import KeyedProcessFunction
+from weir.operators.schemas import Avro, JsonSchema, Protobuf
+from weir.operators.windows import Session, Sliding, Tumbling
+
+__all__ = [
+    "AggregateFunction",
+    "Avro",
+    "Job",
+    "JobDefinitionError",
+    "JsonSchema",
+    "KeyedProcessFunction",
+    "KeyedStream",
+    "Protobuf",
+    "RecordMeta",
+    "Serde",
+    "SerdeContext",
+    "Session",
+    "Sliding",
+    "Stream",
+    "Tumbling",
+    "WindowedStream",
+]

@@ -1,0 +1,466 @@
+"""The job API: `Job`, `Stream` and `KeyedStream`.
+
+This is all a job file sees. Calls only record the dataflow (the logical plan,
+`weir.operators.plan.Dataflow`); nothing runs until ``weir run`` hands the job to a
+worker, which compiles it for its consumer group (`weir.operators.physical`).
+Arguments are validated here, at definition time, so a bad job fails before it
+touches Kafka, with a message naming the bad value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from weir.operators.aggregates import compile_aggregates
+from weir.operators.exceptions import JobDefinitionError
+from weir.operators.formats import Serde, check_format, check_writable
+from weir.operators.plan import (
+    DEFAULT_MAX_FUTURE_S,
+    Aggregate,
+    Dataflow,
+    ErrorPolicy,
+    Filter,
+    FlatMap,
+    KeyBy,
+    Map,
+    Op,
+    Partition,
+    Partitioner,
+    Process,
+    Reduce,
+    Sink,
+    Source,
+    StatefulOp,
+    Window,
+    WindowFunctionKind,
+)
+from weir.operators.process import KeyedProcessFunction
+from weir.operators.windows import WindowSpec
+from weir.state.keygroups import DEFAULT_MAX_KEY_GROUPS
+
+ERROR_POLICIES = tuple(p.value for p in ErrorPolicy)
+_O = TypeVar("_O", bound=Op)
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise JobDefinitionError(
+            f"{what} {name!r} is not valid; expected a non-empty string of letters, digits,"
+            " '.', '_' or '-' (it is used in Kafka topic names)"
+        )
+    return name
+
+
+def _flag(value: Any, method: str) -> bool:
+    if not isinstance(value, bool):
+        raise JobDefinitionError(f"{method}(with_meta={value!r}): expected True or False")
+    return value
+
+
+def _check_callable(fn: Any, method: str) -> Callable[..., Any]:
+    if not callable(fn):
+        raise JobDefinitionError(f"{method}() needs a function, got {fn!r}")
+    return fn
+
+
+class Job:
+    """A named dataflow. A job file defines one at module level as ``job``.
+
+    ``on_error`` is what happens to a record that fails to decode or whose
+    function raises: ``"dlq"`` (default: sent to ``<group>.dlq`` with the
+    error), ``"skip"`` (counted and logged only) or ``"fail"`` (the worker
+    stops with the error).
+    """
+
+    def __init__(
+        self, name: str, *, on_error: str = "dlq", max_key_groups: int = DEFAULT_MAX_KEY_GROUPS
+    ) -> None:
+        self.name = _check_name(name, "job name")
+        if on_error not in ERROR_POLICIES:
+            raise JobDefinitionError(
+                f"on_error={on_error!r} is not a policy; expected one of {ERROR_POLICIES}"
+            )
+        if not isinstance(max_key_groups, int) or not 1 <= max_key_groups <= 32768:
+            raise JobDefinitionError(
+                f"max_key_groups={max_key_groups!r}; expected an int from 1 to 32768"
+            )
+        self.on_error = ErrorPolicy(on_error)
+        self.max_key_groups = max_key_groups
+        self._dataflow = Dataflow()
+        self._next_id = 0
+        self._names: set[str] = set()
+
+    @property
+    def dataflow(self) -> Dataflow:
+        """The operators recorded so far. `weir.operators.physical.compile_plan` reads it to
+        build what runs; nothing changes it but the `Stream` methods."""
+        return self._dataflow
+
+    def source(
+        self,
+        topic: str,
+        *,
+        value: str | Serde = "json",
+        key_format: str | Serde | None = None,
+        timestamp: Callable[[Any], int] | None = None,
+        max_out_of_orderness: float = 0.0,
+        idle_timeout: float | None = None,
+        max_future: float | None = DEFAULT_MAX_FUTURE_S,
+        name: str | None = None,
+    ) -> Stream:
+        """Read ``topic``. ``value`` is the values' format: ``"json"``, ``"bytes"``,
+        ``"str"`` or a `Serde` (e.g. ``Avro()`` with a schema registry);
+        ``key_format`` decodes record keys the same way (None: keys stay bytes).
+        A record that fails to decode goes to the dead-letter topic (reason ``decode``).
+
+        ``timestamp`` extracts a record's event time (epoch ms) from its
+        decoded value; by default the Kafka record timestamp is used.
+        ``max_out_of_orderness`` (seconds) and ``idle_timeout`` (seconds)
+        describe the source's disorder and idleness for watermarks.
+        ``max_future`` (seconds, default a day; None: no limit): a record whose
+        event time is further ahead of the wall clock is a mistake (seconds for
+        milliseconds, a broken clock): it goes to the dead-letter topic with reason
+        ``future`` and never moves the watermark.
+        """
+        _check_name(topic, "source topic")
+        fmt = check_format(value, f"source({topic!r})")
+        key_fmt = (
+            None
+            if key_format is None
+            else check_format(key_format, f"source({topic!r})", "key_format")
+        )
+        if timestamp is not None:
+            _check_callable(timestamp, "source(timestamp=…)")
+        if not isinstance(max_out_of_orderness, int | float) or max_out_of_orderness < 0:
+            raise JobDefinitionError(
+                f"max_out_of_orderness={max_out_of_orderness!r}; expected seconds >= 0"
+            )
+        if idle_timeout is not None and (
+            not isinstance(idle_timeout, int | float) or idle_timeout <= 0
+        ):
+            raise JobDefinitionError(f"idle_timeout={idle_timeout!r}; expected seconds > 0")
+        if max_future is not None and (
+            not isinstance(max_future, int | float)
+            or isinstance(max_future, bool)
+            or max_future < 0
+        ):
+            raise JobDefinitionError(f"max_future={max_future!r}; expected seconds >= 0 or None")
+        source = self._add(
+            Source,
+            name or f"source-{topic}",
+            None,
+            topic=topic,
+            value=fmt,
+            key_format=key_fmt,
+            timestamp=timestamp,
+            max_out_of_orderness=float(max_out_of_orderness),
+            idle_timeout=idle_timeout,
+            max_future=None if max_future is None else float(max_future),
+        )
+        return Stream(self, source)
+
+    def validate(self) -> None:
+        """Check the job is runnable as a whole: it reads, it writes, and keyed state
+        gets its records partitioned by key. Loading a job file calls this."""
+        flow = self._dataflow
+        if not flow.sources:
+            raise JobDefinitionError(f"job {self.name!r} has no source; call job.source(topic)")
+        if not any(isinstance(op, Sink) for op in flow.ops()):
+            raise JobDefinitionError(
+                f"job {self.name!r} has no sink; end a stream with .sink(topic)"
+            )
+        for source in flow.sources:
+            self._check_stateful(source, exchanged=None)
+
+    def _check_stateful(self, op: Op, exchanged: Op | None) -> None:
+        """Keyed state needs every key's records in one input partition: no exchange before it."""
+        if isinstance(op, StatefulOp) and exchanged is not None:
+            raise JobDefinitionError(
+                f"{op.name} ({op.kind}) comes after {exchanged.name}, which moves records"
+                " between slots; keyed state needs records partitioned by its key: put a"
+                " key_by(...) right before it"
+            )
+        if isinstance(op, KeyBy) and op.fn is not None and self._dataflow.feeds_state(op):
+            exchanged = None  # a repartition topic re-partitions by the key
+        elif op.exchanges:
+            exchanged = op
+        for child in self._dataflow.children(op):
+            self._check_stateful(child, exchanged)
+
+    def _add(self, cls: type[_O], name: str | None, after: Op | None, **fields: Any) -> _O:
+        """Record a new ``cls`` operator after ``after`` (None: a source); the default
+        name is ``<kind>-<id>``."""
+        ident = self._next_id + 1
+        name = _check_name(name or f"{cls.kind}-{ident}", "operator name")
+        if name in self._names:
+            raise JobDefinitionError(
+                f"operator name {name!r} is used twice in job {self.name!r}; names must be unique"
+            )
+        self._names.add(name)
+        self._next_id = ident
+        op = cls(id=ident, name=name, **fields)
+        if after is None:
+            self._dataflow.add_source(op)
+        else:
+            self._dataflow.add(op, after)
+        return op
+
+
+class Stream:
+    """A stream of records; each method adds an operator and returns the new stream."""
+
+    def __init__(self, job: Job, op: Op) -> None:
+        self._job = job
+        self._op = op
+
+    def _then(self, cls: type[_O], name: str | None, **fields: Any) -> _O:
+        return self._job._add(cls, name, self._op, **fields)
+
+    def _same_kind(self, op: Op) -> Stream:
+        return type(self)(self._job, op)
+
+    def map(
+        self, fn: Callable[..., Any], *, with_meta: bool = False, name: str | None = None
+    ) -> Stream:
+        """One output per record: ``fn(value)``, or ``fn(value, meta)`` with
+        ``with_meta=True`` (`operators.meta.RecordMeta`: key, headers, timestamp,
+        topic, partition, offset)."""
+        fn = _check_callable(fn, "map")
+        return self._same_kind(self._then(Map, name, fn=fn, with_meta=_flag(with_meta, "map")))
+
+    def filter(
+        self, fn: Callable[..., bool], *, with_meta: bool = False, name: str | None = None
+    ) -> Stream:
+        """Keep the records for which ``fn(value)`` (or ``fn(value, meta)``) is true."""
+        fn = _check_callable(fn, "filter")
+        op = self._then(Filter, name, fn=fn, with_meta=_flag(with_meta, "filter"))
+        return self._same_kind(op)
+
+    def flat_map(
+        self,
+        fn: Callable[..., Iterable[Any]],
+        *,
+        with_meta: bool = False,
+        name: str | None = None,
+    ) -> Stream:
+        """Zero or more outputs per record: the items of ``fn(value)`` (or
+        ``fn(value, meta)``)."""
+        fn = _check_callable(fn, "flat_map")
+        op = self._then(FlatMap, name, fn=fn, with_meta=_flag(with_meta, "flat_map"))
+        return self._same_kind(op)
+
+    def key_by(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        partitions: int | None = None,
+        with_meta: bool = False,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Partition by key. ``fn(value)`` (``fn(value, meta)`` with ``with_meta``)
+        extracts the key; without ``fn`` the Kafka record key is the key and records
+        stay where they are (Kafka already partitions by it).
+
+        With ``fn``, records move to the owner of their key: to another slot of
+        this worker, or — when keyed state follows — through the repartition
+        topic ``<group>.<name>.repartition`` (``partitions`` partitions, default
+        the source's), so every key is owned by exactly one worker.
+        """
+        if fn is not None:
+            _check_callable(fn, "key_by")
+        elif with_meta:
+            raise JobDefinitionError("key_by(with_meta=True) needs a function: key_by(fn, …)")
+        if partitions is not None and (
+            isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
+        ):
+            raise JobDefinitionError(f"key_by(partitions={partitions!r}): expected an int >= 1")
+        op = self._then(
+            KeyBy, name, fn=fn, partitions=partitions, with_meta=_flag(with_meta, "key_by")
+        )
+        return KeyedStream(self._job, op)
+
+    def _partition(self, partitioner: Partitioner, name: str | None) -> Stream:
+        return Stream(self._job, self._then(Partition, name, partitioner=partitioner))
+
+    def forward(self, *, name: str | None = None) -> Stream:
+        """Keep records in the slot that produced them (the default)."""
+        return self._partition(Partitioner.FORWARD, name)
+
+    def rebalance(self, *, name: str | None = None) -> Stream:
+        """Spread records round-robin over all slots (evens out skew)."""
+        return self._partition(Partitioner.REBALANCE, name)
+
+    def shuffle(self, *, name: str | None = None) -> Stream:
+        """Send each record to a uniformly random slot."""
+        return self._partition(Partitioner.SHUFFLE, name)
+
+    def rescale(self, *, name: str | None = None) -> Stream:
+        """Flink's rescale: round-robin to a local subset of downstream slots.
+
+        Inside a worker every stage runs on all slots, so upstream and
+        downstream parallelism are equal and rescale is one-to-one.
+        """
+        return self._partition(Partitioner.RESCALE, name)
+
+    def broadcast(self, *, name: str | None = None) -> Stream:
+        """Send every record to every slot."""
+        return self._partition(Partitioner.BROADCAST, name)
+
+    def sink(
+        self,
+        topic: str,
+        *,
+        value: str | Serde = "json",
+        key: Callable[..., Any] | None = None,
+        key_format: str | Serde | None = None,
+        headers: Callable[..., Any] | None = None,
+        with_meta: bool = False,
+        name: str | None = None,
+    ) -> None:
+        """Write to ``topic``. ``value`` is the values' format (as for `Job.source`).
+
+        The record key is ``key(value)`` if given, else the stream's key (after
+        ``key_by``), else the input record's key; ``key_format`` encodes it
+        (default: bytes as they are, str as UTF-8, anything else as JSON).
+        ``headers(value)`` returns the record's Kafka headers: a dict or
+        ``(name, value)`` pairs, values bytes or str. With ``with_meta=True`` both
+        functions are called as ``fn(value, meta)``, e.g. to pass the input's
+        headers on: ``headers=lambda v, meta: meta.headers``.
+        """
+        _check_name(topic, "sink topic")
+        fmt = check_format(value, f"sink({topic!r})")
+        check_writable(fmt, f"sink({topic!r})")
+        key_fmt = (
+            None
+            if key_format is None
+            else check_format(key_format, f"sink({topic!r})", "key_format")
+        )
+        if key is not None:
+            _check_callable(key, "sink(key=…)")
+        if headers is not None:
+            _check_callable(headers, "sink(headers=…)")
+        self._then(
+            Sink,
+            name or f"sink-{topic}",
+            topic=topic,
+            value=fmt,
+            key=key,
+            key_format=key_fmt,
+            headers=headers,
+            with_meta=_flag(with_meta, "sink"),
+        )
+
+
+class KeyedStream(Stream):
+    """A stream partitioned by key: ``map``, ``filter`` and ``flat_map`` keep
+    the partitioning (as in Flink); the partitioners drop it."""
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> KeyedStream:
+        """Running reduce per key: ``fn(accumulated, value)``; the first value starts it.
+
+        Emits ``{"key": key, **result}`` (or ``{"key": key, "value": result}`` when
+        the result is not a dict) on every update. State is checkpointed.
+        """
+        return KeyedStream(self._job, self._then(Reduce, name, fn=_check_callable(fn, "reduce")))
+
+    def aggregate(self, *, name: str | None = None, **fields: Any) -> KeyedStream:
+        """Running aggregates per key, e.g. ``aggregate(count="count", avg=("mean", "v"))``.
+
+        Built-ins: ``"count"``, ``("sum"|"min"|"max"|"mean", field_or_fn)``; or an
+        `operators.AggregateFunction`. Emits ``{"key": key, <fields>}`` on every update.
+        """
+        compile_aggregates(fields)  # validate now
+        op = self._then(Aggregate, name, fields=MappingProxyType(fields))
+        return KeyedStream(self._job, op)
+
+    def process(self, fn: KeyedProcessFunction, *, name: str | None = None) -> KeyedStream:
+        """A keyed process function: per-key state handles and event/processing-time timers.
+
+        ``fn`` is an `operators.KeyedProcessFunction`; what it emits stays keyed.
+        """
+        if not isinstance(fn, KeyedProcessFunction):
+            raise JobDefinitionError(
+                f"process({fn!r}): expected an instance of operators.KeyedProcessFunction"
+            )
+        return KeyedStream(self._job, self._then(Process, name, fn=fn))
+
+    def window(
+        self,
+        spec: WindowSpec,
+        *,
+        allowed_lateness: float = 0.0,
+        late_topic: str | None = None,
+    ) -> WindowedStream:
+        """Event-time windows: `operators.Tumbling`, `Sliding` or `Session`.
+
+        A window fires when the watermark passes its end. ``allowed_lateness``
+        (seconds) keeps it open for late records, each re-emitting the result;
+        records later than that are counted and, with ``late_topic``, written
+        there with the reason.
+        """
+        if not isinstance(spec, WindowSpec):
+            raise JobDefinitionError(
+                f"window({spec!r}): expected Tumbling(...), Sliding(...) or Session(...)"
+            )
+        if (
+            isinstance(allowed_lateness, bool)
+            or not isinstance(allowed_lateness, int | float)
+            or allowed_lateness < 0
+        ):
+            raise JobDefinitionError(
+                f"allowed_lateness={allowed_lateness!r}: expected seconds >= 0"
+            )
+        if late_topic is not None:
+            _check_name(late_topic, "late_topic")
+        return WindowedStream(self, spec, round(allowed_lateness * 1000), late_topic)
+
+
+class WindowedStream:
+    """A keyed stream cut into windows; finish it with an aggregation."""
+
+    def __init__(
+        self, keyed: KeyedStream, spec: WindowSpec, lateness_ms: int, late_topic: str | None
+    ) -> None:
+        self._keyed = keyed
+        self._spec = spec
+        self._lateness_ms = lateness_ms
+        self._late_topic = late_topic
+
+    def _then(
+        self,
+        function: WindowFunctionKind,
+        name: str | None,
+        fn: Callable[..., Any] | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> KeyedStream:
+        keyed = self._keyed
+        op = keyed._then(
+            Window,
+            name,
+            spec=self._spec,
+            function=function,
+            fn=fn,
+            fields=None if fields is None else MappingProxyType(fields),
+            lateness_ms=self._lateness_ms,
+            late_topic=self._late_topic,
+        )
+        return KeyedStream(keyed._job, op)
+
+    def aggregate(self, *, name: str | None = None, **fields: Any) -> KeyedStream:
+        """Per key and window: ``{"key", "window_start", "window_end", <fields>}``."""
+        compile_aggregates(fields)
+        return self._then(WindowFunctionKind.AGGREGATE, name, fields=fields)
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> KeyedStream:
+        """Per key and window, ``fn(accumulated, value)`` over the window's records."""
+        return self._then(WindowFunctionKind.REDUCE, name, fn=_check_callable(fn, "reduce"))
+
+    def process(
+        self, fn: Callable[[Any, tuple[int, int], list], Any], *, name: str | None = None
+    ) -> KeyedStream:
+        """A full-window function: ``fn(key, (start, end), elements)`` sees all elements."""
+        return self._then(WindowFunctionKind.PROCESS, name, fn=_check_callable(fn, "process"))

@@ -1,0 +1,136 @@
+"""Instantiating a job's plan inside one slot.
+
+`build_chain` creates one operator instance per node of a physical plan
+(`weir.operators.physical`) and links them: everything between two exchanges is
+chained (a direct call per batch), an exchange's downstream becomes an *input*
+of the slot that other slots send to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from weir.operators.chain import (
+    ExchangeOp,
+    FanOut,
+    FilterOp,
+    FlatMapOp,
+    KeyByOp,
+    MapOp,
+    Operator,
+    RecordKeyOp,
+    RepartitionOp,
+    RepartitionSourceOp,
+    SinkOp,
+    SlotContext,
+    SourceOp,
+)
+from weir.operators.keyed import AggregateOp, KeyedOp, ReduceOp
+from weir.operators.physical import PlanNode
+from weir.operators.plan import (
+    Aggregate,
+    Filter,
+    FlatMap,
+    HashExchange,
+    Map,
+    Op,
+    Partition,
+    Process,
+    RecordKey,
+    Reduce,
+    Repartition,
+    RepartitionSource,
+    Sink,
+    Source,
+    Window,
+)
+from weir.operators.process import ProcessOp
+from weir.operators.timers import TimerOperator
+from weir.operators.windowed import WindowOp
+
+_CHAINED: dict[type[Op], Callable[..., Operator]] = {
+    Source: SourceOp,
+    RepartitionSource: RepartitionSourceOp,
+    Map: MapOp,
+    Filter: FilterOp,
+    FlatMap: FlatMapOp,
+    RecordKey: RecordKeyOp,
+    Sink: SinkOp,
+}
+_KEYED: dict[type[Op], type[KeyedOp]] = {Reduce: ReduceOp, Aggregate: AggregateOp}
+_TIMED: dict[type[Op], type[WindowOp | ProcessOp]] = {Window: WindowOp, Process: ProcessOp}
+
+
+class SlotChain:
+    """One slot's instances of a job's operators, and where inputs enter them.
+
+    ``sources[topic]`` takes batches of raw Kafka messages read from ``topic``;
+    ``inputs[target]`` takes batches arriving from exchanges; ``windows`` are the
+    operators with timers (windows and process functions): the slot advances their
+    watermark and clock and tells them which partitions it owns.
+    """
+
+    def __init__(
+        self,
+        sources: dict[str, Operator],
+        inputs: dict[int, Operator],
+        windows: list[TimerOperator],
+    ) -> None:
+        self.sources = sources
+        self.inputs = inputs
+        self.windows = windows
+
+
+def build_chain(roots: Sequence[PlanNode], ctx: SlotContext, max_key_groups: int) -> SlotChain:
+    """Instantiate a physical plan's trees (`PhysicalPlan.roots`) for one slot,
+    chaining everything between exchanges."""
+    inputs: dict[int, Operator] = {}
+    windows: list[TimerOperator] = []  # operators with timers
+    topic = ""
+
+    def downstream(children: tuple[PlanNode, ...]) -> Operator | None:
+        ops = [op for op in (build(child) for child in children) if op is not None]
+        if not ops:
+            return None
+        return ops[0] if len(ops) == 1 else FanOut(ops)
+
+    def build(node: PlanNode) -> Operator | None:
+        op = node.op
+        after = downstream(node.children)
+        if op.exchanges:
+            if after is None:
+                return None
+            inputs[op.id] = after
+            cls = KeyByOp if isinstance(op, HashExchange) else ExchangeOp
+            return cls(op, ctx, op.id, max_key_groups)
+        if isinstance(op, Repartition):
+            return RepartitionOp(op, ctx)  # ends this part of the plan: a topic follows
+        if after is None and not isinstance(op, Sink):
+            return None  # a branch without a sink does nothing
+        if isinstance(op, Partition):  # forward, rescale: records stay in their slot
+            return after
+        if type(op) in _KEYED:
+            instance: Operator = _KEYED[type(op)](op, ctx, max_key_groups)
+        elif type(op) in _TIMED:
+            instance = _TIMED[type(op)](op, ctx, max_key_groups, topic)
+            windows.append(instance)
+        else:
+            instance = _CHAINED[type(op)](op, ctx)
+        instance.out = after
+        return instance
+
+    heads: dict[str, list[Operator]] = {}
+    for root in roots:
+        topic = root.op.topic
+        before = len(windows)
+        head = build(root)
+        if head is not None:
+            head.track_time = len(windows) > before  # its watermark drives those windows
+            # Kafka headers are kept only for a dataflow with a function that reads them.
+            head.keep_headers = any(node.op.wants_meta for node in root.walk())
+            heads.setdefault(topic, []).append(head)
+    return SlotChain(
+        {t: ops[0] if len(ops) == 1 else FanOut(ops) for t, ops in heads.items()},
+        inputs,
+        windows,
+    )

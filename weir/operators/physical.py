@@ -1,0 +1,232 @@
+"""The physical plan: a job bound to a consumer group, as the runtime runs it.
+
+`compile_plan(job, group)` reads the job's logical plan (`weir.operators.plan.Dataflow`)
+and builds a new, immutable graph of `PlanNode`s; the job itself is left as it
+was, so one job compiles for any number of groups. The steps:
+
+1. Validate the job as a whole (`Job.validate`), so nothing unrunnable compiles.
+2. Copy each source's tree, resolving every ``key_by``:
+   without a function it becomes `RecordKey` (Kafka already partitions by the
+   record key); with one, when keyed state follows before any other exchange,
+   it becomes `Repartition`, which writes to ``<group>.<key_by name>.repartition``
+   and ends its branch, and what followed it hangs under a new
+   `RepartitionSource` reading that topic (so every key is owned by exactly one
+   worker); otherwise it becomes `HashExchange`, an exchange between the slots
+   of one worker. The job's sources come first in the plan, then the
+   repartition sources in the order a depth-first walk meets them.
+3. List every stateful operator with the topic whose partitions its state
+   follows (the source of its tree), its state names and its changelog
+   ``<group>.<operator>.changelog``.
+
+Topic names are a contract (they outlive workers and releases): changelogs
+``<group>.<operator>.changelog``, repartition topics
+``<group>.<key_by name>.repartition``, dead letters ``<group>.dlq``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from weir.operators.api import Job
+from weir.operators.formats import Serde
+from weir.operators.keyed import states_of
+from weir.operators.plan import (
+    ErrorPolicy,
+    HashExchange,
+    KeyBy,
+    Op,
+    Process,
+    RecordKey,
+    Repartition,
+    RepartitionSource,
+    Sink,
+    Source,
+    StatefulOp,
+    Window,
+)
+
+AnySource = Source | RepartitionSource
+
+
+@dataclass(frozen=True, eq=False)
+class PlanNode:
+    """One operator of the physical plan and the operators its output feeds."""
+
+    op: Op
+    children: tuple[PlanNode, ...] = ()
+
+    def walk(self) -> Iterator[PlanNode]:
+        """This node and everything downstream of it, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+@dataclass(frozen=True, eq=False)
+class KeyedState:
+    """A stateful operator's keyed state: what it is partitioned by and where it is kept."""
+
+    op: StatefulOp
+    input_topic: str  # the topic whose partitions the state follows (its tree's source)
+    states: tuple[str, ...]  # state (column family) names, each logged to ``changelog``
+    changelog: str
+
+    @property
+    def name(self) -> str:
+        return self.op.name
+
+
+@dataclass(frozen=True, eq=False)
+class PhysicalPlan:
+    """What the runtime runs: one tree per source (``roots``), the keyed state, and the
+    topics the job reads and writes, all for one consumer group."""
+
+    job: str
+    group: str
+    on_error: ErrorPolicy
+    max_key_groups: int
+    roots: tuple[PlanNode, ...]  # the job's sources first, then the repartition sources
+    stateful: tuple[KeyedState, ...]
+
+    @property
+    def sources(self) -> tuple[AnySource, ...]:
+        return tuple(root.op for root in self.roots)
+
+    @property
+    def repartitions(self) -> tuple[RepartitionSource, ...]:
+        """The sources reading repartition topics."""
+        return tuple(s for s in self.sources if isinstance(s, RepartitionSource))
+
+    @property
+    def source_topics(self) -> list[str]:
+        """Topics the job reads, its repartition topics included."""
+        return sorted({s.topic for s in self.sources})
+
+    @property
+    def user_source_topics(self) -> list[str]:
+        """Topics the job's author named (they must exist before it runs)."""
+        return sorted({s.topic for s in self.sources if isinstance(s, Source)})
+
+    @property
+    def repartition_topics(self) -> list[str]:
+        """The repartition topics the job writes and reads (Weir creates them)."""
+        return sorted({s.topic for s in self.repartitions})
+
+    @property
+    def sink_topics(self) -> list[str]:
+        """Topics the job writes to: its sinks and its windows' late topics."""
+        topics = set()
+        for root in self.roots:
+            for node in root.walk():
+                if isinstance(node.op, Sink):
+                    topics.add(node.op.topic)
+                elif isinstance(node.op, Window) and node.op.late_topic is not None:
+                    topics.add(node.op.late_topic)
+        return sorted(topics)
+
+    @property
+    def formats(self) -> list[tuple[str, Serde]]:
+        """Every format the job's sources and sinks use, each with where it is used
+        (``source('t') value``), for checks a worker makes before it starts."""
+        out = []
+        for root in self.roots:
+            for node in root.walk():
+                op = node.op
+                if isinstance(op, Source | Sink):
+                    where = f"{op.kind}({op.topic!r})"
+                    out.append((f"{where} value", op.value))
+                    if op.key_format is not None:
+                        out.append((f"{where} key_format", op.key_format))
+        return out
+
+    @property
+    def event_time_sources(self) -> tuple[AnySource, ...]:
+        """Sources feeding windows or process functions: their watermarks drive timers."""
+        return tuple(
+            root.op
+            for root in self.roots
+            if any(isinstance(node.op, Window | Process) for node in root.walk())
+        )
+
+    @property
+    def exchanges(self) -> bool:
+        """Do records move between slots inside a worker (a hash exchange, or a
+        rebalance/shuffle/rescale/broadcast partitioner)?"""
+        return any(node.op.exchanges for root in self.roots for node in root.walk())
+
+    @property
+    def dlq_topic(self) -> str:
+        """Where failed records go under ``on_error="dlq"``."""
+        return f"{self.group}.dlq"
+
+    def describe(self) -> str:
+        """A readable plan: one line per operator, indented by depth."""
+        lines = [f"job {self.job}"]
+        for root in self.roots:
+            self._describe(root, 1, lines)
+        return "\n".join(lines)
+
+    def _describe(self, node: PlanNode, depth: int, lines: list[str]) -> None:
+        lines.append("  " * depth + node.op.describe())
+        for child in node.children:
+            self._describe(child, depth + 1, lines)
+
+
+def compile_plan(job: Job, group: str) -> PhysicalPlan:
+    """Bind ``job`` to consumer group ``group``; the job is not changed (steps above)."""
+    # Step 1
+    job.validate()
+    flow = job.dataflow
+    new_ids = itertools.count(1 + max(op.id for op in flow.ops()))
+    repartitioned: list[PlanNode] = []
+
+    # Step 2
+    def compile_children(op: Op, source: AnySource) -> tuple[PlanNode, ...]:
+        return tuple(compile_op(child, source) for child in flow.children(op))
+
+    def compile_op(op: Op, source: AnySource) -> PlanNode:
+        """``op``'s node; ``source`` heads the tree it is in (a repartition source
+        inherits its watermark settings)."""
+        if not isinstance(op, KeyBy):
+            return PlanNode(op, compile_children(op, source))
+        if op.fn is None:
+            return PlanNode(RecordKey(id=op.id, name=op.name), compile_children(op, source))
+        if not flow.feeds_state(op):
+            keyed = HashExchange(id=op.id, name=op.name, fn=op.fn, with_meta=op.with_meta)
+            return PlanNode(keyed, compile_children(op, source))
+        topic = f"{group}.{op.name}.repartition"
+        reader = RepartitionSource(
+            id=next(new_ids),
+            name=f"source-{topic}",
+            topic=topic,
+            upstream=source.topic,
+            partitions=op.partitions,
+            max_out_of_orderness=source.max_out_of_orderness,
+            idle_timeout=source.idle_timeout,
+        )
+        place = len(repartitioned)
+        repartitioned.append(PlanNode(reader))  # its place, before the ones found below it
+        repartitioned[place] = PlanNode(reader, compile_children(op, reader))
+        repartition = Repartition(
+            id=op.id, name=op.name, fn=op.fn, topic=topic, with_meta=op.with_meta
+        )
+        return PlanNode(repartition)
+
+    user = [compile_op(source, source) for source in flow.sources]
+    roots = (*user, *repartitioned)
+
+    # Step 3
+    stateful = tuple(
+        KeyedState(
+            op=node.op,
+            input_topic=root.op.topic,
+            states=states_of(node.op),
+            changelog=f"{group}.{node.op.name}.changelog",
+        )
+        for root in roots
+        for node in root.walk()
+        if isinstance(node.op, StatefulOp)
+    )
+    return PhysicalPlan(job.name, group, job.on_error, job.max_key_groups, roots, stateful)

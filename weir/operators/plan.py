@@ -1,0 +1,350 @@
+"""The operators plans are made of, and the logical plan a job records.
+
+A job file records a `Dataflow` through the `Stream` API: typed, immutable
+operators (`Source`, `Map`, `KeyBy`, `Window`, …) and which one feeds which,
+one tree per source. `weir.operators.physical.compile_plan` binds it to a consumer
+group and builds the physical plan the runtime runs; there each ``key_by``
+becomes a `RecordKey`, a `HashExchange` or a `Repartition` (with a
+`RepartitionSource` reading its topic), the operators only a physical plan
+holds.
+
+The runtime cuts a physical plan into *segments* at exchanges (an operator
+after which records move between slots: ``key_by(fn)``, ``rebalance``,
+``shuffle``, ``broadcast``); everything between two exchanges is chained
+inside one slot thread with no queue in between, as in Flink's operator
+chaining.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from weir.operators.formats import Serde
+from weir.operators.windows import WindowSpec
+
+if TYPE_CHECKING:
+    from weir.operators.process import KeyedProcessFunction
+
+
+DEFAULT_MAX_FUTURE_S = 86400.0  # an event time further ahead than a day is a mistake
+
+
+class Partitioner(StrEnum):
+    """How records reach the next operator (Flink's names).
+
+    FORWARD and RESCALE keep records in their slot: every stage inside a worker
+    runs with parallelism = slots, and with equal parallelism Flink's rescale is
+    one-to-one. HASH is ``key_by(fn)``'s exchange inside a worker.
+    """
+
+    FORWARD = "forward"
+    REBALANCE = "rebalance"
+    SHUFFLE = "shuffle"
+    RESCALE = "rescale"
+    BROADCAST = "broadcast"
+    HASH = "hash"
+
+
+EXCHANGING = frozenset(
+    {Partitioner.REBALANCE, Partitioner.SHUFFLE, Partitioner.BROADCAST, Partitioner.HASH}
+)
+
+
+class ErrorPolicy(StrEnum):
+    """What happens to a record that fails to decode or whose function raises."""
+
+    DLQ = "dlq"  # sent to ``<group>.dlq`` with the error
+    SKIP = "skip"  # counted and logged only
+    FAIL = "fail"  # the worker stops with the error
+
+
+class WindowFunctionKind(StrEnum):
+    """What a window computes over its contents."""
+
+    AGGREGATE = "aggregate"
+    REDUCE = "reduce"
+    PROCESS = "process"
+
+
+_operator = dataclass(frozen=True, kw_only=True, eq=False)
+
+
+@_operator
+class Op:
+    """One operator of a plan; ``id`` and ``name`` are unique within its job.
+
+    ``kind`` is how plans and error messages call it.
+    """
+
+    kind: ClassVar[str]
+    id: int
+    name: str
+
+    @property
+    def exchanges(self) -> bool:
+        """True when records leave their slot after this operator (a segment boundary)."""
+        return False
+
+    @property
+    def wants_meta(self) -> bool:
+        """Do this operator's functions take record metadata (``with_meta=True``)?"""
+        return False
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.kind}{self._details()}"
+
+    def _details(self) -> str:
+        return ""
+
+
+# -- the operators a job records ---------------------------------------------------
+
+
+@_operator
+class MetaOp(Op):
+    """An operator whose function may take record metadata: ``fn(value, meta)``."""
+
+    with_meta: bool = False
+
+    @property
+    def wants_meta(self) -> bool:
+        return self.with_meta
+
+    def _details(self) -> str:
+        return " (with meta)" if self.with_meta else ""
+
+
+@_operator
+class Source(Op):
+    """Reads a topic the job's author named; ``timestamp`` extracts event time (epoch
+    ms) from a decoded value (None: the Kafka record timestamp). ``key_format``
+    decodes record keys (None: keys stay bytes)."""
+
+    kind = "source"
+    topic: str
+    value: Serde
+    key_format: Serde | None = None
+    timestamp: Callable[[Any], int] | None
+    max_out_of_orderness: float  # seconds
+    idle_timeout: float | None  # seconds
+    max_future: float | None = DEFAULT_MAX_FUTURE_S  # seconds ahead of the wall clock
+
+    def _details(self) -> str:
+        key = "" if self.key_format is None else f" key={self.key_format!r}"
+        return f" topic={self.topic} value={self.value!r}{key}"
+
+
+@_operator
+class Map(MetaOp):
+    kind = "map"
+    fn: Callable[..., Any]
+
+
+@_operator
+class Filter(MetaOp):
+    kind = "filter"
+    fn: Callable[..., bool]
+
+
+@_operator
+class FlatMap(MetaOp):
+    kind = "flat_map"
+    fn: Callable[..., Any]
+
+
+@_operator
+class KeyBy(MetaOp):
+    """Partition by ``fn(value)``, or by the Kafka record key when ``fn`` is None."""
+
+    kind = "key_by"
+    fn: Callable[[Any], Any] | None
+    partitions: int | None  # of the repartition topic, when one is needed
+
+    @property
+    def exchanges(self) -> bool:
+        return self.fn is not None
+
+    def _details(self) -> str:
+        return (" (record key)" if self.fn is None else " (hash exchange)") + super()._details()
+
+
+@_operator
+class Partition(Op):
+    kind = "partition"
+    partitioner: Partitioner
+
+    @property
+    def exchanges(self) -> bool:
+        return self.partitioner in EXCHANGING
+
+    def _details(self) -> str:
+        return f" {self.partitioner}"
+
+
+@_operator
+class Sink(MetaOp):
+    """Writes to ``topic``, keyed by ``key(value)`` if given, else by the element's key;
+    ``key_format`` encodes keys (None: bytes as is, str as UTF-8, else JSON);
+    ``headers(value)`` gives each record's Kafka headers. With ``with_meta`` both
+    functions take ``(value, meta)``."""
+
+    kind = "sink"
+    topic: str
+    value: Serde
+    key: Callable[..., Any] | None
+    key_format: Serde | None = None
+    headers: Callable[..., Any] | None = None
+
+    def _details(self) -> str:
+        key = "" if self.key_format is None else f" key={self.key_format!r}"
+        return f" topic={self.topic} value={self.value!r}{key}{super()._details()}"
+
+
+@_operator
+class StatefulOp(Op):
+    """An operator with keyed state: it needs every key's records in one input partition."""
+
+
+@_operator
+class Reduce(StatefulOp):
+    kind = "reduce"
+    fn: Callable[[Any, Any], Any]
+
+
+@_operator
+class Aggregate(StatefulOp):
+    kind = "aggregate"
+    fields: Mapping[str, Any]  # field name -> aggregate spec (see `weir.operators.aggregates`)
+
+
+@_operator
+class Window(StatefulOp):
+    """Event-time windows; ``fn`` (reduce, process) or ``fields`` (aggregate) say what
+    each window computes."""
+
+    kind = "window"
+    spec: WindowSpec
+    function: WindowFunctionKind
+    fn: Callable[..., Any] | None
+    fields: Mapping[str, Any] | None
+    lateness_ms: int
+    late_topic: str | None
+
+    def _details(self) -> str:
+        return f" {self.spec!r} {self.function}"
+
+
+@_operator
+class Process(StatefulOp):
+    kind = "process"
+    fn: KeyedProcessFunction
+
+
+# -- the operators compile_plan puts in place of key_by and sources -----------------
+
+
+@_operator
+class RecordKey(Op):
+    """``key_by()``: the Kafka record key is the key; records stay where they are."""
+
+    kind = "key_by"
+
+    def _details(self) -> str:
+        return " (record key)"
+
+
+@_operator
+class HashExchange(MetaOp):
+    """``key_by(fn)`` with no keyed state after it: records move to the slot owning
+    their key, inside the worker."""
+
+    kind = "key_by"
+    fn: Callable[..., Any]
+
+    @property
+    def exchanges(self) -> bool:
+        return True
+
+    @property
+    def partitioner(self) -> Partitioner:
+        return Partitioner.HASH
+
+    def _details(self) -> str:
+        return " (hash exchange)" + super()._details()
+
+
+@_operator
+class Repartition(MetaOp):
+    """``key_by(fn)`` before keyed state: writes ``[key, value]`` to ``topic``, keyed by
+    the key, which a `RepartitionSource` reads. It ends its branch."""
+
+    kind = "key_by"
+    fn: Callable[..., Any]
+    topic: str
+
+    def _details(self) -> str:
+        return f" -> repartition topic {self.topic}" + super()._details()
+
+
+@_operator
+class RepartitionSource(Op):
+    """Reads a repartition topic. Its records carry the event time as their timestamp;
+    its watermark settings are those of the source upstream of the ``key_by``."""
+
+    kind = "source"
+    topic: str
+    upstream: str  # the topic the key_by read from
+    partitions: int | None  # key_by(partitions=…); None: as many as ``upstream``
+    max_out_of_orderness: float
+    idle_timeout: float | None
+
+    def _details(self) -> str:
+        return f" topic={self.topic} value=repartition"
+
+
+# -- the logical plan ------------------------------------------------------------
+
+
+class Dataflow:
+    """What a job recorded: its sources and, per operator, the operators it feeds."""
+
+    def __init__(self) -> None:
+        self._sources: list[Source] = []
+        self._children: dict[int, list[Op]] = {}
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        return tuple(self._sources)
+
+    def add_source(self, source: Source) -> None:
+        self._children[source.id] = []
+        self._sources.append(source)
+
+    def add(self, op: Op, after: Op) -> None:
+        """Record ``op`` downstream of ``after``."""
+        self._children[op.id] = []
+        self._children[after.id].append(op)
+
+    def children(self, op: Op) -> tuple[Op, ...]:
+        return tuple(self._children[op.id])
+
+    def walk(self, op: Op) -> list[Op]:
+        """``op`` and everything downstream of it, depth first."""
+        out = [op]
+        for child in self._children[op.id]:
+            out.extend(self.walk(child))
+        return out
+
+    def ops(self) -> list[Op]:
+        """Every operator, sources first, depth first."""
+        return [op for source in self._sources for op in self.walk(source)]
+
+    def feeds_state(self, op: Op) -> bool:
+        """Does keyed state follow ``op`` before any other exchange?"""
+        return any(
+            isinstance(child, StatefulOp) or (not child.exchanges and self.feeds_state(child))
+            for child in self._children[op.id]
+        )
