@@ -57,7 +57,9 @@ class GroupConsumers:
         self, on_assign: RebalanceCallback, on_revoke: RebalanceCallback, on_lost: RebalanceCallback
     ) -> None:
         def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-            self.own_member_ids.add(consumer.memberid())
+            member = _member_id(consumer)
+            if member:
+                self.own_member_ids.add(member)
             on_assign(consumer, partitions)
 
         for consumer, topics in zip(self.members, self.stages, strict=True):
@@ -134,7 +136,7 @@ class GroupConsumers:
     def other_member_with(self, admin: AdminClient, group: str, client_id: str) -> str | None:
         """Another live member of ``group`` using ``client_id`` (a second worker with this
         worker's id), described; None if there is none or the group cannot be read."""
-        mine = self.own_member_ids | {consumer.memberid() for consumer in self.members}
+        mine = self.own_member_ids | set(filter(None, map(_member_id, self.members)))
         try:
             futures = admin.describe_consumer_groups([group], request_timeout=DESCRIBE_S)
             members = futures[group].result(timeout=DESCRIBE_S).members
@@ -156,6 +158,15 @@ class GroupConsumers:
         """Leave the group: each member's revocation runs before it goes."""
         for consumer in self.members:
             consumer.close()
+
+
+def _member_id(consumer: Consumer) -> str | None:
+    """The consumer's member id; None once it is closed (while the worker stops, one
+    stage's consumer may leave the group before another's last rebalance callback)."""
+    try:
+        return consumer.memberid()
+    except RuntimeError:
+        return None
 
 
 def _records(msgs: list[Any]) -> list[Any]:
