@@ -283,7 +283,7 @@ def cpu_run(
         busy0, cpu0, t0 = machine_busy_seconds(), worker.cpu_seconds(), time.monotonic()
         prefill(bootstrap, src, records)
         wait_until(
-            lambda: worker.metric("weir_records_out_total", job="el-cpu", topic=out) >= n,
+            lambda: worker.metric("weir_records_out_total", weir_job="el-cpu", topic=out) >= n,
             60 + n / 1000,
             f"{n} outputs",
             check=worker.check_running,

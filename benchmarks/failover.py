@@ -134,7 +134,7 @@ class Worker(Child):
         self.ports = [port]  # what elasticity.settled reads
 
     def rebalances(self) -> float:
-        return metric_sum(fetch_metrics(self.http_port), "weir_rebalances_total", job=JOB_NAME)
+        return metric_sum(fetch_metrics(self.http_port), "weir_rebalances_total", weir_job=JOB_NAME)
 
     def ready(self) -> bool:
         return http_get(self.http_port, "/ready", timeout=0.5)[0] == 200

@@ -750,10 +750,12 @@ def test_promtool_accepts_the_config_and_rules() -> None:
 
 def test_alert_rules_fire_on_restart_loops_and_growing_lag(tmp_path: Path) -> None:
     """promtool's rule unit tests: a job restarting again and again, a worker process
-    restarted by Docker, and a lag that keeps growing each fire their alert; a lag that
-    is high but shrinking (catching up) does not count as growing."""
+    restarted by Docker, a lag that keeps growing and slots full most of the time each
+    fire their alert; a lag that is high but shrinking (catching up) does not count as
+    growing, nor slots full a tenth of the time as backpressured."""
     promtool = tool("promtool")
     minute = "1m"
+    scraped = 'weir_job="j", job="weir-workers"'  # Weir's job label, and the scrape job's
     tests = {
         "rule_files": [str(path) for path in rule_files()],
         "evaluation_interval": minute,
@@ -761,19 +763,28 @@ def test_alert_rules_fire_on_restart_loops_and_growing_lag(tmp_path: Path) -> No
             {
                 "interval": minute,
                 "input_series": [
-                    {"series": 'weir_restarts_total{job="j", instance="w1"}',
+                    {"series": f'weir_restarts_total{{{scraped}, instance="w1"}}',
                      "values": "0 0 1 2 3 4 5 6 7 8 9 10"},
-                    {"series": 'weir_restarts_total{job="j", instance="w2"}', "values": "0x12"},
+                    {"series": f'weir_restarts_total{{{scraped}, instance="w2"}}',
+                     "values": "0x12"},
                     {"series": 'process_start_time_seconds{job="weir-workers", instance="w1"}',
                      "values": "100 100 160 220 280 340 400 460 520 580 640 700"},
-                    {"series": 'weir_consumer_lag{job="j", topic="in", partition="0"}',
+                    {"series": f'weir_consumer_lag{{{scraped}, topic="in", partition="0"}}',
                      "values": "5000+500x40"},
-                    {"series": 'weir_consumer_lag{job="j", topic="back", partition="0"}',
+                    {"series": f'weir_consumer_lag{{{scraped}, topic="back", partition="0"}}',
                      "values": "50000-500x40"},
+                    # full 45 s a minute (a share of 0.75) on w1, 6 s (0.1) on w2
+                    {"series": f'weir_slot_backpressure_seconds_total{{{scraped},'
+                               ' instance="w1", slot="0"}',
+                     "values": "0+45x40"},
+                    {"series": f'weir_slot_backpressure_seconds_total{{{scraped},'
+                               ' instance="w2", slot="0"}',
+                     "values": "0+6x40"},
                 ],
                 "alert_rule_test": [
                     {"eval_time": "6m", "alertname": "WeirRestartLoop", "exp_alerts": [
-                        {"exp_labels": {"severity": "critical", "job": "j", "instance": "w1"},
+                        {"exp_labels": {"severity": "critical", "weir_job": "j",
+                                        "instance": "w1"},
                          "exp_annotations": {"summary": "j on w1 restarted 5 times in 15"
                                                         " minutes."}},
                     ]},
@@ -785,9 +796,13 @@ def test_alert_rules_fire_on_restart_loops_and_growing_lag(tmp_path: Path) -> No
                     ]},
                     {"eval_time": "5m", "alertname": "WeirConsumerLagGrowing", "exp_alerts": []},
                     {"eval_time": "30m", "alertname": "WeirConsumerLagGrowing", "exp_alerts": [
-                        {"exp_labels": {"severity": "warning", "job": "j", "topic": "in"},
+                        {"exp_labels": {"severity": "warning", "weir_job": "j", "topic": "in"},
                          "exp_annotations": {"summary": "j falls behind on in: its lag grows by"
                                                         " 8.333 records a second."}},
+                    ]},
+                    {"eval_time": "20m", "alertname": "WeirBackpressure", "exp_alerts": [
+                        {"exp_labels": {"severity": "warning", "weir_job": "j", "instance": "w1"},
+                         "exp_annotations": {"summary": "Slots of j on w1 are backpressured."}},
                     ]},
                 ],
             }
@@ -815,8 +830,9 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         "weir_checkpoint_duration_seconds_bucket",
         "weir_checkpoints_total",
         "weir_state_bytes",
-        "weir_slot_busy_ratio",
-        "weir_slot_backpressure_ratio",
+        "weir_slot_busy_seconds_total",
+        "weir_slot_backpressure_seconds_total",
+        "weir_worker_info",
         "weir_rebalances_total",
         "weir_records_failed_total",
         "weir_end_to_end_latency_seconds_bucket",
@@ -829,6 +845,25 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
     for panel in dashboard_panels():
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def test_queries_select_weir_jobs_by_weir_job_not_prometheus_job() -> None:
+    """Weir's job label is ``weir_job``; ``job`` is the scrape job Prometheus sets, so a
+    query or an alert text using ``job`` for the Weir job would select nothing useful."""
+    texts = {**dashboard_exprs(), **rule_exprs()}
+    for var in dashboard()["templating"]["list"]:
+        if var["type"] == "query":
+            texts[f"variable {var['name']}"] = var["definition"]
+    scrape_jobs = [
+        c["job_name"] for c in yaml.safe_load(PROMETHEUS_FILE.read_text())["scrape_configs"]
+    ]
+    for where, text in texts.items():
+        for name in scrape_jobs:  # selecting a scrape job (process metrics) is what job is for
+            text = text.replace(f'job="{name}"', "")
+        assert not re.findall(r"(?<![\w$])job\b", text), f"{where}: `job` where weir_job is meant"
+    for path in rule_files():  # alert texts
+        assert "$labels.job" not in path.read_text(), path
+    assert "honor_labels" not in PROMETHEUS_FILE.read_text()
 
 
 # -- live checks -----------------------------------------------------------------------
@@ -1045,11 +1080,15 @@ def test_prometheus_scrapes_a_live_worker(live_worker: WorkerProcess, tmp_path: 
     )
     try:
         prometheus.wait_ready()
-        # honor_labels keeps Weir's own `job` label (the job's name) on its series.
+        # Weir's job label is weir_job; `job` stays the scrape job's.
         series = prometheus.wait(
             "weir_records_in_total samples", lambda: prometheus.query("weir_records_in_total")
         )
-        assert {s["metric"]["job"] for s in series} == {"tagged"}
+        assert {s["metric"]["weir_job"] for s in series} == {"tagged"}
+        scrape_jobs = {
+            c["job_name"] for c in yaml.safe_load(PROMETHEUS_FILE.read_text())["scrape_configs"]
+        }
+        assert {s["metric"]["job"] for s in series} <= scrape_jobs
         assert {s["metric"]["instance"] for s in series} == {f"127.0.0.1:{live_worker.http_port}"}
 
         for expr in (

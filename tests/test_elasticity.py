@@ -89,7 +89,7 @@ def random_id(_record: dict) -> bytes:
 
 def restored(port: int) -> float:
     """``weir_restored_records_total`` of the process serving ``port``."""
-    return metric(metrics_at(port), RESTORED, job=JOB_NAME, operator=OPERATOR)
+    return metric(metrics_at(port), RESTORED, weir_job=JOB_NAME, operator=OPERATOR)
 
 
 def ownership(ports: list[int]) -> dict[int, set[tuple[str, int]]] | None:

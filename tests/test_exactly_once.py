@@ -145,8 +145,8 @@ def wait_restored(worker: WorkerProcess, topic: str, partitions: int, timeout: f
 
 
 def restored_metric(worker: WorkerProcess) -> float:
-    """``weir_restored_records_total{job,operator="counts"}`` (0 when never restored)."""
-    return metric(worker.metrics(), RESTORED, job=JOB_NAME, operator=OPERATOR)
+    """``weir_restored_records_total{weir_job,operator="counts"}`` (0 when never restored)."""
+    return metric(worker.metrics(), RESTORED, weir_job=JOB_NAME, operator=OPERATOR)
 
 
 def worker_partitions(worker: WorkerProcess) -> tuple[set[int], set[int]] | None:

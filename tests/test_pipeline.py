@@ -118,11 +118,11 @@ def test_bad_records_are_counted_and_dead_lettered(kafka_bootstrap, new_topic):
         registry = worker.worker.metrics.registry
         decode_failures = registry.get_sample_value(
             "weir_records_failed_total",
-            {"job": "tagged", "operator": f"source-{src}", "reason": "decode"},
+            {"weir_job": "tagged", "operator": f"source-{src}", "reason": "decode"},
         )
         function_failures = registry.get_sample_value(
             "weir_records_failed_total",
-            {"job": "tagged", "operator": "map-2", "reason": "function"},
+            {"weir_job": "tagged", "operator": "map-2", "reason": "function"},
         )
         assert worker.thread.is_alive(), "bad records never stop the worker"
     finally:
@@ -262,7 +262,7 @@ def test_restart_strategy_gives_up_after_its_attempts(kafka_bootstrap, new_topic
     assert "after 2 restart(s), giving up" in str(worker.error)
     assert "bug in summarize" in str(worker.error)
     restarts = worker.worker.metrics.registry.get_sample_value(
-        "weir_restarts_total", {"job": "window-bug"}
+        "weir_restarts_total", {"weir_job": "window-bug"}
     )
     assert restarts == 2
 

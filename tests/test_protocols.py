@@ -707,6 +707,24 @@ def test_restoring_partitions_stay_paused_and_reset_keeps_only_them():
     assert fc.full_slots == set() and fc.holding_since is None
 
 
+def test_backpressure_is_the_seconds_each_slot_was_full():
+    """What weir_slot_backpressure_seconds_total counts: per slot, the time between
+    updates that found it full, summed and never reset."""
+    fc, _ = flow()
+    loads = [Load(0, 101, COST), Load(1, 0, COST)]
+    fc.update(loads, (), FEEDS.get, now=1000.0)  # slot 0 full from here
+    fc.update(loads, (), FEEDS.get, now=1001.5)
+    assert fc.full_s == {0: 1.5}
+    loads[1].queued = 101
+    fc.update(loads, (), FEEDS.get, now=1002.0)  # both full
+    loads[0].queued = 0
+    fc.update(loads, (), FEEDS.get, now=1003.0)  # slot 0 drained
+    fc.update(loads, (), FEEDS.get, now=1004.0)
+    assert fc.full_s == {0: 2.0, 1: 2.5}
+    fc.reset(())
+    assert fc.full_s == {0: 2.0, 1: 2.5}, "a rollback does not take time back"
+
+
 QUEUED = st.sampled_from([0, 10, 49, 50, 51, 99, 100, 101, 500])
 
 

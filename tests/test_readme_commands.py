@@ -80,6 +80,9 @@ def test_the_running_section_works_as_written(tmp_path):
                 worker.kill()
                 worker.wait(10)
         assert worker.returncode == 0 and "Traceback" not in output, output
+        check = weir("plan", "examples/sensor_stats.py", "--check", "--bootstrap", bootstrap,
+                     "--group", group)  # fmt: skip
+        assert f"kept         stats (window): {group}.stats.changelog" in check, check
         assert "deleted topic sensor-stats" in weir(
             "topics", "delete", "sensor-stats", "--bootstrap", bootstrap
         )

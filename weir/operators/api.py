@@ -195,6 +195,7 @@ class Job:
         """Record a new ``cls`` operator after ``after`` (None: a source); the default
         name is ``<kind>-<id>``."""
         ident = self._next_id + 1
+        auto_named = name is None
         name = _check_name(name or f"{cls.kind}-{ident}", "operator name")
         if name in self._names:
             raise JobDefinitionError(
@@ -202,7 +203,7 @@ class Job:
             )
         self._names.add(name)
         self._next_id = ident
-        op = cls(id=ident, name=name, **fields)
+        op = cls(id=ident, name=name, auto_named=auto_named, **fields)
         if after is None:
             self._dataflow.add_source(op)
         else:

@@ -192,9 +192,14 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
         if not isinstance(op, KeyBy):
             return PlanNode(op, compile_children(op, source))
         if op.fn is None:
-            return PlanNode(RecordKey(id=op.id, name=op.name), compile_children(op, source))
+            return PlanNode(
+                RecordKey(id=op.id, name=op.name, auto_named=op.auto_named),
+                compile_children(op, source),
+            )
         if not flow.feeds_state(op):
-            keyed = HashExchange(id=op.id, name=op.name, fn=op.fn, with_meta=op.with_meta)
+            keyed = HashExchange(
+                id=op.id, name=op.name, auto_named=op.auto_named, fn=op.fn, with_meta=op.with_meta
+            )
             return PlanNode(keyed, compile_children(op, source))
         topic = f"{group}.{op.name}.repartition"
         reader = RepartitionSource(
@@ -210,7 +215,12 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
         repartitioned.append(PlanNode(reader))  # its place, before the ones found below it
         repartitioned[place] = PlanNode(reader, compile_children(op, reader))
         repartition = Repartition(
-            id=op.id, name=op.name, fn=op.fn, topic=topic, with_meta=op.with_meta
+            id=op.id,
+            name=op.name,
+            auto_named=op.auto_named,
+            fn=op.fn,
+            topic=topic,
+            with_meta=op.with_meta,
         )
         return PlanNode(repartition)
 

@@ -76,12 +76,16 @@ _operator = dataclass(frozen=True, kw_only=True, eq=False)
 class Op:
     """One operator of a plan; ``id`` and ``name`` are unique within its job.
 
-    ``kind`` is how plans and error messages call it.
+    ``kind`` is how plans and error messages call it. ``auto_named``: the job gave
+    no ``name=``, so the name is the generated ``<kind>-<n>``, where ``n`` counts the
+    operators defined before it — adding one earlier in the job renames it (and a
+    stateful operator's state is found by its name).
     """
 
     kind: ClassVar[str]
     id: int
     name: str
+    auto_named: bool = False
 
     @property
     def exchanges(self) -> bool:

@@ -1,6 +1,7 @@
 """The ``weir`` command line.
 
-``weir run JOB.py`` runs a worker; ``weir plan JOB.py`` prints a job's plan;
+``weir run JOB.py`` runs a worker; ``weir plan JOB.py`` prints a job's plan (with
+``--check``, what its group's state on Kafka says about it: `weir.service.upgrade`);
 ``weir kafka start|stop`` runs the local development broker;
 ``weir produce-sample`` writes sample readings; ``weir demo`` shows it all;
 ``weir --version`` names the installed version.
@@ -32,6 +33,8 @@ from weir.service.config import (
 from weir.service.exceptions import ClientStuck, ConfigError, ShutdownOverran, WeirError
 
 if TYPE_CHECKING:
+    from weir.operators.physical import PhysicalPlan
+    from weir.service.config import WorkerConfig
     from weir.service.worker import Worker
 
 log = logging.getLogger("weir")
@@ -80,6 +83,21 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         help="how long Kafka may be unreachable, at start or later, before the worker"
         " exits with code 3 (default 300)",
     )
+    p.add_argument(
+        "--allow-state-reset",
+        action="store_true",
+        default=None,
+        help="start even though the group holds keyed state no stateful operator of the"
+        " job has (renamed or removed): that state is deleted, renamed operators start"
+        " empty",
+    )
+    p.add_argument(
+        "--rename-state",
+        action="append",
+        metavar="OLD=NEW",
+        help="carry the keyed state of operator OLD (no longer in the job) over to"
+        " operator NEW: its changelog is copied, then deleted",
+    )
     p.add_argument("--restart-attempts", help="restarts before the worker exits (default 5)")
     p.add_argument("--restart-delay-ms", help="(first) delay before a restart (default 1000)")
     p.add_argument(
@@ -111,6 +129,28 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print a job's operators and topics")
     plan.add_argument("job")
+    plan.add_argument("--group", help="consumer group / job id (default: the job's name)")
+    plan.add_argument(
+        "--check",
+        action="store_true",
+        help="compare the job's stateful operators with the state the group holds on Kafka"
+        " (exit 2 when `weir run` would refuse to start)",
+    )
+    plan.add_argument("--bootstrap", help="Kafka bootstrap servers, for --check")
+    plan.add_argument("--config", help="TOML file with settings, for --check")
+    plan.add_argument("--kafka", action="append", metavar="KEY=VALUE", help="as for run")
+    plan.add_argument(
+        "--allow-state-reset",
+        action="store_true",
+        default=None,
+        help="with --check: as `weir run --allow-state-reset` would see it",
+    )
+    plan.add_argument(
+        "--rename-state",
+        action="append",
+        metavar="OLD=NEW",
+        help="with --check: as `weir run --rename-state` would see it",
+    )
 
     kafka = sub.add_parser("kafka", help="local single-node Kafka broker for development")
     kafka_sub = kafka.add_subparsers(dest="kafka_command", required=True)
@@ -179,11 +219,17 @@ def _process_settings(worker: Worker) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    """The job's plan; with ``--check``, the difference between its stateful operators
+    and the state its group holds, and the exit code `weir run` would meet (2 when
+    it would refuse to start)."""
     from weir.operators.physical import compile_plan
+    from weir.operators.plan import Repartition
     from weir.service.jobfile import load_job
+    from weir.service.upgrade import generated_name_warning
 
+    config = load_config(vars(args)) if args.check else None
     job = load_job(args.job)
-    plan = compile_plan(job, job.name)
+    plan = compile_plan(job, args.group or (config and config.group) or job.name)
     print(plan.describe())
     print(f"source topics: {', '.join(plan.user_source_topics)}")
     print(f"sink topics: {', '.join(plan.sink_topics)}")
@@ -192,6 +238,33 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"state: {state.name} ({state.op.kind}) {where}")
     for source in plan.repartitions:
         print(f"repartition topic: {source.topic} (group {plan.group!r})")
+    if config is None:
+        for state in plan.stateful:
+            if state.op.auto_named:
+                print(f"warning: {generated_name_warning(state)}")
+        for node in (n for root in plan.roots for n in root.walk()):
+            if isinstance(node.op, Repartition) and node.op.auto_named:
+                print(
+                    f"warning: {node.op.name} names the repartition topic {node.op.topic} under"
+                    " a generated name: give the key_by a stable name=..., or records in the"
+                    " topic when a changed job starts are left behind"
+                )
+        return 0
+    return _check_plan(plan, config)
+
+
+def _check_plan(plan: PhysicalPlan, config: WorkerConfig) -> int:
+    from weir.service.clients import ClientSettings
+    from weir.service.exceptions import StateMismatch
+    from weir.service.topics import connect_admin
+    from weir.service.upgrade import read_state
+
+    settings = ClientSettings(config, plan.group, f"{plan.group}.plan-check")
+    admin = connect_admin(settings, config.bootstrap, config.connect_timeout_s)
+    diff = read_state(admin, plan, config.rename_state, config.connect_timeout_s)
+    print(diff.describe())
+    if not diff.safe and not config.allow_state_reset:
+        raise StateMismatch(diff.refusal())
     return 0
 
 

@@ -118,6 +118,19 @@ class ClientSettings:
             "client.id": f"{self.transactional_id}.restore",
         }
 
+    def copier(self, transactional_id: str, timeout_ms: int) -> dict[str, Any]:
+        """A producer that copies a changelog to a new name in one transaction
+        (`service.state_rename`), under its own transactional id and timeout."""
+        return {
+            **self.common(),
+            "client.id": transactional_id,
+            "linger.ms": 20,
+            "enable.idempotence": True,
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": timeout_ms,
+            **self.passthrough("producer"),
+        }
+
     def producer(
         self, limits: dict[str, TopicLimits], on_delivery: Callable[[Any, Any], None]
     ) -> dict[str, Any]:

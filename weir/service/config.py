@@ -13,6 +13,7 @@ the values of both are never printed (see `WorkerConfig.redacted`).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -59,6 +60,11 @@ class WorkerConfig:
     standby_replicas: int = 0  # 1: tail every other partition's changelog for fast failover
     # static: rejoin under group.instance.id = worker id (KIP-345), no rebalance on restart
     membership: str = "dynamic"
+    # Start even though the group holds keyed state no stateful operator of the job
+    # claims (renamed or removed operators): that state is deleted (`weir.service.upgrade`).
+    allow_state_reset: bool = False
+    # Old operator name -> new: copy the old one's keyed state to the new name at start.
+    rename_state: dict[str, str] = field(default_factory=dict)
     kafka: dict[str, str] = field(default_factory=dict)
     # The schema registry of the job's Avro/Protobuf/JSON Schema serdes, and its client's
     # further settings (passthrough, like ``kafka``).
@@ -102,6 +108,8 @@ _FLOAT_RANGES = {
     "shutdown_timeout_s": (0.1, 3600.0),
     "broker_timeout_s": (1.0, 86400.0),
 }
+_BOOLS = {"allow_state_reset"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _CHOICES = {
     "guarantee": GUARANTEES,
     "log_level": LOG_LEVELS,
@@ -110,7 +118,19 @@ _CHOICES = {
     "membership": MEMBERSHIPS,
 }
 PASSTHROUGH = ("kafka", "schema_registry")  # tables of client settings passed as they are
-FIELDS = {f.name for f in fields(WorkerConfig)} - set(PASSTHROUGH)
+FIELDS = {f.name for f in fields(WorkerConfig)} - {*PASSTHROUGH, "rename_state"}
+_OPERATOR_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # as `weir.operators.api` accepts
+
+
+def _renames(items: list[str], where: str, into: dict[str, str]) -> None:
+    """``OLD=NEW`` operator renames into ``into``; each name as the job API accepts it."""
+    for item in items:
+        old, sep, new = (part.strip() for part in str(item).partition("="))
+        if not sep or not _OPERATOR_NAME.match(old) or not _OPERATOR_NAME.match(new):
+            raise ConfigError(f"{where} {item!r}: expected OLD=NEW (two operator names)")
+        if old == new or into.get(old, new) != new:
+            raise ConfigError(f"{where} {item!r}: renames {old!r} to itself or twice")
+        into[old] = new
 
 
 def _convert(name: str, value: Any, where: str, typed: bool = False) -> Any:
@@ -140,6 +160,13 @@ def _convert(name: str, value: Any, where: str, typed: bool = False) -> Any:
         if not lo <= number <= hi:
             raise ConfigError(f"{where}={number}: expected seconds from {lo} to {hi}")
         return number
+    if name in _BOOLS:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower() if not typed else None
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{where}={value!r}: expected true or false")
     if not isinstance(value, str):
         raise ConfigError(f"{where}={value!r}: expected a string")
     if name in _CHOICES and value not in _CHOICES[name]:
@@ -173,6 +200,7 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
     values: dict[str, Any] = {}
     kafka: dict[str, str] = {}
     registry: dict[str, str] = {}
+    renames: dict[str, str] = {}
 
     config_path = flags.get("config") or environ.get("WEIR_CONFIG")
     if config_path:
@@ -190,13 +218,20 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
                         "config file key schema_registry: expected a table of registry client keys"
                     )
                 registry.update({str(k): str(v) for k, v in value.items()})
+            elif name == "rename_state":
+                items = [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) else value
+                if not isinstance(items, list):
+                    raise ConfigError(
+                        f'config file key {key!r}: expected a table old = "new" or a list'
+                    )
+                _renames(items, f"config file key {key!r}:", renames)
             elif name in FIELDS:
                 values[name] = _convert(name, value, f"config file key {key!r}", typed=True)
             else:
                 raise ConfigError(
                     f"config file key {key!r} is unknown; expected one of "
-                    f"{', '.join(sorted(n.replace('_', '-') for n in FIELDS))}, kafka.* or"
-                    " [schema_registry]"
+                    f"{', '.join(sorted(n.replace('_', '-') for n in FIELDS))}, rename-state,"
+                    " kafka.* or [schema_registry]"
                 )
 
     for env_key, value in environ.items():
@@ -205,6 +240,9 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
         name = env_key[len("WEIR_") :].lower()
         if name.startswith("kafka_"):
             kafka[name[len("kafka_") :].replace("_", ".")] = value
+        elif name == "rename_state":
+            renames.clear()  # the environment replaces the file's list
+            _renames([i for i in value.split(",") if i.strip()], env_key, renames)
         elif name in FIELDS:
             values[name] = _convert(name, value, env_key)
         elif name.startswith("schema_registry_"):
@@ -213,6 +251,9 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
     for name, value in flags.items():
         if name in FIELDS and value is not None:
             values[name] = _convert(name, value, "--" + name.replace("_", "-"))
+    if flags.get("rename_state"):
+        renames.clear()  # flags replace the environment's list
+        _renames(flags["rename_state"], "--rename-state", renames)
     for item in flags.get("kafka") or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -231,4 +272,4 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
             " (WEIR_SCHEMA_REGISTRY_URL, or schema_registry_url in the config file)"
         )
 
-    return WorkerConfig(**values, kafka=kafka, schema_registry=registry)
+    return WorkerConfig(**values, rename_state=renames, kafka=kafka, schema_registry=registry)

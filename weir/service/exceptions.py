@@ -35,6 +35,12 @@ class TopicsMismatch(WeirError):
     follow: no restart fixes that."""
 
 
+class StateMismatch(WeirError):
+    """The group holds keyed state that no stateful operator of the job claims (an
+    operator renamed or removed): starting would leave it behind and begin empty.
+    Exit code 2: a restart does not fix it, a decision does (`service.upgrade`)."""
+
+
 class WorkerFailed(WeirError):
     """The worker stopped because processing failed (error policy ``fail``, fencing, ...)."""
 

@@ -59,6 +59,22 @@ class RestoreFailed(Exception):
     pass
 
 
+def check_states(
+    op: KeyedState, changelog: str, batch: list[tuple[str, bytes, bytes | None]]
+) -> None:
+    """Refuse changelog records of a state ``op`` does not keep: the changelog was
+    written by another kind of operator under the same name (a reduce that became a
+    window), which the state check (`weir.service.upgrade`) cannot see from topic names."""
+    unknown = {write[0] for write in batch}.difference(op.states)
+    if unknown:
+        raise RestoreFailed(
+            f"{changelog} holds state {', '.join(sorted(unknown))}, which operator"
+            f" {op.name!r} ({op.op.kind}) does not keep: another kind of operator had this"
+            " name before. Give this one a new name (and start with --allow-state-reset to"
+            " drop the old state), or restore the old operator"
+        )
+
+
 @dataclass
 class _Changelog:
     """One changelog partition being replayed for a restore request."""
@@ -316,6 +332,7 @@ class Restorer(threading.Thread):
             job = self._active.get(key)
             if job is None:
                 continue  # cancelled meanwhile
+            check_states(job.op, key[0], batch)
             self.store.restore(batch, job.op.name, job.partition, job.position)
             self.restored_records += len(batch)
             self._requests[job.source].records += len(batch)
@@ -392,6 +409,7 @@ class Restorer(threading.Thread):
             ends[key] = m.offset() + 1
         for (topic, p), batch in writes.items():
             op = self.by_changelog[topic]
+            check_states(op, topic, batch)
             self.store.restore(batch, op.name, p, ends[(topic, p)])
             self.standby_records += len(batch)
 

@@ -1,8 +1,9 @@
-"""Once-a-second gauges: slot busy and backpressure ratios, consumer lag, state size.
+"""Once a second: slot busy and backpressure seconds, consumer lag, state size.
 
 Sampled from the fetcher thread, never per record. Lag is what Kafka's tools
 report: log end minus the committed (processed) offset. A partition that
-leaves the worker loses its lag series at once, so no stale series remain.
+leaves the worker loses its series at once (`Metrics.forget_partitions`), so no
+stale series remain.
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ class MetricsSampler:
         self.worker = worker
         self.metrics = worker.metrics
         self.lag: dict[TopicPartitionKey, int] = {}
+        self._full: dict[int, float] = {}  # flow control's full seconds at the last sample
 
-    def sample(self, elapsed: float) -> None:
-        """Gauges over the last ``elapsed`` seconds."""
+    def sample(self) -> None:
+        """Add the slots' busy and backpressure seconds since the last sample to their
+        counters; set the gauges."""
         w = self.worker
         m, job = self.metrics, self.metrics.job
+        full_now = dict(w.flow.full_s)  # seconds each slot was full, ever
+        full = {s: total - self._full.get(s, 0.0) for s, total in full_now.items()}
+        self._full = full_now
         for slot in w.slots:
             busy, slot.stats.busy_s = slot.stats.busy_s, 0.0
-            m.slot_busy_ratio.labels(job, str(slot.slot)).set(min(1.0, busy / elapsed))
-            m.slot_backpressure_ratio.labels(job, str(slot.slot)).set(
-                1.0 if slot.slot in w.flow.full_slots else 0.0
-            )
+            m.slot_busy.labels(job, str(slot.slot)).inc(busy)
+            m.slot_backpressure.labels(job, str(slot.slot)).inc(full.get(slot.slot, 0.0))
         committed = w.coordinator.committed
         for topic, p in w.router.partitions:
             try:
@@ -45,13 +49,15 @@ class MetricsSampler:
             if high >= 0:
                 done = committed.get((topic, p), max(low, 0))
                 self.lag[(topic, p)] = max(0, high - done)
-                m.consumer_lag.labels(job, topic, str(p)).set(self.lag[(topic, p)])
+                m.set_lag((topic, p), self.lag[(topic, p)])
         if w.store is not None:
             for op in w.changelogs.operators:
                 size = sum(w.store.size_bytes(state) for state in op.states)
                 m.state_bytes.labels(job, op.name).set(size)
 
     def forget(self, partitions: Iterable[TopicPartitionKey]) -> None:
+        """Partitions that left the worker: their lag and their series go."""
+        partitions = list(partitions)
         for tp in partitions:
-            if self.lag.pop(tp, None) is not None:
-                self.metrics.consumer_lag.remove(self.metrics.job, tp[0], str(tp[1]))
+            self.lag.pop(tp, None)
+        self.metrics.forget_partitions(partitions)

@@ -82,6 +82,26 @@ def ensure_topic(
         time.sleep(0.1)
 
 
+def delete_topics(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+    """Delete ``topics``; one already gone (another worker deleted it first) is fine."""
+    if not topics:
+        return
+    futures = admin.delete_topics(topics, operation_timeout=timeout_s)
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            log.warning("deleted topic %s", topic)
+        except KafkaException as exc:
+            if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
+                raise KafkaUnavailable(
+                    f"cannot delete topic {topic!r}: {exc.args[0].str()}"
+                ) from None
+        except TimeoutError:
+            raise KafkaUnavailable(
+                f"deleting topic {topic!r} took longer than {timeout_s:.0f}s"
+            ) from None
+
+
 RECORD_OVERHEAD = 1024  # batch header, record framing and headers, with room to spare
 CLOCK_MARGIN_MS = 60_000  # the broker judges timestamps by its own clock, later
 

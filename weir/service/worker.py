@@ -55,8 +55,10 @@ from weir.service.restore import Restorer
 from weir.service.router import SlotRouter
 from weir.service.sampler import MetricsSampler
 from weir.service.slot_pool import SlotPool
+from weir.service.state_rename import copy_state
 from weir.service.topics import TopicLimits, connect_admin, provision_job_topics
 from weir.service.transaction import TransactionalOutput, TransactionFailed
+from weir.service.upgrade import check_state
 from weir.service.watermarks import SlotProgress, WatermarkTracker
 from weir.state.store import StateStore
 
@@ -77,7 +79,7 @@ class Worker:
         suffix = "" if process_index is None else f".{process_index}"
         self.worker_id = f"{config.worker_id}{suffix}"
         self.settings = ClientSettings(config, self.group, f"{self.group}.{self.worker_id}")
-        self.metrics = Metrics(job.name)
+        self.metrics = Metrics(job.name, worker_id=self.worker_id, group=self.group)
         self.router = SlotRouter(config.slots, plan.max_key_groups, plan.exchanges)
         self.changelogs = Changelogs(plan)
         self.stopping = threading.Event()
@@ -117,7 +119,8 @@ class Worker:
 
     # -- lifecycle ----------------------------------------------------------
     def prepare(self) -> None:
-        """Check Kafka and the topics, create Weir's own, and open the clients."""
+        """Check Kafka, the group's keyed state (`service.upgrade`) and the topics,
+        create Weir's own, and open the clients."""
         cfg, timeout = self.config, self.config.connect_timeout_s
         self.state = "connecting"
         self.admin = admin = retry_while_unavailable(
@@ -128,6 +131,15 @@ class Worker:
             self._note_unavailable,
         )
         self.topic_partitions, self.limits = provision_job_topics(admin, self.plan, timeout)
+        # Before any changelog is created: does the job still claim the group's state?
+        check_state(
+            admin,
+            self.plan,
+            cfg.allow_state_reset,
+            cfg.rename_state,
+            lambda old, topic, new: copy_state(self.settings, admin, old, topic, new, timeout),
+            timeout,
+        )
         state = None
         if self.changelogs:
             self.changelogs.provision(admin, timeout)
@@ -256,7 +268,7 @@ class Worker:
                 self.slots.tick(self.watermarks.watermark)
                 last_watermark = now
             if now - last_sample >= 1.0:
-                self.sampler.sample(now - last_sample)
+                self.sampler.sample()
                 self.history.sample(now)
                 last_sample = now
 

@@ -1,6 +1,7 @@
 """The state store: one RocksDB per worker process, a column family per state.
 
-Column families are named ``<operator>.<state>``; one more, ``weir.meta``,
+Column families are named ``<operator>.<state>`` (those of states the job no longer
+has are dropped on opening); one more, ``weir.meta``,
 records per ``(operator, partition)`` the changelog offset up to which the local
 database is complete, and the id of the last checkpoint applied. Every write
 goes through `StateStore.apply` or `StateStore.restore`, each one RocksDB write
@@ -83,9 +84,26 @@ class StateStore:
         elif fmt != FORMAT:
             self._close_db()
             raise _Unusable(f"state format {fmt!r}, expected {FORMAT!r}")
+        self._drop_unused(existing - {"default", META, *self.states})
         self.columns = {name: self.db.get_column_family(name) for name in self.states}
         self.handles = {name: self.db.get_column_family_handle(name) for name in self.states}
         self.meta_handle = self.db.get_column_family_handle(META)
+
+    def _drop_unused(self, unused: set[str]) -> None:
+        """Drop the column families of states no operator of the job has any more (a
+        renamed or removed operator, whose changelog the worker's state check found
+        gone or deleted), with their operators' changelog offsets: should an operator
+        of that name come back, it restores from its changelog's start."""
+        for name in sorted(unused):
+            log.info("dropping local state %s: no operator of the job has it", name)
+            self.db.drop_column_family(name)
+            operator = name.rsplit(".", 1)[0].encode()
+            for prefix in (b"offset/", b"changelog-id/"):
+                start = prefix + operator + b"/"
+                for key in list(self.meta.keys(from_key=start)):
+                    if not key.startswith(start):
+                        break
+                    self.meta.delete(key)
 
     def _discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
