@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from weir.operators.physical import compile_plan
@@ -33,13 +33,26 @@ EXAMPLE = Path(str(files("weir.examples").joinpath("sensor_stats.py")))
 
 
 def _end_offsets(bootstrap: str, topic: str, admin: AdminClient) -> list[TopicPartition]:
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    """Each partition's end offset. A topic created a moment ago may not have its
+    leaders yet (NOT_LEADER_FOR_PARTITION, unknown partition): asked again for up to
+    30 s, as a client's own retries would."""
+    deadline = time.monotonic() + 30
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "weir-demo-probe"})
     try:
-        ends = [probe.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in partitions]
-        return [
-            TopicPartition(topic, p, max(end, 0)) for p, end in zip(partitions, ends, strict=True)
-        ]
+        while True:
+            try:
+                partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+                ends = [
+                    probe.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in partitions
+                ]
+                return [
+                    TopicPartition(topic, p, max(end, 0))
+                    for p, end in zip(partitions, ends, strict=True)
+                ]
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise WeirError(f"reading the end of {topic!r}: {exc.args[0].str()}") from None
+                time.sleep(0.5)
     finally:
         probe.close()
 
