@@ -170,10 +170,10 @@ def test_ownership_rebuilds_timers_from_state_for_the_slots_key_groups(store):
     keys in the slot's key groups."""
     keys = [f"k{i}" for i in range(40)]
     buffer = store.buffer()
-    table = buffer.table("op.keyed")
     for p in (0, 1, 2):
         for i, k in enumerate(keys):
-            table[skey(p, k)] = {"t": [[EVENT, 1000 + i], [PROCESSING, 5000 + i]]}
+            value = {"t": [[EVENT, 1000 + i], [PROCESSING, 5000 + i]]}
+            buffer.put("op.keyed", skey(p, k), value)
     store.checkpoint(buffer)
     mine = range(0, 64)
     t = timers_over(store.buffer())
@@ -197,7 +197,7 @@ def test_timers_of_a_partition_given_up_are_skipped_and_rebuilt_when_owned_again
     t.own({0, 1}, None)
     for p in (0, 1):
         t.register(EVENT, 100, skey(p, "a"))
-        buffer.table("op.keyed")[skey(p, "a")] = {"t": [[EVENT, 100]]}
+        buffer.put("op.keyed", skey(p, "a"), {"t": [[EVENT, 100]]})
     t.own({0}, None)  # partition 1 moved to another slot
     t.advance(200, NO_TIME)
     assert list(t.due()) == [(EVENT, 100, skey(0, "a"))], "the stale timer of p1 is skipped"

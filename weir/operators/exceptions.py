@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class JobDefinitionError(ValueError):
     """The job file describes a dataflow Weir cannot run (bad argument, bad wiring)."""
@@ -16,3 +18,16 @@ class RecordError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class StateRefused(RecordError):
+    """A record whose keyed state cannot be stored (the serde cannot encode it, or it
+    would outgrow what the changelog accepts): the record goes to the dead-letter topic
+    and changes nothing."""
+
+    def __init__(self, operator: str, key: Any, problem: str) -> None:
+        super().__init__(
+            "state",
+            f"operator {operator!r} cannot store the state of key {key!r}: {problem};"
+            " the record changed nothing",
+        )

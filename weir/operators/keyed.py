@@ -3,7 +3,9 @@
 Each keeps one value per key in the slot's epoch buffer (`weir.state.epoch`), under
 the storage key of (input partition, key) — so its writes go to the changelog
 partition of the input partition they came from — and emits the key's new
-result on every update: ``{"key": key, <fields>}``.
+result on every update: ``{"key": key, <fields>}``. A new value that cannot be
+stored (`weir.state.epoch.EpochBuffer.put`) fails its record: it goes to the dead-letter
+topic with reason ``state``, the key's value stays as it was, nothing is emitted.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from typing import Any
 
 from weir.operators.aggregates import compile_aggregates
 from weir.operators.chain import Batch, Element, Operator, SlotContext
+from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import Aggregate, Process, Reduce, StatefulOp, Window
 from weir.operators.process import process_states
 from weir.operators.windowed import window_states
 from weir.state.epoch import MISSING
+from weir.state.exceptions import UnstorableState
 from weir.state.layout import state_key
 
 
@@ -54,7 +58,7 @@ class KeyedOp(Operator):
     def process(self, batch: Batch) -> None:
         buffer, state, groups = self.buffer, self.state, self.groups
         table = buffer.table(state)
-        committed = buffer.committed
+        committed, put = buffer.committed, buffer.put
         partition = batch.partition
         update = self.update
         out: list[Element] = []
@@ -70,9 +74,13 @@ class KeyedOp(Operator):
                     if acc is MISSING:
                         acc = committed(state, skey)
                     acc, result = update(acc, v)
-                    table[skey] = acc
+                    put(state, skey, acc)
                     append((k, _output(k, result), t, o))
                 break
+            except UnstorableState as exc:
+                refused = StateRefused(self.name, elems[i][0], exc.problem)
+                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)
                 i += 1

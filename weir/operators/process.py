@@ -16,9 +16,13 @@ All of one key's state lives in one state value (``{"v": {...}, "l": {...},
 "m": {...}, "t": {"e": [...], "p": [...]}}``), read once per record. Changes
 made through the handles are staged and applied only when the function
 returns, so a record whose function raises changes nothing and emits nothing
-(it goes to the dead-letter topic). Timers are deduplicated per key and time,
-fired in timestamp order — event-time timers when the watermark passes them,
-processing-time timers when the wall clock does — and are checkpointed with the
+(it goes to the dead-letter topic). So does a record whose changes cannot be
+stored — a value the serde cannot encode (JSON: an integer beyond 64 bits, NaN,
+a set), or a key's state outgrowing what its changelog accepts, as a list state
+appended to forever does: reason ``state``, naming the operator and the key.
+A timer's call fails the same way, alone. Timers are deduplicated per key and
+time, fired in timestamp order — event-time timers when the watermark passes
+them, processing-time timers when the wall clock does — and are checkpointed with the
 rest of the key's state (`weir.operators.timers`, which also keeps the watermark each
 partition reached, so restored event-time timers fire after a restart even when
 no input has anything new).
@@ -31,10 +35,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from weir.operators.chain import Batch, Element, SlotContext
+from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import Process
 from weir.operators.timers import EVENT, PROCESSING, TimerOperator, watermark_state
 from weir.state.epoch import MISSING
+from weir.state.exceptions import UnstorableState
 from weir.state.layout import partition_of, state_key
 
 
@@ -222,7 +228,7 @@ class ProcessOp(TimerOperator):
         new = ctx._changes()
         if new is not None:
             if new:
-                self.buffer.table(self.state)[skey] = new
+                self.buffer.put(self.state, skey, new)  # raises UnstorableState: nothing changed
             else:
                 self.buffer.delete(self.state, skey)
             for (domain, ts), add in ctx._timers.items():
@@ -245,6 +251,10 @@ class ProcessOp(TimerOperator):
                     self.fn.process_element(v, ctx)
                     out.extend(self._store(skey, ctx))
                 break
+            except UnstorableState as exc:
+                refused = StateRefused(self.name, elems[i][0], exc.problem)
+                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)
                 i += 1
@@ -264,9 +274,17 @@ class ProcessOp(TimerOperator):
         ctx._timer(domain, ts, False)
         try:
             self.fn.on_timer(ts, ctx)
+            out = self._store(skey, ctx)
         except Exception as exc:
+            reason, error = "timer", exc
+            if isinstance(exc, UnstorableState):
+                error = StateRefused(self.name, ctx.key, exc.problem)
+                reason = error.reason
             batch = Batch(self.topic, p, [])
-            self.ctx.fail(self.name, "timer", batch, (ctx.key, {"timer": ts}, ts, -1), exc)
+            self.ctx.fail(self.name, reason, batch, (ctx.key, {"timer": ts}, ts, -1), error)
+            # The call changes nothing, but its timer is spent: store only that.
             ctx._staged.clear()
+            ctx._timers = {(domain, ts): False}
             ctx.outputs.clear()
-        fired.setdefault(p, []).extend(self._store(skey, ctx))
+            out = self._store(skey, ctx)
+        fired.setdefault(p, []).extend(out)

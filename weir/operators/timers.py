@@ -103,9 +103,8 @@ class Timers:
         every owned partition, to be restored with it."""
         if watermark > self.watermark:
             self.watermark = watermark
-            table = self._buffer.table(self._wm_state)
             for p in self._owned:
-                table[partition_key(p)] = watermark
+                self._buffer.put(self._wm_state, partition_key(p), watermark)
         if now > self.now:
             self.now = now
 

@@ -7,7 +7,11 @@ ones). Window ``[start, end)`` fires when the watermark reaches ``end - 1``;
 with ``allowed_lateness`` it stays until ``end - 1 + lateness``, and a late
 record within that re-emits the updated result. Records for windows already
 gone are late: counted in ``weir_records_late_total`` and, if configured,
-written to the late topic with the reason.
+written to the late topic with the reason. A record that would make the key's
+windows unstorable (a value the serde cannot encode, or contents outgrowing what the
+changelog accepts: a ``process`` window keeps every element) fails alone: it goes to
+the dead-letter topic with reason ``state``, naming the operator and the key, and the
+windows stay as they were.
 
 A key's timer is the earliest time one of its windows fires or expires; it
 is not stored separately but read back from the window state when the slot is
@@ -25,9 +29,11 @@ import orjson
 
 from weir.operators.aggregates import compile_aggregates
 from weir.operators.chain import Batch, Element, SlotContext
+from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import Window
 from weir.operators.timers import EVENT, TimerOperator, watermark_state
+from weir.state.exceptions import UnstorableState
 from weir.state.layout import partition_of, state_key
 
 
@@ -132,7 +138,7 @@ class WindowOp(TimerOperator):
     def process(self, batch: Batch) -> None:
         p = batch.partition
         wm = max(self.timers.watermark, self.timers.restored_watermark(p))
-        table = self.buffer.table(self.state)
+        get, put, state = self.buffer.get, self.buffer.put, self.state
         out: list[Element] = []
         late: list[tuple[bytes | None, bytes, int, int]] = []
         elems = batch.elems
@@ -142,12 +148,21 @@ class WindowOp(TimerOperator):
                 for i in range(i, n):  # noqa: B020 - resumes after a failed record
                     k, v, t, o = elems[i]
                     skey = state_key(p, encode_key(k), self.groups)
-                    value = self.buffer.get(self.state, skey) or {"k": k, "w": []}
+                    value = get(state, skey) or {"k": k, "w": []}
+                    mark = len(out)
                     if self._add(value, skey, v, t, wm, out):
-                        table[skey] = value
+                        try:
+                            put(state, skey, value)
+                        except UnstorableState:
+                            del out[mark:]  # updates of windows that fired: not made
+                            raise
                     else:
                         late.append((encode_key(k), self._late_record(v, t, wm), o, t))
                 break
+            except UnstorableState as exc:
+                refused = StateRefused(self.name, elems[i][0], exc.problem)
+                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)
                 i += 1
@@ -239,7 +254,6 @@ class WindowOp(TimerOperator):
 
     def _fire(self, domain: str, time: int, skey: bytes, fired: dict[int, list[Element]]) -> None:
         wm = self.timers.watermark
-        table = self.buffer.table(self.state)
         value = self.buffer.get(self.state, skey)  # None if deleted or absent
         if not value:
             return
@@ -252,8 +266,8 @@ class WindowOp(TimerOperator):
             if not (w[3] and w[1] - 1 + self.lateness <= wm):
                 keep.append(w)
         value["w"] = keep
-        if keep:
-            table[skey] = value
+        if keep:  # fewer windows, or flags set: no larger than what was stored
+            self.buffer.put(self.state, skey, value)
             self._schedule(skey, keep)
         else:
             self.buffer.delete(self.state, skey)

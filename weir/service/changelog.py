@@ -9,9 +9,14 @@ value or a tombstone — so compaction keeps the latest value of every key.
 
 The life of a state change:
 
-1. A slot's operator writes into the slot's epoch buffer (`weir.state.epoch`).
+1. A slot's operator writes into the slot's epoch buffer (`weir.state.epoch`), which
+   encodes the value at once and refuses, at that record, one the serde cannot
+   encode or whose changelog record would exceed what the topic accepts
+   (`Changelogs.limits`): a changelog record the broker refuses would fail the
+   whole checkpoint.
 2. At the checkpoint barrier the slot freezes the epoch and produces its
-   changelog records (`Changelogs.records`) into the open transaction.
+   changelog records (`Changelogs.records`: the bytes encoded in step 1) into the
+   open transaction.
 3. The transaction commits (`weir.service.transaction`).
 4. Only then are the writes applied to RocksDB, in one write batch together
    with, per changelog partition, the offset the local copy is now complete up
@@ -24,13 +29,14 @@ The life of a state change:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from weir.operators.physical import PhysicalPlan
 from weir.service.exceptions import KafkaUnavailable, TopicsMismatch
-from weir.service.topics import ensure_topic, partition_counts
+from weir.service.topics import TopicLimits, ensure_topic, partition_counts, topic_limits
 from weir.state.layout import changelog_key, partition_of
 from weir.state.store import Write
 
@@ -55,6 +61,32 @@ class Changelogs:
     @property
     def input_topics(self) -> set[str]:
         return {op.input_topic for op in self.operators}
+
+    @property
+    def topics(self) -> list[str]:
+        return [op.changelog for op in self.operators]
+
+    def limits(
+        self, admin: AdminClient, timeout_s: float, producer_max_bytes: int
+    ) -> dict[str, TopicLimits]:
+        """What each changelog topic accepts, read at start: its ``max.message.bytes``
+        (less overhead), and never more than the producer sends (its
+        ``message.max.bytes``, which librdkafka checks before a record leaves)."""
+        read = topic_limits(admin, self.topics, timeout_s)
+        return {
+            topic: replace(limit, max_bytes=min(limit.max_bytes or producer_max_bytes,
+                                                producer_max_bytes))
+            for topic, limit in read.items()
+        }  # fmt: skip
+
+    def record_limits(self, limits: dict[str, TopicLimits]) -> dict[str, int]:
+        """Per state, the most bytes (key and value) one of its changelog records may
+        have: what the epoch buffers refuse beyond, at the record (`weir.state.epoch`)."""
+        return {
+            state: limits[topic].max_bytes
+            for state, topic in self.topic_of.items()
+            if topic in limits and limits[topic].max_bytes is not None
+        }
 
     def provision(self, admin: AdminClient, timeout_s: float) -> None:
         """Create missing changelogs (compacted, partitioned like their input); refuse

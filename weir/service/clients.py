@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from weir.service.topics import TopicLimits
 
 ROLES = ("consumer", "producer", "admin")
+LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
 Client = TypeVar("Client")
 
 
@@ -41,6 +42,13 @@ class ClientSettings:
         a checkpoint interval plus the checkpoint timeout, with room to commit."""
         interval, timeout = self.config.checkpoint_interval_ms, self.config.checkpoint_timeout_ms
         return max(10000, 2 * interval + 5000, interval + timeout + 2000)
+
+    @property
+    def producer_max_bytes(self) -> int:
+        """The largest record (key, value and headers) the producer sends: its
+        ``message.max.bytes`` (librdkafka refuses a larger one before it leaves)."""
+        value = str(self.passthrough("producer").get("message.max.bytes", ""))
+        return int(value) if value.isdigit() else LIBRDKAFKA_MESSAGE_MAX_BYTES
 
     def common(self) -> dict[str, Any]:
         return {
@@ -120,7 +128,7 @@ class ClientSettings:
 
     def copier(self, transactional_id: str, timeout_ms: int) -> dict[str, Any]:
         """A producer that copies a changelog to a new name in one transaction
-        (`service.state_rename`), under its own transactional id and timeout."""
+        (`weir.service.state_rename`), under its own transactional id and timeout."""
         return {
             **self.common(),
             "client.id": transactional_id,

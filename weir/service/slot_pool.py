@@ -66,6 +66,7 @@ class SlotPool:
     ) -> None:
         """Fresh slots producing on ``producer``, each with its own epoch buffer."""
         serdes = {s: JsonSerde() for s in self.changelogs.states}
+        record_limits = self.changelogs.record_limits(limits)
         slots: list[Slot] = []
         for i in range(self.count):
             slots.append(
@@ -80,7 +81,7 @@ class SlotPool:
                     self.metrics,
                     on_ack,
                     self.on_fatal,
-                    state=None if store is None else EpochBuffer(store, serdes),
+                    state=None if store is None else EpochBuffer(store, serdes, record_limits),
                     changelogs=self.changelogs,
                     limits=limits,
                     registry=self.registry,

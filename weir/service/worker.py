@@ -143,6 +143,9 @@ class Worker:
         state = None
         if self.changelogs:
             self.changelogs.provision(admin, timeout)
+            self.limits.update(
+                self.changelogs.limits(admin, timeout, self.settings.producer_max_bytes)
+            )
             path = Path(cfg.state_dir) / self.group / self.worker_id
             state = StateCommit.open(path, self.changelogs, admin, cfg, self.stopping)
             self.store = state.store

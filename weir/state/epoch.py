@@ -1,22 +1,33 @@
 """A slot's uncommitted state: the epoch buffer in front of RocksDB.
 
-Writes of the current epoch (since the slot's last barrier) live in ``live``
-as Python objects, one dict per state, so a key updated many times in an epoch
-is serialized once. At a barrier the slot `freeze`\\ s them: they are
-serialized, become the changelog records of the checkpoint, and stay readable
-in ``frozen`` until the coordinator has committed the checkpoint and applied
-them to RocksDB (`applied`). Reads go live → frozen → RocksDB.
+Writes of the current epoch (since the slot's last barrier) live in ``live`` as
+Python objects, one dict per state, which operators read directly, and in
+``encoded`` as the bytes their serde made of them. Operators store a value with
+`put`, which encodes it at once:
 
-Only the owning slot thread reads and writes ``live``; the coordinator only
-swaps ``frozen`` out after applying it, and a reader holding the old dict still
-sees the same values RocksDB now has.
+1. A value that cannot be stored — its serde refuses it (JSON: an integer beyond
+   64 bits, NaN or infinity, a type JSON does not have), or its changelog record
+   would be larger than the changelog topic accepts — raises `UnstorableState` at
+   the record that made it, and the key's state is put back as it was before that
+   record (`revert`: operators may have changed the live value in place). The
+   record fails alone; the checkpoint never sees the value.
+2. At a barrier the slot `freeze`\\ s the epoch: the encoded bytes become the
+   checkpoint's changelog records — encoded once, with nothing left to fail — and
+   stay readable in ``frozen`` until the coordinator has committed the checkpoint
+   and applied them to RocksDB (`applied`).
+
+Reads go live → frozen → RocksDB. Only the owning slot thread reads and writes
+``live`` and ``encoded``; the coordinator only swaps ``frozen`` out after applying
+it, and a reader holding the old dict still sees the same values RocksDB now has.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from weir.state.layout import partition_of
+from weir.state.exceptions import UnstorableState
+from weir.state.layout import changelog_key, partition_of
 from weir.state.serde import Serde
 from weir.state.store import StateStore, Write
 
@@ -27,14 +38,26 @@ MISSING = object()
 class EpochBuffer:
     """Uncommitted writes of one slot, layered over the worker's `StateStore`."""
 
-    def __init__(self, store: StateStore, serdes: dict[str, Serde]) -> None:
+    def __init__(
+        self, store: StateStore, serdes: dict[str, Serde], limits: dict[str, int] | None = None
+    ) -> None:
+        """``limits``: per state, the most bytes (key and value) one of its changelog
+        records may have; a state without one is not limited."""
         self.store = store
         self.serdes = serdes
+        self.limits = {state: (limits or {}).get(state, sys.maxsize) for state in serdes}
+        self._dumps = {state: serde.dumps for state, serde in serdes.items()}
+        # what a value and its storage key may take of the record: the limit less the
+        # changelog key's own prefix (the state name)
+        self._room = {
+            state: limit - len(changelog_key(state, b"")) for state, limit in self.limits.items()
+        }
         self.live: dict[str, dict[bytes, Any]] = {state: {} for state in serdes}
+        self.encoded: dict[str, dict[bytes, bytes | None]] = {state: {} for state in serdes}
         self.frozen: dict[str, dict[bytes, bytes | None]] | None = None
 
     def table(self, state: str) -> dict[bytes, Any]:
-        """The live dict of ``state``: operators read and write it directly on the hot path."""
+        """The live dict of ``state``, for reads on the hot path; write with `put`."""
         return self.live[state]
 
     def committed(self, state: str, skey: bytes) -> Any:
@@ -53,8 +76,39 @@ class EpochBuffer:
             return self.committed(state, skey)
         return None if value is DELETED else value
 
+    def put(self, state: str, skey: bytes, value: Any) -> None:
+        """Store ``value`` for ``skey``, encoded now (step 1). Raises `UnstorableState`,
+        with the key's state as it was before, if it cannot be stored."""
+        try:
+            data = self._dumps[state](value)
+        except Exception as exc:  # a serde's refusal: any exception it raises
+            self.revert(state, skey)
+            raise UnstorableState(state, f"{type(exc).__name__}: {exc}") from None
+        if len(data) + len(skey) > self._room[state]:
+            self.revert(state, skey)
+            size = len(data) + len(skey) + self.limits[state] - self._room[state]
+            raise UnstorableState(
+                state,
+                f"it is {len(data)} bytes encoded, and its changelog record would be {size}"
+                f" bytes, more than the {self.limits[state]} the changelog topic accepts"
+                " (max.message.bytes)",
+            )
+        self.live[state][skey] = value
+        self.encoded[state][skey] = data
+
     def delete(self, state: str, skey: bytes) -> None:
         self.live[state][skey] = DELETED
+        self.encoded[state][skey] = None
+
+    def revert(self, state: str, skey: bytes) -> None:
+        """Put ``skey``'s live value back to what was last stored: the bytes of its last
+        `put` this epoch, or (untouched this epoch) the committed value."""
+        encoded = self.encoded[state]
+        if skey in encoded:
+            data = encoded[skey]
+            self.live[state][skey] = DELETED if data is None else self.serdes[state].loads(data)
+        else:
+            self.live[state].pop(skey, None)
 
     def scan(self, state: str, partition: int) -> list[tuple[bytes, Any]]:
         """Every current entry of ``state`` in ``partition``: RocksDB, then frozen, then live."""
@@ -74,19 +128,15 @@ class EpochBuffer:
         return sorted(out.items())
 
     def freeze(self) -> list[Write]:
-        """End the epoch: serialize its writes, keep them readable until applied."""
-        writes: list[Write] = []
-        frozen: dict[str, dict[bytes, bytes | None]] = {}
-        for state, table in self.live.items():
-            dumps = self.serdes[state].dumps
-            out = frozen[state] = {}
-            for skey, value in table.items():
-                data = None if value is DELETED else dumps(value)
-                out[skey] = data
-                writes.append((state, skey, data))
+        """End the epoch (step 2): its writes, as encoded by `put`, stay readable until
+        applied."""
+        frozen = self.encoded
         self.frozen = frozen
         self.live = {state: {} for state in self.serdes}
-        return writes
+        self.encoded = {state: {} for state in self.serdes}
+        return [
+            (state, skey, data) for state, table in frozen.items() for skey, data in table.items()
+        ]
 
     def applied(self) -> None:
         """The frozen writes are in RocksDB now."""
