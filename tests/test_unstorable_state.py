@@ -8,12 +8,20 @@ a checkpoint writes are the ones encoded then, so freezing the epoch encodes not
 and cannot fail. Keyed aggregates, windows and process functions (records and timers)
 send such a record to the dead-letter path with reason ``state``, naming the operator
 and the key, and go on with the next record.
+
+End to end (`tests/jobs/unstorable.py`, read_committed outputs): a reading whose event
+time is 1e20, one whose windowed sum would be 2**70, and readings that grow a list
+state past 1 MB each go to the dead-letter topic with their reason; the worker never
+restarts nor fails a checkpoint, and every other key's results are exact.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,8 @@ from state.exceptions import UnstorableState
 from state.layout import changelog_key, state_key
 from state.serde import JsonSerde
 from state.store import StateStore
+from tests.kafka_fixture import consume_all, produce_json
+from tests.workers import WorkerProcess, job_env, metric
 from weir import Job, KeyedProcessFunction, Tumbling
 
 GROUPS = 128
@@ -314,3 +324,67 @@ def test_a_list_state_grown_past_the_limit_fails_the_record_and_then_the_timer()
         assert state["l"]["items"] == [pad] * 4 and "t" not in state, "list kept, timer spent"
     finally:
         s.close()
+
+
+# -- end to end ----------------------------------------------------------------------
+
+PAD = 120_000  # 8 of these fit in a changelog record of 1 MB (1000000 or 1048576), 9 do not
+
+
+def test_unstorable_records_go_to_the_dlq_and_the_job_runs_on(kafka_bootstrap, new_topic, tmp_path):
+    src, windows_out, lists_out = new_topic(partitions=2), new_topic(), new_topic()
+    group = f"unstorable-{uuid.uuid4().hex[:8]}"
+    now = int(time.time() * 1000)
+    start = now - 60_000 - now % 10_000
+    good = [{"tag": f"s{i % 5}", "ts": start + i * 100, "value": i} for i in range(300)]
+    big = [{"tag": "big", "ts": start + 1000 + i, "value": 1, "pad": "x" * PAD} for i in range(12)]
+    big.append({"tag": "big", "ts": start + 2000, "value": 1})  # no pad: fits again
+    bad = [
+        {"tag": "s1", "ts": 1e20, "value": 7},  # not an epoch-ms event time
+        {"tag": "s2", "ts": start + 555, "value": float(2**70)},  # int(): a sum beyond 64 bits
+    ]
+    produce_json(kafka_bootstrap, src, good + big + bad, key=lambda r: r["tag"])
+    worker = WorkerProcess(
+        "unstorable.py", kafka_bootstrap, group, "w1", tmp_path,
+        job_env(in_=src, windows=windows_out, lists=lists_out),
+        ["--checkpoint-interval-ms", "200"],
+    )  # fmt: skip
+    want_windows: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for r in good + big:
+        want_windows[(r["tag"], r["ts"] - r["ts"] % 10_000)].append(r["value"])
+    appended = Counter(r["tag"] for r in good + big + bad[1:])
+    try:
+        windows = consume_all(kafka_bootstrap, windows_out, len(want_windows), timeout=120)
+        lists = consume_all(kafka_bootstrap, lists_out, sum(appended.values()) - 4, timeout=60)
+        # not JSON: a dead letter keeps at most 64 kB of the record's value
+        dead = consume_all(kafka_bootstrap, f"{group}.dlq", 6, timeout=60, decode_json=False)
+        metrics = worker.metrics()
+        worker.check_alive()
+        assert worker.terminate(60) == 0
+    finally:
+        worker.close()
+
+    got = {(w["value"]["key"], w["value"]["window_start"]): w["value"] for w in windows}
+    assert set(got) == set(want_windows), "every window of the stored readings, no other"
+    for key, values in want_windows.items():
+        assert (got[key]["count"], got[key]["sum"]) == (len(values), sum(values)), key
+    lengths: dict[str, list[int]] = defaultdict(list)
+    for r in lists:  # one key's outputs are in one partition, in order
+        lengths[r["value"]["key"]].append(r["value"]["n"])
+    assert lengths.pop("big") == [*range(1, 9), 9], "4 pads refused; the list kept 8, then 9"
+    assert lengths == {k: list(range(1, n + 1)) for k, n in appended.items() if k != "big"}
+
+    letters = sorted(
+        (h["weir.reason"].decode(), h["weir.operator"].decode(), h["weir.error"].decode())
+        for h in (dict(d["headers"]) for d in dead)
+    )
+    by_reason = Counter((reason, op) for reason, op, _ in letters)
+    assert by_reason[("state", "append")] == 4 and by_reason[("state", "sums")] == 1
+    assert sum(n for (reason, _), n in by_reason.items() if reason == "timestamp") == 1
+    errors = {op: error for reason, op, error in letters if reason == "state"}
+    assert "cannot store the state of key 'big'" in errors["append"]
+    assert "the changelog topic accepts" in errors["append"]
+    assert "cannot store the state of key 's2'" in errors["sums"] and "64-bit" in errors["sums"]
+    assert metric(metrics, "weir_restarts_total") == 0
+    assert metric(metrics, "weir_checkpoints_total", status="failed") == 0
+    assert metric(metrics, "weir_records_failed_total", reason="state") == 5
