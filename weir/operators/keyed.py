@@ -58,7 +58,7 @@ class KeyedOp(Operator):
     def process(self, batch: Batch) -> None:
         buffer, state, groups = self.buffer, self.state, self.groups
         table = buffer.table(state)
-        committed, put = buffer.committed, buffer.put
+        committed, put = buffer.committed, buffer.writer(state)
         partition = batch.partition
         update = self.update
         out: list[Element] = []
@@ -74,7 +74,7 @@ class KeyedOp(Operator):
                     if acc is MISSING:
                         acc = committed(state, skey)
                     acc, result = update(acc, v)
-                    put(state, skey, acc)
+                    put(skey, acc)
                     append((k, _output(k, result), t, o))
                 break
             except UnstorableState as exc:

@@ -138,7 +138,7 @@ class WindowOp(TimerOperator):
     def process(self, batch: Batch) -> None:
         p = batch.partition
         wm = max(self.timers.watermark, self.timers.restored_watermark(p))
-        get, put, state = self.buffer.get, self.buffer.put, self.state
+        get, put, state = self.buffer.get, self.buffer.writer(self.state), self.state
         out: list[Element] = []
         late: list[tuple[bytes | None, bytes, int, int]] = []
         elems = batch.elems
@@ -152,7 +152,7 @@ class WindowOp(TimerOperator):
                     mark = len(out)
                     if self._add(value, skey, v, t, wm, out):
                         try:
-                            put(state, skey, value)
+                            put(skey, value)
                         except UnstorableState:
                             del out[mark:]  # updates of windows that fired: not made
                             raise

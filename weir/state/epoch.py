@@ -24,6 +24,7 @@ it, and a reader holding the old dict still sees the same values RocksDB now has
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from weir.state.exceptions import UnstorableState
@@ -52,9 +53,12 @@ class EpochBuffer:
         self._room = {
             state: limit - len(changelog_key(state, b"")) for state, limit in self.limits.items()
         }
+        # One dict per state for the buffer's life (`freeze` empties them): writers and
+        # operators may hold them.
         self.live: dict[str, dict[bytes, Any]] = {state: {} for state in serdes}
         self.encoded: dict[str, dict[bytes, bytes | None]] = {state: {} for state in serdes}
         self.frozen: dict[str, dict[bytes, bytes | None]] | None = None
+        self._writers = {state: self._writer(state) for state in serdes}
 
     def table(self, state: str) -> dict[bytes, Any]:
         """The live dict of ``state``, for reads on the hot path; write with `put`."""
@@ -76,25 +80,41 @@ class EpochBuffer:
             return self.committed(state, skey)
         return None if value is DELETED else value
 
+    def writer(self, state: str) -> Callable[[bytes, Any], None]:
+        """`put` for one state, bound once: the way hot paths write."""
+        return self._writers[state]
+
     def put(self, state: str, skey: bytes, value: Any) -> None:
         """Store ``value`` for ``skey``, encoded now (step 1). Raises `UnstorableState`,
         with the key's state as it was before, if it cannot be stored."""
-        try:
-            data = self._dumps[state](value)
-        except Exception as exc:  # a serde's refusal: any exception it raises
-            self.revert(state, skey)
-            raise UnstorableState(state, f"{type(exc).__name__}: {exc}") from None
-        if len(data) + len(skey) > self._room[state]:
-            self.revert(state, skey)
-            size = len(data) + len(skey) + self.limits[state] - self._room[state]
-            raise UnstorableState(
-                state,
-                f"it is {len(data)} bytes encoded, and its changelog record would be {size}"
-                f" bytes, more than the {self.limits[state]} the changelog topic accepts"
-                " (max.message.bytes)",
-            )
-        self.live[state][skey] = value
-        self.encoded[state][skey] = data
+        self._writers[state](skey, value)
+
+    def _writer(self, state: str) -> Callable[[bytes, Any], None]:
+        live, encoded = self.live[state], self.encoded[state]
+        dumps, room, revert = self._dumps[state], self._room[state], self.revert
+
+        def put(skey: bytes, value: Any) -> None:
+            try:
+                data = dumps(value)
+            except Exception as exc:  # a serde's refusal: any exception it raises
+                revert(state, skey)
+                raise UnstorableState(state, f"{type(exc).__name__}: {exc}") from None
+            if len(data) + len(skey) > room:
+                revert(state, skey)
+                raise self._too_large(state, len(data), len(skey))
+            live[skey] = value
+            encoded[skey] = data
+
+        return put
+
+    def _too_large(self, state: str, size: int, key_size: int) -> UnstorableState:
+        limit = self.limits[state]
+        record = size + key_size + limit - self._room[state]
+        return UnstorableState(
+            state,
+            f"it is {size} bytes encoded, and its changelog record would be {record} bytes,"
+            f" more than the {limit} the changelog topic accepts (max.message.bytes)",
+        )
 
     def delete(self, state: str, skey: bytes) -> None:
         self.live[state][skey] = DELETED
@@ -130,10 +150,11 @@ class EpochBuffer:
     def freeze(self) -> list[Write]:
         """End the epoch (step 2): its writes, as encoded by `put`, stay readable until
         applied."""
-        frozen = self.encoded
+        frozen = {state: dict(table) for state, table in self.encoded.items()}
         self.frozen = frozen
-        self.live = {state: {} for state in self.serdes}
-        self.encoded = {state: {} for state in self.serdes}
+        for state in self.serdes:
+            self.live[state].clear()
+            self.encoded[state].clear()
         return [
             (state, skey, data) for state, table in frozen.items() for skey, data in table.items()
         ]
