@@ -96,7 +96,7 @@ def store() -> Iterator[Store]:
         (2**70, "64-bit"),
         ({1: "a"}, "str"),
         ({"a", "b"}, "set"),
-        (list(range(200)), "changelog topic accepts"),
+        (list(range(200)), "its changelog accepts"),
     ],
 )
 def test_a_value_that_cannot_be_stored_is_refused_and_the_state_stays(store, value, problem):
@@ -276,7 +276,7 @@ def test_a_window_that_would_outgrow_the_changelog_is_reported_and_fires_as_it_w
         assert fired["small"] == 1, "NaN refused, the next record kept"
         assert {f[1] for f in op.ctx.failed} == {"state"}
         assert "operator 'all' cannot store the state of key 'big'" in refused[0][3]
-        assert "the changelog topic accepts" in refused[0][3]
+        assert "its changelog accepts" in refused[0][3]
     finally:
         s.close()
 
@@ -383,7 +383,7 @@ def test_unstorable_records_go_to_the_dlq_and_the_job_runs_on(kafka_bootstrap, n
     assert sum(n for (reason, _), n in by_reason.items() if reason == "timestamp") == 1
     errors = {op: error for reason, op, error in letters if reason == "state"}
     assert "cannot store the state of key 'big'" in errors["append"]
-    assert "the changelog topic accepts" in errors["append"]
+    assert "its changelog accepts" in errors["append"]
     assert "cannot store the state of key 's2'" in errors["sums"] and "64-bit" in errors["sums"]
     assert metric(metrics, "weir_restarts_total") == 0
     assert metric(metrics, "weir_checkpoints_total", status="failed") == 0

@@ -113,7 +113,8 @@ class EpochBuffer:
         return UnstorableState(
             state,
             f"it is {size} bytes encoded, and its changelog record would be {record} bytes,"
-            f" more than the {limit} the changelog topic accepts (max.message.bytes)",
+            f" more than the {limit} its changelog accepts (the topic's max.message.bytes,"
+            " at most the producer's message.max.bytes)",
         )
 
     def delete(self, state: str, skey: bytes) -> None:
