@@ -29,22 +29,22 @@ from typing import Any
 import orjson
 import pytest
 
-from operators.chain import Batch
-from operators.keyed import AggregateOp, states_of
-from operators.physical import compile_plan
-from operators.plan import Op
-from operators.process import ProcessOp
-from operators.windowed import WindowOp
-from service.changelog import Changelogs
-from service.topics import TopicLimits
-from state.epoch import EpochBuffer
-from state.exceptions import UnstorableState
-from state.layout import changelog_key, state_key
-from state.serde import JsonSerde
-from state.store import StateStore
 from tests.kafka_fixture import consume_all, produce_json
 from tests.workers import WorkerProcess, job_env, metric
 from weir import Job, KeyedProcessFunction, Tumbling
+from weir.operators.chain import Batch
+from weir.operators.keyed import AggregateOp, states_of
+from weir.operators.physical import compile_plan
+from weir.operators.plan import Op
+from weir.operators.process import ProcessOp
+from weir.operators.windowed import WindowOp
+from weir.service.changelog import Changelogs
+from weir.service.topics import TopicLimits
+from weir.state.epoch import EpochBuffer
+from weir.state.exceptions import UnstorableState
+from weir.state.layout import changelog_key, state_key
+from weir.state.serde import JsonSerde
+from weir.state.store import StateStore
 
 GROUPS = 128
 STATE = "op.acc"

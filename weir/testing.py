@@ -26,8 +26,8 @@ coordinator stand, and after every call (`send`, `advance_time`, `advance_waterm
    never below what `advance_watermark` asked for; the processing time is the tester's
    clock. Windows and timers that are due fire.
 3. Completes a checkpoint: barriers through every slot, the epoch's state changes
-   serialized into the store (a value the JSON serde cannot store fails here, as it
-   would fail a worker's checkpoint), held outputs released.
+   into the store (encoded when written: a value the JSON serde cannot store fails its
+   record, as in a worker), held outputs released.
 4. Reads back what was written to repartition topics (a worker's consumer sees it once
    the checkpoint has committed) and repeats 1-4 until nothing is left.
 
@@ -35,13 +35,13 @@ Each call is its own fetch batch, so the watermark can move between any two reco
 test sends: one of the schedules a worker may run, the strictest one.
 
 What it does not model: Kafka itself (transactions, commit failures, fencing, other
-producers' read_committed visibility, topic limits such as ``max.message.bytes``);
-rebalances and partition moves, restores from changelogs, restarts and the restart
-strategy (an exception raised in a slot — ``on_error="fail"``, a state the serde cannot
-store — comes out of the call, and the tester is not usable after it); standby replicas;
-several workers or ``--processes``; backpressure and flow control; metrics and HTTP
-endpoints. A source's ``max_future`` is checked against the real wall clock, not the
-tester's.
+producers' read_committed visibility, topic limits such as ``max.message.bytes``, so
+state is never refused for its size); rebalances and partition moves, restores from
+changelogs, restarts and the restart strategy (an exception raised in a slot —
+``on_error="fail"`` — comes out of the call, and the tester is not usable after it);
+standby replicas; several workers or ``--processes``; backpressure and flow control;
+metrics and HTTP endpoints. A source's ``max_future`` is checked against the real wall
+clock, not the tester's.
 """
 
 from __future__ import annotations

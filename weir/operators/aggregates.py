@@ -4,7 +4,8 @@
 field to an `AggregateFunction`: ``create`` a fresh accumulator, ``add`` a
 record to it, ``merge`` two (session windows), ``result`` to emit. Built-ins
 read their input with ``record[field]`` or a callable. Accumulators are stored
-in keyed state, so they must be serializable by the state serde (JSON).
+in keyed state, so they must be serializable by the state serde (JSON); a record whose
+accumulator is not fails alone (reason ``state``, `weir.state.epoch`).
 ``add`` returns the new accumulator rather than mutating it, so a record whose
 ``add`` raises leaves the state as it was.
 """
