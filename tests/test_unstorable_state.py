@@ -132,6 +132,18 @@ def test_the_limit_is_on_the_whole_changelog_record(store):
     assert buffer.get(STATE, key) == "x" * (room - 2)
 
 
+def test_a_lowered_limit_reaches_writers_already_held(store):
+    """A changelog topic's limit lowered while the worker runs (`LimitsRefresher`): a
+    writer an operator took before the change refuses by the new limit."""
+    buffer = store.buffer()
+    put = buffer.writer(STATE)
+    put(skey("k"), "x" * 200)
+    buffer.set_limits({STATE: 100})
+    with pytest.raises(UnstorableState, match="more than the 100"):
+        put(skey("k"), "x" * 200)
+    assert buffer.get(STATE, skey("k")) == "x" * 200, "the state is what was stored"
+
+
 def test_a_value_changed_in_place_is_put_back(store):
     """Operators change live values in place (a window appends to its list): a refused
     value is replaced by what was last stored, not left half-changed."""

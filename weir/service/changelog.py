@@ -73,11 +73,7 @@ class Changelogs:
         (less overhead), and never more than the producer sends (its
         ``message.max.bytes``, which librdkafka checks before a record leaves)."""
         read = topic_limits(admin, self.topics, timeout_s)
-        return {
-            topic: replace(limit, max_bytes=min(limit.max_bytes or producer_max_bytes,
-                                                producer_max_bytes))
-            for topic, limit in read.items()
-        }  # fmt: skip
+        return {topic: capped(limit, producer_max_bytes) for topic, limit in read.items()}
 
     def record_limits(self, limits: dict[str, TopicLimits]) -> dict[str, int]:
         """Per state, the most bytes (key and value) one of its changelog records may
@@ -129,3 +125,8 @@ class Changelogs:
         if unknown:  # seen while a reset connection came back: ask again
             raise KafkaUnavailable(f"no end offset known yet for changelog partitions {unknown}")
         return ends
+
+
+def capped(limit: TopicLimits, producer_max_bytes: int) -> TopicLimits:
+    """A changelog's limit, never above what the producer sends."""
+    return replace(limit, max_bytes=min(limit.max_bytes or producer_max_bytes, producer_max_bytes))

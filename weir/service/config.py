@@ -53,6 +53,9 @@ class WorkerConfig:
     connect_timeout_s: float = 15.0
     broker_timeout_s: float = 300.0  # Kafka unreachable this long: exit 3 (restart me)
     shutdown_timeout_s: float = 30.0
+    # How often the configs of the topics the job writes are read again (size and
+    # timestamp limits can change under a running worker).
+    topic_config_refresh_s: float = 30.0
     # Flink's restart strategies, for unexpected errors in a slot (not bad records):
     restart_strategy: str = "exponential-delay"  # or fixed-delay, none
     restart_attempts: int = 5
@@ -106,6 +109,7 @@ _INT_RANGES = {
 _FLOAT_RANGES = {
     "connect_timeout_s": (0.1, 3600.0),
     "shutdown_timeout_s": (0.1, 3600.0),
+    "topic_config_refresh_s": (1.0, 86400.0),
     "broker_timeout_s": (1.0, 86400.0),
 }
 _BOOLS = {"allow_state_reset"}

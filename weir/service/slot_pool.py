@@ -91,6 +91,14 @@ class SlotPool:
         for slot in slots:
             slot.start()
 
+    def set_record_limits(self, limits: dict[str, TopicLimits]) -> None:
+        """A changelog topic's limit changed: every slot's epoch buffer refuses by the
+        new one from its next write on."""
+        record_limits = self.changelogs.record_limits(limits)
+        for slot in self.slots:
+            if slot.state is not None:
+                slot.state.set_limits(record_limits)
+
     def stop(self, timeout: float) -> None:
         """Stop every slot; what they still hold is discarded (a rollback follows, or
         the last checkpoint has committed it)."""

@@ -1,10 +1,13 @@
-"""Checks and creates the topics a job needs, before the worker joins its group."""
+"""Checks and creates the topics a job needs, before the worker joins its group, and keeps
+what the topics it writes accept current while it runs (`LimitsRefresher`)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
@@ -151,23 +154,87 @@ class TopicLimits:
 
 def topic_limits(admin: AdminClient, topics: list[str], timeout_s: float) -> dict[str, TopicLimits]:
     """What each topic the job writes accepts, from its configuration."""
-    resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
-    limits = {}
-    for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
-        config = {k: e.value for k, e in future.result(timeout=timeout_s).items()}
-        create_time = config.get("message.timestamp.type", "CreateTime") == "CreateTime"
+    futures = admin.describe_configs(
+        [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=timeout_s
+    )
+    return {
+        resource.name: _limits({k: e.value for k, e in future.result(timeout=timeout_s).items()})
+        for resource, future in futures.items()
+    }
 
-        def number(name: str, config: dict = config) -> int | None:
-            value = config.get(name)
-            return None if value is None or int(value) >= 2**62 else int(value)
 
-        max_bytes = number("max.message.bytes")
-        limits[resource.name] = TopicLimits(
-            None if max_bytes is None else max_bytes - RECORD_OVERHEAD,
-            number("message.timestamp.before.max.ms") if create_time else None,
-            number("message.timestamp.after.max.ms") if create_time else None,
-        )
-    return limits
+def _limits(config: dict[str, str | None]) -> TopicLimits:
+    create_time = config.get("message.timestamp.type", "CreateTime") == "CreateTime"
+
+    def number(name: str) -> int | None:
+        value = config.get(name)
+        return None if value is None or int(value) >= 2**62 else int(value)
+
+    max_bytes = number("max.message.bytes")
+    return TopicLimits(
+        None if max_bytes is None else max_bytes - RECORD_OVERHEAD,
+        number("message.timestamp.before.max.ms") if create_time else None,
+        number("message.timestamp.after.max.ms") if create_time else None,
+    )
+
+
+class LimitsRefresher:
+    """Keeps what written topics accept current while the worker runs: a topic's
+    ``max.message.bytes`` or timestamp bounds can be changed under it (``kafka-configs``,
+    ``weir topics``), and a record checked against a stale limit would fail its whole
+    transaction.
+
+    1. Every ``every_s`` (from the fetch loop, via `poll`), ask for the topics' configs
+       without waiting (the admin client's futures).
+    2. Once the answer is in, replace each changed entry of the shared ``limits`` dict
+       in place — slots and the producer read that dict — through ``adjust`` (the
+       changelogs cap theirs at the producer's own limit), and call ``changed`` with
+       the topics whose limits moved. A failed or late answer is logged and asked again
+       next time; the old limits stay meanwhile.
+    """
+
+    def __init__(
+        self,
+        admin: AdminClient,
+        limits: dict[str, TopicLimits],
+        adjust: Callable[[str, TopicLimits], TopicLimits],
+        changed: Callable[[set[str]], None],
+        every_s: float = 30.0,
+    ) -> None:
+        self.admin, self.limits, self.adjust, self.changed = admin, limits, adjust, changed
+        self.every_s = every_s
+        self._next = time.monotonic() + every_s
+        self._pending: dict[Any, Any] | None = None
+
+    def poll(self, now: float) -> None:
+        if self._pending is None:
+            if now >= self._next and self.limits:  # Step 1
+                resources = [ConfigResource(ResourceType.TOPIC, t) for t in self.limits]
+                self._pending = self.admin.describe_configs(resources, request_timeout=10)
+            return
+        if not all(f.done() for f in self._pending.values()):
+            if now < self._next + 30:
+                return
+            log.warning("topic configs: no answer in 30 s; asking again later")
+        else:
+            self._apply(self._pending)  # Step 2
+        self._pending, self._next = None, now + self.every_s
+
+    def _apply(self, futures: dict[Any, Any]) -> None:
+        moved = set()
+        for resource, future in futures.items():
+            try:
+                config = {k: e.value for k, e in future.result().items()}
+            except KafkaException as exc:
+                log.warning("topic configs of %s: %s", resource.name, exc.args[0].str())
+                continue
+            new = self.adjust(resource.name, _limits(config))
+            if self.limits.get(resource.name) != new:
+                log.info("topic %s now accepts %s", resource.name, new)
+                self.limits[resource.name] = new
+                moved.add(resource.name)
+        if moved:
+            self.changed(moved)
 
 
 def provision_repartition_topics(admin: AdminClient, plan: PhysicalPlan, timeout_s: float) -> None:

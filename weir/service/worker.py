@@ -33,7 +33,7 @@ from confluent_kafka import KafkaException
 from weir.operators import Job
 from weir.operators.formats import needs_registry
 from weir.operators.physical import PhysicalPlan, compile_plan
-from weir.service.changelog import Changelogs
+from weir.service.changelog import Changelogs, capped
 from weir.service.checkpoint import (
     CheckpointAmbiguous,
     CheckpointCoordinator,
@@ -56,7 +56,12 @@ from weir.service.router import SlotRouter
 from weir.service.sampler import MetricsSampler
 from weir.service.slot_pool import SlotPool
 from weir.service.state_rename import copy_state
-from weir.service.topics import TopicLimits, connect_admin, provision_job_topics
+from weir.service.topics import (
+    LimitsRefresher,
+    TopicLimits,
+    connect_admin,
+    provision_job_topics,
+)
 from weir.service.transaction import TransactionalOutput, TransactionFailed
 from weir.service.upgrade import check_state
 from weir.service.watermarks import SlotProgress, WatermarkTracker
@@ -150,6 +155,10 @@ class Worker:
             state = StateCommit.open(path, self.changelogs, admin, cfg, self.stopping)
             self.store = state.store
         self.output.open(self.limits)
+        self.limits_refresher = LimitsRefresher(
+            admin, self.limits, self._adjust_limit, self._limits_changed,
+            cfg.topic_config_refresh_s,
+        )  # fmt: skip
         self.consumer = GroupConsumers(
             self.settings,
             {"source": self.plan.user_source_topics, "repartition": self.plan.repartition_topics},
@@ -271,6 +280,7 @@ class Worker:
                 self.slots.tick(self.watermarks.watermark)
                 last_watermark = now
             if now - last_sample >= 1.0:
+                self.limits_refresher.poll(now)
                 self.sampler.sample()
                 self.history.sample(now)
                 last_sample = now
@@ -281,6 +291,15 @@ class Worker:
         if self.watermarks:
             self.slots.assign_ownership(self.router, self.rebalancer.restoring)
             self.slots.tick(self.watermarks.watermark)
+
+    def _adjust_limit(self, topic: str, limit: TopicLimits) -> TopicLimits:
+        if topic in self.changelogs.topics:
+            return capped(limit, self.settings.producer_max_bytes)
+        return limit
+
+    def _limits_changed(self, topics: set[str]) -> None:
+        if topics & set(self.changelogs.topics):
+            self.slots.set_record_limits(self.limits)
 
     def _on_slot_fatal(self, exc: BaseException) -> None:
         log.error("slot failed: %s: %s", type(exc).__name__, exc)

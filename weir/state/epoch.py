@@ -46,19 +46,26 @@ class EpochBuffer:
         records may have; a state without one is not limited."""
         self.store = store
         self.serdes = serdes
-        self.limits = {state: (limits or {}).get(state, sys.maxsize) for state in serdes}
         self._dumps = {state: serde.dumps for state, serde in serdes.items()}
-        # what a value and its storage key may take of the record: the limit less the
-        # changelog key's own prefix (the state name)
-        self._room = {
-            state: limit - len(changelog_key(state, b"")) for state, limit in self.limits.items()
-        }
+        self._room: dict[str, list[int]] = {state: [0] for state in serdes}
+        self.set_limits(limits or {})
         # One dict per state for the buffer's life (`freeze` empties them): writers and
         # operators may hold them.
         self.live: dict[str, dict[bytes, Any]] = {state: {} for state in serdes}
         self.encoded: dict[str, dict[bytes, bytes | None]] = {state: {} for state in serdes}
         self.frozen: dict[str, dict[bytes, bytes | None]] | None = None
         self._writers = {state: self._writer(state) for state in serdes}
+
+    def set_limits(self, limits: dict[str, int]) -> None:
+        """Per state, the most bytes (key and value) one of its changelog records may
+        have — at start, and again when a changelog topic's limit changes (the slot
+        reads the new dicts from its next write on)."""
+        self.limits = {state: limits.get(state, sys.maxsize) for state in self.serdes}
+        # what a value and its storage key may take of the record: the limit less the
+        # changelog key's own prefix (the state name); one cell per state, which the
+        # writers read, so a change reaches writers operators already hold
+        for state, limit in self.limits.items():
+            self._room[state][0] = limit - len(changelog_key(state, b""))
 
     def table(self, state: str) -> dict[bytes, Any]:
         """The live dict of ``state``, for reads on the hot path; write with `put`."""
@@ -99,7 +106,7 @@ class EpochBuffer:
             except Exception as exc:  # a serde's refusal: any exception it raises
                 revert(state, skey)
                 raise UnstorableState(state, f"{type(exc).__name__}: {exc}") from None
-            if len(data) + len(skey) > room:
+            if len(data) + len(skey) > room[0]:
                 revert(state, skey)
                 raise self._too_large(state, len(data), len(skey))
             live[skey] = value
@@ -109,7 +116,7 @@ class EpochBuffer:
 
     def _too_large(self, state: str, size: int, key_size: int) -> UnstorableState:
         limit = self.limits[state]
-        record = size + key_size + limit - self._room[state]
+        record = size + key_size + limit - self._room[state][0]
         return UnstorableState(
             state,
             f"it is {size} bytes encoded, and its changelog record would be {record} bytes,"
