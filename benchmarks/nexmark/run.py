@@ -83,7 +83,7 @@ from benchmarks.nexmark.generator import (
     GeneratorConfig,
     generate,
 )
-from benchmarks.nexmark.reference import Reference, WindowProgress
+from benchmarks.nexmark.reference import OOO_MS, Reference, WindowProgress
 from benchmarks.nexmark.spec import QUERIES
 from benchmarks.nexmark.systems import BY_NAME, PEERS, SYSTEMS, System
 from tests.ports import consecutive_free_ports
@@ -381,12 +381,57 @@ def throughput_run(
             "startup_s": start - spawned,
         }
     )
+    result.update(second_half(query, ref, [outputs[i] for i in check.measured], sampler))
     if not check.ok:
         result["error"] = f"wrong output: {check.detail}"
     with contextlib.suppress(OSError):
         shutil.rmtree(state_dir)
     cleanup_topics(admin, output, group)
     return result
+
+
+def second_half(
+    query: str, ref: Reference, measured: list[tuple[int, Any]], sampler: Sampler
+) -> dict[str, float]:
+    """Throughput and CPU over the second half of the input only ("warm"): from the
+    output by which half of the measured events had been processed to the last one.
+
+    The whole-run figures include each system's warm-up, which costs a JVM far more
+    than Weir (class loading, its JIT compiling the hot path while it runs); the second
+    half shows the pace once that is mostly done. Events processed by an output's
+    append time: for stateless queries and count (one output per processed event) that
+    share of the input; for q5/q7 the events up to its window's firing
+    (`Reference.measured_events`).
+    """
+    if len(measured) < 4:
+        return {}
+    total = ref.measured_events(query)
+    if query in ("q5", "q7"):
+        by_time = sorted(
+            (t, ref.events_between(ref.ts[0], int(r["window_end"]) - 1 + OOO_MS))
+            for t, r in measured
+        )
+        progress, done = [], 0
+        for t, events in by_time:
+            done = max(done, events)
+            progress.append((t, done))
+    else:
+        stamps = sorted(t for t, _ in measured)
+        progress = [(t, total * (i + 1) / len(stamps)) for i, t in enumerate(stamps)]
+    mid = next(((t, e) for t, e in progress if e >= total / 2), None)
+    if mid is None:  # a wrong output without its last windows: no second half to time
+        return {}
+    t_mid, e_mid = mid
+    t_last = progress[-1][0]
+    span, events = (t_last - t_mid) / 1000, total - e_mid
+    if span < 0.05 or events <= 0:
+        return {}
+    cpu = sampler.between(t_mid / 1000, t_last / 1000)["child"]
+    return {
+        "warm_records_per_s": events / span,
+        "warm_cpu_s_per_million": cpu / events * 1e6,
+        "warm_events": events,
+    }
 
 
 # -- one latency run -------------------------------------------------------------------------
@@ -508,6 +553,14 @@ def summarize(systems: list[System], queries: list[str], runs: list[dict]) -> di
                         "other_load_cores": statistics.median(r["other_load_cores"] for r in ok),
                     }
                 )
+                warm = [r for r in ok if "warm_records_per_s" in r]
+                if warm:
+                    cell["warm_records_per_s"] = statistics.median(
+                        r["warm_records_per_s"] for r in warm
+                    )
+                    cell["warm_cpu_s_per_million"] = statistics.median(
+                        r["warm_cpu_s_per_million"] for r in warm
+                    )
             cells[s.name][q] = cell
     ratios: dict[str, Any] = {}
     for q in queries:
@@ -523,6 +576,10 @@ def summarize(systems: list[System], queries: list[str], runs: list[dict]) -> di
     return {"cells": cells, "ratios": ratios, "jvm_ratios": jvm_ratios(cells, queries)}
 
 
+RATIO_KEYS = (
+    "records_per_s", "warm_records_per_s", "cpu_s_per_million", "warm_cpu_s_per_million",
+    "peak_rss_mb",
+)  # fmt: skip
 # Weir against the JVM engines at the same number of cores: (Weir, engine, cores).
 JVM_PAIRS = (
     ("weir", "flink", 1), ("weir", "kstreams", 1), ("weir-2", "flink-2", 2),
@@ -533,7 +590,8 @@ JVM_PAIRS = (
 def jvm_ratios(cells: dict[str, dict[str, Any]], queries: list[str]) -> list[dict[str, Any]]:
     """Weir ÷ Flink and Weir ÷ Kafka Streams per query, with 1 and with 2 processes/threads:
     throughput (above 1: Weir is faster), CPU seconds per million events (below 1: Weir
-    uses less) and peak RSS (below 1: Weir is smaller)."""
+    uses less), both over the whole input and over its second half, and peak RSS (below 1:
+    Weir is smaller)."""
     out = []
     for weir, peer, cores in JVM_PAIRS:
         if weir not in cells or peer not in cells:
@@ -542,9 +600,7 @@ def jvm_ratios(cells: dict[str, dict[str, Any]], queries: list[str]) -> list[dic
         for q in queries:
             w, p = cells[weir].get(q, {}), cells[peer].get(q, {})
             row["queries"][q] = {
-                key: w[key] / p[key]
-                for key in ("records_per_s", "cpu_s_per_million", "peak_rss_mb")
-                if key in w and key in p and p[key]
+                key: w[key] / p[key] for key in RATIO_KEYS if key in w and key in p and p[key]
             }
         out.append(row)
     return out
@@ -575,6 +631,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
+        *([f"**Note:** {args['note']}", ""] if args.get("note") else []),
         f"Input: {args['events']:,} Nexmark events (persons:auctions:bids 1:3:46, JSON,"
         f" bids keyed by auction; seed {args['seed']}, {args['event_rate']:g} events per"
         f" second of event time) in {args['partitions']} partitions, written before each"
@@ -600,6 +657,18 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         "",
     ]
+    warm = any("warm_records_per_s" in c for row in cells.values() for c in row.values())
+    if warm:
+        lines += [
+            "## Throughput over the second half of the input (input events/s)",
+            "",
+            "From the output by which half of the events had been processed to the last:"
+            " the pace once start-up and warm-up (the JVMs' class loading and JIT) are"
+            " mostly behind.",
+            "",
+            _system_table(systems, queries, cells, "warm_records_per_s", "{:,.0f}"),
+            "",
+        ]
     ratios = report["summary"]["ratios"]
     if ratios:
         lines += ["Ratios: " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()), ""]
@@ -634,6 +703,16 @@ def markdown(report: dict[str, Any]) -> str:
             markdown=True,
         ),
         "",
+        *(
+            [
+                "## CPU seconds per million input events over the second half of the input",
+                "",
+                _system_table(systems, queries, cells, "warm_cpu_s_per_million", "{:.1f}"),
+                "",
+            ]
+            if warm
+            else []
+        ),
         "## Peak RSS (MB)",
         "",
         format_table(
@@ -735,6 +814,17 @@ JVM_SETTINGS = (
 )
 
 
+def _system_table(
+    systems: list[System], queries: list[str], cells: dict[str, Any], key: str, fmt: str
+) -> str:
+    """One figure per system (rows) and query (columns)."""
+    return format_table(
+        ["system", *queries],
+        [[s.label] + [_fmt_cell(cells[s.name][q], key, fmt) for q in queries] for s in systems],
+        markdown=True,
+    )
+
+
 def _jvm_ratio_tables(rows: list[dict[str, Any]], queries: list[str]) -> list[str]:
     """Weir ÷ each JVM engine per query: throughput, then CPU per event, then peak RSS."""
     if not rows:
@@ -742,7 +832,15 @@ def _jvm_ratio_tables(rows: list[dict[str, Any]], queries: list[str]) -> list[st
     out: list[str] = []
     titles = (
         ("records_per_s", "Throughput, Weir ÷ JVM engine (above 1: Weir is faster)"),
+        (
+            "warm_records_per_s",
+            "Throughput over the second half of the input, Weir ÷ JVM engine",
+        ),
         ("cpu_s_per_million", "CPU per event, Weir ÷ JVM engine (below 1: Weir uses less)"),
+        (
+            "warm_cpu_s_per_million",
+            "CPU per event over the second half of the input, Weir ÷ JVM engine",
+        ),
         ("peak_rss_mb", "Peak RSS, Weir ÷ JVM engine (below 1: Weir is smaller)"),
     )
     for key, title in titles:
@@ -811,6 +909,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="of those in --systems, which get latency runs",
     )
     p.add_argument("--timeout", type=float, default=0.0, help="per run; default 90 s + N/2000")
+    p.add_argument(
+        "--note", default="", help="a sentence for the report's head (e.g. what else ran)"
+    )
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-up run")
     p.add_argument("--out", default=str(RESULTS / "nexmark"), help="results path prefix")
