@@ -1,5 +1,6 @@
-"""The Nexmark harness's own logic (no broker): when a windowed run is done, the Weir ÷
-JVM-engine ratios, the JVM peers' log markers and the parameters handed to them."""
+"""The Nexmark harness's own logic (no broker): when a windowed run is done, the
+second-half figures, the Weir ÷ JVM-engine ratios, the JVM peers' log markers and the
+parameters handed to them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import orjson
 from benchmarks.nexmark import spec
 from benchmarks.nexmark.generator import GeneratorConfig, generate
 from benchmarks.nexmark.reference import Reference, WindowProgress
-from benchmarks.nexmark.run import jvm_ratios, log_markers
+from benchmarks.nexmark.run import jvm_ratios, log_markers, second_half
 from benchmarks.nexmark.systems import BY_NAME, SPEC_JSON
 
 
@@ -78,3 +79,16 @@ def test_the_jvm_peers_get_spec_py_parameters() -> None:
     }
     assert {BY_NAME[n].parallelism for n in ("weir-2", "flink-2", "kstreams-2")} == {2}
     assert BY_NAME["flink"].start == "log" and BY_NAME["kstreams"].start == "group"
+
+
+def test_second_half_times_the_later_half_of_the_outputs() -> None:
+    ref = _reference(1000)
+    # q0: one output per event; the first half takes 9 s, the second half 1 s.
+    stamps = [int(i * 18) for i in range(500)] + [9000 + 2 * i for i in range(1, 501)]
+    measured = [(t, {}) for t in stamps]
+    cpu = SimpleNamespace(between=lambda t0, t1: {"child": (t1 - t0) * 0.5})
+    warm = second_half("q0", ref, measured, cpu)  # type: ignore[arg-type]
+    assert abs(warm["warm_events"] - 500) <= 1
+    assert 450 <= warm["warm_records_per_s"] <= 560  # ~500 events in ~1 s
+    assert abs(warm["warm_cpu_s_per_million"] - 0.5 / 500 * 1e6) < 0.1 * 1e3
+    assert second_half("q0", ref, measured[:3], cpu) == {}  # type: ignore[arg-type]
