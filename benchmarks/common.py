@@ -480,6 +480,18 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a ``--processes`` supervisor's workers)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all processes on this machine have used since boot (not idle/iowait)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

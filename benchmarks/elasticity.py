@@ -65,6 +65,7 @@ from benchmarks.common import (
     OffsetProbe,
     Tail,
     admin_client,
+    children_of,
     command_line,
     create_topics,
     delete_topics,
@@ -96,17 +97,6 @@ FAST = [
 
 
 # -- processes -------------------------------------------------------------------------
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = (entry / "stat").read_text()
-                if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                    out.append(int(entry.name))
-    return out
 
 
 class Weir(Child):
