@@ -148,14 +148,15 @@ class Run:
         self.feeder.start()
 
     def long_checkpoints(self) -> dict[str, float]:
-        """Per live worker, how many checkpoints took longer than 2.5 s (its histogram)."""
+        """Per live worker, how many checkpoints a stall caught in flight: those that
+        took longer than 2.5 s (its histogram of completed ones) and those that failed
+        (a commit the stall outlasted fails and rolls back instead)."""
         out = {}
         for worker_id, worker in self.workers.live.items():
             text = worker.metrics()
             total = metric(text, "weir_checkpoint_duration_seconds_count")
-            out[worker_id] = total - metric(
-                text, "weir_checkpoint_duration_seconds_bucket", le="2.5"
-            )
+            long = total - metric(text, "weir_checkpoint_duration_seconds_bucket", le="2.5")
+            out[worker_id] = long + metric(text, "weir_checkpoints_total", status="failed")
         return out
 
     def checkpoints(self) -> dict[str, int]:
