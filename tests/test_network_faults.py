@@ -301,9 +301,11 @@ def test_stalls_and_resets_longer_than_the_transaction_timeout(
 def test_reset_during_checkpoints_twenty_times(own_kafka: OwnKafka, tmp_path: Path) -> None:
     """The hang was at a reset during a checkpoint's commit: 20 of them in a row (each
     after a 4 s stall, so a checkpoint is in flight), every one recovered from within
-    30 s, and the output exactly once at the end: gone, not made rarer."""
+    30 s, and the output exactly once at the end: gone, not made rarer. A worker still
+    rejoining after the previous fault may have no checkpoint in flight; at least 15 of
+    the 20 stalls must catch one at every worker, or the test did not test the hang."""
     run = Run(own_kafka, tmp_path, seconds=240, seed=14)
-    recovered = []
+    recovered, caught_all = [], 0
     try:
         run.start()
         time.sleep(4)  # input flowing: every checkpoint commits, over the network
@@ -312,12 +314,13 @@ def test_reset_during_checkpoints_twenty_times(own_kafka: OwnKafka, tmp_path: Pa
             long_before = run.long_checkpoints()
             recovered.append(max(fault(run, own_kafka.proxy, 4, True).values()))
             long_after = run.long_checkpoints()
-            caught = {w: long_after[w] > long_before[w] for w in long_before}
-            assert all(caught.values()), f"a checkpoint in flight through the stall: {caught}"
+            caught_all += all(long_after[w] > long_before[w] for w in long_before)
         problems = run.finish()
     finally:
         run.close()
-    print(f"20 resets during checkpoints: slowest recovery {max(recovered)} s; {problems}")
+    print(f"20 resets during checkpoints: slowest recovery {max(recovered)} s; {caught_all}"
+          f" stalls caught a checkpoint in flight at every worker; {problems}")  # fmt: skip
+    assert caught_all >= 15, f"only {caught_all} of 20 stalls caught checkpoints in flight"
 
 
 # -- 3. broker faults ------------------------------------------------------------------
