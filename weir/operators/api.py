@@ -34,6 +34,7 @@ from weir.operators.plan import (
     Sink,
     Source,
     StatefulOp,
+    Union,
     Window,
     WindowFunctionKind,
 )
@@ -177,12 +178,17 @@ class Job:
             self._check_stateful(source, exchanged=None)
 
     def _check_stateful(self, op: Op, exchanged: Op | None) -> None:
-        """Keyed state needs every key's records in one input partition: no exchange before it."""
+        """Keyed state needs every key's records in one input partition: no exchange (or
+        union) before it."""
         if isinstance(op, StatefulOp) and exchanged is not None:
+            how = (
+                "which merges streams partitioned differently"
+                if isinstance(exchanged, Union)
+                else "which moves records between slots"
+            )
             raise JobDefinitionError(
-                f"{op.name} ({op.kind}) comes after {exchanged.name}, which moves records"
-                " between slots; keyed state needs records partitioned by its key: put a"
-                " key_by(...) right before it"
+                f"{op.name} ({op.kind}) comes after {exchanged.name}, {how}; keyed state"
+                " needs records partitioned by its key: put a key_by(fn) right before it"
             )
         if isinstance(op, KeyBy) and op.fn is not None and self._dataflow.feeds_state(op):
             exchanged = None  # a repartition topic re-partitions by the key
@@ -191,9 +197,11 @@ class Job:
         for child in self._dataflow.children(op):
             self._check_stateful(child, exchanged)
 
-    def _add(self, cls: type[_O], name: str | None, after: Op | None, **fields: Any) -> _O:
-        """Record a new ``cls`` operator after ``after`` (None: a source); the default
-        name is ``<kind>-<id>``."""
+    def _add(
+        self, cls: type[_O], name: str | None, after: Op | tuple[Op, ...] | None, **fields: Any
+    ) -> _O:
+        """Record a new ``cls`` operator after ``after`` (None: a source; several: a
+        union's inputs); the default name is ``<kind>-<id>``."""
         ident = self._next_id + 1
         auto_named = name is None
         name = _check_name(name or f"{cls.kind}-{ident}", "operator name")
@@ -206,6 +214,8 @@ class Job:
         op = cls(id=ident, name=name, auto_named=auto_named, **fields)
         if after is None:
             self._dataflow.add_source(op)
+        elif isinstance(after, tuple):
+            self._dataflow.add(op, *after)
         else:
             self._dataflow.add(op, after)
         return op
@@ -283,6 +293,32 @@ class Stream:
             KeyBy, name, fn=fn, partitions=partitions, with_meta=_flag(with_meta, "key_by")
         )
         return KeyedStream(self._job, op)
+
+    def union(self, *others: Stream, name: str | None = None) -> Stream:
+        """One stream of this one's records and those of ``others`` (streams of the same
+        job, from any sources), in no particular order between them.
+
+        At a checkpoint the union waits for the barrier on every input before it lets
+        it pass (Flink's alignment), so each record belongs to one checkpoint. The
+        result is not keyed: put a ``key_by(fn)`` after it before keyed state.
+        """
+        if not others:
+            raise JobDefinitionError("union() needs at least one other stream")
+        inputs = [self, *others]
+        for other in others:
+            if not isinstance(other, Stream):
+                raise JobDefinitionError(f"union({other!r}): expected a stream of this job")
+            if other._job is not self._job:
+                raise JobDefinitionError(
+                    f"union(): stream {other._op.name!r} belongs to job {other._job.name!r},"
+                    f" not {self._job.name!r}"
+                )
+        ops = tuple(s._op for s in inputs)
+        names = tuple(op.name for op in ops)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise JobDefinitionError(f"union(): stream {twice[0]!r} is given twice; each once")
+        return Stream(self._job, self._job._add(Union, name, ops, inputs=names))
 
     def _partition(self, partitioner: Partitioner, name: str | None) -> Stream:
         return Stream(self._job, self._then(Partition, name, partitioner=partitioner))

@@ -43,6 +43,7 @@ from weir.operators.plan import (
     RepartitionSource,
     Sink,
     Source,
+    Union,
 )
 from weir.state.epoch import EpochBuffer
 from weir.state.keygroups import key_group, slot_table
@@ -106,8 +107,11 @@ class SlotContext(Protocol):
     def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
         """Handle one failed record according to the job's error policy."""
 
-    def send(self, slot: int, target: int, item: Batch | Barrier) -> None:
-        """Hand ``item`` to operator ``target`` in slot ``slot`` (an exchange)."""
+    def send(
+        self, slot: int, target: int, item: Batch | Barrier, channel: int | None = None
+    ) -> None:
+        """Hand ``item`` to operator ``target`` in slot ``slot`` (an exchange), on
+        ``channel`` (default: this slot's number; a union's inputs number theirs)."""
 
     def now_ms(self) -> int:
         """Processing time, epoch ms: the wall clock in a worker, a clock the test
@@ -563,6 +567,25 @@ class KeyByOp(ExchangeOp):
                 self.ctx.fail(self.name, "key", batch, elems[i], exc)
                 i += 1
         return parts
+
+
+class UnionInputOp(Operator):
+    """One input of a union: hands its batches and barriers to the union's target in
+    this slot, on the channel of this input, where the slot aligns the barriers of
+    all the union's inputs before the union's chain sees one."""
+
+    __slots__ = ("channel", "target")
+
+    def __init__(self, op: Union, ctx: SlotContext, channel: int) -> None:
+        super().__init__(op, ctx)
+        self.target = op.id
+        self.channel = channel
+
+    def process(self, batch: Batch) -> None:
+        self.ctx.send(self.ctx.slot, self.target, batch, self.channel)
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        self.ctx.send(self.ctx.slot, self.target, barrier, self.channel)
 
 
 class SinkOp(Operator):

@@ -13,7 +13,11 @@ was, so one job compiles for any number of groups. The steps:
    `RepartitionSource` reading that topic (so every key is owned by exactly one
    worker); otherwise it becomes `HashExchange`, an exchange between the slots
    of one worker. The job's sources come first in the plan, then the
-   repartition sources in the order a depth-first walk meets them.
+   repartition sources in the order a depth-first walk meets them. A `Union`
+   is compiled once, where the walk first meets it; its node is a child of each
+   of its inputs (the plan is a DAG), and a repartition after it inherits the
+   watermark settings of all the sources that reach it (the largest disorder,
+   the longest idle timeout).
 3. List every stateful operator with the topic whose partitions its state
    follows (the source of its tree), its state names and its changelog
    ``<group>.<operator>.changelog``.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from weir.operators.api import Job
 from weir.operators.formats import Serde
@@ -44,10 +49,39 @@ from weir.operators.plan import (
     Sink,
     Source,
     StatefulOp,
+    Union,
     Window,
 )
 
 AnySource = Source | RepartitionSource
+
+
+class Upstream(Protocol):
+    """What a repartition source inherits from the source(s) upstream of its key_by."""
+
+    topic: str
+    max_out_of_orderness: float
+    idle_timeout: float | None
+
+
+@dataclass(frozen=True)
+class MergedUpstream:
+    """The sources reaching a union, as one `Upstream`: the topic of the input the
+    walk met first (for a repartition topic's default partition count), the largest
+    disorder, the longest idle timeout (None, never idle, if any source never is)."""
+
+    topic: str
+    max_out_of_orderness: float
+    idle_timeout: float | None
+
+    @classmethod
+    def of(cls, topic: str, sources: list[Source]) -> MergedUpstream:
+        idles = [s.idle_timeout for s in sources]
+        return cls(
+            topic,
+            max(s.max_out_of_orderness for s in sources),
+            None if None in idles else max(idles),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,11 +91,16 @@ class PlanNode:
     op: Op
     children: tuple[PlanNode, ...] = ()
 
-    def walk(self) -> Iterator[PlanNode]:
-        """This node and everything downstream of it, depth first."""
+    def walk(self, seen: set[int] | None = None) -> Iterator[PlanNode]:
+        """This node and everything downstream of it, depth first, each once (a union
+        is reachable from each of its inputs; ``seen``: op ids already visited)."""
+        seen = set() if seen is None else seen
+        if self.op.id in seen:
+            return
+        seen.add(self.op.id)
         yield self
         for child in self.children:
-            yield from child.walk()
+            yield from child.walk(seen)
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +133,12 @@ class PhysicalPlan:
     def sources(self) -> tuple[AnySource, ...]:
         return tuple(root.op for root in self.roots)
 
+    def nodes(self) -> Iterator[PlanNode]:
+        """Every node of the plan once, root by root, depth first."""
+        seen: set[int] = set()
+        for root in self.roots:
+            yield from root.walk(seen)
+
     @property
     def repartitions(self) -> tuple[RepartitionSource, ...]:
         """The sources reading repartition topics."""
@@ -118,12 +163,11 @@ class PhysicalPlan:
     def sink_topics(self) -> list[str]:
         """Topics the job writes to: its sinks and its windows' late topics."""
         topics = set()
-        for root in self.roots:
-            for node in root.walk():
-                if isinstance(node.op, Sink):
-                    topics.add(node.op.topic)
-                elif isinstance(node.op, Window) and node.op.late_topic is not None:
-                    topics.add(node.op.late_topic)
+        for node in self.nodes():
+            if isinstance(node.op, Sink):
+                topics.add(node.op.topic)
+            elif isinstance(node.op, Window) and node.op.late_topic is not None:
+                topics.add(node.op.late_topic)
         return sorted(topics)
 
     @property
@@ -154,7 +198,7 @@ class PhysicalPlan:
     def exchanges(self) -> bool:
         """Do records move between slots inside a worker (a hash exchange, or a
         rebalance/shuffle/rescale/broadcast partitioner)?"""
-        return any(node.op.exchanges for root in self.roots for node in root.walk())
+        return any(node.op.exchanges for node in self.nodes())
 
     @property
     def dlq_topic(self) -> str:
@@ -162,16 +206,23 @@ class PhysicalPlan:
         return f"{self.group}.dlq"
 
     def describe(self) -> str:
-        """A readable plan: one line per operator, indented by depth."""
+        """A readable plan: one line per operator, indented by depth. An operator with
+        several inputs (a union) is described under the first input the walk meets;
+        under each other one a line points to it."""
         lines = [f"job {self.job}"]
+        seen: set[int] = set()
         for root in self.roots:
-            self._describe(root, 1, lines)
+            self._describe(root, 1, lines, seen)
         return "\n".join(lines)
 
-    def _describe(self, node: PlanNode, depth: int, lines: list[str]) -> None:
+    def _describe(self, node: PlanNode, depth: int, lines: list[str], seen: set[int]) -> None:
+        if node.op.id in seen:
+            lines.append("  " * depth + f"-> {node.op.name} (an input of it; described above)")
+            return
+        seen.add(node.op.id)
         lines.append("  " * depth + node.op.describe())
         for child in node.children:
-            self._describe(child, depth + 1, lines)
+            self._describe(child, depth + 1, lines, seen)
 
 
 def compile_plan(job: Job, group: str) -> PhysicalPlan:
@@ -181,14 +232,24 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
     flow = job.dataflow
     new_ids = itertools.count(1 + max(op.id for op in flow.ops()))
     repartitioned: list[PlanNode] = []
+    origins: dict[int, list[Source]] = {}  # op id -> the job's sources that reach it
+    for src in flow.sources:
+        for op in flow.walk(src):
+            origins.setdefault(op.id, []).append(src)
+    compiled: dict[int, PlanNode] = {}  # unions, compiled once
 
     # Step 2
-    def compile_children(op: Op, source: AnySource) -> tuple[PlanNode, ...]:
+    def compile_children(op: Op, source: Upstream) -> tuple[PlanNode, ...]:
         return tuple(compile_op(child, source) for child in flow.children(op))
 
-    def compile_op(op: Op, source: AnySource) -> PlanNode:
+    def compile_op(op: Op, source: Upstream) -> PlanNode:
         """``op``'s node; ``source`` heads the tree it is in (a repartition source
         inherits its watermark settings)."""
+        if isinstance(op, Union):
+            if op.id not in compiled:
+                merged = MergedUpstream.of(source.topic, origins[op.id])
+                compiled[op.id] = PlanNode(op, compile_children(op, merged))
+            return compiled[op.id]
         if not isinstance(op, KeyBy):
             return PlanNode(op, compile_children(op, source))
         if op.fn is None:
@@ -228,6 +289,7 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
     roots = (*user, *repartitioned)
 
     # Step 3
+    seen: set[int] = set()
     stateful = tuple(
         KeyedState(
             op=node.op,
@@ -236,7 +298,7 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
             changelog=f"{group}.{node.op.name}.changelog",
         )
         for root in roots
-        for node in root.walk()
+        for node in root.walk(seen)
         if isinstance(node.op, StatefulOp)
     )
     return PhysicalPlan(job.name, group, job.on_error, job.max_key_groups, roots, stateful)

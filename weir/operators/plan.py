@@ -208,6 +208,23 @@ class Sink(MetaOp):
 
 
 @_operator
+class Union(Op):
+    """Merges several streams into one. Its inputs may come from different parts of
+    the slot's chain (sources, exchanges), so its output is an input of the slot of
+    its own, aligned on a channel per stream (`inputs` names them)."""
+
+    kind = "union"
+    inputs: tuple[str, ...]
+
+    @property
+    def exchanges(self) -> bool:
+        return True
+
+    def _details(self) -> str:
+        return f" of {', '.join(self.inputs)}"
+
+
+@_operator
 class StatefulOp(Op):
     """An operator with keyed state: it needs every key's records in one input partition."""
 
@@ -313,7 +330,11 @@ class RepartitionSource(Op):
 
 
 class Dataflow:
-    """What a job recorded: its sources and, per operator, the operators it feeds."""
+    """What a job recorded: its sources and, per operator, the operators it feeds.
+
+    A `Union` is the one operator with several inputs, so the dataflow is a DAG:
+    `walk` and `ops` visit an operator once, however many paths lead to it.
+    """
 
     def __init__(self) -> None:
         self._sources: list[Source] = []
@@ -327,24 +348,31 @@ class Dataflow:
         self._children[source.id] = []
         self._sources.append(source)
 
-    def add(self, op: Op, after: Op) -> None:
-        """Record ``op`` downstream of ``after``."""
+    def add(self, op: Op, *after: Op) -> None:
+        """Record ``op`` downstream of ``after`` (several: a union's inputs)."""
         self._children[op.id] = []
-        self._children[after.id].append(op)
+        for parent in after:
+            self._children[parent.id].append(op)
 
     def children(self, op: Op) -> tuple[Op, ...]:
         return tuple(self._children[op.id])
 
-    def walk(self, op: Op) -> list[Op]:
-        """``op`` and everything downstream of it, depth first."""
+    def walk(self, op: Op, seen: set[int] | None = None) -> list[Op]:
+        """``op`` and everything downstream of it, depth first, each once (``seen``:
+        operators already visited, skipped)."""
+        seen = set() if seen is None else seen
+        if op.id in seen:
+            return []
+        seen.add(op.id)
         out = [op]
         for child in self._children[op.id]:
-            out.extend(self.walk(child))
+            out.extend(self.walk(child, seen))
         return out
 
     def ops(self) -> list[Op]:
-        """Every operator, sources first, depth first."""
-        return [op for source in self._sources for op in self.walk(source)]
+        """Every operator once, sources first, depth first."""
+        seen: set[int] = set()
+        return [op for source in self._sources for op in self.walk(source, seen)]
 
     def feeds_state(self, op: Op) -> bool:
         """Does keyed state follow ``op`` before any other exchange?"""

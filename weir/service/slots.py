@@ -5,7 +5,8 @@ other slots' exchanges, barriers, and releases — and pushes batches through it
 chain. The only locks on the way are the inbox's, taken once per batch.
 
 Barrier alignment (Flink's aligned checkpoints): an input *target* (the source
-heads, or the operator after an exchange) has one channel per sender. When a
+heads, the operator after an exchange, or a union's chain) has one channel per
+sender (the fetcher; every slot; each of the union's inputs). When a
 channel delivers barrier N, further items from that channel are held back until
 every channel of the target has delivered N; then the barrier passes the
 target's chain and the held items are replayed. When all of a slot's targets
@@ -350,11 +351,15 @@ class Slot(threading.Thread):
         else:
             self._produce_one(self.dlq_topic, key_bytes, value, headers)
 
-    def send(self, slot: int, target: int, item: Batch | Barrier) -> None:
-        """To another slot's inbox; a batch's bytes are estimated from the size of the
-        records this slot was fetched (decoded elements have no byte size)."""
+    def send(
+        self, slot: int, target: int, item: Batch | Barrier, channel: int | None = None
+    ) -> None:
+        """To a slot's inbox (another's, or this one's for a union), on ``channel``
+        (default: this slot's number); a batch's bytes are estimated from the size of
+        the records this slot was fetched (decoded elements have no byte size)."""
         records = len(item.elems) if isinstance(item, Batch) else 0
-        self.peers[slot].inbox.put(target, self.slot, item, records, records * self.record_bytes)
+        channel = self.slot if channel is None else channel
+        self.peers[slot].inbox.put(target, channel, item, records, records * self.record_bytes)
 
     def now_ms(self) -> int:
         return self.clock()
@@ -448,7 +453,9 @@ class Slot(threading.Thread):
                 return
 
     def _channels(self, target: int) -> int:
-        return 1 if target == SOURCES else self.slots
+        """The fetcher feeds the sources; every slot an exchange's target; each of its
+        inputs a union's."""
+        return 1 if target == SOURCES else self.chain.fan_in.get(target, self.slots)
 
     def _on_barrier(self, target: int, channel: int, barrier: Barrier) -> None:
         arrived = self.arrived.setdefault(target, set())
