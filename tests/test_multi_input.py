@@ -9,10 +9,21 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from weir import Job, JobDefinitionError
+from weir.operators.chain import Batch, Operator
+from weir.operators.keyed import states_of
 from weir.operators.physical import compile_plan
-from weir.operators.plan import RepartitionSource, Union
+from weir.operators.plan import MergedSource, RepartitionSource, SideRepartition, Union
+from weir.operators.sides import SideClocks
+from weir.operators.table_join import TableJoinOp
+from weir.operators.timers import NO_TIME
+from weir.state.epoch import EpochBuffer
+from weir.state.layout import state_key
+from weir.state.serde import JsonSerde
+from weir.state.store import StateStore
 
 
 def union_job() -> Job:
@@ -88,3 +99,193 @@ def test_readme_examples_of_several_inputs_compile(example):
     exec(example, scope)  # the README's own example
     plan = compile_plan(scope["job"], "g")
     assert plan.sink_topics, "the example writes somewhere"
+
+
+# -- stream-table join as of event time ----------------------------------------------------
+
+
+def table_join_job(how: str = "inner") -> Job:
+    job = Job("tj")
+    customers = job.table("customers", idle_timeout=3)
+    (
+        job.source("orders", timestamp=lambda o: o["ts"], max_out_of_orderness=2)
+        .key_by(lambda o: o["customer"], name="by-customer")
+        .join_table(customers, lambda o, c: {"order": o["id"], "city": c and c["city"]},
+                    how=how, name="enrich")
+        .sink("out")
+    )  # fmt: skip
+    return job
+
+
+def test_a_table_join_repartitions_both_sides_into_its_own_topic():
+    plan = compile_plan(table_join_job(), "g")
+    customers, orders, merged = plan.roots  # in the order the job defined them
+    (stream_side,) = orders.children
+    (table_side,) = customers.children
+    assert isinstance(stream_side.op, SideRepartition) and stream_side.op.name == "by-customer"
+    assert (stream_side.op.side, table_side.op.side) == (0, 1)
+    assert stream_side.op.topic == table_side.op.topic == "g.enrich.repartition"
+    assert table_side.op.fn is None, "a table is keyed by its record key"
+    assert isinstance(merged.op, MergedSource) and merged.op.topic == "g.enrich.repartition"
+    assert merged.op.clocks == ((2.0, None), (0.0, 3)), "each side keeps its sources' settings"
+    assert merged.op.upstream == "orders", "partitioned like the stream by default"
+    (state,) = plan.stateful
+    assert state.input_topic == "g.enrich.repartition"
+    assert state.states == ("enrich.rows", "enrich.watermark")
+    assert plan.event_time_sources == (merged.op,)
+    assert plan.repartition_topics == ["g.enrich.repartition"]
+    text = plan.describe()
+    assert "enrich: join_table how=inner of by-customer with table customers" in text
+    assert "table-customers: source table topic=customers" in text
+
+
+def test_join_table_is_checked_when_defined():
+    job = Job("tj")
+    table = job.table("t")
+    keyed = job.source("s").key_by()
+    with pytest.raises(JobDefinitionError, match="how='outer'"):
+        keyed.join_table(table, how="outer")
+    with pytest.raises(JobDefinitionError, match="expected a table of this job"):
+        keyed.join_table(job.source("x"))
+    with pytest.raises(JobDefinitionError, match="belongs to job 'other'"):
+        keyed.join_table(Job("other").table("t"))
+
+
+class JoinCtx:
+    """The slot context a join operator sees: state over a real RocksDB store, outputs
+    and late records collected."""
+
+    def __init__(self, buffer) -> None:
+        self.slot, self.slots, self.state, self.shared = 0, 1, buffer, {}
+        self.failed: list = []
+        self.late_count = 0
+
+    def fail(self, operator, reason, batch, elem, exc):
+        self.failed.append((reason, elem, exc))
+
+    def late(self, operator, count, reason="late"):
+        self.late_count += count
+
+
+class Collect(Operator):
+    def __init__(self) -> None:
+        self.out = None
+        self.rows: list = []
+
+    def process(self, batch):
+        self.rows.extend(batch.elems)
+
+
+class JoinRig:
+    """A table join operator over a RocksDB store, restartable from its last checkpoint."""
+
+    def __init__(self, tmp_path, how: str) -> None:
+        plan = compile_plan(table_join_job(how), "g")
+        self.node = next(s.op for s in plan.stateful)
+        self.states = states_of(self.node)
+        self.db = StateStore(tmp_path / "db", self.states)
+        self.collect = Collect()
+        self.checkpoints = 0
+        self.start()
+
+    def start(self) -> None:
+        self.ctx = JoinCtx(EpochBuffer(self.db, {s: JsonSerde() for s in self.states}))
+        self.op = TableJoinOp(self.node, self.ctx, 128, "g.enrich.repartition")
+        self.op.out = self.collect
+        self.op.own({0}, None)
+
+    def feed(self, elems: list, watermark: int) -> None:
+        self.op.process(Batch("g.enrich.repartition", 0, elems))
+        self.op.advance(watermark, 0)
+
+    def restart(self) -> None:
+        """Checkpoint, then a fresh operator over what was committed."""
+        self.checkpoints += 1
+        self.db.apply(self.ctx.state.freeze(), {}, self.checkpoints)
+        self.start()
+
+
+def reference_as_of(events: list[tuple], how: str) -> list[tuple]:
+    """(order id, city) rows by the README's definition of "current"."""
+    rows = []
+    for side, key, t, value in events:
+        if side != 0:
+            continue
+        versions = [(vt, v) for s, k, vt, v in events if s == 1 and k == key and vt <= t]
+        row = max(versions, key=lambda x: x[0])[1] if versions else None
+        if row is not None or how == "left":
+            rows.append((value["id"], row and row["city"]))
+    return sorted(rows, key=str)
+
+
+EVENTS = st.lists(
+    st.tuples(st.sampled_from([0, 1]), st.sampled_from("abc"), st.integers(0, 30), st.integers()),
+    max_size=40,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    EVENTS,
+    st.sampled_from(["inner", "left"]),
+    st.integers(0, 8),
+    st.randoms(use_true_random=False),
+    st.integers(0, 40),
+)
+def test_each_stream_record_joins_the_table_value_current_at_its_event_time(
+    tmp_path_factory, raw, how, disorder, rng, restart_at
+):
+    """Table updates (cities, some deletes) and orders in any arrival order within
+    ``disorder``, the watermark trailing by it (nothing late), a restart from a
+    checkpoint somewhere: the rows equal the as-of reference."""
+    events, seen = [], set()
+    for n, (side, key, t, x) in enumerate(raw):
+        if side == 1:
+            if (key, t) in seen:
+                continue  # one update per key and time: "current" is then unambiguous
+            seen.add((key, t))
+        value = {"id": n} if side == 0 else (None if x % 4 == 0 else {"city": f"c{x % 7}"})
+        events.append((side, key, t, value))
+    order = sorted(events, key=lambda e: e[2] + rng.uniform(0, disorder))
+    rig = JoinRig(tmp_path_factory.mktemp("tj"), how)
+    newest = -1
+    for offset, (side, key, t, value) in enumerate(order):
+        if offset == restart_at:
+            rig.restart()
+        newest = max(newest, t)
+        rig.feed([(key, [side, value], t, offset)], newest - disorder - 1)
+    rig.op.advance(10**6, 0)
+    assert rig.ctx.late_count == 0 and not rig.ctx.failed
+    got = sorted(((v["order"], v["city"]) for _, v, _, _ in rig.collect.rows), key=str)
+    assert got == reference_as_of(events, how)
+    rig.db.close()
+
+
+def test_versions_the_watermark_passed_are_dropped_but_the_current_one(tmp_path):
+    rig = JoinRig(tmp_path, "left")
+    skey = state_key(0, b"a", 128)
+    table = [("a", [1, {"city": c}], t, i) for i, (t, c) in enumerate([(10, "x"), (20, "y")])]
+    rig.feed([*table, ("a", [1, {"city": "z"}], 30, 2)], 25)
+    assert rig.ctx.state.get("enrich.rows", skey)["v"] == [
+        [NO_TIME, {"city": "y"}],
+        [30, {"city": "z"}],
+    ], "20's value is current since forever; 30's is still ahead"
+    rig.feed([("a", [1, None], 40, 3)], 50)
+    assert rig.ctx.state.get("enrich.rows", skey) is None, "deleted, nothing waits: gone"
+    rig.feed([("a", [0, {"id": 7}], 45, 4)], 60)
+    assert rig.ctx.late_count == 1, "an order behind the watermark is late"
+    assert [v for _, v, _, _ in rig.collect.rows] == [{"order": 7, "city": None}]
+    rig.db.close()
+
+
+def test_a_partitions_watermark_is_the_minimum_over_the_sides_not_idle():
+    clocks = SideClocks(((1.0, None), (0.0, 2.0)))  # side 0 never idle; side 1 after 2 s
+    assert clocks.observe(0, {0: 10_000}, now=0.0) is None, "nothing known of side 1 yet"
+    assert clocks.observe(0, {1: 3_000}, now=0.5) == 3_000, "the lower side holds it"
+    assert clocks.observe(0, {0: 12_000}, now=2.4) == 3_000, "side 1 quiet 1.9 s: not idle"
+    assert clocks.observe(0, {0: 12_500}, now=2.6) == 11_500, "quiet 2.1 s: idle, left out"
+    assert clocks.observe(0, {1: 5_000}, now=3.0) == 5_000, "back: it holds again"
+    assert clocks.observe(1, {0: 20_000}, now=3.0) is None, "each partition on its own"
+    assert clocks.observe(1, {0: 20_000}, now=5.1) == 19_000, "side 1 never showed: idle"
+    never = SideClocks(((0.0, None), (0.0, None)))
+    assert never.observe(0, {0: 1}, now=100.0) is None, "a side that is never idle waits"

@@ -30,6 +30,7 @@ from weir.operators import (
     Session,
     Sliding,
     Stream,
+    Table,
     Tumbling,
     WindowedStream,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "Session",
     "Sliding",
     "Stream",
+    "Table",
     "Tumbling",
     "WindowedStream",
     "__version__",

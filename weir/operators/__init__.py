@@ -10,7 +10,7 @@ they are the runtime's business, not the job author's.
 """
 
 from weir.operators.aggregates import AggregateFunction
-from weir.operators.api import Job, KeyedStream, Stream, WindowedStream
+from weir.operators.api import Job, KeyedStream, Stream, Table, WindowedStream
 from weir.operators.exceptions import JobDefinitionError
 from weir.operators.formats import Serde, SerdeContext
 from weir.operators.meta import RecordMeta
@@ -33,6 +33,7 @@ __all__ = [
     "Session",
     "Sliding",
     "Stream",
+    "Table",
     "Tumbling",
     "WindowedStream",
 ]

@@ -24,8 +24,10 @@ from weir.operators.plan import (
     ErrorPolicy,
     Filter,
     FlatMap,
+    JoinTable,
     KeyBy,
     Map,
+    MultiInputOp,
     Op,
     Partition,
     Partitioner,
@@ -43,6 +45,7 @@ from weir.operators.windows import WindowSpec
 from weir.state.keygroups import DEFAULT_MAX_KEY_GROUPS
 
 ERROR_POLICIES = tuple(p.value for p in ErrorPolicy)
+TABLE_IDLE_TIMEOUT_S = 5.0  # a table is quiet most of the time: see Job.table
 _O = TypeVar("_O", bound=Op)
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -66,6 +69,13 @@ def _check_callable(fn: Any, method: str) -> Callable[..., Any]:
     if not callable(fn):
         raise JobDefinitionError(f"{method}() needs a function, got {fn!r}")
     return fn
+
+
+def _check_partitions(partitions: Any, method: str) -> None:
+    if partitions is not None and (
+        isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
+    ):
+        raise JobDefinitionError(f"{method}(partitions={partitions!r}): expected an int >= 1")
 
 
 class Job:
@@ -127,15 +137,64 @@ class Job:
         milliseconds, a broken clock): it goes to the dead-letter topic with reason
         ``future`` and never moves the watermark.
         """
-        _check_name(topic, "source topic")
-        fmt = check_format(value, f"source({topic!r})")
+        return Stream(
+            self,
+            self._source(
+                "source", topic, value, key_format, timestamp, max_out_of_orderness,
+                idle_timeout, max_future, name,
+            ),
+        )  # fmt: skip
+
+    def table(
+        self,
+        topic: str,
+        *,
+        value: str | Serde = "json",
+        key_format: str | Serde | None = None,
+        timestamp: Callable[[Any], int] | None = None,
+        max_out_of_orderness: float = 0.0,
+        idle_timeout: float | None = TABLE_IDLE_TIMEOUT_S,
+        max_future: float | None = DEFAULT_MAX_FUTURE_S,
+        name: str | None = None,
+    ) -> Table:
+        """Read ``topic`` (normally compacted) as a table: the latest value per Kafka
+        record key, a ``None`` value (tombstone) deleting the key. Join streams with
+        it through `KeyedStream.join_table`.
+
+        Every update is a version of its key's value from its event time on
+        (``timestamp(value)``, default the Kafka timestamp). The other arguments are
+        `source`'s; ``idle_timeout`` defaults to 5 s, since a table is quiet most of
+        the time and a quiet table must not hold the joins' watermark back.
+        """
+        op = self._source(
+            "table", topic, value, key_format, timestamp, max_out_of_orderness,
+            idle_timeout, max_future, name, table=True,
+        )  # fmt: skip
+        return Table(self, op)
+
+    def _source(
+        self,
+        what: str,
+        topic: str,
+        value: str | Serde,
+        key_format: str | Serde | None,
+        timestamp: Callable[[Any], int] | None,
+        max_out_of_orderness: float,
+        idle_timeout: float | None,
+        max_future: float | None,
+        name: str | None,
+        table: bool = False,
+    ) -> Source:
+        """Validate a source's (or a table's) arguments and record it."""
+        _check_name(topic, f"{what} topic")
+        fmt = check_format(value, f"{what}({topic!r})")
         key_fmt = (
             None
             if key_format is None
-            else check_format(key_format, f"source({topic!r})", "key_format")
+            else check_format(key_format, f"{what}({topic!r})", "key_format")
         )
         if timestamp is not None:
-            _check_callable(timestamp, "source(timestamp=…)")
+            _check_callable(timestamp, f"{what}(timestamp=…)")
         if not isinstance(max_out_of_orderness, int | float) or max_out_of_orderness < 0:
             raise JobDefinitionError(
                 f"max_out_of_orderness={max_out_of_orderness!r}; expected seconds >= 0"
@@ -150,9 +209,9 @@ class Job:
             or max_future < 0
         ):
             raise JobDefinitionError(f"max_future={max_future!r}; expected seconds >= 0 or None")
-        source = self._add(
+        return self._add(
             Source,
-            name or f"source-{topic}",
+            name or f"{what}-{topic}",
             None,
             topic=topic,
             value=fmt,
@@ -161,8 +220,8 @@ class Job:
             max_out_of_orderness=float(max_out_of_orderness),
             idle_timeout=idle_timeout,
             max_future=None if max_future is None else float(max_future),
+            table=table,
         )
-        return Stream(self, source)
 
     def validate(self) -> None:
         """Check the job is runnable as a whole: it reads, it writes, and keyed state
@@ -179,8 +238,10 @@ class Job:
 
     def _check_stateful(self, op: Op, exchanged: Op | None) -> None:
         """Keyed state needs every key's records in one input partition: no exchange (or
-        union) before it."""
-        if isinstance(op, StatefulOp) and exchanged is not None:
+        union) before it. An operator with several inputs repartitions them itself."""
+        if isinstance(op, MultiInputOp):
+            exchanged = None
+        elif isinstance(op, StatefulOp) and exchanged is not None:
             how = (
                 "which merges streams partitioned differently"
                 if isinstance(exchanged, Union)
@@ -285,10 +346,7 @@ class Stream:
             _check_callable(fn, "key_by")
         elif with_meta:
             raise JobDefinitionError("key_by(with_meta=True) needs a function: key_by(fn, …)")
-        if partitions is not None and (
-            isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
-        ):
-            raise JobDefinitionError(f"key_by(partitions={partitions!r}): expected an int >= 1")
+        _check_partitions(partitions, "key_by")
         op = self._then(
             KeyBy, name, fn=fn, partitions=partitions, with_meta=_flag(with_meta, "key_by")
         )
@@ -392,9 +450,70 @@ class Stream:
         )
 
 
+class Table:
+    """A topic read as a table (`Job.table`): join keyed streams with it."""
+
+    def __init__(self, job: Job, op: Source) -> None:
+        self._job = job
+        self._op = op
+
+    @property
+    def topic(self) -> str:
+        return self._op.topic
+
+
+JOIN_HOWS = ("inner", "left")
+
+
 class KeyedStream(Stream):
     """A stream partitioned by key: ``map``, ``filter`` and ``flat_map`` keep
     the partitioning (as in Flink); the partitioners drop it."""
+
+    def join_table(
+        self,
+        table: Table,
+        fn: Callable[[Any, Any], Any] | None = None,
+        *,
+        how: str = "inner",
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Join each record with ``table``'s value for its key *as of the record's
+        event time*: the table update with the latest event time at or before it
+        (README: "Stream-table join"). Emits ``fn(value, table_value)`` — by default
+        ``{"key": key, "value": value, "table": table_value}`` — at the record's event
+        time, once the watermark has passed it. ``how="inner"`` drops records whose key
+        has no value then; ``"left"`` emits them with ``None``.
+
+        Both inputs are written by key to the join's topic
+        ``<group>.<name>.repartition`` (``partitions`` partitions, default the stream
+        source's), so they need not be partitioned alike.
+        """
+        if not isinstance(table, Table):
+            raise JobDefinitionError(
+                f"join_table({table!r}): expected a table of this job (job.table(topic))"
+            )
+        if table._job is not self._job:
+            raise JobDefinitionError(
+                f"join_table(): table {table.topic!r} belongs to job {table._job.name!r}"
+            )
+        if how not in JOIN_HOWS:
+            raise JobDefinitionError(f"join_table(how={how!r}): expected one of {JOIN_HOWS}")
+        if fn is not None:
+            _check_callable(fn, "join_table")
+        _check_partitions(partitions, "join_table")
+        ops = (self._op, table._op)
+        op = self._job._add(
+            JoinTable,
+            name,
+            ops,
+            sides=tuple(o.name for o in ops),
+            partitions=partitions,
+            how=how,
+            fn=fn,
+            table=table.topic,
+        )
+        return KeyedStream(self._job, op)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> KeyedStream:
         """Running reduce per key: ``fn(accumulated, value)``; the first value starts it.

@@ -35,7 +35,9 @@ from weir.operators.plan import (
     Filter,
     FlatMap,
     HashExchange,
+    JoinTable,
     Map,
+    MergedSource,
     Op,
     Partition,
     Process,
@@ -43,18 +45,22 @@ from weir.operators.plan import (
     Reduce,
     Repartition,
     RepartitionSource,
+    SideRepartition,
     Sink,
     Source,
     Union,
     Window,
 )
 from weir.operators.process import ProcessOp
+from weir.operators.sides import MergedSourceOp, SideRepartitionOp
+from weir.operators.table_join import TableJoinOp
 from weir.operators.timers import TimerOperator
 from weir.operators.windowed import WindowOp
 
 _CHAINED: dict[type[Op], Callable[..., Operator]] = {
     Source: SourceOp,
     RepartitionSource: RepartitionSourceOp,
+    MergedSource: MergedSourceOp,
     Map: MapOp,
     Filter: FilterOp,
     FlatMap: FlatMapOp,
@@ -62,7 +68,11 @@ _CHAINED: dict[type[Op], Callable[..., Operator]] = {
     Sink: SinkOp,
 }
 _KEYED: dict[type[Op], type[KeyedOp]] = {Reduce: ReduceOp, Aggregate: AggregateOp}
-_TIMED: dict[type[Op], type[WindowOp | ProcessOp]] = {Window: WindowOp, Process: ProcessOp}
+_TIMED: dict[type[Op], type[TimerOperator]] = {
+    Window: WindowOp,
+    Process: ProcessOp,
+    JoinTable: TableJoinOp,
+}
 
 
 class SlotChain:
@@ -131,6 +141,8 @@ def build_chain(roots: Sequence[PlanNode], ctx: SlotContext, max_key_groups: int
             return cls(op, ctx, op.id, max_key_groups)
         if isinstance(op, Repartition):
             return RepartitionOp(op, ctx)  # ends this part of the plan: a topic follows
+        if isinstance(op, SideRepartition):
+            return SideRepartitionOp(op, ctx)  # likewise
         if after is None and not isinstance(op, Sink):
             return None  # a branch without a sink does nothing
         if isinstance(op, Partition):  # forward, rescale: records stay in their slot

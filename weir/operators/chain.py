@@ -99,6 +99,7 @@ class SlotContext(Protocol):
     slots: int
     state: EpochBuffer | None  # the slot's keyed state (None for stateless jobs)
     registry: Mapping[str, str] | None  # schema registry client settings, for serdes
+    shared: dict[str, Any]  # one dict for all slots of the worker, fresh with fresh slots
 
     def produce(self, topic: str, rows: list[Row], batch: Batch) -> None:
         """Write ``(key, value, source_offset, timestamp_ms[, headers])`` rows of ``batch``
@@ -164,9 +165,11 @@ class FanOut(Operator):
 class SourceOp(Operator):
     """Decodes a batch of Kafka messages into elements.
 
-    Event times are checked here, before anything downstream sees them: one the
-    ``timestamp`` function returns that is not an integer number of epoch
-    milliseconds from 0 to `MAX_EPOCH_MS` fails its record (reason ``timestamp``);
+    A table's source keeps a ``None`` value (a tombstone) as None, with its record's
+    timestamp as its event time. Event times are checked here, before anything
+    downstream sees them: one the ``timestamp`` function returns that is not an
+    integer number of epoch milliseconds from 0 to `MAX_EPOCH_MS` fails its record
+    (reason ``timestamp``);
     one further ahead of the wall clock than ``max_future`` goes to the dead-letter
     topic with reason ``future``, is counted as late, and never moves the watermark.
 
@@ -176,12 +179,16 @@ class SourceOp(Operator):
     when a function downstream asks for record metadata (``keep_headers``).
     """
 
-    __slots__ = ("decode", "decode_key", "future_ms", "keep_headers", "timestamp", "track_time")
+    __slots__ = (
+        "decode", "decode_key", "future_ms", "keep_headers", "table", "timestamp", "track_time",
+    )  # fmt: skip
 
     def __init__(self, op: Source, ctx: SlotContext) -> None:
         super().__init__(op, ctx)
         registry = _registry(ctx)
-        self.decode = decoder(op.value, SerdeContext(op.topic, False, registry))
+        decode = decoder(op.value, SerdeContext(op.topic, False, registry))
+        self.table = op.table
+        self.decode = _tombstones(decode) if op.table else decode
         self.decode_key = (
             None
             if op.key_format is None
@@ -250,14 +257,16 @@ class SourceOp(Operator):
 
     def _extract_timestamps(self, batch: Batch, elems: list[Element]) -> list[Element]:
         extract = self.timestamp
+        table = self.table  # a tombstone has no value to take a time from: its record's
         out: list[Element] = []
         append = out.append
         i, n = 0, len(elems)
         while i < n:
             try:
                 for i in range(i, n):  # noqa: B020 - resumes after a failed record
-                    k, v, _, o = elems[i]
-                    t = int(extract(v))
+                    k, v, t, o = elems[i]
+                    if v is not None or not table:
+                        t = int(extract(v))
                     if not 0 <= t <= MAX_EPOCH_MS:
                         raise ValueError(
                             f"event time {t} is not epoch milliseconds from 0 to {MAX_EPOCH_MS}"
@@ -268,6 +277,15 @@ class SourceOp(Operator):
                 self.ctx.fail(self.name, "timestamp", batch, elems[i], exc)
                 i += 1
         return out
+
+
+def _tombstones(decode: Callable[[bytes], Any]) -> Callable[[bytes | None], Any]:
+    """A table's decoder: a ``None`` value (a tombstone: the key is deleted) stays None."""
+
+    def decode_table(data: bytes | None) -> Any:
+        return None if data is None else decode(data)
+
+    return decode_table
 
 
 class MapOp(Operator):

@@ -16,8 +16,9 @@ from weir.operators.aggregates import compile_aggregates
 from weir.operators.chain import Batch, Element, Operator, SlotContext
 from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
-from weir.operators.plan import Aggregate, Process, Reduce, StatefulOp, Window
+from weir.operators.plan import Aggregate, JoinTable, Process, Reduce, StatefulOp, Window
 from weir.operators.process import process_states
+from weir.operators.table_join import table_join_states
 from weir.operators.windowed import window_states
 from weir.state.epoch import MISSING
 from weir.state.exceptions import UnstorableState
@@ -35,6 +36,8 @@ def states_of(op: StatefulOp) -> tuple[str, ...]:
         return window_states(op)
     if isinstance(op, Process):
         return process_states(op)
+    if isinstance(op, JoinTable):
+        return table_join_states(op)
     return (state_name(op),)
 
 

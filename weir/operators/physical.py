@@ -17,7 +17,12 @@ was, so one job compiles for any number of groups. The steps:
    is compiled once, where the walk first meets it; its node is a child of each
    of its inputs (the plan is a DAG), and a repartition after it inherits the
    watermark settings of all the sources that reach it (the largest disorder,
-   the longest idle timeout).
+   the longest idle timeout). An operator with several inputs (`MultiInputOp`)
+   hangs under a `MergedSource` of its own topic ``<group>.<name>.repartition``;
+   each of its inputs ends in a `SideRepartition` writing to that topic — in
+   place of a ``key_by(fn)`` that feeds it directly, else after the input's last
+   operator (keyed by the stream's key; a table's by its record key). Each side
+   keeps the watermark settings of the sources upstream of it.
 3. List every stateful operator with the topic whose partitions its state
    follows (the source of its tree), its state names and its changelog
    ``<group>.<operator>.changelog``.
@@ -32,7 +37,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from weir.operators.api import Job
 from weir.operators.formats import Serde
@@ -41,11 +46,14 @@ from weir.operators.plan import (
     ErrorPolicy,
     HashExchange,
     KeyBy,
+    MergedSource,
+    MultiInputOp,
     Op,
     Process,
     RecordKey,
     Repartition,
     RepartitionSource,
+    SideRepartition,
     Sink,
     Source,
     StatefulOp,
@@ -191,7 +199,7 @@ class PhysicalPlan:
         return tuple(
             root.op
             for root in self.roots
-            if any(isinstance(node.op, Window | Process) for node in root.walk())
+            if any(isinstance(node.op, Window | Process | MultiInputOp) for node in root.walk())
         )
 
     @property
@@ -237,10 +245,69 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
         for op in flow.walk(src):
             origins.setdefault(op.id, []).append(src)
     compiled: dict[int, PlanNode] = {}  # unions, compiled once
+    by_name = {op.name: op for op in flow.ops()}
+    readers: dict[int, MergedSource] = {}  # multi-input op id -> the source of its topic
 
     # Step 2
     def compile_children(op: Op, source: Upstream) -> tuple[PlanNode, ...]:
-        return tuple(compile_op(child, source) for child in flow.children(op))
+        return tuple(
+            side_edge(op, child, None) if isinstance(child, MultiInputOp)
+            else compile_op(child, source)
+            for child in flow.children(op)
+        )  # fmt: skip
+
+    def upstream_of(op: Op) -> MergedUpstream:
+        """The watermark settings of the job's sources that reach ``op``."""
+        return MergedUpstream.of(origins[op.id][0].topic, origins[op.id])
+
+    def side_edge(
+        parent: Op, target: MultiInputOp, fn: Any, keyed_by: KeyBy | None = None
+    ) -> PlanNode:
+        """``parent``'s records into ``target``'s topic, keyed by ``fn`` (None: their
+        key), as the ``keyed_by`` they replace or as a new operator."""
+        reader = merged(target)
+        side = target.sides.index(parent.name)
+        ident, name = (
+            (keyed_by.id, keyed_by.name)
+            if keyed_by is not None
+            else (next(new_ids), f"{target.name}.side-{side}")
+        )
+        edge = SideRepartition(
+            id=ident,
+            name=name,
+            fn=fn,
+            topic=reader.topic,
+            side=side,
+            target=target.name,
+            with_meta=keyed_by is not None and keyed_by.with_meta,
+        )
+        return PlanNode(edge)
+
+    def merged(target: MultiInputOp) -> MergedSource:
+        """The source of ``target``'s topic, with ``target`` under it (built once)."""
+        if target.id in readers:
+            return readers[target.id]
+        topic = f"{group}.{target.name}.repartition"
+        sides = [upstream_of(by_name[name]) for name in target.sides]
+        every = list(
+            dict.fromkeys(src for name in target.sides for src in origins[by_name[name].id])
+        )
+        whole = MergedUpstream.of(sides[0].topic, every)
+        reader = readers[target.id] = MergedSource(
+            id=next(new_ids),
+            name=f"source-{topic}",
+            topic=topic,
+            upstream=whole.topic,
+            partitions=target.partitions,
+            max_out_of_orderness=0.0,  # each side's is applied per side
+            idle_timeout=whole.idle_timeout,
+            clocks=tuple((side.max_out_of_orderness, side.idle_timeout) for side in sides),
+        )
+        place = len(repartitioned)
+        repartitioned.append(PlanNode(reader))  # its place, before the ones found below it
+        node = PlanNode(target, compile_children(target, whole))
+        repartitioned[place] = PlanNode(reader, (node,))
+        return reader
 
     def compile_op(op: Op, source: Upstream) -> PlanNode:
         """``op``'s node; ``source`` heads the tree it is in (a repartition source
@@ -257,6 +324,9 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
                 RecordKey(id=op.id, name=op.name, auto_named=op.auto_named),
                 compile_children(op, source),
             )
+        (only, *more) = flow.children(op) or (None,)
+        if isinstance(only, MultiInputOp) and not more:  # key_by(fn) right before a join
+            return side_edge(op, only, op.fn, keyed_by=op)
         if not flow.feeds_state(op):
             keyed = HashExchange(
                 id=op.id, name=op.name, auto_named=op.auto_named, fn=op.fn, with_meta=op.with_meta

@@ -135,10 +135,12 @@ class Source(Op):
     max_out_of_orderness: float  # seconds
     idle_timeout: float | None  # seconds
     max_future: float | None = DEFAULT_MAX_FUTURE_S  # seconds ahead of the wall clock
+    table: bool = False  # a table's topic: keyed by the record key, a None value deletes
 
     def _details(self) -> str:
         key = "" if self.key_format is None else f" key={self.key_format!r}"
-        return f" topic={self.topic} value={self.value!r}{key}"
+        what = "table " if self.table else ""
+        return f" {what}topic={self.topic} value={self.value!r}{key}"
 
 
 @_operator
@@ -227,6 +229,32 @@ class Union(Op):
 @_operator
 class StatefulOp(Op):
     """An operator with keyed state: it needs every key's records in one input partition."""
+
+
+@_operator
+class MultiInputOp(StatefulOp):
+    """A keyed operator with several inputs, its *sides* (``sides`` names the operator
+    feeding each, in order). Every side is written, by its key, to the operator's own
+    topic ``<group>.<name>.repartition`` (`SideRepartition`), which one
+    `MergedSource` reads: its state follows that topic's partitions, whatever the
+    inputs' partitioning was, and the topic fixes the order in which the operator
+    sees the records of all sides, for good (replays see the same order)."""
+
+    sides: tuple[str, ...]
+    partitions: int | None  # of its topic; None: as many as its first side's source
+
+
+@_operator
+class JoinTable(MultiInputOp):
+    """A stream (side 0) joined with a table (side 1) as of each record's event time."""
+
+    kind = "join_table"
+    how: str  # "inner" | "left"
+    fn: Callable[[Any, Any], Any] | None  # (stream value, table value) -> output
+    table: str  # the table's topic
+
+    def _details(self) -> str:
+        return f" how={self.how} of {self.sides[0]} with table {self.table}"
 
 
 @_operator
@@ -326,6 +354,34 @@ class RepartitionSource(Op):
         return f" topic={self.topic} value=repartition"
 
 
+@_operator
+class SideRepartition(MetaOp):
+    """One side of a `MultiInputOp`: writes ``[side, key, value]`` to the operator's
+    topic, keyed by ``fn(value)`` (None: the element's key; a table's record key),
+    with the event time as the record timestamp. It ends its branch."""
+
+    kind = "key_by"
+    fn: Callable[[Any], Any] | None
+    topic: str
+    side: int
+    target: str  # the multi-input operator's name
+
+    def _details(self) -> str:
+        return f" -> {self.target} side {self.side} via topic {self.topic}{super()._details()}"
+
+
+@_operator
+class MergedSource(RepartitionSource):
+    """Reads a `MultiInputOp`'s topic. Its partitions' watermark is the minimum over the
+    sides (`operators.sides`): ``clocks`` holds each side's (max_out_of_orderness,
+    idle_timeout) in seconds, inherited from the sources upstream of it."""
+
+    clocks: tuple[tuple[float, float | None], ...]
+
+    def _details(self) -> str:
+        return f" topic={self.topic} value=sides of {len(self.clocks)} inputs"
+
+
 # -- the logical plan ------------------------------------------------------------
 
 
@@ -375,8 +431,11 @@ class Dataflow:
         return [op for source in self._sources for op in self.walk(source, seen)]
 
     def feeds_state(self, op: Op) -> bool:
-        """Does keyed state follow ``op`` before any other exchange?"""
+        """Does keyed state with one input follow ``op`` before any other exchange?
+        (An operator with several inputs repartitions each of them itself.)"""
         return any(
-            isinstance(child, StatefulOp) or (not child.exchanges and self.feeds_state(child))
+            (isinstance(child, StatefulOp) and not isinstance(child, MultiInputOp))
+            or (not child.exchanges and not isinstance(child, StatefulOp)
+                and self.feeds_state(child))
             for child in self._children[op.id]
-        )
+        )  # fmt: skip

@@ -68,6 +68,7 @@ class SlotPool:
         serdes = {s: JsonSerde() for s in self.changelogs.states}
         record_limits = self.changelogs.record_limits(limits)
         slots: list[Slot] = []
+        shared: dict[str, Any] = {}  # what operators combine over all slots (side clocks)
         for i in range(self.count):
             slots.append(
                 Slot(
@@ -85,6 +86,7 @@ class SlotPool:
                     changelogs=self.changelogs,
                     limits=limits,
                     registry=self.registry,
+                    shared=shared,
                 )
             )
         self.slots = slots

@@ -179,6 +179,7 @@ class Slot(threading.Thread):
         limits: dict[str, TopicLimits] | None = None,
         registry: Mapping[str, str] | None = None,
         clock: Callable[[], int] = wall_clock_ms,
+        shared: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(name=f"weir-slot-{index}", daemon=True)
         self.slot = index
@@ -196,6 +197,7 @@ class Slot(threading.Thread):
         self.changelogs = changelogs
         self.limits = limits or {}  # topic -> what its broker accepts
         self.registry = registry  # schema registry client settings, for the job's serdes
+        self.shared = {} if shared is None else shared  # the same dict in every slot
         self.epoch_writes: list[Write] = []
         self._chain_args = (sources, max_key_groups)
         self.chain: SlotChain | None = None
