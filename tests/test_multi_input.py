@@ -5,6 +5,7 @@ tests/test_union.py.)"""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -12,7 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weir import Job, JobDefinitionError
+from tests.rules_reference import replay_rules
+from tests.workers import JOBS
+from weir import Job, JobDefinitionError, KeyedBroadcastProcessFunction
+from weir.operators.broadcast import BroadcastProcessOp
 from weir.operators.chain import Batch, Operator
 from weir.operators.keyed import states_of
 from weir.operators.physical import compile_plan
@@ -20,8 +24,10 @@ from weir.operators.plan import MergedSource, RepartitionSource, SideRepartition
 from weir.operators.sides import SideClocks
 from weir.operators.table_join import TableJoinOp
 from weir.operators.timers import NO_TIME
+from weir.service.jobfile import load_job
+from weir.service.router import KEY_GROUPS, SlotRouter
 from weir.state.epoch import EpochBuffer
-from weir.state.layout import state_key
+from weir.state.layout import partition_key, state_key
 from weir.state.serde import JsonSerde
 from weir.state.store import StateStore
 
@@ -289,3 +295,158 @@ def test_a_partitions_watermark_is_the_minimum_over_the_sides_not_idle():
     assert clocks.observe(1, {0: 20_000}, now=5.1) == 19_000, "side 1 never showed: idle"
     never = SideClocks(((0.0, None), (0.0, None)))
     assert never.observe(0, {0: 1}, now=100.0) is None, "a side that is never idle waits"
+
+
+# -- broadcast state --------------------------------------------------------------------
+
+
+def broadcast_job() -> Job:
+    """tests/jobs/broadcast_rules.py, as a worker loads it."""
+    env = {"WEIR_TEST_RULES": "rules", "WEIR_TEST_IN": "events", "WEIR_TEST_OUT": "out"}
+    os.environ.update(env)
+    try:
+        return load_job(str(JOBS / "broadcast_rules.py"))
+    finally:
+        for key in env:
+            os.environ.pop(key)
+
+
+class BroadcastRig(JoinRig):
+    def __init__(self, tmp_path) -> None:
+        plan = compile_plan(broadcast_job(), "g")
+        self.node = next(s.op for s in plan.stateful)
+        self.states = states_of(self.node)
+        self.db = StateStore(tmp_path / "db", self.states)
+        self.collect = Collect()
+        self.checkpoints = 0
+        self.start()
+
+    def start(self) -> None:
+        self.ctx = JoinCtx(EpochBuffer(self.db, {s: JsonSerde() for s in self.states}))
+        self.op = BroadcastProcessOp(self.node, self.ctx, 128, "g.match.repartition")
+        self.op.out = self.collect
+        self.op.own({0}, None)
+
+
+def test_broadcast_plan_writes_the_rules_to_every_partition():
+    plan = compile_plan(broadcast_job(), "g")
+    rules, events, merged = plan.roots
+    (rule_side,) = rules.children
+    assert isinstance(rule_side.op, SideRepartition) and rule_side.op.broadcast
+    (keyed,) = events.children
+    (event_side,) = keyed.children
+    assert not event_side.op.broadcast
+    assert plan.everywhere_topics == {merged.op.topic} == {"g.match.repartition"}
+    assert plan.stateful[0].states == ("match.keyed", "match.watermark", "match.broadcast")
+    assert "match: broadcast_process of key_by-3 with broadcast source-rules" in plan.describe()
+
+
+SHAPES = st.sampled_from(["circle", "square", "star"])
+RULE = st.one_of(
+    st.tuples(st.just(1), st.none(), st.fixed_dictionaries(
+        {"name": st.sampled_from(["r1", "r2", "r3"]), "first": SHAPES, "second": SHAPES})),
+    st.tuples(st.just(1), st.none(), st.fixed_dictionaries(
+        {"name": st.sampled_from(["r1", "r2", "r3"]), "remove": st.just(True)})),
+)  # fmt: skip
+EVENT = st.tuples(st.just(0), st.sampled_from(["ann", "bob", "cy"]), SHAPES)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(RULE, EVENT), max_size=60), st.integers(0, 60))
+def test_rules_apply_in_the_topics_order_and_survive_a_restart(tmp_path_factory, raw, cut):
+    log = [
+        (side, user, value if side == 1 else {"n": n, "user": user, "shape": value})
+        for n, (side, user, value) in enumerate(raw)
+    ]
+    rig = BroadcastRig(tmp_path_factory.mktemp("bc"))
+    for offset, (side, user, value) in enumerate(log):
+        if offset == cut:
+            rig.restart()
+        rig.feed([(user, [side, value], 1000 + offset, offset)], 0)
+    assert not rig.ctx.failed
+    assert [v for _, v, _, _ in rig.collect.rows] == replay_rules(log)
+    rig.db.close()
+
+
+class Visitor(KeyedBroadcastProcessFunction):
+    """Counts per key; a broadcast record "reset" zeroes every key's count, "boom"
+    raises after changing state (which must then not change)."""
+
+    def process_element(self, value, ctx):
+        count = ctx.value_state("count")
+        count.update(count.value(0) + 1)
+        ctx.emit({"key": ctx.key, "count": count.value()})
+        if value == "write":
+            ctx.broadcast_state("seen").put("x", 1)
+
+    def process_broadcast_element(self, value, ctx):
+        ctx.broadcast_state("seen").put(value, True)
+
+        def reset(key, keyed):
+            keyed.value_state("count").update(0)
+            keyed.emit({"key": key, "reset": True})
+
+        ctx.apply_to_keyed_state(reset)
+        if value == "boom":
+            raise RuntimeError("boom")
+
+
+def test_a_broadcast_element_visits_every_key_and_changes_nothing_when_it_raises(tmp_path):
+    job = Job("v")
+    rules = job.source("rules").broadcast_state()
+    job.source("in").key_by().connect(rules).process(Visitor(), name="v").sink("out")
+    node = next(s.op for s in compile_plan(job, "g").stateful)
+    db = StateStore(tmp_path / "db", states_of(node))
+    ctx = JoinCtx(EpochBuffer(db, {s: JsonSerde() for s in states_of(node)}))
+    op = BroadcastProcessOp(node, ctx, 128, "t")
+    op.out = collect = Collect()
+    op.own({0}, None)
+    op.process(Batch("t", 0, [("a", [0, "x"], 1, 0), ("b", [0, "x"], 2, 1), ("a", [0, "x"], 3, 2)]))
+    op.process(Batch("t", 0, [(None, [1, "reset"], 4, 3), ("a", [0, "x"], 5, 4)]))
+    assert [v for _, v, _, _ in collect.rows] == [
+        {"key": "a", "count": 1}, {"key": "b", "count": 1}, {"key": "a", "count": 2},
+        {"key": "a", "reset": True}, {"key": "b", "reset": True},
+        {"key": "a", "count": 1},
+    ], "every key visited in key order, then counting again from 0"  # fmt: skip
+    collect.rows.clear()
+    op.process(Batch("t", 0, [(None, [1, "boom"], 6, 5), ("b", [0, "write"], 7, 6)]))
+    assert [(r, e[3]) for r, e, _ in ctx.failed] == [("function", 5), ("function", 6)]
+    assert [v for _, v, _, _ in collect.rows] == [], "nothing of either failed call"
+    state = ctx.state.get(op.broadcast, partition_key(0))
+    assert state == {"seen": {"reset": True}}, "boom's change is not applied"
+    assert ctx.state.get(op.state, state_key(0, b"b", 128))["v"] == {"count": 0}
+    db.close()
+
+
+def test_keyless_records_of_a_broadcast_topic_reach_every_slot_in_key_group_mode():
+    router = SlotRouter(3, 128, everywhere=frozenset({"m"}))
+    router.reassign([("m", 0), ("x", 0)])
+    assert router.mode == KEY_GROUPS
+    msgs = [KeyedMsg("m", 0, i, k) for i, k in enumerate([b"a", None, b"b", None])]
+    per_slot, _ = router.route(msgs)
+    for slot, batches in enumerate(per_slot):
+        offsets = [m.offset() for b in batches for m in b.elems]
+        assert {1, 3} <= set(offsets), f"slot {slot} got both broadcast records"
+        assert offsets == sorted(offsets), "in their place among the keyed ones"
+    other, _ = router.route([KeyedMsg("x", 0, 0, None)])
+    assert sum(len(b.elems) for batches in other for b in batches) == 1, "elsewhere: one slot"
+
+
+class KeyedMsg:
+    def __init__(self, topic, partition, offset, key):
+        self._t, self._p, self._o, self._k = topic, partition, offset, key
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return self._k
+
+    def timestamp(self):
+        return (1, 1000)

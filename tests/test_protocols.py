@@ -91,9 +91,7 @@ def out_ids(slots: Slots) -> list[int]:
 
 
 def held_ids(slots: Slots, slot: int) -> list[int]:
-    return [
-        orjson.loads(value)["id"] for topic, _, value, _, _ in slots[slot].held if topic == "out"
-    ]
+    return [orjson.loads(value)["id"] for topic, _, value, *_ in slots[slot].held if topic == "out"]
 
 
 def test_a_channel_that_delivered_the_barrier_waits_for_the_others_then_replays_in_order():

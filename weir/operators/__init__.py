@@ -10,7 +10,16 @@ they are the runtime's business, not the job author's.
 """
 
 from weir.operators.aggregates import AggregateFunction
-from weir.operators.api import Job, KeyedStream, Stream, Table, WindowedStream
+from weir.operators.api import (
+    BroadcastStream,
+    ConnectedStreams,
+    Job,
+    KeyedStream,
+    Stream,
+    Table,
+    WindowedStream,
+)
+from weir.operators.broadcast import KeyedBroadcastProcessFunction
 from weir.operators.exceptions import JobDefinitionError
 from weir.operators.formats import Serde, SerdeContext
 from weir.operators.meta import RecordMeta
@@ -21,9 +30,12 @@ from weir.operators.windows import Session, Sliding, Tumbling
 __all__ = [
     "AggregateFunction",
     "Avro",
+    "BroadcastStream",
+    "ConnectedStreams",
     "Job",
     "JobDefinitionError",
     "JsonSchema",
+    "KeyedBroadcastProcessFunction",
     "KeyedProcessFunction",
     "KeyedStream",
     "Protobuf",

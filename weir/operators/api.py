@@ -15,11 +15,13 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from weir.operators.aggregates import compile_aggregates
+from weir.operators.broadcast import KeyedBroadcastProcessFunction
 from weir.operators.exceptions import JobDefinitionError
 from weir.operators.formats import Serde, check_format, check_writable
 from weir.operators.plan import (
     DEFAULT_MAX_FUTURE_S,
     Aggregate,
+    BroadcastProcess,
     Dataflow,
     ErrorPolicy,
     Filter,
@@ -378,6 +380,13 @@ class Stream:
             raise JobDefinitionError(f"union(): stream {twice[0]!r} is given twice; each once")
         return Stream(self._job, self._job._add(Union, name, ops, inputs=names))
 
+    def broadcast_state(self) -> BroadcastStream:
+        """This stream as the broadcast side of a `KeyedStream.connect`: every record
+        reaches every partition of the connected operator, where a
+        `KeyedBroadcastProcessFunction` keeps broadcast state from them (README:
+        "Broadcast state")."""
+        return BroadcastStream(self._job, self._op)
+
     def _partition(self, partitioner: Partitioner, name: str | None) -> Stream:
         return Stream(self._job, self._then(Partition, name, partitioner=partitioner))
 
@@ -462,12 +471,68 @@ class Table:
         return self._op.topic
 
 
+class BroadcastStream:
+    """A stream to broadcast (`Stream.broadcast_state`): connect a keyed stream with it."""
+
+    def __init__(self, job: Job, op: Op) -> None:
+        self._job = job
+        self._op = op
+
+
+class ConnectedStreams:
+    """A keyed stream connected with a broadcast stream; finish it with `process`."""
+
+    def __init__(self, keyed: KeyedStream, broadcast: BroadcastStream) -> None:
+        self._keyed = keyed
+        self._broadcast = broadcast
+
+    def process(
+        self,
+        fn: KeyedBroadcastProcessFunction,
+        *,
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Run ``fn``, a `KeyedBroadcastProcessFunction`, over both streams: keyed
+        records through ``process_element``, broadcast ones through
+        ``process_broadcast_element``, in the order of the operator's topic
+        ``<group>.<name>.repartition`` (``partitions`` partitions, default the keyed
+        stream source's). What it emits for a key stays keyed."""
+        if not isinstance(fn, KeyedBroadcastProcessFunction):
+            raise JobDefinitionError(
+                f"process({fn!r}): expected an instance of KeyedBroadcastProcessFunction"
+            )
+        _check_partitions(partitions, "process")
+        keyed = self._keyed
+        ops = (keyed._op, self._broadcast._op)
+        op = keyed._job._add(
+            BroadcastProcess, name, ops, sides=tuple(o.name for o in ops),
+            partitions=partitions, fn=fn,
+        )  # fmt: skip
+        return KeyedStream(keyed._job, op)
+
+
 JOIN_HOWS = ("inner", "left")
 
 
 class KeyedStream(Stream):
     """A stream partitioned by key: ``map``, ``filter`` and ``flat_map`` keep
     the partitioning (as in Flink); the partitioners drop it."""
+
+    def connect(self, broadcast: BroadcastStream) -> ConnectedStreams:
+        """Connect with a broadcast stream (``rules.broadcast_state()``), then
+        ``.process(MyKeyedBroadcastProcessFunction())``."""
+        if not isinstance(broadcast, BroadcastStream):
+            raise JobDefinitionError(
+                f"connect({broadcast!r}): expected a broadcast stream (stream.broadcast_state())"
+            )
+        if broadcast._job is not self._job:
+            raise JobDefinitionError(
+                f"connect(): the broadcast stream belongs to job {broadcast._job.name!r}"
+            )
+        if broadcast._op is self._op:
+            raise JobDefinitionError("connect(): a stream cannot be connected with itself")
+        return ConnectedStreams(self, broadcast)
 
     def join_table(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from weir.operators.broadcast import BroadcastProcessOp
 from weir.operators.chain import (
     ExchangeOp,
     FanOut,
@@ -32,6 +33,7 @@ from weir.operators.keyed import AggregateOp, KeyedOp, ReduceOp
 from weir.operators.physical import PlanNode
 from weir.operators.plan import (
     Aggregate,
+    BroadcastProcess,
     Filter,
     FlatMap,
     HashExchange,
@@ -72,6 +74,7 @@ _TIMED: dict[type[Op], type[TimerOperator]] = {
     Window: WindowOp,
     Process: ProcessOp,
     JoinTable: TableJoinOp,
+    BroadcastProcess: BroadcastProcessOp,
 }
 
 

@@ -101,9 +101,15 @@ class SlotContext(Protocol):
     registry: Mapping[str, str] | None  # schema registry client settings, for serdes
     shared: dict[str, Any]  # one dict for all slots of the worker, fresh with fresh slots
 
-    def produce(self, topic: str, rows: list[Row], batch: Batch) -> None:
+    def produce(
+        self, topic: str, rows: list[Row], batch: Batch, partition: int | None = None
+    ) -> None:
         """Write ``(key, value, source_offset, timestamp_ms[, headers])`` rows of ``batch``
-        to ``topic`` (all rows of one call have headers, or none has)."""
+        to ``topic`` (all rows of one call have headers, or none has), to ``partition``
+        or where the producer's partitioner puts each key."""
+
+    def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` (one the job reads) has."""
 
     def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
         """Handle one failed record according to the job's error policy."""

@@ -13,10 +13,19 @@ from __future__ import annotations
 from typing import Any
 
 from weir.operators.aggregates import compile_aggregates
+from weir.operators.broadcast import broadcast_states
 from weir.operators.chain import Batch, Element, Operator, SlotContext
 from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
-from weir.operators.plan import Aggregate, JoinTable, Process, Reduce, StatefulOp, Window
+from weir.operators.plan import (
+    Aggregate,
+    BroadcastProcess,
+    JoinTable,
+    Process,
+    Reduce,
+    StatefulOp,
+    Window,
+)
 from weir.operators.process import process_states
 from weir.operators.table_join import table_join_states
 from weir.operators.windowed import window_states
@@ -38,6 +47,8 @@ def states_of(op: StatefulOp) -> tuple[str, ...]:
         return process_states(op)
     if isinstance(op, JoinTable):
         return table_join_states(op)
+    if isinstance(op, BroadcastProcess):
+        return broadcast_states(op)
     return (state_name(op),)
 
 

@@ -209,6 +209,17 @@ class PhysicalPlan:
         return any(node.op.exchanges for node in self.nodes())
 
     @property
+    def everywhere_topics(self) -> frozenset[str]:
+        """Topics of operators with a broadcast side: their keyless records are broadcast
+        ones, for every slot sharing a partition (`service.router`)."""
+        return frozenset(
+            root.op.topic
+            for root in self.roots
+            if isinstance(root.op, MergedSource)
+            and any(isinstance(n.op, MultiInputOp) and n.op.broadcast_sides for n in root.walk())
+        )
+
+    @property
     def dlq_topic(self) -> str:
         """Where failed records go under ``on_error="dlq"``."""
         return f"{self.group}.dlq"
@@ -280,6 +291,7 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
             side=side,
             target=target.name,
             with_meta=keyed_by is not None and keyed_by.with_meta,
+            broadcast=side in target.broadcast_sides,
         )
         return PlanNode(edge)
 

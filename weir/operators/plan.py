@@ -26,6 +26,7 @@ from weir.operators.formats import Serde
 from weir.operators.windows import WindowSpec
 
 if TYPE_CHECKING:
+    from weir.operators.broadcast import KeyedBroadcastProcessFunction
     from weir.operators.process import KeyedProcessFunction
 
 
@@ -242,6 +243,7 @@ class MultiInputOp(StatefulOp):
 
     sides: tuple[str, ...]
     partitions: int | None  # of its topic; None: as many as its first side's source
+    broadcast_sides: ClassVar[tuple[int, ...]] = ()  # sides written to every partition
 
 
 @_operator
@@ -255,6 +257,19 @@ class JoinTable(MultiInputOp):
 
     def _details(self) -> str:
         return f" how={self.how} of {self.sides[0]} with table {self.table}"
+
+
+@_operator
+class BroadcastProcess(MultiInputOp):
+    """A keyed stream (side 0) connected with a broadcast stream (side 1), run by a
+    `KeyedBroadcastProcessFunction`."""
+
+    kind = "broadcast_process"
+    fn: KeyedBroadcastProcessFunction
+    broadcast_sides: ClassVar[tuple[int, ...]] = (1,)
+
+    def _details(self) -> str:
+        return f" of {self.sides[0]} with broadcast {self.sides[1]}"
 
 
 @_operator
@@ -358,16 +373,20 @@ class RepartitionSource(Op):
 class SideRepartition(MetaOp):
     """One side of a `MultiInputOp`: writes ``[side, key, value]`` to the operator's
     topic, keyed by ``fn(value)`` (None: the element's key; a table's record key),
-    with the event time as the record timestamp. It ends its branch."""
+    with the event time as the record timestamp — or, a ``broadcast`` side, without
+    a key to every partition of it. It ends its branch."""
 
     kind = "key_by"
     fn: Callable[[Any], Any] | None
     topic: str
     side: int
     target: str  # the multi-input operator's name
+    broadcast: bool = False
 
     def _details(self) -> str:
-        return f" -> {self.target} side {self.side} via topic {self.topic}{super()._details()}"
+        how = "to every partition of" if self.broadcast else "via"
+        meta = super()._details()
+        return f" -> {self.target} side {self.side} {how} topic {self.topic}{meta}"
 
 
 @_operator

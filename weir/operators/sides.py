@@ -76,9 +76,10 @@ class SideClocks:
 class SideRepartitionOp(Operator):
     """Writes one side's elements to its operator's topic: ``[side, key, value]``
     keyed by ``fn(value)`` (or the element's key; a record key as UTF-8 text), with
-    the event time as the record timestamp."""
+    the event time as the record timestamp. A broadcast side writes
+    ``[side, None, value]`` without a key to every partition."""
 
-    __slots__ = ("fn", "side", "topic", "with_meta")
+    __slots__ = ("broadcast", "fn", "side", "topic", "with_meta")
 
     def __init__(self, op: SideRepartition, ctx: SlotContext) -> None:
         super().__init__(op, ctx)
@@ -86,8 +87,12 @@ class SideRepartitionOp(Operator):
         self.topic = op.topic
         self.side = op.side
         self.with_meta = op.with_meta
+        self.broadcast = op.broadcast
 
     def process(self, batch: Batch) -> None:
+        if self.broadcast:
+            self._everywhere(batch)
+            return
         fn, dumps, side = self.fn, orjson.dumps, self.side
         meta = meta_factory(batch) if self.with_meta else None
         rows: list[Row] = []
@@ -111,6 +116,18 @@ class SideRepartitionOp(Operator):
                 i += 1
         if rows:
             self.ctx.produce(self.topic, rows, batch)
+
+    def _everywhere(self, batch: Batch) -> None:
+        rows: list[Row] = []
+        for elem in batch.elems:
+            _, v, t, o = elem
+            try:
+                rows.append((None, orjson.dumps([self.side, None, v]), o, t))
+            except Exception as exc:
+                self.ctx.fail(self.name, "serialize", batch, elem, exc)
+        if rows:
+            for p in range(self.ctx.partitions(self.topic)):
+                self.ctx.produce(self.topic, rows, batch, p)
 
     def on_barrier(self, barrier: Barrier) -> None:
         pass

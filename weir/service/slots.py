@@ -180,6 +180,7 @@ class Slot(threading.Thread):
         registry: Mapping[str, str] | None = None,
         clock: Callable[[], int] = wall_clock_ms,
         shared: dict[str, Any] | None = None,
+        partition_counts: dict[str, int] | None = None,
     ) -> None:
         super().__init__(name=f"weir-slot-{index}", daemon=True)
         self.slot = index
@@ -198,12 +199,14 @@ class Slot(threading.Thread):
         self.limits = limits or {}  # topic -> what its broker accepts
         self.registry = registry  # schema registry client settings, for the job's serdes
         self.shared = {} if shared is None else shared  # the same dict in every slot
+        self.partition_counts = partition_counts or {}  # of the topics the job reads
         self.epoch_writes: list[Write] = []
         self._chain_args = (sources, max_key_groups)
         self.chain: SlotChain | None = None
         self.current = SOURCES
         self.passed: set[int] = set()  # targets past the in-flight barrier
-        self.held: list[tuple[str, bytes | None, bytes, Any, int]] = []
+        # (topic, key, value, headers, timestamp, partition or None)
+        self.held: list[tuple[str, bytes | None, bytes, Any, int, int | None]] = []
         self.held_bytes = 0
         self.record_bytes = 0  # bytes per record of the fetched batches (set by the fetcher)
         self.arrived: dict[int, set[int]] = {}
@@ -236,7 +239,9 @@ class Slot(threading.Thread):
         return self.stats.cost
 
     # -- SlotContext ---------------------------------------------------------
-    def produce(self, topic: str, rows: list[Row], batch: Batch) -> None:
+    def produce(
+        self, topic: str, rows: list[Row], batch: Batch, partition: int | None = None
+    ) -> None:
         counter = self._out_counters.get(topic)
         if counter is None:
             counter = self._out_counters[topic] = self.metrics.records_out.labels(
@@ -254,24 +259,25 @@ class Slot(threading.Thread):
         if self.current in self.passed:
             # Exact-size copies: an orjson result keeps its ~4 KB build buffer.
             if with_headers:
-                held = [(topic, k, bytes(memoryview(v)), h, t) for k, v, _, t, h in rows]
+                held = [(topic, k, bytes(memoryview(v)), h, t, partition) for k, v, _, t, h in rows]
             else:
-                held = [(topic, k, bytes(memoryview(v)), None, t) for k, v, _, t in rows]
+                held = [(topic, k, bytes(memoryview(v)), None, t, partition) for k, v, _, t in rows]
             self.held.extend(held)
             self.held_bytes += sum(len(h[2]) for h in held)
             return
         produce, poll = self.producer.produce, self.producer.poll
+        where = {} if partition is None else {"partition": partition}
         i, n = 0, len(rows)
         while i < n:
             try:
                 if with_headers:
                     for i in range(i, n):  # noqa: B020 - resumes after a full queue
                         k, v, _, t, h = rows[i]
-                        produce(topic, v, k, timestamp=t if t > 0 else 0, headers=h)
+                        produce(topic, v, k, timestamp=t if t > 0 else 0, headers=h, **where)
                 else:
                     for i in range(i, n):  # noqa: B020
                         k, v, _, t = rows[i]
-                        produce(topic, v, k, timestamp=t if t > 0 else 0)
+                        produce(topic, v, k, timestamp=t if t > 0 else 0, **where)
                 break
             except BufferError:
                 poll(0.05)  # librdkafka's queue is full: let it drain, then resume at row i
@@ -348,7 +354,7 @@ class Slot(threading.Thread):
             ("weir.source.offset", str(elem[3]).encode()),
         ]
         if self.current in self.passed:
-            self.held.append((self.dlq_topic, key_bytes, value, headers, 0))
+            self.held.append((self.dlq_topic, key_bytes, value, headers, 0, None))
             self.held_bytes += len(value or b"")
         else:
             self._produce_one(self.dlq_topic, key_bytes, value, headers)
@@ -365,6 +371,9 @@ class Slot(threading.Thread):
 
     def now_ms(self) -> int:
         return self.clock()
+
+    def partitions(self, topic: str) -> int:
+        return self.partition_counts[topic]
 
     def late(self, operator: str, count: int, reason: str = "late") -> None:
         self.metrics.records_late.labels(self.metrics.job, operator, reason).inc(count)
@@ -498,8 +507,8 @@ class Slot(threading.Thread):
     def _release(self) -> None:
         self.passed.clear()
         held, self.held, self.held_bytes = self.held, [], 0
-        for topic, key, value, headers, ts in held:
-            self._produce_one(topic, key, value, headers, timestamp=ts)
+        for topic, key, value, headers, ts, partition in held:
+            self._produce_one(topic, key, value, headers, partition, timestamp=ts)
 
     def _produce_one(
         self,
