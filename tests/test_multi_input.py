@@ -6,24 +6,35 @@ tests/test_union.py.)"""
 from __future__ import annotations
 
 import os
+import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.rules_reference import replay_rules
 from tests.workers import JOBS
-from weir import Job, JobDefinitionError, KeyedBroadcastProcessFunction
+from weir import (
+    Job,
+    JobDefinitionError,
+    KeyedBroadcastProcessFunction,
+    Session,
+    Sliding,
+    Tumbling,
+)
 from weir.operators.broadcast import BroadcastProcessOp
 from weir.operators.chain import Batch, Operator
+from weir.operators.interval_join import IntervalJoinOp
 from weir.operators.keyed import states_of
 from weir.operators.physical import compile_plan
 from weir.operators.plan import MergedSource, RepartitionSource, SideRepartition, Union
 from weir.operators.sides import SideClocks
 from weir.operators.table_join import TableJoinOp
 from weir.operators.timers import NO_TIME
+from weir.operators.window_join import WindowJoinOp
 from weir.service.jobfile import load_job
 from weir.service.router import KEY_GROUPS, SlotRouter
 from weir.state.epoch import EpochBuffer
@@ -293,6 +304,8 @@ def test_a_partitions_watermark_is_the_minimum_over_the_sides_not_idle():
     assert clocks.observe(0, {1: 5_000}, now=3.0) == 5_000, "back: it holds again"
     assert clocks.observe(1, {0: 20_000}, now=3.0) is None, "each partition on its own"
     assert clocks.observe(1, {0: 20_000}, now=5.1) == 19_000, "side 1 never showed: idle"
+    assert clocks.mark(0, now=5.1) == 11_500, "with no new batch, side 1 goes idle by time"
+    assert clocks.mark(7, now=5.1) is None, "a partition never read has no watermark"
     never = SideClocks(((0.0, None), (0.0, None)))
     assert never.observe(0, {0: 1}, now=100.0) is None, "a side that is never idle waits"
 
@@ -450,3 +463,237 @@ class KeyedMsg:
 
     def timestamp(self):
         return (1, 1000)
+
+
+# -- window and interval joins ---------------------------------------------------------
+
+
+def two_stream_job(join) -> Job:
+    """Streams "a" and "b" keyed by ``r["k"]``, joined by ``join(a, b)``."""
+    job = Job("wj")
+    a = job.source("a", timestamp=lambda r: r["t"]).key_by(lambda r: r["k"])
+    b = job.source("b", timestamp=lambda r: r["t"]).key_by(lambda r: r["k"])
+    join(a, b).sink("out")
+    return job
+
+
+class TwoSidedRig(JoinRig):
+    """A join operator of `two_stream_job` over a RocksDB store, restartable."""
+
+    def __init__(self, tmp_path, job: Job, op_class) -> None:
+        plan = compile_plan(job, "g")
+        self.node = next(s.op for s in plan.stateful)
+        self.op_class = op_class
+        self.states = states_of(self.node)
+        self.db = StateStore(tmp_path / "db", self.states)
+        self.collect = Collect()
+        self.checkpoints = 0
+        self.start()
+
+    def start(self) -> None:
+        self.ctx = JoinCtx(EpochBuffer(self.db, {s: JsonSerde() for s in self.states}))
+        self.op = self.op_class(self.node, self.ctx, 128, "g.j.repartition")
+        self.op.out = self.collect
+        self.op.own({0}, None)
+
+
+def run_two_sided(tmp_path, job, op_class, events, disorder, rng, restart_at) -> TwoSidedRig:
+    """Feed ``(side, key, t, id)`` events in an order within ``disorder`` of event time,
+    the watermark trailing by it (nothing late), with a restart from a checkpoint."""
+    order = sorted(events, key=lambda e: e[2] + rng.uniform(0, disorder))
+    rig = TwoSidedRig(tmp_path, job, op_class)
+    newest = -1
+    for offset, (side, key, t, ident) in enumerate(order):
+        if offset == restart_at:
+            rig.restart()
+        newest = max(newest, t)
+        rig.feed([(key, [side, {"id": ident, "k": key, "t": t}], t, offset)], newest - disorder - 1)
+    rig.op.advance(10**9, 0)
+    assert rig.ctx.late_count == 0 and not rig.ctx.failed
+    return rig
+
+
+def reference_windows(kind: str, size: int, records: list[tuple]) -> dict:
+    """Per (key, start, end): (lefts, rights) ids, computed without Weir's window code."""
+    out: dict = {}
+    by_key: dict = {}
+    for side, key, t, ident in records:
+        by_key.setdefault(key, []).append((t, side, ident))
+    for key, recs in by_key.items():
+        if kind == "session":
+            recs.sort()
+            groups: list[list] = []
+            for rec in recs:
+                if groups and rec[0] - groups[-1][-1][0] < size:
+                    groups[-1].append(rec)
+                else:
+                    groups.append([rec])
+            spans = [(g[0][0], g[-1][0] + size, g) for g in groups]
+        else:
+            slide = size if kind == "tumbling" else size // 2
+            starts: dict = {}
+            for rec in recs:
+                s = rec[0] - rec[0] % slide
+                while s > rec[0] - size:
+                    starts.setdefault(s, []).append(rec)
+                    s -= slide
+            spans = [(s, s + size, g) for s, g in starts.items()]
+        for start, end, group in spans:
+            lefts = [i for _, side, i in sorted(group) if side == 0]
+            rights = [i for _, side, i in sorted(group) if side == 1]
+            out[(key, start, end)] = (lefts, rights)
+    return out
+
+
+def reference_pairs(windows: dict, how: str) -> Counter:
+    rows: Counter = Counter()
+    for (key, start, end), (lefts, rights) in windows.items():
+        if lefts and rights:
+            rows.update((key, start, end, a, b) for a in lefts for b in rights)
+        elif lefts and how != "inner":
+            rows.update((key, start, end, a, None) for a in lefts)
+        elif rights and how == "full":
+            rows.update((key, start, end, None, b) for b in rights)
+    return rows
+
+
+TWO_SIDED = st.lists(
+    st.tuples(st.sampled_from([0, 1]), st.sampled_from("xy"), st.integers(0, 80)),
+    max_size=40,
+)
+# Boundaries every property below must get right: records a session gap apart (two
+# sessions), one less (one), right records at exactly t + lower and t + upper.
+EDGES = [(0, "x", 10), (1, "x", 30), (1, "x", 49), (0, "x", 60), (1, "x", 55), (1, "x", 70)]
+SPECS = {
+    "tumbling": lambda size: Tumbling(seconds=size / 1000),
+    "sliding": lambda size: Sliding(seconds=size / 1000, every=size / 2000),
+    "session": lambda size: Session(gap=size / 1000),
+}
+
+
+@settings(max_examples=100, deadline=None)
+@example(EDGES, "session", "full", 0, random.Random(1), 99)
+@example(EDGES, "tumbling", "left", 0, random.Random(1), 3)
+@given(
+    TWO_SIDED,
+    st.sampled_from(sorted(SPECS)),
+    st.sampled_from(["inner", "left", "full"]),
+    st.integers(0, 10),
+    st.randoms(use_true_random=False),
+    st.integers(0, 40),
+)
+def test_window_join_rows_are_the_pairs_of_each_keys_windows(
+    tmp_path_factory, raw, kind, how, disorder, rng, restart_at
+):
+    size = 20
+    events = [(side, key, t, n) for n, (side, key, t) in enumerate(raw)]
+    job = two_stream_job(lambda a, b: a.join(b, how=how).window(SPECS[kind](size)).apply(name="j"))
+    rig = run_two_sided(
+        tmp_path_factory.mktemp("wj"), job, WindowJoinOp, events, disorder, rng, restart_at
+    )
+    got = Counter(
+        (v["key"], v["window_start"], v["window_end"], v["left"] and v["left"]["id"],
+         v["right"] and v["right"]["id"])
+        for _, v, _, _ in rig.collect.rows
+    )  # fmt: skip
+    assert got == reference_pairs(reference_windows(kind, size, events), how)
+    rig.db.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(TWO_SIDED, st.integers(0, 10), st.randoms(use_true_random=False), st.integers(0, 40))
+def test_a_window_join_process_sees_both_sides_of_windows_with_both(
+    tmp_path_factory, raw, disorder, rng, restart_at
+):
+    events = [(side, key, t, n) for n, (side, key, t) in enumerate(raw)]
+
+    def both(key, window, lefts, rights):
+        return [{"key": key, "w": list(window), "l": [r["id"] for r in lefts],
+                 "r": [r["id"] for r in rights]}]  # fmt: skip
+
+    job = two_stream_job(lambda a, b: a.join(b).window(Tumbling(seconds=0.02)).process(both))
+    rig = run_two_sided(
+        tmp_path_factory.mktemp("wj"), job, WindowJoinOp, events, disorder, rng, restart_at
+    )
+    got = {(v["key"], *v["w"]): (v["l"], v["r"]) for _, v, _, _ in rig.collect.rows}
+    assert len(got) == len(rig.collect.rows), "each window once"
+    want = {
+        w: sides for w, sides in reference_windows("tumbling", 20, events).items() if all(sides)
+    }
+    assert {w: tuple(map(sorted, s)) for w, s in got.items()} == {
+        w: tuple(map(sorted, s)) for w, s in want.items()
+    }
+    rig.db.close()
+
+
+@settings(max_examples=100, deadline=None)
+@example(EDGES, -5, 15, 0, random.Random(1), 99)  # 60 meets 55 and 70 at the bounds
+@given(
+    TWO_SIDED,
+    st.integers(-30, 10),
+    st.integers(0, 30),
+    st.integers(0, 10),
+    st.randoms(use_true_random=False),
+    st.integers(0, 40),
+)
+def test_interval_join_pairs_each_left_record_with_the_right_ones_in_its_interval(
+    tmp_path_factory, raw, lower, span, disorder, rng, restart_at
+):
+    events = [(side, key, t, n) for n, (side, key, t) in enumerate(raw)]
+    upper = lower + span
+    job = two_stream_job(
+        lambda a, b: a.interval_join(b, lower=lower / 1000, upper=upper / 1000, name="j")
+    )
+    rig = run_two_sided(
+        tmp_path_factory.mktemp("ij"), job, IntervalJoinOp, events, disorder, rng, restart_at
+    )
+    got = Counter((v["key"], v["left"]["id"], v["right"]["id"]) for _, v, _, _ in rig.collect.rows)
+    want = Counter(
+        (ka, ia, ib)
+        for sa, ka, ta, ia in events
+        if sa == 0
+        for sb, kb, tb, ib in events
+        if sb == 1 and kb == ka and ta + lower <= tb <= ta + upper
+    )
+    assert got == want
+    assert all(t == max(v["left"]["t"], v["right"]["t"]) for _, v, t, _ in rig.collect.rows)
+    rig.db.close()
+
+
+def test_interval_join_state_goes_once_the_watermark_passes_what_it_can_match(tmp_path):
+    job = two_stream_job(lambda a, b: a.interval_join(b, lower=-0.01, upper=0.005, name="j"))
+    rig = TwoSidedRig(tmp_path, job, IntervalJoinOp)
+    skey = state_key(0, b"x", 128)
+    rig.feed([("x", [0, {"id": 1, "t": 100}], 100, 0), ("x", [1, {"id": 2, "t": 96}], 96, 1)], 0)
+    assert len(rig.collect.rows) == 1
+    rig.op.advance(104, 0)
+    assert rig.ctx.state.get("j.records", skey) is not None, "both may still match"
+    rig.op.advance(105, 0)
+    kept = rig.ctx.state.get("j.records", skey)
+    assert kept["l"] == [] and len(kept["r"]) == 1, "left 100 matched up to 105, right 96 to 106"
+    rig.op.advance(106, 0)
+    assert rig.ctx.state.get("j.records", skey) is None
+    rig.feed([("x", [0, {"id": 3, "t": 99}], 99, 2)], 105)
+    assert rig.ctx.late_count == 1, "behind the watermark: late, not joined"
+    rig.db.close()
+
+
+def test_window_joins_are_checked_when_defined():
+    job = Job("wj")
+    a = job.source("a").key_by()
+    b = job.source("b").key_by()
+    with pytest.raises(JobDefinitionError, match="how='right'"):
+        a.join(b, how="right")
+    with pytest.raises(JobDefinitionError, match="cannot be joined with itself"):
+        a.join(a)
+    with pytest.raises(JobDefinitionError, match="not supported for joins"):
+        a.join(b).window(Session(gap=1), allowed_lateness=5)
+    with pytest.raises(JobDefinitionError, match="lower must not exceed upper"):
+        a.interval_join(b, lower=2, upper=1)
+    job = two_stream_job(
+        lambda a, b: a.join(b, how="full").window(Tumbling(seconds=10)).apply(name="j")
+    )
+    plan = compile_plan(job, "g")
+    assert "j: window_join how=full Tumbling(seconds=10) apply of key_by-2, key_by-4" in (
+        plan.describe()
+    )

@@ -22,6 +22,7 @@ from weir.operators import (
     ConnectedStreams,
     Job,
     JobDefinitionError,
+    JoinedStreams,
     JsonSchema,
     KeyedBroadcastProcessFunction,
     KeyedProcessFunction,
@@ -35,6 +36,7 @@ from weir.operators import (
     Stream,
     Table,
     Tumbling,
+    WindowedJoin,
     WindowedStream,
 )
 
@@ -50,6 +52,7 @@ __all__ = [
     "ConnectedStreams",
     "Job",
     "JobDefinitionError",
+    "JoinedStreams",
     "JsonSchema",
     "KeyedBroadcastProcessFunction",
     "KeyedProcessFunction",
@@ -63,6 +66,7 @@ __all__ = [
     "Stream",
     "Table",
     "Tumbling",
+    "WindowedJoin",
     "WindowedStream",
     "__version__",
 ]

@@ -14,9 +14,11 @@ from weir.operators.api import (
     BroadcastStream,
     ConnectedStreams,
     Job,
+    JoinedStreams,
     KeyedStream,
     Stream,
     Table,
+    WindowedJoin,
     WindowedStream,
 )
 from weir.operators.broadcast import KeyedBroadcastProcessFunction
@@ -34,6 +36,7 @@ __all__ = [
     "ConnectedStreams",
     "Job",
     "JobDefinitionError",
+    "JoinedStreams",
     "JsonSchema",
     "KeyedBroadcastProcessFunction",
     "KeyedProcessFunction",
@@ -47,5 +50,6 @@ __all__ = [
     "Stream",
     "Table",
     "Tumbling",
+    "WindowedJoin",
     "WindowedStream",
 ]

@@ -26,6 +26,7 @@ from weir.operators.plan import (
     ErrorPolicy,
     Filter,
     FlatMap,
+    IntervalJoin,
     JoinTable,
     KeyBy,
     Map,
@@ -41,9 +42,10 @@ from weir.operators.plan import (
     Union,
     Window,
     WindowFunctionKind,
+    WindowJoin,
 )
 from weir.operators.process import KeyedProcessFunction
-from weir.operators.windows import WindowSpec
+from weir.operators.windows import Session, WindowSpec
 from weir.state.keygroups import DEFAULT_MAX_KEY_GROUPS
 
 ERROR_POLICIES = tuple(p.value for p in ErrorPolicy)
@@ -513,11 +515,156 @@ class ConnectedStreams:
 
 
 JOIN_HOWS = ("inner", "left")
+WINDOW_JOIN_HOWS = ("inner", "left", "full")
+
+
+def _check_other(keyed: KeyedStream, other: Any, method: str) -> None:
+    """``other`` is another keyed stream of the same job."""
+    if not isinstance(other, KeyedStream):
+        raise JobDefinitionError(
+            f"{method}({other!r}): expected a keyed stream of this job (stream.key_by(...))"
+        )
+    if other._job is not keyed._job:
+        raise JobDefinitionError(
+            f"{method}(): stream {other._op.name!r} belongs to job {other._job.name!r}"
+        )
+    if other._op is keyed._op:
+        raise JobDefinitionError(
+            f"{method}(): stream {keyed._op.name!r} cannot be joined with itself; join it"
+            " with a copy (another key_by or map of it)"
+        )
+
+
+def _seconds(value: Any, what: str) -> int:
+    """Seconds (any sign) as milliseconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise JobDefinitionError(f"{what}={value!r}: expected seconds (a number)")
+    return round(value * 1000)
+
+
+class JoinedStreams:
+    """Two keyed streams to join per window (`KeyedStream.join`); give the window."""
+
+    def __init__(self, left: KeyedStream, right: KeyedStream, how: str) -> None:
+        self._left = left
+        self._right = right
+        self._how = how
+
+    def window(self, spec: WindowSpec, *, allowed_lateness: float = 0.0) -> WindowedJoin:
+        """Event-time windows (`Tumbling`, `Sliding` or `Session`) per key. A window
+        fires when the watermark passes its end; ``allowed_lateness`` (seconds; not with
+        sessions) keeps it for late records, each emitting what it adds."""
+        if not isinstance(spec, WindowSpec):
+            raise JobDefinitionError(
+                f"window({spec!r}): expected Tumbling(...), Sliding(...) or Session(...)"
+            )
+        lateness = _seconds(allowed_lateness, "allowed_lateness")
+        if lateness < 0:
+            raise JobDefinitionError(
+                f"allowed_lateness={allowed_lateness!r}: expected seconds >= 0"
+            )
+        if lateness and isinstance(spec, Session):
+            raise JobDefinitionError(
+                "allowed_lateness with Session windows is not supported for joins: a late"
+                " record could merge sessions whose rows were already emitted"
+            )
+        return WindowedJoin(self, spec, lateness)
+
+
+class WindowedJoin:
+    """Two keyed streams joined per key and window; finish with `apply` or `process`."""
+
+    def __init__(self, joined: JoinedStreams, spec: WindowSpec, lateness_ms: int) -> None:
+        self._joined = joined
+        self._spec = spec
+        self._lateness_ms = lateness_ms
+
+    def _then(
+        self, function: str, fn: Callable[..., Any] | None, partitions: int | None, name: str | None
+    ) -> KeyedStream:
+        _check_partitions(partitions, function)
+        left, right = self._joined._left, self._joined._right
+        ops = (left._op, right._op)
+        op = left._job._add(
+            WindowJoin, name, ops, sides=tuple(o.name for o in ops), partitions=partitions,
+            spec=self._spec, how=self._joined._how, function=function, fn=fn,
+            lateness_ms=self._lateness_ms,
+        )  # fmt: skip
+        return KeyedStream(left._job, op)
+
+    def apply(
+        self,
+        fn: Callable[[Any, Any], Any] | None = None,
+        *,
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Per key and window, ``fn(left, right)`` for every pair of records (``None``
+        for the missing side of an outer row). Default output: ``{"key",
+        "window_start", "window_end", "left", "right"}``."""
+        if fn is not None:
+            _check_callable(fn, "apply")
+        return self._then("apply", fn, partitions, name)
+
+    def process(
+        self,
+        fn: Callable[[Any, tuple[int, int], list, list], Iterable[Any]],
+        *,
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Per key and window, ``fn(key, (start, end), lefts, rights)`` over both sides'
+        records (in event-time order); each item it returns is emitted. Windows fire as
+        ``how`` says: inner — both sides have records; left — the left side has; full —
+        either has."""
+        return self._then("process", _check_callable(fn, "process"), partitions, name)
 
 
 class KeyedStream(Stream):
     """A stream partitioned by key: ``map``, ``filter`` and ``flat_map`` keep
     the partitioning (as in Flink); the partitioners drop it."""
+
+    def join(self, other: KeyedStream, *, how: str = "inner") -> JoinedStreams:
+        """Join with ``other`` per key and event-time window: ``a.join(b,
+        how="inner"|"left"|"full").window(Tumbling(seconds=10)).apply(fn)``. Both
+        streams are written by key to the join's topic, so they need not be
+        partitioned alike (README: "Window join")."""
+        _check_other(self, other, "join")
+        if how not in WINDOW_JOIN_HOWS:
+            raise JobDefinitionError(f"join(how={how!r}): expected one of {WINDOW_JOIN_HOWS}")
+        return JoinedStreams(self, other, how)
+
+    def interval_join(
+        self,
+        other: KeyedStream,
+        *,
+        lower: float,
+        upper: float,
+        fn: Callable[[Any, Any], Any] | None = None,
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Join each record (event time ``t``) with ``other``'s records of its key whose
+        event times lie in ``[t + lower, t + upper]`` (seconds, either sign): emits
+        ``fn(left, right)`` (default ``{"key", "left", "right"}``) as soon as both are
+        there, at the later of their times. Records behind the watermark are late
+        (counted, not joined); state is dropped once the watermark has passed what a
+        record can still match (README: "Interval join")."""
+        _check_other(self, other, "interval_join")
+        lo, hi = _seconds(lower, "lower"), _seconds(upper, "upper")
+        if lo > hi:
+            raise JobDefinitionError(
+                f"interval_join(lower={lower!r}, upper={upper!r}): lower must not exceed upper"
+            )
+        if fn is not None:
+            _check_callable(fn, "interval_join")
+        _check_partitions(partitions, "interval_join")
+        ops = (self._op, other._op)
+        op = self._job._add(
+            IntervalJoin, name, ops, sides=tuple(o.name for o in ops), partitions=partitions,
+            lower_ms=lo, upper_ms=hi, fn=fn,
+        )  # fmt: skip
+        return KeyedStream(self._job, op)
 
     def connect(self, broadcast: BroadcastStream) -> ConnectedStreams:
         """Connect with a broadcast stream (``rules.broadcast_state()``), then

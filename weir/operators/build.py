@@ -29,6 +29,7 @@ from weir.operators.chain import (
     SourceOp,
     UnionInputOp,
 )
+from weir.operators.interval_join import IntervalJoinOp
 from weir.operators.keyed import AggregateOp, KeyedOp, ReduceOp
 from weir.operators.physical import PlanNode
 from weir.operators.plan import (
@@ -37,6 +38,7 @@ from weir.operators.plan import (
     Filter,
     FlatMap,
     HashExchange,
+    IntervalJoin,
     JoinTable,
     Map,
     MergedSource,
@@ -45,6 +47,7 @@ from weir.operators.plan import (
     Process,
     RecordKey,
     Reduce,
+    Rekey,
     Repartition,
     RepartitionSource,
     SideRepartition,
@@ -52,17 +55,20 @@ from weir.operators.plan import (
     Source,
     Union,
     Window,
+    WindowJoin,
 )
 from weir.operators.process import ProcessOp
-from weir.operators.sides import MergedSourceOp, SideRepartitionOp
+from weir.operators.sides import MergedSourceOp, RekeyOp, SideRepartitionOp
 from weir.operators.table_join import TableJoinOp
 from weir.operators.timers import TimerOperator
+from weir.operators.window_join import WindowJoinOp
 from weir.operators.windowed import WindowOp
 
 _CHAINED: dict[type[Op], Callable[..., Operator]] = {
     Source: SourceOp,
     RepartitionSource: RepartitionSourceOp,
     MergedSource: MergedSourceOp,
+    Rekey: RekeyOp,
     Map: MapOp,
     Filter: FilterOp,
     FlatMap: FlatMapOp,
@@ -75,6 +81,8 @@ _TIMED: dict[type[Op], type[TimerOperator]] = {
     Process: ProcessOp,
     JoinTable: TableJoinOp,
     BroadcastProcess: BroadcastProcessOp,
+    WindowJoin: WindowJoinOp,
+    IntervalJoin: IntervalJoinOp,
 }
 
 
@@ -85,8 +93,9 @@ class SlotChain:
     ``inputs[target]`` takes batches arriving from exchanges and unions;
     ``fan_in[target]`` is how many channels a union's target has (one per input;
     an exchange's target has one per slot); ``windows`` are the operators with
-    timers (windows and process functions): the slot advances their watermark and
-    clock and tells them which partitions it owns.
+    timers (windows, process functions, joins): the slot advances their watermark
+    and clock and tells them which partitions it owns; ``clocks`` are the sources of
+    multi-input operators, whose watermarks move with time too (`MergedSourceOp.tick`).
     """
 
     def __init__(
@@ -95,11 +104,13 @@ class SlotChain:
         inputs: dict[int, Operator],
         windows: list[TimerOperator],
         fan_in: dict[int, int] | None = None,
+        clocks: list[MergedSourceOp] | None = None,
     ) -> None:
         self.sources = sources
         self.inputs = inputs
         self.windows = windows
         self.fan_in = fan_in or {}
+        self.clocks = clocks or []
 
 
 def build_chain(roots: Sequence[PlanNode], ctx: SlotContext, max_key_groups: int) -> SlotChain:
@@ -175,4 +186,10 @@ def build_chain(roots: Sequence[PlanNode], ctx: SlotContext, max_key_groups: int
         inputs,
         windows,
         {target: n for target, n in fan_in.items() if target in inputs},
+        [
+            head
+            for heads_of in heads.values()
+            for head in heads_of
+            if isinstance(head, MergedSourceOp)
+        ],
     )

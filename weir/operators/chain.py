@@ -128,8 +128,11 @@ class SlotContext(Protocol):
         """Count records that arrived after their windows were gone (``late``), or whose
         event time was too far ahead of the wall clock (``future``)."""
 
-    def observe_time(self, topic: str, partition: int, max_timestamp: int) -> None:
-        """The largest event time seen in a batch of a partition (for watermarks)."""
+    def observe_time(
+        self, topic: str, partition: int, max_timestamp: int, seen: bool = True
+    ) -> None:
+        """The largest event time seen in a batch of a partition (for watermarks);
+        ``seen=False``: no record came, only what is known of the partition's time moved."""
 
 
 class Operator:

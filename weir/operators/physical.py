@@ -21,8 +21,9 @@ was, so one job compiles for any number of groups. The steps:
    hangs under a `MergedSource` of its own topic ``<group>.<name>.repartition``;
    each of its inputs ends in a `SideRepartition` writing to that topic — in
    place of a ``key_by(fn)`` that feeds it directly, else after the input's last
-   operator (keyed by the stream's key; a table's by its record key). Each side
-   keeps the watermark settings of the sources upstream of it.
+   operator (keyed by the stream's key; a table's by its record key; a
+   ``key_by(fn)`` feeding several of them sets the key in place, `Rekey`). Each
+   side keeps the watermark settings of the sources upstream of it.
 3. List every stateful operator with the topic whose partitions its state
    follows (the source of its tree), its state names and its changelog
    ``<group>.<operator>.changelog``.
@@ -51,6 +52,7 @@ from weir.operators.plan import (
     Op,
     Process,
     RecordKey,
+    Rekey,
     Repartition,
     RepartitionSource,
     SideRepartition,
@@ -336,9 +338,14 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
                 RecordKey(id=op.id, name=op.name, auto_named=op.auto_named),
                 compile_children(op, source),
             )
-        (only, *more) = flow.children(op) or (None,)
-        if isinstance(only, MultiInputOp) and not more:  # key_by(fn) right before a join
-            return side_edge(op, only, op.fn, keyed_by=op)
+        children = flow.children(op)
+        if children and all(isinstance(c, MultiInputOp) for c in children):
+            if len(children) == 1:  # key_by(fn) right before a join: its side writes
+                return side_edge(op, children[0], op.fn, keyed_by=op)
+            rekey = Rekey(
+                id=op.id, name=op.name, auto_named=op.auto_named, fn=op.fn, with_meta=op.with_meta
+            )
+            return PlanNode(rekey, compile_children(op, source))
         if not flow.feeds_state(op):
             keyed = HashExchange(
                 id=op.id, name=op.name, auto_named=op.auto_named, fn=op.fn, with_meta=op.with_meta

@@ -260,6 +260,37 @@ class JoinTable(MultiInputOp):
 
 
 @_operator
+class WindowJoin(MultiInputOp):
+    """Two keyed streams (sides 0 and 1) joined per key and event-time window: ``fn``
+    per pair (``function="apply"``) or over both sides' records (``"process"``)."""
+
+    kind = "window_join"
+    spec: WindowSpec
+    how: str  # "inner" | "left" | "full"
+    function: str  # "apply" | "process"
+    fn: Callable[..., Any] | None
+    lateness_ms: int
+
+    def _details(self) -> str:
+        return f" how={self.how} {self.spec!r} {self.function} of {self.sides[0]}, {self.sides[1]}"
+
+
+@_operator
+class IntervalJoin(MultiInputOp):
+    """Each record of side 0 with the records of side 1 of its key whose event times lie
+    in ``[t + lower_ms, t + upper_ms]``."""
+
+    kind = "interval_join"
+    lower_ms: int
+    upper_ms: int
+    fn: Callable[[Any, Any], Any] | None
+
+    def _details(self) -> str:
+        bounds = f"[{self.lower_ms / 1000:+g}s, {self.upper_ms / 1000:+g}s]"
+        return f" {bounds} of {self.sides[0]} with {self.sides[1]}"
+
+
+@_operator
 class BroadcastProcess(MultiInputOp):
     """A keyed stream (side 0) connected with a broadcast stream (side 1), run by a
     `KeyedBroadcastProcessFunction`."""
@@ -367,6 +398,18 @@ class RepartitionSource(Op):
 
     def _details(self) -> str:
         return f" topic={self.topic} value=repartition"
+
+
+@_operator
+class Rekey(MetaOp):
+    """``key_by(fn)`` feeding only operators with several inputs, which repartition
+    their inputs themselves: each element's key becomes ``fn(value)`` in place."""
+
+    kind = "key_by"
+    fn: Callable[..., Any]
+
+    def _details(self) -> str:
+        return " (key set in place)" + super()._details()
 
 
 @_operator

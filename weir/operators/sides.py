@@ -20,7 +20,9 @@ Watermark of a partition of the topic (`SideClocks`, rules in this order):
    ``idle_timeout`` no longer holds it back.
 3. The partition's watermark is the minimum over the sides left; with none
    left, nothing is reported and the partition is idle as a whole (the worker's
-   tracker applies its own idleness, `service.watermarks`).
+   tracker applies its own idleness, `service.watermarks`). The rules are applied
+   on every batch and on every clock tick of the slot, since sides go idle with
+   time alone.
 
 The clocks are shared by the worker's slots (`SlotContext.shared`): when slots
 share a partition, each sees only some keys, and a side one slot never sees may
@@ -38,7 +40,7 @@ import orjson
 
 from weir.operators.chain import Barrier, Batch, Operator, Row, SlotContext, _text, meta_factory
 from weir.operators.formats import encode_key
-from weir.operators.plan import MergedSource, SideRepartition
+from weir.operators.plan import MergedSource, Rekey, SideRepartition
 
 
 class SideClocks:
@@ -55,22 +57,62 @@ class SideClocks:
         """A batch of ``partition`` showed ``newest[side]`` (its largest event time per
         side); the partition's watermark by the rules, or None if it has none."""
         with self._lock:
-            since = self._since.setdefault(partition, now)
+            self._since.setdefault(partition, now)
             for side, ts in newest.items():
                 key = (partition, side)
                 if ts > self._max.get(key, ts - 1):
                     self._max[key] = ts
                 self._seen[key] = now
-            marks = []
-            for side, (ooo, idle) in enumerate(self._sides):
-                key = (partition, side)
-                quiet = now - self._seen.get(key, since)
-                if idle is not None and quiet > idle:
-                    continue  # Rule 2: idle
-                if key not in self._max:
-                    return None  # Rule 2: nothing known of this side yet
-                marks.append(self._max[key] - ooo)  # Rule 1
-            return min(marks) if marks else None  # Rule 3
+            return self._mark(partition, now)
+
+    def mark(self, partition: int, now: float) -> int | None:
+        """The partition's watermark at ``now`` with nothing new: sides go idle with time."""
+        with self._lock:
+            return self._mark(partition, now) if partition in self._since else None
+
+    def _mark(self, partition: int, now: float) -> int | None:
+        since = self._since[partition]
+        marks = []
+        for side, (ooo, idle) in enumerate(self._sides):
+            key = (partition, side)
+            quiet = now - self._seen.get(key, since)
+            if idle is not None and quiet > idle:
+                continue  # Rule 2: idle
+            if key not in self._max:
+                return None  # Rule 2: nothing known of this side yet
+            marks.append(self._max[key] - ooo)  # Rule 1
+        return min(marks) if marks else None  # Rule 3
+
+
+class RekeyOp(Operator):
+    """Sets each element's key to ``fn(value)`` (``fn(value, meta)`` with meta), in place:
+    the sides after it write the elements to their operators' topics by that key."""
+
+    __slots__ = ("fn", "with_meta")
+
+    def __init__(self, op: Rekey, ctx: SlotContext) -> None:
+        super().__init__(op, ctx)
+        self.fn = op.fn
+        self.with_meta = op.with_meta
+
+    def process(self, batch: Batch) -> None:
+        fn = self.fn
+        meta = meta_factory(batch) if self.with_meta else None
+        out: list[Any] = []
+        append = out.append
+        elems = batch.elems
+        i, n = 0, len(elems)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                    k, v, t, o = elems[i]
+                    append((fn(v) if meta is None else fn(v, meta(k, t, o)), v, t, o))
+                break
+            except Exception as exc:
+                self.ctx.fail(self.name, "key", batch, elems[i], exc)
+                i += 1
+        if out and self.out is not None:
+            self.out.process(Batch(batch.topic, batch.partition, out, batch.headers))
 
 
 class SideRepartitionOp(Operator):
@@ -137,13 +179,25 @@ class MergedSourceOp(Operator):
     """Reads a multi-input operator's topic: elements ``(key, [side, value], timestamp,
     offset)`` in the topic's order; reports the partition's watermark (module doc)."""
 
-    __slots__ = ("clocks", "keep_headers", "track_time")
+    __slots__ = ("clocks", "keep_headers", "partitions", "topic", "track_time")
 
     def __init__(self, op: MergedSource, ctx: SlotContext) -> None:
         super().__init__(op, ctx)
         self.track_time = False  # set when operators with timers follow (they do)
         self.keep_headers = False  # unused: what a multi-input operator emits has none
         self.clocks: SideClocks = ctx.shared.setdefault(op.name, SideClocks(op.clocks))
+        self.topic = op.topic
+        self.partitions: set[int] = set()  # read by this slot
+
+    def tick(self) -> None:
+        """Time passed (the slot's clock tick): sides may have gone idle meanwhile, so the
+        partitions' watermarks may move with no new record (which `observe_time` is
+        told, so the partition's own idleness is not reset)."""
+        now = time.monotonic()
+        for p in self.partitions:
+            mark = self.clocks.mark(p, now)
+            if mark is not None:
+                self.ctx.observe_time(self.topic, p, mark, seen=False)
 
     def process(self, batch: Batch) -> None:
         elems: list[Any] = []
@@ -159,6 +213,7 @@ class MergedSourceOp(Operator):
                 newest[side] = ts
             elems.append((k, [side, v], ts, m.offset()))
         if self.track_time and newest:
+            self.partitions.add(batch.partition)
             mark = self.clocks.observe(batch.partition, newest, time.monotonic())
             if mark is not None:
                 self.ctx.observe_time(batch.topic, batch.partition, mark)

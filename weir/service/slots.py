@@ -378,11 +378,14 @@ class Slot(threading.Thread):
     def late(self, operator: str, count: int, reason: str = "late") -> None:
         self.metrics.records_late.labels(self.metrics.job, operator, reason).inc(count)
 
-    def observe_time(self, topic: str, partition: int, max_timestamp: int) -> None:
+    def observe_time(
+        self, topic: str, partition: int, max_timestamp: int, seen: bool = True
+    ) -> None:
         tp = (topic, partition)
         if max_timestamp > self.max_ts.get(tp, max_timestamp - 1):
             self.max_ts[tp] = max_timestamp
-        self.last_seen[tp] = time.monotonic()
+        if seen:
+            self.last_seen[tp] = time.monotonic()
 
     def stuck_in(self) -> str | None:
         """Where this slot's thread is now, for a checkpoint that waits on it: the
@@ -455,6 +458,8 @@ class Slot(threading.Thread):
                 self._release()
             elif isinstance(payload, Watermark):
                 self.current = SOURCES  # windows run in the source segment
+                for merged in self.chain.clocks:
+                    merged.tick()  # sides of multi-input operators can go idle meanwhile
                 for window in self.chain.windows:
                     window.advance(payload.value, payload.now)
             elif isinstance(payload, Ownership):

@@ -1,0 +1,179 @@
+"""Window and interval joins on a real broker, compared with DuckDB's joins.
+
+A backlog of records on two topics (``{"id", "k", "t"}``, bursty per key so that
+sessions form and end) is joined by tests/jobs/two_joins.py — tumbling and session
+windows, inner, left and full outer, and an interval join — by two workers, one of
+them killed (-9) and restarted mid-run. Every row, read_committed, is one of
+DuckDB's over the same records, each exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+
+import duckdb
+import orjson
+from confluent_kafka import Producer
+
+from tests.kafka_fixture import consume_all
+from tests.waiting import wait_for
+from tests.workers import Workers, job_env
+from weir.service.partitioner import partition_for
+
+T0 = 1_700_000_000_000
+PARTITIONS = 2  # of each join's topic
+SIZE, GAP, LOWER, UPPER = 1_000, 300, -200, 300  # as tests/jobs/two_joins.py
+SESSION = [
+    "--kafka", "consumer.session.timeout.ms=6000",
+    "--kafka", "consumer.heartbeat.interval.ms=1000",
+]  # fmt: skip
+
+
+def records(seed: int, count: int) -> tuple[list[dict], list[dict]]:
+    """Records of A and B in event-time order: each key is busy for a while, then
+    quiet (sessions), and A and B interleave unevenly."""
+    rng = random.Random(seed)
+    a: list[dict] = []
+    b: list[dict] = []
+    t = T0
+    for n in range(count):
+        t += rng.randrange(0, 15)
+        busy = (t - T0) // 2_000
+        key = f"k{(busy * 7 + rng.randrange(4)) % 30}"
+        (a if rng.random() < 0.5 else b).append({"id": n, "k": key, "t": t})
+    return a, b
+
+
+def closers(end: int) -> list[dict]:
+    """A record far past ``end`` for a key of every partition of the join topics, on
+    each side: both sides' watermarks then pass every real window. (Their windows never
+    fire; the interval join joins them at once: left out of the comparison.)"""
+    keys: dict[int, str] = {}
+    i = 0
+    while len(keys) < PARTITIONS:
+        key = f"zz-closer-{i}"
+        keys.setdefault(partition_for(key.encode(), PARTITIONS), key)
+        i += 1
+    return [{"id": -1 - p, "k": k, "t": end + 60_000} for p, k in keys.items()]
+
+
+def produce(bootstrap: str, topic: str, rows: list[dict]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for r in rows:
+        producer.produce(topic, orjson.dumps(r), r["k"].encode())
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+WINDOWED = {
+    "tumbling": "SELECT id, k, t - t % {size} AS ws, t - t % {size} + {size} AS we, side FROM u",
+    # A new session where the gap to the key's previous record reaches GAP.
+    "session": """
+        SELECT id, k, side,
+               MIN(t) OVER (PARTITION BY k, sid) AS ws,
+               MAX(t) OVER (PARTITION BY k, sid) + {gap} AS we
+        FROM (SELECT *, SUM(CASE WHEN t - prev < {gap} THEN 0 ELSE 1 END)
+                        OVER (PARTITION BY k ORDER BY t, id) AS sid
+              FROM (SELECT *, LAG(t) OVER (PARTITION BY k ORDER BY t, id) AS prev FROM u))
+    """,
+}
+JOINS = {"inner": "JOIN", "left": "LEFT JOIN", "full": "FULL OUTER JOIN"}
+
+
+def duckdb_rows(a: list[dict], b: list[dict], names: list[str]) -> dict[str, Counter]:
+    """Per join: (key, window_start, window_end, left id, right id) rows — (key, left
+    id, right id) for the interval join — by DuckDB."""
+    con = duckdb.connect()
+    out: dict[str, Counter] = {}
+    try:
+        con.execute("CREATE TABLE u (side INT, id BIGINT, k VARCHAR, t BIGINT)")
+        con.executemany(
+            "INSERT INTO u VALUES (?, ?, ?, ?)",
+            [(0, r["id"], r["k"], r["t"]) for r in a] + [(1, r["id"], r["k"], r["t"]) for r in b],
+        )
+        for name in names:
+            if name == "interval":
+                rows = con.execute(
+                    "SELECT l.k, l.id, r.id FROM u l JOIN u r ON l.k = r.k AND l.side = 0"
+                    f" AND r.side = 1 AND r.t BETWEEN l.t + {LOWER} AND l.t + {UPPER}"
+                ).fetchall()
+                out[name] = Counter(rows)
+                continue
+            kind, how = name.split("-")
+            windows = WINDOWED[kind].format(size=SIZE, gap=GAP)
+            rows = con.execute(
+                f"WITH w AS ({windows}),"
+                " l AS (SELECT * FROM w WHERE side = 0), r AS (SELECT * FROM w WHERE side = 1)"
+                " SELECT COALESCE(l.k, r.k), COALESCE(l.ws, r.ws), COALESCE(l.we, r.we),"
+                f" l.id, r.id FROM l {JOINS[how]} r ON l.k = r.k AND l.ws = r.ws"
+            ).fetchall()
+            out[name] = Counter(rows)
+    finally:
+        con.close()
+    return out
+
+
+def row_of(name: str, v: dict) -> tuple:
+    ids = (v["left"] and v["left"]["id"], v["right"] and v["right"]["id"])
+    if name == "interval":
+        return (v["key"], *ids)
+    return (v["key"], v["window_start"], v["window_end"], *ids)
+
+
+def run_joins(bootstrap: str, new_topic, tmp_path, names: list[str], seed: int) -> None:
+    a, b = records(seed, 8_000)
+    end = max(r["t"] for r in a + b)
+    topic_a, topic_b = new_topic(partitions=1), new_topic(partitions=1)
+    outs = {name: new_topic(partitions=2) for name in names}
+    produce(bootstrap, topic_a, a + closers(end))
+    produce(bootstrap, topic_b, b + closers(end))
+    want = duckdb_rows(a, b, names)
+    group = f"wj-{uuid.uuid4().hex[:10]}"
+    joins = ",".join(f"{name}={topic}" for name, topic in outs.items())
+    env = job_env(in_a=topic_a, in_b=topic_b, joins=joins, partitions=PARTITIONS)
+    args = ["--state-dir", str(tmp_path / "state"), "--checkpoint-interval-ms", "200",
+            "--slots", "2", *SESSION]  # fmt: skip
+    workers = Workers("two_joins.py", bootstrap, group, env, args, tmp_path / "logs")
+
+    def emitted(name: str) -> int:
+        return len(consume_all(bootstrap, outs[name], None, 30))
+
+    quarter = want[names[0]].total() // 4
+    try:
+        for worker_id in ("w1", "w2"):
+            workers.start(worker_id)
+        wait_for(lambda: emitted(names[0]) >= quarter, 180, "a quarter of the rows",
+                 every=0.5, check=workers.check_alive, detail=workers.logs_tail)  # fmt: skip
+        workers.kill("w2")
+        workers.start("w2").wait_running(60, partitions=False)
+        for name in names:
+            wait_for(lambda name=name: emitted(name) >= want[name].total(), 240,
+                     f"every {name} row", every=2, check=workers.check_alive,
+                     detail=workers.logs_tail)  # fmt: skip
+        workers.stop_all()
+    finally:
+        workers.close()
+    for name in names:
+        rows = consume_all(bootstrap, outs[name], None, 60)
+        got = Counter(
+            row_of(name, r["value"]) for r in rows if not r["value"]["key"].startswith("zz-")
+        )
+        missing, extra = want[name] - got, got - want[name]
+        assert not missing and not extra, (
+            f"{name}: {got.total()} rows, {missing.total()} missing (e.g. {list(missing)[:3]}),"
+            f" {extra.total()} unexpected (e.g. {list(extra)[:3]})"
+        )
+
+
+def test_tumbling_window_joins_match_duckdb_through_a_kill(kafka_bootstrap, new_topic, tmp_path):
+    run_joins(kafka_bootstrap, new_topic, tmp_path,
+              ["tumbling-inner", "tumbling-left", "tumbling-full"], seed=3)  # fmt: skip
+
+
+def test_session_and_interval_joins_match_duckdb_through_a_kill(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    run_joins(kafka_bootstrap, new_topic, tmp_path,
+              ["session-inner", "session-full", "interval"], seed=4)  # fmt: skip
