@@ -697,3 +697,21 @@ def test_window_joins_are_checked_when_defined():
     assert "j: window_join how=full Tumbling(seconds=10) apply of key_by-2, key_by-4" in (
         plan.describe()
     )
+
+
+def test_a_late_record_within_allowed_lateness_emits_what_it_adds(tmp_path):
+    job = two_stream_job(
+        lambda a, b: a.join(b, how="full")
+        .window(Tumbling(seconds=0.02), allowed_lateness=0.05)
+        .apply(lambda left, right: (left and left["id"], right and right["id"]), name="j")
+    )
+    rig = TwoSidedRig(tmp_path, job, WindowJoinOp)
+    rig.feed([("x", [0, {"id": 1}], 5, 0), ("y", [1, {"id": 2}], 6, 1)], 25)
+    assert [v for _, v, _, _ in rig.collect.rows] == [(1, None), (None, 2)], "outer rows"
+    rig.feed([("x", [1, {"id": 3}], 7, 2), ("y", [1, {"id": 4}], 8, 3)], 30)
+    assert [v for _, v, _, _ in rig.collect.rows][2:] == [(1, 3), (None, 4)], "late: its rows"
+    rig.op.advance(69, 0)
+    rig.feed([("x", [0, {"id": 5}], 9, 4)], 69)
+    assert rig.ctx.late_count == 1, "past the allowed lateness: late, dropped"
+    assert len(rig.collect.rows) == 4
+    rig.db.close()
