@@ -701,9 +701,11 @@ def test_window_joins_are_checked_when_defined():
 
 def test_a_late_record_within_allowed_lateness_emits_what_it_adds(tmp_path):
     job = two_stream_job(
-        lambda a, b: a.join(b, how="full")
-        .window(Tumbling(seconds=0.02), allowed_lateness=0.05)
-        .apply(lambda left, right: (left and left["id"], right and right["id"]), name="j")
+        lambda a, b: (
+            a.join(b, how="full")
+            .window(Tumbling(seconds=0.02), allowed_lateness=0.05)
+            .apply(lambda left, right: (left and left["id"], right and right["id"]), name="j")
+        )
     )
     rig = TwoSidedRig(tmp_path, job, WindowJoinOp)
     rig.feed([("x", [0, {"id": 1}], 5, 0), ("y", [1, {"id": 2}], 6, 1)], 25)
