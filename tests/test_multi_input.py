@@ -41,6 +41,7 @@ from weir.state.epoch import EpochBuffer
 from weir.state.layout import partition_key, state_key
 from weir.state.serde import JsonSerde
 from weir.state.store import StateStore
+from weir.testing import JobTester
 
 
 def union_job() -> Job:
@@ -717,3 +718,31 @@ def test_a_late_record_within_allowed_lateness_emits_what_it_adds(tmp_path):
     assert rig.ctx.late_count == 1, "past the allowed lateness: late, dropped"
     assert len(rig.collect.rows) == 4
     rig.db.close()
+
+
+# -- the job tester runs them too -----------------------------------------------------------
+
+
+def test_the_job_tester_runs_a_table_join_as_of_event_time():
+    tester = JobTester(table_join_job("left"), start_time=0)
+    tester.send("customers", {"city": "Oslo"}, key="ann", timestamp=1_000)
+    tester.send("orders", {"id": 1, "customer": "ann", "ts": 1_500})
+    tester.send("customers", {"city": "Rome"}, key="ann", timestamp=2_000)
+    tester.send("orders", {"id": 2, "customer": "ann", "ts": 2_500})
+    tester.send("customers", None, key="ann", timestamp=3_000)
+    tester.send("orders", {"id": 3, "customer": "ann", "ts": 3_500})
+    tester.advance_watermark(10_000)
+    assert tester.output("out") == [
+        {"order": 1, "city": "Oslo"},
+        {"order": 2, "city": "Rome"},
+        {"order": 3, "city": None},
+    ]
+
+
+def test_the_job_tester_gives_a_rule_to_every_slot_sharing_a_partition():
+    tester = JobTester(broadcast_job(), slots=3, start_time=0)
+    tester.send("rules", {"name": "r", "first": "circle", "second": "star"})
+    for n, user in enumerate(["ann", "bob", "cy", "dan", "eve", "fay"]):
+        tester.send("events", {"n": 2 * n, "user": user, "shape": "circle"}, key=user)
+        tester.send("events", {"n": 2 * n + 1, "user": user, "shape": "star"}, key=user)
+    assert sorted(m["n"] for m in tester.output("out")) == [1, 3, 5, 7, 9, 11]

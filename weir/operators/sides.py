@@ -33,7 +33,6 @@ rollback), so time seen in an aborted epoch is forgotten.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import orjson
@@ -49,7 +48,7 @@ class SideClocks:
     def __init__(self, clocks: tuple[tuple[float, float | None], ...]) -> None:
         self._sides = [(round(ooo * 1000), idle) for ooo, idle in clocks]
         self._lock = threading.Lock()
-        self._since: dict[int, float] = {}  # partition -> first read (monotonic s)
+        self._since: dict[int, float] = {}  # partition -> first read (processing time, s)
         self._max: dict[tuple[int, int], int] = {}  # (partition, side) -> largest time
         self._seen: dict[tuple[int, int], float] = {}  # (partition, side) -> last seen
 
@@ -193,7 +192,7 @@ class MergedSourceOp(Operator):
         """Time passed (the slot's clock tick): sides may have gone idle meanwhile, so the
         partitions' watermarks may move with no new record (which `observe_time` is
         told, so the partition's own idleness is not reset)."""
-        now = time.monotonic()
+        now = self.ctx.now_ms() / 1000
         for p in self.partitions:
             mark = self.clocks.mark(p, now)
             if mark is not None:
@@ -214,7 +213,7 @@ class MergedSourceOp(Operator):
             elems.append((k, [side, v], ts, m.offset()))
         if self.track_time and newest:
             self.partitions.add(batch.partition)
-            mark = self.clocks.observe(batch.partition, newest, time.monotonic())
+            mark = self.clocks.observe(batch.partition, newest, self.ctx.now_ms() / 1000)
             if mark is not None:
                 self.ctx.observe_time(batch.topic, batch.partition, mark)
         if elems and self.out is not None:
