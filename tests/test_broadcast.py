@@ -45,7 +45,7 @@ def operator_logs(bootstrap: str, topic: str) -> dict[int, list[tuple]]:
     logs: dict[int, list[tuple]] = defaultdict(list)
     for r in sorted(consume_all(bootstrap, topic, None, 60),
                     key=lambda r: (r["partition"], r["offset"])):  # fmt: skip
-        side, user, value = r["value"]
+        side, user, value, *_ = r["value"]  # then where the side read it
         logs[r["partition"]].append((side, user, value))
     return logs
 

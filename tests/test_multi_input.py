@@ -31,7 +31,7 @@ from weir.operators.interval_join import IntervalJoinOp
 from weir.operators.keyed import states_of
 from weir.operators.physical import compile_plan
 from weir.operators.plan import MergedSource, RepartitionSource, SideRepartition, Union
-from weir.operators.sides import SideClocks
+from weir.operators.sides import SideClocks, origin_of, topic_number
 from weir.operators.table_join import TableJoinOp
 from weir.operators.timers import NO_TIME
 from weir.operators.window_join import WindowJoinOp
@@ -296,19 +296,52 @@ def test_versions_the_watermark_passed_are_dropped_but_the_current_one(tmp_path)
     rig.db.close()
 
 
+def seen(clocks, partition, newest, now, topic="t", partitions=1, part=0):
+    """`SideClocks.observe` for sides whose records all came from ``topic[part]``."""
+    origin = origin_of(topic, part)
+    return clocks.observe(
+        partition,
+        {(side, origin): ts for side, ts in newest.items()},
+        {(side, topic_number(topic)): partitions for side in newest},
+        now,
+    )
+
+
 def test_a_partitions_watermark_is_the_minimum_over_the_sides_not_idle():
     clocks = SideClocks(((1.0, None), (0.0, 2.0)))  # side 0 never idle; side 1 after 2 s
-    assert clocks.observe(0, {0: 10_000}, now=0.0) is None, "nothing known of side 1 yet"
-    assert clocks.observe(0, {1: 3_000}, now=0.5) == 3_000, "the lower side holds it"
-    assert clocks.observe(0, {0: 12_000}, now=2.4) == 3_000, "side 1 quiet 1.9 s: not idle"
-    assert clocks.observe(0, {0: 12_500}, now=2.6) == 11_500, "quiet 2.1 s: idle, left out"
-    assert clocks.observe(0, {1: 5_000}, now=3.0) == 5_000, "back: it holds again"
-    assert clocks.observe(1, {0: 20_000}, now=3.0) is None, "each partition on its own"
-    assert clocks.observe(1, {0: 20_000}, now=5.1) == 19_000, "side 1 never showed: idle"
+    assert seen(clocks, 0, {0: 10_000}, now=0.0) is None, "nothing known of side 1 yet"
+    assert seen(clocks, 0, {1: 3_000}, now=0.5) == 3_000, "the lower side holds it"
+    assert seen(clocks, 0, {0: 12_000}, now=2.4) == 3_000, "side 1 quiet 1.9 s: not idle"
+    assert seen(clocks, 0, {0: 12_500}, now=2.6) == 11_500, "quiet 2.1 s: idle, left out"
+    assert seen(clocks, 0, {1: 5_000}, now=3.0) == 5_000, "back: it holds again"
+    assert seen(clocks, 1, {0: 20_000}, now=3.0) is None, "each partition on its own"
+    assert seen(clocks, 1, {0: 20_000}, now=5.1) == 19_000, "side 1 never showed: idle"
     assert clocks.mark(0, now=5.1) == 11_500, "with no new batch, side 1 goes idle by time"
     assert clocks.mark(7, now=5.1) is None, "a partition never read has no watermark"
     never = SideClocks(((0.0, None), (0.0, None)))
-    assert never.observe(0, {0: 1}, now=100.0) is None, "a side that is never idle waits"
+    assert seen(never, 0, {0: 1}, now=100.0) is None, "a side that is never idle waits"
+
+
+def test_a_sides_watermark_is_the_minimum_over_the_partitions_it_was_read_from():
+    """On a backlog one upstream partition is read ahead of the other: the side waits
+    for the one behind, and for one it has not seen until its idle timeout."""
+    clocks = SideClocks(((0.0, 3.0),))
+    assert seen(clocks, 0, {0: 9_000}, 0.0, "a", 2, part=0) is None, "a[1] not seen yet"
+    assert seen(clocks, 0, {0: 2_000}, 0.5, "a", 2, part=1) == 2_000, "a[1] is behind"
+    assert seen(clocks, 0, {0: 3_000}, 1.0, "a", 2, part=1) == 3_000
+    assert seen(clocks, 0, {0: 9_500}, 3.5, "a", 2, part=0) == 3_000
+    assert clocks.mark(0, now=4.1) == 9_500, "a[1] quiet past 3 s: a[0] alone"
+    assert seen(clocks, 1, {0: 5_000}, 0.0, "a", 2, part=0) is None
+    assert seen(clocks, 1, {0: 5_200}, 3.1, "a", 2, part=0) == 5_200, (
+        "a[1] never wrote here: held 3 s, then not"
+    )
+    clocks.restart(0, now=5.0)  # the partition left this worker and came back
+    assert clocks.mark(0, now=5.1) is None, "what it knew is stale: held again"
+    unbounded = SideClocks(((0.0, None),))
+    assert seen(unbounded, 0, {0: 5_000}, 0.0, "a", 2, part=0) == 5_000, (
+        "without an idle timeout an origin never seen here does not hold (it may never come)"
+    )
+    assert seen(unbounded, 0, {0: 1_000}, 0.1, "a", 2, part=1) == 1_000, "seen: it holds"
 
 
 # -- broadcast state --------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Window and interval joins on a real broker, compared with DuckDB's joins.
 
-A backlog of records on two topics (``{"id", "k", "t"}``, bursty per key so that
-sessions form and end) is joined by tests/jobs/two_joins.py — tumbling and session
+A backlog of records on two topics of 3 partitions (``{"id", "k", "t"}``, bursty per
+key so that sessions form and end; a worker reads one partition seconds of event time
+ahead of another) is joined by tests/jobs/two_joins.py — tumbling and session
 windows, inner, left and full outer, and an interval join — by two workers, one of
 them killed (-9) and restarted mid-run. Every row, read_committed, is one of
 DuckDB's over the same records, each exactly once.
@@ -18,12 +19,14 @@ import orjson
 from confluent_kafka import Producer
 
 from tests.kafka_fixture import consume_all
+from tests.reading import TopicReader
 from tests.waiting import wait_for
 from tests.workers import Workers, job_env
 from weir.service.partitioner import partition_for
 
 T0 = 1_700_000_000_000
 PARTITIONS = 2  # of each join's topic
+INPUT_PARTITIONS = 3
 SIZE, GAP, LOWER, UPPER = 1_000, 300, -200, 300  # as tests/jobs/two_joins.py
 SESSION = [
     "--kafka", "consumer.session.timeout.ms=6000",
@@ -46,24 +49,32 @@ def records(seed: int, count: int) -> tuple[list[dict], list[dict]]:
     return a, b
 
 
-def closers(end: int) -> list[dict]:
-    """A record far past ``end`` for a key of every partition of the join topics, on
-    each side: both sides' watermarks then pass every real window. (Their windows never
-    fire; the interval join joins them at once: left out of the comparison.)"""
+def closers(end: int) -> list[tuple[int, dict]]:
+    """(input partition, record): a record far past ``end`` from every input partition
+    to every partition of the join topics, on each side: every origin's watermark then
+    passes every real window. (Their windows never fire; the interval join joins them
+    at once: left out of the comparison.)"""
     keys: dict[int, str] = {}
     i = 0
     while len(keys) < PARTITIONS:
         key = f"zz-closer-{i}"
         keys.setdefault(partition_for(key.encode(), PARTITIONS), key)
         i += 1
-    return [{"id": -1 - p, "k": k, "t": end + 60_000} for p, k in keys.items()]
+    return [
+        (u, {"id": -1 - p, "k": k, "t": end + 60_000})
+        for u in range(INPUT_PARTITIONS)
+        for p, k in keys.items()
+    ]
 
 
-def produce(bootstrap: str, topic: str, rows: list[dict]) -> None:
+def produce(bootstrap: str, topic: str, rows: list[dict], last: list[tuple[int, dict]]) -> None:
+    """``rows`` keyed by ``k`` (placed by the key), then ``last`` on the given partitions."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     for r in rows:
         producer.produce(topic, orjson.dumps(r), r["k"].encode())
         producer.poll(0)
+    for u, r in last:
+        producer.produce(topic, orjson.dumps(r), r["k"].encode(), partition=u)
     assert producer.flush(60) == 0
 
 
@@ -125,10 +136,10 @@ def row_of(name: str, v: dict) -> tuple:
 def run_joins(bootstrap: str, new_topic, tmp_path, names: list[str], seed: int) -> None:
     a, b = records(seed, 8_000)
     end = max(r["t"] for r in a + b)
-    topic_a, topic_b = new_topic(partitions=1), new_topic(partitions=1)
+    topic_a, topic_b = (new_topic(partitions=INPUT_PARTITIONS) for _ in "ab")
     outs = {name: new_topic(partitions=2) for name in names}
-    produce(bootstrap, topic_a, a + closers(end))
-    produce(bootstrap, topic_b, b + closers(end))
+    produce(bootstrap, topic_a, a, closers(end))
+    produce(bootstrap, topic_b, b, closers(end))
     want = duckdb_rows(a, b, names)
     group = f"wj-{uuid.uuid4().hex[:10]}"
     joins = ",".join(f"{name}={topic}" for name, topic in outs.items())
@@ -137,8 +148,13 @@ def run_joins(bootstrap: str, new_topic, tmp_path, names: list[str], seed: int) 
             "--slots", "2", *SESSION]  # fmt: skip
     workers = Workers("two_joins.py", bootstrap, group, env, args, tmp_path / "logs")
 
+    readers = {name: TopicReader(bootstrap, topic, True, True) for name, topic in outs.items()}
+
     def emitted(name: str) -> int:
-        return len(consume_all(bootstrap, outs[name], None, 30))
+        """Rows of ``name`` so far (read on from where the last call stopped)."""
+        while readers[name].read(0.2):
+            pass
+        return len(readers[name].records)
 
     quarter = want[names[0]].total() // 4
     try:
@@ -155,6 +171,8 @@ def run_joins(bootstrap: str, new_topic, tmp_path, names: list[str], seed: int) 
         workers.stop_all()
     finally:
         workers.close()
+        for reader in readers.values():
+            reader.close()
     for name in names:
         rows = consume_all(bootstrap, outs[name], None, 60)
         got = Counter(

@@ -463,6 +463,8 @@ class Slot(threading.Thread):
                 for window in self.chain.windows:
                     window.advance(payload.value, payload.now)
             elif isinstance(payload, Ownership):
+                for merged in self.chain.clocks:
+                    merged.own(payload.partitions.get(merged.topic, set()))
                 for window in self.chain.windows:
                     window.own(payload.partitions.get(window.topic, set()), payload.key_groups)
             elif isinstance(payload, Stop):
