@@ -24,9 +24,10 @@ seconds of event time ahead of another. Watermark of a partition of the topic
    topic its records came from (as far as any record has shown them), so a
    partition read behind the others holds its side back. An origin quiet for its
    side's ``idle_timeout`` stops holding it; one that has shown nothing in the
-   partition holds it until ``idle_timeout`` has passed since the worker first read
-   the partition (without an ``idle_timeout``, an origin never seen there does not
-   hold it: it may never write to this partition at all).
+   partition holds it until ``idle_timeout`` — `ORIGIN_SETTLE_S` without one — has
+   passed since the worker first read the partition: by then a backlog has shown
+   every origin that writes here, and one that has not may never (when the inputs
+   are partitioned like the operator's topic, each origin writes to one partition).
 3. A side that has shown nothing in the partition holds it until its
    ``idle_timeout`` has passed since the worker first read the partition (forever
    without one); a side all of whose origins are idle no longer holds it.
@@ -57,6 +58,7 @@ from weir.operators.formats import encode_key
 from weir.operators.plan import MergedSource, Rekey, SideRepartition
 
 Origin = int  # a topic's stable number << 16 | the partition (`origin_of`)
+ORIGIN_SETTLE_S = 10.0  # how long an origin never seen holds a side without an idle_timeout
 
 
 def topic_number(topic: str) -> int:
@@ -133,7 +135,7 @@ class SideClocks:
                 for p in range(count):
                     origin = seen.get(number << 16 | p)
                     if origin is None:  # Rule 2: never seen here
-                        if idle is None or started > idle:
+                        if started > (ORIGIN_SETTLE_S if idle is None else idle):
                             continue
                         return None
                     if idle is not None and now - origin[1] > idle:
