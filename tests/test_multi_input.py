@@ -5,6 +5,7 @@ tests/test_union.py.)"""
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import re
@@ -31,7 +32,7 @@ from weir.operators.interval_join import IntervalJoinOp
 from weir.operators.keyed import states_of
 from weir.operators.physical import compile_plan
 from weir.operators.plan import MergedSource, RepartitionSource, SideRepartition, Union
-from weir.operators.sides import SideClocks, origin_of, topic_number
+from weir.operators.sides import ORIGIN_SETTLE_S, SideClocks, origin_of, topic_number
 from weir.operators.table_join import TableJoinOp
 from weir.operators.timers import NO_TIME
 from weir.operators.window_join import WindowJoinOp
@@ -338,10 +339,11 @@ def test_a_sides_watermark_is_the_minimum_over_the_partitions_it_was_read_from()
     clocks.restart(0, now=5.0)  # the partition left this worker and came back
     assert clocks.mark(0, now=5.1) is None, "what it knew is stale: held again"
     unbounded = SideClocks(((0.0, None),))
-    assert seen(unbounded, 0, {0: 5_000}, 0.0, "a", 2, part=0) == 5_000, (
-        "without an idle timeout an origin never seen here does not hold (it may never come)"
+    assert seen(unbounded, 0, {0: 5_000}, 0.0, "a", 2, part=0) is None
+    assert seen(unbounded, 0, {0: 5_100}, ORIGIN_SETTLE_S + 0.1, "a", 2, part=0) == 5_100, (
+        "without an idle timeout an origin never seen here holds for the settle time only"
     )
-    assert seen(unbounded, 0, {0: 1_000}, 0.1, "a", 2, part=1) == 1_000, "seen: it holds"
+    assert seen(unbounded, 0, {0: 1_000}, 11.0, "a", 2, part=1) == 1_000, "seen: it holds"
 
 
 # -- broadcast state --------------------------------------------------------------------
@@ -780,3 +782,44 @@ def test_the_job_tester_gives_a_rule_to_every_slot_sharing_a_partition():
         tester.send("events", {"n": 2 * n, "user": user, "shape": "circle"}, key=user)
         tester.send("events", {"n": 2 * n + 1, "user": user, "shape": "star"}, key=user)
     assert sorted(m["n"] for m in tester.output("out")) == [1, 3, 5, 7, 9, 11]
+
+
+def test_a_record_whose_join_state_cannot_be_stored_changes_nothing(tmp_path):
+    rig = JoinRig(tmp_path, "left")
+    skey = state_key(0, b"a", 128)
+    rig.feed([("a", [1, {"city": "x"}], 10, 0)], 5)
+    before = copy.deepcopy(rig.ctx.state.get("enrich.rows", skey))
+    rig.feed([("a", [0, {"id": 2**70}], 20, 1), ("a", [1, {"city": 2**70}], 30, 2)], 5)
+    assert [reason for reason, _, _ in rig.ctx.failed] == ["state", "state"]
+    assert rig.ctx.state.get("enrich.rows", skey) == before, "neither changed the key's state"
+    rig.db.close()
+
+
+class Poison(KeyedBroadcastProcessFunction):
+    """A broadcast record sets every key's state to what it carries."""
+
+    def process_element(self, value, ctx):
+        ctx.value_state("v").update(value)
+
+    def process_broadcast_element(self, value, ctx):
+        ctx.broadcast_state("last").put("value", value)
+        ctx.apply_to_keyed_state(lambda key, keyed: keyed.value_state("v").update(value))
+
+
+def test_a_broadcast_record_whose_changes_cannot_all_be_stored_changes_nothing(tmp_path):
+    job = Job("p")
+    rules = job.source("rules").broadcast_state()
+    job.source("in").key_by().connect(rules).process(Poison(), name="p").sink("out")
+    node = next(s.op for s in compile_plan(job, "g").stateful)
+    db = StateStore(tmp_path / "db", states_of(node))
+    ctx = JoinCtx(EpochBuffer(db, {s: JsonSerde() for s in states_of(node)}))
+    op = BroadcastProcessOp(node, ctx, 128, "t")
+    op.out = Collect()
+    op.own({0}, None)
+    op.process(Batch("t", 0, [("a", [0, 1], 1, 0), ("b", [0, 2], 2, 1), (None, [1, 3], 3, 2)]))
+    op.process(Batch("t", 0, [(None, [1, 2**70], 4, 3)]))
+    assert [reason for reason, _, _ in ctx.failed] == ["state"]
+    assert ctx.state.get(op.broadcast, partition_key(0)) == {"last": {"value": 3}}
+    values = [ctx.state.get(op.state, state_key(0, k, 128))["v"]["v"] for k in (b"a", b"b")]
+    assert values == [3, 3], "the keys visited before the refusal are put back"
+    db.close()

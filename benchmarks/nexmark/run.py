@@ -328,9 +328,7 @@ def throughput_run(
                 if end != last_end:
                     last_end, stable_since = end, time.monotonic()
                 if committed >= n and (
-                    progress is None
-                    or progress.done
-                    or time.monotonic() - stable_since >= stall
+                    progress is None or progress.done or time.monotonic() - stable_since >= stall
                 ):
                     break
             time.sleep(0.03 if assigned is None and watch_group else 0.2)

@@ -46,9 +46,11 @@ from collections.abc import Callable
 from typing import Any
 
 from weir.operators.chain import Batch, Element, SlotContext
+from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import BroadcastProcess
 from weir.operators.process import Context, ProcessOp, process_states
+from weir.state.exceptions import UnstorableState
 from weir.state.layout import key_group_of, partition_key, state_key
 
 KEYED, BROADCAST = 0, 1  # the sides, as BroadcastProcess.sides orders them
@@ -225,6 +227,10 @@ class BroadcastProcessOp(ProcessOp):
                     self.fn.process_element(v, ctx)
                     out.extend(self._store(skey, ctx))
                 break
+            except UnstorableState as exc:
+                refused = StateRefused(self.name, elems[i][0], exc.problem)
+                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)
                 i += 1
@@ -233,20 +239,34 @@ class BroadcastProcessOp(ProcessOp):
 
     def _broadcast_element(self, partition: int, value: Any, t: int) -> list[Element]:
         """One broadcast record: the function's changes to the broadcast state and to
-        the keys it visited are applied together once it has returned."""
+        the keys it visited are applied together once it has returned — all of them,
+        or (a value that cannot be stored) none: those already stored are put back."""
         stored = self._broadcast_of(partition)
         ctx = BroadcastContext(self, partition, stored, t)
         self.fn.process_broadcast_element(value, ctx)
         out: list[Element] = []
-        new = ctx._changes()
+        done: list[tuple[str, bytes, Any]] = []  # (state, key, value before) of writes made
+        try:
+            new = ctx._changes()
+            if new is not None:
+                skey = partition_key(partition)
+                self._write(self.broadcast, skey, new)
+                done.append((self.broadcast, skey, stored))
+            for skey, keyed in ctx._keyed:
+                out.extend(self._store(skey, keyed))
+                done.append((self.state, skey, keyed._stored))
+        except UnstorableState:
+            for state, skey, before in reversed(done):
+                self._write(state, skey, before)
+            raise
         if new is not None:
-            skey = partition_key(partition)
-            if new:
-                self.buffer.table(self.broadcast)[skey] = new
-            else:
-                self.buffer.delete(self.broadcast, skey)
             self.shared[partition] = new
-        for skey, keyed in ctx._keyed:
-            out.extend(self._store(skey, keyed))
         out.extend((None, v, t, -1) for v in ctx.outputs)
         return out
+
+    def _write(self, state: str, skey: bytes, value: dict) -> None:
+        """Store ``value`` (empty: delete)."""
+        if value:
+            self.buffer.put(state, skey, value)
+        else:
+            self.buffer.delete(state, skey)

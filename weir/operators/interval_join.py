@@ -13,6 +13,9 @@ records still to come. Watermark ``wm`` (the minimum over both sides):
   event times only, never on arrival order or restarts, as long as nothing is late;
 - a left record at ``t`` can match no record still to come once ``t + upper <= wm``,
   a right one at ``t`` once ``t - lower <= wm``: a timer then drops it.
+
+A record its key's state cannot store goes to the dead-letter topic (reason
+``state``) and joins nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from weir.operators.chain import Batch, Element, SlotContext
+from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import IntervalJoin
 from weir.operators.timers import EVENT, TimerOperator, watermark_state
+from weir.state.exceptions import UnstorableState
 from weir.state.layout import state_key
 
 LEFT, RIGHT = 0, 1  # the sides, as IntervalJoin.sides orders them
@@ -60,6 +65,7 @@ class IntervalJoinOp(TimerOperator):
         wm = max(self.timers.watermark, self.timers.restored_watermark(p))
         lower, upper = self.lower, self.upper
         buffer, state = self.buffer, self.state
+        put = buffer.writer(state)
         out: list[Element] = []
         late = 0
         elems = batch.elems
@@ -90,10 +96,14 @@ class IntervalJoinOp(TimerOperator):
                         rows = [self._row(k, r, record) for r in matches]
                         value["r"].append(record)
                         expires = t - lower
+                    put(skey, value)  # raises UnstorableState: nothing changed, no rows
                     out.extend(rows)
-                    buffer.table(state)[skey] = value
                     self.timers.register(EVENT, expires, skey)
                 break
+            except UnstorableState as exc:
+                refused = StateRefused(self.name, elems[i][0], exc.problem)
+                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)
                 i += 1
@@ -113,7 +123,7 @@ class IntervalJoinOp(TimerOperator):
         wm = self.timers.watermark
         value["l"] = [r for r in value["l"] if r[0] + self.upper > wm]
         value["r"] = [r for r in value["r"] if r[0] - self.lower > wm]
-        if value["l"] or value["r"]:
-            self.buffer.table(self.state)[skey] = value
+        if value["l"] or value["r"]:  # fewer records: no larger than what was stored
+            self.buffer.put(self.state, skey, value)
         else:
             self.buffer.delete(self.state, skey)

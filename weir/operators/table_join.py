@@ -23,7 +23,8 @@ of them, which is current from then on and is kept as current since forever
 behind the watermark when they arrive are late (counted in
 ``weir_records_late_total``): a stream record is joined at once with the version
 current at its time among those kept; a table update still becomes a version,
-current for later records only.
+current for later records only. A record whose state the key cannot store goes to
+the dead-letter topic (reason ``state``) and changes nothing.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from weir.operators.chain import Batch, Element, SlotContext
+from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import JoinTable
 from weir.operators.timers import EVENT, NO_TIME, TimerOperator, watermark_state
+from weir.state.exceptions import UnstorableState
 from weir.state.layout import partition_of, state_key
 
 STREAM, TABLE = 0, 1  # the sides, as JoinTable.sides orders them
@@ -93,7 +96,7 @@ class TableJoinOp(TimerOperator):
         p = batch.partition
         wm = max(self.timers.watermark, self.timers.restored_watermark(p))
         buffer, state, register = self.buffer, self.state, self.timers.register
-        table = buffer.table(state)
+        put = buffer.writer(state)
         out: list[Element] = []
         late = 0
         elems = batch.elems
@@ -104,27 +107,31 @@ class TableJoinOp(TimerOperator):
                     k, (side, v), t, o = elems[i]
                     skey = state_key(p, encode_key(k), self.groups)
                     value = buffer.get(state, skey) or {"k": k, "v": [], "s": []}
-                    if side == TABLE:
-                        versions = value["v"]
-                        versions.insert(bisect_right(versions, t, key=_time), [t, v])
-                        if t <= wm:
-                            late += 1
-                        else:
-                            register(EVENT, t, skey)  # when passed, older versions go
-                        prune(versions, wm)
-                    elif t <= wm:
+                    if side == STREAM and t <= wm:  # late: joined now, nothing to keep
                         late += 1
                         joined = self._joined(k, v, as_of(value["v"], t), t)
                         if joined is not None:
                             out.append(joined)
+                        continue
+                    if side == TABLE:
+                        versions = value["v"]
+                        versions.insert(bisect_right(versions, t, key=_time), [t, v])
+                        prune(versions, wm)
                     else:
                         value["s"].append([t, o, v])
-                        register(EVENT, t, skey)
                     if value["v"] or value["s"]:
-                        table[skey] = value
+                        put(skey, value)  # raises UnstorableState: nothing changed
                     else:
                         buffer.delete(state, skey)
+                    if side == TABLE and t <= wm:
+                        late += 1
+                    else:  # a waiting record's time; a version's, after which older go
+                        register(EVENT, t, skey)
                 break
+            except UnstorableState as exc:
+                refused = StateRefused(self.name, elems[i][0], exc.problem)
+                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)
                 i += 1
@@ -160,7 +167,7 @@ class TableJoinOp(TimerOperator):
                 if joined is not None:
                     out.append(joined)
         prune(value["v"], wm)
-        if value["v"] or value["s"]:
-            self.buffer.table(self.state)[skey] = value
+        if value["v"] or value["s"]:  # fewer records and versions: no larger than stored
+            self.buffer.put(self.state, skey, value)
         else:
             self.buffer.delete(self.state, skey)

@@ -21,6 +21,8 @@ Outputs carry the window's last time, ``end - 1``, as their event time. With
 record in it emits what it adds — its pairs, or its outer row when the other side
 is empty (rows emitted before stand); ``process`` re-runs over the whole window.
 Records for windows already gone are late: counted in ``weir_records_late_total``.
+A record that would make its key's windows unstorable goes to the dead-letter topic
+(reason ``state``) and changes nothing.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from weir.operators.chain import Batch, Element, SlotContext
+from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import WindowJoin
 from weir.operators.timers import EVENT, TimerOperator, watermark_state
+from weir.state.exceptions import UnstorableState
 from weir.state.layout import partition_of, state_key
 
 LEFT, RIGHT = 0, 1  # the sides, as WindowJoin.sides orders them
@@ -65,6 +69,7 @@ class WindowJoinOp(TimerOperator):
         p = batch.partition
         wm = max(self.timers.watermark, self.timers.restored_watermark(p))
         buffer, state = self.buffer, self.state
+        put = buffer.writer(state)
         out: list[Element] = []
         late = 0
         elems = batch.elems
@@ -79,10 +84,14 @@ class WindowJoinOp(TimerOperator):
                     if rows is None:
                         late += 1
                         continue
+                    put(skey, value)  # raises UnstorableState: nothing changed, no rows
                     out.extend(rows)
-                    buffer.table(state)[skey] = value
                     self.timers.register(EVENT, self._due(value["w"]), skey)
                 break
+            except UnstorableState as exc:
+                refused = StateRefused(self.name, elems[i][0], exc.problem)
+                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)
                 i += 1
@@ -207,8 +216,8 @@ class WindowJoinOp(TimerOperator):
             if not (w[FIRED] and w[END] - 1 + self.lateness <= wm):
                 keep.append(w)
         value["w"] = keep
-        if keep:
-            self.buffer.table(self.state)[skey] = value
+        if keep:  # fewer windows, or flags set: no larger than what was stored
+            self.buffer.put(self.state, skey, value)
             self.timers.register(EVENT, self._due(keep), skey)
         else:
             self.buffer.delete(self.state, skey)
