@@ -60,8 +60,8 @@ def timeline(seed: int, orders: int, customers: int) -> tuple[list[dict], list[t
 def closers(end: int) -> tuple[list[dict], list[tuple]]:
     """An order and a customer version far past ``end`` for a key of every partition of
     the join topics: both sides' watermarks then pass every real order, so the last
-    ones are emitted without waiting for idleness. Closer orders (id < 0) wait for
-    good and are never emitted."""
+    ones are emitted without waiting for idleness. Closer orders (id < 0) wait until
+    every input has gone idle, if the run lasts that long: left out of the comparison."""
     keys: dict[int, str] = {}
     i = 0
     while len(keys) < PARTITIONS:
@@ -149,7 +149,11 @@ def test_each_order_joins_the_customer_current_at_its_event_time_through_a_kill(
 
     for how, topic in (("inner", out_inner), ("left", out_left)):
         rows = consume_all(kafka_bootstrap, topic, None, 60)
-        got = Counter((r["value"]["order"], r["value"]["city"], r["value"]["v"]) for r in rows)
+        got = Counter(
+            (r["value"]["order"], r["value"]["city"], r["value"]["v"])
+            for r in rows
+            if r["value"]["order"] >= 0  # a closer emitted once every input went idle
+        )
         missing, extra = want[how] - got, got - want[how]
         assert not missing and not extra, (
             f"{how}: {len(rows)} rows, {sum(missing.values())} missing (e.g."
