@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 
 from tests.reading import TopicReader
 from tests.waiting import wait_for
-from tests.workers import Workers, job_env
+from tests.workers import Workers, job_env, metric
 from weir.service.partitioner import partition_for
 
 T0 = 1_700_000_000_000
@@ -167,10 +167,23 @@ def run_joins(bootstrap: str, new_topic, tmp_path, names: list[str], seed: int) 
                  every=0.5, check=workers.check_alive, detail=workers.logs_tail)  # fmt: skip
         workers.kill("w2")
         workers.start("w2").wait_running(60, partitions=False)
+
+        def progress() -> str:
+            """Rows so far, and what each worker says of its time and its partitions."""
+            rows = {name: f"{len(r.records)}/{want[name].total()}" for name, r in readers.items()}
+            said = {}
+            for worker_id, worker in workers.live.items():
+                st = worker.status() or {}
+                said[worker_id] = {
+                    "late": metric(worker.metrics(), "weir_records_late_total"),
+                    **{k: st.get(k) for k in ("watermark", "paused", "restoring", "lag")},
+                }
+            return f": rows {rows}, workers {said}{workers.logs_tail()}"
+
         for name in names:
             wait_for(lambda name=name: emitted(name) >= want[name].total(), 240,
                      f"every {name} row", every=2, check=workers.check_alive,
-                     detail=workers.logs_tail)  # fmt: skip
+                     detail=progress)  # fmt: skip
         workers.stop_all()
         for reader in readers.values():
             reader.drain(60)  # read on to the end: what was committed before the stop
