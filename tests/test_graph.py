@@ -46,8 +46,28 @@ class ChainContext:
 
     slot, slots, state = 0, 2, None
 
+    def __init__(self) -> None:
+        self.shared: dict = {}
 
-@pytest.mark.parametrize("make", [repartitioned, exchanged])
+
+def several_inputs() -> Job:
+    """A union (one input behind a rebalance) into a window join with a third stream."""
+    job = Job("multi")
+    a = job.source("a", timestamp=lambda r: r["ts"])
+    b = job.source("b", timestamp=lambda r: r["ts"]).rebalance(name="spread")
+    c = job.source("c", timestamp=lambda r: r["ts"]).key_by(lambda r: r["k"], name="by-k")
+    (
+        a.union(b, name="both")
+        .key_by(lambda r: r["k"], name="both-by-k")
+        .join(c)
+        .window(Tumbling(seconds=10))
+        .apply(name="pairs")
+        .sink("out")
+    )
+    return job
+
+
+@pytest.mark.parametrize("make", [repartitioned, exchanged, several_inputs])
 def test_the_graph_has_a_task_for_every_input_a_slot_chains(make):
     job = make()
     plan = compile_plan(job, "g")
@@ -85,6 +105,22 @@ def test_the_graph_draws_exchanges_and_repartition_topics_as_edges():
     }, "forward and rescale move nothing: no edge of their own"
     source_ops = [o["name"] for o in graph.nodes["input:in"].operators]
     assert "forward-" not in " ".join(source_ops) and "sink-copy" in source_ops
+
+
+def test_the_graph_draws_a_union_once_and_each_side_of_a_join():
+    job = several_inputs()
+    graph = JobGraph.of(compile_plan(job, "g"))
+    union = graph.nodes[f"exchange:{node_id(job, 'both')}"]
+    assert union.label == "Union: both of source-a, spread"
+    assert [o["name"] for o in union.operators] == ["both-by-k"], "chained once"
+    into_union = {e.source for e in graph.edges if e.target == union.id}
+    assert into_union == {"input:a", f"exchange:{node_id(job, 'spread')}"}
+    reader = graph.nodes["input:g.pairs.repartition"]
+    assert reader.label == "Inputs of pairs: g.pairs.repartition"
+    sides = sorted((e.source, e.label) for e in graph.edges if e.kind == "side")
+    assert sides == sorted(
+        [("input:c", "g.pairs.repartition side 1"), (union.id, "g.pairs.repartition side 0")]
+    )
 
 
 def test_slots_count_records_busy_time_and_outputs_per_task():

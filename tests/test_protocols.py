@@ -91,9 +91,7 @@ def out_ids(slots: Slots) -> list[int]:
 
 
 def held_ids(slots: Slots, slot: int) -> list[int]:
-    return [
-        orjson.loads(value)["id"] for topic, _, value, _, _ in slots[slot].held if topic == "out"
-    ]
+    return [orjson.loads(value)["id"] for topic, _, value, *_ in slots[slot].held if topic == "out"]
 
 
 def test_a_channel_that_delivered_the_barrier_waits_for_the_others_then_replays_in_order():
@@ -191,6 +189,46 @@ def test_a_slot_acks_once_and_only_after_every_input_passed_the_barrier():
     slots.release(1)
     slots.run(0)
     assert slots.acks == [(0, 1, [])], "acked exactly once"
+
+
+def union_job() -> Job:
+    """Source "a", and source "b" behind a rebalance, merged into one sink: the union's
+    target has a channel from the source segment and one from the exchange's."""
+    job = Job("union")
+    a = job.source("a")
+    b = job.source("b").rebalance(name="spread")
+    a.union(b, name="both").sink("out", name="sink")
+    return job
+
+
+def test_a_union_waits_for_the_barrier_on_every_input_then_replays_in_order():
+    job = union_job()
+    slots = Slots(job, 2)
+    spread, both = node_id(job, "spread"), node_id(job, "both")
+    s0 = slots[0]
+    assert s0.chain.fan_in == {both: 2}, "one channel per input of the union"
+
+    slots.fetch(0, "a", 0, [Msg("a", 0, 0, {"id": 1})])
+    slots.barrier(1)
+    slots.fetch(0, "a", 0, [Msg("a", 0, 1, {"id": 2})])
+    slots.run(0)
+    assert out_ids(slots) == [1]
+    assert s0.blocked == {(both, 0), (spread, 0)}, "input a delivered the barrier: it waits"
+    assert [b.elems[0][1]["id"] for _, b in s0.stash[both]] == [2]
+
+    from_slot(slots, 0, spread, 1, 3)
+    slots.run(0)
+    assert out_ids(slots) == [1, 3], "input b has not delivered it: its records still flow"
+    assert not slots.acks
+
+    from_slot(slots, 0, spread, 1, Barrier(1))
+    slots.run(0)
+    assert s0.passed == {SOURCES, spread, both} and s0.blocked == set()
+    assert slots.acks == [(0, 1, [])], "acked once every input of every target passed it"
+    assert out_ids(slots) == [1, 3] and held_ids(slots, 0) == [2], "2 is after the barrier"
+    slots.release(1)
+    slots.run(0)
+    assert out_ids(slots) == [1, 3, 2]
 
 
 def test_dead_letters_after_the_barrier_are_held_until_release_like_outputs():

@@ -18,9 +18,13 @@ from importlib.metadata import PackageNotFoundError, version
 from weir.operators import (
     AggregateFunction,
     Avro,
+    BroadcastStream,
+    ConnectedStreams,
     Job,
     JobDefinitionError,
+    JoinedStreams,
     JsonSchema,
+    KeyedBroadcastProcessFunction,
     KeyedProcessFunction,
     KeyedStream,
     Protobuf,
@@ -30,7 +34,9 @@ from weir.operators import (
     Session,
     Sliding,
     Stream,
+    Table,
     Tumbling,
+    WindowedJoin,
     WindowedStream,
 )
 
@@ -42,9 +48,13 @@ except PackageNotFoundError:  # running from a checkout that was never installed
 __all__ = [
     "AggregateFunction",
     "Avro",
+    "BroadcastStream",
+    "ConnectedStreams",
     "Job",
     "JobDefinitionError",
+    "JoinedStreams",
     "JsonSchema",
+    "KeyedBroadcastProcessFunction",
     "KeyedProcessFunction",
     "KeyedStream",
     "Protobuf",
@@ -54,7 +64,9 @@ __all__ = [
     "Session",
     "Sliding",
     "Stream",
+    "Table",
     "Tumbling",
+    "WindowedJoin",
     "WindowedStream",
     "__version__",
 ]

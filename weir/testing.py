@@ -161,6 +161,7 @@ class JobTester:
             self._store = StateStore(self._dir / "state", changelogs.states)
         serdes = {s: JsonSerde() for s in changelogs.states}
         self._slots: list[Slot] = []
+        shared: dict[str, Any] = {}  # as a slot pool's: what operators combine over slots
         for i in range(slots):
             slot = Slot(
                 i,
@@ -176,6 +177,8 @@ class JobTester:
                 state=None if self._store is None else EpochBuffer(self._store, serdes),
                 changelogs=changelogs,
                 clock=lambda: self._now,
+                shared=shared,
+                partition_counts=self._partitions,
             )
             slot.inbox = _DrainingInbox()
             self._slots.append(slot)
@@ -452,14 +455,18 @@ class JobTester:
                 slot.process_inbox()
 
     def _repartitioned(self) -> list[tuple[str, int, bytes | None, bytes, int, Any]]:
-        """Records written to repartition topics since last time, placed on partitions
-        as Weir's producer places them (murmur2 of the key)."""
+        """Records written to repartition topics (and the topics of multi-input
+        operators) since last time, placed on partitions as Weir's producer places them
+        (murmur2 of the key, or the partition the writer gave)."""
         out = []
         for topic in sorted(self._repartitions):
             written = self._producer.written(topic)
             count = self._partitions[topic]
             for r in written[self._read[topic] :]:
-                partition = 0 if r.key is None else partition_for(r.key, count)
+                if r.partition is not None:  # a broadcast side's copy, placed by its writer
+                    partition = r.partition
+                else:
+                    partition = 0 if r.key is None else partition_for(r.key, count)
                 out.append((topic, partition, r.key, r.value, r.timestamp, None))
             self._read[topic] = len(written)
         return out
@@ -529,10 +536,18 @@ class _Record:
 
 
 class _Written:
-    __slots__ = ("headers", "key", "timestamp", "value")
+    __slots__ = ("headers", "key", "partition", "timestamp", "value")
 
-    def __init__(self, key: bytes | None, value: bytes | None, headers: Any, timestamp: int):
+    def __init__(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        timestamp: int,
+        partition: int | None = None,
+    ):
         self.key, self.value, self.headers, self.timestamp = key, value, headers or [], timestamp
+        self.partition = partition
 
 
 class _Producer:
@@ -552,7 +567,7 @@ class _Producer:
     ) -> None:
         kept = self._topics.get(topic)
         if kept is not None:  # changelog records are not read back: the store has them
-            kept.append(_Written(key, value, headers, timestamp))
+            kept.append(_Written(key, value, headers, timestamp, partition))
 
     def poll(self, timeout: float = 0.0) -> int:
         return 0

@@ -10,7 +10,18 @@ they are the runtime's business, not the job author's.
 """
 
 from weir.operators.aggregates import AggregateFunction
-from weir.operators.api import Job, KeyedStream, Stream, WindowedStream
+from weir.operators.api import (
+    BroadcastStream,
+    ConnectedStreams,
+    Job,
+    JoinedStreams,
+    KeyedStream,
+    Stream,
+    Table,
+    WindowedJoin,
+    WindowedStream,
+)
+from weir.operators.broadcast import KeyedBroadcastProcessFunction
 from weir.operators.exceptions import JobDefinitionError
 from weir.operators.formats import Serde, SerdeContext
 from weir.operators.meta import RecordMeta
@@ -21,9 +32,13 @@ from weir.operators.windows import Session, Sliding, Tumbling
 __all__ = [
     "AggregateFunction",
     "Avro",
+    "BroadcastStream",
+    "ConnectedStreams",
     "Job",
     "JobDefinitionError",
+    "JoinedStreams",
     "JsonSchema",
+    "KeyedBroadcastProcessFunction",
     "KeyedProcessFunction",
     "KeyedStream",
     "Protobuf",
@@ -33,6 +48,8 @@ __all__ = [
     "Session",
     "Sliding",
     "Stream",
+    "Table",
     "Tumbling",
+    "WindowedJoin",
     "WindowedStream",
 ]

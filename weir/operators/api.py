@@ -15,17 +15,22 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from weir.operators.aggregates import compile_aggregates
+from weir.operators.broadcast import KeyedBroadcastProcessFunction
 from weir.operators.exceptions import JobDefinitionError
 from weir.operators.formats import Serde, check_format, check_writable
 from weir.operators.plan import (
     DEFAULT_MAX_FUTURE_S,
     Aggregate,
+    BroadcastProcess,
     Dataflow,
     ErrorPolicy,
     Filter,
     FlatMap,
+    IntervalJoin,
+    JoinTable,
     KeyBy,
     Map,
+    MultiInputOp,
     Op,
     Partition,
     Partitioner,
@@ -34,14 +39,17 @@ from weir.operators.plan import (
     Sink,
     Source,
     StatefulOp,
+    Union,
     Window,
     WindowFunctionKind,
+    WindowJoin,
 )
 from weir.operators.process import KeyedProcessFunction
-from weir.operators.windows import WindowSpec
+from weir.operators.windows import Session, WindowSpec
 from weir.state.keygroups import DEFAULT_MAX_KEY_GROUPS
 
 ERROR_POLICIES = tuple(p.value for p in ErrorPolicy)
+TABLE_IDLE_TIMEOUT_S = 5.0  # a table is quiet most of the time: see Job.table
 _O = TypeVar("_O", bound=Op)
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -65,6 +73,13 @@ def _check_callable(fn: Any, method: str) -> Callable[..., Any]:
     if not callable(fn):
         raise JobDefinitionError(f"{method}() needs a function, got {fn!r}")
     return fn
+
+
+def _check_partitions(partitions: Any, method: str) -> None:
+    if partitions is not None and (
+        isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
+    ):
+        raise JobDefinitionError(f"{method}(partitions={partitions!r}): expected an int >= 1")
 
 
 class Job:
@@ -126,15 +141,64 @@ class Job:
         milliseconds, a broken clock): it goes to the dead-letter topic with reason
         ``future`` and never moves the watermark.
         """
-        _check_name(topic, "source topic")
-        fmt = check_format(value, f"source({topic!r})")
+        return Stream(
+            self,
+            self._source(
+                "source", topic, value, key_format, timestamp, max_out_of_orderness,
+                idle_timeout, max_future, name,
+            ),
+        )  # fmt: skip
+
+    def table(
+        self,
+        topic: str,
+        *,
+        value: str | Serde = "json",
+        key_format: str | Serde | None = None,
+        timestamp: Callable[[Any], int] | None = None,
+        max_out_of_orderness: float = 0.0,
+        idle_timeout: float | None = TABLE_IDLE_TIMEOUT_S,
+        max_future: float | None = DEFAULT_MAX_FUTURE_S,
+        name: str | None = None,
+    ) -> Table:
+        """Read ``topic`` (normally compacted) as a table: the latest value per Kafka
+        record key, a ``None`` value (tombstone) deleting the key. Join streams with
+        it through `KeyedStream.join_table`.
+
+        Every update is a version of its key's value from its event time on
+        (``timestamp(value)``, default the Kafka timestamp). The other arguments are
+        `source`'s; ``idle_timeout`` defaults to 5 s, since a table is quiet most of
+        the time and a quiet table must not hold the joins' watermark back.
+        """
+        op = self._source(
+            "table", topic, value, key_format, timestamp, max_out_of_orderness,
+            idle_timeout, max_future, name, table=True,
+        )  # fmt: skip
+        return Table(self, op)
+
+    def _source(
+        self,
+        what: str,
+        topic: str,
+        value: str | Serde,
+        key_format: str | Serde | None,
+        timestamp: Callable[[Any], int] | None,
+        max_out_of_orderness: float,
+        idle_timeout: float | None,
+        max_future: float | None,
+        name: str | None,
+        table: bool = False,
+    ) -> Source:
+        """Validate a source's (or a table's) arguments and record it."""
+        _check_name(topic, f"{what} topic")
+        fmt = check_format(value, f"{what}({topic!r})")
         key_fmt = (
             None
             if key_format is None
-            else check_format(key_format, f"source({topic!r})", "key_format")
+            else check_format(key_format, f"{what}({topic!r})", "key_format")
         )
         if timestamp is not None:
-            _check_callable(timestamp, "source(timestamp=…)")
+            _check_callable(timestamp, f"{what}(timestamp=…)")
         if not isinstance(max_out_of_orderness, int | float) or max_out_of_orderness < 0:
             raise JobDefinitionError(
                 f"max_out_of_orderness={max_out_of_orderness!r}; expected seconds >= 0"
@@ -149,9 +213,9 @@ class Job:
             or max_future < 0
         ):
             raise JobDefinitionError(f"max_future={max_future!r}; expected seconds >= 0 or None")
-        source = self._add(
+        return self._add(
             Source,
-            name or f"source-{topic}",
+            name or f"{what}-{topic}",
             None,
             topic=topic,
             value=fmt,
@@ -160,8 +224,8 @@ class Job:
             max_out_of_orderness=float(max_out_of_orderness),
             idle_timeout=idle_timeout,
             max_future=None if max_future is None else float(max_future),
+            table=table,
         )
-        return Stream(self, source)
 
     def validate(self) -> None:
         """Check the job is runnable as a whole: it reads, it writes, and keyed state
@@ -177,12 +241,19 @@ class Job:
             self._check_stateful(source, exchanged=None)
 
     def _check_stateful(self, op: Op, exchanged: Op | None) -> None:
-        """Keyed state needs every key's records in one input partition: no exchange before it."""
-        if isinstance(op, StatefulOp) and exchanged is not None:
+        """Keyed state needs every key's records in one input partition: no exchange (or
+        union) before it. An operator with several inputs repartitions them itself."""
+        if isinstance(op, MultiInputOp):
+            exchanged = None
+        elif isinstance(op, StatefulOp) and exchanged is not None:
+            how = (
+                "which merges streams partitioned differently"
+                if isinstance(exchanged, Union)
+                else "which moves records between slots"
+            )
             raise JobDefinitionError(
-                f"{op.name} ({op.kind}) comes after {exchanged.name}, which moves records"
-                " between slots; keyed state needs records partitioned by its key: put a"
-                " key_by(...) right before it"
+                f"{op.name} ({op.kind}) comes after {exchanged.name}, {how}; keyed state"
+                " needs records partitioned by its key: put a key_by(fn) right before it"
             )
         if isinstance(op, KeyBy) and op.fn is not None and self._dataflow.feeds_state(op):
             exchanged = None  # a repartition topic re-partitions by the key
@@ -191,9 +262,11 @@ class Job:
         for child in self._dataflow.children(op):
             self._check_stateful(child, exchanged)
 
-    def _add(self, cls: type[_O], name: str | None, after: Op | None, **fields: Any) -> _O:
-        """Record a new ``cls`` operator after ``after`` (None: a source); the default
-        name is ``<kind>-<id>``."""
+    def _add(
+        self, cls: type[_O], name: str | None, after: Op | tuple[Op, ...] | None, **fields: Any
+    ) -> _O:
+        """Record a new ``cls`` operator after ``after`` (None: a source; several: a
+        union's inputs); the default name is ``<kind>-<id>``."""
         ident = self._next_id + 1
         auto_named = name is None
         name = _check_name(name or f"{cls.kind}-{ident}", "operator name")
@@ -206,6 +279,8 @@ class Job:
         op = cls(id=ident, name=name, auto_named=auto_named, **fields)
         if after is None:
             self._dataflow.add_source(op)
+        elif isinstance(after, tuple):
+            self._dataflow.add(op, *after)
         else:
             self._dataflow.add(op, after)
         return op
@@ -275,14 +350,44 @@ class Stream:
             _check_callable(fn, "key_by")
         elif with_meta:
             raise JobDefinitionError("key_by(with_meta=True) needs a function: key_by(fn, …)")
-        if partitions is not None and (
-            isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
-        ):
-            raise JobDefinitionError(f"key_by(partitions={partitions!r}): expected an int >= 1")
+        _check_partitions(partitions, "key_by")
         op = self._then(
             KeyBy, name, fn=fn, partitions=partitions, with_meta=_flag(with_meta, "key_by")
         )
         return KeyedStream(self._job, op)
+
+    def union(self, *others: Stream, name: str | None = None) -> Stream:
+        """One stream of this one's records and those of ``others`` (streams of the same
+        job, from any sources), in no particular order between them.
+
+        At a checkpoint the union waits for the barrier on every input before it lets
+        it pass (Flink's alignment), so each record belongs to one checkpoint. The
+        result is not keyed: put a ``key_by(fn)`` after it before keyed state.
+        """
+        if not others:
+            raise JobDefinitionError("union() needs at least one other stream")
+        inputs = [self, *others]
+        for other in others:
+            if not isinstance(other, Stream):
+                raise JobDefinitionError(f"union({other!r}): expected a stream of this job")
+            if other._job is not self._job:
+                raise JobDefinitionError(
+                    f"union(): stream {other._op.name!r} belongs to job {other._job.name!r},"
+                    f" not {self._job.name!r}"
+                )
+        ops = tuple(s._op for s in inputs)
+        names = tuple(op.name for op in ops)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise JobDefinitionError(f"union(): stream {twice[0]!r} is given twice; each once")
+        return Stream(self._job, self._job._add(Union, name, ops, inputs=names))
+
+    def broadcast_state(self) -> BroadcastStream:
+        """This stream as the broadcast side of a `KeyedStream.connect`: every record
+        reaches every partition of the connected operator, where a
+        `KeyedBroadcastProcessFunction` keeps broadcast state from them (README:
+        "Broadcast state")."""
+        return BroadcastStream(self._job, self._op)
 
     def _partition(self, partitioner: Partitioner, name: str | None) -> Stream:
         return Stream(self._job, self._then(Partition, name, partitioner=partitioner))
@@ -356,9 +461,271 @@ class Stream:
         )
 
 
+class Table:
+    """A topic read as a table (`Job.table`): join keyed streams with it."""
+
+    def __init__(self, job: Job, op: Source) -> None:
+        self._job = job
+        self._op = op
+
+    @property
+    def topic(self) -> str:
+        return self._op.topic
+
+
+class BroadcastStream:
+    """A stream to broadcast (`Stream.broadcast_state`): connect a keyed stream with it."""
+
+    def __init__(self, job: Job, op: Op) -> None:
+        self._job = job
+        self._op = op
+
+
+class ConnectedStreams:
+    """A keyed stream connected with a broadcast stream; finish it with `process`."""
+
+    def __init__(self, keyed: KeyedStream, broadcast: BroadcastStream) -> None:
+        self._keyed = keyed
+        self._broadcast = broadcast
+
+    def process(
+        self,
+        fn: KeyedBroadcastProcessFunction,
+        *,
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Run ``fn``, a `KeyedBroadcastProcessFunction`, over both streams: keyed
+        records through ``process_element``, broadcast ones through
+        ``process_broadcast_element``, in the order of the operator's topic
+        ``<group>.<name>.repartition`` (``partitions`` partitions, default the keyed
+        stream source's). What it emits for a key stays keyed."""
+        if not isinstance(fn, KeyedBroadcastProcessFunction):
+            raise JobDefinitionError(
+                f"process({fn!r}): expected an instance of KeyedBroadcastProcessFunction"
+            )
+        _check_partitions(partitions, "process")
+        keyed = self._keyed
+        ops = (keyed._op, self._broadcast._op)
+        op = keyed._job._add(
+            BroadcastProcess, name, ops, sides=tuple(o.name for o in ops),
+            partitions=partitions, fn=fn,
+        )  # fmt: skip
+        return KeyedStream(keyed._job, op)
+
+
+JOIN_HOWS = ("inner", "left")
+WINDOW_JOIN_HOWS = ("inner", "left", "full")
+
+
+def _check_other(keyed: KeyedStream, other: Any, method: str) -> None:
+    """``other`` is another keyed stream of the same job."""
+    if not isinstance(other, KeyedStream):
+        raise JobDefinitionError(
+            f"{method}({other!r}): expected a keyed stream of this job (stream.key_by(...))"
+        )
+    if other._job is not keyed._job:
+        raise JobDefinitionError(
+            f"{method}(): stream {other._op.name!r} belongs to job {other._job.name!r}"
+        )
+    if other._op is keyed._op:
+        raise JobDefinitionError(
+            f"{method}(): stream {keyed._op.name!r} cannot be joined with itself; join it"
+            " with a copy (another key_by or map of it)"
+        )
+
+
+def _seconds(value: Any, what: str) -> int:
+    """Seconds (any sign) as milliseconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise JobDefinitionError(f"{what}={value!r}: expected seconds (a number)")
+    return round(value * 1000)
+
+
+class JoinedStreams:
+    """Two keyed streams to join per window (`KeyedStream.join`); give the window."""
+
+    def __init__(self, left: KeyedStream, right: KeyedStream, how: str) -> None:
+        self._left = left
+        self._right = right
+        self._how = how
+
+    def window(self, spec: WindowSpec, *, allowed_lateness: float = 0.0) -> WindowedJoin:
+        """Event-time windows (`Tumbling`, `Sliding` or `Session`) per key. A window
+        fires when the watermark passes its end; ``allowed_lateness`` (seconds; not with
+        sessions) keeps it for late records, each emitting what it adds."""
+        if not isinstance(spec, WindowSpec):
+            raise JobDefinitionError(
+                f"window({spec!r}): expected Tumbling(...), Sliding(...) or Session(...)"
+            )
+        lateness = _seconds(allowed_lateness, "allowed_lateness")
+        if lateness < 0:
+            raise JobDefinitionError(
+                f"allowed_lateness={allowed_lateness!r}: expected seconds >= 0"
+            )
+        if lateness and isinstance(spec, Session):
+            raise JobDefinitionError(
+                "allowed_lateness with Session windows is not supported for joins: a late"
+                " record could merge sessions whose rows were already emitted"
+            )
+        return WindowedJoin(self, spec, lateness)
+
+
+class WindowedJoin:
+    """Two keyed streams joined per key and window; finish with `apply` or `process`."""
+
+    def __init__(self, joined: JoinedStreams, spec: WindowSpec, lateness_ms: int) -> None:
+        self._joined = joined
+        self._spec = spec
+        self._lateness_ms = lateness_ms
+
+    def _then(
+        self, function: str, fn: Callable[..., Any] | None, partitions: int | None, name: str | None
+    ) -> KeyedStream:
+        _check_partitions(partitions, function)
+        left, right = self._joined._left, self._joined._right
+        ops = (left._op, right._op)
+        op = left._job._add(
+            WindowJoin, name, ops, sides=tuple(o.name for o in ops), partitions=partitions,
+            spec=self._spec, how=self._joined._how, function=function, fn=fn,
+            lateness_ms=self._lateness_ms,
+        )  # fmt: skip
+        return KeyedStream(left._job, op)
+
+    def apply(
+        self,
+        fn: Callable[[Any, Any], Any] | None = None,
+        *,
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Per key and window, ``fn(left, right)`` for every pair of records (``None``
+        for the missing side of an outer row). Default output: ``{"key",
+        "window_start", "window_end", "left", "right"}``."""
+        if fn is not None:
+            _check_callable(fn, "apply")
+        return self._then("apply", fn, partitions, name)
+
+    def process(
+        self,
+        fn: Callable[[Any, tuple[int, int], list, list], Iterable[Any]],
+        *,
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Per key and window, ``fn(key, (start, end), lefts, rights)`` over both sides'
+        records (in event-time order); each item it returns is emitted. Windows fire as
+        ``how`` says: inner — both sides have records; left — the left side has; full —
+        either has."""
+        return self._then("process", _check_callable(fn, "process"), partitions, name)
+
+
 class KeyedStream(Stream):
     """A stream partitioned by key: ``map``, ``filter`` and ``flat_map`` keep
     the partitioning (as in Flink); the partitioners drop it."""
+
+    def join(self, other: KeyedStream, *, how: str = "inner") -> JoinedStreams:
+        """Join with ``other`` per key and event-time window: ``a.join(b,
+        how="inner"|"left"|"full").window(Tumbling(seconds=10)).apply(fn)``. Both
+        streams are written by key to the join's topic, so they need not be
+        partitioned alike (README: "Window join")."""
+        _check_other(self, other, "join")
+        if how not in WINDOW_JOIN_HOWS:
+            raise JobDefinitionError(f"join(how={how!r}): expected one of {WINDOW_JOIN_HOWS}")
+        return JoinedStreams(self, other, how)
+
+    def interval_join(
+        self,
+        other: KeyedStream,
+        *,
+        lower: float,
+        upper: float,
+        fn: Callable[[Any, Any], Any] | None = None,
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Join each record (event time ``t``) with ``other``'s records of its key whose
+        event times lie in ``[t + lower, t + upper]`` (seconds, either sign): emits
+        ``fn(left, right)`` (default ``{"key", "left", "right"}``) as soon as both are
+        there, at the later of their times. Records behind the watermark are late
+        (counted, not joined); state is dropped once the watermark has passed what a
+        record can still match (README: "Interval join")."""
+        _check_other(self, other, "interval_join")
+        lo, hi = _seconds(lower, "lower"), _seconds(upper, "upper")
+        if lo > hi:
+            raise JobDefinitionError(
+                f"interval_join(lower={lower!r}, upper={upper!r}): lower must not exceed upper"
+            )
+        if fn is not None:
+            _check_callable(fn, "interval_join")
+        _check_partitions(partitions, "interval_join")
+        ops = (self._op, other._op)
+        op = self._job._add(
+            IntervalJoin, name, ops, sides=tuple(o.name for o in ops), partitions=partitions,
+            lower_ms=lo, upper_ms=hi, fn=fn,
+        )  # fmt: skip
+        return KeyedStream(self._job, op)
+
+    def connect(self, broadcast: BroadcastStream) -> ConnectedStreams:
+        """Connect with a broadcast stream (``rules.broadcast_state()``), then
+        ``.process(MyKeyedBroadcastProcessFunction())``."""
+        if not isinstance(broadcast, BroadcastStream):
+            raise JobDefinitionError(
+                f"connect({broadcast!r}): expected a broadcast stream (stream.broadcast_state())"
+            )
+        if broadcast._job is not self._job:
+            raise JobDefinitionError(
+                f"connect(): the broadcast stream belongs to job {broadcast._job.name!r}"
+            )
+        if broadcast._op is self._op:
+            raise JobDefinitionError("connect(): a stream cannot be connected with itself")
+        return ConnectedStreams(self, broadcast)
+
+    def join_table(
+        self,
+        table: Table,
+        fn: Callable[[Any, Any], Any] | None = None,
+        *,
+        how: str = "inner",
+        partitions: int | None = None,
+        name: str | None = None,
+    ) -> KeyedStream:
+        """Join each record with ``table``'s value for its key *as of the record's
+        event time*: the table update with the latest event time at or before it
+        (README: "Stream-table join"). Emits ``fn(value, table_value)`` — by default
+        ``{"key": key, "value": value, "table": table_value}`` — at the record's event
+        time, once the watermark has passed it. ``how="inner"`` drops records whose key
+        has no value then; ``"left"`` emits them with ``None``.
+
+        Both inputs are written by key to the join's topic
+        ``<group>.<name>.repartition`` (``partitions`` partitions, default the stream
+        source's), so they need not be partitioned alike.
+        """
+        if not isinstance(table, Table):
+            raise JobDefinitionError(
+                f"join_table({table!r}): expected a table of this job (job.table(topic))"
+            )
+        if table._job is not self._job:
+            raise JobDefinitionError(
+                f"join_table(): table {table.topic!r} belongs to job {table._job.name!r}"
+            )
+        if how not in JOIN_HOWS:
+            raise JobDefinitionError(f"join_table(how={how!r}): expected one of {JOIN_HOWS}")
+        if fn is not None:
+            _check_callable(fn, "join_table")
+        _check_partitions(partitions, "join_table")
+        ops = (self._op, table._op)
+        op = self._job._add(
+            JoinTable,
+            name,
+            ops,
+            sides=tuple(o.name for o in ops),
+            partitions=partitions,
+            how=how,
+            fn=fn,
+            table=table.topic,
+        )
+        return KeyedStream(self._job, op)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, name: str | None = None) -> KeyedStream:
         """Running reduce per key: ``fn(accumulated, value)``; the first value starts it.

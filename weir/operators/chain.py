@@ -43,6 +43,7 @@ from weir.operators.plan import (
     RepartitionSource,
     Sink,
     Source,
+    Union,
 )
 from weir.state.epoch import EpochBuffer
 from weir.state.keygroups import key_group, slot_table
@@ -98,16 +99,26 @@ class SlotContext(Protocol):
     slots: int
     state: EpochBuffer | None  # the slot's keyed state (None for stateless jobs)
     registry: Mapping[str, str] | None  # schema registry client settings, for serdes
+    shared: dict[str, Any]  # one dict for all slots of the worker, fresh with fresh slots
 
-    def produce(self, topic: str, rows: list[Row], batch: Batch) -> None:
+    def produce(
+        self, topic: str, rows: list[Row], batch: Batch, partition: int | None = None
+    ) -> None:
         """Write ``(key, value, source_offset, timestamp_ms[, headers])`` rows of ``batch``
-        to ``topic`` (all rows of one call have headers, or none has)."""
+        to ``topic`` (all rows of one call have headers, or none has), to ``partition``
+        or where the producer's partitioner puts each key."""
+
+    def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` (one the job reads) has."""
 
     def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
         """Handle one failed record according to the job's error policy."""
 
-    def send(self, slot: int, target: int, item: Batch | Barrier) -> None:
-        """Hand ``item`` to operator ``target`` in slot ``slot`` (an exchange)."""
+    def send(
+        self, slot: int, target: int, item: Batch | Barrier, channel: int | None = None
+    ) -> None:
+        """Hand ``item`` to operator ``target`` in slot ``slot`` (an exchange), on
+        ``channel`` (default: this slot's number; a union's inputs number theirs)."""
 
     def now_ms(self) -> int:
         """Processing time, epoch ms: the wall clock in a worker, a clock the test
@@ -117,8 +128,11 @@ class SlotContext(Protocol):
         """Count records that arrived after their windows were gone (``late``), or whose
         event time was too far ahead of the wall clock (``future``)."""
 
-    def observe_time(self, topic: str, partition: int, max_timestamp: int) -> None:
-        """The largest event time seen in a batch of a partition (for watermarks)."""
+    def observe_time(
+        self, topic: str, partition: int, max_timestamp: int, seen: bool = True
+    ) -> None:
+        """The largest event time seen in a batch of a partition (for watermarks);
+        ``seen=False``: no record came, only what is known of the partition's time moved."""
 
 
 class Operator:
@@ -160,9 +174,11 @@ class FanOut(Operator):
 class SourceOp(Operator):
     """Decodes a batch of Kafka messages into elements.
 
-    Event times are checked here, before anything downstream sees them: one the
-    ``timestamp`` function returns that is not an integer number of epoch
-    milliseconds from 0 to `MAX_EPOCH_MS` fails its record (reason ``timestamp``);
+    A table's source keeps a ``None`` value (a tombstone) as None, with its record's
+    timestamp as its event time. Event times are checked here, before anything
+    downstream sees them: one the ``timestamp`` function returns that is not an
+    integer number of epoch milliseconds from 0 to `MAX_EPOCH_MS` fails its record
+    (reason ``timestamp``);
     one further ahead of the wall clock than ``max_future`` goes to the dead-letter
     topic with reason ``future``, is counted as late, and never moves the watermark.
 
@@ -172,12 +188,16 @@ class SourceOp(Operator):
     when a function downstream asks for record metadata (``keep_headers``).
     """
 
-    __slots__ = ("decode", "decode_key", "future_ms", "keep_headers", "timestamp", "track_time")
+    __slots__ = (
+        "decode", "decode_key", "future_ms", "keep_headers", "table", "timestamp", "track_time",
+    )  # fmt: skip
 
     def __init__(self, op: Source, ctx: SlotContext) -> None:
         super().__init__(op, ctx)
         registry = _registry(ctx)
-        self.decode = decoder(op.value, SerdeContext(op.topic, False, registry))
+        decode = decoder(op.value, SerdeContext(op.topic, False, registry))
+        self.table = op.table
+        self.decode = _tombstones(decode) if op.table else decode
         self.decode_key = (
             None
             if op.key_format is None
@@ -246,14 +266,16 @@ class SourceOp(Operator):
 
     def _extract_timestamps(self, batch: Batch, elems: list[Element]) -> list[Element]:
         extract = self.timestamp
+        table = self.table  # a tombstone has no value to take a time from: its record's
         out: list[Element] = []
         append = out.append
         i, n = 0, len(elems)
         while i < n:
             try:
                 for i in range(i, n):  # noqa: B020 - resumes after a failed record
-                    k, v, _, o = elems[i]
-                    t = int(extract(v))
+                    k, v, t, o = elems[i]
+                    if v is not None or not table:
+                        t = int(extract(v))
                     if not 0 <= t <= MAX_EPOCH_MS:
                         raise ValueError(
                             f"event time {t} is not epoch milliseconds from 0 to {MAX_EPOCH_MS}"
@@ -264,6 +286,15 @@ class SourceOp(Operator):
                 self.ctx.fail(self.name, "timestamp", batch, elems[i], exc)
                 i += 1
         return out
+
+
+def _tombstones(decode: Callable[[bytes], Any]) -> Callable[[bytes | None], Any]:
+    """A table's decoder: a ``None`` value (a tombstone: the key is deleted) stays None."""
+
+    def decode_table(data: bytes | None) -> Any:
+        return None if data is None else decode(data)
+
+    return decode_table
 
 
 class MapOp(Operator):
@@ -563,6 +594,25 @@ class KeyByOp(ExchangeOp):
                 self.ctx.fail(self.name, "key", batch, elems[i], exc)
                 i += 1
         return parts
+
+
+class UnionInputOp(Operator):
+    """One input of a union: hands its batches and barriers to the union's target in
+    this slot, on the channel of this input, where the slot aligns the barriers of
+    all the union's inputs before the union's chain sees one."""
+
+    __slots__ = ("channel", "target")
+
+    def __init__(self, op: Union, ctx: SlotContext, channel: int) -> None:
+        super().__init__(op, ctx)
+        self.target = op.id
+        self.channel = channel
+
+    def process(self, batch: Batch) -> None:
+        self.ctx.send(self.ctx.slot, self.target, batch, self.channel)
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        self.ctx.send(self.ctx.slot, self.target, barrier, self.channel)
 
 
 class SinkOp(Operator):

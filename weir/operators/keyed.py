@@ -13,11 +13,25 @@ from __future__ import annotations
 from typing import Any
 
 from weir.operators.aggregates import compile_aggregates
+from weir.operators.broadcast import broadcast_states
 from weir.operators.chain import Batch, Element, Operator, SlotContext
 from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
-from weir.operators.plan import Aggregate, Process, Reduce, StatefulOp, Window
+from weir.operators.interval_join import interval_join_states
+from weir.operators.plan import (
+    Aggregate,
+    BroadcastProcess,
+    IntervalJoin,
+    JoinTable,
+    Process,
+    Reduce,
+    StatefulOp,
+    Window,
+    WindowJoin,
+)
 from weir.operators.process import process_states
+from weir.operators.table_join import table_join_states
+from weir.operators.window_join import window_join_states
 from weir.operators.windowed import window_states
 from weir.state.epoch import MISSING
 from weir.state.exceptions import UnstorableState
@@ -35,6 +49,14 @@ def states_of(op: StatefulOp) -> tuple[str, ...]:
         return window_states(op)
     if isinstance(op, Process):
         return process_states(op)
+    if isinstance(op, JoinTable):
+        return table_join_states(op)
+    if isinstance(op, BroadcastProcess):
+        return broadcast_states(op)
+    if isinstance(op, WindowJoin):
+        return window_join_states(op)
+    if isinstance(op, IntervalJoin):
+        return interval_join_states(op)
     return (state_name(op),)
 
 

@@ -26,6 +26,7 @@ from weir.operators.formats import Serde
 from weir.operators.windows import WindowSpec
 
 if TYPE_CHECKING:
+    from weir.operators.broadcast import KeyedBroadcastProcessFunction
     from weir.operators.process import KeyedProcessFunction
 
 
@@ -135,10 +136,12 @@ class Source(Op):
     max_out_of_orderness: float  # seconds
     idle_timeout: float | None  # seconds
     max_future: float | None = DEFAULT_MAX_FUTURE_S  # seconds ahead of the wall clock
+    table: bool = False  # a table's topic: keyed by the record key, a None value deletes
 
     def _details(self) -> str:
         key = "" if self.key_format is None else f" key={self.key_format!r}"
-        return f" topic={self.topic} value={self.value!r}{key}"
+        what = "table " if self.table else ""
+        return f" {what}topic={self.topic} value={self.value!r}{key}"
 
 
 @_operator
@@ -208,8 +211,96 @@ class Sink(MetaOp):
 
 
 @_operator
+class Union(Op):
+    """Merges several streams into one. Its inputs may come from different parts of
+    the slot's chain (sources, exchanges), so its output is an input of the slot of
+    its own, aligned on a channel per stream (`inputs` names them)."""
+
+    kind = "union"
+    inputs: tuple[str, ...]
+
+    @property
+    def exchanges(self) -> bool:
+        return True
+
+    def _details(self) -> str:
+        return f" of {', '.join(self.inputs)}"
+
+
+@_operator
 class StatefulOp(Op):
     """An operator with keyed state: it needs every key's records in one input partition."""
+
+
+@_operator
+class MultiInputOp(StatefulOp):
+    """A keyed operator with several inputs, its *sides* (``sides`` names the operator
+    feeding each, in order). Every side is written, by its key, to the operator's own
+    topic ``<group>.<name>.repartition`` (`SideRepartition`), which one
+    `MergedSource` reads: its state follows that topic's partitions, whatever the
+    inputs' partitioning was, and the topic fixes the order in which the operator
+    sees the records of all sides, for good (replays see the same order)."""
+
+    sides: tuple[str, ...]
+    partitions: int | None  # of its topic; None: as many as its first side's source
+    broadcast_sides: ClassVar[tuple[int, ...]] = ()  # sides written to every partition
+
+
+@_operator
+class JoinTable(MultiInputOp):
+    """A stream (side 0) joined with a table (side 1) as of each record's event time."""
+
+    kind = "join_table"
+    how: str  # "inner" | "left"
+    fn: Callable[[Any, Any], Any] | None  # (stream value, table value) -> output
+    table: str  # the table's topic
+
+    def _details(self) -> str:
+        return f" how={self.how} of {self.sides[0]} with table {self.table}"
+
+
+@_operator
+class WindowJoin(MultiInputOp):
+    """Two keyed streams (sides 0 and 1) joined per key and event-time window: ``fn``
+    per pair (``function="apply"``) or over both sides' records (``"process"``)."""
+
+    kind = "window_join"
+    spec: WindowSpec
+    how: str  # "inner" | "left" | "full"
+    function: str  # "apply" | "process"
+    fn: Callable[..., Any] | None
+    lateness_ms: int
+
+    def _details(self) -> str:
+        return f" how={self.how} {self.spec!r} {self.function} of {self.sides[0]}, {self.sides[1]}"
+
+
+@_operator
+class IntervalJoin(MultiInputOp):
+    """Each record of side 0 with the records of side 1 of its key whose event times lie
+    in ``[t + lower_ms, t + upper_ms]``."""
+
+    kind = "interval_join"
+    lower_ms: int
+    upper_ms: int
+    fn: Callable[[Any, Any], Any] | None
+
+    def _details(self) -> str:
+        bounds = f"[{self.lower_ms / 1000:+g}s, {self.upper_ms / 1000:+g}s]"
+        return f" {bounds} of {self.sides[0]} with {self.sides[1]}"
+
+
+@_operator
+class BroadcastProcess(MultiInputOp):
+    """A keyed stream (side 0) connected with a broadcast stream (side 1), run by a
+    `KeyedBroadcastProcessFunction`."""
+
+    kind = "broadcast_process"
+    fn: KeyedBroadcastProcessFunction
+    broadcast_sides: ClassVar[tuple[int, ...]] = (1,)
+
+    def _details(self) -> str:
+        return f" of {self.sides[0]} with broadcast {self.sides[1]}"
 
 
 @_operator
@@ -309,11 +400,59 @@ class RepartitionSource(Op):
         return f" topic={self.topic} value=repartition"
 
 
+@_operator
+class Rekey(MetaOp):
+    """``key_by(fn)`` feeding only operators with several inputs, which repartition
+    their inputs themselves: each element's key becomes ``fn(value)`` in place."""
+
+    kind = "key_by"
+    fn: Callable[..., Any]
+
+    def _details(self) -> str:
+        return " (key set in place)" + super()._details()
+
+
+@_operator
+class SideRepartition(MetaOp):
+    """One side of a `MultiInputOp`: writes ``[side, key, value]`` to the operator's
+    topic, keyed by ``fn(value)`` (None: the element's key; a table's record key),
+    with the event time as the record timestamp — or, a ``broadcast`` side, without
+    a key to every partition of it. It ends its branch."""
+
+    kind = "key_by"
+    fn: Callable[[Any], Any] | None
+    topic: str
+    side: int
+    target: str  # the multi-input operator's name
+    broadcast: bool = False
+
+    def _details(self) -> str:
+        how = "to every partition of" if self.broadcast else "via"
+        meta = super()._details()
+        return f" -> {self.target} side {self.side} {how} topic {self.topic}{meta}"
+
+
+@_operator
+class MergedSource(RepartitionSource):
+    """Reads a `MultiInputOp`'s topic. Its partitions' watermark is the minimum over the
+    sides (`operators.sides`): ``clocks`` holds each side's (max_out_of_orderness,
+    idle_timeout) in seconds, inherited from the sources upstream of it."""
+
+    clocks: tuple[tuple[float, float | None], ...]
+
+    def _details(self) -> str:
+        return f" topic={self.topic} value=sides of {len(self.clocks)} inputs"
+
+
 # -- the logical plan ------------------------------------------------------------
 
 
 class Dataflow:
-    """What a job recorded: its sources and, per operator, the operators it feeds."""
+    """What a job recorded: its sources and, per operator, the operators it feeds.
+
+    A `Union` is the one operator with several inputs, so the dataflow is a DAG:
+    `walk` and `ops` visit an operator once, however many paths lead to it.
+    """
 
     def __init__(self) -> None:
         self._sources: list[Source] = []
@@ -327,28 +466,38 @@ class Dataflow:
         self._children[source.id] = []
         self._sources.append(source)
 
-    def add(self, op: Op, after: Op) -> None:
-        """Record ``op`` downstream of ``after``."""
+    def add(self, op: Op, *after: Op) -> None:
+        """Record ``op`` downstream of ``after`` (several: a union's inputs)."""
         self._children[op.id] = []
-        self._children[after.id].append(op)
+        for parent in after:
+            self._children[parent.id].append(op)
 
     def children(self, op: Op) -> tuple[Op, ...]:
         return tuple(self._children[op.id])
 
-    def walk(self, op: Op) -> list[Op]:
-        """``op`` and everything downstream of it, depth first."""
+    def walk(self, op: Op, seen: set[int] | None = None) -> list[Op]:
+        """``op`` and everything downstream of it, depth first, each once (``seen``:
+        operators already visited, skipped)."""
+        seen = set() if seen is None else seen
+        if op.id in seen:
+            return []
+        seen.add(op.id)
         out = [op]
         for child in self._children[op.id]:
-            out.extend(self.walk(child))
+            out.extend(self.walk(child, seen))
         return out
 
     def ops(self) -> list[Op]:
-        """Every operator, sources first, depth first."""
-        return [op for source in self._sources for op in self.walk(source)]
+        """Every operator once, sources first, depth first."""
+        seen: set[int] = set()
+        return [op for source in self._sources for op in self.walk(source, seen)]
 
     def feeds_state(self, op: Op) -> bool:
-        """Does keyed state follow ``op`` before any other exchange?"""
+        """Does keyed state with one input follow ``op`` before any other exchange?
+        (An operator with several inputs repartitions each of them itself.)"""
         return any(
-            isinstance(child, StatefulOp) or (not child.exchanges and self.feeds_state(child))
+            (isinstance(child, StatefulOp) and not isinstance(child, MultiInputOp))
+            or (not child.exchanges and not isinstance(child, StatefulOp)
+                and self.feeds_state(child))
             for child in self._children[op.id]
-        )
+        )  # fmt: skip

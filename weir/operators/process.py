@@ -221,6 +221,10 @@ class ProcessOp(TimerOperator):
         super().__init__(node, ctx, max_key_groups, topic, process_states(node)[0])
         self.fn: KeyedProcessFunction = node.fn
 
+    def _context(self, key: Any, stored: dict, timestamp: int, partition: int) -> Context:
+        """The context a function call for ``key`` of ``partition`` sees."""
+        return Context(self, key, stored, timestamp)
+
     def _load(self, skey: bytes) -> dict:
         return self.buffer.get(self.state, skey) or {}  # None if deleted or absent
 
@@ -247,7 +251,7 @@ class ProcessOp(TimerOperator):
                 for i in range(i, n):  # noqa: B020 - resumes after a failed record
                     k, v, t, _ = elems[i]
                     skey = state_key(p, encode_key(k), self.groups)
-                    ctx = Context(self, k, self._load(skey), t)
+                    ctx = self._context(k, self._load(skey), t, p)
                     self.fn.process_element(v, ctx)
                     out.extend(self._store(skey, ctx))
                 break
@@ -269,7 +273,7 @@ class ProcessOp(TimerOperator):
         if ts not in stored.get("t", {}).get(domain, ()):
             return  # deleted, or already fired
         p = partition_of(skey)
-        ctx = Context(self, stored.get("k"), stored, ts)
+        ctx = self._context(stored.get("k"), stored, ts, p)
         ctx.time_domain = "event" if domain == EVENT else "processing"
         ctx._timer(domain, ts, False)
         try:

@@ -5,15 +5,19 @@ cuts it into chains, so that what a slot counts per task (`weir.service.slots.Sl
 names a box of the graph:
 
 - a **task** is what one input of a slot runs without leaving the slot: the operators
-  chained from a source topic (the job's, or a repartition topic; keyed by the topic),
-  or from an exchange (keyed by the exchange operator's id). Forward and rescale
+  chained from a source topic (the job's, a repartition topic, or the topic of an
+  operator with several inputs; keyed by the topic), from an exchange or from a union
+  (keyed by the exchange's or the union's operator id). Forward and rescale
   partitioners move nothing and are not drawn;
 - a **topic** node is a source topic, a sink topic or a late-record topic.
 
 Edges carry records: ``source`` from a topic to the task reading it; an exchange
 (``hash``, ``rebalance``, ``shuffle``, ``broadcast``) from a task to the task behind it;
-``repartition`` from the task writing a repartition topic to the task reading it
-(labelled with the topic); ``sink`` and ``late`` from a task to a topic.
+``union`` from each input of a union to the union's task; ``repartition`` from the
+task writing a repartition topic to the task reading it (labelled with the topic),
+and ``side`` from each task writing one input of a multi-input operator (a join,
+broadcast state) to the task reading that operator's topic (labelled with the topic
+and the side); ``sink`` and ``late`` from a task to a topic.
 
 Layout, so that a page draws it left to right without a layout engine: a node's
 ``column`` is the longest path to it from a source topic, its ``row`` its place in
@@ -28,10 +32,13 @@ from typing import Any
 from weir.operators.physical import PhysicalPlan, PlanNode
 from weir.operators.plan import (
     HashExchange,
+    MergedSource,
     Partition,
     Repartition,
+    SideRepartition,
     Sink,
     Source,
+    Union,
     Window,
 )
 
@@ -84,9 +91,11 @@ class JobGraph:
         for root in plan.roots:
             source = root.op
             task = graph._task(f"input:{source.topic}", source.topic, reads_topic=True)
-            task.label = (
-                f"{'Source' if isinstance(source, Source) else 'Repartition'}: {source.topic}"
-            )
+            if isinstance(source, MergedSource):
+                what = f"Inputs of {', '.join(c.op.name for c in root.children)}"
+            else:
+                what = "Source" if isinstance(source, Source) else "Repartition"
+            task.label = f"{what}: {source.topic}"
             if isinstance(source, Source):
                 topic = graph._topic(source.topic)
                 graph.edges.append(GraphEdge(topic.id, task.id, "source", source.topic))
@@ -109,6 +118,14 @@ class JobGraph:
     def _chain(self, node: PlanNode, task: GraphNode) -> None:
         """Add ``node`` to ``task`` and follow its outputs."""
         op = node.op
+        if isinstance(op, Union):  # one task behind all its inputs, chained once
+            behind = self._task(f"exchange:{op.id}", op.id)
+            self.edges.append(GraphEdge(task.id, behind.id, "union", "union"))
+            if not behind.label:
+                behind.label = f"Union: {op.name} of {', '.join(op.inputs)}"
+                for child in node.children:
+                    self._chain(child, behind)
+            return
         if op.exchanges:  # the records leave the slot: the operators after it are a task
             behind = self._task(f"exchange:{op.id}", op.id)
             partitioner = op.partitioner if isinstance(op, HashExchange | Partition) else "hash"
@@ -122,6 +139,10 @@ class JobGraph:
         if isinstance(op, Repartition):
             reader = self._task(f"input:{op.topic}", op.topic, reads_topic=True)
             self.edges.append(GraphEdge(task.id, reader.id, "repartition", op.topic))
+        elif isinstance(op, SideRepartition):
+            reader = self._task(f"input:{op.topic}", op.topic, reads_topic=True)
+            label = f"{op.topic} side {op.side}" + (" (broadcast)" if op.broadcast else "")
+            self.edges.append(GraphEdge(task.id, reader.id, "side", label))
         elif isinstance(op, Sink):
             self.edges.append(GraphEdge(task.id, self._topic(op.topic).id, "sink", op.topic))
         elif isinstance(op, Window) and op.late_topic is not None:

@@ -6,8 +6,8 @@ It draws, from ``/status`` and ``/history`` (both read every 2 s):
   the operators chained from one input — with its records per second, its busiest
   slot's busy share (the box turns from blue to red as it nears 100 %) and its
   backpressure (the share of time its input was held back because a slot was full);
-  topics as rounded boxes; exchanges and repartition topics as edges, each with the
-  records per second crossing it;
+  topics as rounded boxes; exchanges, unions, repartition topics and the input topics
+  of joins and broadcast state as edges, each with the records per second crossing it;
 - **charts of the last five minutes** (`weir.service.history`): records in and out per
   second, consumer lag, watermark lag and checkpoint duration;
 - the slots and what they own, partitions with their lag, recent checkpoints, and
@@ -106,7 +106,7 @@ function layout(graph){
 function drawEdge(svg, e, a, b){
   const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x - 2, y2 = b.y + b.h / 2;
   const mx = (x1 + x2) / 2;
-  const viaTopic = ['source', 'sink', 'late', 'repartition'].includes(e.kind);
+  const viaTopic = ['source', 'sink', 'late', 'repartition', 'side'].includes(e.kind);
   const g = el(svg, 'g', {'class': 'edge' + (viaTopic ? ' via-topic' : ''), 'data-kind': e.kind,
     'data-source': e.source, 'data-target': e.target,
     'data-records-per-s': e.records_per_s ?? ''});
@@ -115,6 +115,8 @@ function drawEdge(svg, e, a, b){
   const lines = [num(e.records_per_s) + ' rec/s'];
   const room = Math.floor((COL_GAP - 12) / CHAR_W);
   if (e.kind === 'repartition') lines.unshift('repartition topic', clip(e.label, room));
+  else if (e.kind === 'side') lines.unshift('input topic', clip(e.label, room));
+  else if (e.kind === 'union') lines.unshift('union');
   else if (e.kind === 'late') lines.unshift('late records');
   else if (!viaTopic) lines.unshift(e.kind + ' exchange');
   const ly = (y1 + y2) / 2 - 8 * lines.length + 4;

@@ -7,7 +7,10 @@ Recomputed on every change of the worker's partitions (`SlotRouter.reassign`):
   on its slot, new partitions go to the least loaded slots;
 * partitions < slots ("key groups"): records are spread by the key group of
   their Kafka key (`weir.state.keygroups`), so every slot works and a key always
-  lands on the same slot; keyless records go round-robin, a batch chunk each.
+  lands on the same slot; keyless records go round-robin, a batch chunk each —
+  but to every slot on the topics of operators with a broadcast side
+  (``everywhere``): there a keyless record is a broadcast one, which every
+  slot's share of the partition must see.
 
 Either way, records of one key stay in partition order. The router also keeps
 the next offset to read per partition (the positions a checkpoint commits).
@@ -32,9 +35,16 @@ KEY_GROUPS = "key-groups"
 class SlotRouter:
     """Splits consumed messages into per-slot batches and tracks read positions."""
 
-    def __init__(self, slots: int, max_key_groups: int, exchanges: bool = False) -> None:
+    def __init__(
+        self,
+        slots: int,
+        max_key_groups: int,
+        exchanges: bool = False,
+        everywhere: frozenset[str] = frozenset(),
+    ) -> None:
         self.slots = slots
         self.exchanges = exchanges  # records move between slots after the fetcher
+        self.everywhere = everywhere  # topics whose keyless records every slot gets
         self.max_key_groups = max_key_groups
         self.table = slot_table(slots, max_key_groups)
         self.pins: dict[TopicPartition, int] = {}
@@ -130,21 +140,24 @@ class SlotRouter:
             if self.mode == PINNED:
                 out[self.pins[tp]].append(Batch(tp[0], tp[1], group))
             else:
-                for slot, part in enumerate(self._by_key(group)):
+                for slot, part in enumerate(self._by_key(group, tp[0] in self.everywhere)):
                     if part:
                         out[slot].append(Batch(tp[0], tp[1], part))
         return out, counts
 
-    def _by_key(self, group: list[Any]) -> list[list[Any]]:
+    def _by_key(self, group: list[Any], everywhere: bool = False) -> list[list[Any]]:
         table, groups = self.table, self.max_key_groups
         parts: list[list[Any]] = [[] for _ in range(self.slots)]
         keyless = []
         for m in group:
             k = m.key()
-            if k is None:
-                keyless.append(m)
-            else:
+            if k is not None:
                 parts[table[key_group(k, groups)]].append(m)
+            elif everywhere:
+                for part in parts:
+                    part.append(m)  # in its place among the keyed ones
+            else:
+                keyless.append(m)
         if keyless:
             n = self.slots
             size = -(-len(keyless) // n)

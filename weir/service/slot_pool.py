@@ -63,11 +63,15 @@ class SlotPool:
         on_ack: Callable[[int, int, list[Write]], None],
         store: StateStore | None,
         limits: dict[str, TopicLimits],
+        partition_counts: dict[str, int] | None = None,
     ) -> None:
-        """Fresh slots producing on ``producer``, each with its own epoch buffer."""
+        """Fresh slots producing on ``producer``, each with its own epoch buffer;
+        ``partition_counts`` of the topics the job reads (broadcast sides write to
+        every partition of their operator's topic)."""
         serdes = {s: JsonSerde() for s in self.changelogs.states}
         record_limits = self.changelogs.record_limits(limits)
         slots: list[Slot] = []
+        shared: dict[str, Any] = {}  # what operators combine over all slots (side clocks)
         for i in range(self.count):
             slots.append(
                 Slot(
@@ -85,6 +89,8 @@ class SlotPool:
                     changelogs=self.changelogs,
                     limits=limits,
                     registry=self.registry,
+                    shared=shared,
+                    partition_counts=partition_counts,
                 )
             )
         self.slots = slots

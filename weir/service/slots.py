@@ -5,7 +5,8 @@ other slots' exchanges, barriers, and releases — and pushes batches through it
 chain. The only locks on the way are the inbox's, taken once per batch.
 
 Barrier alignment (Flink's aligned checkpoints): an input *target* (the source
-heads, or the operator after an exchange) has one channel per sender. When a
+heads, the operator after an exchange, or a union's chain) has one channel per
+sender (the fetcher; every slot; each of the union's inputs). When a
 channel delivers barrier N, further items from that channel are held back until
 every channel of the target has delivered N; then the barrier passes the
 target's chain and the held items are replayed. When all of a slot's targets
@@ -178,6 +179,8 @@ class Slot(threading.Thread):
         limits: dict[str, TopicLimits] | None = None,
         registry: Mapping[str, str] | None = None,
         clock: Callable[[], int] = wall_clock_ms,
+        shared: dict[str, Any] | None = None,
+        partition_counts: dict[str, int] | None = None,
     ) -> None:
         super().__init__(name=f"weir-slot-{index}", daemon=True)
         self.slot = index
@@ -195,12 +198,15 @@ class Slot(threading.Thread):
         self.changelogs = changelogs
         self.limits = limits or {}  # topic -> what its broker accepts
         self.registry = registry  # schema registry client settings, for the job's serdes
+        self.shared = {} if shared is None else shared  # the same dict in every slot
+        self.partition_counts = partition_counts or {}  # of the topics the job reads
         self.epoch_writes: list[Write] = []
         self._chain_args = (sources, max_key_groups)
         self.chain: SlotChain | None = None
         self.current = SOURCES
         self.passed: set[int] = set()  # targets past the in-flight barrier
-        self.held: list[tuple[str, bytes | None, bytes, Any, int]] = []
+        # (topic, key, value, headers, timestamp, partition or None)
+        self.held: list[tuple[str, bytes | None, bytes, Any, int, int | None]] = []
         self.held_bytes = 0
         self.record_bytes = 0  # bytes per record of the fetched batches (set by the fetcher)
         self.arrived: dict[int, set[int]] = {}
@@ -233,7 +239,9 @@ class Slot(threading.Thread):
         return self.stats.cost
 
     # -- SlotContext ---------------------------------------------------------
-    def produce(self, topic: str, rows: list[Row], batch: Batch) -> None:
+    def produce(
+        self, topic: str, rows: list[Row], batch: Batch, partition: int | None = None
+    ) -> None:
         counter = self._out_counters.get(topic)
         if counter is None:
             counter = self._out_counters[topic] = self.metrics.records_out.labels(
@@ -251,24 +259,25 @@ class Slot(threading.Thread):
         if self.current in self.passed:
             # Exact-size copies: an orjson result keeps its ~4 KB build buffer.
             if with_headers:
-                held = [(topic, k, bytes(memoryview(v)), h, t) for k, v, _, t, h in rows]
+                held = [(topic, k, bytes(memoryview(v)), h, t, partition) for k, v, _, t, h in rows]
             else:
-                held = [(topic, k, bytes(memoryview(v)), None, t) for k, v, _, t in rows]
+                held = [(topic, k, bytes(memoryview(v)), None, t, partition) for k, v, _, t in rows]
             self.held.extend(held)
             self.held_bytes += sum(len(h[2]) for h in held)
             return
         produce, poll = self.producer.produce, self.producer.poll
+        where = {} if partition is None else {"partition": partition}
         i, n = 0, len(rows)
         while i < n:
             try:
                 if with_headers:
                     for i in range(i, n):  # noqa: B020 - resumes after a full queue
                         k, v, _, t, h = rows[i]
-                        produce(topic, v, k, timestamp=t if t > 0 else 0, headers=h)
+                        produce(topic, v, k, timestamp=t if t > 0 else 0, headers=h, **where)
                 else:
                     for i in range(i, n):  # noqa: B020
                         k, v, _, t = rows[i]
-                        produce(topic, v, k, timestamp=t if t > 0 else 0)
+                        produce(topic, v, k, timestamp=t if t > 0 else 0, **where)
                 break
             except BufferError:
                 poll(0.05)  # librdkafka's queue is full: let it drain, then resume at row i
@@ -345,28 +354,38 @@ class Slot(threading.Thread):
             ("weir.source.offset", str(elem[3]).encode()),
         ]
         if self.current in self.passed:
-            self.held.append((self.dlq_topic, key_bytes, value, headers, 0))
+            self.held.append((self.dlq_topic, key_bytes, value, headers, 0, None))
             self.held_bytes += len(value or b"")
         else:
             self._produce_one(self.dlq_topic, key_bytes, value, headers)
 
-    def send(self, slot: int, target: int, item: Batch | Barrier) -> None:
-        """To another slot's inbox; a batch's bytes are estimated from the size of the
-        records this slot was fetched (decoded elements have no byte size)."""
+    def send(
+        self, slot: int, target: int, item: Batch | Barrier, channel: int | None = None
+    ) -> None:
+        """To a slot's inbox (another's, or this one's for a union), on ``channel``
+        (default: this slot's number); a batch's bytes are estimated from the size of
+        the records this slot was fetched (decoded elements have no byte size)."""
         records = len(item.elems) if isinstance(item, Batch) else 0
-        self.peers[slot].inbox.put(target, self.slot, item, records, records * self.record_bytes)
+        channel = self.slot if channel is None else channel
+        self.peers[slot].inbox.put(target, channel, item, records, records * self.record_bytes)
 
     def now_ms(self) -> int:
         return self.clock()
 
+    def partitions(self, topic: str) -> int:
+        return self.partition_counts[topic]
+
     def late(self, operator: str, count: int, reason: str = "late") -> None:
         self.metrics.records_late.labels(self.metrics.job, operator, reason).inc(count)
 
-    def observe_time(self, topic: str, partition: int, max_timestamp: int) -> None:
+    def observe_time(
+        self, topic: str, partition: int, max_timestamp: int, seen: bool = True
+    ) -> None:
         tp = (topic, partition)
         if max_timestamp > self.max_ts.get(tp, max_timestamp - 1):
             self.max_ts[tp] = max_timestamp
-        self.last_seen[tp] = time.monotonic()
+        if seen:
+            self.last_seen[tp] = time.monotonic()
 
     def stuck_in(self) -> str | None:
         """Where this slot's thread is now, for a checkpoint that waits on it: the
@@ -439,16 +458,22 @@ class Slot(threading.Thread):
                 self._release()
             elif isinstance(payload, Watermark):
                 self.current = SOURCES  # windows run in the source segment
+                for merged in self.chain.clocks:
+                    merged.tick()  # sides of multi-input operators can go idle meanwhile
                 for window in self.chain.windows:
                     window.advance(payload.value, payload.now)
             elif isinstance(payload, Ownership):
+                for merged in self.chain.clocks:
+                    merged.own(payload.partitions.get(merged.topic, set()))
                 for window in self.chain.windows:
                     window.own(payload.partitions.get(window.topic, set()), payload.key_groups)
             elif isinstance(payload, Stop):
                 return
 
     def _channels(self, target: int) -> int:
-        return 1 if target == SOURCES else self.slots
+        """The fetcher feeds the sources; every slot an exchange's target; each of its
+        inputs a union's."""
+        return 1 if target == SOURCES else self.chain.fan_in.get(target, self.slots)
 
     def _on_barrier(self, target: int, channel: int, barrier: Barrier) -> None:
         arrived = self.arrived.setdefault(target, set())
@@ -489,8 +514,8 @@ class Slot(threading.Thread):
     def _release(self) -> None:
         self.passed.clear()
         held, self.held, self.held_bytes = self.held, [], 0
-        for topic, key, value, headers, ts in held:
-            self._produce_one(topic, key, value, headers, timestamp=ts)
+        for topic, key, value, headers, ts, partition in held:
+            self._produce_one(topic, key, value, headers, partition, timestamp=ts)
 
     def _produce_one(
         self,

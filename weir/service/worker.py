@@ -85,7 +85,9 @@ class Worker:
         self.worker_id = f"{config.worker_id}{suffix}"
         self.settings = ClientSettings(config, self.group, f"{self.group}.{self.worker_id}")
         self.metrics = Metrics(job.name, worker_id=self.worker_id, group=self.group)
-        self.router = SlotRouter(config.slots, plan.max_key_groups, plan.exchanges)
+        self.router = SlotRouter(
+            config.slots, plan.max_key_groups, plan.exchanges, plan.everywhere_topics
+        )
         self.changelogs = Changelogs(plan)
         self.stopping = threading.Event()
         self.unavailable: str | None = None  # why Kafka is being waited for, if it is
@@ -287,7 +289,13 @@ class Worker:
 
     # -- slots ----------------------------------------------------------------
     def _start_slots(self) -> None:
-        self.slots.start(self.output.producer, self.coordinator.ack, self.store, self.limits)
+        self.slots.start(
+            self.output.producer,
+            self.coordinator.ack,
+            self.store,
+            self.limits,
+            self.topic_partitions,
+        )
         if self.watermarks:
             self.slots.assign_ownership(self.router, self.rebalancer.restoring)
             self.slots.tick(self.watermarks.watermark)
