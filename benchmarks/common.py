@@ -109,7 +109,7 @@ def start_broker() -> Broker:
     external = os.environ.get("KAFKA_BOOTSTRAP")
     if external:
         return Broker(external, "external (see broker)", None, lambda: None)
-    from service.local_kafka import LocalKafka, kafka_version
+    from weir.service.local_kafka import LocalKafka, kafka_version
 
     kafka = LocalKafka()
     on_exit(kafka.stop)
@@ -478,6 +478,18 @@ def process_cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a ``--processes`` supervisor's workers)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
 
 
 def machine_busy_seconds() -> float:
@@ -908,7 +920,7 @@ def code_version() -> dict[str, Any]:
     return {
         "commit": git("rev-parse", "--short", "HEAD") or "unknown",
         "subject": git("log", "-1", "--format=%s"),
-        "weir_dirty": bool(git("status", "--porcelain", "--", "service", "operators", "state")),
+        "weir_dirty": bool(git("status", "--porcelain", "--", "weir")),
     }
 
 

@@ -65,6 +65,7 @@ from benchmarks.common import (
     OffsetProbe,
     Tail,
     admin_client,
+    children_of,
     command_line,
     create_topics,
     delete_topics,
@@ -98,17 +99,6 @@ FAST = [
 # -- processes -------------------------------------------------------------------------
 
 
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = (entry / "stat").read_text()
-                if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                    out.append(int(entry.name))
-    return out
-
-
 class Weir(Child):
     """``weir run`` with ``--processes`` in its own session (so it and its children are
     killed as a group), HTTP on ``ports``: ``http_port``..``http_port + processes - 1``."""
@@ -125,7 +115,7 @@ class Weir(Child):
     ) -> None:
         port = free_ports(processes)
         cmd = [
-            sys.executable, "-m", "service.cli", "run", str(job), "--bootstrap", bootstrap,
+            sys.executable, "-m", "weir.service.cli", "run", str(job), "--bootstrap", bootstrap,
             "--group", group, "--worker-id", name, "--http-port", str(port),
             "--processes", str(processes), *args,
         ]  # fmt: skip
@@ -283,7 +273,7 @@ def cpu_run(
         busy0, cpu0, t0 = machine_busy_seconds(), worker.cpu_seconds(), time.monotonic()
         prefill(bootstrap, src, records)
         wait_until(
-            lambda: worker.metric("weir_records_out_total", job="el-cpu", topic=out) >= n,
+            lambda: worker.metric("weir_records_out_total", weir_job="el-cpu", topic=out) >= n,
             60 + n / 1000,
             f"{n} outputs",
             check=worker.check_running,
@@ -760,7 +750,7 @@ def markdown(info: dict[str, Any], cpu: dict | None, rb: dict | None) -> str:
         " one process ran every source partition (all of the map's CPU work) and the other"
         " only the cheap aggregate (measured 2026-11-24: keyed 0.97x, split by topic in 3"
         " of 3 runs). A worker of a job with repartition topics now joins with one"
-        " consumer per stage (service/consumers.py), so each stage is balanced on its own;"
+        " consumer per stage (weir/service/consumers.py), so each stage is balanced on its own;"
         " 'split by topic' counts runs where one process still got all source partitions.",
         "- Standby replicas tail the partitions a worker does *not* own, so they help a"
         " failover (the survivor has a warm copy) but not a join: the joining worker owns"

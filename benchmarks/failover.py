@@ -127,14 +127,14 @@ class Worker(Child):
     ) -> None:
         port = free_port()
         cmd = [
-            sys.executable, "-m", "service.cli", "run", str(JOB), "--group", group,
+            sys.executable, "-m", "weir.service.cli", "run", str(JOB), "--group", group,
             "--worker-id", worker_id, "--http-port", str(port), *args,
         ]  # fmt: skip
         super().__init__(f"fo-{incarnation}", cmd, env, http_port=port)
         self.ports = [port]  # what elasticity.settled reads
 
     def rebalances(self) -> float:
-        return metric_sum(fetch_metrics(self.http_port), "weir_rebalances_total", job=JOB_NAME)
+        return metric_sum(fetch_metrics(self.http_port), "weir_rebalances_total", weir_job=JOB_NAME)
 
     def ready(self) -> bool:
         return http_get(self.http_port, "/ready", timeout=0.5)[0] == 200

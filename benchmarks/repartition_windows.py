@@ -13,7 +13,7 @@ slot. Every result is read back and checked. Rows:
   topic;
 * ``repartition``: ``key_by(lambda r: r["tag"])`` — every record goes through the
   repartition topic ``<group>.by-tag.repartition`` and back, the watermark with it as
-  control records (`service.repartition_watermarks`);
+  control records (`weir.service.repartition_watermarks`);
 * ``repartition-slack``: the same with ``max_out_of_orderness`` covering the whole
   input (100 s), so that no record can be late whatever code runs it and every window
   fires at the end, and 64 flush records per source partition with their own tags

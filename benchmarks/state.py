@@ -128,7 +128,7 @@ def command(
     log_level: str = "warning",
 ) -> list[str]:
     return [
-        sys.executable, "-m", "service.cli", "run", str(JOB_FILE.relative_to(ROOT)),
+        sys.executable, "-m", "weir.service.cli", "run", str(JOB_FILE.relative_to(ROOT)),
         "--bootstrap", bootstrap, "--group", group, "--worker-id", worker_id,
         "--slots", str(slots), "--guarantee", guarantee,
         "--checkpoint-interval-ms", str(interval_ms), "--http-port", str(port),

@@ -241,7 +241,7 @@ def _short(path: str) -> str:
 def is_waiting(function: str, path: str, lineno: int) -> bool:
     """Is a sample whose innermost Python frame is this one blocked rather than running?"""
     stdlib = "site-packages" not in path and not _short(path).startswith(
-        ("service/", "operators/", "state/", "benchmarks/")
+        ("weir/service/", "weir/operators/", "weir/state/", "benchmarks/")
     )
     if stdlib and function.rsplit(".", 1)[-1] in _WAIT_FUNCTIONS:
         return True
@@ -289,7 +289,7 @@ def summarize_pyspy(path: Path, seconds: float, top: int = 15) -> Profile:
         self_line[(fn, short)][lineno] += count
         for key in {(f, _short(p)) for f, p, _ in parsed}:
             total_fn[key] += count
-    weir = ("service/", "operators/", "state/")
+    weir = ("weir/service/", "weir/operators/", "weir/state/")
     skip = {"run", "_bootstrap", "_bootstrap_inner", "<module>", "main", "_cmd_run"}
     per = max(1, running)
     return Profile(

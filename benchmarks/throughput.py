@@ -104,7 +104,7 @@ def _command(
             "--input", src, "--output", dst, "--group", group, *extra,
         ]  # fmt: skip
     return [
-        sys.executable, "-m", "service.cli", "run", str(JOB_FILE.relative_to(ROOT)),
+        sys.executable, "-m", "weir.service.cli", "run", str(JOB_FILE.relative_to(ROOT)),
         "--bootstrap", bootstrap, "--group", group, "--worker-id", "bench",
         "--slots", str(row.slots), "--guarantee", row.guarantee,
         "--checkpoint-interval-ms", "1000", "--http-port", str(port),

@@ -142,7 +142,7 @@ def command(
     row: Row, bootstrap: str, group: str, port: int, state_dir: Path, args: argparse.Namespace
 ) -> list[str]:
     return [
-        sys.executable, "-m", "service.cli", "run", str(JOBS / row.job),
+        sys.executable, "-m", "weir.service.cli", "run", str(JOBS / row.job),
         "--bootstrap", bootstrap, "--group", group, "--worker-id", "bench",
         "--slots", str(args.slots), "--guarantee", "exactly-once",
         "--checkpoint-interval-ms", str(args.checkpoint_interval_ms),

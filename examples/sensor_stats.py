@@ -23,13 +23,14 @@ job = Job("sensor-stats")
         idle_timeout=5.0,
     )
     .filter(lambda r: isinstance(r.get("value"), int | float))
-    .key_by(lambda r: r["tag"])
+    .key_by(lambda r: r["tag"], name="by-tag")  # names its repartition topic
     .window(Tumbling(seconds=10))
     .aggregate(
         count="count",
         mean=("mean", "value"),
         min=("min", "value"),
         max=("max", "value"),
+        name="stats",  # a stable name: the window's state is found by it
     )
     .sink("sensor-stats", value="json")
 )

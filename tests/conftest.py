@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Kafka broker (tests/kafka_fixture.py) and worker helpers.
+"""Shared fixtures: a real Kafka broker (tests/kafka_fixture.py), a schema registry
+(tests/schema_registry.py) and worker helpers.
 
 Long fault and soak tests are marked ``slow``; they run with ``--run-slow`` or
 ``WEIR_RUN_SLOW=1``.
@@ -10,7 +11,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.kafka_fixture"]
+pytest_plugins = ["tests.kafka_fixture", "tests.schema_registry"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

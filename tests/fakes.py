@@ -11,14 +11,14 @@ from typing import Any
 
 import orjson
 
-from operators.build import build_chain
-from operators.chain import Barrier, Batch
-from operators.physical import compile_plan
-from operators.plan import ErrorPolicy
-from operators.timers import NO_TIME
-from service.metrics import Metrics
-from service.slots import FETCHER, SOURCES, Inbox, Release, Slot, Stop
 from weir import Job
+from weir.operators.build import build_chain
+from weir.operators.chain import Barrier, Batch
+from weir.operators.physical import compile_plan
+from weir.operators.plan import ErrorPolicy
+from weir.operators.timers import NO_TIME
+from weir.service.metrics import Metrics
+from weir.service.slots import FETCHER, SOURCES, Inbox, Release, Slot, Stop
 
 # -- Kafka records and the producer ------------------------------------------------------
 
@@ -99,7 +99,7 @@ class FakeProducer:
 
 class SteppedInbox(Inbox):
     """An inbox that ends its slot's loop (a `Stop` in place of the next item) when it
-    is empty or ``budget`` items were taken: `Slot._loop` then runs in the test's own
+    is empty or ``budget`` items were taken: `Slot.process_inbox` then runs in the test's own
     thread, a few items at a time, in any interleaving a test chooses."""
 
     def __init__(self) -> None:
@@ -206,7 +206,7 @@ class Slots:
         replay), then stops."""
         s = self.all[slot]
         s.inbox.budget = items
-        s._loop()
+        s.process_inbox()
 
     def settle(self) -> None:
         """Run every slot until no inbox holds anything."""

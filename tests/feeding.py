@@ -161,5 +161,4 @@ class Feeder(threading.Thread):
             self.join(10)
         if self.producer is not None:
             self.producer.purge()
-            self.producer.close()
-            self.producer = None
+            self.producer = None  # destroyed with its last reference

@@ -3,7 +3,7 @@
 Weir's guarantees (transactions, read_committed, consumer groups) can only be tested
 against a real broker, so every integration test shares one session broker chosen in
 this order: an external one named by ``KAFKA_BOOTSTRAP``; a testcontainers Kafka if a
-Docker engine answers; otherwise the project's own JVM broker (``service.local_kafka``),
+Docker engine answers; otherwise the project's own JVM broker (``weir.service.local_kafka``),
 which needs only Java and Maven. Each test gets fresh, uniquely named topics instead of
 a fresh broker, which keeps tests isolated without paying broker startup per test.
 
@@ -30,10 +30,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from service.local_kafka import LocalKafka
 from tests.feeding import KeyFn, PartitionFn, ValueFn, message, send
 from tests.netfault import FaultProxy
 from tests.reading import TopicReader
+from weir.service.local_kafka import LocalKafka
 
 # Kafka 3.9 in KRaft mode; testcontainers' KafkaContainer drives Confluent's image scripts.
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"
@@ -265,8 +265,7 @@ def produce_json(
             producer.poll(0)
         remaining = producer.flush(timeout)
     finally:
-        producer.purge()  # whatever is still queued has failed; close() must not wait on it
-        producer.close()
+        producer.purge()  # whatever is still queued has failed: nothing to wait for
     if errors:
         raise KafkaException(errors[0])
     if remaining:

@@ -24,6 +24,8 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+import time
 import tomllib
 import urllib.error
 import urllib.parse
@@ -37,13 +39,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from operators.physical import compile_plan
-from service.cli import _parser
-from service.config import load_config
-from service.jobfile import load_job
 from tests.feeding import Feeder, n_key, numbered
+from tests.kafka_fixture import consume_all
 from tests.waiting import wait_for
-from tests.workers import WorkerProcess, free_port, job_env
+from tests.workers import WorkerProcess, free_port, job_env, metric
+from weir.operators.physical import compile_plan
+from weir.service.cli import _parser
+from weir.service.config import load_config
+from weir.service.jobfile import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -180,17 +183,38 @@ def readme_services() -> list[str]:
     return re.findall(r"^\| `([\w.-]+)`", section, flags=re.MULTILINE)
 
 
+def builds_weir(service: dict[str, Any]) -> bool:
+    """Does the service build deploy/Dockerfile?"""
+    build = service.get("build")
+    if build is None:
+        return False
+    context = COMPOSE_FILE.parent / build["context"]
+    return (context / build["dockerfile"]).resolve() == DOCKERFILE.resolve()
+
+
+def weir_image() -> str:
+    """The tag the Weir image is built under."""
+    (tag,) = {s["image"] for s in services().values() if builds_weir(s)}
+    return tag
+
+
 def weir_services() -> dict[str, dict[str, Any]]:
-    """Services that run the image built from deploy/Dockerfile."""
-    out = {}
-    for name, service in services().items():
-        build = service.get("build")
-        if build is None:
-            continue
-        context = COMPOSE_FILE.parent / build["context"]
-        if (context / build["dockerfile"]).resolve() == DOCKERFILE.resolve():
-            out[name] = service
-    return out
+    """Services that run the image built from deploy/Dockerfile (building it, or by its tag)."""
+    image = weir_image()
+    return {
+        name: service
+        for name, service in services().items()
+        if builds_weir(service) or service.get("image") == image
+    }
+
+
+def worker_services() -> dict[str, dict[str, Any]]:
+    """Weir services that run a job (``weir run``)."""
+    return {
+        name: service
+        for name, service in weir_services().items()
+        if any(parse_weir(argv).command == "run" for argv in weir_commands(service))
+    }
 
 
 def weir_commands(service: dict[str, Any]) -> list[list[str]]:
@@ -216,7 +240,7 @@ def weir_commands(service: dict[str, Any]) -> list[list[str]]:
 def parse_weir(argv: list[str]) -> Any:
     """``argv`` (starting with ``weir``) through the real CLI parser; fails the test if refused."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert argv[0] == "weir" and scripts["weir"] == "service.cli:main", argv
+    assert argv[0] == "weir" and scripts["weir"] == "weir.service.cli:main", argv
     try:
         return _parser().parse_args(argv[1:])
     except SystemExit:
@@ -347,6 +371,38 @@ def tool(name: str) -> str:
     pytest.fail(f"{name} not found: run ./dev setup, or apt-get install prometheus")
 
 
+def compose_cli() -> list[str]:
+    """The real Docker Compose v2 (a test dependency ships its binary; a `docker compose`
+    plugin does too). ``config`` needs no Docker engine."""
+    candidates = [[str(Path(sys.executable).parent / "docker-compose")], ["docker", "compose"]]
+    if shutil.which("docker-compose"):
+        candidates.append([shutil.which("docker-compose")])
+    for argv in candidates:
+        if not shutil.which(argv[0]):
+            continue
+        done = subprocess.run([*argv, "version", "--short"], capture_output=True, text=True)
+        if done.returncode == 0 and int(done.stdout.strip().lstrip("v").split(".")[0]) >= 2:
+            return argv
+    pytest.fail(
+        "Docker Compose v2 not found: install the test dependencies (pip install -e .[test])"
+    )
+
+
+def compose_config(*files: Path) -> dict[str, Any]:
+    """The model `docker compose config` makes of ``files``: validated against the Compose
+    specification, anchors, merges and ``extends`` resolved. Fails the test if refused."""
+    argv = [
+        *compose_cli(),
+        *(a for f in files for a in ("-f", str(f))),
+        "config",
+        "--format",
+        "json",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=BOUND)
+    assert done.returncode == 0, f"docker compose config refuses it: {done.stderr}"
+    return json.loads(done.stdout)
+
+
 # -- static checks -------------------------------------------------------------------
 def test_promql_metric_extraction() -> None:
     expr = (
@@ -365,7 +421,7 @@ def test_readme_services_exist_and_every_service_is_documented() -> None:
     )
     readme = README_FILE.read_text()
     assert "docker compose -f deploy/docker-compose.yml up" in readme
-    assert "--scale worker=" in readme
+    assert "--scale" not in readme, "a scaled worker service would repeat its worker id"
     for service in services().values():
         for host_port in published(service).values():
             if host_port is not None:
@@ -448,21 +504,121 @@ def test_every_weir_container_runs_a_command_and_config_the_worker_accepts() -> 
             config = load_config(vars(args), env)  # raises ConfigError on a bad value
             assert config.http_host == "0.0.0.0", f"{name}: Prometheus could not reach 127.0.0.1"
             assert config.http_port == worker_http_port() > 0
-            assert "WEIR_WORKER_ID" not in env and args.worker_id is None, (
-                f"{name}: a fixed worker id breaks --scale (the host name is distinct per replica)"
-            )
             assert config.state_dir in instructions("VOLUME")[-1]
             mounts = [v.split(":")[1] for v in service.get("volumes") or []]
             assert config.state_dir in mounts, (
                 f"{name}: state dir {config.state_dir} not on a volume"
             )
     assert runs >= 1, "no service runs `weir run`"
-    worker = services()["worker"]
-    assert worker.get("deploy", {}).get("replicas", 1) >= 2, "the example runs two workers"
-    assert worker.get("container_name") is None, "container_name prevents --scale"
-    assert all(host is None for host in published(worker).values()), (
-        "a fixed host port prevents --scale"
-    )
+
+
+def worker_id_of(service: dict[str, Any]) -> str | None:
+    """The worker id a worker service's container runs with, if the compose file fixes it:
+    ``--worker-id``, else ``WEIR_WORKER_ID``, else its ``hostname`` (the default)."""
+    ids = {parse_weir(argv).worker_id for argv in weir_commands(service)} - {None}
+    assert len(ids) <= 1, ids
+    return next(iter(ids), None) or env_of(service).get("WEIR_WORKER_ID") or service.get("hostname")
+
+
+def test_workers_keep_their_ids_across_up_build() -> None:
+    """`up --build` recreates every container: a worker's id must not come from its
+    container (a new id would start a new state directory and transactional id, and
+    leave the old incarnation's transaction to time out), so every worker service fixes
+    its own, distinct id, and runs exactly one container."""
+    workers = worker_services()
+    assert len(workers) >= 2, f"the example runs two workers, not {sorted(workers)}"
+    ids = {}
+    for name, service in workers.items():
+        worker_id = worker_id_of(service)
+        assert worker_id, f"{name}: no fixed worker id (hostname, WEIR_WORKER_ID or --worker-id)"
+        ids[name] = worker_id
+        assert service.get("deploy", {}).get("replicas", 1) == 1, (
+            f"{name}: replicas of one service would share the worker id {worker_id}"
+        )
+        assert service.get("stop_grace_period"), f"{name}: a clean stop needs its grace period"
+    assert len(set(ids.values())) == len(ids), f"worker ids collide: {ids}"
+
+
+def test_one_service_builds_the_image_the_others_run_it() -> None:
+    """Two services building one tag fail with current Compose (their builds race for
+    the tag): one service builds it; the others run it by tag, never pulled (no
+    registry has it), and depend on the builder so that starting any of them builds it."""
+    builders = [name for name, service in services().items() if "build" in service]
+    assert builders and all(builds_weir(services()[name]) for name in builders), builders
+    assert len(builders) == 1, f"{builders} all build the Weir image: only one may"
+    (builder,) = builders
+    assert services()[builder].get("pull_policy") == "build", f"{builder}: never pull weir:*"
+    runners = {n: s for n, s in weir_services().items() if n != builder}
+    assert {"producer"} < set(runners), sorted(runners)
+    for name, service in runners.items():
+        assert service.get("pull_policy") == "never", (
+            f"{name}: would try to pull {service['image']}"
+        )
+        assert builder in (service.get("depends_on") or {}), f"{name} does not depend on {builder}"
+
+
+def test_the_producer_writes_a_steady_stream_of_current_readings() -> None:
+    """The demo producer writes readings stamped with the current time at a steady rate
+    for good: batches with event times of their own, written in a loop, arrive late for
+    the example's windows and bunch up."""
+    (argv,) = weir_commands(services()["producer"])
+    args = parse_weir(argv)
+    assert args.command == "produce-sample"
+    assert args.rate and args.rate > 0, "a steady --rate, stamped with the wall clock"
+    assert args.count == 0, "--count 0: until stopped"
+    assert services()["producer"].get("restart") == "unless-stopped"
+
+
+def readme_overrides(tmp_path: Path) -> dict[str, Path]:
+    """deploy/README.md's override files, by section title, written to ``tmp_path`` (their
+    ``extends: file:`` made absolute, as it is relative to where the README puts them)."""
+    out = {}
+    for section in README_FILE.read_text().split("\n## ")[1:]:
+        title, _, body = section.partition("\n")
+        for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", body, flags=re.S)):
+            path = tmp_path / f"override-{len(out)}.yml"
+            path.write_text(block.replace("file: docker-compose.yml", f"file: {COMPOSE_FILE}"))
+            out[f"{title} {i}"] = path
+    return out
+
+
+def test_docker_compose_accepts_the_file_and_the_readme_adds_a_worker(tmp_path: Path) -> None:
+    """`docker compose config` (the real Compose, which validates against the Compose
+    specification) accepts the file and reads it as the static tests above do, and the
+    override files deploy/README.md shows: another job runs on every worker; another
+    worker gets an id, a host port and a state directory of its own, and Prometheus finds
+    it."""
+    model = compose_config(COMPOSE_FILE)["services"]
+    assert set(model) == set(services())
+    for name, service in worker_services().items():
+        assert model[name]["hostname"] == service["hostname"]
+        assert model[name]["image"] == weir_image()
+    assert [n for n, s in model.items() if s.get("build")] == [
+        n for n, s in services().items() if "build" in s
+    ]
+
+    overrides = readme_overrides(tmp_path)
+    assert set(overrides) == {"Scaling 0", "Running another job 0"}, sorted(overrides)
+    another_job = compose_config(COMPOSE_FILE, overrides["Running another job 0"])["services"]
+    for name in worker_services():
+        assert another_job[name]["command"][0] == "/jobs/my_job.py", name
+        assert another_job[name]["hostname"] == model[name]["hostname"], name
+    merged = compose_config(COMPOSE_FILE, overrides["Scaling 0"])["services"]
+    added = set(merged) - set(model)
+    assert added, "the README's override adds no service"
+    workers = {n: s for n, s in merged.items() if n in worker_services() or n in added}
+    ids = [s.get("hostname") for s in workers.values()]
+    assert None not in ids and len(set(ids)) == len(ids), f"worker ids: {ids}"
+    host_ports = [p["published"] for s in merged.values() for p in s.get("ports") or []]
+    assert len(set(host_ports)) == len(host_ports), f"host ports collide: {host_ports}"
+    prometheus = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    (names,) = [sd["names"] for sc in prometheus["scrape_configs"] for sd in sc["dns_sd_configs"]]
+    for name in added:
+        service = merged[name]
+        assert service["image"] == weir_image() and service["pull_policy"] == "never", name
+        assert not service.get("build"), f"{name} builds the image again"
+        assert set(names) <= set(service["networks"]["default"]["aliases"]), name
+        assert service["command"] == merged["worker-1"]["command"], name
 
 
 def test_mounted_files_ports_and_volumes_exist() -> None:
@@ -494,7 +650,11 @@ def test_mounted_files_ports_and_volumes_exist() -> None:
     for scrape in prometheus["scrape_configs"]:
         for sd in scrape.get("dns_sd_configs", []):
             assert sd["port"] == port
-            assert set(sd["names"]) <= set(weir_services()), sd["names"]
+            for dns_name in sd["names"]:  # a name every worker answers to
+                for name, service in worker_services().items():
+                    networks = service.get("networks") or {}
+                    aliases = (networks.get("default") or {}).get("aliases") or []
+                    assert dns_name in aliases or dns_name == name, f"{name} is not {dns_name}"
         for static in scrape.get("static_configs", []):
             for target in static["targets"]:
                 host, _, target_port = target.partition(":")
@@ -538,10 +698,16 @@ def test_dockerfile_builds_weir_runs_non_root_and_checks_health() -> None:
     m = re.fullmatch(r"python:3\.(\d+)(?:\.\d+)?-slim(?:-\w+)?", base)
     assert m and int(m.group(1)) >= 11, f"want a slim Python 3.11+ base, got {base}"
     placed = image_files()
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    for package in [*packages["packages"], "examples", "pyproject.toml"]:
-        assert ROOT / package in placed.values(), f"Dockerfile does not COPY {package}"
-    assert any(re.search(r"\bpip install (?:[^&;]*\s)?\.(?:\s|$)", r) for r in instructions("RUN"))
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = setup.get("package-dir", {})
+    packages = [dirs.get(p, p.replace(".", "/")) for p in setup["packages"]]
+    for path in [*packages, "pyproject.toml", "LICENSE", "constraints.txt"]:
+        placed_at = [p for p in placed.values() if p == ROOT / path or p in (ROOT / path).parents]
+        assert placed_at, f"Dockerfile does not COPY {path}"
+    assert any(
+        re.search(r"\bpip install -c constraints\.txt (?:[^&;]*\s)?\.(?:\s|$)", r)
+        for r in instructions("RUN")
+    ), "the image installs Weir with the tested versions (constraints.txt)"
 
     user = instructions("USER")[-1].split(":")[0]
     assert user not in ("root", "0"), "the worker must not run as root"
@@ -564,9 +730,9 @@ def test_dockerfile_builds_weir_runs_non_root_and_checks_health() -> None:
 
     # The build context is the repository: what the image needs is in it, the
     # virtualenv, caches (Kafka's jars) and bytecode stay out.
-    for path in ("pyproject.toml", "README.md", "service/cli.py", "examples/sensor_stats.py"):
+    for path in ("pyproject.toml", "README.md", "weir/service/cli.py", "examples/sensor_stats.py"):
         assert not docker_ignores(path), f"Dockerfile.dockerignore hides {path}"
-    for path in (".venv/bin/python", ".cache/weir/kafka.jar", "service/__pycache__/cli.pyc"):
+    for path in (".venv/bin/python", ".cache/weir/kafka.jar", "weir/service/__pycache__/cli.pyc"):
         assert docker_ignores(path), f"Dockerfile.dockerignore lets {path} into the build"
     for source in placed.values():
         assert not docker_ignores(str(source.relative_to(ROOT))), source
@@ -580,6 +746,74 @@ def test_promtool_accepts_the_config_and_rules() -> None:
     ):
         done = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=BOUND)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_rules_fire_on_restart_loops_and_growing_lag(tmp_path: Path) -> None:
+    """promtool's rule unit tests: a job restarting again and again, a worker process
+    restarted by Docker, a lag that keeps growing and slots full most of the time each
+    fire their alert; a lag that is high but shrinking (catching up) does not count as
+    growing, nor slots full a tenth of the time as backpressured."""
+    promtool = tool("promtool")
+    minute = "1m"
+    scraped = 'weir_job="j", job="weir-workers"'  # Weir's job label, and the scrape job's
+    tests = {
+        "rule_files": [str(path) for path in rule_files()],
+        "evaluation_interval": minute,
+        "tests": [
+            {
+                "interval": minute,
+                "input_series": [
+                    {"series": f'weir_restarts_total{{{scraped}, instance="w1"}}',
+                     "values": "0 0 1 2 3 4 5 6 7 8 9 10"},
+                    {"series": f'weir_restarts_total{{{scraped}, instance="w2"}}',
+                     "values": "0x12"},
+                    {"series": 'process_start_time_seconds{job="weir-workers", instance="w1"}',
+                     "values": "100 100 160 220 280 340 400 460 520 580 640 700"},
+                    {"series": f'weir_consumer_lag{{{scraped}, topic="in", partition="0"}}',
+                     "values": "5000+500x40"},
+                    {"series": f'weir_consumer_lag{{{scraped}, topic="back", partition="0"}}',
+                     "values": "50000-500x40"},
+                    # full 45 s a minute (a share of 0.75) on w1, 6 s (0.1) on w2
+                    {"series": f'weir_slot_backpressure_seconds_total{{{scraped},'
+                               ' instance="w1", slot="0"}',
+                     "values": "0+45x40"},
+                    {"series": f'weir_slot_backpressure_seconds_total{{{scraped},'
+                               ' instance="w2", slot="0"}',
+                     "values": "0+6x40"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "6m", "alertname": "WeirRestartLoop", "exp_alerts": [
+                        {"exp_labels": {"severity": "critical", "weir_job": "j",
+                                        "instance": "w1"},
+                         "exp_annotations": {"summary": "j on w1 restarted 5 times in 15"
+                                                        " minutes."}},
+                    ]},
+                    {"eval_time": "6m", "alertname": "WeirWorkerRestarting", "exp_alerts": [
+                        {"exp_labels": {"severity": "critical", "job": "weir-workers",
+                                        "instance": "w1"},
+                         "exp_annotations": {"summary": "The worker at w1 restarted 5 times in"
+                                                        " 15 minutes."}},
+                    ]},
+                    {"eval_time": "5m", "alertname": "WeirConsumerLagGrowing", "exp_alerts": []},
+                    {"eval_time": "30m", "alertname": "WeirConsumerLagGrowing", "exp_alerts": [
+                        {"exp_labels": {"severity": "warning", "weir_job": "j", "topic": "in"},
+                         "exp_annotations": {"summary": "j falls behind on in: its lag grows by"
+                                                        " 8.333 records a second."}},
+                    ]},
+                    {"eval_time": "20m", "alertname": "WeirBackpressure", "exp_alerts": [
+                        {"exp_labels": {"severity": "warning", "weir_job": "j", "instance": "w1"},
+                         "exp_annotations": {"summary": "Slots of j on w1 are backpressured."}},
+                    ]},
+                ],
+            }
+        ],
+    }  # fmt: skip
+    path = tmp_path / "alerts_test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    done = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=BOUND
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_dashboard_shows_what_the_issue_asks_for() -> None:
@@ -596,11 +830,13 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         "weir_checkpoint_duration_seconds_bucket",
         "weir_checkpoints_total",
         "weir_state_bytes",
-        "weir_slot_busy_ratio",
-        "weir_slot_backpressure_ratio",
+        "weir_slot_busy_seconds_total",
+        "weir_slot_backpressure_seconds_total",
+        "weir_worker_info",
         "weir_rebalances_total",
         "weir_records_failed_total",
         "weir_end_to_end_latency_seconds_bucket",
+        "weir_restarts_total",
     ):
         assert name in used, f"no panel shows {name}"
     assert any("histogram_quantile" in e and "checkpoint_duration" in e for e in exprs.values())
@@ -609,6 +845,25 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
     for panel in dashboard_panels():
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+def test_queries_select_weir_jobs_by_weir_job_not_prometheus_job() -> None:
+    """Weir's job label is ``weir_job``; ``job`` is the scrape job Prometheus sets, so a
+    query or an alert text using ``job`` for the Weir job would select nothing useful."""
+    texts = {**dashboard_exprs(), **rule_exprs()}
+    for var in dashboard()["templating"]["list"]:
+        if var["type"] == "query":
+            texts[f"variable {var['name']}"] = var["definition"]
+    scrape_jobs = [
+        c["job_name"] for c in yaml.safe_load(PROMETHEUS_FILE.read_text())["scrape_configs"]
+    ]
+    for where, text in texts.items():
+        for name in scrape_jobs:  # selecting a scrape job (process metrics) is what job is for
+            text = text.replace(f'job="{name}"', "")
+        assert not re.findall(r"(?<![\w$])job\b", text), f"{where}: `job` where weir_job is meant"
+    for path in rule_files():  # alert texts
+        assert "$labels.job" not in path.read_text(), path
+    assert "honor_labels" not in PROMETHEUS_FILE.read_text()
 
 
 # -- live checks -----------------------------------------------------------------------
@@ -654,6 +909,62 @@ def test_dashboard_and_rules_use_only_metrics_a_worker_exports(live_worker: Work
         assert names, f"{where}: {expr!r} selects no metric"
         unknown = names - exported
         assert not unknown, f"{where}: {sorted(unknown)} are not exported by a worker"
+
+
+def test_the_compose_producer_and_worker_close_real_windows(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """The producer's and a worker's commands from the compose file, on the real broker
+    (topics renamed): the example's 10-second windows close in real time, each holding
+    the readings of its 10 seconds, and no reading is late."""
+    source, sink = new_topic(partitions=6), new_topic(partitions=6)
+    example = (ROOT / "examples" / "sensor_stats.py").read_text()
+    job = tmp_path / "sensor_stats.py"
+    renamed = example.replace('"sensors"', f'"{source}"').replace(
+        '.sink("sensor-stats"', f'.sink("{sink}"'
+    )
+    assert renamed.count(source) == renamed.count(sink) == 1, "the example's topics moved"
+    job.write_text(renamed)
+
+    (producer_argv,) = weir_commands(services()["producer"])
+    rate = parse_weir(producer_argv).rate
+    (worker_argv,) = weir_commands(services()["worker-1"])
+    run = parse_weir(worker_argv)
+    assert Path(run.job).name == job.name
+    worker = WorkerProcess(
+        str(job), kafka_bootstrap, f"deploy-{uuid.uuid4().hex[:8]}", "worker-1", tmp_path,
+        args=[*worker_argv[3:], "--state-dir", str(tmp_path / "state")],
+    )  # fmt: skip
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "weir.service.cli", *producer_argv[1:],
+         "--topic", source, "--bootstrap", kafka_bootstrap],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    started = time.time() * 1000
+    try:
+        worker.wait_running(BOUND)
+
+        def full_window() -> list[dict]:
+            out = [r["value"] for r in consume_all(kafka_bootstrap, sink, None, 5)]
+            return [w for w in out if w["window_start"] >= started] and out
+
+        windows = wait_for(full_window, 2 * BOUND, "a window the producer filled", every=1)
+        closed_at = time.time() * 1000
+        late = metric(worker.metrics(), "weir_records_late_total")
+    finally:
+        producer.terminate()
+        producer.wait(BOUND)
+        worker.close()
+    assert late == 0, f"{late:g} readings arrived late for their windows"
+    full: dict[int, int] = {}
+    for w in windows:
+        assert w["window_end"] - w["window_start"] == 10_000, w
+        assert w["window_end"] <= closed_at, "a window closed before its end"
+        if w["window_start"] >= started:
+            full[w["window_start"]] = full.get(w["window_start"], 0) + w["count"]
+    for start, count in full.items():  # 10 s of readings, at the producer's rate
+        assert 0.7 * rate * 10 <= count <= 1.3 * rate * 10, (start, count)
+        assert closed_at - (start + 10_000) < 15_000, "windows close in real time"
 
 
 def _get_json(url: str, timeout: float = 5.0) -> Any:
@@ -769,11 +1080,15 @@ def test_prometheus_scrapes_a_live_worker(live_worker: WorkerProcess, tmp_path: 
     )
     try:
         prometheus.wait_ready()
-        # honor_labels keeps Weir's own `job` label (the job's name) on its series.
+        # Weir's job label is weir_job; `job` stays the scrape job's.
         series = prometheus.wait(
             "weir_records_in_total samples", lambda: prometheus.query("weir_records_in_total")
         )
-        assert {s["metric"]["job"] for s in series} == {"tagged"}
+        assert {s["metric"]["weir_job"] for s in series} == {"tagged"}
+        scrape_jobs = {
+            c["job_name"] for c in yaml.safe_load(PROMETHEUS_FILE.read_text())["scrape_configs"]
+        }
+        assert {s["metric"]["job"] for s in series} <= scrape_jobs
         assert {s["metric"]["instance"] for s in series} == {f"127.0.0.1:{live_worker.http_port}"}
 
         for expr in (

@@ -89,7 +89,7 @@ def random_id(_record: dict) -> bytes:
 
 def restored(port: int) -> float:
     """``weir_restored_records_total`` of the process serving ``port``."""
-    return metric(metrics_at(port), RESTORED, job=JOB_NAME, operator=OPERATOR)
+    return metric(metrics_at(port), RESTORED, weir_job=JOB_NAME, operator=OPERATOR)
 
 
 def ownership(ports: list[int]) -> dict[int, set[tuple[str, int]]] | None:
@@ -149,7 +149,7 @@ def wait_spread(
 ) -> Ownership:
     """Until every topic's partitions are spread evenly over the processes (counts per
     process differ by at most one), each partition owned once; returns who owns what.
-    A worker joins the group with one consumer per stage (service/consumers.py), so a
+    A worker joins the group with one consumer per stage (weir/service/consumers.py), so a
     repartitioned job's source and repartition partitions are balanced each on its own."""
 
     def even(own: Ownership) -> bool:
@@ -392,7 +392,7 @@ def test_plan_names_the_repartition_topic(tmp_path):
 
     env = {**job_env(in_="orders", out="totals"), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "plan", str(JOBS / JOB)],
+        [sys.executable, "-m", "weir.service.cli", "plan", str(JOBS / JOB)],
         cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
         timeout=60,
     )  # fmt: skip

@@ -389,7 +389,7 @@ class Pipeline:
 
     def late_metric(self) -> float:
         text = self.worker.metrics()
-        return metric(text, "weir_records_late_total", job=JOB_NAME, operator=OPERATOR)
+        return metric(text, "weir_records_late_total", weir_job=JOB_NAME, operator=OPERATOR)
 
     def processed(self) -> bool:
         self.check_alive()

@@ -17,12 +17,20 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from operators.chain import MAX_EPOCH_MS, Batch, SourceOp
-from operators.physical import compile_plan
-from service.topics import CLOCK_MARGIN_MS, TopicLimits
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
+
 from tests.kafka_fixture import consume_all, produce_json
 from tests.workers import WorkerProcess, job_env, metric
 from weir import Job
+from weir.operators.chain import MAX_EPOCH_MS, Batch, SourceOp
+from weir.operators.physical import compile_plan
+from weir.service.topics import CLOCK_MARGIN_MS, TopicLimits
 
 DAY_MS = 86_400_000
 
@@ -160,3 +168,40 @@ def test_a_reading_years_ahead_never_stops_a_key_by_window_job(
     assert sorted(d["value"]["value"] for d in dead) == [-2, -1]
     assert metric(metrics, "weir_restarts_total") == 0
     assert metric(metrics, "weir_records_late_total", reason="future") == 1
+
+
+def test_a_topic_limit_lowered_while_running_is_honoured(kafka_bootstrap, new_topic, tmp_path):
+    """The sink topic's max.message.bytes is lowered under a running worker: within the
+    refresh interval the worker knows, and a record over the new limit goes to the DLQ
+    (reason too-large) instead of failing its transaction; the worker never restarts."""
+    src, out = new_topic(), new_topic()
+    group = f"limits-{uuid.uuid4().hex[:8]}"
+    worker = WorkerProcess(
+        "upper_bytes.py", kafka_bootstrap, group, "w1", tmp_path,
+        {**job_env(in_=src, out=out), "WEIR_TOPIC_CONFIG_REFRESH_S": "1"},
+        ["--checkpoint-interval-ms", "200"],
+    )  # fmt: skip
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    try:
+        produce_json(kafka_bootstrap, src, ["a" * 100_000])  # the JSON text "aaa…"
+        first = consume_all(kafka_bootstrap, out, expected=1, timeout=60, decode_json=False)
+        assert first[0]["value"] == b'"' + b"A" * 100_000 + b'"'
+        lower = ConfigResource(
+            ResourceType.TOPIC, out,
+            incremental_configs=[ConfigEntry("max.message.bytes", "50000",
+                                             incremental_operation=AlterConfigOpType.SET)],
+        )  # fmt: skip
+        for future in admin.incremental_alter_configs([lower]).values():
+            future.result(timeout=30)
+        time.sleep(4)  # the worker reads topic configs every second
+        produce_json(kafka_bootstrap, src, ["b" * 100_000, "small"])
+        dead = consume_all(kafka_bootstrap, f"{group}.dlq", 1, 60, decode_json=False)
+        outputs = consume_all(kafka_bootstrap, out, expected=2, timeout=60, decode_json=False)
+        metrics = worker.metrics()
+        assert worker.proc.poll() is None, worker.log_tail()
+    finally:
+        worker.close()
+    assert dict(dead[0]["headers"])["weir.reason"] == b"too-large"
+    assert outputs[1]["value"] == b'"SMALL"'
+    assert metric(metrics, "weir_restarts_total") == 0
+    assert metric(metrics, "weir_checkpoints_total", status="failed") == 0

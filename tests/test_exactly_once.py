@@ -44,8 +44,6 @@ from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from rocksdict import AccessType, Options, Rdict
 
-from state.keygroups import DEFAULT_MAX_KEY_GROUPS
-from state.layout import changelog_key, key_of, split_changelog_key, state_key
 from tests.feeding import Feeder
 from tests.kafka_fixture import (
     committed_offsets,
@@ -58,6 +56,8 @@ from tests.kafka_fixture import (
 from tests.reading import TopicReader, TopicWatcher
 from tests.waiting import seconds_until, wait_for
 from tests.workers import WorkerProcess, Workers, job_env, metric, partition_numbers
+from weir.state.keygroups import DEFAULT_MAX_KEY_GROUPS
+from weir.state.layout import changelog_key, key_of, split_changelog_key, state_key
 
 JOB = "keyed_count.py"
 JOB_NAME = "keyed-count"  # Job(...) name in the job file: the metrics' job label
@@ -145,8 +145,8 @@ def wait_restored(worker: WorkerProcess, topic: str, partitions: int, timeout: f
 
 
 def restored_metric(worker: WorkerProcess) -> float:
-    """``weir_restored_records_total{job,operator="counts"}`` (0 when never restored)."""
-    return metric(worker.metrics(), RESTORED, job=JOB_NAME, operator=OPERATOR)
+    """``weir_restored_records_total{weir_job,operator="counts"}`` (0 when never restored)."""
+    return metric(worker.metrics(), RESTORED, weir_job=JOB_NAME, operator=OPERATOR)
 
 
 def worker_partitions(worker: WorkerProcess) -> tuple[set[int], set[int]] | None:
@@ -502,6 +502,44 @@ def test_crash_between_commit_and_state_write(kafka_bootstrap, new_topic, tmp_pa
     assert_state_matches(changelog_state(changelog_records(kafka_bootstrap, group)), expected)
 
 
+def test_slot_restart_replays_exactly_once(kafka_bootstrap, new_topic, tmp_path):
+    """A function stalls past the checkpoint timeout while records flow: the restart
+    strategy rolls back to the last checkpoint, and records the fetcher had consumed
+    before the rollback must not reach the fresh slots — they would skip what lies
+    between the committed offset and them, then be counted again. Exact, one restart."""
+    partitions, total = 4, 30_000
+    src, out = new_topic(partitions=partitions), new_topic(partitions=partitions)
+    group = new_group(kafka_bootstrap, partitions)
+    keys = random_keys(total, 200, seed=7)
+    env = {
+        **job_env(in_=src, out=out),
+        "WEIR_TEST_STALL_AT": str(total // 2),
+        "WEIR_TEST_STALL_S": "4",
+        "WEIR_TEST_STALL_FLAG": str(tmp_path / "stalled-once"),
+    }
+    args = ["--state-dir", str(tmp_path / "state"), "--checkpoint-interval-ms", "300",
+            "--checkpoint-timeout-ms", "1500", "--slots", "2",
+            "--restart-delay-ms", "100"]  # fmt: skip
+    workers = Workers("keyed_count_stalls_once.py", kafka_bootstrap, group, env, args,
+                      tmp_path / "logs")  # fmt: skip
+    feeder = keyed_feeder(kafka_bootstrap, src, keys, rate=3000)
+    try:
+        worker = workers.start("w1")
+        wait_for(lambda: (worker_partitions(worker) or [None])[0], 60, "partitions assigned",
+                 check=workers.check_alive)  # fmt: skip
+        feeder.start()
+        feeder.finish()
+        wait_processed(kafka_bootstrap, group, src, 180, workers)
+        restarts = metric(worker.metrics(), "weir_restarts_total")
+        workers.stop_all()
+    finally:
+        feeder.halt()
+        workers.close()
+    assert (tmp_path / "stalled-once").exists(), "the injected stall never ran"
+    assert restarts == 1, f"expected one restart, got {restarts}"
+    assert_exactly_once(consume_all(kafka_bootstrap, out, None, 90), expected_by_key(keys))
+
+
 # -- 3. zombie fencing ------------------------------------------------------------------
 
 ZOMBIE_SIGNS = re.compile(r"partitions lost|checkpoint failed|rolling back|fenced", re.I)
@@ -702,7 +740,6 @@ def _abort_into_changelog(bootstrap: str, group: str, partition: int, key: bytes
         )
     producer.flush(30)
     producer.abort_transaction(30)
-    producer.close()
 
 
 def test_restore_empty_and_aborted_only_changelog_partitions(kafka_bootstrap, new_topic, tmp_path):

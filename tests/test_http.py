@@ -9,10 +9,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from html.parser import HTMLParser
+from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.feeding import Feeder, n_key, numbered
 from tests.kafka_fixture import consume_all, produce_json
 from tests.waiting import wait_for
 from tests.workers import WorkerProcess, job_env
@@ -123,40 +126,124 @@ def test_ready_state_queries_and_restore(kafka_bootstrap, new_topic, tmp_path):
     assert codes[-1] == 200, "ready again after the restore"
 
 
+class _Dom(HTMLParser):
+    """The elements of a page's DOM, each as (tag, attributes, its own text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str], list[str]]] = []
+        self._open: list[list[str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        text: list[str] = []
+        self.elements.append((tag, {k: v or "" for k, v in attrs}, text))
+        self._open.append(text)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open:
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            self._open[-1].append(data)
+
+    def find(self, tag: str, cls: str | None = None) -> list[dict[str, str]]:
+        return [
+            a for t, a, _ in self.elements
+            if t == tag and (cls is None or cls in a.get("class", "").split())
+        ]  # fmt: skip
+
+
+def _chromium(url: str, profile: Path, *args: str) -> str:
+    """Headless Chromium on ``url``, after 5 s of the page's own (virtual) time."""
+    flags = [
+        "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [*flags, *args, url], capture_output=True, timeout=120, check=False, text=True
+    )
+    return done.stdout
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
-def test_status_page_in_a_browser(kafka_bootstrap, new_topic, tmp_path):
-    src, out = new_topic(partitions=3), new_topic()
-    produce_json(kafka_bootstrap, src, _keyed(300), key=lambda r: r["k"].encode())
+def test_status_page_draws_the_dataflow_and_live_charts_in_a_browser(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """A worker running tests/jobs/dataflow.py on the real broker, fed all along: in
+    Chromium the page draws a box per task with its records/s, busy and backpressure
+    shares, an edge per topic, exchange and repartition topic with its records/s, and
+    four charts of the last minutes with data points."""
+    src, out, counts = new_topic(partitions=3), new_topic(), new_topic()
     worker = WorkerProcess(
-        "tagged.py", kafka_bootstrap, f"g-{uuid.uuid4().hex}", "page-worker", tmp_path,
-        env=job_env(in_=src, out=out), args=["--slots", "2", "--checkpoint-interval-ms", "200"],
+        "dataflow.py", kafka_bootstrap, f"g-{uuid.uuid4().hex}", "page-worker", tmp_path,
+        env=job_env(in_=src, out=out, counts=counts, sleep_ms=1),
+        args=["--slots", "2", "--checkpoint-interval-ms", "200",
+              "--state-dir", str(tmp_path / "state")],
     )  # fmt: skip
+    feeder = Feeder(kafka_bootstrap, src, numbered(), 300, key=n_key)
     try:
         worker.wait_running()
-        consume_all(kafka_bootstrap, out, expected=300, timeout=60)
-        time.sleep(1)
+        feeder.start()
+        wait_for(lambda: len(worker.history()) >= 8, 60, "8 seconds of history")
+        wait_for(lambda: consume_all(kafka_bootstrap, counts, 1, 5), 60, "a closed window")
         url = f"http://127.0.0.1:{worker.http_port}/"
-        flags = [
-            "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}",
-            "--virtual-time-budget=4000",
-        ]  # fmt: skip
         shot = tmp_path / "status.png"
-        subprocess.run(
-            [*flags, f"--screenshot={shot}", "--window-size=1200,900", url],
-            capture_output=True, timeout=90, check=False,
-        )  # fmt: skip
-        dom = subprocess.run(
-            [*flags, "--dump-dom", url], capture_output=True, timeout=90, check=False, text=True
-        ).stdout
+        _chromium(url, tmp_path / "chrome", f"--screenshot={shot}", "--window-size=1300,1000")
+        dom = _Dom()
+        dom.feed(_chromium(url, tmp_path / "chrome", "--dump-dom"))
+        status = worker.status()
+        samples = worker.history()
+        code, body = _get(worker.http_port, f"/history?since={samples[-3]['t']}")
+        newer = orjson.loads(body)["samples"] if code == 200 else body
+        refused = _get(worker.http_port, "/history?since=yesterday")
     finally:
+        feeder.halt()
         worker.close()
-    assert shot.exists() and shot.stat().st_size > 5000, "a screenshot was taken"
-    assert "page-worker" in dom and "running" in dom
-    assert f"{src}-0" in dom and f"{src}-2" in dom, "partitions are listed"
-    assert "<td>completed</td>" in dom, "recent checkpoints are listed"
-    assert "source-" + src in dom, "the operator graph is shown"
+    assert shot.exists() and shot.stat().st_size > 20000, "a screenshot was taken"
+    assert len(newer) >= 2 and newer[:2] == samples[-2:], "only the samples after `since`"
+    assert refused[0] == 400 and b"since" in refused[1]
+
+    # The graph: three tasks (the source's chain, the one behind the hash exchange, the
+    # one reading the repartition topic), three topics, and their edges.
+    tasks = {t["data-id"]: t for t in dom.find("g", "task")}
+    repartitioned = f"input:{status['group']}.by-digit-counted.repartition"
+    (exchanged,) = [t for t in tasks if t.startswith("exchange:")]
+    assert set(tasks) == {"input:" + src, exchanged, repartitioned}, sorted(tasks)
+    for task in tasks.values():
+        assert float(task["data-records-per-s"]) > 50, task
+        assert 0 <= float(task["data-busy"]) <= 1 and 0 <= float(task["data-backpressure"]) <= 1
+    assert float(tasks["input:" + src]["data-busy"]) > 0.02, "1 ms per record keeps it busy"
+    topics = {t["data-id"] for t in dom.find("g", "topic")}
+    assert topics == {f"topic:{src}", f"topic:{out}", f"topic:{counts}"}
+    edges = {(e["data-kind"], e["data-target"]): e for e in dom.find("g", "edge")}
+    assert {kind for kind, _ in edges} == {"source", "hash", "repartition", "sink"}, edges
+    for (kind, target), edge in edges.items():
+        rate = float(edge["data-records-per-s"])
+        assert rate > (0 if target == f"topic:{counts}" else 50), (kind, target, rate)
+    texts = " ".join(" ".join(text) for tag, _, text in dom.elements if tag == "text")
+    assert "rec/s" in texts and "busy" in texts and "backpressure" in texts
+    assert "hash exchange" in texts and "repartition topic" in texts
+
+    # The charts: throughput, consumer lag, watermark lag, checkpoint duration.
+    charts = {c["id"]: c for c in dom.find("svg", "chart")}
+    assert set(charts) == {"chart-throughput", "chart-lag", "chart-watermark",
+                           "chart-checkpoint"}  # fmt: skip
+    for chart_id, chart in charts.items():
+        assert int(chart["data-points"]) >= 5, f"{chart_id} has no data"
+    lines = {p["data-series"]: p for p in dom.find("polyline")}
+    for series in ("records_in_per_s", "records_out_per_s", "consumer_lag", "watermark_lag_s",
+                   "checkpoint_s"):  # fmt: skip
+        points = lines[series]["points"].split()
+        assert len(points) == int(lines[series]["data-points"]) >= 5, series
+        assert all(len(p.split(",")) == 2 for p in points), series
+
+    # The tables and the summary are still there.
+    page = " ".join(" ".join(text) for _, _, text in dom.elements)
+    assert "page-worker" in page and "running" in page
+    assert f"{src}-0" in page and f"{src}-2" in page, "partitions are listed"
+    assert "completed" in page, "recent checkpoints are listed"
 
 
 def test_status_and_ready_answer_through_rebalances(kafka_bootstrap, new_topic, tmp_path):

@@ -22,8 +22,8 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from service.local_kafka import (
-    REPO_ROOT,
+from tests.kafka_fixture import consume_all, produce_json
+from weir.service.local_kafka import (
     STATE_FILE,
     LocalKafka,
     LocalKafkaError,
@@ -31,7 +31,8 @@ from service.local_kafka import (
     cli_stop,
     kafka_version,
 )
-from tests.kafka_fixture import consume_all, produce_json
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pids_mentioning(text: str) -> list[int]:
@@ -119,7 +120,6 @@ def test_transactions_hide_aborted_records_from_read_committed(
     transaction(range(0, 5), commit=True)
     transaction(range(100, 103), commit=False)
     transaction(range(5, 8), commit=True)
-    producer.close()
 
     committed = consume_all(kafka_bootstrap, topic, expected=None, timeout=30)
     everything = consume_all(kafka_bootstrap, topic, expected=11, timeout=30, read_committed=False)
@@ -148,10 +148,10 @@ def test_cli_start_detaches_and_cli_stop_stops(tmp_path: Path, capsys) -> None:
     data_dir = tmp_path / "cli-broker"
     port = _free_port()
     script = (
-        "import sys; from pathlib import Path; from service.local_kafka import cli_start; "
+        "import sys; from pathlib import Path; from weir.service.local_kafka import cli_start; "
         f"sys.exit(cli_start({port}, Path({str(data_dir)!r})))"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         # A separate process, so the broker has to outlive the command that started it.
         done = subprocess.run(

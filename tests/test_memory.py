@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from service.router import SlotRouter
 from tests.kafka_fixture import consume_all, produce_json
 from tests.workers import WorkerProcess, job_env
+from weir.service.router import SlotRouter
 
 RECORDS = 400
 RECORD_BYTES = 900_000

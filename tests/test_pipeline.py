@@ -118,11 +118,11 @@ def test_bad_records_are_counted_and_dead_lettered(kafka_bootstrap, new_topic):
         registry = worker.worker.metrics.registry
         decode_failures = registry.get_sample_value(
             "weir_records_failed_total",
-            {"job": "tagged", "operator": f"source-{src}", "reason": "decode"},
+            {"weir_job": "tagged", "operator": f"source-{src}", "reason": "decode"},
         )
         function_failures = registry.get_sample_value(
             "weir_records_failed_total",
-            {"job": "tagged", "operator": "map-2", "reason": "function"},
+            {"weir_job": "tagged", "operator": "map-2", "reason": "function"},
         )
         assert worker.thread.is_alive(), "bad records never stop the worker"
     finally:
@@ -135,7 +135,7 @@ def test_bad_records_are_counted_and_dead_lettered(kafka_bootstrap, new_topic):
 
 def _weir(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "weir.service.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -170,7 +170,7 @@ def test_unreachable_kafka(tmp_path):
     broker_timeout_s, one error line and exit code 3 — an outage, not a usage error."""
     start = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "run", str(JOBS / "upper_bytes.py"),
+        [sys.executable, "-m", "weir.service.cli", "run", str(JOBS / "upper_bytes.py"),
          "--bootstrap", "127.0.0.1:1"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "WEIR_TEST_IN": "a", "WEIR_TEST_OUT": "b",
@@ -187,7 +187,7 @@ def test_unreachable_kafka(tmp_path):
 
 def test_missing_topic(kafka_bootstrap):
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "run", str(JOBS / "upper_bytes.py"),
+        [sys.executable, "-m", "weir.service.cli", "run", str(JOBS / "upper_bytes.py"),
          "--bootstrap", kafka_bootstrap],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "WEIR_TEST_IN": "no-such-topic", "WEIR_TEST_OUT": "b",
@@ -262,7 +262,7 @@ def test_restart_strategy_gives_up_after_its_attempts(kafka_bootstrap, new_topic
     assert "after 2 restart(s), giving up" in str(worker.error)
     assert "bug in summarize" in str(worker.error)
     restarts = worker.worker.metrics.registry.get_sample_value(
-        "weir_restarts_total", {"job": "window-bug"}
+        "weir_restarts_total", {"weir_job": "window-bug"}
     )
     assert restarts == 2
 

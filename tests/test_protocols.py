@@ -1,7 +1,7 @@
 """The worker's protocols, without a broker: barrier alignment in the slots, the
 checkpoint coordinator's five steps, and flow control.
 
-Slots run their real loop (`Slot._loop`) and real operator chains in the test's
+Slots run their real loop (`Slot.process_inbox`) and real operator chains in the test's
 thread, a few inbox items at a time (`tests.fakes.Slots`); the coordinator runs
 against fakes that record every call in one ``events`` list, so the order of the
 protocol's steps is what the tests compare. Watermarks: tests/test_watermarks.py.
@@ -18,14 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.chain import Barrier, Batch
-from operators.physical import WatermarkChannel
-from service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCommit
-from service.flow import HOLD_MAX_S, FlowControl
-from service.metrics import Metrics
-from service.repartition_watermarks import Announced, WatermarkChannels
-from service.slots import FETCHER, SOURCES
-from service.transaction import TransactionFailed
 from tests.fakes import (
     FakeConsumers,
     FakeOutput,
@@ -40,6 +32,14 @@ from tests.fakes import (
     node_id,
 )
 from weir import Job
+from weir.operators.chain import Barrier, Batch
+from weir.operators.physical import WatermarkChannel
+from weir.service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCommit
+from weir.service.flow import HOLD_MAX_S, FlowControl
+from weir.service.metrics import Metrics
+from weir.service.repartition_watermarks import Announced, WatermarkChannels
+from weir.service.slots import FETCHER, SOURCES
+from weir.service.transaction import TransactionFailed
 
 # Derandomized: the same examples every run, so a run is reproducible.
 PROPERTY = settings(
@@ -93,9 +93,7 @@ def out_ids(slots: Slots) -> list[int]:
 
 
 def held_ids(slots: Slots, slot: int) -> list[int]:
-    return [
-        orjson.loads(value)["id"] for topic, _, value, _, _ in slots[slot].held if topic == "out"
-    ]
+    return [orjson.loads(value)["id"] for topic, _, value, *_ in slots[slot].held if topic == "out"]
 
 
 def test_a_channel_that_delivered_the_barrier_waits_for_the_others_then_replays_in_order():
@@ -193,6 +191,46 @@ def test_a_slot_acks_once_and_only_after_every_input_passed_the_barrier():
     slots.release(1)
     slots.run(0)
     assert slots.acks == [(0, 1, [])], "acked exactly once"
+
+
+def union_job() -> Job:
+    """Source "a", and source "b" behind a rebalance, merged into one sink: the union's
+    target has a channel from the source segment and one from the exchange's."""
+    job = Job("union")
+    a = job.source("a")
+    b = job.source("b").rebalance(name="spread")
+    a.union(b, name="both").sink("out", name="sink")
+    return job
+
+
+def test_a_union_waits_for_the_barrier_on_every_input_then_replays_in_order():
+    job = union_job()
+    slots = Slots(job, 2)
+    spread, both = node_id(job, "spread"), node_id(job, "both")
+    s0 = slots[0]
+    assert s0.chain.fan_in == {both: 2}, "one channel per input of the union"
+
+    slots.fetch(0, "a", 0, [Msg("a", 0, 0, {"id": 1})])
+    slots.barrier(1)
+    slots.fetch(0, "a", 0, [Msg("a", 0, 1, {"id": 2})])
+    slots.run(0)
+    assert out_ids(slots) == [1]
+    assert s0.blocked == {(both, 0), (spread, 0)}, "input a delivered the barrier: it waits"
+    assert [b.elems[0][1]["id"] for _, b in s0.stash[both]] == [2]
+
+    from_slot(slots, 0, spread, 1, 3)
+    slots.run(0)
+    assert out_ids(slots) == [1, 3], "input b has not delivered it: its records still flow"
+    assert not slots.acks
+
+    from_slot(slots, 0, spread, 1, Barrier(1))
+    slots.run(0)
+    assert s0.passed == {SOURCES, spread, both} and s0.blocked == set()
+    assert slots.acks == [(0, 1, [])], "acked once every input of every target passed it"
+    assert out_ids(slots) == [1, 3] and held_ids(slots, 0) == [2], "2 is after the barrier"
+    slots.release(1)
+    slots.run(0)
+    assert out_ids(slots) == [1, 3, 2]
 
 
 def test_dead_letters_after_the_barrier_are_held_until_release_like_outputs():
@@ -775,6 +813,24 @@ def test_restoring_partitions_stay_paused_and_reset_keeps_only_them():
     fc.reset(restoring)
     assert consumer.paused == restoring == fc.paused
     assert fc.full_slots == set() and fc.holding_since is None
+
+
+def test_backpressure_is_the_seconds_each_slot_was_full():
+    """What weir_slot_backpressure_seconds_total counts: per slot, the time between
+    updates that found it full, summed and never reset."""
+    fc, _ = flow()
+    loads = [Load(0, 101, COST), Load(1, 0, COST)]
+    fc.update(loads, (), FEEDS.get, now=1000.0)  # slot 0 full from here
+    fc.update(loads, (), FEEDS.get, now=1001.5)
+    assert fc.full_s == {0: 1.5}
+    loads[1].queued = 101
+    fc.update(loads, (), FEEDS.get, now=1002.0)  # both full
+    loads[0].queued = 0
+    fc.update(loads, (), FEEDS.get, now=1003.0)  # slot 0 drained
+    fc.update(loads, (), FEEDS.get, now=1004.0)
+    assert fc.full_s == {0: 2.0, 1: 2.5}
+    fc.reset(())
+    assert fc.full_s == {0: 2.0, 1: 2.5}, "a rollback does not take time back"
 
 
 QUEUED = st.sampled_from([0, 10, 49, 50, 51, 99, 100, 101, 500])

@@ -28,7 +28,7 @@ def _readme_commands() -> set[str]:
 
 def _weir(*args: str, timeout: float = 120) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "weir.service.cli", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     output = done.stdout + done.stderr
@@ -47,6 +47,7 @@ def test_the_running_section_works_as_written(tmp_path):
         ran.add(f"weir {args[0]}")
         return _weir(*args, timeout=timeout)
 
+    assert re.fullmatch(r"weir \d+\.\d+\.\d+\S*\n", weir("--version"))
     assert weir("kafka", "start", "--port", str(port), timeout=300).strip() == bootstrap
     try:
         assert "created topic sensors" in weir(
@@ -63,7 +64,7 @@ def test_the_running_section_works_as_written(tmp_path):
         http = free_port()
         ran.add("weir run")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "run", "examples/sensor_stats.py",
+            [sys.executable, "-m", "weir.service.cli", "run", "examples/sensor_stats.py",
              "--bootstrap", bootstrap, "--group", group, "--worker-id", "w1",
              "--http-port", str(http), "--state-dir", str(tmp_path / "state")],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -79,6 +80,9 @@ def test_the_running_section_works_as_written(tmp_path):
                 worker.kill()
                 worker.wait(10)
         assert worker.returncode == 0 and "Traceback" not in output, output
+        check = weir("plan", "examples/sensor_stats.py", "--check", "--bootstrap", bootstrap,
+                     "--group", group)  # fmt: skip
+        assert f"kept         stats (window): {group}.stats.changelog" in check, check
         assert "deleted topic sensor-stats" in weir(
             "topics", "delete", "sensor-stats", "--bootstrap", bootstrap
         )

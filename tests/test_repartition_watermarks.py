@@ -10,9 +10,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.physical import WatermarkChannel
-from operators.timers import NO_TIME
-from service.repartition_watermarks import (
+from tests.fakes import FakeProducer
+from weir.operators.physical import WatermarkChannel
+from weir.operators.timers import NO_TIME
+from weir.service.repartition_watermarks import (
     HEADER,
     MAX_UPSTREAM,
     METADATA_LIMIT,
@@ -20,7 +21,6 @@ from service.repartition_watermarks import (
     UpstreamTable,
     WatermarkChannels,
 )
-from tests.fakes import FakeProducer
 
 R = "g.by-tag.repartition"
 PARTITIONS = {"in": 4, R: 3}

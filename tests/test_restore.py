@@ -18,12 +18,12 @@ import uuid
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from operators.physical import KeyedState
-from operators.plan import Reduce
-from service.metrics import Metrics
-from service.restore import Restorer
-from state.layout import changelog_key, key_of, state_key
-from state.store import StateStore
+from weir.operators.physical import KeyedState
+from weir.operators.plan import Reduce
+from weir.service.metrics import Metrics
+from weir.service.restore import Restorer
+from weir.state.layout import changelog_key, key_of, state_key
+from weir.state.store import StateStore
 
 STATE = "counts.acc"
 SOURCE = "source-topic"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 
-from service.clients import ClientSettings
-from service.config import load_config
-from service.exceptions import ConfigError
-from service.supervisor import child_argv, child_env
+from weir.service.clients import ClientSettings
+from weir.service.config import load_config
+from weir.service.exceptions import ConfigError
+from weir.service.supervisor import child_argv, child_env
 
 SECRET = "hunter2-very-secret"
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from state.exceptions import StateDirectoryLocked
-from state.store import StateStore
+from weir.state.exceptions import StateDirectoryLocked
+from weir.state.store import StateStore
 
 STATES = ["op.acc"]
 OPEN_ELSEWHERE = """
 import sys
-from state.store import StateStore
+from weir.state.store import StateStore
 try:
     StateStore(sys.argv[1], ["op.acc"]).close()
     print("opened")

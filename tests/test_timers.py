@@ -1,4 +1,4 @@
-"""The timer service (`operators.timers`) and the operators using it, without a broker.
+"""The timer service (`weir.operators.timers`) and the operators using it, without a broker.
 
 `Timers` is driven over a real epoch buffer and RocksDB `StateStore`, as a slot
 drives it; `ProcessOp` and `WindowOp` as the slot does (``process``, ``advance``,
@@ -22,18 +22,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.chain import Batch
-from operators.keyed import states_of
-from operators.plan import Op, Process, Window
-from operators.process import ProcessOp
-from operators.timers import EVENT, NO_TIME, PROCESSING, Timers, watermark_state
-from operators.windowed import WindowOp
-from state.epoch import EpochBuffer
-from state.keygroups import key_group
-from state.layout import key_group_of, key_of, partition_key, partition_of, state_key
-from state.serde import JsonSerde
-from state.store import StateStore
 from weir import Job, KeyedProcessFunction, Tumbling
+from weir.operators.chain import Batch
+from weir.operators.keyed import states_of
+from weir.operators.plan import Op, Process, Window
+from weir.operators.process import ProcessOp
+from weir.operators.timers import EVENT, NO_TIME, PROCESSING, Timers, watermark_state
+from weir.operators.windowed import WindowOp
+from weir.state.epoch import EpochBuffer
+from weir.state.keygroups import key_group
+from weir.state.layout import key_group_of, key_of, partition_key, partition_of, state_key
+from weir.state.serde import JsonSerde
+from weir.state.store import StateStore
 
 GROUPS = 128
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -171,10 +171,10 @@ def test_ownership_rebuilds_timers_from_state_for_the_slots_key_groups(store):
     keys in the slot's key groups."""
     keys = [f"k{i}" for i in range(40)]
     buffer = store.buffer()
-    table = buffer.table("op.keyed")
     for p in (0, 1, 2):
         for i, k in enumerate(keys):
-            table[skey(p, k)] = {"t": [[EVENT, 1000 + i], [PROCESSING, 5000 + i]]}
+            value = {"t": [[EVENT, 1000 + i], [PROCESSING, 5000 + i]]}
+            buffer.put("op.keyed", skey(p, k), value)
     store.checkpoint(buffer)
     mine = range(0, 64)
     t = timers_over(store.buffer())
@@ -198,7 +198,7 @@ def test_timers_of_a_partition_given_up_are_skipped_and_rebuilt_when_owned_again
     t.own({0, 1}, None)
     for p in (0, 1):
         t.register(EVENT, 100, skey(p, "a"))
-        buffer.table("op.keyed")[skey(p, "a")] = {"t": [[EVENT, 100]]}
+        buffer.put("op.keyed", skey(p, "a"), {"t": [[EVENT, 100]]})
     t.own({0}, None)  # partition 1 moved to another slot
     t.advance(200, NO_TIME)
     assert list(t.due()) == [(EVENT, 100, skey(0, "a"))], "the stale timer of p1 is skipped"

@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.build import build_chain
-from operators.chain import Barrier, Batch
-from operators.formats import ValueFormat
-from operators.physical import compile_plan
-from operators.plan import (
+from weir import Job, JobDefinitionError
+from weir.operators.build import build_chain
+from weir.operators.chain import Barrier, Batch
+from weir.operators.formats import JSON
+from weir.operators.physical import compile_plan
+from weir.operators.plan import (
     ErrorPolicy,
     HashExchange,
     Repartition,
@@ -20,11 +21,10 @@ from operators.plan import (
     Source,
     Window,
 )
-from service.config import WorkerConfig, load_config
-from service.exceptions import ConfigError
-from service.router import KEY_GROUPS, PINNED, SlotRouter
-from state.keygroups import key_group, key_group_range, slot_of_key_group, slot_table
-from weir import Job, JobDefinitionError
+from weir.service.config import WorkerConfig, load_config
+from weir.service.exceptions import ConfigError
+from weir.service.router import KEY_GROUPS, PINNED, SlotRouter
+from weir.state.keygroups import key_group, key_group_range, slot_of_key_group, slot_table
 
 # -- key groups ---------------------------------------------------------------
 
@@ -233,6 +233,7 @@ class FakeSlot:
     def __init__(self, slot=0, slots=1):
         self.slot, self.slots = slot, slots
         self.state = None
+        self.registry = None
         self.produced, self.failed, self.sent, self.times = [], [], [], []
 
     def produce(self, topic, rows, batch):
@@ -291,7 +292,7 @@ def test_key_by_exchange_routes_by_key_group_and_forwards_barriers():
 
 @given(st.integers(0, 10**13), st.integers(1, 100), st.integers(1, 100))
 def test_sliding_assigns_every_window_containing_the_timestamp(ts, size_s, slide_s):
-    from operators.windows import Sliding
+    from weir.operators.windows import Sliding
 
     size, slide = size_s * 1000, min(slide_s, size_s) * 1000
     windows = Sliding(seconds=size / 1000, every=slide / 1000).assign(ts)
@@ -349,7 +350,7 @@ def test_compiled_plan_is_typed():
     assert (plan.job, plan.group, plan.max_key_groups) == ("r", "grp", 64)
     assert plan.on_error == ErrorPolicy.SKIP and plan.dlq_topic == "grp.dlq"
     source, internal = plan.sources
-    assert isinstance(source, Source) and source.value is ValueFormat.JSON
+    assert isinstance(source, Source) and source.value is JSON
     assert source.timestamp({"ts": 7}) == 7
     assert (source.max_out_of_orderness, source.idle_timeout) == (2.0, 5)
     assert isinstance(internal, RepartitionSource)

@@ -1,4 +1,4 @@
-"""The watermark tracker's rules (service/watermarks.py, rules 1-6), without slots or a
+"""The watermark tracker's rules (weir/service/watermarks.py, rules 1-6), without slots or a
 broker: what partitions have shown comes from `tests.fakes.Progress`, time is a number
 the test advances."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.timers import NO_TIME
-from service.repartition_watermarks import Announced, UpstreamTable
-from service.watermarks import SourceClock, WatermarkTracker
 from tests.fakes import Progress
+from weir.operators.timers import NO_TIME
+from weir.service.repartition_watermarks import Announced, UpstreamTable
+from weir.service.watermarks import SourceClock, WatermarkTracker
 
 A0, A1, B0 = ("a", 0), ("a", 1), ("b", 0)
 

@@ -1,6 +1,6 @@
 """Property tests of event-time windows, without a broker.
 
-`operators.windowed.WindowOp` is driven directly, as a slot drives it: batches of
+`weir.operators.windowed.WindowOp` is driven directly, as a slot drives it: batches of
 ``(key, value, ts, offset)`` elements from one partition, ``advance(watermark)``
 between batches, checkpoints (the epoch buffer frozen and applied to a real RocksDB
 `StateStore`), restarts from the last checkpoint (a fresh buffer and operator, whose
@@ -35,14 +35,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from operators.chain import Batch
-from operators.physical import compile_plan
-from operators.timers import NO_TIME
-from operators.windowed import WindowOp, window_states
-from state.epoch import EpochBuffer
-from state.serde import JsonSerde
-from state.store import StateStore
 from weir import Job, Session, Sliding, Tumbling
+from weir.operators.chain import Batch
+from weir.operators.physical import compile_plan
+from weir.operators.timers import NO_TIME
+from weir.operators.windowed import WindowOp, window_states
+from weir.state.epoch import EpochBuffer
+from weir.state.serde import JsonSerde
+from weir.state.store import StateStore
 
 # No "explain" phase: it multiplies the time a failing case takes to report.
 SETTINGS = settings(

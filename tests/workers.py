@@ -21,11 +21,11 @@ from typing import Any
 
 import orjson
 
-from service.config import WorkerConfig
-from service.jobfile import load_job
-from service.worker import Worker
 from tests.ports import consecutive_free_ports, free_port
 from tests.waiting import wait_for
+from weir.service.config import WorkerConfig
+from weir.service.jobfile import load_job
+from weir.service.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = Path(__file__).resolve().parent / "jobs"
@@ -46,6 +46,16 @@ def status_at(port: int, timeout: float = 2.0) -> dict[str, Any] | None:
             return orjson.loads(resp.read())
     except OSError:
         return None
+
+
+def history_at(port: int, timeout: float = 2.0) -> list[dict[str, Any]]:
+    """The samples of the status page's history (/history), oldest first; [] if the
+    worker does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/history", timeout=timeout) as resp:
+            return orjson.loads(resp.read())["samples"]
+    except OSError:
+        return []
 
 
 def metrics_at(port: int, timeout: float = 2.0) -> str:
@@ -109,7 +119,7 @@ class WorkerProcess:
         self.log_path = log_dir / f"{worker_id}.log"
         extra = ["--processes", str(processes)] if processes > 1 else []
         cmd = [
-            sys.executable, "-m", "service.cli", "run", str(JOBS / job),
+            sys.executable, "-m", "weir.service.cli", "run", str(JOBS / job),
             "--bootstrap", bootstrap, "--group", group, "--worker-id", worker_id,
             "--http-port", str(self.http_port), *extra, *(args or []),
         ]  # fmt: skip
@@ -127,6 +137,9 @@ class WorkerProcess:
 
     def metrics(self, timeout: float = 2.0) -> str:
         return metrics_at(self.http_port, timeout)
+
+    def history(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        return history_at(self.http_port, timeout)
 
     def check_alive(self) -> None:
         """Fail if the process has exited."""

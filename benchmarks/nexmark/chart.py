@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt
 
 COLORS = {
     "weir": "#1f77b4", "weir-alo": "#aec7e8", "quix": "#ff7f0e", "faust": "#2ca02c",
-    "bytewax": "#9467bd", "raw": "#7f7f7f",
+    "bytewax": "#9467bd", "raw": "#7f7f7f", "weir-2": "#17becf", "flink": "#d62728",
+    "flink-2": "#ff9896", "kstreams": "#8c564b", "kstreams-2": "#c49c94",
 }  # fmt: skip
 LABELS = {
     "weir": "Weir (exactly-once)", "weir-alo": "Weir (at-least-once)",
@@ -28,6 +29,7 @@ def main(src: str, dst: str) -> int:
     with open(src) as f:
         report = json.load(f)
     cells = report["summary"]["cells"]
+    labels = {**LABELS, **report.get("labels", {})}
     queries, systems = report["queries"], report["systems"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / max(1, len(systems))
@@ -38,7 +40,7 @@ def main(src: str, dst: str) -> int:
             if "records_per_s" in cell:
                 xs.append(j + (i - (len(systems) - 1) / 2) * width)
                 ys.append(cell["records_per_s"] / 1000)
-        bars = ax.bar(xs, ys, width, label=LABELS.get(s, s), color=COLORS.get(s))
+        bars = ax.bar(xs, ys, width, label=labels.get(s, s), color=COLORS.get(s))
         for b, y in zip(bars, ys, strict=True):
             ax.annotate(f"{y:.0f}", (b.get_x() + b.get_width() / 2, y), ha="center",
                         va="bottom", fontsize=7)  # fmt: skip

@@ -75,7 +75,7 @@ def _short(frame: str) -> str:
     path = where.rstrip(")").rsplit(":", 1)[0]
     parts = Path(path).parts
     for i, part in enumerate(parts):
-        if part in ("service", "operators", "state", "site-packages", "benchmarks"):
+        if part in ("weir", "site-packages", "benchmarks"):
             path = "/".join(parts[i + 1 :] if part == "site-packages" else parts[i:])
             break
     else:

@@ -58,6 +58,7 @@ from benchmarks.common import (
     OffsetProbe,
     Tail,
     admin_client,
+    children_of,
     command_line,
     create_topics,
     delete_topics,
@@ -73,6 +74,7 @@ from benchmarks.common import (
     unique,
     write_report,
 )
+from benchmarks.nexmark import jvm
 from benchmarks.nexmark.generator import (
     AUCTION_PROPORTION,
     ORDERED,
@@ -81,10 +83,10 @@ from benchmarks.nexmark.generator import (
     GeneratorConfig,
     generate,
 )
-from benchmarks.nexmark.reference import Reference
-from benchmarks.nexmark.spec import QUERIES
+from benchmarks.nexmark.reference import JoinProgress, Reference, WindowProgress
+from benchmarks.nexmark.spec import JOIN_QUERIES, QUERIES
 from benchmarks.nexmark.systems import BY_NAME, PEERS, SYSTEMS, System
-from tests.ports import free_port
+from tests.ports import consecutive_free_ports
 
 NTMP = TMP / "nexmark"
 TOOLS_PY = PEERS / "tools" / "bin" / "python"
@@ -92,10 +94,16 @@ TOOLS_PY = PEERS / "tools" / "bin" / "python"
 
 # -- sampling a child ------------------------------------------------------------------
 class Sampler:
-    """CPU and peak RSS of one process (and the machine, broker) every ``interval`` s."""
+    """CPU and peak RSS of one process (and the machine, broker) every ``interval`` s.
 
-    def __init__(self, pid: int, broker_pid: int | None, interval: float = 0.2) -> None:
-        self.pid, self.broker_pid = pid, broker_pid
+    With ``tree`` the process's children count too (a ``--processes`` supervisor and
+    its workers): CPU is their sum, peak RSS the sum of each one's peak.
+    """
+
+    def __init__(
+        self, pid: int, broker_pid: int | None, interval: float = 0.2, tree: bool = False
+    ) -> None:
+        self.pid, self.broker_pid, self.tree = pid, broker_pid, tree
         self.samples: list[tuple[float, float, float, float, float]] = []
         self.peak_rss_mb = 0.0
         self._stop = threading.Event()
@@ -108,14 +116,20 @@ class Sampler:
             self._stop.wait(interval)
 
     def sample(self) -> None:
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) / 1024)
-        cpu = process_cpu_seconds(self.pid)
+        pids = [self.pid, *children_of(self.pid)] if self.tree else [self.pid]
+        rss = 0.0
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                if pid == self.pid:
+                    return
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    rss += int(line.split()[1]) / 1024
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        cpu = sum(process_cpu_seconds(pid) for pid in pids)
         if cpu <= 0 and self.samples:
             return  # gone (zombie): keep the last real sample
         self.samples.append(
@@ -182,6 +196,7 @@ def cleanup_topics(admin: Any, *needles: str) -> None:
             delete_topics(admin, names)
 
 
+STALLED_S = 15.0  # a windowed run whose output stands still this long is judged as it is
 STARTUP: dict[str, list[float]] = {}  # system -> seconds from spawn to first output
 
 
@@ -205,6 +220,34 @@ def wait_ready(admin: Any, group: str, child: Child, timeout: float = 60.0) -> f
             return time.monotonic() - started
         time.sleep(0.25)
     return time.monotonic() - started
+
+
+def log_markers(child: Child, name: str) -> list[int]:
+    """The epoch-ms times of a JVM peer's ``nexmark-peer: <name> <ms>`` log lines."""
+    prefix = f"nexmark-peer: {name} "
+    with contextlib.suppress(OSError):
+        return [
+            int(line[len(prefix) :].split()[0])
+            for line in child.log_path.read_text(errors="replace").splitlines()
+            if line.startswith(prefix)
+        ]
+    return []
+
+
+def wait_marker(child: Child, name: str, count: int, timeout: float = 120.0) -> float:
+    """Until the peer has printed ``count`` ``name`` markers (or ``timeout``): seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        child.check_running()
+        if len(log_markers(child, name)) >= count:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def _http_port(system: System) -> int:
+    """Weir serves HTTP on port .. port + processes - 1; the other systems on none."""
+    return consecutive_free_ports(system.parallelism) if system.name.startswith("weir") else 0
 
 
 def _prepare(launch: Any) -> None:
@@ -231,7 +274,7 @@ def throughput_run(
     state_dir = NTMP / group
     state_dir.mkdir(parents=True, exist_ok=True)
     create_topics(admin, [output], args.partitions, {"message.timestamp.type": "LogAppendTime"})
-    port = free_port() if system.name.startswith("weir") else 0
+    port = _http_port(system)
     launch = system.launch(
         query, bootstrap=broker.bootstrap, source=source, output=output, group=group,
         state_dir=state_dir, partitions=args.partitions, http_port=port, tail=False,
@@ -239,16 +282,34 @@ def throughput_run(
     _prepare(launch)
     child = Child(f"nexmark-{tag}", launch.cmd, env=launch.env, http_port=port)
     spawned = time.time()
-    sampler = Sampler(child.pid, broker.pid)
+    tree = system.parallelism > 1 and system.runtime == "python"  # Weir's --processes
+    sampler = Sampler(child.pid, broker.pid, tree=tree)
     n = ref.n
-    windowed = query in ("q5", "q7")
+    windowed = query in ("q5", "q7", "q8")
     timeout = args.timeout or 90 + n / 2000
     deadline = time.monotonic() + timeout
     assigned: float | None = None  # wall time the group first had its partitions assigned
+    # Windowed queries are done when every window the data closes has its true maximum in
+    # the output (read as it appears), joins when every row they must emit is there:
+    # consuming all input is not enough when a later stage (behind a repartition topic or
+    # a join's own topic, maybe in another process) is still at work. A system that never
+    # gets there is stopped once its output stood still for STALLED_S.
+    # A join may hold its first windows for the side clocks' settle time (10 s) first.
+    stall = 2 * STALLED_S if query in JOIN_QUERIES else STALLED_S
+    progress: WindowProgress | JoinProgress | None = None
+    if system.done == "committed" and query in JOIN_QUERIES:
+        progress = JoinProgress(ref, query)
+    elif system.done == "committed" and windowed:
+        progress = WindowProgress(ref, query)
+    tail = None
+    if progress is not None:
+        tail = Tail(broker.bootstrap, output, lambda _, m: progress.note(orjson.loads(m.value())))
+        tail.start()
     try:
         last_end, stable_since = -1, time.monotonic()
         while True:
-            if assigned is None and system.done == "committed" and group_assigned(admin, group):
+            watch_group = system.done == "committed" and system.start == "group"
+            if assigned is None and watch_group and group_assigned(admin, group):
                 assigned = time.time()
                 continue
             if time.monotonic() > deadline:
@@ -266,13 +327,16 @@ def throughput_run(
                     committed, end = 0, 0
                 if end != last_end:
                     last_end, stable_since = end, time.monotonic()
-                settle = 3.0 if windowed else 0.0
-                if committed >= n and time.monotonic() - stable_since >= settle:
+                if committed >= n and (
+                    progress is None or progress.done or time.monotonic() - stable_since >= stall
+                ):
                     break
-            time.sleep(0.2 if assigned is not None or system.done == "exit" else 0.03)
+            time.sleep(0.03 if assigned is None and watch_group else 0.2)
         sampler.sample()
     finally:
         sampler.stop()
+        if tail is not None:
+            tail.stop()
         code = child.stop(timeout=30)
         probe.forget(group)
     outputs = read_output(broker.bootstrap, output, args.partitions)
@@ -289,10 +353,14 @@ def throughput_run(
     first = min(t for t, _ in outputs) / 1000
     last = max(stamps) / 1000
     # When consumption started: the group's assignment for systems with a consumer
-    # group; for Bytewax (which assigns partitions itself) its first output on a
-    # stateless query, and on a windowed one its start-up time measured on those.
+    # group; for Flink (which assigns partitions itself) when its first source task read
+    # its first record; for Bytewax (likewise) its first output on a stateless query,
+    # and on a windowed one its start-up time measured on those.
+    first_reads = log_markers(child, "first-record") if system.start == "log" else []
     if assigned is not None:
         start, how = assigned, "group assignment"
+    elif first_reads:
+        start, how = min(first_reads) / 1000, "first record read"
     elif not windowed:
         start, how = first, "first output"
         STARTUP.setdefault(system.name, []).append(first - spawned)
@@ -318,12 +386,48 @@ def throughput_run(
             "startup_s": start - spawned,
         }
     )
+    result.update(second_half(query, ref, [outputs[i] for i in check.measured], sampler))
     if not check.ok:
         result["error"] = f"wrong output: {check.detail}"
     with contextlib.suppress(OSError):
         shutil.rmtree(state_dir)
     cleanup_topics(admin, output, group)
     return result
+
+
+WARM_QUERIES = ("q0", "q1", "count")
+
+
+def second_half(
+    query: str, ref: Reference, measured: list[tuple[int, Any]], sampler: Sampler
+) -> dict[str, float]:
+    """Throughput and CPU over the second half of the input only ("warm"): from the
+    output by which half of the events had been processed to the last one.
+
+    The whole-run figures include each system's warm-up, which costs a JVM far more
+    than Weir (class loading, its JIT compiling the hot path while it runs); the second
+    half shows the pace once that is mostly done. Only for the queries with one output
+    per input event or bid (`WARM_QUERIES`), where the share of outputs appended is the
+    share of the input processed; q2's outputs bunch (the auctions it selects come and
+    go) and q5/q7 emit in bursts when windows close, so neither says when half the
+    input was done.
+    """
+    if query not in WARM_QUERIES or len(measured) < 4:
+        return {}
+    total = ref.measured_events(query)
+    stamps = sorted(t for t, _ in measured)
+    progress = [(t, total * (i + 1) / len(stamps)) for i, t in enumerate(stamps)]
+    t_mid, e_mid = next((t, e) for t, e in progress if e >= total / 2)
+    t_last = progress[-1][0]
+    span, events = (t_last - t_mid) / 1000, total - e_mid
+    if span < 0.05 or events <= 0:
+        return {}
+    cpu = sampler.between(t_mid / 1000, t_last / 1000)["child"]
+    return {
+        "warm_records_per_s": events / span,
+        "warm_cpu_s_per_million": cpu / events * 1e6,
+        "warm_events": events,
+    }
 
 
 # -- one latency run -------------------------------------------------------------------------
@@ -338,7 +442,7 @@ def latency_run(
     state_dir = NTMP / group
     state_dir.mkdir(parents=True, exist_ok=True)
     create_topics(admin, [source, output], args.partitions)
-    port = free_port() if system.name.startswith("weir") else 0
+    port = _http_port(system)
     launch = system.launch(
         query, bootstrap=broker.bootstrap, source=source, output=output, group=group,
         state_dir=state_dir, partitions=args.partitions, http_port=port, tail=True,
@@ -361,6 +465,8 @@ def latency_run(
         if system.done == "exit":
             time.sleep(5)  # no consumer group to watch: give it time to start
             ready_s = 5.0
+        elif system.start == "log":
+            ready_s = wait_marker(child, "source-open", system.parallelism)
         else:
             ready_s = wait_ready(admin, group, child)
         reader.start()
@@ -443,6 +549,14 @@ def summarize(systems: list[System], queries: list[str], runs: list[dict]) -> di
                         "other_load_cores": statistics.median(r["other_load_cores"] for r in ok),
                     }
                 )
+                warm = [r for r in ok if "warm_records_per_s" in r and q in WARM_QUERIES]
+                if warm:
+                    cell["warm_records_per_s"] = statistics.median(
+                        r["warm_records_per_s"] for r in warm
+                    )
+                    cell["warm_cpu_s_per_million"] = statistics.median(
+                        r["warm_cpu_s_per_million"] for r in warm
+                    )
             cells[s.name][q] = cell
     ratios: dict[str, Any] = {}
     for q in queries:
@@ -455,7 +569,37 @@ def summarize(systems: list[System], queries: list[str], runs: list[dict]) -> di
             w = cells.get(name, {}).get(q, {})
             if "records_per_s" in w and "records_per_s" in raw:
                 ratios[f"{name}/raw {q}"] = w["records_per_s"] / raw["records_per_s"]
-    return {"cells": cells, "ratios": ratios}
+    return {"cells": cells, "ratios": ratios, "jvm_ratios": jvm_ratios(cells, queries)}
+
+
+RATIO_KEYS = (
+    "records_per_s", "warm_records_per_s", "cpu_s_per_million", "warm_cpu_s_per_million",
+    "peak_rss_mb",
+)  # fmt: skip
+# Weir against the JVM engines at the same number of cores: (Weir, engine, cores).
+JVM_PAIRS = (
+    ("weir", "flink", 1), ("weir", "kstreams", 1), ("weir-2", "flink-2", 2),
+    ("weir-2", "kstreams-2", 2),
+)  # fmt: skip
+
+
+def jvm_ratios(cells: dict[str, dict[str, Any]], queries: list[str]) -> list[dict[str, Any]]:
+    """Weir ÷ Flink and Weir ÷ Kafka Streams per query, with 1 and with 2 processes/threads:
+    throughput (above 1: Weir is faster), CPU seconds per million events (below 1: Weir
+    uses less), both over the whole input and over its second half, and peak RSS (below 1:
+    Weir is smaller)."""
+    out = []
+    for weir, peer, cores in JVM_PAIRS:
+        if weir not in cells or peer not in cells:
+            continue
+        row: dict[str, Any] = {"weir": weir, "peer": peer, "cores": cores, "queries": {}}
+        for q in queries:
+            w, p = cells[weir].get(q, {}), cells[peer].get(q, {})
+            row["queries"][q] = {
+                key: w[key] / p[key] for key in RATIO_KEYS if key in w and key in p and p[key]
+            }
+        out.append(row)
+    return out
 
 
 def _fmt_cell(cell: dict[str, Any], key: str, fmt: str) -> str:
@@ -472,8 +616,10 @@ def markdown(report: dict[str, Any]) -> str:
     systems = [BY_NAME[s] for s in report["systems"]]
     queries = report["queries"]
     cells = report["summary"]["cells"]
+    with_jvm = any(s.runtime == "jvm" for s in systems)
     lines = [
-        "# Nexmark: Weir against the Python stream processors",
+        "# Nexmark: Weir against "
+        + ("Flink and Kafka Streams" if with_jvm else "the Python stream processors"),
         "",
         f"{machine_header(info)} (one local broker, same machine)",
         "",
@@ -481,13 +627,19 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
+        *([f"**Note:** {args['note']}", ""] if args.get("note") else []),
         f"Input: {args['events']:,} Nexmark events (persons:auctions:bids 1:3:46, JSON,"
         f" bids keyed by auction; seed {args['seed']}, {args['event_rate']:g} events per"
         f" second of event time) in {args['partitions']} partitions, written before each"
         f" processor starts; every system reads all of it. Median of {args['repeats']}"
-        " repeats. Every system single-process, 1 s commit/checkpoint interval."
+        " repeats. Every system is one process (rows saying 2 processes, parallelism 2 or"
+        " 2 threads use two cores), 1 s commit/checkpoint interval."
         " Queries: see `benchmarks/nexmark/spec.py`.",
         "",
+    ]
+    if with_jvm:
+        lines += [JVM_SETTINGS, ""]
+    lines += [
         "## Throughput (input events/s)",
         "",
         format_table(
@@ -501,9 +653,23 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         "",
     ]
+    warm = any("warm_records_per_s" in c for row in cells.values() for c in row.values())
+    if warm:
+        lines += [
+            "## Throughput over the second half of the input (input events/s)",
+            "",
+            "From the output by which half of the events had been processed to the last:"
+            " the pace once start-up and warm-up (the JVMs' class loading and JIT) are"
+            f" mostly behind. Only {', '.join(WARM_QUERIES)}: one output per input event or"
+            " bid, so the share of outputs written is the share of the input done.",
+            "",
+            _system_table(systems, queries, cells, "warm_records_per_s", "{:,.0f}"),
+            "",
+        ]
     ratios = report["summary"]["ratios"]
     if ratios:
         lines += ["Ratios: " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()), ""]
+    lines += _jvm_ratio_tables(report["summary"].get("jvm_ratios") or [], queries)
     loads = sorted(r["other_load_cores"] for r in report["runs"] if "other_load_cores" in r)
     if loads:
         lines += [
@@ -534,6 +700,16 @@ def markdown(report: dict[str, Any]) -> str:
             markdown=True,
         ),
         "",
+        *(
+            [
+                "## CPU seconds per million input events over the second half of the input",
+                "",
+                _system_table(systems, queries, cells, "warm_cpu_s_per_million", "{:.1f}"),
+                "",
+            ]
+            if warm
+            else []
+        ),
         "## Peak RSS (MB)",
         "",
         format_table(
@@ -600,13 +776,17 @@ def markdown(report: dict[str, Any]) -> str:
         " so that their repeats fit the time budget.",
         "",
         "records/s: input events ÷ (last output record's broker append time - the moment"
-        " the processor's consumer group got its partitions; Bytewax, which has no group:"
-        " its first output, or on q5/q7 its start-up time measured on the stateless"
-        " queries). For q5/q7 the last timed output is the last window the data closes"
-        " (windows left open at the end of the input are not timed) and the events are"
+        " the processor's consumer group got its partitions; Flink, which assigns"
+        " partitions itself: the moment its first source task read its first record;"
+        " Bytewax, which has no group: its first output, or on q5/q7 its start-up time"
+        " measured on the stateless queries). For q5/q7 the last timed output is the last"
+        " window the data closes (windows left open at the end of the input are not"
+        " timed) and the events are"
         " those up to its firing. Exactly-once outputs become visible at their"
         " transaction's commit, up to one commit interval after their append time. CPU:"
-        " the processor's user+system seconds over the same stretch. Other load: cores"
+        " the processor's user+system seconds over the same stretch (all threads; for"
+        " Weir with 2 processes the supervisor and both workers, and peak RSS the sum of"
+        " their peaks). Other load: cores"
         " used meanwhile by processes other than the processor, the broker and this"
         " script (noise on a shared machine).",
         "",
@@ -617,6 +797,60 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+JVM_SETTINGS = (
+    "Flink: a local MiniCluster in one JVM (parallelism = task slots), checkpoints every"
+    " 1 s in exactly-once mode, RocksDB state with incremental checkpoints, object reuse"
+    " on, the Kafka source reading read_committed and the Kafka sink in exactly-once mode"
+    " (transactions committed with each checkpoint). Kafka Streams: `exactly_once_v2`,"
+    " `commit.interval.ms` 1000, RocksDB stores with the default record cache, windows"
+    " emitted once closed (`suppress`). Both decode every input record's JSON into a"
+    " generic tree (Jackson) and encode every output from one, as Weir does with dicts;"
+    " JVMs run with their default heap settings. Sources: `benchmarks/nexmark/peers/jvm/`."
+)
+
+
+def _system_table(
+    systems: list[System], queries: list[str], cells: dict[str, Any], key: str, fmt: str
+) -> str:
+    """One figure per system (rows) and query (columns)."""
+    return format_table(
+        ["system", *queries],
+        [[s.label] + [_fmt_cell(cells[s.name][q], key, fmt) for q in queries] for s in systems],
+        markdown=True,
+    )
+
+
+def _jvm_ratio_tables(rows: list[dict[str, Any]], queries: list[str]) -> list[str]:
+    """Weir ÷ each JVM engine per query: throughput, then CPU per event, then peak RSS."""
+    if not rows:
+        return []
+    out: list[str] = []
+    titles = (
+        ("records_per_s", "Throughput, Weir ÷ JVM engine (above 1: Weir is faster)"),
+        (
+            "warm_records_per_s",
+            "Throughput over the second half of the input, Weir ÷ JVM engine",
+        ),
+        ("cpu_s_per_million", "CPU per event, Weir ÷ JVM engine (below 1: Weir uses less)"),
+        (
+            "warm_cpu_s_per_million",
+            "CPU per event over the second half of the input, Weir ÷ JVM engine",
+        ),
+        ("peak_rss_mb", "Peak RSS, Weir ÷ JVM engine (below 1: Weir is smaller)"),
+    )
+    for key, title in titles:
+        table = [
+            [f"{BY_NAME[r['weir']].label} ÷ {BY_NAME[r['peer']].label}"]
+            + [
+                f"{r['queries'][q][key]:.2f}x" if key in r["queries"].get(q, {}) else "-"
+                for q in queries
+            ]
+            for r in rows
+        ]
+        out += [f"## {title}", "", format_table(["", *queries], table, markdown=True), ""]
+    return out
 
 
 def _verified(cell: dict[str, Any]) -> str:
@@ -653,7 +887,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="first event time (default: about N/rate s + 1 h ago)",
     )
     p.add_argument("--queries", default=",".join(QUERIES))
-    p.add_argument("--systems", default=",".join(s.name for s in SYSTEMS))
+    p.add_argument(
+        "--systems",
+        default=",".join(s.name for s in SYSTEMS if s.default),
+        help="comma-separated (default: the Python comparison); all: "
+        + ",".join(s.name for s in SYSTEMS),
+    )
     p.add_argument(
         "--slow-events", type=int, default=20_000,
         help="events for the slow systems (Faust): a prefix of the same input",
@@ -661,12 +900,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=float, default=1000.0, help="events/s; 0 = skip")
     p.add_argument("--latency-seconds", type=int, default=15)
     p.add_argument("--latency-warmup", type=float, default=5.0)
-    p.add_argument("--latency-systems", default="weir,weir-alo,quix,faust,bytewax")
+    p.add_argument(
+        "--latency-systems",
+        default=",".join(s.name for s in SYSTEMS if s.latency_queries),
+        help="of those in --systems, which get latency runs",
+    )
     p.add_argument("--timeout", type=float, default=0.0, help="per run; default 90 s + N/2000")
+    p.add_argument(
+        "--note", default="", help="a sentence for the report's head (e.g. what else ran)"
+    )
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-up run")
     p.add_argument("--out", default=str(RESULTS / "nexmark"), help="results path prefix")
-    p.add_argument("--render", metavar="JSON", help="only rewrite the .md/.png of a results .json")
+    p.add_argument(
+        "--render", metavar="JSON", help="only recompute the summary, .md, .png of a .json"
+    )
     args = p.parse_args(argv)
     args.query_list = [q.strip() for q in args.queries.split(",") if q.strip()]
     args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -678,10 +926,26 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def build_jvm_peers(systems: list[System]) -> list[str]:
+    """Build (once) the jars of the JVM ``systems``; the names of those that failed."""
+    if not systems:
+        return []
+    try:
+        for engine in {s.engine for s in systems}:
+            jvm.jar(engine)
+    except jvm.BuildError as exc:
+        print(f"JVM peers: {exc}", flush=True)
+        return [s.name for s in systems]
+    return []
+
+
 def render(json_path: Path) -> int:
-    """Rewrite the .md and .png next to a results .json (after a change to the report)."""
+    """Recompute the summary of a results .json from its runs and rewrite it with the .md
+    and .png (after a change to the report or the summary's rules)."""
     report = orjson.loads(json_path.read_bytes())
-    json_path.with_suffix(".md").write_text(markdown(report))
+    systems = [BY_NAME[s] for s in report["systems"]]
+    report["summary"] = summarize(systems, report["queries"], report["runs"])
+    write_report(json_path.with_suffix(""), report, markdown(report))
     problem = chart(json_path, json_path.with_suffix(".png"))
     print(problem or f"wrote {json_path.with_suffix('.md')} and .png")
     return 0 if problem is None else 1
@@ -695,10 +959,20 @@ def main(argv: list[str] | None = None) -> int:
     systems = [BY_NAME[s] for s in args.system_list]
     missing = [s.name for s in systems if not s.available()]
     if missing:
-        print(f"not installed (run benchmarks/nexmark/setup_peers.sh): {missing}", flush=True)
+        print(
+            f"not installed (run benchmarks/nexmark/setup_peers.sh; the JVM peers need java"
+            f" and mvn): {missing}",
+            flush=True,
+        )
+    broken = build_jvm_peers([s for s in systems if s.runtime == "jvm" and s.available()])
+    if broken:
+        print(f"JVM peers not built, skipped: {broken}", flush=True)
+        systems = [s for s in systems if s.name not in broken]
     versions = {"weir": BY_NAME["weir"].version()}
     for s in systems:
         versions.setdefault(s.package, s.version())
+    if any(s.runtime == "jvm" for s in systems):
+        versions["java"] = jvm.java_version()
     print(f"generating {args.events:,} events…", flush=True)
     # Event time ends about an hour ago: old enough to be the past for every system,
     # recent enough that the broker's 7-day time retention never deletes the input
@@ -768,7 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.latency_rate > 0:
             for name in args.latency_list:
                 s = BY_NAME[name]
-                if not s.available():
+                if s not in systems or not s.available():
                     continue
                 for q in s.latency_queries:
                     if q not in args.query_list:
@@ -799,6 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: v for k, v in vars(args).items() if k not in ("query_list", "system_list",
                                                                     "latency_list")},
         "systems": [s.name for s in present],
+        "labels": {s.name: s.label for s in present},
         "queries": args.query_list,
         "runs": runs,
         "latency": latency,

@@ -1,10 +1,13 @@
 """The contenders: how to start each system on one query, and what it can run.
 
-Each system runs as one process from its own virtual environment (Weir from
-the repository's ``.venv``, the peers from ``benchmarks/.peers/<name>``, see
-``benchmarks/nexmark/setup_peers.sh``), single process, against the same
+Each system runs on one machine from its own environment (Weir from the
+repository's ``.venv``, the Python peers from ``benchmarks/.peers/<name>``, see
+``benchmarks/nexmark/setup_peers.sh``; Flink and Kafka Streams as local Java
+programs from jars built by ``benchmarks/nexmark/jvm.py``), against the same
 broker, reading the whole input topic from the beginning with a fresh
-consumer group and writing a fresh output topic.
+consumer group and writing a fresh output topic. One process each; the ``-2``
+variants use two cores: Weir with ``--processes 2``, Flink with parallelism 2,
+Kafka Streams with 2 stream threads.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.nexmark.spec import QUERIES
+import orjson
+
+from benchmarks.nexmark import jvm, spec
+from benchmarks.nexmark.spec import JOIN_QUERIES, QUERIES
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -39,7 +45,7 @@ class System:
     guarantee: str
     queries: tuple[str, ...]
     package: str  # distribution whose version the report shows
-    python: Path
+    python: Path | None  # None: a JVM peer (runtime "jvm")
     # How the harness knows a run is complete: "committed" (the group committed
     # all input) or "exit" (the process ends at the end of its input).
     done: str = "committed"
@@ -48,12 +54,31 @@ class System:
     # (run.py --slow-events) so that three repeats fit the time budget.
     slow: bool = False
     latency_queries: tuple[str, ...] = ("q1", "count")
+    # Processes (Weir), parallelism (Flink) or stream threads (Kafka Streams).
+    parallelism: int = 1
+    # How the harness sees that consumption could start: "group" (the consumer group
+    # got its partitions) or "log" (Flink assigns partitions itself: the peer prints
+    # `jvm.Markers` lines — when each source task opened and read its first record).
+    start: str = "group"
+    # Part of the default `run.py --systems` (the Python comparison); the others are named.
+    default: bool = True
 
     @property
     def exactly_once(self) -> bool:
         return self.guarantee == EOS
 
+    @property
+    def runtime(self) -> str:
+        return "python" if self.python is not None else "jvm"
+
+    @property
+    def engine(self) -> str:
+        """A JVM peer's jar (`jvm.ENGINES`)."""
+        return {"flink": "flink", "kafka-streams": "kstreams"}[self.package]
+
     def available(self) -> bool:
+        if self.python is None:
+            return jvm.tools_missing() is None
         return self.python.exists()
 
     def version(self) -> str:
@@ -61,6 +86,8 @@ class System:
             return "not installed"
         if self.package == "weir":
             return weir_version()
+        if self.python is None:
+            return jvm.versions()[self.package]
         code = f"import importlib.metadata as m; print(m.version({self.package!r}))"
         try:
             out = subprocess.run(
@@ -83,13 +110,25 @@ class System:
         http_port: int,
         tail: bool,
     ) -> Launch:
+        if self.python is None:
+            engine = self.engine
+            return Launch(
+                [
+                    "java", "-jar", str(jvm.jar(engine)), "--query", query,
+                    "--bootstrap", bootstrap, "--input", source, "--output", output,
+                    "--group", group, "--state-dir", str(state_dir),
+                    "--parallelism" if engine == "flink" else "--threads", str(self.parallelism),
+                    "--spec", SPEC_JSON,
+                ]
+            )  # fmt: skip
         py = str(self.python)
         if self.name.startswith("weir"):
             return Launch(
                 [
-                    py, "-m", "service.cli", "run", f"benchmarks/nexmark/jobs/{query}.py",
+                    py, "-m", "weir.service.cli", "run", f"benchmarks/nexmark/jobs/{query}.py",
                     "--bootstrap", bootstrap, "--group", group, "--worker-id", "bench",
-                    "--slots", "1", "--guarantee", self.guarantee,
+                    "--slots", "1", "--processes", str(self.parallelism),
+                    "--guarantee", self.guarantee,
                     "--checkpoint-interval-ms", "1000", "--state-dir", str(state_dir),
                     "--http-port", str(http_port), "--log-level", "warning",
                 ],
@@ -151,7 +190,7 @@ def weir_version() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "service", "operators", "state"],
+            ["git", "status", "--porcelain", "--", "weir"],
             cwd=ROOT, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
     except OSError:
@@ -159,15 +198,43 @@ def weir_version() -> str:
     return f"{version} ({head}{'+dirty' if dirty else ''})" if head else version
 
 
+# The queries' parameters for the JVM peers, from spec.py (which owns them).
+SPEC_JSON = orjson.dumps(
+    {
+        "dollar_to_euro": spec.DOLLAR_TO_EURO,
+        "q2_modulus": spec.Q2_MODULUS,
+        "q5_size_ms": spec.Q5_SIZE_MS,
+        "q5_slide_ms": spec.Q5_SLIDE_MS,
+        "q7_size_ms": spec.Q7_SIZE_MS,
+        "out_of_orderness_ms": int(spec.OUT_OF_ORDERNESS_S * 1000),
+    }
+).decode()
+
 FAUST_NO_WINDOWS = (
     "Faust's windowed tables have no watermark and emit nothing when an event-time"
     " window ends (window-close callbacks run from a processing-time cleanup timer,"
     " outside the stream's commits)"
 )
 RAW_STATELESS = "the raw loop is the stateless limit only (no state, no windows)"
+FAUST_NO_JOINS = (
+    "Faust joins a stream with a table by lookup in processing order; it has no"
+    " event-time window or interval joins"
+)
+PEER_QUERIES = tuple(q for q in QUERIES if q not in JOIN_QUERIES)  # q3, q8: Weir's only so far
 
 SYSTEMS: tuple[System, ...] = (
     System("weir", "Weir, exactly-once", EOS, QUERIES, "weir", WEIR_PY),
+    System(
+        "weir-2",
+        "Weir, exactly-once, 2 processes",
+        EOS,
+        QUERIES,
+        "weir",
+        WEIR_PY,
+        parallelism=2,
+        latency_queries=(),
+        default=False,
+    ),
     System(
         "weir-alo",
         "Weir, at-least-once",
@@ -181,7 +248,7 @@ SYSTEMS: tuple[System, ...] = (
         "quix",
         "Quix Streams, exactly-once",
         EOS,
-        QUERIES,
+        PEER_QUERIES,
         "quixstreams",
         PEERS / "quix" / "bin" / "python",
     ),
@@ -192,14 +259,19 @@ SYSTEMS: tuple[System, ...] = (
         ("q0", "q1", "q2", "count"),
         "faust-streaming",
         PEERS / "faust" / "bin" / "python",
-        not_expressible={"q5": FAUST_NO_WINDOWS, "q7": FAUST_NO_WINDOWS},
+        not_expressible={
+            "q5": FAUST_NO_WINDOWS,
+            "q7": FAUST_NO_WINDOWS,
+            "q3": FAUST_NO_JOINS,
+            "q8": FAUST_NO_JOINS,
+        },
         slow=True,
     ),
     System(
         "bytewax",
         "Bytewax, at-least-once",
         ALO,
-        QUERIES,
+        PEER_QUERIES,
         "bytewax",
         PEERS / "bytewax" / "bin" / "python",
         done="exit",
@@ -211,8 +283,50 @@ SYSTEMS: tuple[System, ...] = (
         ("q0", "q1", "q2"),
         "confluent-kafka",
         WEIR_PY,
-        not_expressible={"q5": RAW_STATELESS, "q7": RAW_STATELESS, "count": RAW_STATELESS},
+        not_expressible={q: RAW_STATELESS for q in ("q5", "q7", "count", "q3", "q8")},
         latency_queries=(),
+    ),
+    System(
+        "flink",
+        "Flink, exactly-once, parallelism 1",
+        EOS,
+        PEER_QUERIES,
+        "flink",
+        None,
+        start="log",
+        default=False,
+    ),
+    System(
+        "flink-2",
+        "Flink, exactly-once, parallelism 2",
+        EOS,
+        PEER_QUERIES,
+        "flink",
+        None,
+        parallelism=2,
+        start="log",
+        latency_queries=(),
+        default=False,
+    ),
+    System(
+        "kstreams",
+        "Kafka Streams, exactly-once, 1 thread",
+        EOS,
+        PEER_QUERIES,
+        "kafka-streams",
+        None,
+        default=False,
+    ),
+    System(
+        "kstreams-2",
+        "Kafka Streams, exactly-once, 2 threads",
+        EOS,
+        PEER_QUERIES,
+        "kafka-streams",
+        None,
+        parallelism=2,
+        latency_queries=(),
+        default=False,
     ),
 )
 

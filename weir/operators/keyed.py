@@ -1,0 +1,144 @@
+"""Keyed stateful operators: running ``reduce`` and ``aggregate`` per key.
+
+Each keeps one value per key in the slot's epoch buffer (`weir.state.epoch`), under
+the storage key of (input partition, key) — so its writes go to the changelog
+partition of the input partition they came from — and emits the key's new
+result on every update: ``{"key": key, <fields>}``. A new value that cannot be
+stored (`weir.state.epoch.EpochBuffer.put`) fails its record: it goes to the dead-letter
+topic with reason ``state``, the key's value stays as it was, nothing is emitted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from weir.operators.aggregates import compile_aggregates
+from weir.operators.broadcast import broadcast_states
+from weir.operators.chain import Batch, Element, Operator, SlotContext
+from weir.operators.exceptions import StateRefused
+from weir.operators.formats import encode_key
+from weir.operators.interval_join import interval_join_states
+from weir.operators.plan import (
+    Aggregate,
+    BroadcastProcess,
+    IntervalJoin,
+    JoinTable,
+    Process,
+    Reduce,
+    StatefulOp,
+    Window,
+    WindowJoin,
+)
+from weir.operators.process import process_states
+from weir.operators.table_join import table_join_states
+from weir.operators.window_join import window_join_states
+from weir.operators.windowed import window_states
+from weir.state.epoch import MISSING
+from weir.state.exceptions import UnstorableState
+from weir.state.layout import state_key
+
+
+def state_name(op: Reduce | Aggregate) -> str:
+    """The column family / changelog name of a keyed operator's state."""
+    return f"{op.name}.acc"
+
+
+def states_of(op: StatefulOp) -> tuple[str, ...]:
+    """Every state name a stateful operator uses."""
+    if isinstance(op, Window):
+        return window_states(op)
+    if isinstance(op, Process):
+        return process_states(op)
+    if isinstance(op, JoinTable):
+        return table_join_states(op)
+    if isinstance(op, BroadcastProcess):
+        return broadcast_states(op)
+    if isinstance(op, WindowJoin):
+        return window_join_states(op)
+    if isinstance(op, IntervalJoin):
+        return interval_join_states(op)
+    return (state_name(op),)
+
+
+def _output(key: Any, value: Any) -> dict:
+    if isinstance(key, bytes):
+        key = key.decode(errors="replace")
+    if isinstance(value, dict):
+        return {"key": key, **value}
+    return {"key": key, "value": value}
+
+
+class KeyedOp(Operator):
+    __slots__ = ("buffer", "groups", "state")
+
+    def __init__(self, op: Reduce | Aggregate, ctx: SlotContext, max_key_groups: int) -> None:
+        super().__init__(op, ctx)
+        self.state = state_name(op)
+        self.buffer = ctx.state
+        self.groups = max_key_groups
+
+    def process(self, batch: Batch) -> None:
+        buffer, state, groups = self.buffer, self.state, self.groups
+        table = buffer.table(state)
+        committed, put = buffer.committed, buffer.writer(state)
+        partition = batch.partition
+        update = self.update
+        out: list[Element] = []
+        append = out.append
+        elems = batch.elems
+        i, n = 0, len(elems)
+        while i < n:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a failed record
+                    k, v, t, o = elems[i]
+                    skey = state_key(partition, encode_key(k), groups)
+                    acc = table.get(skey, MISSING)
+                    if acc is MISSING:
+                        acc = committed(state, skey)
+                    acc, result = update(acc, v)
+                    put(skey, acc)
+                    append((k, _output(k, result), t, o))
+                break
+            except UnstorableState as exc:
+                refused = StateRefused(self.name, elems[i][0], exc.problem)
+                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                i += 1
+            except Exception as exc:
+                self.ctx.fail(self.name, "function", batch, elems[i], exc)
+                i += 1
+        if out and self.out is not None:
+            self.out.process(Batch(batch.topic, partition, out))
+
+    def update(self, acc: Any, value: Any) -> tuple[Any, Any]:
+        """The new accumulator (``acc`` is None for a new key) and the result to emit."""
+        raise NotImplementedError
+
+
+class ReduceOp(KeyedOp):
+    __slots__ = ("fn",)
+
+    def __init__(self, op: Reduce, ctx: SlotContext, max_key_groups: int) -> None:
+        super().__init__(op, ctx, max_key_groups)
+        self.fn = op.fn
+
+    def update(self, acc: Any, value: Any) -> tuple[Any, Any]:
+        new = value if acc is None else self.fn(acc, value)
+        return new, new
+
+
+class AggregateOp(KeyedOp):
+    __slots__ = ("functions", "names")
+
+    def __init__(self, op: Aggregate, ctx: SlotContext, max_key_groups: int) -> None:
+        super().__init__(op, ctx, max_key_groups)
+        functions = compile_aggregates(op.fields)
+        self.names = list(functions)
+        self.functions = list(functions.values())
+
+    def update(self, acc: Any, value: Any) -> tuple[Any, Any]:
+        functions = self.functions
+        if acc is None:
+            acc = [f.create() for f in functions]
+        new = [f.add(a, value) for f, a in zip(functions, acc, strict=True)]
+        result = {name: f.result(a) for name, f, a in zip(self.names, functions, new, strict=True)}
+        return new, result

@@ -1,0 +1,556 @@
+"""Slot threads: each runs one instance of the job's operator chain.
+
+A slot takes items from its `Inbox` — batches from the fetcher, batches from
+other slots' exchanges, barriers, and releases — and pushes batches through its
+chain. The only locks on the way are the inbox's, taken once per batch.
+
+Barrier alignment (Flink's aligned checkpoints): an input *target* (the source
+heads, the operator after an exchange, or a union's chain) has one channel per
+sender (the fetcher; every slot; each of the union's inputs). When a
+channel delivers barrier N, further items from that channel are held back until
+every channel of the target has delivered N; then the barrier passes the
+target's chain and the held items are replayed. When all of a slot's targets
+have passed N, the slot acknowledges N to the checkpoint coordinator.
+
+Outputs produced after a target passed barrier N belong to the next epoch:
+they are held in the slot until the coordinator has committed N and sends
+`Release`, so nothing after the barrier can enter checkpoint N's transaction
+(exactly-once) or its flush (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from operator import itemgetter
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from confluent_kafka import KafkaException, Producer
+
+from weir.operators.build import SlotChain, build_chain
+from weir.operators.chain import Barrier, Batch, Operator, Row
+from weir.operators.physical import PlanNode
+from weir.operators.plan import ErrorPolicy
+from weir.operators.timers import NO_TIME
+from weir.service.exceptions import WorkerFailed
+from weir.service.metrics import Metrics
+from weir.state.epoch import EpochBuffer
+from weir.state.store import Write
+
+if TYPE_CHECKING:
+    from weir.service.changelog import Changelogs
+    from weir.service.topics import TopicLimits
+
+log = logging.getLogger(__name__)
+
+SOURCES = -1  # target id of the source heads; their one channel is the fetcher
+DLQ_VALUE_LIMIT = 65536  # a dead letter keeps at most this much of the record's value
+CHUNK_S = 0.05  # a batch is processed in chunks of about this much work
+PROBE_RECORDS = 8  # chunk size until the cost per record is known
+FETCHER = -1
+_KEY, _VALUE, _STAMP = itemgetter(0), itemgetter(1), itemgetter(3)  # of an output row
+
+
+def wall_clock_ms() -> int:
+    """Processing time: the wall clock, epoch ms."""
+    return int(time.time() * 1000)
+
+
+class Release:
+    """Checkpoint ``id`` is committed: held outputs may go out now."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, checkpoint_id: int) -> None:
+        self.id = checkpoint_id
+
+
+class Stop:
+    """Ends the slot thread."""
+
+
+class Watermark:
+    """Time moved: the watermark of each input topic is ``values[topic]`` and the wall
+    clock ``now`` (epoch ms): fire due windows and timers."""
+
+    __slots__ = ("now", "values")
+
+    def __init__(self, values: dict[str, int], now: int) -> None:
+        self.values = values
+        self.now = now
+
+
+class Ownership:
+    """What keyed state this slot owns now, per source topic: partitions and, when
+    slots share partitions, the key-group range (None = whole partitions)."""
+
+    __slots__ = ("key_groups", "partitions")
+
+    def __init__(self, partitions: dict[str, set[int]], key_groups: range | None) -> None:
+        self.partitions = partitions
+        self.key_groups = key_groups
+
+
+class Inbox:
+    """An unbounded FIFO that also counts the records and bytes it holds (for
+    backpressure).
+
+    Unbounded so that slots never block on each other (exchanges go both ways);
+    memory is bounded by the fetcher, which pauses partitions while a slot's
+    ``records`` or ``bytes`` is over its limit (`weir.service.flow`).
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[int, int, Any, int, int]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self.records = 0
+        self.bytes = 0
+
+    def put(self, target: int, channel: int, payload: Any, records: int = 0, size: int = 0) -> None:
+        with self._cond:
+            self._items.append((target, channel, payload, records, size))
+            self.records += records
+            self.bytes += size
+            self._cond.notify()
+
+    def stop(self, item: Any) -> None:
+        """Drop everything queued and put ``item`` (a `Stop`) first."""
+        with self._cond:
+            self._items.clear()
+            self.records = self.bytes = 0
+            self._items.append((SOURCES, FETCHER, item, 0, 0))
+            self._cond.notify()
+
+    def get(self) -> tuple[int, int, Any]:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            target, channel, payload, records, size = self._items.popleft()
+            self.records -= records
+            self.bytes -= size
+            return target, channel, payload
+
+
+class SlotStats:
+    """Per-slot counters, read by /status, the metrics sampler and the history
+    (`weir.service.history`).
+
+    ``tasks`` counts, per task — the operators chained from one input: a source topic
+    (keyed by the topic) or an exchange (keyed by the exchange's operator id, as
+    `weir.operators.build.SlotChain.inputs`) — ``[records in, seconds busy]`` since the slot
+    started; ``produced`` the records written per topic. Both grow once per chunk.
+    """
+
+    __slots__ = ("batches", "busy_s", "cost", "failed", "produced", "records", "started", "tasks")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.batches = 0
+        self.failed = 0
+        self.busy_s = 0.0
+        self.cost = 0.0  # seconds per record, moving average: sizes the slot's queue
+        self.started = time.monotonic()
+        self.tasks: dict[str | int, list[float]] = {}
+        self.produced: dict[str, int] = {}
+
+
+class Slot(threading.Thread):
+    """One slot thread; implements `weir.operators.chain.SlotContext` for its operators."""
+
+    def __init__(
+        self,
+        index: int,
+        slots: list[Slot],
+        sources: tuple[PlanNode, ...],
+        max_key_groups: int,
+        producer: Producer,
+        policy: ErrorPolicy,
+        dlq_topic: str,
+        metrics: Metrics,
+        on_ack: Callable[[int, int, list[Write]], None],
+        on_fatal: Callable[[BaseException], None],
+        state: EpochBuffer | None = None,
+        changelogs: Changelogs | None = None,
+        limits: dict[str, TopicLimits] | None = None,
+        registry: Mapping[str, str] | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+        shared: dict[str, Any] | None = None,
+        partition_counts: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(name=f"weir-slot-{index}", daemon=True)
+        self.slot = index
+        self.clock = clock  # processing time, epoch ms (the job tester sets its own)
+        self.peers = slots  # every slot of the worker, this one included
+        self.inbox = Inbox()
+        self.producer = producer
+        self.policy = policy
+        self.dlq_topic = dlq_topic
+        self.metrics = metrics
+        self.on_ack = on_ack
+        self.on_fatal = on_fatal
+        self.stats = SlotStats()
+        self.state = state
+        self.changelogs = changelogs
+        self.limits = limits or {}  # topic -> what its broker accepts
+        self.registry = registry  # schema registry client settings, for the job's serdes
+        self.shared = {} if shared is None else shared  # the same dict in every slot
+        self.partition_counts = partition_counts or {}  # of the topics the job reads
+        self.epoch_writes: list[Write] = []
+        self._chain_args = (sources, max_key_groups)
+        self.chain: SlotChain | None = None
+        self.current = SOURCES
+        self.passed: set[int] = set()  # targets past the in-flight barrier
+        # (topic, key, value, headers, timestamp, partition or None)
+        self.held: list[tuple[str, bytes | None, bytes, Any, int, int | None]] = []
+        self.held_bytes = 0
+        self.record_bytes = 0  # bytes per record of the fetched batches (set by the fetcher)
+        self.arrived: dict[int, set[int]] = {}
+        self.stash: dict[int, list[tuple[int, Any]]] = {}
+        self.replay: deque[tuple[int, int, Any]] = deque()
+        self.blocked: set[tuple[int, int]] = set()
+        self.max_ts: dict[tuple[str, int], int] = {}  # event time seen per partition
+        self.last_seen: dict[tuple[str, int], float] = {}  # when, in monotonic seconds
+        self.discard = False  # set on rollback: a slot that outlives it must not produce
+        self.busy: tuple[Batch, list, float] | None = None  # the chunk in process, since when
+        self._out_counters: dict[str, Any] = {}
+
+    @property
+    def slots(self) -> int:
+        return len(self.peers)
+
+    @property
+    def queued(self) -> int:
+        """Records waiting in the inbox (flow control reads it)."""
+        return self.inbox.records
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the inbox plus outputs held for the next commit."""
+        return self.inbox.bytes + self.held_bytes
+
+    @property
+    def cost(self) -> float:
+        """Seconds per record, moving average (flow control sizes the queue by it)."""
+        return self.stats.cost
+
+    # -- SlotContext ---------------------------------------------------------
+    def produce(
+        self, topic: str, rows: list[Row], batch: Batch, partition: int | None = None
+    ) -> None:
+        counter = self._out_counters.get(topic)
+        if counter is None:
+            counter = self._out_counters[topic] = self.metrics.records_out.labels(
+                self.metrics.job, topic
+            )
+        limits = self.limits.get(topic)
+        if limits is not None:
+            rows = self._accepted(topic, rows, batch, limits)
+        counter.inc(len(rows))
+        produced = self.stats.produced
+        produced[topic] = produced.get(topic, 0) + len(rows)
+        if self.discard or not rows:
+            return
+        with_headers = len(rows[0]) == 5  # a sink with headers=, or headers forwarded
+        if self.current in self.passed:
+            # Exact-size copies: an orjson result keeps its ~4 KB build buffer.
+            if with_headers:
+                held = [(topic, k, bytes(memoryview(v)), h, t, partition) for k, v, _, t, h in rows]
+            else:
+                held = [(topic, k, bytes(memoryview(v)), None, t, partition) for k, v, _, t in rows]
+            self.held.extend(held)
+            self.held_bytes += sum(len(h[2]) for h in held)
+            return
+        produce, poll = self.producer.produce, self.producer.poll
+        where = {} if partition is None else {"partition": partition}
+        i, n = 0, len(rows)
+        while i < n:
+            try:
+                if with_headers:
+                    for i in range(i, n):  # noqa: B020 - resumes after a full queue
+                        k, v, _, t, h = rows[i]
+                        produce(topic, v, k, timestamp=t if t > 0 else 0, headers=h, **where)
+                else:
+                    for i in range(i, n):  # noqa: B020
+                        k, v, _, t = rows[i]
+                        produce(topic, v, k, timestamp=t if t > 0 else 0, **where)
+                break
+            except BufferError:
+                poll(0.05)  # librdkafka's queue is full: let it drain, then resume at row i
+            except KafkaException as exc:  # refused locally, e.g. larger than message.max.bytes
+                k, v, offset = rows[i][:3]
+                self.fail(f"sink-{topic}", "produce", batch, (k, v, 0, offset), exc)
+                i += 1
+
+    def _accepted(self, topic: str, rows: list[Row], batch: Batch, lim: TopicLimits) -> list[Row]:
+        """Rows the topic's broker accepts; a record it would refuse (too large, a
+        timestamp out of its range) goes to the dead-letter topic instead of failing
+        the whole transaction. The common case costs no Python work per row: the
+        largest key and value fit together, and the timestamps (0: stamped by the
+        producer) lie within the range — each found by map/itemgetter, in C."""
+        now = time.time() * 1000
+        big, low, high = lim.bounds(now)
+        largest = max(map(len, map(_VALUE, rows)), default=0)
+        largest += max(map(len, filter(None, map(_KEY, rows))), default=0)
+        stamps = list(map(_STAMP, rows))
+        if largest <= big and max(stamps, default=0) <= high:
+            earliest = min(stamps, default=0)
+            if earliest >= low or (earliest <= 0 and min(filter(None, stamps), default=low) >= low):
+                return rows
+        kept = []
+        for row in rows:
+            k, v, offset, t = row[:4]
+            refusal = lim.refusal(k, v, t, now)
+            if refusal is None:
+                kept.append(row)
+                continue
+            reason = "too-large" if refusal.startswith("record of") else "timestamp"
+            self.fail(f"sink-{topic}", reason, batch, (k, v, t, offset), ValueError(refusal))
+        return kept
+
+    def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
+        self.stats.failed += 1
+        self.metrics.records_failed.labels(self.metrics.job, operator, reason).inc()
+        error = f"{type(exc).__name__}: {exc}"
+        if self.policy == ErrorPolicy.FAIL:
+            raise WorkerFailed(
+                f"operator {operator!r} failed on {batch.topic}[{batch.partition}]@{elem[3]}"
+                f" ({reason}): {error}"
+            )
+        log.warning(
+            "record %s[%d]@%s failed in %s (%s): %s",
+            batch.topic,
+            batch.partition,
+            elem[3],
+            operator,
+            reason,
+            error,
+        )
+        if self.policy == ErrorPolicy.SKIP:
+            return
+        key_bytes, value = elem[0], elem[1]
+        if not isinstance(value, bytes | None):
+            try:
+                value = orjson.dumps(value)
+            except TypeError:
+                value = repr(value).encode()
+        if not isinstance(key_bytes, bytes | None):
+            key_bytes = repr(key_bytes).encode()
+        dlq = self.limits.get(self.dlq_topic)
+        dlq_limit = dlq.max_bytes if dlq and dlq.max_bytes else DLQ_VALUE_LIMIT
+        if value is not None and len(value) > min(DLQ_VALUE_LIMIT, dlq_limit // 2):
+            error += f" (value truncated from {len(value)} bytes)"
+            value = value[: min(DLQ_VALUE_LIMIT, dlq_limit // 2)]
+        headers = [
+            ("weir.error", error.encode()),
+            ("weir.reason", reason.encode()),
+            ("weir.operator", operator.encode()),
+            ("weir.source.topic", batch.topic.encode()),
+            ("weir.source.partition", str(batch.partition).encode()),
+            ("weir.source.offset", str(elem[3]).encode()),
+        ]
+        if self.current in self.passed:
+            self.held.append((self.dlq_topic, key_bytes, value, headers, 0, None))
+            self.held_bytes += len(value or b"")
+        else:
+            self._produce_one(self.dlq_topic, key_bytes, value, headers)
+
+    def send(
+        self, slot: int, target: int, item: Batch | Barrier, channel: int | None = None
+    ) -> None:
+        """To a slot's inbox (another's, or this one's for a union), on ``channel``
+        (default: this slot's number); a batch's bytes are estimated from the size of
+        the records this slot was fetched (decoded elements have no byte size)."""
+        records = len(item.elems) if isinstance(item, Batch) else 0
+        channel = self.slot if channel is None else channel
+        self.peers[slot].inbox.put(target, channel, item, records, records * self.record_bytes)
+
+    def now_ms(self) -> int:
+        return self.clock()
+
+    def partitions(self, topic: str) -> int:
+        return self.partition_counts[topic]
+
+    def late(self, operator: str, count: int, reason: str = "late") -> None:
+        self.metrics.records_late.labels(self.metrics.job, operator, reason).inc(count)
+
+    def observe_time(
+        self, topic: str, partition: int, max_timestamp: int, seen: bool = True
+    ) -> None:
+        tp = (topic, partition)
+        if max_timestamp > self.max_ts.get(tp, max_timestamp - 1):
+            self.max_ts[tp] = max_timestamp
+        if seen:
+            self.last_seen[tp] = time.monotonic()
+
+    def stuck_in(self) -> str | None:
+        """Where this slot's thread is now, for a checkpoint that waits on it: the
+        operator it is in (from the thread's stack: no cost on the hot path), the
+        record's topic, partition and offset, and for how long. None when idle."""
+        busy = self.busy
+        if busy is None:
+            return None
+        batch, chunk, since = busy
+        operator, offset = _operator_in(sys._current_frames().get(self.ident))
+        if offset is None:
+            first, last = _offset(chunk[0]), _offset(chunk[-1])
+            offset = first if first == last else f"{first}..{last}"
+        seconds = time.perf_counter() - since
+        return (
+            f"slot {self.slot} has been in operator {operator or '?'!r} for {seconds:.1f}s"
+            f" on record {batch.topic}[{batch.partition}]@{offset}"
+        )
+
+    # -- thread ------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            sources, max_key_groups = self._chain_args
+            self.chain = build_chain(sources, self, max_key_groups)
+            self.process_inbox()
+        except BaseException as exc:  # reported to the worker, which stops or restarts
+            self.on_fatal(exc)
+
+    def process_inbox(self) -> None:
+        """The slot's loop: take items from the inbox and act on them until a `Stop`.
+        The thread runs it; `weir.testing` runs it in the caller's thread, with an
+        inbox that answers `Stop` once it is empty."""
+        inbox, replay, stats = self.inbox, self.replay, self.stats
+        clock = time.perf_counter
+        while True:
+            target, channel, payload = replay.popleft() if replay else inbox.get()
+            if (target, channel) in self.blocked:
+                self.stash.setdefault(target, []).append((channel, payload))
+                continue
+            if isinstance(payload, Batch):
+                self.current = target
+                if target == SOURCES:
+                    head, task = self.chain.sources[payload.topic], payload.topic
+                else:
+                    head, task = self.chain.inputs[target], target
+                counts = stats.tasks.get(task)
+                if counts is None:
+                    counts = stats.tasks[task] = [0, 0.0]
+                elems = payload.elems
+                # Slow functions get the batch in chunks of about CHUNK_S of work, so
+                # outputs flow steadily and per-batch bookkeeping stays current.
+                step = max(1, int(CHUNK_S / stats.cost)) if stats.cost else PROBE_RECORDS
+                for i in range(0, len(elems), step):
+                    part = elems if step >= len(elems) else elems[i : i + step]
+                    started = clock()
+                    self.busy = (payload, part, started)
+                    head.process(Batch(payload.topic, payload.partition, part))
+                    self.busy = None
+                    took = clock() - started
+                    stats.busy_s += took
+                    stats.records += len(part)
+                    counts[0] += len(part)
+                    counts[1] += took
+                    stats.batches += 1
+                    cost = took / len(part)
+                    stats.cost = 0.8 * stats.cost + 0.2 * cost if stats.cost else cost
+            elif isinstance(payload, Barrier):
+                self._on_barrier(target, channel, payload)
+            elif isinstance(payload, Release):
+                self._release()
+            elif isinstance(payload, Watermark):
+                self.current = SOURCES  # windows run in the source segment
+                for merged in self.chain.clocks:
+                    merged.tick()  # sides of multi-input operators can go idle meanwhile
+                values = payload.values
+                for window in self.chain.windows:  # each with the watermark of its input
+                    window.advance(values.get(window.topic, NO_TIME), payload.now)
+            elif isinstance(payload, Ownership):
+                for merged in self.chain.clocks:
+                    merged.own(payload.partitions.get(merged.topic, set()))
+                for window in self.chain.windows:
+                    window.own(payload.partitions.get(window.topic, set()), payload.key_groups)
+            elif isinstance(payload, Stop):
+                return
+
+    def _channels(self, target: int) -> int:
+        """The fetcher feeds the sources; every slot an exchange's target; each of its
+        inputs a union's."""
+        return 1 if target == SOURCES else self.chain.fan_in.get(target, self.slots)
+
+    def _on_barrier(self, target: int, channel: int, barrier: Barrier) -> None:
+        arrived = self.arrived.setdefault(target, set())
+        arrived.add(channel)
+        if len(arrived) < self._channels(target):
+            self.blocked.add((target, channel))  # aligning: held until the others deliver
+            return
+        del self.arrived[target]
+        self.blocked -= {(target, c) for c in arrived}
+        self.current = target
+        if target == SOURCES:
+            for head in self.chain.sources.values():
+                head.on_barrier(barrier)
+            self.epoch_writes = self._checkpoint_state()
+        else:
+            self.chain.inputs[target].on_barrier(barrier)
+        self.passed.add(target)
+        held_back = self.stash.pop(target, [])
+        self.replay.extendleft(reversed([(target, c, p) for c, p in held_back]))
+        if len(self.passed) == 1 + len(self.chain.inputs) and not self.discard:
+            writes, self.epoch_writes = self.epoch_writes, []
+            self.on_ack(self.slot, barrier.id, writes)
+
+    def _checkpoint_state(self) -> list[Write]:
+        """End the state epoch: freeze its writes and send them to the changelogs.
+
+        Stateful operators run before any exchange, so the source target's barrier
+        is where their epoch ends. The changelog records go out now, before the
+        acknowledgement, so they are part of this checkpoint's transaction.
+        """
+        if self.state is None:
+            return []
+        writes = self.state.freeze()
+        for topic, key, data, partition in self.changelogs.records(writes):
+            self._produce_one(topic, key, data, None, partition)
+        return writes
+
+    def _release(self) -> None:
+        self.passed.clear()
+        held, self.held, self.held_bytes = self.held, [], 0
+        for topic, key, value, headers, ts, partition in held:
+            self._produce_one(topic, key, value, headers, partition, timestamp=ts)
+
+    def _produce_one(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        partition: int | None = None,
+        timestamp: int = 0,
+    ) -> None:
+        extra: dict[str, int] = {"timestamp": timestamp if timestamp > 0 else 0}
+        if partition is not None:
+            extra["partition"] = partition
+        while not self.discard:
+            try:
+                self.producer.produce(topic, value, key, headers=headers, **extra)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+
+def _offset(elem: Any) -> int:
+    """The source offset of a chunk entry: a Kafka message or an element tuple."""
+    return elem[3] if isinstance(elem, tuple) else elem.offset()
+
+
+def _operator_in(frame: FrameType | None) -> tuple[str | None, int | None]:
+    """The innermost operator on a thread's stack, and the offset of the record it is
+    on when its frame shows it (operators unpack ``k, v, t, o = elems[i]``)."""
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Operator):
+            offset = frame.f_locals.get("o")
+            return owner.name, offset if isinstance(offset, int) else None
+        frame = frame.f_back
+    return None, None
