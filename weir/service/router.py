@@ -53,8 +53,8 @@ class SlotRouter:
         slots: int,
         max_key_groups: int,
         exchanges: bool = False,
-        control_topics: Iterable[str] = (),
         everywhere: frozenset[str] = frozenset(),
+        control_topics: Iterable[str] = (),
     ) -> None:
         self.slots = slots
         self.control_topics = frozenset(control_topics)
