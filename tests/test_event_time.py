@@ -1034,7 +1034,7 @@ class TagWindows:
 
     def late_metric(self, kind: str) -> float:
         return sum(
-            metric(w.metrics(), "weir_records_late_total", job="by-tag", operator=kind)
+            metric(w.metrics(), "weir_records_late_total", weir_job="by-tag", operator=kind)
             for w in self.workers.live.values()
         )
 
