@@ -12,7 +12,7 @@ unambiguous:
   disordered by at most out-of-orderness - 1 ms, so none of them can be late (the
   watermark never exceeds a partition's max - 2 s). Two partitions end early (they go
   idle and must stop holding the watermark back).
-* once phase A is processed, a *closer* reading on partition 0 (2 min after the rest)
+* once phase A is processed, a *closer* reading on partition 0 (30 min after the rest)
   pushes the watermark past every phase-A window: all of them must be emitted;
 * phase B: readings at least 60 s older than anything the watermark has passed (surely
   late; on every partition) interleaved with fresh readings on partition 0 (10 min
@@ -73,6 +73,11 @@ SESSION = [
     "--kafka", "consumer.heartbeat.interval.ms=1000",
 ]  # fmt: skip
 CLOSER = "zz-closer"
+# How far a closer is ahead of what came before it. While every partition is idle the
+# watermark advances with the wall clock (the tracker's rule 5), and a pipeline that is
+# done waits idle for the slowest one (up to a phase's timeout, 600 s): a closer nearer
+# than that could be late when it arrives.
+CLOSER_AHEAD_MS = 1_800_000
 Key = tuple[str, int, int]  # (key, window_start, window_end)
 
 
@@ -202,7 +207,7 @@ def generate(
     for p in range(partitions):
         a += partition_readings(rng, p, tags[p], T0, T0 + int(duration * ends[p]))
     max_a = max(r.ts for r in a)
-    closer1 = Reading(CLOSER, 1.0, max_a + 120_000, 0, max_a + 120_000)
+    closer1 = Reading(CLOSER, 1.0, max_a + CLOSER_AHEAD_MS, 0, max_a + CLOSER_AHEAD_MS)
     b_start = closer1.ts + 600_000
     span = int(fresh / (rate * tags_per_partition) * 1200)
     b_normal = partition_readings(rng, 0, tags[0], b_start, b_start + span)[:fresh]
@@ -213,7 +218,7 @@ def generate(
         p = filled[i % len(filled)]
         ts = rng.randrange(T0 - 30_000, max_a - 60_000)
         b_late.append(Reading(rng.choice(tags[p]), rng.randrange(-400, 401) / 4, ts, p))
-    closer2 = Reading(CLOSER, 2.0, max_b + 120_000, 0, max_b + 120_000)
+    closer2 = Reading(CLOSER, 2.0, max_b + CLOSER_AHEAD_MS, 0, max_b + CLOSER_AHEAD_MS)
     return Dataset(partitions, a, closer1, b_normal, b_late, closer2, tags)
 
 

@@ -16,17 +16,15 @@ status page's history.
 
 A failed commit, a lost assignment or an output that could not be delivered
 rolls the worker back to its last committed checkpoint (`Worker._rollback`).
-A batch fetched before a rollback's seek is never routed: its records come again
-from the committed offsets, and routing it too would process them twice.
+Leaving, cleanly or after a failure, is `weir.service.shutdown`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,7 @@ from weir.service.checkpoint import (
 from weir.service.clients import ClientSettings
 from weir.service.config import WorkerConfig
 from weir.service.consumers import GroupConsumers
-from weir.service.deadline import CallTimedOut, retry_while_unavailable, run_steps
+from weir.service.deadline import retry_while_unavailable
 from weir.service.exceptions import ConfigError, JobLoadError, ShutdownOverran, WorkerFailed
 from weir.service.flow import FlowControl
 from weir.service.history import History
@@ -57,6 +55,7 @@ from weir.service.restarts import RestartStrategy
 from weir.service.restore import Restorer
 from weir.service.router import SlotRouter
 from weir.service.sampler import MetricsSampler
+from weir.service.shutdown import SLOT_STOP_S, abandon, stop_cleanly
 from weir.service.slot_pool import SlotPool
 from weir.service.state_rename import copy_state
 from weir.service.topics import (
@@ -71,9 +70,6 @@ from weir.service.watermarks import SlotProgress, WatermarkTracker
 from weir.state.store import StateStore
 
 log = logging.getLogger(__name__)
-
-ROLLBACK_SLOT_STOP_S = 5.0
-ABANDON_S = 10.0  # the most a failed worker spends on leaving cleanly
 
 
 class Worker:
@@ -241,15 +237,15 @@ class Worker:
                  self.worker_id, self.job.name, self.group, cfg.slots, cfg.guarantee)  # fmt: skip
         try:
             self._loop()
-            self._shutdown()
+            stop_cleanly(self)
         except ShutdownOverran:
             self.state = "failed"  # a step is still running: touch nothing more
             raise
         except KafkaException as exc:  # e.g. a fatal producer error: one line, not a traceback
-            self._abandon()
+            abandon(self)
             raise WorkerFailed(f"Kafka client failed: {exc.args[0].str()}") from exc
         except BaseException:
-            self._abandon()
+            abandon(self)
             raise
 
     def stop(self) -> None:
@@ -420,7 +416,7 @@ class Worker:
         where the input resumes, and the state is taken from the changelogs again."""
         log.warning("rolling back to the last committed checkpoint: %s", reason)
         self.rollbacks += 1
-        self.slots.stop(ROLLBACK_SLOT_STOP_S)  # a hung slot is abandoned, never waited for
+        self.slots.stop(SLOT_STOP_S)  # a hung slot is abandoned, never waited for
         self.output.restart()
         committed = self._seek_to_committed(self.router.partitions)
         self.router.reset_positions()
@@ -430,63 +426,6 @@ class Worker:
         if resync:
             self.rebalancer.resync()
         self._start_slots()
-
-    def _shutdown(self) -> None:
-        """Clean stop within ``shutdown_timeout_s`` in all: the last checkpoint, leave the
-        group (revoking everything drains again), stop the slots, close the producer
-        and the state. Each step runs with what is left of the budget; one that
-        overruns raises `ShutdownOverran` naming it."""
-        self.state = "stopping"
-        log.info("stopping: committing the last checkpoint")
-        budget = self.config.shutdown_timeout_s
-        steps: list[tuple[str, Callable[[float], object]]] = [
-            ("the last checkpoint", self._last_checkpoint),
-            ("leaving the group", lambda _: self.consumer.close()),
-            ("stopping the slots", self.slots.stop),
-            ("closing the producer", self.output.close),
-            ("closing local state", self._close_state),
-        ]
-        try:
-            run_steps(steps, budget, "shutdown")
-        except CallTimedOut as exc:
-            raise ShutdownOverran(
-                f"stopping overran shutdown_timeout_s={budget:g}: {exc}"
-            ) from None
-        self.state = "stopped"
-        log.info("stopped")
-
-    def _last_checkpoint(self, timeout: float) -> None:
-        try:
-            self.coordinator.drain(timeout)
-        except CheckpointFailed as exc:
-            log.error("the last checkpoint failed (%s); its records are not committed", exc)
-
-    def _close_state(self, timeout: float = 10.0) -> None:
-        restorer = self.rebalancer.restorer if self.rebalancer is not None else None
-        if restorer is not None:
-            restorer.stop()
-            restorer.join(timeout)
-        if self.store is not None and not (restorer and restorer.is_alive()):
-            self.store.close()
-
-    def _abandon(self) -> None:
-        """After a failure: stop the slots, abort, leave; committed work stays committed.
-        Within ``ABANDON_S`` in all: the failure may be a broker that does not answer."""
-        self.state = "failed"
-        if self.rebalancer is not None:
-            self.rebalancer.failed = True
-        self.slots.stop(ROLLBACK_SLOT_STOP_S)
-        steps: list[tuple[str, Callable[[float], object]]] = [
-            ("aborting the transaction", lambda _: self.output.abandon()),
-            ("leaving the group", lambda _: self._leave()),
-            ("closing local state", self._close_state),
-        ]
-        with contextlib.suppress(CallTimedOut):
-            run_steps(steps, ABANDON_S, "abandon")
-
-    def _leave(self) -> None:
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self.consumer.close()
 
 
 def check_formats(plan: PhysicalPlan, registry: Mapping[str, str] | None) -> None:
