@@ -20,7 +20,7 @@ slot. Every result is read back and checked. Rows:
   (before, a repartition partition's watermark came from its own records: every one
   needs a flush record);
 * ``repartition-before`` (with ``--baseline DIR``): ``repartition-slack`` run by
-  another checkout of Weir — the commit before watermarks flowed through repartition
+  another checkout of Weir — main before watermarks flowed through repartition
   topics, whose repartition path had no control records. The difference between the
   last two rows is what carrying the watermark costs: announcing at each checkpoint,
   reading the announcements back, the router's check for them, the tables committed
@@ -34,9 +34,9 @@ Through a repartition topic the watermark reaches the window one checkpoint afte
 the records (the upstream announces it when it commits them), and the result is
 visible one checkpoint after it fires.
 
-Run from the repository root (the baseline: an export of the commit before)::
+Run from the repository root (the baseline: a checkout of main without them)::
 
-    git archive 30b822c | tar -x -C /tmp/weir-before   # mkdir it first
+    git worktree add --detach /tmp/weir-before main   # main before this branch
     .venv/bin/python -m benchmarks.repartition_windows --baseline /tmp/weir-before
 
 Results go to ``benchmarks/results/repartition-windows.{json,md}``.
@@ -105,7 +105,7 @@ def check_baseline(root: Path) -> None:
     """A worker started in the baseline checkout must import its packages, not this
     checkout's (installed in the virtualenv)."""
     probe = subprocess.run(
-        [sys.executable, "-c", "import service, weir; print(service.__file__)"],
+        [sys.executable, "-c", "import weir.service as s; print(s.__file__)"],
         cwd=root,
         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Watermarks through repartition topics (service/repartition_watermarks.py), without a
+"""Watermarks through repartition topics (weir/service/repartition_watermarks.py), without a
 broker: what an upstream worker announces and when, what a repartition partition's
 table holds, and how it travels in offset metadata. The tracker's rules over these
 tables are in tests/test_watermarks.py, the checkpoint's step in test_protocols.py, the
@@ -10,8 +10,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fakes import FakeProducer
+from tests.fakes import FakeProducer, Msg
+from weir.operators.chain import Batch, RepartitionSourceOp
 from weir.operators.physical import WatermarkChannel
+from weir.operators.plan import RepartitionSource
 from weir.operators.timers import NO_TIME
 from weir.service.repartition_watermarks import (
     HEADER,
@@ -179,3 +181,34 @@ def test_a_typical_table_is_exact():
     entries = [Announced(1_700_000_000_000 + i * hour, i % 3 == 0) for i in range(MAX_UPSTREAM)]
     text = UpstreamTable(len(entries), entries).encode()
     assert orjson.loads(text)["u"] == 1 and UpstreamTable.decode(text, 0).entries == entries
+
+
+class _Context:
+    """What a repartition source needs of its slot: a place for failed records."""
+
+    def __init__(self) -> None:
+        self.failed: list[tuple[str, int]] = []
+
+    def fail(self, operator, reason, batch, elem, exc) -> None:
+        self.failed.append((reason, elem[3]))
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    def process(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+
+def test_a_repartition_source_takes_the_event_time_from_the_envelope():
+    """``[key, value, event time]``; an earlier version's ``[key, value]`` has it as the
+    record timestamp (`tests.fakes.Msg`: 1000 + offset); anything else fails to decode."""
+    op = RepartitionSource(id=1, name="source-r", topic=R, upstream="in", partitions=None)
+    ctx = _Context()
+    source = RepartitionSourceOp(op, ctx)  # type: ignore[arg-type]
+    source.out = out = _Collect()
+    msgs = [Msg(R, 0, 0, ["a", {"v": 1}, 42]), Msg(R, 0, 1, ["b", 2]), Msg(R, 0, 2, {"x": 1})]
+    source.process(Batch(R, 0, msgs))
+    assert out.batches[0].elems == [("a", {"v": 1}, 42, 0), ("b", 2, 1_001, 1)]
+    assert ctx.failed == [("decode", 2)]

@@ -421,11 +421,16 @@ class RepartitionSourceOp(Operator):
         elems = []
         for m in msgs:
             try:
-                k, v, *t = loads(m.value())
-            except Exception as exc:
-                self.ctx.fail(self.name, "decode", batch, (m.key(), m.value(), 0, m.offset()), exc)
-                continue
-            elems.append((k, v, t[0] if t else m.timestamp()[1], m.offset()))
+                k, v, t = loads(m.value())
+            except Exception:
+                try:  # an envelope of an earlier version, or not one
+                    k, v = loads(m.value())
+                    t = m.timestamp()[1]
+                except Exception as exc:
+                    record = (m.key(), m.value(), 0, m.offset())
+                    self.ctx.fail(self.name, "decode", batch, record, exc)
+                    continue
+            elems.append((k, v, t, m.offset()))
         if elems and self.out is not None:
             headers = _headers_of(msgs) if self.keep_headers else None
             self.out.process(Batch(batch.topic, batch.partition, elems, headers))
