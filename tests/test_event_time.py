@@ -963,7 +963,12 @@ class TagWindows:
         env = job_env(in_=src, ooo=OOO / 1000, idle=1, repartitions=repartitions)
         for k in KINDS:
             env |= job_env(**{f"out_{k}": self.outs[k], f"late_{k}": self.lates[k]})
-        args = [*CHECKPOINT, *SESSION, "--slots", str(slots), "--state-dir", str(tmp / "state")]
+        args = [
+            *CHECKPOINT, *SESSION, "--slots", str(slots), "--state-dir", str(tmp / "state"),
+            # room for three windows' backlogs on a loaded machine: a checkpoint waiting
+            # seconds on a slot is slow, not stuck
+            "--checkpoint-timeout-ms", "30000",
+        ]  # fmt: skip
         self.workers = Workers("windows_by_tag.py", bootstrap, self.group, env, args, tmp / "logs")
         self.output = {k: TopicReader(bootstrap, t) for k, t in self.outs.items()}
         self.late = {k: TopicReader(bootstrap, t) for k, t in self.lates.items()}

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tests.fakes import Progress
 from weir.operators.timers import NO_TIME
 from weir.service.repartition_watermarks import Announced, UpstreamTable
-from weir.service.watermarks import SourceClock, WatermarkTracker
+from weir.service.watermarks import SlotProgress, SourceClock, WatermarkTracker
 
 A0, A1, B0 = ("a", 0), ("a", 1), ("b", 0)
 
@@ -324,3 +324,37 @@ def test_watermark_rules_hold_for_any_sequence(floors, steps):
                     continue
                 since, base = idle_run[topic]
                 assert got == base + round((now - since) * 1000), "rule 5: flush, then the clock"
+
+
+class _Consumer:
+    """A consumer that has read partition ("a", 0) to its end, offset 10."""
+
+    def get_watermark_offsets(self, tp, cached=True):
+        return 0, 10
+
+    def position(self, tp):
+        return 10
+
+
+class _Slot:
+    def __init__(self, taken: int) -> None:
+        self.taken = {A0: taken}
+
+
+class _Router:
+    def __init__(self, routed: int) -> None:
+        self.positions = {A0: 10}
+        self.routed = {A0: routed}
+
+
+def test_a_partition_read_to_its_end_is_caught_up_only_once_its_slots_took_every_record():
+    """Records read but still queued for a slow slot are not processed: the partition
+    must not look idle while they wait (they would be late downstream)."""
+
+    def progress(taken: list[int], routed: int) -> SlotProgress:
+        slots = [_Slot(n) for n in taken]
+        return SlotProgress(slots, _Consumer(), _Router(routed), dict, None, set)
+
+    assert not progress([3, 4], routed=10).caught_up(A0), "3 records still queued"
+    assert progress([6, 4], routed=10).caught_up(A0), "every routed record taken"
+    assert progress([], routed=0).caught_up(A0), "nothing routed since the slots started"

@@ -65,6 +65,7 @@ class SlotRouter:
         self.pins: dict[TopicPartition, int] = {}
         self.mode = PINNED
         self.positions: dict[TopicPartition, int] = {}
+        self.routed: dict[TopicPartition, int] = {}  # records handed to the slots, per partition
         self.first_timestamps: list[int] = []  # one per routed batch, for latency
         self._rr = 0
 
@@ -110,6 +111,7 @@ class SlotRouter:
 
     def reset_positions(self) -> None:
         self.positions = {}
+        self.routed = {}  # the slots start afresh with them
         self.first_timestamps = []
 
     def slot_partitions(self) -> list[list[str]]:
@@ -165,6 +167,7 @@ class SlotRouter:
                 if not group:
                     continue
             counts[tp] = len(group)
+            self.routed[tp] = self.routed.get(tp, 0) + len(group)
             self.first_timestamps.append(group[0].timestamp()[1])
             if self.mode == PINNED:
                 out[self.pins[tp]].append(Batch(tp[0], tp[1], group))

@@ -216,6 +216,7 @@ class Slot(threading.Thread):
         self.blocked: set[tuple[int, int]] = set()
         self.max_ts: dict[tuple[str, int], int] = {}  # event time seen per partition
         self.last_seen: dict[tuple[str, int], float] = {}  # when, in monotonic seconds
+        self.taken: dict[tuple[str, int], int] = {}  # fetched records processed, per partition
         self.discard = False  # set on rollback: a slot that outlives it must not produce
         self.busy: tuple[Batch, list, float] | None = None  # the chunk in process, since when
         self._out_counters: dict[str, Any] = {}
@@ -453,6 +454,9 @@ class Slot(threading.Thread):
                     stats.batches += 1
                     cost = took / len(part)
                     stats.cost = 0.8 * stats.cost + 0.2 * cost if stats.cost else cost
+                if target == SOURCES:
+                    tp = (payload.topic, payload.partition)
+                    self.taken[tp] = self.taken.get(tp, 0) + len(elems)
             elif isinstance(payload, Barrier):
                 self._on_barrier(target, channel, payload)
             elif isinstance(payload, Release):

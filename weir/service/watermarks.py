@@ -297,7 +297,10 @@ class SlotProgress:
         its end, which moves on meanwhile (one paused by backpressure looked read to an
         old end, went idle, and its later records were late). Before the first fetch
         response ``high`` is unknown: a partition just assigned is not caught up either;
-        one fetch tells, even for an empty one."""
+        one fetch tells, even for an empty one. And records read but still queued for
+        the slots are not processed: a partition is caught up only once its slots have
+        taken every record routed to them (read to the end under a slow window, it
+        looked idle while its records waited, and they were late downstream)."""
         if tp in self.paused():
             return False
         try:
@@ -308,7 +311,10 @@ class SlotProgress:
         if high < 0:
             return False
         routed = self.router.positions.get(tp, self.committed().get(tp, 0))
-        return max(routed, consumed) >= high
+        if max(routed, consumed) < high:
+            return False
+        waiting = self.router.routed.get(tp, 0)
+        return sum(s.taken.get(tp, 0) for s in self.slots) >= waiting
 
     def reached_watermark(self, tp: TopicPartitionKey) -> int:
         floors = [
