@@ -18,7 +18,10 @@ slot. Every result is read back and checked. Rows:
   input (100 s), so that no record can be late whatever code runs it and every window
   fires at the end, and 64 flush records per source partition with their own tags
   (before, a repartition partition's watermark came from its own records: every one
-  needs a flush record);
+  needs a flush record), produced once every record has been processed by both
+  stages (before, a flush record read into a repartition partition ahead of a slower
+  source partition's records made them late, and the run failed its check); the rate
+  includes that wait;
 * ``repartition-before`` (with ``--baseline DIR``): ``repartition-slack`` run by
   another checkout of Weir — main before watermarks flowed through repartition
   topics, whose repartition path had no control records. The difference between the
@@ -92,6 +95,7 @@ SLACK = dataclasses.replace(
     label=f"key_by(fn), out-of-orderness {SLACK_S:g} s",
     ooo_s=SLACK_S,
     flush_tags=64,  # before, every repartition partition needs a flush record of its own
+    flush_after=True,  # before, a flush record read ahead of slower partitions made them late
 )
 BEFORE = dataclasses.replace(
     SLACK,

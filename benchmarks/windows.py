@@ -119,6 +119,7 @@ class Row:
     ooo_s: float = 0.0  # the source's max_out_of_orderness
     idle_s: float | None = None  # the source's idle_timeout
     flush_tags: int = 1  # flush records per partition (see `produce_flush`)
+    flush_after: bool = False  # produce them once every record was processed (not before)
     root: Path = ROOT  # the checkout whose code runs the job
 
     def windows_of(self, ts: int) -> list[int]:
@@ -292,9 +293,15 @@ def run_throughput(
     try:
         prefill_s = prefill(bootstrap, src, [(k, v) for k, v, _, _ in records])
         flush_ts = BASE_MS + round((span_s + row.size_s + row.ooo_s + 2) * 1000)
-        produce_flush(bootstrap, src, args.partitions, flush_ts, row.flush_tags)
-        if sum(probe.end_offsets(src, args.partitions)) != n:
-            raise BenchmarkError(f"input {src} does not hold {n} records after prefill")
+
+        def flush() -> None:
+            produce_flush(bootstrap, src, args.partitions, flush_ts, row.flush_tags)
+
+        if not row.flush_after:
+            flush()
+        held = len(records) if row.flush_after else n
+        if sum(probe.end_offsets(src, args.partitions)) != held:
+            raise BenchmarkError(f"input {src} does not hold {held} records after prefill")
         visible = Tail(bootstrap, dst, lambda _at, _m: None)  # counts the results
         visible.start()
         port = free_port()
@@ -308,7 +315,8 @@ def run_throughput(
         if profile:
             prof = profile_run(child, probe, group, src, n, args, f"windows-{row.name}")
             return {"row": row.name, "profile": prof}
-        progress = watch_processing(child, n * passes, broker_pid, args.timeout)
+        then = (len(records) * passes, flush) if row.flush_after else None
+        progress = watch_processing(child, n * passes, broker_pid, args.timeout, then=then)
         wait_committed(child, probe, group, src, args.partitions, n, args.timeout)
         results = len(expected)
         visible_at = visible.wait_count(results, timeout=30 + 3 * row.size_s)
