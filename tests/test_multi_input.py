@@ -38,6 +38,7 @@ from weir.operators.timers import NO_TIME
 from weir.operators.window_join import WindowJoinOp
 from weir.service.jobfile import load_job
 from weir.service.router import KEY_GROUPS, SlotRouter
+from weir.service.watermarks import WatermarkTracker
 from weir.state.epoch import EpochBuffer
 from weir.state.layout import partition_key, state_key
 from weir.state.serde import JsonSerde
@@ -148,6 +149,9 @@ def test_a_table_join_repartitions_both_sides_into_its_own_topic():
     (state,) = plan.stateful
     assert state.input_topic == "g.enrich.repartition"
     assert state.states == ("enrich.rows", "enrich.watermark")
+    assert plan.watermark_channels == (), "its sides carry their own time"
+    clock = WatermarkTracker.for_plan(plan).sources["g.enrich.repartition"]
+    assert not clock.announced, "its watermark comes from its sides' records, not announced"
     assert plan.event_time_sources == (merged.op,)
     assert plan.repartition_topics == ["g.enrich.repartition"]
     text = plan.describe()

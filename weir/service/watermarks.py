@@ -57,7 +57,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaException, TopicPartition
 
 from weir.operators.physical import PhysicalPlan
-from weir.operators.plan import RepartitionSource
+from weir.operators.plan import MergedSource, RepartitionSource
 from weir.operators.timers import NO_TIME
 from weir.service.repartition_watermarks import Announced
 
@@ -119,11 +119,13 @@ class WatermarkTracker:
 
     @classmethod
     def for_plan(cls, plan: PhysicalPlan) -> WatermarkTracker:
-        """A tracker of the plan's sources whose watermark is needed."""
+        """A tracker of the plan's sources whose watermark is needed: a repartition
+        topic's is announced; a multi-input operator's topic reports its sides'
+        (`weir.operators.sides`) as its records' time."""
         return cls(
             {
                 src.topic: SourceClock(0, None, announced=True)
-                if isinstance(src, RepartitionSource)
+                if isinstance(src, RepartitionSource) and not isinstance(src, MergedSource)
                 else SourceClock(round(src.max_out_of_orderness * 1000), src.idle_timeout)
                 for src in plan.event_time_sources
             }
