@@ -563,10 +563,10 @@ def summarize(systems: list[System], queries: list[str], runs: list[dict]) -> di
                     )
             cells[s.name][q] = cell
     ratios: dict[str, Any] = {}
-    for q in queries:
-        w, qx = cells.get("weir", {}).get(q, {}), cells.get("quix", {}).get(q, {})
+    for q, peer in itertools.product(queries, ("quix", "quix-state")):
+        w, qx = cells.get("weir", {}).get(q, {}), cells.get(peer, {}).get(q, {})
         if "records_per_s" in w and "records_per_s" in qx:
-            ratios[f"weir/quix {q}"] = w["records_per_s"] / qx["records_per_s"]
+            ratios[f"weir/{peer} {q}"] = w["records_per_s"] / qx["records_per_s"]
     for q in ("q0", "q1", "q2"):
         raw = cells.get("raw", {}).get(q, {})
         for name in ("weir", "weir-alo"):
@@ -675,12 +675,15 @@ def markdown(report: dict[str, Any]) -> str:
     ratios = report["summary"]["ratios"]
     if ratios:
         unchecked = {
-            f"weir/quix {q}" for q in queries if "not_verified" in cells.get("quix", {}).get(q, {})
+            f"weir/{name} {q}"
+            for name, row in cells.items()
+            for q, cell in row.items()
+            if "not_verified" in cell
         }
         lines += [
             "Ratios: "
             + ", ".join(
-                f"{k} = {v:.2f}x" + (" (Quix not verified)" if k in unchecked else "")
+                f"{k} = {v:.2f}x" + (" (not verified)" if k in unchecked else "")
                 for k, v in ratios.items()
             ),
             "",

@@ -145,6 +145,7 @@ class System:
                     "--bootstrap", bootstrap, "--input", source, "--output", output,
                     "--group", group, "--state-dir", str(state_dir),
                     "--guarantee", self.guarantee,
+                    "--join", "state" if self.name == "quix-state" else "interval",
                 ]
             )  # fmt: skip
         if self.name.startswith("faust"):
@@ -236,6 +237,10 @@ QUIX_LATE_AFTER_REPARTITION = (
     " their window closed are dropped as late (Weir's watermark is the minimum over the"
     " input partitions behind the repartition)"
 )
+QUIX_STATE_NO_WINDOW_JOIN = (
+    "a window join by hand would need a watermark over the input partitions behind"
+    " the repartition, which Quix does not give (see Quix Streams' q8)"
+)
 PEER_QUERIES = tuple(q for q in QUERIES if q not in JOIN_QUERIES)  # q3, q8: Weir and Quix
 
 SYSTEMS: tuple[System, ...] = (
@@ -268,6 +273,17 @@ SYSTEMS: tuple[System, ...] = (
         "quixstreams",
         PEERS / "quix" / "bin" / "python",
         not_verifiable={"q3": QUIX_INTERVAL_JOIN_ORDER, "q8": QUIX_LATE_AFTER_REPARTITION},
+    ),
+    System(
+        "quix-state",
+        "Quix Streams, exactly-once, q3 joined by hand in state",
+        EOS,
+        ("q3",),
+        "quixstreams",
+        PEERS / "quix" / "bin" / "python",
+        not_expressible={"q8": QUIX_STATE_NO_WINDOW_JOIN},
+        latency_queries=(),
+        default=False,
     ),
     System(
         "faust",

@@ -15,13 +15,16 @@ topic (``group_by``), and the join reads both, aligned by timestamp per partitio
 number. Unlike Weir's, Quix's interval join matches a pair only when its two
 records are processed in event-time order (each side searches ``[ts - bound, ts]``
 of the other's state): a person processed after a later-stamped auction of theirs,
-or the reverse, is never joined. q8: Quix has
+or the reverse, is never joined. ``--join state`` runs q3 as a join written by hand
+in keyed state instead (persons and auctions re-keyed by seller through one
+repartition topic; each seller's state holds the person, or the auctions waiting for
+them), which matches whatever the order. q8: Quix has
 no window join, so it is a tumbling window over persons and auctions re-keyed by
 person id (one repartition topic), reduced to the person and whether they opened
 an auction, emitted when the window closes: the window join's rows.
 
 Usage: python quix_app.py --query q1 --bootstrap B --input IN --output OUT --group G
-       --state-dir D [--guarantee exactly-once|at-least-once]
+       --state-dir D [--guarantee exactly-once|at-least-once] [--join interval|state]
 """
 
 from __future__ import annotations
@@ -80,9 +83,24 @@ def _running(pick):
     return update
 
 
-def _q8_seller(r: dict) -> int:
-    """The person a q8 record belongs to: a person's id, an auction's seller."""
+def _person_id(r: dict) -> int:
+    """The person a q3/q8 record belongs to: a person's id, an auction's seller."""
     return r["id"] if r["type"] == "person" else r["seller"]
+
+
+def _q3_by_hand(value: dict, state) -> list[dict]:
+    """One seller's join: the person once they came, else the auctions waiting for them."""
+    if value["type"] == "person":
+        state.set("person", value)
+        waiting = state.get("waiting", [])
+        if waiting:
+            state.delete("waiting")
+        return [q3_row(a, value) for a in waiting]
+    person = state.get("person")
+    if person is not None:
+        return [q3_row(value, person)]
+    state.set("waiting", [*state.get("waiting", []), value])
+    return []
 
 
 def _q8_start(r: dict) -> dict:
@@ -103,7 +121,9 @@ def _q8_emit(w: dict) -> list[dict]:
     return q8_rows((w["start"], w["end"]), [acc["person"]])
 
 
-def build(app: Application, query: str, input_topic: str, output_topic: str) -> None:
+def build(
+    app: Application, query: str, input_topic: str, output_topic: str, join: str = "interval"
+) -> None:
     src = app.topic(
         input_topic,
         value_deserializer="json",
@@ -160,6 +180,10 @@ def build(app: Application, query: str, input_topic: str, output_topic: str) -> 
         )
         sdf = sdf.group_by(lambda v: v["window_end"], name="by-window")
         sdf = sdf.apply(_running(higher_bid), stateful=True)
+    elif query == "q3" and join == "state":
+        sdf = sdf.filter(lambda r: q3_auction(r) or q3_person(r))
+        sdf = sdf.group_by(_person_id, name="by-seller")
+        sdf = sdf.apply(_q3_by_hand, stateful=True, expand=True)
     elif query == "q3":
         auctions = sdf.filter(q3_auction).group_by(lambda a: a["seller"], name="by-seller")
         persons = sdf.filter(q3_person).group_by(lambda p: p["id"], name="by-id")
@@ -173,7 +197,7 @@ def build(app: Application, query: str, input_topic: str, output_topic: str) -> 
         )
     elif query == "q8":
         sdf = sdf.filter(lambda r: is_person(r) or is_auction(r))
-        sdf = sdf.group_by(_q8_seller, name="by-person")
+        sdf = sdf.group_by(_person_id, name="by-person")
         sdf = (
             sdf.tumbling_window(duration_ms=Q8_SIZE_MS, grace_ms=GRACE_MS)
             .reduce(reducer=_q8_add, initializer=_q8_start)
@@ -194,6 +218,7 @@ def main() -> int:
     p.add_argument("--group", required=True)
     p.add_argument("--state-dir", required=True)
     p.add_argument("--guarantee", default="exactly-once")
+    p.add_argument("--join", choices=("interval", "state"), default="interval")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     app = Application(
@@ -206,7 +231,7 @@ def main() -> int:
         loglevel="WARNING",
         use_changelog_topics=True,
     )
-    build(app, args.query, args.input, args.output)
+    build(app, args.query, args.input, args.output, args.join)
     app.run()  # handles SIGTERM/SIGINT: commits and exits
     return 0
 
