@@ -241,7 +241,7 @@ QUIX_STATE_NO_WINDOW_JOIN = (
     "a window join by hand would need a watermark over the input partitions behind"
     " the repartition, which Quix does not give (see Quix Streams' q8)"
 )
-PEER_QUERIES = tuple(q for q in QUERIES if q not in JOIN_QUERIES)  # q3, q8: Weir and Quix
+PEER_QUERIES = tuple(q for q in QUERIES if q not in JOIN_QUERIES)  # joins: Weir, Quix only
 
 SYSTEMS: tuple[System, ...] = (
     System("weir", "Weir, exactly-once", EOS, QUERIES, "weir", WEIR_PY),
