@@ -347,6 +347,19 @@ def test_a_sides_watermark_is_the_minimum_over_the_partitions_it_was_read_from()
     assert seen(unbounded, 0, {0: 1_000}, 11.0, "a", 2, part=1) == 1_000, "seen: it holds"
 
 
+def test_a_partition_whose_sides_are_all_idle_reports_the_highest_they_reached():
+    """Records read in one burst (a restart reading the last of a backlog): every origin
+    goes idle about when the unseen ones settle; the partition still reports how far its
+    sides went, and an idle side never holds an active one back."""
+    clocks = SideClocks(((0.0, 3.0), (1.0, 3.0)))
+    assert seen(clocks, 0, {0: 9_000, 1: 4_000}, 0.0, "a", 2, part=0) is None, "a[1] unseen"
+    assert clocks.mark(0, now=3.1) == 9_000, "all idle: the higher side's watermark"
+    assert seen(clocks, 0, {0: 10_000}, 3.5, "a", 2, part=0) == 10_000, (
+        "side 0 active again; side 1, idle, does not hold it"
+    )
+    assert seen(clocks, 0, {1: 6_000}, 3.6, "a", 2, part=0) == 5_000, "both active: minimum"
+
+
 # -- broadcast state --------------------------------------------------------------------
 
 

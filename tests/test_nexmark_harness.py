@@ -1,6 +1,6 @@
 """The Nexmark harness's own logic (no broker): when a windowed run is done, the
-second-half figures, the Weir ÷ JVM-engine ratios, the JVM peers' log markers and the
-parameters handed to them."""
+second-half figures, the Weir ÷ JVM-engine ratios, the JVM peers' log markers, the
+parameters handed to them and how a run declared not verifiable is reported."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ import orjson
 from benchmarks.nexmark import spec
 from benchmarks.nexmark.generator import GeneratorConfig, generate
 from benchmarks.nexmark.reference import Reference, WindowProgress
-from benchmarks.nexmark.run import jvm_ratios, log_markers, second_half
+from benchmarks.nexmark.run import (
+    _fmt_cell,
+    _verified,
+    jvm_ratios,
+    log_markers,
+    second_half,
+    summarize,
+)
 from benchmarks.nexmark.systems import BY_NAME, SPEC_JSON
 
 
@@ -92,3 +99,23 @@ def test_second_half_times_the_later_half_of_the_outputs() -> None:
     assert 450 <= warm["warm_records_per_s"] <= 560  # ~500 events in ~1 s
     assert abs(warm["warm_cpu_s_per_million"] - 0.5 / 500 * 1e6) < 0.1 * 1e3
     assert second_half("q0", ref, measured[:3], cpu) == {}  # type: ignore[arg-type]
+
+
+def test_a_run_declared_not_verifiable_keeps_its_figures_marked_not_verified() -> None:
+    def run(system: str, **extra: str) -> dict:
+        return {
+            "system": system, "query": "q8", "run": 1,
+            "check": {"ok": "not_verified" not in extra, "duplicates": 0},
+            "records_per_s": 100.0, "cpu_s_per_million": 5.0, "peak_rss_mb": 90.0,
+            "other_load_cores": 0.1, **extra,
+        }  # fmt: skip
+
+    runs = [run("weir"), run("quix", not_verified="3/10 rows missing")]
+    summary = summarize([BY_NAME["weir"], BY_NAME["quix"]], ["q8"], runs)
+    quix, weir = summary["cells"]["quix"]["q8"], summary["cells"]["weir"]["q8"]
+    assert quix["status"] == "ok" and quix["verified_runs"] == 0
+    assert quix["not_verified"] == BY_NAME["quix"].not_verifiable["q8"]
+    assert _fmt_cell(quix, "records_per_s", "{:,.0f}") == "100 (not verified)"
+    assert _verified(quix) == "0/1 (not verified: see below)"
+    assert _verified(weir) == "1/1" and "not_verified" not in weir
+    assert summary["ratios"]["weir/quix q8"] == 1.0

@@ -387,7 +387,9 @@ def throughput_run(
         }
     )
     result.update(second_half(query, ref, [outputs[i] for i in check.measured], sampler))
-    if not check.ok:
+    if not check.ok and query in system.not_verifiable:
+        result["not_verified"] = check.detail
+    elif not check.ok:
         result["error"] = f"wrong output: {check.detail}"
     with contextlib.suppress(OSError):
         shutil.rmtree(state_dir)
@@ -539,6 +541,8 @@ def summarize(systems: list[System], queries: list[str], runs: list[dict]) -> di
                 "errors": [r["error"] for r in mine if "error" in r],
                 "duplicates": sum(r["check"]["duplicates"] for r in mine),
             }
+            if any("not_verified" in r for r in mine):
+                cell["not_verified"] = s.not_verifiable[q]
             if ok:
                 cell.update(
                     {
@@ -559,10 +563,10 @@ def summarize(systems: list[System], queries: list[str], runs: list[dict]) -> di
                     )
             cells[s.name][q] = cell
     ratios: dict[str, Any] = {}
-    for q in queries:
-        w, qx = cells.get("weir", {}).get(q, {}), cells.get("quix", {}).get(q, {})
+    for q, peer in itertools.product(queries, ("quix", "quix-state")):
+        w, qx = cells.get("weir", {}).get(q, {}), cells.get(peer, {}).get(q, {})
         if "records_per_s" in w and "records_per_s" in qx:
-            ratios[f"weir/quix {q}"] = w["records_per_s"] / qx["records_per_s"]
+            ratios[f"weir/{peer} {q}"] = w["records_per_s"] / qx["records_per_s"]
     for q in ("q0", "q1", "q2"):
         raw = cells.get("raw", {}).get(q, {})
         for name in ("weir", "weir-alo"):
@@ -608,6 +612,8 @@ def _fmt_cell(cell: dict[str, Any], key: str, fmt: str) -> str:
     if key not in cell:
         return "FAILED" if cell.get("status") == "failed" else "-"
     mark = "" if cell["status"] == "ok" else " (partial)"
+    if "not_verified" in cell:
+        mark += " (not verified)"
     return fmt.format(cell[key]) + mark
 
 
@@ -668,7 +674,20 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     ratios = report["summary"]["ratios"]
     if ratios:
-        lines += ["Ratios: " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()), ""]
+        unchecked = {
+            f"weir/{name} {q}"
+            for name, row in cells.items()
+            for q, cell in row.items()
+            if "not_verified" in cell
+        }
+        lines += [
+            "Ratios: "
+            + ", ".join(
+                f"{k} = {v:.2f}x" + (" (not verified)" if k in unchecked else "")
+                for k, v in ratios.items()
+            ),
+            "",
+        ]
     lines += _jvm_ratio_tables(report["summary"].get("jvm_ratios") or [], queries)
     loads = sorted(r["other_load_cores"] for r in report["runs"] if "other_load_cores" in r)
     if loads:
@@ -760,6 +779,27 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Not expressible / not run", ""]
         lines += [f"- {label}, {q}: {why}" for label, q, why in na]
         lines += [""]
+    unverified = [
+        f"- {s.label}, {q}: {cells[s.name][q]['not_verified']}. Runs: "
+        + "; ".join(
+            f"{r['run']}: {r['not_verified']}"
+            for r in report["runs"]
+            if r["system"] == s.name and r["query"] == q and "not_verified" in r
+        )
+        for s in systems
+        for q in queries
+        if "not_verified" in cells[s.name][q]
+    ]
+    if unverified:
+        lines += [
+            "## Not verified",
+            "",
+            "These runs' outputs differ from the batch reference for a known reason of the"
+            " system's own semantics; their figures are those of what it computed.",
+            "",
+            *unverified,
+            "",
+        ]
     failures = [
         f"- {BY_NAME[r['system']].label}, {r['query']}, run {r['run']}: {r['error']}"
         for r in report["runs"] if "error" in r
@@ -793,7 +833,10 @@ def markdown(report: dict[str, Any]) -> str:
         "Verification: q0-q2 exact records by event number; count: every auction's counts"
         " are exactly 1..n, each carrying its bid's event time; q5/q7: every emitted"
         " result equals the reference, and every window the data closes has its true"
-        " maximum. At-least-once rows may repeat records (counted, allowed).",
+        " maximum; q3: exactly one row per qualifying auction, equal to the batch join's;"
+        " q8: every row a true (person, window) of the batch join, each once, and every"
+        " row of a window that ends 10 s before the data does."
+        " At-least-once rows may repeat records (counted, allowed).",
         "",
     ]
     return "\n".join(lines)
@@ -859,6 +902,8 @@ def _verified(cell: dict[str, Any]) -> str:
     text = f"{cell['verified_runs']}/{cell['runs']}"
     if cell.get("duplicates"):
         text += f" ({cell['duplicates']} dup)"
+    if "not_verified" in cell:
+        text += " (not verified: see below)"
     return text
 
 
@@ -1029,12 +1074,14 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(r)
                     if "records_per_s" in r:
                         c = r["check"]
+                        verdict = "ok" if c["ok"] else "FAILED: " + c["detail"]
+                        if "not_verified" in r:
+                            verdict = "not verified: " + c["detail"]
                         print(
                             f"{r['records_per_s']:,.0f} ev/s, {r['cpu_s_per_million']:.1f} CPU"
                             f" s/1M, {r['peak_rss_mb']:.0f} MB, other load"
                             f" {r['other_load_cores']:.2f}, check"
-                            f" {'ok' if c['ok'] else 'FAILED: ' + c['detail']}"
-                            + (f", {c['duplicates']} dup" if c["duplicates"] else ""),
+                            f" {verdict}" + (f", {c['duplicates']} dup" if c["duplicates"] else ""),
                             flush=True,
                         )
                     else:

@@ -30,12 +30,16 @@ seconds of event time ahead of another. Watermark of a partition of the topic
    are partitioned like the operator's topic, each origin writes to one partition).
 3. A side that has shown nothing in the partition holds it until its
    ``idle_timeout`` has passed since the worker first read the partition (forever
-   without one); a side all of whose origins are idle no longer holds it.
-4. The partition's watermark is the minimum over the sides left; with none
-   left, nothing is reported and the partition is idle as a whole (the worker's
-   tracker applies its own idleness, `weir.service.watermarks`). The rules are
-   applied on every batch and on every clock tick of the slot, since origins and
-   sides go idle with time alone.
+   without one); a side all of whose origins are idle no longer holds it: nothing
+   more is coming from it, and it has reached the highest of its origins'
+   watermarks (Flink's valve flushes the largest watermark across its channels
+   when the last one goes idle).
+4. The partition's watermark is the minimum over the sides not idle; with every
+   side idle, the highest any of them reached (so a partition whose records all
+   came in one burst still reports how far they went once its origins settle);
+   with nothing seen, nothing is reported (the worker's tracker applies its own
+   idleness, `weir.service.watermarks`). The rules are applied on every batch and
+   on every clock tick of the slot, since origins and sides go idle with time alone.
 
 The clocks are shared by the worker's slots (`SlotContext.shared`): when slots
 share a partition, each sees only some keys, and a side one slot never sees may
@@ -123,14 +127,14 @@ class SideClocks:
     def _mark(self, partition: int, now: float) -> int | None:
         since = self._since[partition]
         started = now - since  # how long this worker has read the partition
-        marks = []
+        marks, flushed = [], []
         for side, (ooo, idle) in enumerate(self._sides):
             seen = self._origins.get((partition, side))
             if not seen:  # Rule 3: nothing known of this side here yet
                 if idle is not None and started > idle:
                     continue
                 return None
-            side_marks = []
+            active, reached = [], []
             for number, count in self._topics[side].items():
                 for p in range(count):
                     origin = seen.get(number << 16 | p)
@@ -138,12 +142,17 @@ class SideClocks:
                         if started > (ORIGIN_SETTLE_S if idle is None else idle):
                             continue
                         return None
+                    reached.append(origin[0] - ooo)  # Rule 1
                     if idle is not None and now - origin[1] > idle:
                         continue  # Rule 2: idle
-                    side_marks.append(origin[0] - ooo)  # Rule 1
-            if side_marks:
-                marks.append(min(side_marks))  # Rule 2
-        return min(marks) if marks else None  # Rule 4
+                    active.append(origin[0] - ooo)
+            if active:
+                marks.append(min(active))  # Rule 2
+            else:
+                flushed.append(max(reached))  # Rule 3: every origin idle
+        if marks:
+            return min(marks)  # Rule 4
+        return max(flushed) if flushed else None  # Rule 4: every side idle
 
 
 class RekeyOp(Operator):

@@ -8,8 +8,23 @@ windows closed per partition (``closing_strategy="partition"``, so a quiet
 auction does not keep its windows open; Weir's watermarks are per partition
 too). Outputs follow `benchmarks/nexmark/spec.py`.
 
+The joins: q3 is Quix's interval join (``join_interval``, a day either way, as
+Weir's) of auctions re-keyed by seller with persons re-keyed by id. Quix cannot
+join two branches of one topic, so each side goes through its own repartition
+topic (``group_by``), and the join reads both, aligned by timestamp per partition
+number. Unlike Weir's, Quix's interval join matches a pair only when its two
+records are processed in event-time order (each side searches ``[ts - bound, ts]``
+of the other's state): a person processed after a later-stamped auction of theirs,
+or the reverse, is never joined. ``--join state`` runs q3 as a join written by hand
+in keyed state instead (persons and auctions re-keyed by seller through one
+repartition topic; each seller's state holds the person, or the auctions waiting for
+them), which matches whatever the order. q8: Quix has
+no window join, so it is a tumbling window over persons and auctions re-keyed by
+person id (one repartition topic), reduced to the person and whether they opened
+an auction, emitted when the window closes: the window join's rows.
+
 Usage: python quix_app.py --query q1 --bootstrap B --input IN --output OUT --group G
-       --state-dir D [--guarantee exactly-once|at-least-once]
+       --state-dir D [--guarantee exactly-once|at-least-once] [--join interval|state]
 """
 
 from __future__ import annotations
@@ -25,18 +40,27 @@ from quixstreams import Application
 
 from benchmarks.nexmark.spec import (
     OUT_OF_ORDERNESS_S,
+    Q3_WITHIN_S,
     Q5_SIZE_MS,
     Q5_SLIDE_MS,
     Q7_SIZE_MS,
+    Q8_SIZE_MS,
     higher_bid,
+    is_auction,
     is_bid,
+    is_person,
     more_bids,
     q1_map,
     q2_filter,
     q2_project,
+    q3_auction,
+    q3_person,
+    q3_row,
+    q8_rows,
 )
 
 GRACE_MS = int(OUT_OF_ORDERNESS_S * 1000)
+Q3_WITHIN_MS = int(Q3_WITHIN_S * 1000)
 
 
 def _event_time(value, headers, timestamp, timestamp_type) -> int:
@@ -59,15 +83,55 @@ def _running(pick):
     return update
 
 
-def build(app: Application, query: str, input_topic: str, output_topic: str) -> None:
+def _person_id(r: dict) -> int:
+    """The person a q3/q8 record belongs to: a person's id, an auction's seller."""
+    return r["id"] if r["type"] == "person" else r["seller"]
+
+
+def _q3_by_hand(value: dict, state) -> list[dict]:
+    """One seller's join: the person once they came, else the auctions waiting for them."""
+    if value["type"] == "person":
+        state.set("person", value)
+        waiting = state.get("waiting", [])
+        if waiting:
+            state.delete("waiting")
+        return [q3_row(a, value) for a in waiting]
+    person = state.get("person")
+    if person is not None:
+        return [q3_row(value, person)]
+    state.set("waiting", [*state.get("waiting", []), value])
+    return []
+
+
+def _q8_start(r: dict) -> dict:
+    return {"person": r if r["type"] == "person" else None, "auction": r["type"] == "auction"}
+
+
+def _q8_add(acc: dict, r: dict) -> dict:
+    """One person's window so far: the person (registered once) and whether an auction came."""
+    if r["type"] == "person":
+        return {"person": r, "auction": acc["auction"]}
+    return acc if acc["auction"] else {"person": acc["person"], "auction": True}
+
+
+def _q8_emit(w: dict) -> list[dict]:
+    acc = w["value"]
+    if acc["person"] is None or not acc["auction"]:
+        return []
+    return q8_rows((w["start"], w["end"]), [acc["person"]])
+
+
+def build(
+    app: Application, query: str, input_topic: str, output_topic: str, join: str = "interval"
+) -> None:
     src = app.topic(
         input_topic,
         value_deserializer="json",
         key_deserializer="bytes",
         timestamp_extractor=_event_time,
     )
-    # After group_by (q5, q7) the key is the window end, an int: JSON-encode it.
-    key_format = "json" if query in ("q5", "q7") else "bytes"
+    # After group_by (q5, q7, q3, q8) the key is an int (window end, seller): JSON-encode it.
+    key_format = "json" if query in ("q5", "q7", "q3", "q8") else "bytes"
     out = app.topic(output_topic, value_serializer="json", key_serializer=key_format)
     sdf = app.dataframe(src)
     if query == "q0":
@@ -116,6 +180,30 @@ def build(app: Application, query: str, input_topic: str, output_topic: str) -> 
         )
         sdf = sdf.group_by(lambda v: v["window_end"], name="by-window")
         sdf = sdf.apply(_running(higher_bid), stateful=True)
+    elif query == "q3" and join == "state":
+        sdf = sdf.filter(lambda r: q3_auction(r) or q3_person(r))
+        sdf = sdf.group_by(_person_id, name="by-seller")
+        sdf = sdf.apply(_q3_by_hand, stateful=True, expand=True)
+    elif query == "q3":
+        auctions = sdf.filter(q3_auction).group_by(lambda a: a["seller"], name="by-seller")
+        persons = sdf.filter(q3_person).group_by(lambda p: p["id"], name="by-id")
+        sdf = auctions.join_interval(
+            persons,
+            how="inner",
+            on_merge=q3_row,
+            grace_ms=Q3_WITHIN_MS,
+            backward_ms=Q3_WITHIN_MS,
+            forward_ms=Q3_WITHIN_MS,
+        )
+    elif query == "q8":
+        sdf = sdf.filter(lambda r: is_person(r) or is_auction(r))
+        sdf = sdf.group_by(_person_id, name="by-person")
+        sdf = (
+            sdf.tumbling_window(duration_ms=Q8_SIZE_MS, grace_ms=GRACE_MS)
+            .reduce(reducer=_q8_add, initializer=_q8_start)
+            .final(closing_strategy="partition")
+        )
+        sdf = sdf.apply(_q8_emit, expand=True)
     else:
         raise SystemExit(f"unknown query {query}")
     sdf.to_topic(out)
@@ -130,6 +218,7 @@ def main() -> int:
     p.add_argument("--group", required=True)
     p.add_argument("--state-dir", required=True)
     p.add_argument("--guarantee", default="exactly-once")
+    p.add_argument("--join", choices=("interval", "state"), default="interval")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     app = Application(
@@ -142,7 +231,7 @@ def main() -> int:
         loglevel="WARNING",
         use_changelog_topics=True,
     )
-    build(app, args.query, args.input, args.output)
+    build(app, args.query, args.input, args.output, args.join)
     app.run()  # handles SIGTERM/SIGINT: commits and exits
     return 0
 
