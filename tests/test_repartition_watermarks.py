@@ -110,6 +110,14 @@ def test_too_many_upstream_partitions_are_named_at_start():
     assert channels()[0].check() is None
 
 
+def test_a_repartition_topic_written_from_two_topics_is_refused():
+    """After a union of two topics, both write into one repartition topic; its tables
+    carry one upstream topic's partitions, so timers behind it are refused at start."""
+    two = [WatermarkChannel("in", R, False), WatermarkChannel("other", R, False)]
+    ch = WatermarkChannels(two, {"in": 4, "other": 2, R: 3})
+    assert f"{R!r} is written from 'in' and 'other'" in ch.check()
+
+
 # -- downstream: the tables ------------------------------------------------------------------
 
 
