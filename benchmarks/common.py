@@ -562,8 +562,14 @@ class Child:
     """
 
     def __init__(
-        self, name: str, cmd: list[str], env: dict[str, str] | None = None, http_port: int = 0
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str] | None = None,
+        http_port: int = 0,
+        root: Path = ROOT,
     ) -> None:
+        """``root``: the checkout whose code runs (another one to compare with)."""
         TMP.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.http_port = http_port
@@ -572,8 +578,8 @@ class Child:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             cmd,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C meant for the benchmark is handled by it alone

@@ -437,8 +437,10 @@ def watch_processing(
     broker_pid: int | None,
     timeout: float,
     interval: float = 0.1,
+    then: tuple[int, Callable[[], None]] | None = None,
 ) -> Processing:
-    """Poll ``/status`` until the slots have processed ``n`` records."""
+    """Poll ``/status`` until the slots have processed ``n`` records; ``then``: once
+    they have processed that many, call that (once)."""
     deadline = time.monotonic() + timeout
     samples: list[tuple[float, int]] = []
     first: CpuSnapshot | None = None
@@ -452,6 +454,9 @@ def watch_processing(
         now = time.monotonic()
         if count is not None:
             samples.append((now, count))
+            if then is not None and count >= then[0]:
+                then[1]()
+                then = None
             if count > 0 and first is None:
                 first = CpuSnapshot.take(child.pid, broker_pid)
                 t_first, p_first = now, count

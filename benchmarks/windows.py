@@ -115,6 +115,12 @@ class Row:
     operator: str
     size_s: float
     slide_s: float  # == size_s for tumbling windows
+    key_by_fn: bool = False  # key_by(fn): through the repartition topic <group>.by-tag.repartition
+    ooo_s: float = 0.0  # the source's max_out_of_orderness
+    idle_s: float | None = None  # the source's idle_timeout
+    flush_tags: int = 1  # flush records per partition (see `produce_flush`)
+    flush_after: bool = False  # produce them once every record was processed (not before)
+    root: Path = ROOT  # the checkout whose code runs the job
 
     def windows_of(self, ts: int) -> list[int]:
         """Start of every window ``ts`` belongs to (as Weir assigns them)."""
@@ -137,7 +143,7 @@ def command(
     row: Row, bootstrap: str, group: str, port: int, state_dir: Path, args: argparse.Namespace
 ) -> list[str]:
     return [
-        sys.executable, "-m", "weir.service.cli", "run", str((JOBS / row.job).relative_to(ROOT)),
+        sys.executable, "-m", "weir.service.cli", "run", str(JOBS / row.job),
         "--bootstrap", bootstrap, "--group", group, "--worker-id", "bench",
         "--slots", str(args.slots), "--guarantee", "exactly-once",
         "--checkpoint-interval-ms", str(args.checkpoint_interval_ms),
@@ -151,8 +157,16 @@ def job_env(row: Row, src: str, dst: str) -> dict[str, str]:
         "BENCH_OUT": dst,
         "BENCH_WINDOW_S": str(row.size_s),
         "BENCH_SLIDE_S": str(row.slide_s),
-        "BENCH_OOO_S": "0",
+        "BENCH_OOO_S": str(row.ooo_s),
+        "BENCH_KEY_BY": "tag" if row.key_by_fn else "",
+        "BENCH_IDLE_S": "" if row.idle_s is None else str(row.idle_s),
     }
+
+
+def weir_topics(row: Row, group: str) -> list[str]:
+    """The topics Weir created for a run (deleted after it)."""
+    topics = [f"{group}.{row.operator}.changelog", f"{group}.dlq"]
+    return [*topics, f"{group}.by-tag.repartition"] if row.key_by_fn else topics
 
 
 # -- data --------------------------------------------------------------------------
@@ -187,12 +201,17 @@ def expected_windows(
     return dict(out)
 
 
-def produce_flush(bootstrap: str, topic: str, partitions: int, ts: int) -> None:
-    """One record per partition at event time ``ts``: the watermark passes every window."""
+def produce_flush(bootstrap: str, topic: str, partitions: int, ts: int, tags: int = 1) -> None:
+    """Records at event time ``ts`` that move the watermark past every window: one per
+    partition, or with ``tags`` > 1 as many per partition, each with its own flush tag
+    (``~flush``, ``~flush1``, ...), so that every partition of a repartition topic gets
+    one too (a watermark taken from the records themselves needs that)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     for p in range(partitions):
-        value = orjson.dumps({"id": -1, "v": 0.0, "tag": "~flush", "ts": ts})
-        producer.produce(topic, value, FLUSH_KEY, partition=p)
+        for i in range(tags):
+            tag = FLUSH_KEY.decode() + (str(i) if i else "")
+            value = orjson.dumps({"id": -1, "v": 0.0, "tag": tag, "ts": ts})
+            producer.produce(topic, value, tag.encode(), partition=p)
     if producer.flush(30):
         raise BenchmarkError("flush records not delivered")
 
@@ -220,7 +239,7 @@ def check_windows(
     problems = []
     size_ms = round(row.size_s * 1000)
     missing = [k for k in expected if k not in got]
-    extra = [k for k in got if k not in expected and k[0] != FLUSH_KEY.decode()]
+    extra = [k for k in got if k not in expected and not k[0].startswith(FLUSH_KEY.decode())]
     dups = [k for k, rs in got.items() if len(rs) > 1]
     wrong = 0
     for k, (count, total) in expected.items():
@@ -260,7 +279,8 @@ def run_throughput(
     profile: bool = False,
     span_s: float | None = None,
 ) -> dict[str, Any]:
-    n = len(records) + args.partitions  # the flush records are processed too
+    n = len(records) + args.partitions * row.flush_tags  # the flush records are processed too
+    passes = 2 if row.key_by_fn else 1  # through a repartition topic a record passes twice
     span_s = span_s or args.span_s
     admin = admin_client(bootstrap)
     src, dst = unique(f"bench-win-in-{row.name}"), unique(f"bench-win-out-{row.name}")
@@ -272,10 +292,16 @@ def run_throughput(
     visible: Tail | None = None
     try:
         prefill_s = prefill(bootstrap, src, [(k, v) for k, v, _, _ in records])
-        flush_ts = BASE_MS + round((span_s + row.size_s + 2) * 1000)
-        produce_flush(bootstrap, src, args.partitions, flush_ts)
-        if sum(probe.end_offsets(src, args.partitions)) != n:
-            raise BenchmarkError(f"input {src} does not hold {n} records after prefill")
+        flush_ts = BASE_MS + round((span_s + row.size_s + row.ooo_s + 2) * 1000)
+
+        def flush() -> None:
+            produce_flush(bootstrap, src, args.partitions, flush_ts, row.flush_tags)
+
+        if not row.flush_after:
+            flush()
+        held = len(records) if row.flush_after else n
+        if sum(probe.end_offsets(src, args.partitions)) != held:
+            raise BenchmarkError(f"input {src} does not hold {held} records after prefill")
         visible = Tail(bootstrap, dst, lambda _at, _m: None)  # counts the results
         visible.start()
         port = free_port()
@@ -284,11 +310,13 @@ def run_throughput(
             command(row, bootstrap, group, port, state_dir, args),
             env=job_env(row, src, dst),
             http_port=port,
+            root=row.root,
         )
         if profile:
             prof = profile_run(child, probe, group, src, n, args, f"windows-{row.name}")
             return {"row": row.name, "profile": prof}
-        progress = watch_processing(child, n, broker_pid, args.timeout)
+        then = (len(records) * passes, flush) if row.flush_after else None
+        progress = watch_processing(child, n * passes, broker_pid, args.timeout, then=then)
         wait_committed(child, probe, group, src, args.partitions, n, args.timeout)
         results = len(expected)
         visible_at = visible.wait_count(results, timeout=30 + 3 * row.size_s)
@@ -312,12 +340,12 @@ def run_throughput(
             "run": run,
             "records": n,
             "results": count,
-            "records_per_s": progress.rate(n),
+            "records_per_s": progress.rate(n * passes) / passes,  # input records
             "processing_s": stretch,
-            "end_to_end_records_per_s": (n - progress.p_first) / to_visible,
+            "end_to_end_records_per_s": (n - progress.p_first / passes) / to_visible,
             "results_per_s": count / to_visible,
             "last_result_after_s": visible_at - progress.t_done,
-            **cpu_figures(cpu, n - progress.p_first),
+            **cpu_figures(cpu, round(n - progress.p_first / passes)),
             "peak_rss_mb": progress.peak_rss_mb,
             "rss_mb_at_end": rss.get("VmRSS"),
             "late_records": metric_sum(metrics, "weir_records_late_total"),
@@ -331,15 +359,7 @@ def run_throughput(
             visible.stop()
         if child is not None:
             child.stop(timeout=30)
-        delete_topics(
-            admin,
-            [
-                src,
-                dst,
-                f"{group}.{row.operator}.changelog",
-                f"{group}.dlq",
-            ],
-        )
+        delete_topics(admin, [src, dst, *weir_topics(row, group)])
         remove_tree(state_dir)
 
 
@@ -352,9 +372,12 @@ def summarize(rows: list[Row], runs: list[dict[str, Any]]) -> list[dict[str, Any
 
 # -- part 2: latency ---------------------------------------------------------------------------
 def run_latency(
-    run: int, args: argparse.Namespace, bootstrap: str, broker_pid: int | None
+    run: int,
+    args: argparse.Namespace,
+    bootstrap: str,
+    broker_pid: int | None,
+    row: Row = ROWS[0],  # a tumbling window
 ) -> dict[str, Any]:
-    row = ROWS[0]  # tumbling
     size_ms = round(row.size_s * 1000)
     admin = admin_client(bootstrap)
     src, dst, group = unique("bench-lat-in"), unique("bench-lat-out"), unique("bench-lat")
@@ -370,6 +393,7 @@ def run_latency(
             command(row, bootstrap, group, port, state_dir, args),
             env=job_env(row, src, dst),
             http_port=port,
+            root=row.root,
         )
         wait_ready(child, 60)
         visible = Tail(bootstrap, dst, lambda at, m: results.append((at, orjson.loads(m.value()))))
@@ -492,7 +516,7 @@ def run_latency(
             visible.stop()
         if child is not None:
             child.stop(timeout=30)
-        delete_topics(admin, [src, dst, f"{group}.{row.operator}.changelog", f"{group}.dlq"])
+        delete_topics(admin, [src, dst, *weir_topics(row, group)])
         remove_tree(state_dir)
 
 

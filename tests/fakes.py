@@ -247,15 +247,30 @@ class FakeOutput:
         self.exactly_once = exactly_once
         self.result = True
         self.error: BaseException | None = None
+        self.producer = EventProducer(events)
+        self.metadata: dict[tuple[str, int], str] = {}  # offset metadata of the last commit
 
     def commit(self, members, timeout_s: float) -> bool:
         self.events.append(("commit", {m: offsets_of(tps) for m, tps in members}))
+        self.metadata = {(tp.topic, tp.partition): tp.metadata for _, tps in members for tp in tps}
         if self.error is not None:
             raise self.error
         return self.result
 
     def check_deliveries(self) -> None:
         self.events.append(("check-deliveries",))
+
+
+class EventProducer(FakeProducer):
+    """The output's producer: a ``("produce", topic, partition)`` event per record."""
+
+    def __init__(self, events: list) -> None:
+        super().__init__()
+        self.events = events
+
+    def produce(self, topic, value=None, key=None, headers=None, timestamp=0, partition=None):
+        super().produce(topic, value, key, headers, timestamp, partition)
+        self.events.append(("produce", topic, partition))
 
 
 class FakeRouter:
@@ -365,6 +380,7 @@ class Progress:
         self.seen: dict[tuple[str, int], float] = {}
         self.backlog: set[tuple[str, int]] = set()
         self.floors: dict[tuple[str, int], int] = {}
+        self.upstream: dict[tuple[str, int], Any] = {}  # repartition partition -> its table
 
     def record(self, tp: tuple[str, int], ts: int, now: float) -> None:
         """A record of ``tp`` with event time ``ts`` was processed at ``now``."""
@@ -380,5 +396,8 @@ class Progress:
     def caught_up(self, tp) -> bool:
         return tp not in self.backlog
 
-    def restored_watermark(self, tp) -> int:
+    def reached_watermark(self, tp) -> int:
         return self.floors.get(tp, NO_TIME)
+
+    def announced(self, tp):
+        return self.upstream.get(tp)

@@ -273,8 +273,7 @@ def repartition_owners(bootstrap: str, topic: str) -> dict[str, set[int]]:
     """User -> the repartition partitions holding its records (read_committed)."""
     owners: dict[str, set[int]] = defaultdict(set)
     for r in consume_all(bootstrap, topic, None, 120):
-        key, _value = r["value"]
-        owners[key].add(r["partition"])
+        owners[r["value"][0]].add(r["partition"])  # a [key, value, event time] envelope
     return owners
 
 

@@ -48,7 +48,13 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.feeding import Feeder, message, send
-from tests.kafka_fixture import committed_reached, consume_all, produce_json
+from tests.kafka_fixture import (
+    committed_offsets,
+    committed_reached,
+    consume_all,
+    end_offsets,
+    produce_json,
+)
 from tests.reading import TopicReader
 from tests.waiting import seconds_until, wait_for
 from tests.workers import WorkerProcess, Workers, job_env, metric
@@ -182,14 +188,21 @@ def generate(
     ends: tuple[float, ...] = (1.0, 1.0, 0.7, 0.4),
     late: int = 400,
     fresh: int = 1000,
+    weights: tuple[int, ...] = (1,),
 ) -> Dataset:
     """About ``target`` phase-A readings; partition p's readings stop at ``ends[p]`` of
-    the duration (idle partitions)."""
+    the duration (idle partitions), and it has ``weights[p]`` times the tags (and so
+    the readings) of a partition of weight 1 — none at weight 0: it stays empty."""
     rng = random.Random(seed)
     ends = tuple(ends[p % len(ends)] for p in range(partitions))
+    weights = tuple(weights[p % len(weights)] for p in range(partitions))
     rate = 0.63  # readings per second per tag, from the burst/pause/step distributions
-    duration = int(target / (rate * tags_per_partition * sum(ends)) * 1000)
-    tags = {p: [f"s{p}-{i:02d}" for i in range(tags_per_partition)] for p in range(partitions)}
+    per_tag = sum(e * w for e, w in zip(ends, weights, strict=True)) * tags_per_partition
+    duration = int(target / (rate * per_tag) * 1000)
+    tags = {
+        p: [f"s{p}-{i:03d}" for i in range(tags_per_partition * weights[p])]
+        for p in range(partitions)
+    }
     a: list[Reading] = []
     for p in range(partitions):
         a += partition_readings(rng, p, tags[p], T0, T0 + int(duration * ends[p]))
@@ -200,8 +213,9 @@ def generate(
     b_normal = partition_readings(rng, 0, tags[0], b_start, b_start + span)[:fresh]
     max_b = max(r.ts for r in b_normal)
     b_late = []
+    filled = [p for p in range(partitions) if tags[p]]
     for i in range(late):
-        p = i % partitions
+        p = filled[i % len(filled)]
         ts = rng.randrange(T0 - 30_000, max_a - 60_000)
         b_late.append(Reading(rng.choice(tags[p]), rng.randrange(-400, 401) / 4, ts, p))
     closer2 = Reading(CLOSER, 2.0, max_b + CLOSER_AHEAD_MS, 0, max_b + CLOSER_AHEAD_MS)
@@ -911,19 +925,12 @@ def stats(values: list[float]) -> Agg:
 # -- the repartition path: key_by(fn) -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known limitation: the watermark of a repartition topic is derived from its own"
-    " records, so when source partitions drift apart in event time while catching up on a"
-    " pre-filled backlog, re-keyed records arrive later than max_out_of_orderness allows and"
-    " are dropped as late; watermark propagation through repartition topics is a follow-up",
-)
 def test_windows_through_repartition_topic_match_duckdb(kafka_bootstrap, new_topic, tmp_path):
     """The path of examples/sensor_stats.py: readings keyed by ``key_by(lambda r:
-    r["tag"])`` reach the windows through the repartition topic (which carries the event
-    time as the record timestamp). Each source partition's readings are within the
-    out-of-orderness bound, so, as with the record key, exactly the surely-late readings
-    may be late and every window must equal DuckDB's."""
+    r["tag"])`` reach the windows through the repartition topic, pre-produced as a backlog
+    (each partition's readings within the out-of-orderness bound, two going idle early).
+    The watermark flows through the repartition topic, so, as with the record key,
+    exactly the surely-late readings are late and every window equals DuckDB's."""
     data = generate(seed=6, target=20_000, late=200, fresh=500)
     run_scenario(
         data,
@@ -935,40 +942,279 @@ def test_windows_through_repartition_topic_match_duckdb(kafka_bootstrap, new_top
     )
 
 
-def test_repartition_topic_accounts_for_every_record(kafka_bootstrap, new_topic, tmp_path):
-    """Through the repartition topic, readings may be late (see the known limitation
-    above), but each one is accounted for exactly once: in its tumbling window, or on
-    the late topic; the windows equal DuckDB's over the readings not reported late."""
-    data = generate(seed=9, target=15_000, late=10, fresh=10)  # only phase A is used
+class TagWindows:
+    """One worker group running tests/jobs/windows_by_tag.py (tumbling, sliding and
+    session windows, each behind its own repartition topic) over ``src``, and readers
+    of each window's output and late topic."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        new_topic: Callable[..., str],
+        src: str,
+        tmp: Path,
+        repartitions: int,
+        slots: int = 2,
+    ) -> None:
+        self.bootstrap, self.src = bootstrap, src
+        self.outs = {k: new_topic(partitions=2, prefix=f"out-{k}") for k in KINDS}
+        self.lates = {k: new_topic(partitions=1, prefix=f"late-{k}") for k in KINDS}
+        self.group = f"et-tags-{uuid.uuid4().hex[:10]}"
+        env = job_env(in_=src, ooo=OOO / 1000, idle=1, repartitions=repartitions)
+        for k in KINDS:
+            env |= job_env(**{f"out_{k}": self.outs[k], f"late_{k}": self.lates[k]})
+        args = [
+            *CHECKPOINT, *SESSION, "--slots", str(slots), "--state-dir", str(tmp / "state"),
+            # room for three windows' backlogs on a loaded machine: a checkpoint waiting
+            # seconds on a slot is slow, not stuck
+            "--checkpoint-timeout-ms", "30000",
+        ]  # fmt: skip
+        self.workers = Workers("windows_by_tag.py", bootstrap, self.group, env, args, tmp / "logs")
+        self.output = {k: TopicReader(bootstrap, t) for k, t in self.outs.items()}
+        self.late = {k: TopicReader(bootstrap, t) for k, t in self.lates.items()}
+
+    def progress(self, topic: str | None = None) -> float:
+        """The share of ``topic``'s records (default: the source's) the group has
+        committed; a transaction's commit marker after the last record counts as read."""
+        topic = topic or self.src
+        ends = end_offsets(self.bootstrap, topic)
+        done = committed_offsets(self.bootstrap, self.group, topic)
+        slack = 0 if topic == self.src else 1
+        read = sum(min(done[p] + slack if done[p] else 0, end) for p, end in ends.items())
+        return read / max(1, sum(ends.values()))
+
+    def stage_progress(self) -> float:
+        """How far the slower stage has got: the source, or the windows behind the
+        repartition topics (which trail it)."""
+        topics = [self.src, *(f"{self.group}.by-tag-{k}.repartition" for k in KINDS)]
+        return min(self.progress(t) for t in topics)
+
+    def emitted(self, kind: str) -> set[Key]:
+        return {(v["key"], v["window_start"], v["window_end"]) for v in self.output[kind].values()}
+
+    def wait_windows(self, want: dict[str, set[Key]], timeout: float) -> float:
+        def done() -> bool:
+            for reader in (*self.output.values(), *self.late.values()):
+                reader.poll(0.02)
+            return all(want[k] <= self.emitted(k) for k in want)
+
+        def detail() -> str:
+            return (
+                "; ".join(
+                    f"{k}: {len(want[k] - self.emitted(k))} of {len(want[k])} missing, e.g."
+                    f" {sorted(want[k] - self.emitted(k))[:2]}, {len(self.late[k].records)} late"
+                    f" {self.late_summary(k)}"
+                    for k in want
+                )
+                + self.clocks()
+                + self.workers.logs_tail(15)
+            )
+
+        return seconds_until(
+            done, timeout, "windows", every=0.05, check=self.workers.check_alive, detail=detail
+        )
+
+    def wait_processed(self, timeout: float) -> float:
+        return seconds_until(
+            lambda: (self.workers.check_alive(), self.progress() >= 1.0)[1],
+            timeout,
+            "input processed (offsets committed)",
+            every=0.3,
+            detail=lambda: self.clocks() + self.workers.logs_tail(15),
+        )
+
+    def late_summary(self, kind: str) -> str:
+        """For failure messages: late records by source partition and the watermarks
+        they missed."""
+        late = self.late[kind].records
+        if not late:
+            return ""
+        by = Counter(r["key"].split("-")[0] for r in late)
+        marks = Counter(r["value"]["reason"].rsplit(" ", 1)[-1] for r in late)
+        stamps = sorted(r["value"]["timestamp"] for r in late)
+        return f"(by source partition {dict(by)}, missed {marks}, ts {stamps[0]}..{stamps[-1]})"
+
+    def clocks(self) -> str:
+        """For failure messages: each live worker's watermarks and what holds them."""
+        out = []
+        for worker_id, worker in self.workers.live.items():
+            st = worker.status() or {}
+            out.append(f"\n{worker_id}: {st.get('watermarks')} upstream: {st.get('upstream')}")
+        return "".join(out)
+
+    def late_metric(self, kind: str) -> float:
+        return sum(
+            metric(w.metrics(), "weir_records_late_total", weir_job="by-tag", operator=kind)
+            for w in self.workers.live.values()
+        )
+
+    def close(self) -> None:
+        self.workers.close()
+        for reader in (*self.output.values(), *self.late.values()):
+            reader.close()
+
+
+Step = tuple[float, str, str]  # (share of the source committed, "start"|"stop"|"kill", worker)
+
+
+def run_tag_windows(
+    data: Dataset,
+    bootstrap: str,
+    new_topic: Callable[..., str],
+    tmp: Path,
+    steps: list[Step],
+    repartitions: int,
+    env: dict[str, dict[str, str]] | None = None,
+    timeout: float = 300,
+) -> dict[str, Any]:
+    """Phase A pre-produced as a backlog; the ``steps`` at the given shares of it
+    processed (at 0: before any is); then closer 1, phase B, closer 2. No reading of
+    phase A may be late, every window must equal DuckDB's, the late topics must hold
+    exactly the surely-late readings."""
+    started = time.monotonic()
     src = new_topic(partitions=data.partitions, prefix="readings")
-    pipe = Pipeline("tumbling", kafka_bootstrap, new_topic, src, tmp_path / "logs",
-                    tmp_path / "state", key_by_tag=True)  # fmt: skip
+    produce_readings(bootstrap, src, data.a)
+    group = TagWindows(bootstrap, new_topic, src, tmp, repartitions)
+    workers, env = group.workers, env or {}
+    figures: dict[str, Any] = {"readings": len(data.a) + len(data.b_normal) + 2,
+                               "late": len(data.b_late), "steps": []}  # fmt: skip
     try:
-        produce_readings(kafka_bootstrap, src, data.a)
-        pipe.start().wait_running(60)
-        wait_processed([pipe], 120)
-        produce_readings(kafka_bootstrap, src, [data.closer1])
-        wait_processed([pipe], 60)
-        pipe.late_reader.drain()
-        late = late_topic_ids(pipe)
-        kept = [data.closer1]
-        for r in data.a:
-            if late[(r.tag, r.ts, r.value)] > 0:
-                late[(r.tag, r.ts, r.value)] -= 1
+        for share, action, worker in steps:
+            if share > 0:
+                seconds_until(
+                    lambda s=share: (workers.check_alive(), group.stage_progress() >= s)[1],
+                    timeout, f"{share:.0%} of the backlog through both stages", every=0.2,
+                    detail=lambda: workers.logs_tail(15),
+                )  # fmt: skip
+            figures["steps"].append((action, worker, round(group.stage_progress(), 2)))
+            if action == "kill":  # kill -9, and at once a new incarnation on the same state
+                workers.kill(worker)
+                workers.start(worker, env=env.get(worker))
+            elif action == "stop":
+                workers.stop(worker)
             else:
-                kept.append(r)
-        assert not +late, f"late records that were never input: {list(+late)[:3]}"
-        want = reference("tumbling", kept, tmp_path)
-        last = {(CLOSER, *windows_of("tumbling", data.closer1.ts)[0])}  # may not close yet
-        wait_windows([pipe], {"tumbling": set(want) - last}, 60)
-        pipe.output.drain()
-        problems = compare("tumbling", pipe.output.values(), want, last)
-        problems["late"] = len(data.a) + 1 - len(kept)
-        print(f"repartition accounting: {problems}")
-        assert_matches(problems)
-        pipe.stop()
+                workers.start(worker, env=env.get(worker)).wait_running(60, partitions=False)
+        figures["phase_a_processed_s"] = round(group.wait_processed(timeout), 1)
+        for kind in KINDS:
+            group.late[kind].drain()
+            late = group.late[kind].records
+            assert not late, (
+                f"{kind}: {len(late)} readings of phase A (all within the out-of-orderness bound"
+                f" of their partition) were late {group.late_summary(kind)}"
+                f"{group.clocks()}{workers.logs_tail(15)}"
+            )
+        produce_readings(bootstrap, src, [data.closer1])
+        want_a = {k: set(reference(k, data.a, tmp)) for k in KINDS}
+        figures["phase_a_windows_s"] = round(group.wait_windows(want_a, 120), 1)
+
+        produce_readings(bootstrap, src, data.phase_b())
+        group.wait_processed(timeout)
+        produce_readings(bootstrap, src, [data.closer2])
+        final = {k: reference(k, data.counted(), tmp) for k in KINDS}
+        last = {  # closer 2's own windows need a watermark beyond it: optional
+            k: {(CLOSER, s, e) for s, e in windows_of(k, data.closer2.ts)}
+            if k != "session" else {(CLOSER, data.closer2.ts, data.closer2.ts + GAP)}
+            for k in KINDS
+        }  # fmt: skip
+        required = {k: set(final[k]) - last[k] for k in KINDS}
+        figures["phase_b_windows_s"] = round(group.wait_windows(required, 120), 1)
+        want_late = late_ids(data.b_late)
+        for kind in KINDS:
+            wait_for(
+                lambda k=kind: (
+                    (group.late[k].poll(0.1), len(group.late[k].records))[1] >= len(data.b_late)
+                ),
+                60,
+                f"{kind}: {len(data.b_late)} late records on the late topic",
+            )
+        metrics = {k: group.late_metric(k) for k in KINDS}
+        restarted = any(n > 1 for n in workers.incarnations.values())
+        for kind in KINDS:
+            group.output[kind].drain()
+            group.late[kind].drain()
+            problems = compare(kind, group.output[kind].values(), final[kind], last[kind])
+            print(f"{kind}: {problems}")
+            assert_matches(problems)
+            got_late = Counter(
+                (r["key"], r["value"]["timestamp"], r["value"]["record"]["value"])
+                for r in group.late[kind].records
+            )
+            assert got_late == want_late, (
+                f"{kind}: late topic differs: {sum((got_late - want_late).values())}"
+                f" unexpected (e.g. {list(got_late - want_late)[:3]}),"
+                f" {sum((want_late - got_late).values())} missing"
+            )
+            if not restarted:  # a killed incarnation's counter is gone
+                assert metrics[kind] == len(data.b_late), (kind, metrics[kind])
+            figures[kind] = {"windows": problems["emitted"], "late_metric": metrics[kind]}
+        workers.stop_all()
     finally:
-        pipe.close()
+        group.close()
+    figures["total_s"] = round(time.monotonic() - started, 1)
+    print(f"figures: {figures}")
+    return figures
+
+
+def skewed(seed: int, target: int, late: int) -> Dataset:
+    """Five partitions: partition 0 holds ten times what each of 1-3 holds, 4 is empty;
+    2 and 3 end early (they go idle while the others still have a backlog)."""
+    return generate(
+        seed=seed, target=target, partitions=5, tags_per_partition=6,
+        ends=(1.0, 1.0, 0.6, 0.3, 1.0), weights=(10, 1, 1, 1, 0), late=late, fresh=500,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(600)
+def test_repartitioned_windows_of_a_skewed_backlog_survive_a_failed_commit(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """Two workers with two slots each catch up on a backlog in five partitions (one ten
+    times the others, one empty) through three repartition topics of three partitions;
+    one worker's third checkpoint commit fails (a test hook) during the catch-up and is
+    rolled back. No reading of the backlog is late, every tumbling, sliding and session
+    window equals DuckDB's, the late topics hold exactly the surely-late readings."""
+    data = skewed(seed=11, target=20_000, late=150)
+    figures = run_tag_windows(
+        data, kafka_bootstrap, new_topic, tmp_path,
+        steps=[(0, "start", "w1"), (0, "start", "w2")], repartitions=3,
+        env={"w1": {"WEIR_FAULT_INJECT": "fail-commit:3"}},
+    )  # fmt: skip
+    assert all(figures[k]["late_metric"] == 150 for k in KINDS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_repartitioned_windows_of_a_large_backlog_survive_kill_and_join(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """~110k readings in five partitions (one ten times the others, one empty), two
+    workers with two slots each; a quarter in, one is killed (kill -9) and restarted;
+    halfway, a third joins. Every window equals DuckDB's, exactly the surely-late
+    readings are late."""
+    data = skewed(seed=12, target=110_000, late=1000)
+    run_tag_windows(
+        data, kafka_bootstrap, new_topic, tmp_path,
+        steps=[(0, "start", "w1"), (0, "start", "w2"), (0.25, "kill", "w1"),
+               (0.5, "start", "w3")],
+        repartitions=4, timeout=900,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_repartitioned_windows_survive_scaling_from_one_worker_to_three_and_back(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """One worker, then three, then one again while a backlog is caught up, with a
+    repartition topic of seven partitions behind a source of five: the watermarks and
+    their tables move with the partitions on both sides of the repartition topics."""
+    data = skewed(seed=13, target=60_000, late=300)
+    run_tag_windows(
+        data, kafka_bootstrap, new_topic, tmp_path,
+        steps=[(0, "start", "w1"), (0.15, "start", "w2"), (0.15, "start", "w3"),
+               (0.5, "stop", "w2"), (0.5, "stop", "w3")],
+        repartitions=7, timeout=900,
+    )  # fmt: skip
 
 
 # -- 5. idle partitions ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from weir.operators.timers import NO_TIME
 from weir.operators.window_join import WindowJoinOp
 from weir.service.jobfile import load_job
 from weir.service.router import KEY_GROUPS, SlotRouter
+from weir.service.watermarks import WatermarkTracker
 from weir.state.epoch import EpochBuffer
 from weir.state.layout import partition_key, state_key
 from weir.state.serde import JsonSerde
@@ -70,11 +71,8 @@ def test_a_union_is_one_node_fed_by_each_of_its_inputs():
     assert union_from_eu.op.inputs == ("source-eu", "spread")
     assert [n.op.name for n in plan.nodes()].count("both") == 1, "walked once"
     assert isinstance(internal.op, RepartitionSource)
-    assert (internal.op.upstream, internal.op.max_out_of_orderness, internal.op.idle_timeout) == (
-        "eu",
-        3,
-        5,
-    ), "the repartition after a union allows the largest disorder and idle timeout"
+    assert internal.op.upstream == "eu", "partitioned as the first input"
+    assert plan.watermark_channels == (), "no timers behind it: no watermark to carry"
     assert [s.name for s in plan.stateful] == ["last"]
 
 
@@ -151,6 +149,9 @@ def test_a_table_join_repartitions_both_sides_into_its_own_topic():
     (state,) = plan.stateful
     assert state.input_topic == "g.enrich.repartition"
     assert state.states == ("enrich.rows", "enrich.watermark")
+    assert plan.watermark_channels == (), "its sides carry their own time"
+    clock = WatermarkTracker.for_plan(plan).sources["g.enrich.repartition"]
+    assert not clock.announced, "its watermark comes from its sides' records, not announced"
     assert plan.event_time_sources == (merged.op,)
     assert plan.repartition_topics == ["g.enrich.repartition"]
     text = plan.describe()
@@ -485,12 +486,12 @@ def test_keyless_records_of_a_broadcast_topic_reach_every_slot_in_key_group_mode
     router.reassign([("m", 0), ("x", 0)])
     assert router.mode == KEY_GROUPS
     msgs = [KeyedMsg("m", 0, i, k) for i, k in enumerate([b"a", None, b"b", None])]
-    per_slot, _ = router.route(msgs)
+    per_slot, _, _ = router.route(msgs)
     for slot, batches in enumerate(per_slot):
         offsets = [m.offset() for b in batches for m in b.elems]
         assert {1, 3} <= set(offsets), f"slot {slot} got both broadcast records"
         assert offsets == sorted(offsets), "in their place among the keyed ones"
-    other, _ = router.route([KeyedMsg("x", 0, 0, None)])
+    other, _, _ = router.route([KeyedMsg("x", 0, 0, None)])
     assert sum(len(b.elems) for batches in other for b in batches) == 1, "elsewhere: one slot"
 
 

@@ -33,9 +33,11 @@ from tests.fakes import (
 )
 from weir import Job
 from weir.operators.chain import Barrier, Batch
+from weir.operators.physical import WatermarkChannel
 from weir.service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCommit
 from weir.service.flow import HOLD_MAX_S, FlowControl
 from weir.service.metrics import Metrics
+from weir.service.repartition_watermarks import Announced, WatermarkChannels
 from weir.service.slots import FETCHER, SOURCES
 from weir.service.transaction import TransactionFailed
 
@@ -464,6 +466,7 @@ class Rig:
         stateful: bool = True,
         exactly_once: bool = True,
         last_checkpoint: int = 0,
+        channels: WatermarkChannels | None = None,
     ) -> None:
         self.events: list[tuple] = []
         self.output = FakeOutput(self.events, exactly_once)
@@ -490,6 +493,7 @@ class Rig:
             commit_timeout_s=1.0,
             state=state,
             slot_failure=lambda: self.failure,
+            channels=channels,
         )
 
     def auto_ack(self) -> None:
@@ -638,6 +642,62 @@ def test_acks_of_another_checkpoint_or_repeated_acks_do_not_count():
     assert apply[1:3] == (2, [W0, W0]), "only checkpoint 2's writes"
 
 
+def test_watermarks_are_announced_after_every_ack_and_committed_with_their_tables():
+    """Step 1 takes what to announce at the barrier; step 3 writes it into every
+    repartition partition once every slot passed the barrier, before the commit, and
+    commits each repartition partition's table as its offset's metadata."""
+    said = {("in", 0): Announced(5_000, False), ("in", 1): Announced(7_000, True)}
+    channels = WatermarkChannels(
+        [WatermarkChannel("in", "rep", False)], {"in": 2, "rep": 2}, lambda: (dict(said), {})
+    )
+    rig = Rig(channels=channels)
+    rig.router.pins[("rep", 0)] = 0
+    rig.router.positions[("rep", 0)] = 4
+    channels.load(("rep", 0), None)
+    channels.observe([(("rep", 0), b'{"t": "in", "n": 2, "w": [[1, 900, false]]}')])
+    c = rig.coordinator
+    c.trigger()
+    said[("in", 0)] = Announced(9_999, False)  # after the barrier: belongs to the next one
+    c.ack(0, 1, [W0])
+    assert c.poll(0.05) is False
+    assert "produce" not in rig.kinds(), "not before every slot has passed the barrier"
+    c.ack(1, 1, [W1])
+    assert c.poll(1.0) is True
+    assert rig.events[2:5] == [
+        ("produce", "rep", 0), ("produce", "rep", 1), ("commit", rig.events[4][1])
+    ], "step 3: into every partition, then the commit"  # fmt: skip
+    (value,) = {r.value for r in rig.output.producer.records}
+    assert orjson.loads(value)["w"] == [[0, 5_000, False], [1, 7_000, True]]
+    assert rig.output.metadata[("rep", 0)] == channels.table(("rep", 0)).encode()
+    assert not rig.output.metadata[("in", 0)], "other offsets carry no table"
+
+    rig.clear()
+    assert rig.checkpoint() is True
+    assert rig.kinds().count("produce") == 2, "9999 is news"
+    rig.clear()
+    assert rig.checkpoint(((), ())) is True
+    assert "produce" not in rig.kinds() and "commit" not in rig.kinds(), "nothing new at all"
+
+    said[("in", 1)] = Announced(7_000, False)
+    rig.output.error = TransactionFailed("fenced")
+    rig.clear()
+    with pytest.raises(CheckpointFailed):
+        rig.checkpoint(((), ()))
+    rig.output.error = None
+    rig.clear()
+    assert rig.checkpoint(((), ())) is True
+    assert rig.kinds()[2:5] == ["produce", "produce", "commit"], "not committed: announced again"
+    assert rig.output.metadata[("rep", 0)] == channels.table(("rep", 0)).encode(), (
+        "an announcement alone moved no input: the committed offsets go again, with their tables"
+    )
+
+    channels.forget([("rep", 0)])  # its table not read (yet) for some reason
+    said[("in", 1)] = Announced(8_000, False)
+    rig.clear()
+    assert rig.checkpoint(((), ())) is True
+    assert ("rep", 0) not in rig.output.metadata, "re-committed without its table: erased"
+
+
 def test_drain_completes_the_checkpoint_in_flight_then_takes_one_more():
     rig = Rig()
     rig.auto_ack()
@@ -727,6 +787,16 @@ def test_all_slots_full_holds_off_consuming_then_pauses_after_hold_max():
     assert consumer.paused == {("in", 0), ("in", 2)}
     loads[1].queued = 101
     assert fc.update(loads, (), FEEDS.get, now=1020.0) is True, "a new hold starts afresh"
+
+
+def test_a_paused_partition_that_leaves_is_resumed_first():
+    """librdkafka keeps a partition paused through its revocation: assigned back later,
+    it would never be fetched again (and would look read to its end)."""
+    fc, consumer = flow()
+    fc.pause_now([("in", 0), ("in", 1)])
+    fc.forget([("in", 1), ("in", 2)])
+    assert consumer.calls[-1] == ("resume", [("in", 1)])
+    assert consumer.paused == fc.paused == {("in", 0)}
 
 
 def test_restoring_partitions_stay_paused_and_reset_keeps_only_them():

@@ -121,9 +121,10 @@ TIMER = st.tuples(
 @given(st.lists(st.lists(TIMER, max_size=12), min_size=1, max_size=6), st.data())
 def test_each_timer_fires_once_in_timestamp_order_when_its_clock_reaches_it(rounds, data):
     """Rounds of registrations, each followed by an advance of the watermark and the
-    clock (sometimes backwards: clocks never go back): every distinct timer fires exactly
-    once, at the first advance whose clock reached it; event time first, each domain in
-    timestamp order."""
+    clock (sometimes backwards: the clock never goes back, the watermark does — the
+    runtime lowers it when a partition behind it joins): every distinct timer fires
+    exactly once, at the first advance whose clock reached it; event time first, each
+    domain in timestamp order."""
     s = Store(("op.keyed", watermark_state("op")))
     try:
         t = timers_over(s.buffer())
@@ -136,7 +137,7 @@ def test_each_timer_fires_once_in_timestamp_order_when_its_clock_reaches_it(roun
                 pending.add((domain, time, key))
             new_wm, new_now = data.draw(st.integers(-5, 55)), data.draw(st.integers(-5, 55))
             t.advance(new_wm, new_now)
-            wm, now = max(wm, new_wm), max(now, new_now)
+            wm, now = new_wm, max(now, new_now)
             assert (t.watermark, t.now) == (wm, now)
             fired = [(d, time, key_of(k).decode()) for d, time, k in t.due()]
             due = {x for x in pending if x[1] <= (wm if x[0] == EVENT else now)}
@@ -216,14 +217,14 @@ def test_the_watermark_each_partition_reached_is_restored_with_it(store):
     t.advance(600, NO_TIME)  # no rise: nothing written
     store.checkpoint(buffer)
     restarted = timers_over(store.buffer())
-    assert restarted.restored_watermark(0) == NO_TIME, "not owned yet"
+    assert restarted.reached_watermark(0) == NO_TIME, "not owned yet"
     restarted.own({0}, None)
-    assert (restarted.restored_watermark(0), restarted.restored_watermark(1)) == (700, NO_TIME)
+    assert (restarted.reached_watermark(0), restarted.reached_watermark(1)) == (700, NO_TIME)
     assert restarted.watermark == NO_TIME, "the restored one is per partition, not the clock"
     restarted.own({0, 1, 2}, None)
-    assert [restarted.restored_watermark(p) for p in (0, 1, 2)] == [700, 500, NO_TIME]
+    assert [restarted.reached_watermark(p) for p in (0, 1, 2)] == [700, 500, NO_TIME]
     restarted.own({1, 2}, None)
-    assert restarted.restored_watermark(0) == NO_TIME, "forgotten with the partition"
+    assert restarted.reached_watermark(0) == NO_TIME, "forgotten with the partition"
 
 
 # -- the operators ---------------------------------------------------------------------
@@ -339,7 +340,7 @@ def test_process_function_timers_are_deduplicated_deleted_and_ordered():
         s.close()
 
 
-def test_process_function_timers_fire_after_a_restart_from_the_restored_watermark():
+def test_process_function_timers_fire_after_a_restart_from_the_reached_watermark():
     """The watermark the partition reached is kept in state: after a restart with no
     input (all partitions idle), the runtime starts the watermark there, and the
     restored event-time timers past it fire as it moves on; those before it fired
@@ -355,16 +356,16 @@ def test_process_function_timers_fire_after_a_restart_from_the_restored_watermar
         s.checkpoint(op.buffer)
 
         op, out = start(ProcessOp, node, s, {0, 1})
-        assert [op.restored_watermark(p) for p in (0, 1, 2)] == [2000, 2000, NO_TIME]
-        op.advance(op.restored_watermark(0), NO_TIME)
+        assert [op.reached_watermark(p) for p in (0, 1, 2)] == [2000, 2000, NO_TIME]
+        op.advance(op.reached_watermark(0), NO_TIME)
         assert out.values == [], "nothing fires twice"
-        op.advance(op.restored_watermark(0) + 1000, NO_TIME)  # idle: moves with the clock
+        op.advance(op.reached_watermark(0) + 1000, NO_TIME)  # idle: moves with the clock
         assert sorted(out.values) == [["b", "event", 3000], ["c", "event", 2500]]
     finally:
         s.close()
 
 
-def test_window_restored_watermark_keeps_late_records_late_after_a_restart():
+def test_window_reached_watermark_keeps_late_records_late_after_a_restart():
     job = Job("timers")
     (
         job.source("in", timestamp=lambda r: r["ts"])
@@ -383,9 +384,43 @@ def test_window_restored_watermark_keeps_late_records_late_after_a_restart():
         s.checkpoint(op.buffer)
 
         op, out = start(WindowOp, node, s, {0})
-        assert op.restored_watermark(0) == 999
+        assert op.reached_watermark(0) == 999
         op.process(Batch("in", 0, [("a", {}, 700, 2), ("a", {}, 1700, 3)]))  # 700 is late
         op.advance(1999)
         assert [(v["window_start"], v["n"]) for v in out.values] == [(1000, 2)]
+    finally:
+        s.close()
+
+
+def test_a_partition_joining_behind_lowers_the_watermark_but_nothing_late_becomes_on_time():
+    """The runtime lowers a window's watermark when a partition behind it joins: the
+    joining partition's records are on time against what it reached, the other
+    partition's stay late against what it reached, and no window fires twice."""
+    job = Job("timers")
+    (
+        job.source("in", timestamp=lambda r: r["ts"])
+        .key_by()
+        .window(Tumbling(seconds=1))
+        .aggregate(n="count", name="w")
+        .sink("out")
+    )
+    node = node_of(Window, job)
+    s = Store(states_of(node))
+    try:
+        op, out = start(WindowOp, node, s, {0})
+        op.process(Batch("in", 0, [("a", {}, 500, 0), ("a", {}, 1500, 1)]))
+        op.advance(2999)
+        assert sorted((v["window_start"], v["n"]) for v in out.values) == [(0, 1), (1000, 1)]
+        out.values.clear()
+        op.own({0, 1}, None)  # partition 1 joins, behind: the watermark goes back to it
+        op.advance(999)
+        assert [op.reached_watermark(p) for p in (0, 1)] == [2999, 999]
+        op.process(Batch("in", 0, [("a", {}, 1600, 2)]))  # partition 0: still late
+        op.process(Batch("in", 1, [("b", {}, 1200, 0), ("b", {}, 2500, 1)]))  # on time
+        assert out.values == [], "nothing fired again, nothing fired early"
+        op.advance(2999)
+        assert sorted((v["key"], v["window_start"], v["n"]) for v in out.values) == [
+            ("b", 1000, 1), ("b", 2000, 1)
+        ]  # fmt: skip
     finally:
         s.close()

@@ -95,8 +95,12 @@ def test_router_uses_key_groups_when_fewer_partitions_than_slots():
 
 
 class Msg:
-    def __init__(self, topic, partition, offset, key, value=b"{}"):
+    def __init__(self, topic, partition, offset, key, value=b"{}", headers=None):
         self._t, self._p, self._o, self._k, self._v = topic, partition, offset, key, value
+        self._h = headers
+
+    def headers(self):
+        return self._h
 
     def topic(self):
         return self._t
@@ -125,8 +129,8 @@ def test_key_group_routing_keeps_keys_on_one_slot_in_order():
     r.reassign(tps(1))
     msgs = [Msg("t", 0, i, f"k{i % 7}".encode()) for i in range(200)]
     msgs += [Msg("t", 0, 200 + i, None) for i in range(40)]
-    per_slot, counts = r.route(msgs)
-    assert counts == {("t", 0): 240}
+    per_slot, counts, control = r.route(msgs)
+    assert counts == {("t", 0): 240} and control == []
     assert r.positions == {("t", 0): 240}
     seen = {}
     for slot, batches in enumerate(per_slot):
@@ -138,6 +142,25 @@ def test_key_group_routing_keeps_keys_on_one_slot_in_order():
                     assert seen.setdefault(m.key(), slot) == slot
     assert sum(len(b.elems) for bs in per_slot for b in bs) == 240
     assert sum(1 for bs in per_slot if bs) >= 3, "keys spread over the slots"
+
+
+def test_the_router_takes_control_records_out_of_topics_that_carry_them():
+    r = SlotRouter(2, 128, control_topics=["rep"])
+    r.reassign([("rep", 0), ("rep", 1), ("t", 0)])
+    mark = [("weir.watermark", b"1")]
+    msgs = [
+        Msg("rep", 0, 0, b"a"),
+        Msg("rep", 0, 1, None, b"c1", mark),
+        Msg("rep", 0, 2, b"b"),
+        Msg("rep", 1, 5, None, b"c2", mark),  # a batch of nothing else
+        Msg("t", 0, 7, b"x", b"{}", mark),  # headers elsewhere are data
+    ]
+    per_slot, counts, control = r.route(msgs)
+    assert control == [(("rep", 0), b"c1"), (("rep", 1), b"c2")], "in order, per partition"
+    routed = {(b.topic, b.partition): [m.offset() for m in b.elems] for bs in per_slot for b in bs}
+    assert routed == {("rep", 0): [0, 2], ("t", 0): [7]}, "no slot sees a control record"
+    assert counts == {("rep", 0): 2, ("t", 0): 1}
+    assert r.positions == {("rep", 0): 3, ("rep", 1): 6, ("t", 0): 8}, "committed past them"
 
 
 # -- config -----------------------------------------------------------------------
@@ -211,7 +234,7 @@ class FakeSlot:
         self.slot, self.slots = slot, slots
         self.state = None
         self.registry = None
-        self.produced, self.failed, self.sent = [], [], []
+        self.produced, self.failed, self.sent, self.times = [], [], [], []
 
     def produce(self, topic, rows, batch):
         self.produced.extend((topic, k, v) for k, v, _, _ in rows)
@@ -221,6 +244,9 @@ class FakeSlot:
 
     def send(self, slot, target, item):
         self.sent.append((slot, target, item))
+
+    def observe_time(self, topic, partition, max_timestamp):
+        self.times.append((topic, partition, max_timestamp))
 
 
 def test_chain_resumes_after_a_failing_record_and_calls_functions_once():
@@ -333,13 +359,14 @@ def test_compiled_plan_is_typed():
         "in",
         3,
     )
-    assert (internal.max_out_of_orderness, internal.idle_timeout) == (2.0, 5), "inherited"
     (state,) = plan.stateful
     assert isinstance(state.op, Window) and state.name == "counts"
     assert state.input_topic == "grp.by-k.repartition", "state follows the repartition topic"
     assert state.states == ("counts.windows", "counts.watermark")
     assert state.changelog == "grp.counts.changelog"
-    assert plan.event_time_sources == (internal,), "only the window's source drives timers"
+    assert plan.event_time_sources == (source, internal), "the window's, and the one behind it"
+    (channel,) = plan.watermark_channels
+    assert (channel.upstream, channel.topic, channel.timed) == ("in", internal.topic, False)
 
 
 def test_compile_plan_leaves_the_job_as_it_was():
@@ -385,6 +412,49 @@ def test_chained_key_bys_repartition_twice_in_walk_order():
     ), "operator ids stay unique: exchanges are addressed by them"
 
 
+def test_watermark_channels_lead_back_from_every_timer_through_chained_repartitions():
+    from weir import Tumbling
+
+    job = Job("w")
+    src = job.source("in", timestamp=lambda r: r["ts"], idle_timeout=1)
+    (
+        src.key_by(lambda r: r["a"], name="by-a")
+        .window(Tumbling(seconds=1))
+        .aggregate(n="count", name="w1")
+        .key_by(lambda r: r["key"], name="by-b")
+        .window(Tumbling(seconds=10))
+        .aggregate(n="count", name="w2")
+        .sink("out")
+    )
+    src.key_by(lambda r: r["c"], name="by-c").reduce(lambda x, y: y, name="r").sink("out2")
+    plan = compile_plan(job, "g")
+    assert [(c.upstream, c.topic, c.timed) for c in plan.watermark_channels] == [
+        ("in", "g.by-a.repartition", False),
+        ("g.by-a.repartition", "g.by-b.repartition", True),  # w1's results, stamped by it
+    ], "by-c feeds no timer: it carries no watermarks"
+    assert [s.topic for s in plan.event_time_sources] == [
+        "in", "g.by-a.repartition", "g.by-b.repartition"
+    ]  # fmt: skip
+
+    job = Job("v")
+    (
+        job.source("in", timestamp=lambda r: r["ts"])
+        .key_by(lambda r: r["a"], name="by-a")
+        .reduce(lambda x, y: y, name="latest")
+        .key_by(lambda r: r["b"], name="by-b")
+        .window(Tumbling(seconds=1))
+        .aggregate(n="count", name="w")
+        .sink("out")
+    )
+    plan = compile_plan(job, "g")
+    assert [(c.upstream, c.topic, c.timed) for c in plan.watermark_channels] == [
+        ("in", "g.by-a.repartition", False),
+        ("g.by-a.repartition", "g.by-b.repartition", False),
+    ], "the first repartition carries the watermark on to the one the window reads"
+    chain = build_chain(plan.roots, FakeSlot(), 64)
+    assert chain.sources["in"].track_time, "its watermark is announced downstream"
+
+
 def test_compile_plan_refuses_an_unrunnable_job():
     job = Job("bad")
     job.source("in").rebalance().key_by().reduce(lambda a, b: b).sink("out")
@@ -400,6 +470,7 @@ def test_repartition_chain_writes_key_value_envelopes_to_the_groups_topic():
     msgs = [Msg("in", 0, i, None, f'{{"k": "k{i}", "ts": {i}}}'.encode()) for i in range(3)]
     chain.sources["in"].process(Batch("in", 0, msgs))
     assert ctx.produced == [
-        ("grp.by-k.repartition", f"k{i}".encode(), f'["k{i}",{{"k":"k{i}","ts":{i}}}]'.encode())
+        ("grp.by-k.repartition", f"k{i}".encode(), f'["k{i}",{{"k":"k{i}","ts":{i}}},{i}]'.encode())
         for i in range(3)
     ]
+    assert ctx.times == [("in", 0, 2)], "the source's watermark is announced downstream"

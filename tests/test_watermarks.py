@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from tests.fakes import Progress
 from weir.operators.timers import NO_TIME
-from weir.service.watermarks import SourceClock, WatermarkTracker
+from weir.service.repartition_watermarks import Announced, UpstreamTable
+from weir.service.watermarks import SlotProgress, SourceClock, WatermarkTracker
 
 A0, A1, B0 = ("a", 0), ("a", 1), ("b", 0)
 
@@ -88,36 +89,37 @@ def test_no_idle_timeout_means_never_idle():
     assert t.watermark == 4_000
 
 
-def test_all_idle_advances_with_the_wall_clock_from_where_it_was():
+def test_all_idle_flushes_the_highest_watermark_then_advances_with_the_wall_clock():
     t, p = tracker(), Progress()
     p.record(A0, 10_000, 1.0)
     p.record(A1, 12_000, 1.0)
     t.advance(1.0, [A0, A1], (), p)
     assert t.watermark == 9_000
-    assert t.advance(6.5, [A0, A1], (), p) is False, "both idle from now: the clock starts"
-    assert t.advance(7.5, [A0, A1], (), p) is True
-    assert t.watermark == 10_000
+    assert t.advance(6.5, [A0, A1], (), p) is True, "both idle: nothing more is coming"
+    assert t.watermark == 11_000, "the highest either reached (Flink's valve flushes it)"
+    t.advance(7.5, [A0, A1], (), p)
+    assert t.watermark == 12_000, "then the wall clock"
     t.advance(10.0, [A0, A1], (), p)
-    assert t.watermark == 12_500
+    assert t.watermark == 14_500
     p.record(A1, 12_600, 10.5)  # a-1 wakes up behind the wall clock
     assert t.advance(10.5, [A0, A1], (), p) is False, "never goes back"
-    assert t.watermark == 12_500
-    t.advance(16.0, [A0, A1], (), p)  # idle again: the clock restarts from 12500
+    assert t.watermark == 14_500
+    t.advance(16.0, [A0, A1], (), p)  # idle again: the clock restarts from 14500
     t.advance(17.0, [A0, A1], (), p)
-    assert t.watermark == 13_500
+    assert t.watermark == 15_500
 
 
-def test_right_after_a_restart_it_starts_from_the_lowest_restored_watermark():
+def test_right_after_a_restart_it_starts_from_the_highest_reached_watermark():
     t, p = tracker(at=0.0), Progress()
     p.floors = {A0: 50_000, A1: 40_000}
     assert t.advance(6.0, [A0, A1], (), p) is True, "no records yet, both idle"
-    assert t.watermark == 40_000
+    assert t.watermark == 50_000
     t.advance(7.0, [A0, A1], (), p)
     t.advance(8.0, [A0, A1], (), p)
-    assert t.watermark == 41_000, "then with the wall clock from there"
+    assert t.watermark == 52_000, "then with the wall clock from there"
 
 
-def test_a_restored_watermark_is_a_floor_for_its_partition():
+def test_a_reached_watermark_is_a_floor_for_its_partition():
     t, p = tracker(ooo_ms=0), Progress()
     p.floors = {A0: 30_000}
     p.record(A0, 10_000, 1.0)
@@ -126,13 +128,23 @@ def test_a_restored_watermark_is_a_floor_for_its_partition():
     assert t.watermark == 30_000, "a-0 reached 30000 before the restart"
 
 
-def test_the_watermark_never_goes_back_when_a_partition_joins():
+def test_a_partition_joining_behind_brings_its_topics_watermark_back_to_it():
+    """Rule 6's exception: a partition assigned here behind the others (its new owner
+    catches up on it) must not find its windows fired; the operators keep everything
+    that was late late (lateness is judged per partition)."""
     t, p = tracker(), Progress()
     p.record(A0, 10_000, 1.0)
     t.advance(1.0, [A0], (), p)
+    assert t.watermark == 9_000
     t.activate(A1, 2.0)
     p.record(A1, 1_000, 2.0)
-    assert t.advance(2.0, [A0, A1], (), p) is False
+    assert t.advance(2.0, [A0, A1], (), p) is True
+    assert t.watermark == 0, "the minimum again"
+    p.floors[A1] = 3_000  # its windows' state says it had reached 3000 elsewhere
+    t.advance(2.1, [A0, A1], (), p)
+    assert t.watermark == 3_000, "never below what the partition reached"
+    p.record(A1, 50_000, 2.2)
+    t.advance(2.2, [A0, A1], (), p)
     assert t.watermark == 9_000
 
 
@@ -151,6 +163,92 @@ def test_a_burst_then_silence_still_closes_its_windows_when_another_partition_is
     assert t.watermark >= 10_000, "the window holding a-0's records must be able to close"
 
 
+# -- repartition partitions: what the upstream announced -------------------------------------
+
+R0, R1 = ("r", 0), ("r", 1)
+
+
+def channel_tracker() -> WatermarkTracker:
+    """Source "a" (out-of-orderness 1 s, idle after 5 s) writes into repartition topic "r"."""
+    t = WatermarkTracker({"a": SourceClock(1_000, 5.0), "r": SourceClock(0, None, True)})
+    for tp in (A0, A1, R0, R1):
+        t.activate(tp, 0.0)
+    return t
+
+
+def table(*entries: tuple[int, bool] | None) -> UpstreamTable:
+    return UpstreamTable(len(entries), [e and Announced(*e) for e in entries])
+
+
+def test_a_repartition_partition_is_at_the_lowest_watermark_its_upstream_announced():
+    t, p = channel_tracker(), Progress()
+    p.upstream = {R0: table((50_000, False), None, (9_000, False)), R1: table()}
+    assert t.advance(1.0, [R0, R1], (), p) is False, "upstream 1 announced nothing: it holds"
+    p.upstream[R0] = table((50_000, False), (20_000, False), (9_000, False))
+    p.upstream[R1] = table((50_000, False), (20_000, False), (9_000, False))
+    assert t.advance(1.1, [R0, R1], (), p) is True
+    assert t.watermarks["r"] == 9_000, "the slowest upstream partition holds it"
+    p.upstream[R0].merge(2, Announced(4_000, False))
+    p.upstream[R1].merge(2, Announced(30_000, True))
+    assert p.upstream[R0].entries[2] == Announced(9_000, False), "an announcement never goes back"
+    t.advance(1.2, [R0, R1], (), p)
+    assert t.watermarks["r"] == 9_000, "r-0 still hears upstream 2 at 9000"
+    p.upstream[R0].merge(2, Announced(30_000, True))
+    t.advance(1.3, [R0, R1], (), p)
+    assert t.watermarks["r"] == 20_000, "an idle upstream partition holds nothing back"
+
+
+def test_silence_never_makes_a_repartition_partition_idle_only_its_upstream_can():
+    t, p = channel_tracker(), Progress()
+    p.upstream = {R0: table((10_000, False), (12_000, False))}
+    t.advance(1.0, [R0], (), p)
+    for now in (10.0, 100.0, 1_000.0):  # its writers stopped (killed, restarting): it holds
+        assert t.advance(now, [R0], (), p) is False
+        assert t.watermarks["r"] == 10_000
+    p.upstream[R0] = table((10_000, True), (12_000, True))
+    p.backlog.add(R0)  # their last records not read yet: not idle
+    assert t.advance(1_001.0, [R0], (), p) is False
+    p.backlog.discard(R0)
+    t.advance(1_002.0, [R0], (), p)  # idle: the highest they announced, then the clock
+    assert t.watermarks["r"] == 12_000
+    t.advance(1_003.0, [R0], (), p)
+    assert t.watermarks["r"] == 13_000
+    fresh = channel_tracker()  # a restart with every upstream idle: the same
+    fresh.advance(1.0, [R0], (), p)
+    assert fresh.watermarks["r"] == 12_000
+
+
+def test_a_repartition_partition_never_goes_below_its_reached_watermark():
+    t, p = channel_tracker(), Progress()
+    p.floors = {R0: 70_000}
+    p.upstream = {R0: table((10_000, False))}
+    t.advance(1.0, [R0], (), p)
+    assert t.watermarks["r"] == 70_000
+    assert t.advance(2.0, [R0], {R0}, p) is False, "restoring holds, as any partition"
+
+
+def test_each_topic_has_its_own_watermark_and_the_workers_is_the_lowest():
+    t, p = channel_tracker(), Progress()
+    p.record(A0, 100_000, 1.0)
+    p.record(A1, 90_000, 1.0)
+    p.upstream = {R0: table((20_000, False), (30_000, False))}
+    assert t.advance(1.0, [A0, A1, R0], (), p) is True
+    assert t.watermarks == {"a": 89_000, "r": 20_000}, "a window behind r is not held by a"
+    assert t.watermark == 20_000
+
+
+def test_announcements_are_each_partitions_watermark_and_idleness():
+    t, p = channel_tracker(), Progress()
+    p.record(A0, 100_000, 1.0)
+    p.floors = {A1: 5_000}
+    got = t.announcements(7.0, [A0, A1, B0, R0], {R0}, p)
+    assert got == {A0: Announced(99_000, True), A1: Announced(5_000, True)}, (
+        "idle after 5 s (a-1 since it was assigned); restoring r-0 and untracked b-0 say nothing"
+    )
+    p.record(A1, 50_000, 6.5)
+    assert t.announcements(7.0, [A1], (), p) == {A1: Announced(49_000, False)}
+
+
 # -- properties -------------------------------------------------------------------------------
 
 TPS = [A0, A1, B0]
@@ -166,7 +264,7 @@ STEP = st.one_of(
 def partition_watermark(tp, p: Progress) -> int:
     ts = p.max_timestamp(tp)
     seen = NO_TIME if ts is None else ts - CLOCKS[tp[0]].out_of_orderness_ms
-    return max(seen, p.restored_watermark(tp))
+    return max(seen, p.reached_watermark(tp))
 
 
 def idle(tp, now: float, p: Progress) -> bool:
@@ -187,7 +285,7 @@ def test_watermark_rules_hold_for_any_sequence(floors, steps):
     for tp in TPS:
         t.activate(tp, 0.0)
     now, restoring = 0.0, set()
-    idle_run: tuple[float, int] | None = None  # all idle since when, from which watermark
+    idle_run: dict[str, tuple[float, int] | None] = dict.fromkeys(CLOCKS)  # all idle since
     for step in steps:
         if step[0] == "record":
             p.record(step[1], step[2], now)
@@ -199,22 +297,64 @@ def test_watermark_rules_hold_for_any_sequence(floors, steps):
             (restoring.add if step[2] else restoring.discard)(step[1])
             continue
         now += step[1]
-        before = t.watermark
+        before = {topic: t.watermarks.get(topic, NO_TIME) for topic in CLOCKS}
         moved = t.advance(now, TPS, restoring, p)
-        after = t.watermark
-        assert after >= before, "rule 6: never goes back"
-        assert moved == (after > before)
-        if restoring:
-            assert after == before, "rule 2: a restoring partition holds it"
-            idle_run = None
-            continue
-        active = [tp for tp in TPS if not idle(tp, now, p)]
-        if active:
-            idle_run = None
-            low = min(partition_watermark(tp, p) for tp in active)
-            assert after == max(before, low), "rules 1, 3, 4: the minimum over active ones"
-        else:
-            idle_run = idle_run or (now, before)
-            since, base = idle_run
-            if base != NO_TIME:
-                assert after == base + round((now - since) * 1000), "rule 5: the wall clock"
+        after = {topic: t.watermarks.get(topic, NO_TIME) for topic in CLOCKS}
+        assert moved == any(after[k] > before[k] for k in CLOCKS)
+        assert t.watermark == min(after.values()), "the worker's: the lowest topic's"
+        for topic in CLOCKS:  # each topic on its own
+            tps = [tp for tp in TPS if tp[0] == topic]
+            was, got = before[topic], after[topic]
+            assert got >= was, "rule 6: never goes back"
+            if restoring & set(tps):
+                assert got == was, "rule 2: a restoring partition holds it"
+                idle_run[topic] = None
+                continue
+            active = [tp for tp in tps if not idle(tp, now, p)]
+            if active:
+                idle_run[topic] = None
+                low = min(partition_watermark(tp, p) for tp in active)
+                assert got == max(was, low), "rules 1, 3, 4: the minimum over active ones"
+            else:
+                if idle_run[topic] is None:
+                    flush = max([was, *(partition_watermark(tp, p) for tp in tps)])
+                    idle_run[topic] = (now, flush) if flush > NO_TIME else None
+                if idle_run[topic] is None:
+                    assert got == was, "rule 5: nothing reached, nothing to flush"
+                    continue
+                since, base = idle_run[topic]
+                assert got == base + round((now - since) * 1000), "rule 5: flush, then the clock"
+
+
+class _Consumer:
+    """A consumer that has read partition ("a", 0) to its end, offset 10."""
+
+    def get_watermark_offsets(self, tp, cached=True):
+        return 0, 10
+
+    def position(self, tp):
+        return 10
+
+
+class _Slot:
+    def __init__(self, taken: int) -> None:
+        self.taken = {A0: taken}
+
+
+class _Router:
+    def __init__(self, routed: int) -> None:
+        self.positions = {A0: 10}
+        self.routed = {A0: routed}
+
+
+def test_a_partition_read_to_its_end_is_caught_up_only_once_its_slots_took_every_record():
+    """Records read but still queued for a slow slot are not processed: the partition
+    must not look idle while they wait (they would be late downstream)."""
+
+    def progress(taken: list[int], routed: int) -> SlotProgress:
+        slots = [_Slot(n) for n in taken]
+        return SlotProgress(slots, _Consumer(), _Router(routed), dict, None, set)
+
+    assert not progress([3, 4], routed=10).caught_up(A0), "3 records still queued"
+    assert progress([6, 4], routed=10).caught_up(A0), "every routed record taken"
+    assert progress([], routed=0).caught_up(A0), "nothing routed since the slots started"

@@ -71,6 +71,7 @@ from weir.service.jobfile import load_job
 from weir.service.metrics import Metrics
 from weir.service.partitioner import partition_for
 from weir.service.queries import present_state
+from weir.service.repartition_watermarks import Announced, UpstreamTable, WatermarkChannels
 from weir.service.router import SlotRouter
 from weir.service.slot_pool import SlotPool
 from weir.service.slots import FETCHER, SOURCES, Inbox, Release, Slot, Stop, Watermark
@@ -187,7 +188,12 @@ class JobTester:
         self._finalizer = weakref.finalize(self, _close, self._store, self._dir)
 
         # Every partition is assigned to this one worker, for good.
-        self._router = SlotRouter(slots, plan.max_key_groups, plan.exchanges)
+        self._channels = WatermarkChannels(
+            plan.watermark_channels, self._partitions, self._announcements
+        )
+        self._router = SlotRouter(
+            slots, plan.max_key_groups, plan.exchanges, control_topics=self._channels.topics
+        )
         assigned = [(t, p) for t, n in self._partitions.items() for p in range(n)]
         self._router.reassign(assigned)
         self._pool = SlotPool(plan, slots, self._metrics, changelogs, _raise)
@@ -197,7 +203,7 @@ class JobTester:
         self._started = self._now / 1000  # when the partitions were assigned (s)
         for tp in assigned:
             self._tracker.activate(tp, self._started)
-        self._progress = _Progress(self._slots, self._seen)
+        self._progress = _Progress(self._slots, self._seen, self._channels)
         self._step()
 
     @classmethod
@@ -392,17 +398,27 @@ class JobTester:
             self._offsets[tp] = offset + 1
             self._seen[tp] = self._now / 1000
             msgs.append(_Record(topic, partition, offset, key, value, headers, stamp))
-        per_slot, _ = self._router.route(msgs)
+        per_slot, _, control = self._router.route(msgs)
         self._pool.dispatch(per_slot)
+        if control:  # after the records before them, as the worker's fetch loop does
+            self._channels.observe(control)
 
     def _tick(self) -> None:
         """The worker's watermark tick, on the tester's clock."""
         if not self._tracker:
             return
         self._tracker.advance(self._now / 1000, self._router.pins, (), self._progress)
-        wm = max(self._tracker.watermark, self._forced)
-        self._pool.broadcast(Watermark(wm, self._now))
+        forced, marks = self._forced, self._tracker.watermarks
+        values = {t: max(marks.get(t, NO_TIME), forced) for t in self._tracker.sources}
+        self._pool.broadcast(Watermark(values, self._now))
         self._run_slots()
+
+    def _announcements(self) -> tuple[dict[tuple[str, int], Announced], dict[str, int]]:
+        """What the tracker says of every partition, and each topic's watermark, for the
+        watermark channels' checkpoint step (as `Worker._announcements`)."""
+        now = self._now / 1000
+        values = self._tracker.announcements(now, self._router.pins, (), self._progress)
+        return values, dict(self._tracker.watermarks)
 
     def _idle_moments(self, start: int, end: int) -> list[int]:
         """The times in ``(start, end)`` (epoch ms) at which a partition becomes idle:
@@ -423,6 +439,7 @@ class JobTester:
         self._checkpoint_id += 1
         checkpoint = self._checkpoint_id
         self._acks = {}
+        announcements = self._channels.checkpoint()  # at the barrier, as a worker takes them
         self._pool.broadcast(Barrier(checkpoint))
         try:
             self._run_slots()
@@ -439,6 +456,8 @@ class JobTester:
             self._store.apply(writes, {}, checkpoint)
             for slot in self._slots:
                 slot.state.applied()
+        announcements.write(self._producer)  # behind everything the epoch wrote
+        self._channels.committed(announcements)
         self._pool.broadcast(Release(checkpoint))
         self._run_slots()
 
@@ -467,7 +486,7 @@ class JobTester:
                     partition = r.partition
                 else:
                     partition = 0 if r.key is None else partition_for(r.key, count)
-                out.append((topic, partition, r.key, r.value, r.timestamp, None))
+                out.append((topic, partition, r.key, r.value, r.timestamp, r.headers or None))
             self._read[topic] = len(written)
         return out
 
@@ -593,9 +612,12 @@ class _Progress:
     """What the partitions have shown, for the watermark rules: event time from the
     slots, last record time from the tester's clock; everything sent is read at once."""
 
-    def __init__(self, slots: list[Slot], seen: dict[TopicPartition, float]) -> None:
+    def __init__(
+        self, slots: list[Slot], seen: dict[TopicPartition, float], channels: WatermarkChannels
+    ) -> None:
         self.slots = slots
         self.seen = seen
+        self.channels = channels
 
     def max_timestamp(self, tp: TopicPartition) -> int | None:
         return max((s.max_ts[tp] for s in self.slots if tp in s.max_ts), default=None)
@@ -606,8 +628,11 @@ class _Progress:
     def caught_up(self, tp: TopicPartition) -> bool:
         return True
 
-    def restored_watermark(self, tp: TopicPartition) -> int:
+    def reached_watermark(self, tp: TopicPartition) -> int:
         return NO_TIME
+
+    def announced(self, tp: TopicPartition) -> UpstreamTable | None:
+        return self.channels.table(tp)
 
 
 # -- helpers -------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from weir.operators.chain import (
 )
 from weir.operators.interval_join import IntervalJoinOp
 from weir.operators.keyed import AggregateOp, KeyedOp, ReduceOp
-from weir.operators.physical import PlanNode
+from weir.operators.physical import PlanNode, event_time_topics
 from weir.operators.plan import (
     Aggregate,
     BroadcastProcess,
@@ -172,12 +172,13 @@ def build_chain(roots: Sequence[PlanNode], ctx: SlotContext, max_key_groups: int
         return instance
 
     heads: dict[str, list[Operator]] = {}
+    timed = event_time_topics(tuple(roots))
     for root in roots:
         topic = root.op.topic
-        before = len(windows)
         head = build(root)
         if head is not None:
-            head.track_time = len(windows) > before  # its watermark drives those windows
+            if not isinstance(head, RepartitionSourceOp):  # its time is its records'
+                head.track_time = topic in timed  # its watermark drives timers, here or further
             # Kafka headers are kept only for a dataflow with a function that reads them.
             head.keep_headers = any(node.op.wants_meta for node in root.walk())
             heads.setdefault(topic, []).append(head)

@@ -402,37 +402,47 @@ class FlatMapOp(Operator):
 
 
 class RepartitionSourceOp(Operator):
-    """Reads a repartition topic: values are ``[key, value]`` envelopes (JSON), the
-    record timestamp is the event time; headers are kept as a source's are."""
+    """Reads a repartition topic: values are ``[key, value, event time]`` envelopes
+    (JSON; ``[key, value]`` from earlier versions, whose record timestamp was the event
+    time); headers are kept as a source's are. Its watermark is not taken from these
+    records but from what the upstream writers announce
+    (`weir.service.repartition_watermarks`; the fetcher keeps those control records
+    away from the slots)."""
 
-    __slots__ = ("keep_headers", "track_time")
+    __slots__ = ("keep_headers",)
 
     def __init__(self, op: RepartitionSource, ctx: SlotContext) -> None:
         super().__init__(op, ctx)
-        self.track_time = False  # set when windows downstream need this source's watermark
         self.keep_headers = False  # set when a function downstream takes record metadata
 
     def process(self, batch: Batch) -> None:
         msgs = batch.elems
+        loads = orjson.loads
         elems = []
         for m in msgs:
             try:
-                k, v = orjson.loads(m.value())
-            except Exception as exc:
-                self.ctx.fail(self.name, "decode", batch, (m.key(), m.value(), 0, m.offset()), exc)
-                continue
-            elems.append((k, v, m.timestamp()[1], m.offset()))
-        if self.track_time and elems:
-            self.ctx.observe_time(batch.topic, batch.partition, max(e[2] for e in elems))
+                k, v, t = loads(m.value())
+            except Exception:
+                try:  # an envelope of an earlier version, or not one
+                    k, v = loads(m.value())
+                    t = m.timestamp()[1]
+                except Exception as exc:
+                    record = (m.key(), m.value(), 0, m.offset())
+                    self.ctx.fail(self.name, "decode", batch, record, exc)
+                    continue
+            elems.append((k, v, t, m.offset()))
         if elems and self.out is not None:
             headers = _headers_of(msgs) if self.keep_headers else None
             self.out.process(Batch(batch.topic, batch.partition, elems, headers))
 
 
 class RepartitionOp(Operator):
-    """``key_by(fn)`` before keyed state: writes ``[key, value]`` to the repartition
-    topic, keyed by the key, with the event time as the record timestamp. When the
-    batch carries headers (metadata was asked for), they travel with the record."""
+    """``key_by(fn)`` before keyed state: writes ``[key, value, event time]`` to the
+    repartition topic, keyed by the key. The record timestamp is the wall clock (the
+    producer stamps it), not the event time: the broker deletes segments by their
+    records' timestamps (``retention.ms``), which would take a backlog of events older
+    than that before it is read, and refuses timestamps far ahead of its clock. When
+    the batch carries headers (metadata was asked for), they travel with the record."""
 
     __slots__ = ("fn", "topic", "with_meta")
 
@@ -456,12 +466,12 @@ class RepartitionOp(Operator):
                     for i in range(i, n):  # noqa: B020 - resumes after a failed record
                         k, v, t, o = elems[i]
                         key = fn(v) if meta is None else fn(v, meta(k, t, o))
-                        append((encode_key(key), dumps([key, v]), o, t))
+                        append((encode_key(key), dumps([key, v, t]), o, 0))
                 else:
                     for i in range(i, n):  # noqa: B020
                         k, v, t, o = elems[i]
                         key = fn(v) if meta is None else fn(v, meta(k, t, o))
-                        append((encode_key(key), dumps([key, v]), o, t, headers.get(o) or []))
+                        append((encode_key(key), dumps([key, v, t]), o, 0, headers.get(o) or []))
                 break
             except Exception as exc:
                 self.ctx.fail(self.name, "key", batch, elems[i], exc)

@@ -62,7 +62,7 @@ class IntervalJoinOp(TimerOperator):
 
     def process(self, batch: Batch) -> None:
         p = batch.partition
-        wm = max(self.timers.watermark, self.timers.restored_watermark(p))
+        wm = max(self.timers.watermark, self.timers.reached_watermark(p))  # lateness per partition
         lower, upper = self.lower, self.upper
         buffer, state = self.buffer, self.state
         put = buffer.writer(state)

@@ -15,9 +15,8 @@ was, so one job compiles for any number of groups. The steps:
    of one worker. The job's sources come first in the plan, then the
    repartition sources in the order a depth-first walk meets them. A `Union`
    is compiled once, where the walk first meets it; its node is a child of each
-   of its inputs (the plan is a DAG), and a repartition after it inherits the
-   watermark settings of all the sources that reach it (the largest disorder,
-   the longest idle timeout). An operator with several inputs (`MultiInputOp`)
+   of its inputs (the plan is a DAG), and a repartition after it is written by
+   the trees of all the sources that reach it. An operator with several inputs (`MultiInputOp`)
    hangs under a `MergedSource` of its own topic ``<group>.<name>.repartition``;
    each of its inputs ends in a `SideRepartition` writing to that topic — in
    place of a ``key_by(fn)`` that feeds it directly, else after the input's last
@@ -27,6 +26,14 @@ was, so one job compiles for any number of groups. The steps:
 3. List every stateful operator with the topic whose partitions its state
    follows (the source of its tree), its state names and its changelog
    ``<group>.<operator>.changelog``.
+
+Event time flows through repartition topics (`weir.service.repartition_watermarks`):
+a repartition topic whose tree has timers (windows, process functions, operators
+with several inputs), or writes into such a topic further down, is a *watermark
+channel*: the workers reading its upstream topic announce their partitions'
+watermarks into it (after a union, each topic reaching it is the upstream of a
+channel of its own). The plan names these channels and every topic whose watermark
+someone needs.
 
 Topic names are a contract (they outlive workers and releases): changelogs
 ``<group>.<operator>.changelog``, repartition topics
@@ -67,11 +74,10 @@ AnySource = Source | RepartitionSource
 
 
 class Upstream(Protocol):
-    """What a repartition source inherits from the source(s) upstream of its key_by."""
+    """What heads the tree an operator is in: the topic a repartition topic after it
+    takes its default partition count from."""
 
     topic: str
-    max_out_of_orderness: float
-    idle_timeout: float | None
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,52 @@ class KeyedState:
     @property
     def name(self) -> str:
         return self.op.name
+
+
+@dataclass(frozen=True)
+class WatermarkChannel:
+    """A repartition topic that carries the watermarks of its upstream topic's
+    partitions to the timers behind it. ``timed``: timer operators lie between the
+    upstream source and the ``key_by``, so the records written carry times those
+    timers chose (window ends), and what is announced is held to their watermark."""
+
+    upstream: str
+    topic: str
+    timed: bool
+
+
+def _timed(node: PlanNode) -> bool:
+    return isinstance(node.op, Window | Process | MultiInputOp)
+
+
+def _channels(roots: tuple[PlanNode, ...]) -> tuple[WatermarkChannel, ...]:
+    """Every repartition into a topic whose watermark is needed, found by walking the
+    roots in reverse: a repartition source comes after the tree that writes it."""
+    needed = {root.op.topic for root in roots if any(map(_timed, root.walk()))}
+    found: list[WatermarkChannel] = []
+    for root in reversed(roots):
+        for node, timed in _repartitions(root, False):
+            if node.op.topic in needed:
+                found.append(WatermarkChannel(root.op.topic, node.op.topic, timed))
+                needed.add(root.op.topic)
+    return tuple(reversed(found))
+
+
+def _repartitions(node: PlanNode, timed: bool) -> Iterator[tuple[PlanNode, bool]]:
+    """The `Repartition` nodes under ``node``, each with whether a timer operator
+    lies on the way to it."""
+    timed = timed or _timed(node)
+    if isinstance(node.op, Repartition):
+        yield node, timed
+    for child in node.children:
+        yield from _repartitions(child, timed)
+
+
+def event_time_topics(roots: tuple[PlanNode, ...]) -> frozenset[str]:
+    """The topics whose watermark is needed: those read by a tree with timers, and
+    the upstream topics of every watermark channel."""
+    timed = {root.op.topic for root in roots if any(map(_timed, root.walk()))}
+    return frozenset(timed | {channel.upstream for channel in _channels(roots)})
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,12 +249,15 @@ class PhysicalPlan:
 
     @property
     def event_time_sources(self) -> tuple[AnySource, ...]:
-        """Sources feeding windows or process functions: their watermarks drive timers."""
-        return tuple(
-            root.op
-            for root in self.roots
-            if any(isinstance(node.op, Window | Process | MultiInputOp) for node in root.walk())
-        )
+        """Sources whose watermark is needed: they feed windows, process functions or
+        operators with several inputs, directly or through watermark channels."""
+        topics = event_time_topics(self.roots)
+        return tuple(root.op for root in self.roots if root.op.topic in topics)
+
+    @property
+    def watermark_channels(self) -> tuple[WatermarkChannel, ...]:
+        """The repartition topics that carry watermarks, with their upstream topics."""
+        return _channels(self.roots)
 
     @property
     def exchanges(self) -> bool:
@@ -324,8 +379,7 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
         return reader
 
     def compile_op(op: Op, source: Upstream) -> PlanNode:
-        """``op``'s node; ``source`` heads the tree it is in (a repartition source
-        inherits its watermark settings)."""
+        """``op``'s node; ``source`` heads the tree it is in."""
         if isinstance(op, Union):
             if op.id not in compiled:
                 merged = MergedUpstream.of(source.topic, origins[op.id])
@@ -358,8 +412,6 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
             topic=topic,
             upstream=source.topic,
             partitions=op.partitions,
-            max_out_of_orderness=source.max_out_of_orderness,
-            idle_timeout=source.idle_timeout,
         )
         place = len(repartitioned)
         repartitioned.append(PlanNode(reader))  # its place, before the ones found below it

@@ -387,14 +387,13 @@ class Repartition(MetaOp):
 @_operator
 class RepartitionSource(Op):
     """Reads a repartition topic. Its records carry the event time as their timestamp;
-    its watermark settings are those of the source upstream of the ``key_by``."""
+    its watermark is what the workers reading ``upstream`` announce into it
+    (`weir.service.repartition_watermarks`)."""
 
     kind = "source"
     topic: str
     upstream: str  # the topic the key_by read from
     partitions: int | None  # key_by(partitions=…); None: as many as ``upstream``
-    max_out_of_orderness: float
-    idle_timeout: float | None
 
     def _details(self) -> str:
         return f" topic={self.topic} value=repartition"
@@ -436,8 +435,12 @@ class SideRepartition(MetaOp):
 class MergedSource(RepartitionSource):
     """Reads a `MultiInputOp`'s topic. Its partitions' watermark is the minimum over the
     sides (`operators.sides`): ``clocks`` holds each side's (max_out_of_orderness,
-    idle_timeout) in seconds, inherited from the sources upstream of it."""
+    idle_timeout) in seconds, inherited from the sources upstream of it; its own
+    ``max_out_of_orderness`` and ``idle_timeout`` are those of the partitions as a
+    whole (each side's disorder is applied per side)."""
 
+    max_out_of_orderness: float
+    idle_timeout: float | None
     clocks: tuple[tuple[float, float | None], ...]
 
     def _details(self) -> str:

@@ -94,7 +94,7 @@ class TableJoinOp(TimerOperator):
 
     def process(self, batch: Batch) -> None:
         p = batch.partition
-        wm = max(self.timers.watermark, self.timers.restored_watermark(p))
+        wm = max(self.timers.watermark, self.timers.reached_watermark(p))  # lateness per partition
         buffer, state, register = self.buffer, self.state, self.timers.register
         put = buffer.writer(state)
         out: list[Element] = []

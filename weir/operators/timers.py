@@ -24,15 +24,19 @@ Invariants:
    fires, the operator checks the key's state, which alone decides.
    What the service persists is the watermark each owned partition reached,
    in the operator's ``<name>.watermark`` state under `weir.state.layout.partition_key`,
-   so that after a restart the partition's watermark (`restored_watermark`)
-   does not go back: late records stay late, no window fires twice, and with
-   every input idle the runtime starts from it, so restored timers still fire.
+   so that the partition's watermark (`reached_watermark`) never goes back, in
+   this slot or after it moves or restarts: late records stay late, no window
+   fires twice, and with every input idle the runtime starts from it, so
+   restored timers still fire. The operator's watermark itself (its input
+   topic's) goes back when a partition behind it joins — the joining
+   partition's windows must not fire early — and lateness is judged per
+   partition, against what that partition reached.
 4. **Rebuilt on ownership changes.** `Timers.own` is given the partitions (and,
    when slots share partitions, the key groups) the slot now owns. For each
-   newly owned partition it reads the partition's restored watermark and scans
+   newly owned partition it reads the watermark the partition reached and scans
    the operator's keyed state of that partition, queueing the timers of the
    keys in those key groups (after a restore, a rebalance, a rollback).
-   Partitions given up are forgotten, their restored watermark too.
+   Partitions given up are forgotten, their reached watermark too.
 5. **Stale timers are skipped.** Queued timers of a partition the slot gave up
    are dropped, not fired, when they come due; if the slot owns it again, the
    rebuild queues its timers afresh from state.
@@ -66,7 +70,7 @@ class Timers:
     """One operator instance's timers: a queue per domain over its keyed state."""
 
     __slots__ = (
-        "_buffer", "_due_times", "_floors", "_index", "_owned", "_queues", "_state",
+        "_buffer", "_due_times", "_index", "_owned", "_queues", "_reached", "_state",
         "_wm_state", "now", "watermark",
     )  # fmt: skip
 
@@ -81,7 +85,7 @@ class Timers:
         self._index: dict[str, dict[int, set[bytes]]] = {EVENT: {}, PROCESSING: {}}
         self._queues: dict[str, list[int]] = {EVENT: [], PROCESSING: []}
         self._owned: set[int] = set()
-        self._floors: dict[int, int] = {}  # partition -> watermark it had reached (restored)
+        self._reached: dict[int, int] = {}  # partition -> the highest watermark it has had
         self.watermark = NO_TIME
         self.now = NO_TIME
 
@@ -93,17 +97,20 @@ class Timers:
         else:
             keys.add(skey)
 
-    def restored_watermark(self, partition: int) -> int:
-        """The watermark ``partition`` had reached before this slot owned it (from
-        state), or `NO_TIME`."""
-        return self._floors.get(partition, NO_TIME)
+    def reached_watermark(self, partition: int) -> int:
+        """The highest watermark ``partition`` has had: restored from state when this
+        slot came to own it, raised by every advance since; `NO_TIME` if none."""
+        return self._reached.get(partition, NO_TIME)
 
     def advance(self, watermark: int, now: int) -> None:
-        """Move the clocks forward (never back); a risen watermark is written for
-        every owned partition, to be restored with it."""
-        if watermark > self.watermark:
-            self.watermark = watermark
-            for p in self._owned:
+        """The input's watermark is ``watermark`` (back only when a partition behind it
+        joined) and the clock ``now`` (never back). Each owned partition's reached
+        watermark rises with it and is written to state, to be restored with it."""
+        self.watermark = watermark
+        reached = self._reached
+        for p in self._owned:
+            if watermark > reached.get(p, NO_TIME):
+                reached[p] = watermark
                 self._buffer.put(self._wm_state, partition_key(p), watermark)
         if now > self.now:
             self.now = now
@@ -125,12 +132,12 @@ class Timers:
         reached and queue the timers of their keys in ``key_groups`` (all if None)."""
         for p in self._owned - partitions:
             self._owned.discard(p)
-            self._floors.pop(p, None)
+            self._reached.pop(p, None)
         for p in partitions - self._owned:
             self._owned.add(p)
             floor = self._buffer.get(self._wm_state, partition_key(p))
             if floor is not None:
-                self._floors[p] = floor
+                self._reached[p] = floor
             for skey, value in self._buffer.scan(self._state, p):
                 if key_groups is None or key_group_of(skey) in key_groups:
                     for domain, time in self._due_times(value):
@@ -177,7 +184,7 @@ class TimerOperator(Operator):
         slot now owns: their timers are rebuilt from state (`Timers.own`)."""
         self.timers.own(partitions, key_groups)
 
-    def restored_watermark(self, partition: int) -> int:
-        """The watermark ``partition`` had reached before a restart (kept in state),
-        or `NO_TIME`: the runtime starts the partition's watermark there."""
-        return self.timers.restored_watermark(partition)
+    def reached_watermark(self, partition: int) -> int:
+        """The highest watermark ``partition`` has had, kept in state across restarts
+        and moves (or `NO_TIME`): the runtime never lets the partition's go below it."""
+        return self.timers.reached_watermark(partition)

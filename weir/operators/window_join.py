@@ -67,7 +67,7 @@ class WindowJoinOp(TimerOperator):
     # -- records ----------------------------------------------------------------
     def process(self, batch: Batch) -> None:
         p = batch.partition
-        wm = max(self.timers.watermark, self.timers.restored_watermark(p))
+        wm = max(self.timers.watermark, self.timers.reached_watermark(p))  # lateness per partition
         buffer, state = self.buffer, self.state
         put = buffer.writer(state)
         out: list[Element] = []

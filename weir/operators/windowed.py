@@ -16,8 +16,8 @@ windows stay as they were.
 A key's timer is the earliest time one of its windows fires or expires; it
 is not stored separately but read back from the window state when the slot is
 given a partition (`weir.operators.timers`, which also keeps the watermark each
-partition reached, so after a restart a record that was late before is still
-late, and no window fires twice).
+partition reached, so after a restart or a move a record that was late before
+is still late, and no window fires twice).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class WindowOp(TimerOperator):
     # -- records ------------------------------------------------------------
     def process(self, batch: Batch) -> None:
         p = batch.partition
-        wm = max(self.timers.watermark, self.timers.restored_watermark(p))
+        wm = max(self.timers.watermark, self.timers.reached_watermark(p))  # lateness per partition
         get, put, state = self.buffer.get, self.buffer.writer(self.state), self.state
         out: list[Element] = []
         late: list[tuple[bytes | None, bytes, int, int]] = []
@@ -247,9 +247,10 @@ class WindowOp(TimerOperator):
 
     def advance(self, watermark: int, now: int = 0) -> None:
         """The watermark moved: fire every window it has passed (``now`` is unused).
-        Only a rise fires: a window opened behind the watermark, within its allowed
-        lateness, fires at the next rise, with the records that came until then."""
-        if watermark > self.timers.watermark:
+        Only a move fires (a rise; a fall when a partition behind it joined, whose
+        windows it passed are due): a window opened behind the watermark, within its
+        allowed lateness, fires at the next move, with the records that came until then."""
+        if watermark != self.timers.watermark:
             super().advance(watermark, now)
 
     def _fire(self, domain: str, time: int, skey: bytes, fired: dict[int, list[Element]]) -> None:

@@ -3,16 +3,21 @@
 A checkpoint N, in order (the code marks each step):
 
 1. **Barrier.** Snapshot the fetcher's read positions (the next offset of every
-   partition routed so far) and put barrier N into every slot's inbox, behind
-   the last batch fetched for it.
+   partition routed so far) and, with them, the watermarks to announce into
+   repartition topics and the tables of what was announced into the ones read
+   (`weir.service.repartition_watermarks`); put barrier N into every slot's inbox,
+   behind the last batch fetched for it.
 2. **Align.** Each slot passes N on all of its inputs (`weir.service.slots`) and
    acknowledges; from then on it holds the outputs it produces, which belong to
    checkpoint N+1.
    With it, each slot hands over its epoch's state writes, whose changelog
    records it has already produced.
-3. **Commit.** When every slot has acknowledged:
+3. **Commit.** When every slot has acknowledged: write the watermark control
+   records of step 1 (they follow every record of the epoch in each repartition
+   partition); then
    exactly-once — ``send_offsets_to_transaction`` (positions of step 1, each with
-   the group metadata of the member reading it; a transaction that moved no input
+   the group metadata of the member reading it and, for a repartition partition,
+   its table as the offset's metadata; a transaction that moved no input
    sends the committed offsets again, so the group still checks this worker's
    generation) and ``commit_transaction``, then begin the next transaction;
    at-least-once — ``flush`` (every output and changelog record before the
@@ -48,6 +53,7 @@ from weir.service.consumers import GroupConsumers
 from weir.service.deadline import retry_while_unavailable
 from weir.service.exceptions import DuplicateWorker, WorkerFailed
 from weir.service.metrics import Metrics
+from weir.service.repartition_watermarks import ChannelCheckpoint, WatermarkChannels
 from weir.service.router import SlotRouter
 from weir.service.slots import FETCHER, SOURCES, Release, Slot
 from weir.service.transaction import TransactionalOutput, TransactionAmbiguous, TransactionFailed
@@ -111,6 +117,7 @@ class Pending:
     started: float
     positions: dict[tuple[str, int], int]
     first_timestamps: list[int]
+    marks: ChannelCheckpoint | None = None
     acked: set[int] = field(default_factory=set)
     aligned_at: float | None = None
     writes: list[Write] = field(default_factory=list)
@@ -143,8 +150,10 @@ class CheckpointCoordinator:
         timeout_s: float = 7.0,
         state: StateCommit | None = None,
         slot_failure: Callable[[], BaseException | None] = lambda: None,
+        channels: WatermarkChannels | None = None,
     ) -> None:
         self.consumer = consumer
+        self.channels = channels or None  # None when no repartition topic carries watermarks
         self.output = output
         self.router = router
         self.slots = slots
@@ -179,7 +188,8 @@ class CheckpointCoordinator:
         router = self.router
         positions = dict(router.positions)
         stamps, router.first_timestamps = router.first_timestamps, []
-        self.pending = Pending(self.next_id, time.monotonic(), positions, stamps)
+        marks = self.channels.checkpoint() if self.channels is not None else None
+        self.pending = Pending(self.next_id, time.monotonic(), positions, stamps, marks)
         barrier = Barrier(self.next_id)
         self.next_id += 1
         for slot in self.slots():
@@ -253,13 +263,18 @@ class CheckpointCoordinator:
             for tp, off in pending.positions.items()
             if tp in self.router.pins and self.committed.get(tp) != off
         }
-        offsets = [TopicPartition(t, p, off) for (t, p), off in changed.items()]
-        # Step 3: commit outputs and input positions together.
+        marks = pending.marks
+        tables = marks.metadata if marks is not None else {}
+        offsets = [_offset(t, p, off, tables) for (t, p), off in changed.items()]
+        # Step 3: commit outputs, watermarks announced and input positions together.
+        announce = marks is not None and bool(marks.records)
+        if announce:
+            marks.write(self.output.producer)
         prove, self.prove_ownership = self.prove_ownership, False
-        if self.output.exactly_once and not (offsets or pending.writes or prove):
+        if self.output.exactly_once and not (offsets or pending.writes or prove or announce):
             members = None  # nothing moved and nothing changed: nothing to commit
         elif self.output.exactly_once:
-            members = self.consumer.by_member(offsets or self._fencing())
+            members = self.consumer.by_member(offsets or self._fencing(tables))
         else:
             members = self.consumer.by_member(offsets)
         try:
@@ -274,6 +289,8 @@ class CheckpointCoordinator:
             self._finish(pending, "failed", len(offsets), str(exc))
             raise CheckpointFailed(str(exc)) from exc
         self.committed.update(changed)
+        if marks is not None:
+            self.channels.committed(marks)
         # Step 4: the committed epoch's state goes to RocksDB, with its changelog offsets.
         if self.state is not None:
             self._apply(pending)
@@ -286,15 +303,19 @@ class CheckpointCoordinator:
                 self.metrics.end_to_end_latency.observe(max(0.0, (now_ms - ts) / 1000))
         self._finish(pending, "completed", len(offsets))
 
-    def _fencing(self) -> list[TopicPartition]:
+    def _fencing(self, tables: dict[tuple[str, int], str]) -> list[TopicPartition]:
         """Offsets to send with a transaction that moved no input (state changed by
-        timers or by an idle watermark): the committed ones again. Committing offsets
-        is what makes the group check this worker's generation, so a worker the group
-        has evicted cannot commit such a transaction for partitions it no longer owns."""
+        timers or by an idle watermark): the committed ones again, with the tables
+        they carry. Committing offsets is what makes the group check this worker's
+        generation, so a worker the group has evicted cannot commit such a transaction
+        for partitions it no longer owns."""
+        loaded = self.channels.loaded if self.channels is not None else lambda _: True
+        # A repartition partition whose table is not read yet is left out: its offset
+        # committed again without the table would erase it.
         return [
-            TopicPartition(t, p, off)
+            _offset(t, p, off, tables)
             for (t, p), off in self.committed.items()
-            if (t, p) in self.router.pins
+            if (t, p) in self.router.pins and loaded((t, p))
         ]
 
     def _apply(self, pending: Pending) -> None:
@@ -358,6 +379,14 @@ class CheckpointCoordinator:
         while not self.acks.empty():
             self.acks.get_nowait()
         self.committed = dict(committed)
+
+
+def _offset(topic: str, partition: int, offset: int, tables: dict) -> TopicPartition:
+    """An offset to commit, with the partition's watermark table as its metadata."""
+    table = tables.get((topic, partition))
+    if table is None:
+        return TopicPartition(topic, partition, offset)
+    return TopicPartition(topic, partition, offset, table)
 
 
 def _fault_injection() -> int:

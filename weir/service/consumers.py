@@ -23,7 +23,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from weir.service.clients import ClientSettings
@@ -38,7 +45,11 @@ RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 class GroupConsumers:
     """Consumers of one group, each subscribed to one stage's topics; dispatches by topic."""
 
-    def __init__(self, settings: ClientSettings, stages: dict[str, list[str]]) -> None:
+    def __init__(
+        self, settings: ClientSettings, stages: dict[str, list[str]], admin: AdminClient
+    ) -> None:
+        self.group = settings.group
+        self.admin = admin
         named = {name: topics for name, topics in stages.items() if topics}
         self.stages = list(named.values())
         self.members = [settings.open(Consumer, settings.consumer(name)) for name in named]
@@ -109,20 +120,30 @@ class GroupConsumers:
         self._of[tp.topic].seek(tp)
 
     def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-        out: list[TopicPartition] = []
-        for consumer, part in self.by_member(tps):
-            out.extend(consumer.committed(part, timeout=timeout))
-        return out
+        """The group's committed offsets of ``tps``, with their metadata, once stable (a
+        transaction committing offsets is waited for: the broker says so, and this
+        raises to be tried again). Asked of the admin client: a member's own
+        ``committed()`` waits while that member has a rebalance it has not been polled
+        for yet, which a rollback must never wait on."""
+        request = [ConsumerGroupTopicPartitions(self.group, tps)]
+        futures = self.admin.list_consumer_group_offsets(
+            request, require_stable=True, request_timeout=timeout
+        )
+        found = futures[self.group].result(timeout=timeout).topic_partitions
+        for tp in found:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return found
 
     def seek_to_committed(
         self, partitions: list[tuple[str, int]], timeout: float
-    ) -> dict[tuple[str, int], int]:
+    ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], str]]:
         """Rewind ``partitions`` to their committed offsets (the start where none is
-        committed); returns the committed offsets found."""
+        committed); returns the committed offsets found, and their metadata."""
         if not partitions:
-            return {}
+            return {}, {}
         committed = self.committed([TopicPartition(t, p) for t, p in partitions], timeout)
-        out = {}
+        out, metadata = {}, {}
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:
@@ -131,7 +152,9 @@ class GroupConsumers:
                 log.warning("seek %s[%d] to %d: %s", tp.topic, tp.partition, offset, exc)
             if tp.offset >= 0:
                 out[(tp.topic, tp.partition)] = tp.offset
-        return out
+                if tp.metadata:
+                    metadata[(tp.topic, tp.partition)] = tp.metadata
+        return out, metadata
 
     def other_member_with(self, admin: AdminClient, group: str, client_id: str) -> str | None:
         """Another live member of ``group`` using ``client_id`` (a second worker with this

@@ -25,12 +25,13 @@ Every fetch loop iteration, `FlowControl.update`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Protocol
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,14 @@ class FlowControl:
             self.paused |= tps
 
     def forget(self, tps: Iterable[TopicPartitionKey]) -> None:
-        """``tps`` left this worker: nothing to resume there."""
-        self.paused -= set(tps)
+        """``tps`` are leaving this worker (called while still assigned): resume the
+        paused ones first — librdkafka keeps a partition paused through a revocation,
+        and one assigned back later would never be fetched again."""
+        leaving = self.paused & set(tps)
+        if leaving:
+            with contextlib.suppress(KafkaException, RuntimeError):  # the consumer is closing
+                self.consumer.resume([TopicPartition(t, p) for t, p in leaving])
+            self.paused -= leaving
 
     def reset(self, restoring: Collection[TopicPartitionKey]) -> None:
         """After a rollback: fresh slots are empty; only restoring partitions stay paused."""

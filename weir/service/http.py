@@ -56,6 +56,8 @@ def status(worker: Worker) -> dict[str, Any]:
         else [],
         "lag": {f"{t}-{p}": lag for (t, p), lag in list(worker.sampler.lag.items())},
         "watermark": watermark if watermark > NO_TIME else None,
+        "watermarks": dict(worker.watermarks.watermarks),  # per input topic
+        "upstream": worker.channels.describe(),
         "restarts": worker.restarts.restarts,
         "slots": [
             {

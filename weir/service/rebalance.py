@@ -10,10 +10,13 @@ Assigned (`Rebalancer.on_assign`):
 2. If adopting the new partitions would move a partition between slots, drain
    first — a synchronous checkpoint — so nothing fetched is lost or uncommitted.
 3. Route the new set (`weir.service.router`); start the partitions' idle clocks and
-   learn their committed offsets (for lag and for idleness).
+   learn their committed offsets (for lag and for idleness) and, for repartition
+   partitions that carry watermarks, the table of what their upstream had
+   announced up to there (the offset's metadata, `weir.service.repartition_watermarks`).
 4. Partitions with keyed state are assigned and paused at once and their
-   restore is submitted; they resume when it finishes (`restores_done`), other
-   partitions start at once.
+   restore is submitted; they resume when it finishes (`restores_done`) and, for
+   a repartition partition, its table is known (read again, once a second, if
+   step 3 could not); other partitions start at once.
 5. Tell the slots what they own; update the standby set.
 6. If another live member uses this worker's id (a second worker started with
    the same ``--worker-id``), make the next checkpoint commit even if nothing
@@ -35,9 +38,11 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from weir.service.changelog import Changelogs
+from weir.service.consumers import GroupConsumers
 from weir.service.exceptions import WorkerFailed
 from weir.service.flow import FlowControl
 from weir.service.metrics import Metrics
+from weir.service.repartition_watermarks import WatermarkChannels
 from weir.service.restore import Restorer
 from weir.service.router import SlotRouter
 from weir.service.sampler import MetricsSampler
@@ -51,6 +56,7 @@ log = logging.getLogger(__name__)
 
 TopicPartitionKey = tuple[str, int]
 COMMITTED_S = 5.0
+RETRY_TABLES_S = 1.0  # how often a table that could not be read is asked for again
 
 
 class Rebalancer:
@@ -62,6 +68,8 @@ class Rebalancer:
         slots: SlotPool,
         flow: FlowControl,
         watermarks: WatermarkTracker,
+        channels: WatermarkChannels,
+        consumer: GroupConsumers,
         sampler: MetricsSampler,
         changelogs: Changelogs,
         metrics: Metrics,
@@ -76,6 +84,8 @@ class Rebalancer:
         self.slots = slots
         self.flow = flow
         self.watermarks = watermarks
+        self.channels = channels
+        self.consumer = consumer
         self.sampler = sampler
         self.changelogs = changelogs
         self.metrics = metrics
@@ -88,6 +98,8 @@ class Rebalancer:
         self.coordinator: CheckpointCoordinator | None = None
         self.restorer: Restorer | None = None  # set when the job has keyed state
         self.restoring: dict[TopicPartitionKey, int] = {}  # partition -> restore token
+        self._restored: set[TopicPartitionKey] = set()  # restored, waiting for their table
+        self._tables_asked = 0.0  # when tables that could not be read were last asked for
         self.failed = False  # a failed worker commits nothing more
 
     # -- assigned ---------------------------------------------------------------
@@ -104,10 +116,11 @@ class Rebalancer:
         for tp in added:
             self.watermarks.activate(tp, now)
         try:
-            # Only for lag and idleness: never hold a rebalance long for it.
+            # Never hold a rebalance long for it: a table not read now is asked for later.
             for tp in consumer.committed(partitions, timeout=COMMITTED_S):
                 if tp.offset >= 0:
                     self.coordinator.committed[(tp.topic, tp.partition)] = tp.offset
+                self.channels.load((tp.topic, tp.partition), tp.metadata)
         except KafkaException as exc:
             log.warning("could not read committed offsets of %s: %s", sorted(added), exc)
         stateful = self.changelogs.input_topics
@@ -157,17 +170,35 @@ class Rebalancer:
         return True
 
     def restores_done(self) -> None:
-        """Partitions whose restore finished start processing (flow control resumes them)."""
+        """Partitions whose restore finished, and whose watermark table is known, start
+        processing (flow control resumes them)."""
         if self.restorer.error is not None:
             raise WorkerFailed(f"state restore failed: {self.restorer.error}")
-        done = [tp for tp, token in self.restorer.finished() if self.restoring.get(tp) == token]
+        finished = self.restorer.finished()
+        self._restored.update(tp for tp, token in finished if self.restoring.get(tp) == token)
         now = time.monotonic()
+        unknown = [tp for tp in self._restored if not self.channels.loaded(tp)]
+        if unknown and now - self._tables_asked >= RETRY_TABLES_S:
+            self._tables_asked = now
+            self._read_tables(unknown)
+        done = [tp for tp in self._restored if self.channels.loaded(tp)]
         for tp in done:
+            self._restored.discard(tp)
             del self.restoring[tp]
             self.watermarks.activate(tp, now)  # its idle clock starts now
             log.info("%s[%d] restored; processing it", *tp)
         if done and self.watermarks:
             self.slots.assign_ownership(self.router, self.restoring)
+
+    def _read_tables(self, tps: list[TopicPartitionKey]) -> None:
+        """Step 4: the committed tables step 3 could not read."""
+        try:
+            committed = self.consumer.committed([TopicPartition(*tp) for tp in tps], 1.0)
+        except KafkaException as exc:
+            log.warning("could not read the watermark tables of %s: %s", sorted(tps), exc)
+            return
+        for tp in committed:
+            self.channels.load((tp.topic, tp.partition), tp.metadata)
 
     def resync(self) -> None:
         """After a commit whose outcome is unknown: take every owned partition's keyed
@@ -179,6 +210,7 @@ class Rebalancer:
         tps = [tp for tp in self.router.pins if tp[0] in stateful and tp not in self.restoring]
         self.flow.pause_now(tps)
         for tp in tps:
+            self._restored.discard(tp)
             self.restoring[tp] = self.restorer.submit(tp)
         log.warning("taking the state of %s from the changelogs again", sorted(tps))
 
@@ -205,8 +237,10 @@ class Rebalancer:
         for tp in partitions & self.restoring.keys():
             self.restorer.cancel(tp)
             del self.restoring[tp]
+        self._restored -= partitions
         for tp in partitions:
             self.watermarks.forget(tp)
+        self.channels.forget(partitions)
         self.sampler.forget(partitions)
         self._changed()
 

@@ -13,16 +13,20 @@ Recomputed on every change of the worker's partitions (`SlotRouter.reassign`):
   slot's share of the partition must see.
 
 Either way, records of one key stay in partition order. The router also keeps
-the next offset to read per partition (the positions a checkpoint commits).
+the next offset to read per partition (the positions a checkpoint commits), and
+takes the watermark control records out of repartition topics that carry them
+(`weir.service.repartition_watermarks`): no slot ever sees one.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from operator import methodcaller
 from typing import Any
 
 from weir.operators.chain import Batch
+from weir.service.repartition_watermarks import HEADER
 from weir.state.keygroups import key_group, slot_table
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,15 @@ log = logging.getLogger(__name__)
 TopicPartition = tuple[str, int]
 PINNED = "pinned"
 KEY_GROUPS = "key-groups"
+_HEADERS = methodcaller("headers")  # data records in repartition topics rarely have any
+Control = list[tuple[TopicPartition, bytes]]  # control records: (partition, value), in order
+
+
+def _is_control(message: Any) -> bool:
+    """A watermark control record (`weir.service.repartition_watermarks`), not a data
+    record carrying its source's headers."""
+    headers = message.headers()
+    return headers is not None and any(name == HEADER for name, _ in headers)
 
 
 class SlotRouter:
@@ -41,8 +54,10 @@ class SlotRouter:
         max_key_groups: int,
         exchanges: bool = False,
         everywhere: frozenset[str] = frozenset(),
+        control_topics: Iterable[str] = (),
     ) -> None:
         self.slots = slots
+        self.control_topics = frozenset(control_topics)
         self.exchanges = exchanges  # records move between slots after the fetcher
         self.everywhere = everywhere  # topics whose keyless records every slot gets
         self.max_key_groups = max_key_groups
@@ -50,6 +65,7 @@ class SlotRouter:
         self.pins: dict[TopicPartition, int] = {}
         self.mode = PINNED
         self.positions: dict[TopicPartition, int] = {}
+        self.routed: dict[TopicPartition, int] = {}  # records handed to the slots, per partition
         self.first_timestamps: list[int] = []  # one per routed batch, for latency
         self._rr = 0
 
@@ -95,6 +111,7 @@ class SlotRouter:
 
     def reset_positions(self) -> None:
         self.positions = {}
+        self.routed = {}  # the slots start afresh with them
         self.first_timestamps = []
 
     def slot_partitions(self) -> list[list[str]]:
@@ -118,8 +135,11 @@ class SlotRouter:
             return list(self.pins)
         return [tp for tp, s in self.pins.items() if s == slot]
 
-    def route(self, msgs: list[Any]) -> tuple[list[list[Batch]], dict[TopicPartition, int]]:
-        """Per slot, the batches to hand it; and per partition, how many records came."""
+    def route(
+        self, msgs: list[Any]
+    ) -> tuple[list[list[Batch]], dict[TopicPartition, int], Control]:
+        """Per slot, the batches to hand it; per partition, how many records came; and
+        the control records among them, in order."""
         groups: dict[TopicPartition, list[Any]] = {}
         for m in msgs:
             tp = (m.topic(), m.partition())
@@ -130,12 +150,24 @@ class SlotRouter:
                 group.append(m)
         out: list[list[Batch]] = [[] for _ in range(self.slots)]
         counts: dict[TopicPartition, int] = {}
+        control: Control = []
         for tp, group in groups.items():
             if tp not in self.pins:
                 log.debug("dropping %d records of unassigned partition %s", len(group), tp)
                 continue
-            counts[tp] = len(group)
             self.positions[tp] = group[-1].offset() + 1
+            if tp[0] in self.control_topics and any(map(_HEADERS, group)):
+                data = []
+                for m in group:
+                    if _is_control(m):
+                        control.append((tp, m.value()))
+                    else:
+                        data.append(m)
+                group = data
+                if not group:
+                    continue
+            counts[tp] = len(group)
+            self.routed[tp] = self.routed.get(tp, 0) + len(group)
             self.first_timestamps.append(group[0].timestamp()[1])
             if self.mode == PINNED:
                 out[self.pins[tp]].append(Batch(tp[0], tp[1], group))
@@ -143,7 +175,7 @@ class SlotRouter:
                 for slot, part in enumerate(self._by_key(group, tp[0] in self.everywhere)):
                     if part:
                         out[slot].append(Batch(tp[0], tp[1], part))
-        return out, counts
+        return out, counts, control
 
     def _by_key(self, group: list[Any], everywhere: bool = False) -> list[list[Any]]:
         table, groups = self.table, self.max_key_groups

@@ -133,9 +133,10 @@ class SlotPool:
         for slot in self.slots:
             slot.inbox.put(SOURCES, FETCHER, item)
 
-    def tick(self, watermark: int) -> None:
-        """Time moved (or merely passed: processing-time timers need the clock too)."""
-        self.broadcast(Watermark(watermark, int(time.time() * 1000)))
+    def tick(self, watermarks: dict[str, int]) -> None:
+        """Time moved (or merely passed: processing-time timers need the clock too):
+        each input topic's watermark, a copy every slot reads."""
+        self.broadcast(Watermark(dict(watermarks), int(time.time() * 1000)))
 
     def assign_ownership(
         self, router: SlotRouter, restoring: Collection[TopicPartitionKey]

@@ -37,6 +37,7 @@ from weir.operators.build import SlotChain, build_chain
 from weir.operators.chain import Barrier, Batch, Operator, Row
 from weir.operators.physical import PlanNode
 from weir.operators.plan import ErrorPolicy
+from weir.operators.timers import NO_TIME
 from weir.service.exceptions import WorkerFailed
 from weir.service.metrics import Metrics
 from weir.state.epoch import EpochBuffer
@@ -75,13 +76,13 @@ class Stop:
 
 
 class Watermark:
-    """Time moved: the worker's watermark is ``value`` and the wall clock ``now``
-    (epoch ms): fire due windows and timers."""
+    """Time moved: the watermark of each input topic is ``values[topic]`` and the wall
+    clock ``now`` (epoch ms): fire due windows and timers."""
 
-    __slots__ = ("now", "value")
+    __slots__ = ("now", "values")
 
-    def __init__(self, value: int, now: int) -> None:
-        self.value = value
+    def __init__(self, values: dict[str, int], now: int) -> None:
+        self.values = values
         self.now = now
 
 
@@ -215,6 +216,7 @@ class Slot(threading.Thread):
         self.blocked: set[tuple[int, int]] = set()
         self.max_ts: dict[tuple[str, int], int] = {}  # event time seen per partition
         self.last_seen: dict[tuple[str, int], float] = {}  # when, in monotonic seconds
+        self.taken: dict[tuple[str, int], int] = {}  # fetched records processed, per partition
         self.discard = False  # set on rollback: a slot that outlives it must not produce
         self.busy: tuple[Batch, list, float] | None = None  # the chunk in process, since when
         self._out_counters: dict[str, Any] = {}
@@ -452,6 +454,9 @@ class Slot(threading.Thread):
                     stats.batches += 1
                     cost = took / len(part)
                     stats.cost = 0.8 * stats.cost + 0.2 * cost if stats.cost else cost
+                if target == SOURCES:
+                    tp = (payload.topic, payload.partition)
+                    self.taken[tp] = self.taken.get(tp, 0) + len(elems)
             elif isinstance(payload, Barrier):
                 self._on_barrier(target, channel, payload)
             elif isinstance(payload, Release):
@@ -460,8 +465,9 @@ class Slot(threading.Thread):
                 self.current = SOURCES  # windows run in the source segment
                 for merged in self.chain.clocks:
                     merged.tick()  # sides of multi-input operators can go idle meanwhile
-                for window in self.chain.windows:
-                    window.advance(payload.value, payload.now)
+                values = payload.values
+                for window in self.chain.windows:  # each with the watermark of its input
+                    window.advance(values.get(window.topic, NO_TIME), payload.now)
             elif isinstance(payload, Ownership):
                 for merged in self.chain.clocks:
                     merged.own(payload.partitions.get(merged.topic, set()))

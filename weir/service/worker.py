@@ -5,13 +5,13 @@ coordinator, rebalancer, flow control, watermark tracker, slot pool, router,
 restart strategy, sampler, history: docs/architecture.md lists them); the worker holds
 none of their fields.
 
-The fetch loop, on the main thread, each iteration: (1) flow control decides
-whether to consume and how much; (2) consume a batch from the group's consumers
-— rebalance callbacks run inside this call; (3) serve the producer's reports;
-(4) restart the slots if one failed, per the restart strategy; (5) resume
+The fetch loop, on the main thread, each iteration: (1) restart the slots if one
+failed, per the restart strategy; (2) flow control decides whether to consume
+and how much; (3) consume a batch from the group's consumers — rebalance
+callbacks run inside this call; (4) serve the producer's reports; (5) resume
 partitions whose restore finished; (6) route the batch to the slots; (7) collect
 checkpoint acknowledgements, commit, trigger the next checkpoint when due;
-(8) every 100 ms advance the watermark, every second sample the gauges and the
+(8) every 100 ms advance the watermarks, every second sample the gauges and the
 status page's history.
 
 A failed commit, a lost assignment or an output that could not be delivered
@@ -45,11 +45,12 @@ from weir.service.clients import ClientSettings
 from weir.service.config import WorkerConfig
 from weir.service.consumers import GroupConsumers
 from weir.service.deadline import retry_while_unavailable
-from weir.service.exceptions import ConfigError, ShutdownOverran, WorkerFailed
+from weir.service.exceptions import ConfigError, JobLoadError, ShutdownOverran, WorkerFailed
 from weir.service.flow import FlowControl
 from weir.service.history import History
 from weir.service.metrics import Metrics
 from weir.service.rebalance import Rebalancer
+from weir.service.repartition_watermarks import WatermarkChannels
 from weir.service.restarts import RestartStrategy
 from weir.service.restore import Restorer
 from weir.service.router import SlotRouter
@@ -79,12 +80,20 @@ class Worker:
         self.config = config
         self.group = config.group or job.name
         self.plan = plan = compile_plan(job, self.group)
+        self.topic_partitions: dict[str, int] = {}  # of every topic read, kept current
         suffix = "" if process_index is None else f".{process_index}"
         self.worker_id = f"{config.worker_id}{suffix}"
         self.settings = ClientSettings(config, self.group, f"{self.group}.{self.worker_id}")
         self.metrics = Metrics(job.name, worker_id=self.worker_id, group=self.group)
+        self.channels = WatermarkChannels(
+            plan.watermark_channels, self.topic_partitions, self._announcements
+        )
         self.router = SlotRouter(
-            config.slots, plan.max_key_groups, plan.exchanges, plan.everywhere_topics
+            config.slots,
+            plan.max_key_groups,
+            plan.exchanges,
+            plan.everywhere_topics,
+            self.channels.topics,
         )
         self.changelogs = Changelogs(plan)
         self.stopping = threading.Event()
@@ -111,7 +120,6 @@ class Worker:
         self.fatal: BaseException | None = None
         self.rollbacks = 0  # records consumed before the latest one are stale (`_stale`)
         self.limits: dict[str, TopicLimits] = {}
-        self.topic_partitions: dict[str, int] = {}
         self.state = "starting"
         self.consumer: GroupConsumers | None = None
         self.admin: Any = None
@@ -119,6 +127,7 @@ class Worker:
         self.flow: FlowControl | None = None
         self.coordinator: CheckpointCoordinator | None = None
         self.rebalancer: Rebalancer | None = None
+        self.progress: SlotProgress | None = None
         self.sampler = MetricsSampler(self)  # reads the owners above once they are open
         self.history = History(self)  # likewise
 
@@ -135,7 +144,11 @@ class Worker:
             "connecting",
             self._note_unavailable,
         )
-        self.topic_partitions, self.limits = provision_job_topics(admin, self.plan, timeout)
+        counts, self.limits = provision_job_topics(admin, self.plan, timeout)
+        self.topic_partitions.update(counts)  # the dict the watermark channels read
+        too_many = self.channels.check()
+        if too_many is not None:
+            raise JobLoadError(too_many)
         # Before any changelog is created: does the job still claim the group's state?
         check_state(
             admin,
@@ -162,6 +175,7 @@ class Worker:
         self.consumer = GroupConsumers(
             self.settings,
             {"source": self.plan.user_source_topics, "repartition": self.plan.repartition_topics},
+            admin,
         )
         self.flow = FlowControl(
             self.consumer, cfg.slot_queue_records, cfg.batch_size, cfg.slot_queue_bytes
@@ -180,12 +194,19 @@ class Worker:
             timeout_s=cfg.checkpoint_timeout_ms / 1000,
             state=state,
             slot_failure=lambda: self.fatal,
+            channels=self.channels,
         )
+        self.progress = SlotProgress(
+            self.slots, self.consumer, self.router, lambda: self.coordinator.committed,
+            self.channels, lambda: self.flow.paused,
+        )  # fmt: skip
         self.rebalancer = Rebalancer(
             self.router,
             self.slots,
             self.flow,
             self.watermarks,
+            self.channels,
+            self.consumer,
             self.sampler,
             self.changelogs,
             self.metrics,
@@ -233,8 +254,7 @@ class Worker:
 
     def _loop(self) -> None:
         consumer, router, coordinator = self.consumer, self.router, self.coordinator
-        flow, rebalancer = self.flow, self.rebalancer
-        progress = SlotProgress(self.slots, consumer, router, lambda: coordinator.committed)
+        flow, rebalancer, progress = self.flow, self.rebalancer, self.progress
         last_sample = last_watermark = time.monotonic()
         self.state = "running"
         while not self.stopping.is_set():
@@ -259,9 +279,11 @@ class Worker:
             if self.rollbacks != rollbacks and msgs:
                 msgs = self._stale(msgs, in_consume)
             if msgs:  # Step 6
-                per_slot, counts = router.route(msgs)
+                per_slot, counts, control = router.route(msgs)
                 self.slots.dispatch(per_slot)
                 self.metrics.count_in(counts)
+                if control:  # after the records before them: the watermark follows those
+                    self.channels.observe(control)
             try:  # Step 7
                 coordinator.poll()
                 if coordinator.due():
@@ -277,7 +299,7 @@ class Worker:
                 if self.watermarks.advance(now, router.pins, rebalancer.restoring, progress):
                     lag = max(0.0, time.time() - self.watermarks.watermark / 1000)
                     self.metrics.watermark_lag.set(lag)
-                self.slots.tick(self.watermarks.watermark)
+                self.slots.tick(self.watermarks.watermarks)
                 last_watermark = now
             if now - last_sample >= 1.0:
                 self.limits_refresher.poll(now)
@@ -296,7 +318,17 @@ class Worker:
         )
         if self.watermarks:
             self.slots.assign_ownership(self.router, self.rebalancer.restoring)
-            self.slots.tick(self.watermarks.watermark)
+            self.slots.tick(self.watermarks.watermarks)
+
+    def _announcements(self) -> tuple[dict, dict[str, int]]:
+        """What the tracker says of every partition this worker owns, and each topic's
+        watermark (for `WatermarkChannels.checkpoint`, at a barrier)."""
+        restoring = self.rebalancer.restoring
+        partitions = self.router.pins
+        values = self.watermarks.announcements(
+            time.monotonic(), partitions, restoring, self.progress
+        )
+        return values, self.watermarks.watermarks
 
     def _adjust_limit(self, topic: str, limit: TopicLimits) -> TopicLimits:
         if topic in self.changelogs.topics:
@@ -341,10 +373,13 @@ class Worker:
 
     # -- checkpoints and failure ----------------------------------------------------
     def _drain(self, why: str) -> None:
+        """A rebalance callback's synchronous checkpoint; a failure rolls back (taking
+        the state from the changelogs again when the commit's outcome is unknown)."""
         try:
             self.coordinator.drain(self.config.shutdown_timeout_s)
         except CheckpointFailed as exc:
-            self._rollback(f"checkpoint before {why} failed: {exc}")
+            resync = isinstance(exc, CheckpointAmbiguous)
+            self._rollback(f"checkpoint before {why} failed: {exc}", resync=resync)
 
     def _stale(self, msgs: list[Any], in_consume: bool) -> list[Any]:
         """Records consumed before a rollback in this loop iteration: the rollback sought
@@ -353,7 +388,7 @@ class Worker:
         between and count them twice). A rollback inside ``consume`` (a rebalance
         callback) may precede partitions assigned later in the same call, whose records
         here are the first after their committed offsets: those partitions are sought
-        back to them too."""
+        back to them too (and take the watermark tables committed there)."""
         if in_consume:
             owned = set(self.router.partitions)
             again = sorted({(m.topic(), m.partition()) for m in msgs} & owned)
@@ -362,13 +397,18 @@ class Worker:
         return []
 
     def _seek_to_committed(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        return retry_while_unavailable(
+        """Seek ``partitions`` back to their committed offsets; their watermark tables
+        become what was announced up to there (the offsets' metadata)."""
+        committed, metadata = retry_while_unavailable(
             lambda: self.consumer.seek_to_committed(partitions, self.config.connect_timeout_s),
             self.config.broker_timeout_s,
             self.stopping,
             "reading committed offsets",
             self._note_unavailable,
         )
+        for tp in partitions:
+            self.channels.load(tp, metadata.get(tp))
+        return committed
 
     def _rollback(self, reason: str, resync: bool = False) -> None:
         """Return to the last committed checkpoint: abort, seek back, fresh slots. With
