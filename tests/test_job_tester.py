@@ -246,6 +246,30 @@ def test_results_do_not_depend_on_partitions_slots_or_the_repartition_topic(part
     assert tester.state_keys("per-tag") == []  # every window fired and was dropped
 
 
+def test_windows_behind_a_union_wait_for_every_topic():
+    """A union of two topics, key_by(fn), a window: the repartition partition's watermark
+    is the minimum over both topics' partitions, so a window fires only once the topic
+    behind has passed its end, and then holds the records of both."""
+    job = Job("union-windows")
+    a = job.source("a", timestamp=lambda r: r["ts"])
+    b = job.source("b", timestamp=lambda r: r["ts"])
+    (
+        a.union(b)
+        .key_by(lambda r: r["tag"])
+        .window(Tumbling(seconds=10))
+        .aggregate(n="count", name="per-tag")
+        .sink("out")
+    )
+    tester = JobTester(job, start_time=0)
+    tester.send("a", {"tag": "x", "ts": 1_000})
+    tester.send("a", {"tag": "x", "ts": 25_000})
+    tester.send("b", {"tag": "x", "ts": 2_000})
+    assert tester.output("out") == [], "topic b is at 2 s: the window [0, 10 s) waits"
+    tester.send("b", {"tag": "x", "ts": 8_000})
+    tester.send("b", {"tag": "x", "ts": 12_000})
+    assert [(r["window_start"], r["n"]) for r in tester.output("out")] == [(0, 3)]
+
+
 def test_records_move_between_slots_by_key():
     job = Job("exchange")
     job.source("in").key_by(lambda r: r["user"]).map(lambda r: r["n"]).sink("out")

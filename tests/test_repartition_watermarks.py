@@ -110,12 +110,43 @@ def test_too_many_upstream_partitions_are_named_at_start():
     assert channels()[0].check() is None
 
 
-def test_a_repartition_topic_written_from_two_topics_is_refused():
-    """After a union of two topics, both write into one repartition topic; its tables
-    carry one upstream topic's partitions, so timers behind it are refused at start."""
+def test_behind_a_union_a_partition_is_at_the_minimum_over_every_upstream_topic():
+    """After a union of two topics both write into one repartition topic: each announces
+    its own partitions, a partition keeps a table per topic, and its watermark is the
+    minimum over both; the tables are committed and loaded together."""
     two = [WatermarkChannel("in", R, False), WatermarkChannel("other", R, False)]
-    ch = WatermarkChannels(two, {"in": 4, "other": 2, R: 3})
-    assert f"{R!r} is written from 'in' and 'other'" in ch.check()
+    ch = WatermarkChannels(two, {"in": 2, "other": 1, R: 1})
+    assert ch.check() is None
+    ch.load((R, 0), None)
+    assert ch.table((R, 0)).watermark() == NO_TIME, "nobody announced anything yet"
+    ch.observe([control(0, (0, 500, False), (1, 400, False), n=2)])
+    assert ch.table((R, 0)).watermark() == NO_TIME, "'other' has announced nothing: it holds"
+    ch.observe([((R, 0), orjson.dumps({"t": "other", "n": 1, "w": [[0, 300, False]]}))])
+    assert ch.table((R, 0)).watermark() == 300, "the lowest over both topics"
+    ch.observe([((R, 0), orjson.dumps({"t": "other", "n": 1, "w": [[0, 350, True]]}))])
+    assert ch.table((R, 0)).watermark() == 400, "an idle topic does not hold the other"
+    assert ch.table((R, 0)).flushed() == 500 and ch.table((R, 0)).reached() == 350
+    ch.observe([((R, 0), orjson.dumps({"t": "elsewhere", "n": 1, "w": [[0, 1, False]]}))])
+    assert set(ch.table((R, 0)).tables) == {"in", "other"}, "a topic not written here: ignored"
+    text = ch.checkpoint().metadata[(R, 0)]
+    fresh = WatermarkChannels(two, {"in": 2, "other": 1, R: 1})
+    fresh.load((R, 0), text)
+    assert fresh.table((R, 0)).of("in").entries == ch.table((R, 0)).of("in").entries
+    assert fresh.table((R, 0)).of("other").entries == [Announced(350, True)]
+    big = WatermarkChannels(two, {"in": MAX_UPSTREAM, "other": 1, R: 1})
+    assert f"have {MAX_UPSTREAM + 1} partitions" in big.check()
+
+
+def test_each_upstream_topic_announces_its_own_partitions_into_a_shared_topic():
+    two = [WatermarkChannel("in", R, False), WatermarkChannel("other", R, False)]
+    values = {("in", 0): Announced(100, False), ("other", 0): Announced(200, False)}
+    ch = WatermarkChannels(two, {"in": 1, "other": 1, R: 1}, lambda: (values, {}))
+    marks = ch.checkpoint()
+    assert sorted(orjson.loads(v)["t"] for _, _, v in marks.records) == ["in", "other"]
+    assert marks.announced == {(R, "in", 0): Announced(100, False),
+                               (R, "other", 0): Announced(200, False)}  # fmt: skip
+    ch.committed(marks)
+    assert ch.checkpoint().records == [], "nothing new on either topic: nothing written"
 
 
 # -- downstream: the tables ------------------------------------------------------------------
@@ -131,16 +162,16 @@ def test_control_records_update_the_table_of_their_partition():
     assert ch.table((R, 0)).watermark() == NO_TIME, "nobody announced anything yet"
     ch.observe([control(0, (0, 100, False), (1, 300, False)), control(1, (2, 50, True))])
     ch.observe([control(0, (2, 200, False), (3, NO_TIME, True))])
-    assert ch.table((R, 0)).entries == [
+    assert ch.table((R, 0)).of("in").entries == [
         Announced(100, False), Announced(300, False), Announced(200, False),
         Announced(NO_TIME, True),
     ]  # fmt: skip
     assert ch.table((R, 0)).watermark() == 100
     assert ch.table((R, 1)).watermark() == NO_TIME, "r-1 heard upstream 2 only"
     ch.observe([control(0, (5, 400, False), n=6)])
-    assert len(ch.table((R, 0)).entries) == 6, "the upstream topic grew: its count travels"
+    assert len(ch.table((R, 0)).of("in").entries) == 6, "the upstream topic grew: its count travels"
     ch.observe([((R, 0), b"not json"), ((R, 0), b'{"w": 1}')])
-    assert len(ch.table((R, 0)).entries) == 6, "a malformed one is skipped"
+    assert len(ch.table((R, 0)).of("in").entries) == 6, "a malformed one is skipped"
 
 
 def test_a_table_is_committed_and_loaded_with_its_offset():
@@ -152,9 +183,9 @@ def test_a_table_is_committed_and_loaded_with_its_offset():
     other, _ = channels()
     assert not other.loaded((R, 0)) and other.loaded(("in", 0)), "only channel partitions wait"
     other.load((R, 0), text)
-    assert other.table((R, 0)).entries == ch.table((R, 0)).entries
+    assert other.table((R, 0)).of("in").entries == ch.table((R, 0)).of("in").entries
     other.load((R, 0), "")  # a rollback to an offset committed without a table
-    assert other.table((R, 0)).entries == [None] * 4
+    assert other.table((R, 0)).of("in").entries == [None] * 4
     other.load((R, 0), "someone else's metadata")
     assert other.table((R, 0)).watermark() == NO_TIME
 

@@ -71,7 +71,7 @@ from weir.service.jobfile import load_job
 from weir.service.metrics import Metrics
 from weir.service.partitioner import partition_for
 from weir.service.queries import present_state
-from weir.service.repartition_watermarks import Announced, UpstreamTable, WatermarkChannels
+from weir.service.repartition_watermarks import Announced, UpstreamTables, WatermarkChannels
 from weir.service.router import SlotRouter
 from weir.service.slot_pool import SlotPool
 from weir.service.slots import FETCHER, SOURCES, Inbox, Release, Slot, Stop, Watermark
@@ -631,7 +631,7 @@ class _Progress:
     def reached_watermark(self, tp: TopicPartition) -> int:
         return NO_TIME
 
-    def announced(self, tp: TopicPartition) -> UpstreamTable | None:
+    def announced(self, tp: TopicPartition) -> UpstreamTables | None:
         return self.channels.table(tp)
 
 

@@ -34,9 +34,9 @@ U, from the plan):
    job writes nothing, and an aborted one is written again.
 3. **Read** (downstream fetch). The router takes control records out of the
    batches it routes (`weir.service.router`); user functions, windows and sinks never
-   see them. Each updates the `UpstreamTable` of the partition it was read from:
-   per upstream partition, the highest watermark announced (never back, whoever
-   announced it) and whether it is idle now.
+   see them. Each updates the `UpstreamTable` of its upstream topic in the
+   partition it was read from: per upstream partition, the highest watermark
+   announced (never back, whoever announced it) and whether it is idle now.
 4. **Apply** (`weir.service.watermarks`, rules 1 and 3). A partition of R is at the
    minimum over the upstream partitions not idle; one that has announced
    nothing holds it — a slow, restarting or not yet started writer holds the
@@ -51,6 +51,11 @@ U, from the plan):
    metadata of its committed offset, in the same transaction (as Kafka Streams
    keeps a partition's time): a restart, a rollback and a new owner after a
    rebalance resume from the table of exactly the committed position.
+
+Behind a union of several topics, each of them is an upstream topic of R, with a
+channel of its own: its writers announce its partitions, and a partition of R keeps
+one table per upstream topic (`UpstreamTables`) and is at the minimum over all of
+them, as a task behind a union is at the minimum over all its input channels.
 
 Rescaling needs nothing more: announcements are keyed by upstream partition, not
 by writer, and every writer writes into every partition of R, whatever the
@@ -69,7 +74,8 @@ Offset metadata is limited to 4096 bytes by default (``offset.metadata.max.bytes
 so a table is encoded compactly (`UpstreamTable.encode`), exactly while it fits
 and otherwise with watermarks rounded down — a lower bound, which only holds the
 watermark back after a restart until the next announcements; a repartition topic
-whose watermark is needed takes at most `MAX_UPSTREAM` upstream partitions.
+whose watermark is needed takes at most `MAX_UPSTREAM` upstream partitions, over all
+its upstream topics.
 """
 
 from __future__ import annotations
@@ -145,14 +151,18 @@ class UpstreamTable:
         upstream partition: null if it announced nothing, -1 if idle without a
         watermark, else ``2 * ((watermark - base) // unit) + idle``. The smallest unit
         that fits `METADATA_LIMIT`: exact (1 ms) unless the table is very large."""
-        known = [e.watermark for e in self.entries if e and e.watermark > NO_TIME]
-        base = min(known, default=0)
         for unit in UNITS:
-            codes = [_code(e, base, unit) for e in self.entries]
-            text = orjson.dumps({"b": base, "u": unit, "w": codes}).decode()
+            text = self.encode_in(unit)
             if len(text) <= METADATA_LIMIT:
                 return text
         raise AssertionError(f"{len(self.entries)} upstream partitions exceed {MAX_UPSTREAM}")
+
+    def encode_in(self, unit: int) -> str:
+        """The table encoded with watermarks rounded down to ``unit`` ms."""
+        known = [e.watermark for e in self.entries if e and e.watermark > NO_TIME]
+        base = min(known, default=0)
+        codes = [_code(e, base, unit) for e in self.entries]
+        return orjson.dumps({"b": base, "u": unit, "w": codes}).decode()
 
     @classmethod
     def decode(cls, text: str | None, count: int) -> UpstreamTable:
@@ -161,13 +171,81 @@ class UpstreamTable:
         if not text:
             return cls(count)
         try:
-            data = orjson.loads(text)
-            base, unit = data["b"], data["u"]
-            entries = [_entry(code, base, unit) for code in data["w"]]
+            return cls.from_data(orjson.loads(text), count)
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             log.warning("ignoring offset metadata %r: not a watermark table (%s)", text[:80], exc)
             return cls(count)
-        return cls(count, entries)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any], count: int) -> UpstreamTable:
+        base, unit = data["b"], data["u"]
+        return cls(count, [_entry(code, base, unit) for code in data["w"]])
+
+
+class UpstreamTables:
+    """What every upstream topic announced into one repartition partition: one
+    `UpstreamTable` per topic writing into it (several behind a union), in the
+    channel's order. The partition's watermark is the minimum over all their
+    partitions not idle, as a task's is over all its input channels."""
+
+    __slots__ = ("tables",)
+
+    def __init__(self, tables: dict[str, UpstreamTable]) -> None:
+        self.tables = tables
+
+    def of(self, topic: str) -> UpstreamTable:
+        return self.tables[topic]
+
+    def watermark(self) -> int | None:
+        """Step 4 over every upstream topic; None when every partition of each is idle."""
+        active = [wm for t in self.tables.values() if (wm := t.watermark()) is not None]
+        return min(active) if active else None
+
+    def reached(self) -> int:
+        """The lowest watermark any upstream partition announced (`NO_TIME`: none)."""
+        return min((r for t in self.tables.values() if (r := t.reached()) > NO_TIME),
+                   default=NO_TIME)  # fmt: skip
+
+    def flushed(self) -> int:
+        """The highest watermark any upstream partition announced (`NO_TIME`: none)."""
+        return max((t.flushed() for t in self.tables.values()), default=NO_TIME)
+
+    def encode(self) -> str:
+        """Offset metadata: one topic's table as `UpstreamTable.encode`; several as
+        ``{"m": [table, ...]}`` in the channel's order, all rounded to the smallest
+        unit that fits `METADATA_LIMIT` together."""
+        tables = list(self.tables.values())
+        if len(tables) == 1:
+            return tables[0].encode()
+        for unit in UNITS:
+            text = '{"m":[' + ",".join(t.encode_in(unit) for t in tables) + "]}"
+            if len(text) <= METADATA_LIMIT:
+                return text
+        raise AssertionError(f"{sum(len(t.entries) for t in tables)} upstream partitions"
+                             f" exceed {MAX_UPSTREAM}")  # fmt: skip
+
+    @classmethod
+    def decode(cls, text: str | None, counts: dict[str, int]) -> UpstreamTables:
+        """Tables from offset metadata, for the upstream topics ``counts`` names (in the
+        channel's order) with their partition counts; empty ones when there is none or
+        it is not Weir's."""
+        if len(counts) == 1:
+            ((topic, count),) = counts.items()
+            return cls({topic: UpstreamTable.decode(text, count)})
+        empty = cls({topic: UpstreamTable(count) for topic, count in counts.items()})
+        if not text:
+            return empty
+        try:
+            parts = orjson.loads(text)["m"]
+            if len(parts) != len(counts):
+                raise ValueError(f"{len(parts)} tables for {len(counts)} upstream topics")
+            return cls({
+                topic: UpstreamTable.from_data(data, count)
+                for (topic, count), data in zip(counts.items(), parts, strict=True)
+            })  # fmt: skip
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring offset metadata %r: not watermark tables (%s)", text[:80], exc)
+            return empty
 
 
 def _code(entry: Announced | None, base: int, unit: int) -> int | None:
@@ -192,7 +270,7 @@ class ChannelCheckpoint:
     its commit (step 2), what they announce, and the tables to commit (step 5)."""
 
     records: list[tuple[str, int, bytes]]  # (repartition topic, partition, value)
-    announced: dict[tuple[str, int], Announced]  # (repartition topic, upstream partition)
+    announced: dict[tuple[str, str, int], Announced]  # (topic R, topic U, partition of U)
     metadata: dict[TopicPartitionKey, str]  # repartition partition -> its encoded table
 
     def write(self, producer: Any) -> None:
@@ -224,10 +302,15 @@ class WatermarkChannels:
         self.channels = tuple(channels)
         self.partitions = partitions  # topic -> partition count, kept current by the worker
         self.values = values
-        self.upstream_of = {c.topic: c.upstream for c in self.channels}
-        self.tables: dict[TopicPartitionKey, UpstreamTable] = {}
+        self.upstream_of: dict[str, tuple[str, ...]] = {}  # topic R -> its topics U, in order
+        for c in self.channels:
+            ups = self.upstream_of.get(c.topic, ())
+            if c.upstream not in ups:
+                self.upstream_of[c.topic] = (*ups, c.upstream)
+        self.tables: dict[TopicPartitionKey, UpstreamTables] = {}
         self._encoded: dict[TopicPartitionKey, str] = {}
-        self.sent: dict[tuple[str, int], Announced] = {}  # committed: (topic R, partition of U)
+        # committed: (topic R, topic U, partition of U) -> what was announced
+        self.sent: dict[tuple[str, str, int], Announced] = {}
 
     def __bool__(self) -> bool:
         return bool(self.channels)
@@ -238,22 +321,16 @@ class WatermarkChannels:
         return frozenset(self.upstream_of)
 
     def check(self) -> str | None:
-        """Why the tables of some channel cannot be committed (too many upstream
-        partitions, or several upstream topics: a window behind a union's ``key_by``),
-        or None."""
-        for c in self.channels:
-            if self.upstream_of[c.topic] != c.upstream:
-                return (
-                    f"{c.topic!r} is written from {c.upstream!r} and"
-                    f" {self.upstream_of[c.topic]!r}: a repartition topic carries the"
-                    " watermarks of one upstream topic (timers behind key_by(fn) after a"
-                    " union of several topics are not supported)"
-                )
-            count = self.partitions.get(c.upstream, 0)
+        """Why the tables of some repartition topic cannot be committed (too many
+        upstream partitions in all), or None."""
+        for topic, ups in self.upstream_of.items():
+            count = sum(self.partitions.get(u, 0) for u in ups)
             if count > MAX_UPSTREAM:
+                written = " and ".join(repr(u) for u in ups)
                 return (
-                    f"{c.upstream!r} has {count} partitions; a repartition topic behind it"
-                    f" ({c.topic!r}) carries the watermarks of at most {MAX_UPSTREAM}"
+                    f"{written} {'has' if len(ups) == 1 else 'have'} {count} partitions; a"
+                    f" repartition topic behind {'it' if len(ups) == 1 else 'them'}"
+                    f" ({topic!r}) carries the watermarks of at most {MAX_UPSTREAM}"
                     " upstream partitions"
                 )
         return None
@@ -264,14 +341,19 @@ class WatermarkChannels:
         for tp, value in records:
             try:
                 data = orjson.loads(value)
-                count = data["n"]
+                upstream, count = data["t"], data["n"]
                 entries = [(p, Announced(wm, bool(idle))) for p, wm, idle in data["w"]]
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.warning("ignoring a malformed watermark record in %s[%d]: %s", *tp, exc)
                 continue
-            table = self.tables.get(tp)
-            if table is None:
-                table = self.tables[tp] = UpstreamTable(self._upstream_count(tp[0]))
+            if upstream not in self.upstream_of.get(tp[0], ()):
+                log.warning("ignoring a watermark record in %s[%d] from %r, which this job"
+                            " does not write there", *tp, upstream)  # fmt: skip
+                continue
+            tables = self.tables.get(tp)
+            if tables is None:
+                tables = self.tables[tp] = self._empty(tp[0])
+            table = tables.of(upstream)
             table.grow(count)
             for p, announced in entries:
                 table.merge(p, announced)
@@ -281,14 +363,14 @@ class WatermarkChannels:
         """The table committed with ``tp``'s offset, in place of any other (on
         assignment and rollback)."""
         if tp[0] in self.upstream_of:
-            self.tables[tp] = UpstreamTable.decode(metadata, self._upstream_count(tp[0]))
+            self.tables[tp] = UpstreamTables.decode(metadata, self._counts(tp[0]))
             self._encoded.pop(tp, None)
 
     def loaded(self, tp: TopicPartitionKey) -> bool:
         """Is ``tp``'s table known (or is it a partition without one)?"""
         return tp[0] not in self.upstream_of or tp in self.tables
 
-    def table(self, tp: TopicPartitionKey) -> UpstreamTable | None:
+    def table(self, tp: TopicPartitionKey) -> UpstreamTables | None:
         """What ``tp``'s upstream partitions announced; None before it is known."""
         return self.tables.get(tp)
 
@@ -297,19 +379,24 @@ class WatermarkChannels:
         (None: every upstream partition idle), and the upstream partitions holding it
         there or never heard from."""
         out = {}
-        for (topic, p), table in list(self.tables.items()):
-            wm = table.watermark()
-            entries = list(table.entries)
-            out[f"{topic}-{p}"] = {
-                "watermark": wm,
-                "held_by": [u for u, e in enumerate(entries) if wm is not None and e
-                            and not e.idle and e.watermark == wm],
-                "unheard": [u for u, e in enumerate(entries) if e is None],
-            }  # fmt: skip
+        for (topic, p), tables in list(self.tables.items()):
+            wm = tables.watermark()
+            held: dict[str, list[int]] = {}
+            unheard: dict[str, list[int]] = {}
+            for upstream, table in list(tables.tables.items()):
+                entries = list(table.entries)
+                held[upstream] = [u for u, e in enumerate(entries) if wm is not None and e
+                                  and not e.idle and e.watermark == wm]  # fmt: skip
+                unheard[upstream] = [u for u, e in enumerate(entries) if e is None]
+            out[f"{topic}-{p}"] = {"watermark": wm, "held_by": held, "unheard": unheard}
         return out
 
-    def _upstream_count(self, topic: str) -> int:
-        return self.partitions.get(self.upstream_of[topic], 0)
+    def _counts(self, topic: str) -> dict[str, int]:
+        """The partition counts of ``topic``'s upstream topics, in the channel's order."""
+        return {u: self.partitions.get(u, 0) for u in self.upstream_of[topic]}
+
+    def _empty(self, topic: str) -> UpstreamTables:
+        return UpstreamTables({u: UpstreamTable(n) for u, n in self._counts(topic).items()})
 
     # -- upstream: steps 1 and 2 -------------------------------------------------------
     def checkpoint(self) -> ChannelCheckpoint:
@@ -319,8 +406,9 @@ class WatermarkChannels:
         announced: dict[tuple[str, int], Announced] = {}
         for channel in self.channels:
             mine = self._announcements(channel, values, watermarks)
-            announced.update(((channel.topic, p), a) for p, a in mine)
-            if mine and any(self._news(channel.topic, p, a) for p, a in mine):
+            key = (channel.topic, channel.upstream)
+            announced.update(((*key, p), a) for p, a in mine)
+            if mine and any(self._news((*key, p), a) for p, a in mine):
                 count = self.partitions.get(channel.upstream, 0)
                 value = orjson.dumps(
                     {"t": channel.upstream, "n": count, "w": [[p, *a] for p, a in mine]}
@@ -346,12 +434,12 @@ class WatermarkChannels:
                 continue
             if channel.timed:
                 a = Announced(min(a.watermark, watermarks.get(topic, NO_TIME)), a.idle)
-            if a.watermark > NO_TIME or a.idle or (channel.topic, p) in self.sent:
+            if a.watermark > NO_TIME or a.idle or (channel.topic, topic, p) in self.sent:
                 out.append((p, a))  # nothing to say only if never said anything
         return out
 
-    def _news(self, topic: str, partition: int, a: Announced) -> bool:
-        sent = self.sent.get((topic, partition))
+    def _news(self, key: tuple[str, str, int], a: Announced) -> bool:
+        sent = self.sent.get(key)
         return sent is None or a.idle != sent.idle or a.watermark > sent.watermark
 
     def committed(self, checkpoint: ChannelCheckpoint) -> None:
@@ -371,4 +459,4 @@ class WatermarkChannels:
             self._encoded.pop(tp, None)
             for channel in self.channels:
                 if channel.upstream == tp[0]:
-                    self.sent.pop((channel.topic, tp[1]), None)
+                    self.sent.pop((channel.topic, tp[0], tp[1]), None)
