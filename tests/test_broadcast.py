@@ -1,5 +1,6 @@
 """Broadcast state on a real broker: rules added and removed while events flow, two
-workers with two slots each, one killed (-9) and restarted mid-run.
+workers with two slots each, one killed (-9) and restarted mid-run with three slots, then a
+third worker joining.
 
 The job (tests/jobs/broadcast_rules.py) matches each user's consecutive event shapes
 against the current rules. Every rule reaches every partition of the operator's
@@ -83,7 +84,10 @@ def test_broadcast_rules_match_the_replay_of_each_partitions_log_through_a_kill(
         feed_rules.start()
         wait_for(lambda: feed_events.sent > len(events) * 0.4, 60, "40% of the events fed")
         workers.kill("w2")
-        workers.start("w2").wait_running(60, partitions=False)
+        # back with another slot count; later a third worker joins (a rescale)
+        workers.start("w2", ["--slots", "3"]).wait_running(60, partitions=False)
+        wait_for(lambda: feed_events.sent > len(events) * 0.7, 60, "70% of the events fed")
+        workers.start("w3").wait_running(60, partitions=False)
         feed_events.finish()
         feed_rules.finish()
         wait_for(

@@ -137,7 +137,7 @@ def test_each_order_joins_the_customer_current_at_its_event_time_through_a_kill(
         wait_for(lambda: emitted(out_left) >= len(orders) // 4, 120, "a quarter of the rows",
                  every=0.5, check=workers.check_alive, detail=workers.logs_tail)  # fmt: skip
         workers.kill("w2")
-        workers.start("w2").wait_running(60, partitions=False)
+        workers.start("w2", ["--slots", "3"]).wait_running(60, partitions=False)  # another count
         # A restarted worker's join may wait for a quiet side's idle_timeout: wait for both.
         for topic, how in ((out_left, "left"), (out_inner, "inner")):
             wait_for(lambda topic=topic, how=how: emitted(topic) >= want[how].total(), 240,
