@@ -106,18 +106,15 @@ class SteppedInbox(Inbox):
         super().__init__()
         self.budget = 0
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def take_all(self) -> list[tuple[int, int, Any]]:
         """Empty the inbox without running the slot: ``(target, channel, payload)``."""
-        return [self.get_nowait() for _ in range(len(self._items))]
+        return [self.get_nowait() for _ in range(len(self))]
 
     def get_nowait(self) -> tuple[int, int, Any]:
         return super().get()
 
     def get(self) -> tuple[int, int, Any]:
-        if self.budget <= 0 or not self._items:
+        if self.budget <= 0 or not len(self):
             return SOURCES, FETCHER, Stop()
         self.budget -= 1
         return super().get()
@@ -364,12 +361,31 @@ class PauseRecorder:
 
 
 class Load:
-    """A slot as flow control reads it."""
+    """A slot as flow control reads it: ``queued`` records of one input costing ``cost``
+    seconds each (0: not known yet), or of several inputs given as ``backlog``."""
 
     def __init__(
-        self, slot: int, queued: int = 0, cost: float = 0.0, queued_bytes: int = 0
+        self,
+        slot: int,
+        queued: int = 0,
+        cost: float = 0.0,
+        queued_bytes: int = 0,
+        backlog: list[tuple[int, float]] | None = None,
     ) -> None:
         self.slot, self.queued, self.cost, self.queued_bytes = slot, queued, cost, queued_bytes
+        self.inputs = backlog
+
+    @property
+    def backlog(self) -> list[tuple[int, float]]:
+        if self.inputs is not None:
+            return self.inputs
+        return [(self.queued, self.cost)] if self.queued else []
+
+    @property
+    def record_cost(self) -> float:
+        if self.inputs is not None:
+            return sum(cost for _, cost in self.inputs)
+        return self.cost
 
 
 class Progress:

@@ -35,10 +35,10 @@ from weir import Job
 from weir.operators.chain import Barrier, Batch
 from weir.operators.physical import WatermarkChannel
 from weir.service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCommit
-from weir.service.flow import HOLD_MAX_S, FlowControl
+from weir.service.flow import HOLD_MAX_S, QUEUE_TARGET_S, FlowControl
 from weir.service.metrics import Metrics
 from weir.service.repartition_watermarks import Announced, WatermarkChannels
-from weir.service.slots import FETCHER, SOURCES
+from weir.service.slots import FETCHER, SOURCES, Inbox
 from weir.service.transaction import TransactionFailed
 
 # Derandomized: the same examples every run, so a run is reproducible.
@@ -150,6 +150,26 @@ def test_the_barrier_is_forwarded_to_every_slot_behind_the_records_before_it():
         assert [(t, c) for t, c, _ in items] == [(spread, 1)] * 3
         payloads = [p.id if isinstance(p, Barrier) else p.elems[0][1]["id"] for _, _, p in items]
         assert payloads == [1, 4, 2], "records before the barrier, the barrier, then the rest"
+
+
+def test_fetched_items_go_first_and_a_barrier_waits_only_behind_its_own_channel():
+    """Fetched records feed every slot's exchange input, so they never queue behind this
+    slot's slow work after an exchange; and a barrier of one channel does not wait for
+    other channels' records (as if every channel had its own queue)."""
+    inbox = Inbox()
+    inbox.put(7, 1, "a1", 1)
+    inbox.put(7, 2, "b1", 1)
+    inbox.put(SOURCES, FETCHER, "f1", 5)
+    b1 = Barrier(1)
+    inbox.put(7, 1, b1)  # behind a1, ahead of b1
+    inbox.put(7, 2, "b2", 1)
+    b3 = Barrier(1)
+    inbox.put(7, 3, b3)  # nothing of channel 3 is queued: first of the exchange lane
+    inbox.put(SOURCES, FETCHER, "f2", 5)
+    assert inbox.waiting == {7: 3, SOURCES: 10} and inbox.records == 13
+    got = [inbox.get() for _ in range(len(inbox))]
+    assert [p for _, _, p in got] == ["f1", "f2", b3, "a1", b1, "b1", "b2"]
+    assert inbox.waiting == {7: 0, SOURCES: 0} and inbox.records == 0
 
 
 def two_exchange_job() -> Job:
@@ -770,8 +790,8 @@ def test_fetch_size_is_what_the_least_free_slot_can_take():
     fc, _ = flow()
     fc.update([Load(0, 30, COST), Load(1, 90, COST)], (), FEEDS.get, now=1000.0)
     assert fc.fetch_size == 10
-    assert fc.queue_limit(0.0) == 64, "unknown cost: the probe bound"
-    assert fc.queue_limit(0.01) == 50, "a slow slot's queue holds about QUEUE_TARGET_S"
+    assert fc.capacity(0.0) == 64, "unknown cost: the probe bound"
+    assert fc.capacity(0.01) == 50, "a slow slot's queue holds about QUEUE_TARGET_S"
 
 
 def test_all_slots_full_holds_off_consuming_then_pauses_after_hold_max():
@@ -833,12 +853,111 @@ def test_backpressure_is_the_seconds_each_slot_was_full():
     assert fc.full_s == {0: 2.0, 1: 2.5}, "a rollback does not take time back"
 
 
+def test_queued_work_is_weighed_per_input():
+    fc = FlowControl(PauseRecorder(), queue_records=20_000, batch_size=2000, queue_bytes=MB)
+    cheap = Load(0, 1100, backlog=[(1000, 1e-5), (100, 2e-3)])  # decoding, a slow function
+    assert fc.load(cheap) == pytest.approx((1000 * 1e-5 + 100 * 2e-3) / 0.5)
+    unknown = Load(0, 32, backlog=[(32, 0.0)])
+    assert fc.load(unknown) == pytest.approx(0.5), "an unknown cost: half the probe bound"
+
+
+SHARED = {0: [("in", 0), ("in", 1), ("in", 2), ("in", 3)]}
+SHARED[1] = SHARED[0]  # an exchange (or key-group routing): every partition feeds every slot
+
+
+def test_when_every_partition_feeds_a_full_slot_the_fetcher_holds_and_never_pauses():
+    """Pausing every partition would throw librdkafka's prefetch away (it refetches up to
+    a second later, while every slot runs dry): hold while a slot is over its bounds,
+    top up between holds, and pause only after holding for HOLD_MAX_S."""
+    fc, consumer = flow()
+    loads = [Load(0, 101, COST), Load(1, 0, COST)]
+    assert fc.update(loads, (), SHARED.get, now=1000.0) is True
+    loads[0].queued = 80  # full until half, but under its bound: top it up
+    assert fc.update(loads, (), SHARED.get, now=1000.1) is False
+    assert fc.fetch_size == 20, "as much as the least free slot takes"
+    loads[0].queued = 101
+    assert fc.update(loads, (), SHARED.get, now=1000.2) is True
+    assert consumer.calls == [], "nothing paused: prefetched records stay"
+    assert fc.update(loads, (), SHARED.get, now=1000.2 + HOLD_MAX_S) is False
+    assert consumer.paused == set(SHARED[0]), "held too long: pause and serve the group"
+    loads[0].queued = 40
+    assert fc.update(loads, (), SHARED.get, now=1006.0) is False
+    assert consumer.paused == set()
+
+
+def io_job() -> Job:
+    """Partitions pinned to slots, then key_by(fn) and a slow function: what a fetched
+    record costs is mostly work after the exchange, in any slot."""
+    job = Job("io")
+    (
+        job.source("in")
+        .key_by(lambda r: r["id"] % 16, name="keyed")
+        .map(lambda r: r, name="call")
+        .sink("out")
+    )
+    return job
+
+
+def test_a_slot_weighs_fetched_records_with_the_work_they_cause_after_an_exchange():
+    job = io_job()
+    slots = Slots(job, 2)
+    keyed = node_id(job, "keyed")
+    s0 = slots[0]
+    s0.stats.costs.update({SOURCES: 1e-5, keyed: 2e-3})
+    slots.fetch(0, "in", 0, [Msg("in", 0, i, {"id": i}) for i in range(100)])
+    s0.inbox.put(keyed, 1, Batch("in", 1, [elem(i) for i in range(50)]), 50)
+    assert sorted(s0.backlog) == [(50, 2e-3), (100, 1e-5 + 2e-3)]
+    assert s0.record_cost == pytest.approx(1e-5 + 2e-3)
+
+
+def test_pinned_partitions_before_an_exchange_are_topped_up_never_paused():
+    """Issue 16: over pinned partitions, a consume often returns one partition's records,
+    so one slot's fetched input fills while the work they cause lands in every slot.
+    Flow control must not pause (every partition feeds every slot: librdkafka's
+    prefetch would be lost and every slot would wait for the refetch), must weigh
+    fetched records with the work they cause after the exchange (or fetches pile up
+    and overfill the slots), and the slots must take fetched records first, so the
+    other slots' exchange inputs get their share at once."""
+    job = io_job()
+    slots = Slots(job, 4)
+    keyed = node_id(job, "keyed")
+    parts = [("in", p) for p in range(4)]
+    consumer = PauseRecorder()
+    fc = FlowControl(consumer, queue_records=20_000, batch_size=2000, queue_bytes=64 * MB)
+    offsets = [0] * 4
+    fetches = holds = 0
+    peak = 0.0
+    for tick in range(200):
+        for slot in slots.all:  # as measured: keying 20 µs, the function 2 ms a record
+            slot.stats.costs.update({SOURCES: 2e-5, keyed: 2e-3})
+        if fc.update(slots.all, (), lambda _: parts, now=1000.0 + tick / 100):
+            holds += 1
+        else:
+            p = tick % 4  # this consume returned one partition's records only
+            n = fc.fetch_size
+            msgs = [Msg("in", p, offsets[p] + i, {"id": offsets[p] + i}) for i in range(n)]
+            offsets[p] += n
+            slots.fetch(p, "in", p, msgs)
+            fetches += 1
+        for i in range(4) if tick % 4 == 3 else ():  # the slots take an item every 4th tick
+            fetched = slots[i].inbox.waiting.get(SOURCES, 0)
+            slots.run(i, items=1)
+            if fetched:
+                assert slots[i].inbox.waiting[SOURCES] == 0, "fetched records are taken first"
+        peak = max(peak, *(fc.load(slot) for slot in slots.all))
+    assert consumer.calls == [], "no partition was ever paused"
+    one = (2e-5 + 2e-3) / QUEUE_TARGET_S  # a fetch takes at least one record
+    assert peak <= 1.0 + one, "no slot was filled past its bound"
+    assert fetches > 50 and holds > 50, "topped up between holds"
+
+
 QUEUED = st.sampled_from([0, 10, 49, 50, 51, 99, 100, 101, 500])
 
 
 @PROPERTY
+@pytest.mark.parametrize("feeds", [FEEDS, SHARED], ids=["pinned", "shared"])
 @given(
-    st.lists(
+    ticks=st.lists(
         st.tuples(
             st.lists(QUEUED, min_size=2, max_size=2),
             st.frozensets(st.sampled_from([("in", 0), ("in", 1), ("in", 9)])),
@@ -847,20 +966,24 @@ QUEUED = st.sampled_from([0, 10, 49, 50, 51, 99, 100, 101, 500])
         max_size=30,
     )
 )
-def test_flow_control_invariants(ticks):
+def test_flow_control_invariants(feeds, ticks):
     fc, consumer = flow()
     now, full, hold_start = 1000.0, set(), None
+    everything = {tp for tps in feeds.values() for tp in tps}
     for queued, restoring, dt in ticks:
         now += dt
         loads = [Load(i, q, COST) for i, q in enumerate(queued)]
         full = {i for i, q in enumerate(queued) if q > 100 or (i in full and q > 50)}
-        all_full = len(full) == len(loads)
-        hold_start = (hold_start if hold_start is not None else now) if all_full else None
-        hold = fc.update(loads, restoring, FEEDS.get, now=now)
+        fed_full = {tp for i in full for tp in feeds[i]}
+        shared = bool(fed_full) and fed_full >= everything - restoring
+        over = shared and any(q > 100 for q in queued)
+        hold_start = (hold_start if hold_start is not None else now) if over else None
+        hold = fc.update(loads, restoring, feeds.get, now=now)
         assert consumer.paused == fc.paused, "the consumer's pauses match the bookkeeping"
         assert restoring <= consumer.paused, "restoring partitions are always paused"
-        assert hold == (all_full and now - hold_start < HOLD_MAX_S)
-        fed_full = {tp for i in full for tp in FEEDS[i]}
+        assert hold == (over and now - hold_start < HOLD_MAX_S)
         assert consumer.paused <= set(restoring) | fed_full, "nothing else is paused"
-        if not hold:
+        if not shared or (over and not hold):
             assert fed_full <= consumer.paused, "a full slot's partitions are paused"
+        else:
+            assert consumer.paused == set(restoring), "holding or topping up pauses nothing"

@@ -2,25 +2,35 @@
 
 Every fetch loop iteration, `FlowControl.update`:
 
-1. Sizes each slot's queue bound: ``slot_queue_records``, or less for a slow
-   slot, so a barrier never waits more than ``QUEUE_TARGET_S`` behind its queue
-   (checkpoints keep completing well within the transaction timeout). Until a
-   slot's first records show its cost, the bound is ``PROBE_QUEUE``. Bytes are
-   bounded too: ``slot_queue_bytes`` per slot, counting its inbox (records from
-   the fetcher and from other slots' exchanges) and the outputs it holds for the
-   next commit, so large records or a hot key behind an exchange cannot grow
-   the process without bound.
-2. Marks a slot *full* when its queue exceeds either bound, until it drains to
-   half of both, and adds the time since the last update to the seconds it has
-   been full (``full_s``: the partitions feeding it were held back that long).
-3. When every slot is full, holds off consuming (librdkafka's bounded prefetch
-   queue keeps memory bounded) rather than pausing, since a pause throws away
-   what was prefetched for those partitions — for at most ``HOLD_MAX_S``.
-4. Otherwise pauses the partitions that feed a full slot and consumes on, so
-   the other slots keep working and the worker keeps its group membership
-   however slow a slot is. Partitions restoring their state stay paused always.
-5. Resumes every paused partition that no longer needs to be, and sets the
-   next fetch size to what the least free slot can take.
+1. Weighs each slot's queue: the work waiting in its inbox, per input its records
+   times that input's cost per record (a slot's inputs differ in cost by orders of
+   magnitude: decoding and keying before an exchange, a slow function after it),
+   against ``QUEUE_TARGET_S``, so a barrier never waits much longer than that behind
+   the queue (checkpoints keep completing well within the transaction timeout); an
+   input whose cost is not known yet counts as ``PROBE_COST`` a record. Records are
+   bounded too (``slot_queue_records``), and bytes (``slot_queue_bytes``, counting
+   the inbox — records from the fetcher and from other slots' exchanges — and the
+   outputs the slot holds for the next commit), so large records or a hot key behind
+   an exchange cannot grow the process without bound.
+2. Marks a slot *full* when its queue exceeds any bound, until it drains to half of
+   all of them, and adds the time since the last update to the seconds it has been
+   full (``full_s``: the partitions feeding it were held back that long).
+3. When the partitions feeding the full slots are every partition the worker reads
+   (every slot is full; or any is, when records cross between slots or are routed by
+   key group, since then every partition feeds every slot), pausing them would stop
+   all input and throw away what librdkafka prefetched — and it fetches again only
+   up to a second after the resume, while the slots run dry. So instead it holds off
+   consuming while a slot is over its bounds (librdkafka's bounded prefetch queue
+   keeps memory bounded), and between holds tops the slots up with fetches as small
+   as the least free slot can take — for at most ``HOLD_MAX_S`` of holding in a row.
+4. Otherwise (or after holding that long) pauses the partitions that feed a full
+   slot and consumes on, so the other slots keep working and the worker keeps its
+   group membership however slow a slot is. Partitions restoring their state stay
+   paused always.
+5. Resumes every paused partition that no longer needs to be, and sets the next
+   fetch size to what the least free slot still fed can take: its free share of the
+   bounds times the records that fill them at its ``record_cost`` (a fetched batch
+   may be all one slot's, and so may all of its records' work after an exchange).
 """
 
 from __future__ import annotations
@@ -38,7 +48,8 @@ log = logging.getLogger(__name__)
 TopicPartitionKey = tuple[str, int]
 HOLD_MAX_S = 5.0  # longest the fetcher stops consuming because every slot is full
 QUEUE_TARGET_S = 0.5  # a slot's queue holds at most about this much work
-PROBE_QUEUE = 64  # a slot's queue bound before its speed is known
+PROBE_QUEUE = 64  # records a slot's queue holds of an input whose cost is not known yet
+PROBE_COST = QUEUE_TARGET_S / PROBE_QUEUE  # seconds per record assumed until measured
 
 
 class SlotLoad(Protocol):
@@ -55,8 +66,12 @@ class SlotLoad(Protocol):
         """Bytes waiting in the slot's inbox plus the outputs it holds."""
 
     @property
-    def cost(self) -> float:
-        """Seconds per record (moving average); 0 until known."""
+    def backlog(self) -> list[tuple[int, float]]:
+        """Per input with records waiting: (records, seconds per record; 0 if unknown)."""
+
+    @property
+    def record_cost(self) -> float:
+        """Seconds of the slot's work one fetched record may cause; 0 until known."""
 
 
 class Pausable(Protocol):
@@ -82,11 +97,18 @@ class FlowControl:
         self.holding_since: float | None = None
         self.fetch_size = PROBE_QUEUE
 
-    def queue_limit(self, cost: float) -> int:
-        """Step 1: a slot's queue bound in records."""
-        if cost <= 0:
-            return min(self.queue_records, PROBE_QUEUE)
-        return min(self.queue_records, max(1, int(QUEUE_TARGET_S / cost)))
+    def capacity(self, record_cost: float) -> int:
+        """Records that fill a slot's bounds at ``record_cost`` seconds each (step 5)."""
+        return min(self.queue_records, max(1, int(QUEUE_TARGET_S / (record_cost or PROBE_COST))))
+
+    def load(self, slot: SlotLoad) -> float:
+        """Step 1: how full a slot's queue is, as a share of its tightest bound."""
+        work = sum(n * (cost or PROBE_COST) for n, cost in slot.backlog)
+        return max(
+            work / QUEUE_TARGET_S,
+            slot.queued / self.queue_records,
+            slot.queued_bytes / self.queue_bytes,
+        )
 
     def update(
         self,
@@ -97,32 +119,34 @@ class FlowControl:
     ) -> bool:
         """Steps 1-5; True when the fetcher should not consume now (step 3)."""
         now = time.monotonic() if now is None else now
-        room = self.batch_size
-        for slot in slots:  # Steps 1-2
-            high = self.queue_limit(slot.cost)
-            queued, size = slot.queued, slot.queued_bytes
-            over = queued > high or size > self.queue_bytes
-            above_half = queued > high // 2 or size > self.queue_bytes // 2
-            if over or (slot.slot in self.full_slots and above_half):
+        loads = [(slot, self.load(slot)) for slot in slots]  # Step 1
+        for slot, load in loads:  # Step 2
+            if load > 1.0 or (slot.slot in self.full_slots and load > 0.5):
                 self.full_slots.add(slot.slot)
             else:
                 self.full_slots.discard(slot.slot)
-                room = min(room, max(1, high - queued))
         since, self.updated = self.updated, now
         for s in self.full_slots if since is not None else ():
             self.full_s[s] = self.full_s.get(s, 0.0) + (now - since)
-        hold = bool(slots) and len(self.full_slots) == len(slots)
         want = set(restoring)
+        fed = {tp for s in self.full_slots for tp in feeds(s)}
+        shared = bool(fed) and fed >= {tp for s in slots for tp in feeds(s.slot)} - want
+        hold = shared and any(load > 1.0 for _, load in loads)
         if hold and (self.holding_since is None or now - self.holding_since < HOLD_MAX_S):
             if self.holding_since is None:  # Step 3
                 self.holding_since = now
         else:  # Step 4
             if not hold:
                 self.holding_since = None
+            if hold or not shared:
+                want |= fed
             hold = False
-            for s in self.full_slots:
-                want.update(feeds(s))
         self._set_paused(want)  # Step 5
+        room = self.batch_size
+        for slot, load in loads:
+            if shared or slot.slot not in self.full_slots:  # else its partitions are paused
+                free = (1.0 - load) * self.capacity(slot.record_cost)
+                room = min(room, max(1, int(free + 1e-9)))  # 1e-9: float rounding
         self.fetch_size = room
         return hold
 

@@ -98,42 +98,77 @@ class Ownership:
 
 
 class Inbox:
-    """An unbounded FIFO that also counts the records and bytes it holds (for
-    backpressure).
+    """A slot's input queue: FIFO per channel, counting the records and bytes it holds
+    (for backpressure).
+
+    Two lanes: what the fetcher sends (batches, barriers, and the messages to all
+    slots), and what arrives from exchanges. The fetcher's lane is served first: its
+    records are cheap to take through the source segment, and they are what every
+    slot's exchange input waits for, so they must not queue behind this slot's slow
+    work after an exchange. Only each channel's order matters (a barrier splits a
+    channel's records into before and after), so no order across channels is lost.
 
     Unbounded so that slots never block on each other (exchanges go both ways);
-    memory is bounded by the fetcher, which pauses partitions while a slot's
-    ``records`` or ``bytes`` is over its limit (`weir.service.flow`).
+    memory is bounded by the fetcher, which holds off or pauses partitions while a
+    slot's queue is over its bounds (`weir.service.flow`).
     """
 
     def __init__(self) -> None:
-        self._items: deque[tuple[int, int, Any, int, int]] = deque()
+        self._fetched: deque[tuple[int, int, Any, int, int]] = deque()
+        self._exchanged: deque[tuple[int, int, Any, int, int]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self.records = 0
         self.bytes = 0
+        self.waiting: dict[int, int] = {}  # records per target: their costs differ
+
+    def __len__(self) -> int:
+        return len(self._fetched) + len(self._exchanged)
 
     def put(self, target: int, channel: int, payload: Any, records: int = 0, size: int = 0) -> None:
+        """Queue ``payload`` for ``target`` from ``channel``. An exchange's `Barrier` goes
+        right behind the last item queued from its own channel for its target (first when
+        there is none): only that channel's records must precede it, so it need not wait
+        behind other channels' work — as if each channel had its own queue, as in Flink."""
+        item = (target, channel, payload, records, size)
         with self._cond:
-            self._items.append((target, channel, payload, records, size))
+            if channel == FETCHER:
+                self._fetched.append(item)
+            elif isinstance(payload, Barrier):
+                items = self._exchanged
+                at = len(items)
+                for queued in reversed(items):
+                    if queued[0] == target and queued[1] == channel:
+                        break
+                    at -= 1
+                items.insert(at, item)
+            else:
+                self._exchanged.append(item)
             self.records += records
             self.bytes += size
+            if records:
+                self.waiting[target] = self.waiting.get(target, 0) + records
             self._cond.notify()
 
     def stop(self, item: Any) -> None:
         """Drop everything queued and put ``item`` (a `Stop`) first."""
         with self._cond:
-            self._items.clear()
+            self._fetched.clear()
+            self._exchanged.clear()
             self.records = self.bytes = 0
-            self._items.append((SOURCES, FETCHER, item, 0, 0))
+            self.waiting = {}
+            self._fetched.append((SOURCES, FETCHER, item, 0, 0))
             self._cond.notify()
 
     def get(self) -> tuple[int, int, Any]:
         with self._cond:
-            while not self._items:
+            while not (self._fetched or self._exchanged):
                 self._cond.wait()
-            target, channel, payload, records, size = self._items.popleft()
+            lane = self._fetched or self._exchanged
+            target, channel, payload, records, size = lane.popleft()
             self.records -= records
             self.bytes -= size
+            if records:
+                self.waiting[target] -= records
             return target, channel, payload
 
 
@@ -145,16 +180,20 @@ class SlotStats:
     (keyed by the topic) or an exchange (keyed by the exchange's operator id, as
     `weir.operators.build.SlotChain.inputs`) — ``[records in, seconds busy]`` since the slot
     started; ``produced`` the records written per topic. Both grow once per chunk.
+    ``costs`` is, per input target (`SOURCES` or an exchange's operator id), the seconds
+    per record as a moving average: a slot's inputs may differ in cost by a thousand
+    times (decoding and keying before an exchange, a slow function after it), so the
+    work waiting in its inbox and its chunk sizes are reckoned per input.
     """
 
-    __slots__ = ("batches", "busy_s", "cost", "failed", "produced", "records", "started", "tasks")
+    __slots__ = ("batches", "busy_s", "costs", "failed", "produced", "records", "started", "tasks")
 
     def __init__(self) -> None:
         self.records = 0
         self.batches = 0
         self.failed = 0
         self.busy_s = 0.0
-        self.cost = 0.0  # seconds per record, moving average: sizes the slot's queue
+        self.costs: dict[int, float] = {}
         self.started = time.monotonic()
         self.tasks: dict[str | int, list[float]] = {}
         self.produced: dict[str, int] = {}
@@ -236,9 +275,22 @@ class Slot(threading.Thread):
         return self.inbox.bytes + self.held_bytes
 
     @property
-    def cost(self) -> float:
-        """Seconds per record, moving average (flow control sizes the queue by it)."""
-        return self.stats.cost
+    def backlog(self) -> list[tuple[int, float]]:
+        """Per input with records waiting: ``(records, seconds per record)``, the cost
+        0.0 while unknown (flow control bounds the work queued by it). Fetched records
+        weigh `record_cost`: the work they cause after an exchange is still ahead."""
+        costs = self.stats.costs
+        return [
+            (n, self.record_cost if t == SOURCES else costs.get(t, 0.0))
+            for t, n in list(self.inbox.waiting.items())
+            if n > 0
+        ]
+
+    @property
+    def record_cost(self) -> float:
+        """Seconds of this slot's work one record fetched into the worker may cause: the
+        sum of its inputs' costs (a record may pass each input once); 0.0 until known."""
+        return sum(list(self.stats.costs.values()))
 
     # -- SlotContext ---------------------------------------------------------
     def produce(
@@ -421,7 +473,7 @@ class Slot(threading.Thread):
         The thread runs it; `weir.testing` runs it in the caller's thread, with an
         inbox that answers `Stop` once it is empty."""
         inbox, replay, stats = self.inbox, self.replay, self.stats
-        clock = time.perf_counter
+        costs, clock = stats.costs, time.perf_counter
         while True:
             target, channel, payload = replay.popleft() if replay else inbox.get()
             if (target, channel) in self.blocked:
@@ -439,7 +491,8 @@ class Slot(threading.Thread):
                 elems = payload.elems
                 # Slow functions get the batch in chunks of about CHUNK_S of work, so
                 # outputs flow steadily and per-batch bookkeeping stays current.
-                step = max(1, int(CHUNK_S / stats.cost)) if stats.cost else PROBE_RECORDS
+                cost = costs.get(target, 0.0)
+                step = max(1, int(CHUNK_S / cost)) if cost else PROBE_RECORDS
                 for i in range(0, len(elems), step):
                     part = elems if step >= len(elems) else elems[i : i + step]
                     started = clock()
@@ -452,8 +505,8 @@ class Slot(threading.Thread):
                     counts[0] += len(part)
                     counts[1] += took
                     stats.batches += 1
-                    cost = took / len(part)
-                    stats.cost = 0.8 * stats.cost + 0.2 * cost if stats.cost else cost
+                    per = took / len(part)
+                    costs[target] = cost = 0.8 * cost + 0.2 * per if cost else per
                 if target == SOURCES:
                     tp = (payload.topic, payload.partition)
                     self.taken[tp] = self.taken.get(tp, 0) + len(elems)
