@@ -35,7 +35,7 @@ from weir import Job
 from weir.operators.chain import Barrier, Batch
 from weir.operators.physical import WatermarkChannel
 from weir.service.checkpoint import CheckpointCoordinator, CheckpointFailed, StateCommit
-from weir.service.flow import HOLD_MAX_S, QUEUE_TARGET_S, FlowControl
+from weir.service.flow import HOLD_MAX_S, TOP_UP, FlowControl
 from weir.service.metrics import Metrics
 from weir.service.repartition_watermarks import Announced, WatermarkChannels
 from weir.service.slots import FETCHER, SOURCES, Inbox
@@ -874,7 +874,10 @@ def test_when_every_partition_feeds_a_full_slot_the_fetcher_holds_and_never_paus
     assert fc.update(loads, (), SHARED.get, now=1000.0) is True
     loads[0].queued = 80  # full until half, but under its bound: top it up
     assert fc.update(loads, (), SHARED.get, now=1000.1) is False
-    assert fc.fetch_size == 20, "as much as the least free slot takes"
+    assert fc.fetch_size == 25, "a top-up: a quarter of what fills the least free slot"
+    loads[0].queued = 60
+    assert fc.update(loads, (), SHARED.get, now=1000.1) is False
+    assert fc.fetch_size == 40, "or as much as it can take"
     loads[0].queued = 101
     assert fc.update(loads, (), SHARED.get, now=1000.2) is True
     assert consumer.calls == [], "nothing paused: prefetched records stay"
@@ -946,9 +949,8 @@ def test_pinned_partitions_before_an_exchange_are_topped_up_never_paused():
                 assert slots[i].inbox.waiting[SOURCES] == 0, "fetched records are taken first"
         peak = max(peak, *(fc.load(slot) for slot in slots.all))
     assert consumer.calls == [], "no partition was ever paused"
-    one = (2e-5 + 2e-3) / QUEUE_TARGET_S  # a fetch takes at least one record
-    assert peak <= 1.0 + one, "no slot was filled past its bound"
-    assert fetches > 50 and holds > 50, "topped up between holds"
+    assert peak <= 1.0 + 1 / TOP_UP, "no slot was filled past its bound and one top-up"
+    assert fetches > 20 and holds > 50, "topped up between holds"
 
 
 QUEUED = st.sampled_from([0, 10, 49, 50, 51, 99, 100, 101, 500])

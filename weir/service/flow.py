@@ -21,8 +21,11 @@ Every fetch loop iteration, `FlowControl.update`:
    all input and throw away what librdkafka prefetched — and it fetches again only
    up to a second after the resume, while the slots run dry. So instead it holds off
    consuming while a slot is over its bounds (librdkafka's bounded prefetch queue
-   keeps memory bounded), and between holds tops the slots up with fetches as small
-   as the least free slot can take — for at most ``HOLD_MAX_S`` of holding in a row.
+   keeps memory bounded), and between holds tops the slots up — for at most
+   ``HOLD_MAX_S`` of holding in a row. A top-up is at least ``1/TOP_UP`` of what
+   fills the least free slot (a slot goes at most that far past its bounds, and only
+   if every record lands on it), so slots hovering at their bounds are not fed one
+   record at a time.
 4. Otherwise (or after holding that long) pauses the partitions that feed a full
    slot and consumes on, so the other slots keep working and the worker keeps its
    group membership however slow a slot is. Partitions restoring their state stay
@@ -50,6 +53,7 @@ HOLD_MAX_S = 5.0  # longest the fetcher stops consuming because every slot is fu
 QUEUE_TARGET_S = 0.5  # a slot's queue holds at most about this much work
 PROBE_QUEUE = 64  # records a slot's queue holds of an input whose cost is not known yet
 PROBE_COST = QUEUE_TARGET_S / PROBE_QUEUE  # seconds per record assumed until measured
+TOP_UP = 4  # between holds, fetch at least 1/TOP_UP of what fills the least free slot
 
 
 class SlotLoad(Protocol):
@@ -145,8 +149,10 @@ class FlowControl:
         room = self.batch_size
         for slot, load in loads:
             if shared or slot.slot not in self.full_slots:  # else its partitions are paused
-                free = (1.0 - load) * self.capacity(slot.record_cost)
-                room = min(room, max(1, int(free + 1e-9)))  # 1e-9: float rounding
+                capacity = self.capacity(slot.record_cost)
+                free = int((1.0 - load) * capacity + 1e-9)  # 1e-9: float rounding
+                least = capacity // TOP_UP if shared else 1
+                room = min(room, max(1, least, free))
         self.fetch_size = room
         return hold
 

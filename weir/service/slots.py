@@ -53,6 +53,7 @@ SOURCES = -1  # target id of the source heads; their one channel is the fetcher
 DLQ_VALUE_LIMIT = 65536  # a dead letter keeps at most this much of the record's value
 CHUNK_S = 0.05  # a batch is processed in chunks of about this much work
 PROBE_RECORDS = 8  # chunk size until the cost per record is known
+WARMUP_RECORDS = 1000  # records after which an input without a cost is taken for a rare one
 FETCHER = -1
 _KEY, _VALUE, _STAMP = itemgetter(0), itemgetter(1), itemgetter(3)  # of an output row
 
@@ -289,8 +290,21 @@ class Slot(threading.Thread):
     @property
     def record_cost(self) -> float:
         """Seconds of this slot's work one record fetched into the worker may cause: the
-        sum of its inputs' costs (a record may pass each input once); 0.0 until known."""
-        return sum(list(self.stats.costs.values()))
+        sum of its inputs' costs (a record may pass each input once). 0.0 (unknown)
+        until every input has a cost, so that a fresh slot is not flooded before the
+        work after its exchanges shows; an input that got no records while the slot
+        took its first `WARMUP_RECORDS` is a rarely used branch and is left out."""
+        chain = self.chain
+        if chain is None:
+            return 0.0
+        costs, warm = self.stats.costs, self.stats.records >= WARMUP_RECORDS
+        total = 0.0
+        for target in (SOURCES, *chain.inputs):
+            cost = costs.get(target, 0.0)
+            if not cost and not warm:
+                return 0.0
+            total += cost
+        return total
 
     # -- SlotContext ---------------------------------------------------------
     def produce(
