@@ -3,16 +3,17 @@
 The question is whether slots speed up a function that waits with the GIL
 released (a call to another service) as far as the keys allow, in every layout:
 partitions < slots (records routed to slots by key group) and partitions >=
-slots (partitions pinned to slots). The job (`jobs/io_keyed_map.py`) keys each
-record by ``id % keys`` — not its Kafka key, so records cross between slots
-through the hash exchange — and maps it with a 2 ms ``time.sleep``,
-at-least-once, 1 s checkpoints.
+slots (partitions pinned to slots). The default job (`jobs/io_keyed_map.py`)
+keys each record by ``id % keys`` — not its Kafka key, so records cross between
+slots through the hash exchange — and maps it with a 2 ms ``time.sleep``,
+at-least-once, 1 s checkpoints; ``--job plain`` (`jobs/io_map.py`) runs the map
+alone, so records stay in the slot their partition or Kafka key gives.
 
 For each layout the one-slot rate is measured, and every slot count is compared
-with its *ideal*: the one-slot rate times the key-limited parallelism, i.e. the
-records of the run divided by the records of its busiest slot (the keys' key
-groups decide which slot maps a record; with near-uniform keys this is a little
-under the slot count). Efficiency = measured rate ÷ ideal.
+with its *ideal*: the one-slot rate times the parallelism the keys and
+partitions allow, i.e. the records of the run divided by the records of its
+busiest slot (`ideal_parallelism`; with near-uniform keys a little under the
+slot count). Efficiency = speed-up ÷ ideal.
 
 Each run: fresh topics, the input (``{"id", "v", "tag"}``, keyed by one of 1000
 tags so partitions are nearly even) pre-filled before the worker starts,
@@ -24,7 +25,8 @@ Run from the repository root::
 
     .venv/bin/python -m benchmarks.slot_scaling            # ~10 min on 2 cores
 
-Results go to ``benchmarks/results/slot_scaling.{json,md}``.
+Results go to ``benchmarks/results/slot_scaling.{json,md}`` (``slot_scaling_plain``
+for the plain job).
 """
 
 from __future__ import annotations
@@ -65,10 +67,16 @@ from benchmarks.common import (
 )
 from tests.ports import free_port
 from weir.operators.formats import encode_key
+from weir.service.partitioner import partition_for
+from weir.service.router import PINNED, SlotRouter
 from weir.state.keygroups import DEFAULT_MAX_KEY_GROUPS, key_group, slot_table
 
 MODULE = "benchmarks.slot_scaling"
-JOB_FILE = Path(__file__).resolve().parent / "jobs" / "io_keyed_map.py"
+JOBS = {
+    "keyed": Path(__file__).resolve().parent / "jobs" / "io_keyed_map.py",
+    "plain": Path(__file__).resolve().parent / "jobs" / "io_map.py",
+}
+TAGS = 1000  # Kafka keys of the input: partitions nearly even
 SLOTS = (1, 2, 4, 8)
 PARTITIONS = (1, 4, 8)
 TARGET = 0.85  # of the ideal, everywhere
@@ -90,14 +98,25 @@ class Row:
         return f"{self.slots} slot(s), {self.partitions} partition(s)"
 
 
-def key_parallelism(n: int, keys: int, slots: int) -> float:
-    """How many slots' worth of work ``n`` records keyed ``id % keys`` spread over:
-    records ÷ records of the busiest slot (the ideal speed-up over one slot)."""
+def ideal_parallelism(job: str, n: int, keys: int, slots: int, partitions: int) -> float:
+    """How many slots' worth of work the run's records spread over: records ÷ records
+    of the busiest slot (the ideal speed-up over one slot). The keyed job maps each
+    record in the slot owning its key's key group (after the exchange); the plain job
+    where its partition is pinned, or, with fewer partitions than slots, in the slot
+    owning its Kafka key's key group (`service.router`)."""
     table = slot_table(slots, DEFAULT_MAX_KEY_GROUPS)
-    per_key = Counter(i % keys for i in range(n))
-    load = Counter()
-    for key, count in per_key.items():
-        load[table[key_group(encode_key(key), DEFAULT_MAX_KEY_GROUPS)]] += count
+    router = SlotRouter(slots, DEFAULT_MAX_KEY_GROUPS)
+    mode, pins = router.plan([("in", p) for p in range(partitions)])
+    load: Counter[int] = Counter()
+    for i in range(n):
+        if job == "keyed":
+            key = encode_key(i % keys)
+        else:
+            key = f"k{i % TAGS}".encode()
+            if mode == PINNED:
+                load[pins[("in", partition_for(key, partitions))]] += 1
+                continue
+        load[table[key_group(key, DEFAULT_MAX_KEY_GROUPS)]] += 1
     return n / max(load.values())
 
 
@@ -106,7 +125,7 @@ def run_once(
 ) -> dict[str, Any]:
     """One measured run of one layout on fresh topics; raises BenchmarkError on failure."""
     n = round(args.seconds * row.slots / (args.wait_ms / 1000))
-    records = make_records(n, tags=1000)
+    records = make_records(n, tags=TAGS)
     admin = admin_client(bootstrap)
     src, dst, group = unique("scale-in"), unique("scale-out"), unique(f"scale-{row.name}")
     create_topics(admin, [src], row.partitions)
@@ -116,7 +135,7 @@ def run_once(
         prefill(bootstrap, src, records)
         port = free_port()
         cmd = [
-            sys.executable, "-m", "weir.service.cli", "run", str(JOB_FILE.relative_to(ROOT)),
+            sys.executable, "-m", "weir.service.cli", "run", str(JOBS[args.job].relative_to(ROOT)),
             "--bootstrap", bootstrap, "--group", group, "--worker-id", "bench",
             "--slots", str(row.slots), "--guarantee", "at-least-once",
             "--checkpoint-interval-ms", "1000", "--http-port", str(port),
@@ -145,7 +164,7 @@ def run_once(
             "partitions": row.partitions,
             "records": n,
             "records_per_s": n / scan.appended.seconds,
-            "key_parallelism": key_parallelism(n, args.keys, row.slots),
+            "ideal": ideal_parallelism(args.job, n, args.keys, row.slots, row.partitions),
             "alignment_s": median([c["alignment_s"] for c in checkpoints]),
             "checkpoint_s": median([c["duration_s"] for c in checkpoints]),
             **cpu_figures(progress.first.until(progress.done), n),
@@ -158,7 +177,7 @@ def run_once(
 
 def summarize(rows: list[Row], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per layout: median rate, speed-up over the layout's one-slot median, the ideal
-    (key-limited parallelism) and the efficiency against it."""
+    (`ideal_parallelism`) and the efficiency against it."""
     out = []
     for row in rows:
         ok = [r for r in runs if r["row"] == row.name and "error" not in r]
@@ -172,7 +191,7 @@ def summarize(rows: list[Row], runs: list[dict[str, Any]]) -> list[dict[str, Any
                 "failed": [r["error"] for r in runs if r["row"] == row.name and "error" in r],
                 "records_per_s": median([r["records_per_s"] for r in ok]),
                 "records_per_s_all": [round(r["records_per_s"]) for r in ok],
-                "key_parallelism": median([r["key_parallelism"] for r in ok]),
+                "ideal": median([r["ideal"] for r in ok]),
                 "alignment_s": median([r["alignment_s"] for r in ok]),
                 "other_load_cores": median([r["other_load_cores"] for r in ok]),
             }
@@ -180,10 +199,9 @@ def summarize(rows: list[Row], runs: list[dict[str, Any]]) -> list[dict[str, Any
     for s in out:
         one = next((x for x in out if x["partitions"] == s["partitions"] and x["slots"] == 1), None)
         if one is None or not one["runs"] or not s["runs"]:
-            s["speedup"] = s["ideal"] = s["efficiency"] = None
+            s["speedup"] = s["efficiency"] = None
             continue
         s["speedup"] = s["records_per_s"] / one["records_per_s"]
-        s["ideal"] = s["key_parallelism"]
         s["efficiency"] = s["speedup"] / s["ideal"]
     return out
 
@@ -228,22 +246,28 @@ def table_rows(summary: list[dict[str, Any]]) -> list[list[str]]:
 
 def markdown(info: dict[str, Any], args: argparse.Namespace, summary: list[dict[str, Any]]) -> str:
     effs = [s["efficiency"] for s in summary if s.get("efficiency") is not None]
+    what = (
+        f"`key_by(id % {args.keys})` (records cross slots through the exchange) then a map"
+        if args.job == "keyed"
+        else "A map alone (records stay in the slot their partition or Kafka key gives)"
+    )
     failed = [f"- {s['label']}: {err}" for s in summary for err in s["failed"]]
     lines = [
-        "# Slot scaling on I/O-bound work",
+        f"# Slot scaling on I/O-bound work ({args.job} job)",
         "",
         machine_header(info),
         "",
         f"Command: `{command_line(MODULE)}`",
         "",
-        f"`key_by(id % {args.keys})` then a map that sleeps {args.wait_ms:g} ms per record (GIL"
-        f" released), at-least-once, 1 s checkpoints; {args.seconds:g} s of ideal work per"
-        f" slot per run; median of {args.runs} runs.",
+        f"{what}, sleeping {args.wait_ms:g} ms per record (GIL released), at-least-once, 1 s"
+        f" checkpoints; {args.seconds:g} s of ideal work per slot per run; median of"
+        f" {args.runs} runs.",
         "",
         format_table(HEADERS, table_rows(summary), markdown=True),
         "",
-        "speed-up: records/s ÷ the same layout's one-slot records/s. ideal: the key-limited"
-        " parallelism (records ÷ records of the busiest slot). of ideal: speed-up ÷ ideal"
+        "speed-up: records/s ÷ the same layout's one-slot records/s. ideal: the parallelism"
+        " the keys and partitions allow (records ÷ records of the busiest slot). of ideal:"
+        " speed-up ÷ ideal"
         f" (target ≥ {TARGET:.0%}). alignment s: median checkpoint alignment. other load: CPU"
         " cores used by processes other than the worker, the broker and this script.",
     ]
@@ -262,6 +286,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=6.0, help="ideal work per slot per run")
     p.add_argument("--wait-ms", type=float, default=2.0, help="the map's sleep per record")
     p.add_argument("--keys", type=int, default=1000, help="distinct keys (id %% keys)")
+    p.add_argument(
+        "--job",
+        choices=sorted(JOBS),
+        default="keyed",
+        help="keyed: key_by(id %% keys) then the map (records cross slots); plain: the map"
+        " alone (records stay in the slot their partition or Kafka key gives)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
     try:
@@ -277,7 +308,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def describe(r: dict[str, Any]) -> str:
     return (
-        f"{r['records_per_s']:,.0f} records/s (ideal x{r['key_parallelism']:.2f}),"
+        f"{r['records_per_s']:,.0f} records/s (ideal x{r['ideal']:.2f}),"
         f" alignment {r['alignment_s']:.3f} s, other load {r['other_load_cores']:.2f} cores"
     )
 
@@ -316,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             "elapsed_s": elapsed,
         }
-        write_report(RESULTS / "slot_scaling", data, markdown(info, args, summary))
+        stem = "slot_scaling" if args.job == "keyed" else f"slot_scaling_{args.job}"
+        write_report(RESULTS / stem, data, markdown(info, args, summary))
     return 0 if all(s["runs"] for s in summary) else 1
 
 
