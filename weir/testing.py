@@ -599,11 +599,8 @@ class _DrainingInbox(Inbox):
     """A slot inbox that answers `Stop` once it is empty, so `Slot.process_inbox`
     returns to the tester instead of waiting."""
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def get(self) -> tuple[int, int, Any]:
-        if not self._items:
+        if not len(self):
             return SOURCES, FETCHER, Stop()
         return super().get()
 
