@@ -81,11 +81,15 @@ class FakeProducer:
         topic: str,
         value: bytes | None = None,
         key: bytes | None = None,
-        headers: Any = None,
+        partition: int = -1,
+        on_delivery: Any = None,
+        callback: Any = None,
         timestamp: int = 0,
-        partition: int | None = None,
+        headers: Any = None,
     ) -> None:
-        self.records.append(Produced(topic, value, key, headers, partition))
+        self.records.append(
+            Produced(topic, value, key, headers, None if partition < 0 else partition)
+        )
 
     def poll(self, timeout: float = 0.0) -> int:
         return 0

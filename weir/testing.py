@@ -580,9 +580,11 @@ class _Producer:
         topic: str,
         value: bytes | None = None,
         key: bytes | None = None,
-        headers: Any = None,
+        partition: int = -1,
+        on_delivery: Any = None,
+        callback: Any = None,
         timestamp: int = 0,
-        partition: int | None = None,
+        headers: Any = None,
     ) -> None:
         kept = self._topics.get(topic)
         if kept is not None:  # changelog records are not read back: the store has them

@@ -55,6 +55,12 @@ CHUNK_S = 0.05  # a batch is processed in chunks of about this much work
 PROBE_RECORDS = 8  # chunk size until the cost per record is known
 WARMUP_RECORDS = 1000  # records after which an input without a cost is taken for a rare one
 FETCHER = -1
+# Producer.produce is called positionally — (topic, value, key, partition, on_delivery,
+# callback, timestamp, headers) — since parsing keyword arguments costs about as much
+# as the rest of the call (measured: 4.3 vs 2.5 µs a record). -1 is librdkafka's
+# RD_KAFKA_PARTITION_UA (the partitioner decides), None callbacks the producer's own,
+# timestamp 0 the producer's clock.
+ANY_PARTITION = -1
 _KEY, _VALUE, _STAMP = itemgetter(0), itemgetter(1), itemgetter(3)  # of an output row
 
 
@@ -334,18 +340,18 @@ class Slot(threading.Thread):
             self.held_bytes += sum(len(h[2]) for h in held)
             return
         produce, poll = self.producer.produce, self.producer.poll
-        where = {} if partition is None else {"partition": partition}
+        where = ANY_PARTITION if partition is None else partition
         i, n = 0, len(rows)
         while i < n:
-            try:
+            try:  # positional arguments: see `ANY_PARTITION`
                 if with_headers:
                     for i in range(i, n):  # noqa: B020 - resumes after a full queue
                         k, v, _, t, h = rows[i]
-                        produce(topic, v, k, timestamp=t if t > 0 else 0, headers=h, **where)
+                        produce(topic, v, k, where, None, None, t if t > 0 else 0, h)
                 else:
                     for i in range(i, n):  # noqa: B020
                         k, v, _, t = rows[i]
-                        produce(topic, v, k, timestamp=t if t > 0 else 0, **where)
+                        produce(topic, v, k, where, None, None, t if t > 0 else 0)
                 break
             except BufferError:
                 poll(0.05)  # librdkafka's queue is full: let it drain, then resume at row i
@@ -599,12 +605,11 @@ class Slot(threading.Thread):
         partition: int | None = None,
         timestamp: int = 0,
     ) -> None:
-        extra: dict[str, int] = {"timestamp": timestamp if timestamp > 0 else 0}
-        if partition is not None:
-            extra["partition"] = partition
+        where = ANY_PARTITION if partition is None else partition
+        stamp = timestamp if timestamp > 0 else 0
         while not self.discard:
             try:
-                self.producer.produce(topic, value, key, headers=headers, **extra)
+                self.producer.produce(topic, value, key, where, None, None, stamp, headers)
                 return
             except BufferError:
                 self.producer.poll(0.05)
