@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import zlib
+from unittest import mock
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fakes import Slots
 from weir import Job, JobDefinitionError
 from weir.operators.build import build_chain
 from weir.operators.chain import Barrier, Batch
 from weir.operators.formats import JSON
+from weir.operators.keyed import AggregateOp
 from weir.operators.physical import compile_plan
 from weir.operators.plan import (
     ErrorPolicy,
@@ -24,7 +27,13 @@ from weir.operators.plan import (
 from weir.service.config import WorkerConfig, load_config
 from weir.service.exceptions import ConfigError
 from weir.service.router import KEY_GROUPS, PINNED, SlotRouter
+from weir.service.topics import TopicLimits
+from weir.state.epoch import EpochBuffer
 from weir.state.keygroups import key_group, key_group_range, slot_of_key_group, slot_table
+from weir.state.serde import JsonSerde
+from weir.state.store import StateStore
+
+NOW_MS = 1_800_000_000_000
 
 # -- key groups ---------------------------------------------------------------
 
@@ -474,3 +483,77 @@ def test_repartition_chain_writes_key_value_envelopes_to_the_groups_topic():
         for i in range(3)
     ]
     assert ctx.times == [("in", 0, 2)], "the source's watermark is announced downstream"
+
+
+# -- sinks: what a topic's broker accepts ---------------------------------------------
+
+LIMITS = st.builds(
+    TopicLimits,
+    st.none() | st.integers(1, 40),
+    st.none() | st.integers(0, 10_000),
+    st.none() | st.integers(0, 10_000),
+)
+ROWS = st.lists(
+    st.tuples(
+        st.none() | st.binary(max_size=8),
+        st.binary(max_size=40),
+        st.integers(0, 100),
+        st.sampled_from([-1, 0]) | st.integers(NOW_MS - 20_000, NOW_MS + 20_000),
+    ),
+    max_size=12,
+)
+
+
+@given(LIMITS, ROWS)
+def test_a_sink_keeps_exactly_the_rows_the_topic_accepts(limits, rows):
+    """The batch-wide checks (sizes and timestamps found in C) keep the same rows as
+    asking `TopicLimits.refusal` row by row, and dead-letter the others."""
+    job = Job("limits")
+    job.source("in").sink("out")
+    slots = Slots(job, 1)
+    slot = slots[0]
+    slot.limits = {"out": limits}
+    batch = Batch("in", 0, [])
+    with mock.patch("weir.service.slots.time.time", return_value=NOW_MS / 1000):
+        kept = slot._accepted("out", rows, batch, limits)
+    expected = [r for r in rows if limits.refusal(r[0], r[1], r[3], NOW_MS) is None]
+    assert kept == expected
+    assert len(slots.producer.to("limits.dlq")) == len(rows) - len(expected)
+
+
+# -- keyed state ------------------------------------------------------------------------
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.values: list = []
+
+    def process(self, batch: Batch) -> None:
+        self.values.extend(v for _, v, _, _ in batch.elems)
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        pass
+
+
+def test_keyed_state_follows_key_bytes_whatever_python_thinks_equal(tmp_path):
+    """1, "1" and b"1" encode alike and share one count; 1.0 and True equal 1 in Python
+    but encode apart, so they count on their own; a list key works uncached. Storage
+    keys cached within an epoch must not change any of that."""
+    job = Job("keys")
+    job.source("in").key_by(lambda r: r["k"]).aggregate(count="count", name="counts").sink("o")
+    (state,) = compile_plan(job, "keys").stateful
+    store = StateStore(tmp_path, state.states)
+    ctx = mock.Mock(state=EpochBuffer(store, {s: JsonSerde() for s in state.states}))
+    ctx.fail.side_effect = AssertionError
+    op = AggregateOp(state.op, ctx, 128)
+    op.out = collect = _Collect()
+    keys = [1, 1.0, True, "1", b"1", 1, 1.0, [1, 2], [1, 2]]
+    try:
+        for epoch in range(2):
+            op.process(Batch("in", 0, [(k, {}, 0, i) for i, k in enumerate(keys)]))
+            op.on_barrier(Barrier(epoch + 1))
+            assert op.skeys == {}, "the cache lives for one epoch"
+    finally:
+        store.close()
+    counts = [v["count"] for v in collect.values]
+    assert counts == [1, 1, 1, 2, 3, 4, 2, 1, 2, 5, 3, 2, 6, 7, 8, 4, 3, 4]  # two epochs

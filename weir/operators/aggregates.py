@@ -13,6 +13,7 @@ accumulator is not fails alone (reason ``state``, `weir.state.epoch`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from weir.operators.exceptions import JobDefinitionError
@@ -35,9 +36,10 @@ class AggregateFunction:
 
 
 def _getter(field: str | Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``record[field]`` (an itemgetter: no Python frame per record), or the callable."""
     if callable(field):
         return field
-    return lambda record: record[field]
+    return itemgetter(field)
 
 
 class Count(AggregateFunction):

@@ -659,10 +659,12 @@ class SinkOp(Operator):
         i, n = 0, len(elems)
         while i < n:
             try:
-                if self.simple:
+                if self.simple:  # bytes and None keys (Kafka's) need no call to encode
                     for i in range(i, n):  # noqa: B020 - resumes after a failed record
                         k, v, t, o = elems[i]
-                        append((encode_key(k), encode(v), o, t))
+                        if k is not None and k.__class__ is not bytes:
+                            k = encode_key(k)
+                        append((k, encode(v), o, t))
                 else:
                     row = self._row
                     for i in range(i, n):  # noqa: B020

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from weir.operators.aggregates import compile_aggregates
+from weir.operators.aggregates import AggregateFunction, compile_aggregates
 from weir.operators.broadcast import broadcast_states
-from weir.operators.chain import Batch, Element, Operator, SlotContext
+from weir.operators.chain import Barrier, Batch, Element, Operator, SlotContext
 from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.interval_join import interval_join_states
@@ -69,19 +69,28 @@ def _output(key: Any, value: Any) -> dict:
 
 
 class KeyedOp(Operator):
-    __slots__ = ("buffer", "groups", "state")
+    """Reads, updates and writes one key's value per record. The storage key of a str,
+    bytes or int key (classes whose equal values encode alike) is computed once per
+    epoch and partition (``skeys``, dropped at each barrier, so it holds no more keys
+    than the epoch's writes do)."""
+
+    __slots__ = ("buffer", "groups", "skeys", "state")
 
     def __init__(self, op: Reduce | Aggregate, ctx: SlotContext, max_key_groups: int) -> None:
         super().__init__(op, ctx)
         self.state = state_name(op)
         self.buffer = ctx.state
         self.groups = max_key_groups
+        self.skeys: dict[int, dict[Any, bytes]] = {}
 
     def process(self, batch: Batch) -> None:
         buffer, state, groups = self.buffer, self.state, self.groups
         table = buffer.table(state)
         committed, put = buffer.committed, buffer.writer(state)
         partition = batch.partition
+        skeys = self.skeys.get(partition)
+        if skeys is None:
+            skeys = self.skeys[partition] = {}
         update = self.update
         out: list[Element] = []
         append = out.append
@@ -91,7 +100,13 @@ class KeyedOp(Operator):
             try:
                 for i in range(i, n):  # noqa: B020 - resumes after a failed record
                     k, v, t, o = elems[i]
-                    skey = state_key(partition, encode_key(k), groups)
+                    cls = k.__class__
+                    if cls is str or cls is bytes or cls is int:
+                        skey = skeys.get(k)
+                        if skey is None:
+                            skey = skeys[k] = state_key(partition, encode_key(k), groups)
+                    else:  # True == 1.0 == 1 but they encode apart; lists are unhashable
+                        skey = state_key(partition, encode_key(k), groups)
                     acc = table.get(skey, MISSING)
                     if acc is MISSING:
                         acc = committed(state, skey)
@@ -108,6 +123,10 @@ class KeyedOp(Operator):
                 i += 1
         if out and self.out is not None:
             self.out.process(Batch(batch.topic, partition, out))
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        self.skeys = {}
+        super().on_barrier(barrier)
 
     def update(self, acc: Any, value: Any) -> tuple[Any, Any]:
         """The new accumulator (``acc`` is None for a new key) and the result to emit."""
@@ -127,18 +146,29 @@ class ReduceOp(KeyedOp):
 
 
 class AggregateOp(KeyedOp):
-    __slots__ = ("functions", "names")
+    """Runs every field's aggregate function on each record: one plain loop over the
+    fields (a comprehension would cost a function call of its own per record), and no
+    ``result`` call for functions whose result is the accumulator."""
+
+    __slots__ = ("fields", "functions")
 
     def __init__(self, op: Aggregate, ctx: SlotContext, max_key_groups: int) -> None:
         super().__init__(op, ctx, max_key_groups)
         functions = compile_aggregates(op.fields)
-        self.names = list(functions)
         self.functions = list(functions.values())
+        identity = AggregateFunction.result
+        self.fields = [
+            (name, f.add, None if type(f).result is identity else f.result)
+            for name, f in functions.items()
+        ]
 
     def update(self, acc: Any, value: Any) -> tuple[Any, Any]:
-        functions = self.functions
         if acc is None:
-            acc = [f.create() for f in functions]
-        new = [f.add(a, value) for f, a in zip(functions, acc, strict=True)]
-        result = {name: f.result(a) for name, f, a in zip(self.names, functions, new, strict=True)}
+            acc = [f.create() for f in self.functions]
+        new: list[Any] = []
+        result: dict[str, Any] = {}
+        for (name, add, emit), a in zip(self.fields, acc, strict=True):
+            a = add(a, value)
+            new.append(a)
+            result[name] = a if emit is None else emit(a)
         return new, result

@@ -62,6 +62,7 @@ FETCHER = -1
 # timestamp 0 the producer's clock.
 ANY_PARTITION = -1
 _KEY, _VALUE, _STAMP = itemgetter(0), itemgetter(1), itemgetter(3)  # of an output row
+INF = float("inf")
 
 
 def wall_clock_ms() -> int:
@@ -368,12 +369,18 @@ class Slot(threading.Thread):
         producer) lie within the range — each found by map/itemgetter, in C."""
         now = time.time() * 1000
         big, low, high = lim.bounds(now)
-        largest = max(map(len, map(_VALUE, rows)), default=0)
-        largest += max(map(len, filter(None, map(_KEY, rows))), default=0)
-        stamps = list(map(_STAMP, rows))
-        if largest <= big and max(stamps, default=0) <= high:
-            earliest = min(stamps, default=0)
-            if earliest >= low or (earliest <= 0 and min(filter(None, stamps), default=low) >= low):
+        fits = big == INF or (
+            max(map(len, map(_VALUE, rows)), default=0)
+            + max(map(len, filter(None, map(_KEY, rows))), default=0)
+            <= big
+        )
+        if fits and (high == INF or max(map(_STAMP, rows), default=0) <= high):
+            if low == -INF:
+                return rows
+            earliest = min(map(_STAMP, rows), default=0)
+            if earliest >= low or (
+                earliest <= 0 and min(filter(None, map(_STAMP, rows)), default=low) >= low
+            ):
                 return rows
         kept = []
         for row in rows:
@@ -591,10 +598,21 @@ class Slot(threading.Thread):
         return writes
 
     def _release(self) -> None:
+        """The checkpoint committed: the outputs held since its barrier go out, in order,
+        in one tight loop (a whole interval's output may be held)."""
         self.passed.clear()
         held, self.held, self.held_bytes = self.held, [], 0
-        for topic, key, value, headers, ts, partition in held:
-            self._produce_one(topic, key, value, headers, partition, timestamp=ts)
+        produce, poll = self.producer.produce, self.producer.poll
+        i, n = 0, len(held)
+        while i < n and not self.discard:
+            try:
+                for i in range(i, n):  # noqa: B020 - resumes after a full queue
+                    topic, k, v, h, t, p = held[i]
+                    where = ANY_PARTITION if p is None else p
+                    produce(topic, v, k, where, None, None, t if t > 0 else 0, h)
+                break
+            except BufferError:
+                poll(0.05)  # librdkafka's queue is full: let it drain, then resume at i
 
     def _produce_one(
         self,
