@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import zlib
 from unittest import mock
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,8 +14,9 @@ from hypothesis import strategies as st
 from tests.fakes import Slots
 from weir import Job, JobDefinitionError
 from weir.operators.build import build_chain
-from weir.operators.chain import Barrier, Batch
+from weir.operators.chain import Barrier, Batch, DirectOutput
 from weir.operators.formats import JSON
+from weir.operators.fused import FusedChain
 from weir.operators.keyed import AggregateOp
 from weir.operators.physical import compile_plan
 from weir.operators.plan import (
@@ -27,6 +30,7 @@ from weir.operators.plan import (
 from weir.service.config import WorkerConfig, load_config
 from weir.service.exceptions import ConfigError
 from weir.service.router import KEY_GROUPS, PINNED, SlotRouter
+from weir.service.slots import _operator_in
 from weir.service.topics import TopicLimits
 from weir.state.epoch import EpochBuffer
 from weir.state.keygroups import key_group, key_group_range, slot_of_key_group, slot_table
@@ -239,14 +243,26 @@ def test_plan_describes_exchanges():
 
 
 class FakeSlot:
-    def __init__(self, slot=0, slots=1):
+    """A slot context; with ``direct``, fused chains produce record by record."""
+
+    def __init__(self, slot=0, slots=1, direct=False):
         self.slot, self.slots = slot, slots
         self.state = None
         self.registry = None
         self.produced, self.failed, self.sent, self.times = [], [], [], []
+        self.fused = direct
 
     def produce(self, topic, rows, batch):
         self.produced.extend((topic, k, v) for k, v, _, _ in rows)
+
+    def direct(self, topic, msgs):
+        if not self.fused:
+            return None
+
+        def produce(topic, value, key, partition, on_delivery, callback, timestamp):
+            self.produced.append((topic, key, value))
+
+        return DirectOutput(produce, None, KeyError, float("inf"), None, lambda n: None)
 
     def fail(self, operator, reason, batch, elem, exc):
         self.failed.append((operator, reason, elem[3]))
@@ -258,7 +274,8 @@ class FakeSlot:
         self.times.append((topic, partition, max_timestamp))
 
 
-def test_chain_resumes_after_a_failing_record_and_calls_functions_once():
+@pytest.mark.parametrize("fused", [False, True], ids=["staged", "fused"])
+def test_chain_resumes_after_a_failing_record_and_calls_functions_once(fused):
     calls = []
 
     def f(r):
@@ -269,8 +286,9 @@ def test_chain_resumes_after_a_failing_record_and_calls_functions_once():
 
     job = Job("c")
     job.source("in").map(f).filter(lambda x: x != 20).sink("out")
-    ctx = FakeSlot()
+    ctx = FakeSlot(direct=fused)
     chain = build_chain(compile_plan(job, "c").roots, ctx, 128)
+    assert isinstance(chain.sources["in"], FusedChain), "a line of map and filter fuses"
     msgs = [Msg("in", 0, i, None, f'{{"n": {i}}}'.encode()) for i in range(6)]
     msgs.insert(2, Msg("in", 0, 99, None, b"not json"))
     chain.sources["in"].process(Batch("in", 0, msgs))
@@ -557,3 +575,99 @@ def test_keyed_state_follows_key_bytes_whatever_python_thinks_equal(tmp_path):
         store.close()
     counts = [v["count"] for v in collect.values]
     assert counts == [1, 1, 1, 2, 3, 4, 2, 1, 2, 5, 3, 2, 6, 7, 8, 4, 3, 4]  # two epochs
+
+
+# -- the fused chain: the staged operators' results, record by record -----------------
+
+
+def _fused_job() -> Job:
+    """source -> filter -> map -> sink: a line that fuses. Values say how they fail."""
+
+    def keep(r):
+        if r.get("bad") == "filter":
+            raise ValueError("filter raised")
+        return r.get("drop") is None
+
+    def double(r):
+        if r.get("bad") == "map":
+            raise ValueError("map raised")
+        if r.get("bad") == "encode":
+            return {1j}  # orjson cannot write a complex number in a set
+        return {**r, "x": r["n"] * 2, "pad": "p" * r.get("pad", 0)}
+
+    job = Job("fused")
+    job.source("in").filter(keep, name="keep").map(double, name="double").sink("out")
+    return job
+
+
+RECORD = st.one_of(
+    st.builds(lambda n, pad: {"n": n, "pad": pad}, st.integers(0, 99), st.sampled_from([0, 0, 80])),
+    st.builds(lambda n: {"n": n, "drop": True}, st.integers(0, 99)),
+    st.builds(lambda b: {"n": 0, "bad": b}, st.sampled_from(["filter", "map", "encode"])),
+    st.just(b"not json"),
+)
+
+
+@given(
+    st.lists(st.lists(RECORD, max_size=8), max_size=5),
+    st.none() | st.integers(60, 200),
+    st.integers(0, 4),
+)
+def test_the_fused_chain_writes_what_the_staged_operators_write(batches, max_bytes, barrier_at):
+    """Same outputs (in order) and dead letters (key, value, headers: the staged chain
+    writes a batch's dead letters stage by stage, the fused one in record order),
+    whatever fails where; too-large outputs and the batches after a barrier (held, so
+    staged) included."""
+    runs = []
+    for fused in (True, False):
+        slots = Slots(_fused_job(), 1)
+        slot = slots[0]
+        slot.limits = {"out": TopicLimits(max_bytes)}
+        head = slot.chain.sources["in"]
+        assert isinstance(head, FusedChain)
+        if not fused:
+            slot.chain.sources["in"] = head.source
+        offset = 0
+        for b, values in enumerate(batches):
+            if b == barrier_at:
+                slots.barrier(1)
+            msgs = []
+            for v in values:
+                raw = v if isinstance(v, bytes) else orjson.dumps(v)
+                msgs.append(_RawMsg("in", 0, offset, f"k{offset % 3}".encode(), raw))
+                offset += 1
+            slots.fetch(0, "in", 0, msgs)
+            slots.run(0)
+        written = slots.producer.records
+        runs.append(
+            (
+                [(r.key, r.value) for r in written if r.topic == "out"],
+                sorted((r.key, r.value, r.headers) for r in written if r.topic != "out"),
+                [h[:3] for h in slot.held],
+            )
+        )
+    assert runs[0] == runs[1]
+
+
+class _RawMsg(Msg):
+    """A consumed message with raw value bytes (the fakes' Msg encodes a value)."""
+
+    def __init__(self, topic, partition, offset, key, raw):
+        super().__init__(topic, partition, offset, key, raw)
+
+
+def test_a_slot_stuck_in_a_fused_function_names_that_function_and_record():
+    """`Slot.stuck_in` reads the operator and the record off the slot thread's stack."""
+    seen = []
+
+    def lookup(r):
+        seen.append(_operator_in(sys._getframe()))
+        return r
+
+    job = Job("stuck")
+    job.source("in").map(lookup, name="slow-lookup").sink("out")
+    slots = Slots(job, 1)
+    assert isinstance(slots[0].chain.sources["in"], FusedChain)
+    slots.fetch(0, "in", 0, [_RawMsg("in", 0, 41, None, b"{}")])
+    slots.run(0)
+    assert seen == [("slow-lookup", 41)]

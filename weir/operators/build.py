@@ -29,6 +29,7 @@ from weir.operators.chain import (
     SourceOp,
     UnionInputOp,
 )
+from weir.operators.fused import fuse
 from weir.operators.interval_join import IntervalJoinOp
 from weir.operators.keyed import AggregateOp, KeyedOp, ReduceOp
 from weir.operators.physical import PlanNode, event_time_topics
@@ -181,7 +182,7 @@ def build_chain(roots: Sequence[PlanNode], ctx: SlotContext, max_key_groups: int
                 head.track_time = topic in timed  # its watermark drives timers, here or further
             # Kafka headers are kept only for a dataflow with a function that reads them.
             head.keep_headers = any(node.op.wants_meta for node in root.walk())
-            heads.setdefault(topic, []).append(head)
+            heads.setdefault(topic, []).append(fuse(head))
     return SlotChain(
         {t: ops[0] if len(ops) == 1 else FanOut(ops) for t, ops in heads.items()},
         inputs,

@@ -92,6 +92,35 @@ class Barrier:
         return f"Barrier({self.id})"
 
 
+# confluent-kafka's Producer.produce(topic, value, key, partition, on_delivery, callback,
+# timestamp, headers) is called positionally: parsing keyword arguments costs about as
+# much as the rest of the call. Between key and timestamp: -1 (RD_KAFKA_PARTITION_UA,
+# the partitioner decides) and no callbacks of its own (the producer's).
+DIRECT_ARGS = (-1, None, None)
+
+
+class DirectOutput:
+    """What a fused chain needs to produce a batch's records one by one (`SlotContext.
+    direct`): the producer's ``produce`` (called with `DIRECT_ARGS`) and ``poll``, the
+    exception it raises for a record it refuses, the largest encoded value that fits
+    the topic beside any of the batch's keys (a larger one asks ``refusal(key, value,
+    timestamp)``, None when it fits after all), and ``done(n)`` to count what was sent."""
+
+    __slots__ = ("done", "largest", "poll", "produce", "refusal", "refused")
+
+    def __init__(
+        self,
+        produce: Callable[..., None],
+        poll: Callable[[float], Any],
+        refused: type[BaseException],
+        largest: float,
+        refusal: Callable[[bytes | None, bytes, int], str | None],
+        done: Callable[[int], None],
+    ) -> None:
+        self.produce, self.poll, self.refused = produce, poll, refused
+        self.largest, self.refusal, self.done = largest, refusal, done
+
+
 class SlotContext(Protocol):
     """What an operator instance may ask of the slot running it."""
 
@@ -110,6 +139,11 @@ class SlotContext(Protocol):
 
     def partitions(self, topic: str) -> int:
         """How many partitions ``topic`` (one the job reads) has."""
+
+    def direct(self, topic: str, msgs: list[Any]) -> DirectOutput | None:
+        """How to produce the outputs of ``msgs`` (Kafka messages whose timestamps the
+        outputs keep) to ``topic`` one record at a time, or None when the slot cannot
+        now: the staged operators then take the batch."""
 
     def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
         """Handle one failed record according to the job's error policy."""

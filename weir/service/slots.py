@@ -26,7 +26,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from operator import itemgetter
+from functools import partial
+from operator import itemgetter, methodcaller
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,8 @@ import orjson
 from confluent_kafka import KafkaException, Producer
 
 from weir.operators.build import SlotChain, build_chain
-from weir.operators.chain import Barrier, Batch, Operator, Row
+from weir.operators.chain import Barrier, Batch, DirectOutput, Operator, Row
+from weir.operators.fused import FusedChain
 from weir.operators.physical import PlanNode
 from weir.operators.plan import ErrorPolicy
 from weir.operators.timers import NO_TIME
@@ -63,6 +65,8 @@ FETCHER = -1
 ANY_PARTITION = -1
 _KEY, _VALUE, _STAMP = itemgetter(0), itemgetter(1), itemgetter(3)  # of an output row
 INF = float("inf")
+_MESSAGE_KEY, _MESSAGE_TIMESTAMP = methodcaller("key"), methodcaller("timestamp")
+_TIMESTAMP = itemgetter(1)  # of a message's (type, timestamp)
 
 
 def wall_clock_ms() -> int:
@@ -361,6 +365,44 @@ class Slot(threading.Thread):
                 self.fail(f"sink-{topic}", "produce", batch, (k, v, 0, offset), exc)
                 i += 1
 
+    def direct(self, topic: str, msgs: list[Any]) -> DirectOutput | None:
+        """How a fused chain produces the outputs of ``msgs`` to ``topic`` one by one
+        (`weir.operators.fused`); None — take the staged path, whose `produce` holds or
+        dead-letters — when outputs must be held (this target passed a barrier) or
+        dropped, or when a timestamp of the batch lies outside what the topic accepts.
+        The outputs keep the messages' timestamps, so those are checked here, per batch
+        and in C; sizes are known only once encoded, so ``largest`` is the value size
+        that fits beside the batch's largest key."""
+        if self.discard or self.current in self.passed:
+            return None
+        lim = self.limits.get(topic)
+        largest, refusal = INF, _accepts_all
+        if lim is not None:
+            now = time.time() * 1000
+            big, low, high = lim.bounds(now)
+            if high != INF or low != -INF:
+                stamps = list(map(_TIMESTAMP, map(_MESSAGE_TIMESTAMP, msgs)))
+                if max(stamps, default=0) > high:
+                    return None
+                if low != -INF and min(filter(lambda t: t > 0, stamps), default=low) < low:
+                    return None
+            if big != INF:
+                largest = big - max(map(len, filter(None, map(_MESSAGE_KEY, msgs))), default=0)
+            refusal = partial(_refusal, lim, now)
+        counter = self._out_counters.get(topic)
+        if counter is None:
+            counter = self._out_counters[topic] = self.metrics.records_out.labels(
+                self.metrics.job, topic
+            )
+        produced = self.stats.produced
+
+        def done(n: int) -> None:
+            counter.inc(n)
+            produced[topic] = produced.get(topic, 0) + n
+
+        producer = self.producer
+        return DirectOutput(producer.produce, producer.poll, KafkaException, largest, refusal, done)
+
     def _accepted(self, topic: str, rows: list[Row], batch: Batch, lim: TopicLimits) -> list[Row]:
         """Rows the topic's broker accepts; a record it would refuse (too large, a
         timestamp out of its range) goes to the dead-letter topic instead of failing
@@ -633,6 +675,14 @@ class Slot(threading.Thread):
                 self.producer.poll(0.05)
 
 
+def _accepts_all(key: bytes | None, value: bytes, timestamp: int) -> None:
+    return None
+
+
+def _refusal(lim: TopicLimits, now: float, key: bytes | None, value: bytes, ts: int) -> str | None:
+    return lim.refusal(key, value, ts, now)
+
+
 def _offset(elem: Any) -> int:
     """The source offset of a chunk entry: a Kafka message or an element tuple."""
     return elem[3] if isinstance(elem, tuple) else elem.offset()
@@ -640,11 +690,17 @@ def _offset(elem: Any) -> int:
 
 def _operator_in(frame: FrameType | None) -> tuple[str | None, int | None]:
     """The innermost operator on a thread's stack, and the offset of the record it is
-    on when its frame shows it (operators unpack ``k, v, t, o = elems[i]``)."""
+    on when its frame shows it (operators unpack ``k, v, t, o = elems[i]``; a fused
+    chain names the operator it runs in ``step`` and holds the message in ``m``)."""
     while frame is not None:
-        owner = frame.f_locals.get("self")
+        local = frame.f_locals
+        owner = local.get("self")
         if isinstance(owner, Operator):
-            offset = frame.f_locals.get("o")
+            offset = local.get("o")
+            if isinstance(owner, FusedChain):
+                message = local.get("m")
+                offset = None if message is None else message.offset()
+                return local.get("step") or owner.name, offset
             return owner.name, offset if isinstance(offset, int) else None
         frame = frame.f_back
     return None, None
