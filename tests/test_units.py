@@ -8,7 +8,7 @@ from unittest import mock
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fakes import Slots
@@ -522,6 +522,7 @@ ROWS = st.lists(
 )
 
 
+@settings(deadline=None)
 @given(LIMITS, ROWS)
 def test_a_sink_keeps_exactly_the_rows_the_topic_accepts(limits, rows):
     """The batch-wide checks (sizes and timestamps found in C) keep the same rows as
@@ -608,6 +609,7 @@ RECORD = st.one_of(
 )
 
 
+@settings(deadline=None)  # builds slots per example; timing varies on a loaded machine
 @given(
     st.lists(st.lists(RECORD, max_size=8), max_size=5),
     st.none() | st.integers(60, 200),
@@ -616,8 +618,8 @@ RECORD = st.one_of(
 def test_the_fused_chain_writes_what_the_staged_operators_write(batches, max_bytes, barrier_at):
     """Same outputs (in order) and dead letters (key, value, headers: the staged chain
     writes a batch's dead letters stage by stage, the fused one in record order),
-    whatever fails where; too-large outputs and the batches after a barrier (held, so
-    staged) included."""
+    whatever fails where; too-large outputs and the outputs held after a barrier
+    included."""
     runs = []
     for fused in (True, False):
         slots = Slots(_fused_job(), 1)
@@ -639,11 +641,13 @@ def test_the_fused_chain_writes_what_the_staged_operators_write(batches, max_byt
             slots.fetch(0, "in", 0, msgs)
             slots.run(0)
         written = slots.producer.records
+        held = [(topic, k, v, h or None, ts) for topic, k, v, h, ts in slot.held]
         runs.append(
             (
                 [(r.key, r.value) for r in written if r.topic == "out"],
                 sorted((r.key, r.value, r.headers) for r in written if r.topic != "out"),
-                [h[:3] for h in slot.held],
+                [r[1:] for r in held if r[0] == "out"],
+                sorted(r[1:] for r in held if r[0] != "out"),
             )
         )
     assert runs[0] == runs[1]

@@ -92,19 +92,17 @@ class Barrier:
         return f"Barrier({self.id})"
 
 
-# confluent-kafka's Producer.produce(topic, value, key, partition, on_delivery, callback,
-# timestamp, headers) is called positionally: parsing keyword arguments costs about as
-# much as the rest of the call. Between key and timestamp: -1 (RD_KAFKA_PARTITION_UA,
-# the partitioner decides) and no callbacks of its own (the producer's).
-DIRECT_ARGS = (-1, None, None)
-
-
 class DirectOutput:
     """What a fused chain needs to produce a batch's records one by one (`SlotContext.
-    direct`): the producer's ``produce`` (called with `DIRECT_ARGS`) and ``poll``, the
-    exception it raises for a record it refuses, the largest encoded value that fits
-    the topic beside any of the batch's keys (a larger one asks ``refusal(key, value,
-    timestamp)``, None when it fits after all), and ``done(n)`` to count what was sent."""
+    direct`).
+
+    ``produce`` is confluent-kafka's, called positionally — ``(topic, value, key, -1,
+    None, None, timestamp)``: -1 lets the partitioner decide, None keeps the producer's
+    delivery callback (keyword arguments cost about as much to parse as the rest of the
+    call); ``poll`` lets a full queue drain; ``refused`` is the exception it raises for
+    a record it refuses; ``largest`` the largest encoded value that fits the topic
+    beside any of the batch's keys (a larger one asks ``refusal(key, value, timestamp)``,
+    None when it fits after all); ``done(n)`` counts what was sent."""
 
     __slots__ = ("done", "largest", "poll", "produce", "refusal", "refused")
 

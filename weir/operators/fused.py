@@ -13,8 +13,8 @@ order; a record that fails goes to the slot's ``fail`` with the operator, reason
 element the staged operator would give (``decode`` at the source, ``function`` at a
 map or filter, ``serialize`` and ``too-large`` at the sink, ``produce`` when the
 producer refuses it); `SerdeUnavailable` fails the slot. When the slot cannot produce
-directly (`SlotContext.direct` returns None: outputs are held after a barrier, or a
-timestamp of the batch lies outside what the topic accepts), the batch goes through
+directly (`SlotContext.direct` returns None: outputs are dropped after a rollback, or
+a timestamp of the batch lies outside what the topic accepts), the batch goes through
 the staged operators.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any
 
 from weir.operators.chain import (
-    DIRECT_ARGS,
     Batch,
     FilterOp,
     MapOp,
@@ -122,7 +121,7 @@ class FusedChain(Operator):
                 sent += 1
                 while True:
                     try:
-                        produce(topic, data, k, *DIRECT_ARGS, t if t > 0 else 0)
+                        produce(topic, data, k, -1, None, None, t if t > 0 else 0)
                         break
                     except BufferError:
                         poll(0.05)  # librdkafka's queue is full: let it drain, then retry

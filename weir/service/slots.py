@@ -367,13 +367,14 @@ class Slot(threading.Thread):
 
     def direct(self, topic: str, msgs: list[Any]) -> DirectOutput | None:
         """How a fused chain produces the outputs of ``msgs`` to ``topic`` one by one
-        (`weir.operators.fused`); None — take the staged path, whose `produce` holds or
-        dead-letters — when outputs must be held (this target passed a barrier) or
-        dropped, or when a timestamp of the batch lies outside what the topic accepts.
+        (`weir.operators.fused`): to the producer, or into the outputs held for the next
+        commit when this target passed a barrier. None — take the staged path, whose
+        `produce` drops or dead-letters — when outputs are dropped (after a rollback), or
+        when a timestamp of the batch lies outside what the topic accepts.
         The outputs keep the messages' timestamps, so those are checked here, per batch
         and in C; sizes are known only once encoded, so ``largest`` is the value size
         that fits beside the batch's largest key."""
-        if self.discard or self.current in self.passed:
+        if self.discard:
             return None
         lim = self.limits.get(topic)
         largest, refusal = INF, _accepts_all
@@ -401,7 +402,17 @@ class Slot(threading.Thread):
             produced[topic] = produced.get(topic, 0) + n
 
         producer = self.producer
-        return DirectOutput(producer.produce, producer.poll, KafkaException, largest, refusal, done)
+        produce = self._hold if self.current in self.passed else producer.produce
+        return DirectOutput(produce, producer.poll, KafkaException, largest, refusal, done)
+
+    def _hold(
+        self, topic: str, value: bytes, key: bytes | None, _p: int, _d: None, _c: None, ts: int
+    ) -> None:
+        """`direct`'s ``produce`` after a barrier: the output waits for the commit, as an
+        exact-size copy (an orjson result keeps its ~4 KB build buffer)."""
+        value = bytes(memoryview(value))
+        self.held.append((topic, key, value, None, ts))
+        self.held_bytes += len(value)
 
     def _accepted(self, topic: str, rows: list[Row], batch: Batch, lim: TopicLimits) -> list[Row]:
         """Rows the topic's broker accepts; a record it would refuse (too large, a
