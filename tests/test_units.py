@@ -31,7 +31,7 @@ from weir.service.config import WorkerConfig, load_config
 from weir.service.exceptions import ConfigError
 from weir.service.router import KEY_GROUPS, PINNED, SlotRouter
 from weir.service.slots import _operator_in
-from weir.service.topics import TopicLimits
+from weir.service.topics import CLOCK_MARGIN_MS, TopicLimits
 from weir.state.epoch import EpochBuffer
 from weir.state.keygroups import key_group, key_group_range, slot_of_key_group, slot_table
 from weir.state.serde import JsonSerde
@@ -255,14 +255,15 @@ class FakeSlot:
     def produce(self, topic, rows, batch):
         self.produced.extend((topic, k, v) for k, v, _, _ in rows)
 
-    def direct(self, topic, msgs):
+    def direct(self, topic):
         if not self.fused:
             return None
 
         def produce(topic, value, key, partition, on_delivery, callback, timestamp):
             self.produced.append((topic, key, value))
 
-        return DirectOutput(produce, None, KeyError, float("inf"), None, lambda n: None)
+        inf = float("inf")
+        return DirectOutput(produce, None, KeyError, inf, -inf, inf, None, lambda n: None)
 
     def fail(self, operator, reason, batch, elem, exc):
         self.failed.append((operator, reason, elem[3]))
@@ -602,29 +603,34 @@ def _fused_job() -> Job:
 
 
 RECORD = st.one_of(
-    st.builds(lambda n, pad: {"n": n, "pad": pad}, st.integers(0, 99), st.sampled_from([0, 0, 80])),
+    st.builds(lambda n, pad: {"n": n, "pad": pad}, st.integers(0, 99), st.integers(0, 90)),
     st.builds(lambda n: {"n": n, "drop": True}, st.integers(0, 99)),
     st.builds(lambda b: {"n": 0, "bad": b}, st.sampled_from(["filter", "map", "encode"])),
     st.just(b"not json"),
 )
 
 
-@settings(deadline=None)  # builds slots per example; timing varies on a loaded machine
+# Record timestamps are 1000 + offset ms and the clock reads 1010 ms, so a limit of
+# CLOCK_MARGIN_MS + d refuses timestamps from about d ms ahead or behind.
+STAMP_LIMIT = st.none() | st.integers(-20, 40).map(lambda d: CLOCK_MARGIN_MS + d)
+
+
+@settings(deadline=None, max_examples=300)  # slots per example: slow on a loaded machine
 @given(
     st.lists(st.lists(RECORD, max_size=8), max_size=5),
-    st.none() | st.integers(60, 200),
+    st.builds(TopicLimits, st.none() | st.integers(40, 160), STAMP_LIMIT, STAMP_LIMIT),
     st.integers(0, 4),
 )
-def test_the_fused_chain_writes_what_the_staged_operators_write(batches, max_bytes, barrier_at):
+def test_the_fused_chain_writes_what_the_staged_operators_write(batches, limits, barrier_at):
     """Same outputs (in order) and dead letters (key, value, headers: the staged chain
     writes a batch's dead letters stage by stage, the fused one in record order),
-    whatever fails where; too-large outputs and the outputs held after a barrier
-    included."""
+    whatever fails where; outputs the topic refuses (too large, timestamps out of its
+    range) and the outputs held after a barrier included."""
     runs = []
     for fused in (True, False):
         slots = Slots(_fused_job(), 1)
         slot = slots[0]
-        slot.limits = {"out": TopicLimits(max_bytes)}
+        slot.limits = {"out": limits}
         head = slot.chain.sources["in"]
         assert isinstance(head, FusedChain)
         if not fused:
@@ -636,18 +642,20 @@ def test_the_fused_chain_writes_what_the_staged_operators_write(batches, max_byt
             msgs = []
             for v in values:
                 raw = v if isinstance(v, bytes) else orjson.dumps(v)
-                msgs.append(_RawMsg("in", 0, offset, f"k{offset % 3}".encode(), raw))
+                key = None if offset % 4 == 0 else b"k" * (offset % 29)
+                msgs.append(_RawMsg("in", 0, offset, key, raw))
                 offset += 1
             slots.fetch(0, "in", 0, msgs)
-            slots.run(0)
-        written = slots.producer.records
+            with mock.patch("weir.service.slots.time.time", return_value=1.010):
+                slots.run(0)
+        written = [(r.topic, r.key, r.value, r.headers) for r in slots.producer.records]
         held = [(topic, k, v, h or None, ts) for topic, k, v, h, ts in slot.held]
         runs.append(
             (
-                [(r.key, r.value) for r in written if r.topic == "out"],
-                sorted((r.key, r.value, r.headers) for r in written if r.topic != "out"),
+                [r[1:3] for r in written if r[0] == "out"],
+                sorted((r[1:] for r in written if r[0] != "out"), key=repr),
                 [r[1:] for r in held if r[0] == "out"],
-                sorted(r[1:] for r in held if r[0] != "out"),
+                sorted((r[1:] for r in held if r[0] != "out"), key=repr),
             )
         )
     assert runs[0] == runs[1]

@@ -93,18 +93,19 @@ class Barrier:
 
 
 class DirectOutput:
-    """What a fused chain needs to produce a batch's records one by one (`SlotContext.
-    direct`).
+    """What a fused chain needs to produce its records one by one (`SlotContext.direct`).
 
     ``produce`` is confluent-kafka's, called positionally — ``(topic, value, key, -1,
     None, None, timestamp)``: -1 lets the partitioner decide, None keeps the producer's
     delivery callback (keyword arguments cost about as much to parse as the rest of the
     call); ``poll`` lets a full queue drain; ``refused`` is the exception it raises for
-    a record it refuses; ``largest`` the largest encoded value that fits the topic
-    beside any of the batch's keys (a larger one asks ``refusal(key, value, timestamp)``,
-    None when it fits after all); ``done(n)`` counts what was sent."""
+    a record it refuses. The topic accepts key and value of up to ``largest`` bytes
+    together and timestamps from ``earliest`` to ``latest`` (0 and below: stamped by
+    the producer); for a record outside these, ``refusal(key, value, timestamp)`` says
+    why the broker would refuse it (None when it fits after all). ``done(n)`` counts
+    what was sent."""
 
-    __slots__ = ("done", "largest", "poll", "produce", "refusal", "refused")
+    __slots__ = ("done", "earliest", "largest", "latest", "poll", "produce", "refusal", "refused")
 
     def __init__(
         self,
@@ -112,11 +113,14 @@ class DirectOutput:
         poll: Callable[[float], Any],
         refused: type[BaseException],
         largest: float,
+        earliest: float,
+        latest: float,
         refusal: Callable[[bytes | None, bytes, int], str | None],
         done: Callable[[int], None],
     ) -> None:
         self.produce, self.poll, self.refused = produce, poll, refused
-        self.largest, self.refusal, self.done = largest, refusal, done
+        self.largest, self.earliest, self.latest = largest, earliest, latest
+        self.refusal, self.done = refusal, done
 
 
 class SlotContext(Protocol):
@@ -138,10 +142,9 @@ class SlotContext(Protocol):
     def partitions(self, topic: str) -> int:
         """How many partitions ``topic`` (one the job reads) has."""
 
-    def direct(self, topic: str, msgs: list[Any]) -> DirectOutput | None:
-        """How to produce the outputs of ``msgs`` (Kafka messages whose timestamps the
-        outputs keep) to ``topic`` one record at a time, or None when the slot cannot
-        now: the staged operators then take the batch."""
+    def direct(self, topic: str) -> DirectOutput | None:
+        """How to produce outputs to ``topic`` one record at a time, or None when the
+        slot cannot now: the staged operators then take the batch."""
 
     def fail(self, operator: str, reason: str, batch: Batch, elem: Any, exc: BaseException) -> None:
         """Handle one failed record according to the job's error policy."""

@@ -11,11 +11,11 @@ operators, which remain the fallback).
 The staged operators' semantics hold: each function is called once per record, in
 order; a record that fails goes to the slot's ``fail`` with the operator, reason and
 element the staged operator would give (``decode`` at the source, ``function`` at a
-map or filter, ``serialize`` and ``too-large`` at the sink, ``produce`` when the
-producer refuses it); `SerdeUnavailable` fails the slot. When the slot cannot produce
-directly (`SlotContext.direct` returns None: outputs are dropped after a rollback, or
-a timestamp of the batch lies outside what the topic accepts), the batch goes through
-the staged operators.
+map or filter, ``serialize`` at the sink, ``too-large`` or ``timestamp`` for what the
+topic would refuse, ``produce`` when the producer refuses it); `SerdeUnavailable`
+fails the slot. When the slot cannot produce directly (`SlotContext.direct` returns
+None: outputs are dropped after a rollback), the batch goes through the staged
+operators.
 """
 
 from __future__ import annotations
@@ -72,17 +72,13 @@ class FusedChain(Operator):
     def process(self, batch: Batch) -> None:
         sink, msgs = self.sink, batch.elems
         topic = sink.topic
-        direct = self.ctx.direct(topic, msgs)
+        direct = self.ctx.direct(topic)
         if direct is None:
             self.source.process(batch)
             return
         decode, encode, steps = self.source.decode, sink.encode, self.steps
-        produce, poll, refused, largest = (
-            direct.produce,
-            direct.poll,
-            direct.refused,
-            direct.largest,
-        )
+        produce, poll, refused = direct.produce, direct.poll, direct.refused
+        largest, earliest, latest = direct.largest, direct.earliest, direct.latest
         fail, source_name, sink_name = self.ctx.fail, self.source.name, sink.name
         sent = 0
         for m in msgs:
@@ -112,11 +108,13 @@ class FusedChain(Operator):
                 except Exception as exc:
                     fail(sink_name, "serialize", batch, (k, v, t, m.offset()), exc)
                     continue
-                if len(data) > largest:
+                size = len(data) if k is None else len(data) + len(k)
+                if size > largest or t > latest or 0 < t < earliest:
                     refusal = direct.refusal(k, data, t)
                     if refusal is not None:
+                        reason = "too-large" if refusal.startswith("record of") else "timestamp"
                         elem = (k, data, t, m.offset())
-                        fail(f"sink-{topic}", "too-large", batch, elem, ValueError(refusal))
+                        fail(f"sink-{topic}", reason, batch, elem, ValueError(refusal))
                         continue
                 sent += 1
                 while True:

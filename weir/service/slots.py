@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from functools import partial
-from operator import itemgetter, methodcaller
+from operator import itemgetter
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -65,8 +65,6 @@ FETCHER = -1
 ANY_PARTITION = -1
 _KEY, _VALUE, _STAMP = itemgetter(0), itemgetter(1), itemgetter(3)  # of an output row
 INF = float("inf")
-_MESSAGE_KEY, _MESSAGE_TIMESTAMP = methodcaller("key"), methodcaller("timestamp")
-_TIMESTAMP = itemgetter(1)  # of a message's (type, timestamp)
 
 
 def wall_clock_ms() -> int:
@@ -365,30 +363,19 @@ class Slot(threading.Thread):
                 self.fail(f"sink-{topic}", "produce", batch, (k, v, 0, offset), exc)
                 i += 1
 
-    def direct(self, topic: str, msgs: list[Any]) -> DirectOutput | None:
-        """How a fused chain produces the outputs of ``msgs`` to ``topic`` one by one
+    def direct(self, topic: str) -> DirectOutput | None:
+        """How a fused chain produces its outputs to ``topic`` one by one
         (`weir.operators.fused`): to the producer, or into the outputs held for the next
-        commit when this target passed a barrier. None — take the staged path, whose
-        `produce` drops or dead-letters — when outputs are dropped (after a rollback), or
-        when a timestamp of the batch lies outside what the topic accepts.
-        The outputs keep the messages' timestamps, so those are checked here, per batch
-        and in C; sizes are known only once encoded, so ``largest`` is the value size
-        that fits beside the batch's largest key."""
+        commit when this target passed a barrier; with what the topic accepts now (its
+        `TopicLimits`), so that only a record outside the bounds asks ``refusal``. None
+        — the staged path drops them — when outputs are dropped (after a rollback)."""
         if self.discard:
             return None
         lim = self.limits.get(topic)
-        largest, refusal = INF, _accepts_all
+        bounds, refusal = (INF, -INF, INF), _accepts_all
         if lim is not None:
             now = time.time() * 1000
-            big, low, high = lim.bounds(now)
-            if high != INF or low != -INF:
-                stamps = list(map(_TIMESTAMP, map(_MESSAGE_TIMESTAMP, msgs)))
-                if max(stamps, default=0) > high:
-                    return None
-                if low != -INF and min(filter(lambda t: t > 0, stamps), default=low) < low:
-                    return None
-            if big != INF:
-                largest = big - max(map(len, filter(None, map(_MESSAGE_KEY, msgs))), default=0)
+            bounds = lim.bounds(now)
             refusal = partial(_refusal, lim, now)
         counter = self._out_counters.get(topic)
         if counter is None:
@@ -403,7 +390,7 @@ class Slot(threading.Thread):
 
         producer = self.producer
         produce = self._hold if self.current in self.passed else producer.produce
-        return DirectOutput(produce, producer.poll, KafkaException, largest, refusal, done)
+        return DirectOutput(produce, producer.poll, KafkaException, *bounds, refusal, done)
 
     def _hold(
         self, topic: str, value: bytes, key: bytes | None, _p: int, _d: None, _c: None, ts: int
