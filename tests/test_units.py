@@ -582,8 +582,10 @@ def test_keyed_state_follows_key_bytes_whatever_python_thinks_equal(tmp_path):
 # -- the fused chain: the staged operators' results, record by record -----------------
 
 
-def _fused_job() -> Job:
-    """source -> filter -> map -> sink: a line that fuses. Values say how they fail."""
+def _fused_job(keyed: bool = False) -> Job:
+    """source -> filter -> map -> sink: a line that fuses (with ``keyed``, a key_by()
+    after the source keeps it staged: the sink alone produces directly). Values say how
+    they fail."""
 
     def keep(r):
         if r.get("bad") == "filter":
@@ -598,7 +600,10 @@ def _fused_job() -> Job:
         return {**r, "x": r["n"] * 2, "pad": "p" * r.get("pad", 0)}
 
     job = Job("fused")
-    job.source("in").filter(keep, name="keep").map(double, name="double").sink("out")
+    stream = job.source("in")
+    if keyed:
+        stream = stream.key_by()
+    stream.filter(keep, name="keep").map(double, name="double").sink("out")
     return job
 
 
@@ -615,26 +620,32 @@ RECORD = st.one_of(
 STAMP_LIMIT = st.none() | st.integers(-20, 40).map(lambda d: CLOCK_MARGIN_MS + d)
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["fused-chain", "direct-sink"])
 @settings(deadline=None, max_examples=300)  # slots per example: slow on a loaded machine
 @given(
     st.lists(st.lists(RECORD, max_size=8), max_size=5),
     st.builds(TopicLimits, st.none() | st.integers(40, 160), STAMP_LIMIT, STAMP_LIMIT),
     st.integers(0, 4),
 )
-def test_the_fused_chain_writes_what_the_staged_operators_write(batches, limits, barrier_at):
-    """Same outputs (in order) and dead letters (key, value, headers: the staged chain
-    writes a batch's dead letters stage by stage, the fused one in record order),
-    whatever fails where; outputs the topic refuses (too large, timestamps out of its
-    range) and the outputs held after a barrier included."""
+def test_direct_production_writes_what_the_staged_operators_write(
+    keyed, batches, limits, barrier_at
+):
+    """A fused chain, and a sink producing directly, write what the staged operators
+    and rows (`Slot.produce`) write: the same outputs in order and dead letters (key,
+    value, headers; the staged operators write a batch's dead letters stage by stage,
+    direct production in record order), whatever fails where; outputs the topic
+    refuses (too large, timestamps out of its range) and outputs held after a barrier
+    included."""
     runs = []
-    for fused in (True, False):
-        slots = Slots(_fused_job(), 1)
+    for direct in (True, False):
+        slots = Slots(_fused_job(keyed), 1)
         slot = slots[0]
         slot.limits = {"out": limits}
         head = slot.chain.sources["in"]
-        assert isinstance(head, FusedChain)
-        if not fused:
-            slot.chain.sources["in"] = head.source
+        assert isinstance(head, FusedChain) != keyed
+        if not direct:
+            slot.direct = lambda topic: None  # the staged operators' rows, as before
+
         offset = 0
         for b, values in enumerate(batches):
             if b == barrier_at:

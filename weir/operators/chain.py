@@ -663,9 +663,11 @@ class UnionInputOp(Operator):
 class SinkOp(Operator):
     """Encodes elements and produces them to the sink topic.
 
-    The common sink (no key function, headers or key format) runs one tight loop;
-    the others build each row with `_row`, which calls the functions the sink was
-    given — with `RecordMeta` when it asked for it.
+    The common sink (no key function, headers or key format) encodes and produces each
+    element in one pass when the slot can produce directly (`SlotContext.direct`),
+    else it builds rows in one tight loop for `SlotContext.produce`; the others build
+    each row with `_row`, which calls the functions the sink was given — with
+    `RecordMeta` when it asked for it.
     """
 
     __slots__ = ("encode", "encode_key", "headers_fn", "key_fn", "simple", "topic", "with_meta")
@@ -686,6 +688,10 @@ class SinkOp(Operator):
         self.simple = op.key is None and op.headers is None and op.key_format is None
 
     def process(self, batch: Batch) -> None:
+        direct = self.ctx.direct(self.topic) if self.simple and not self.with_meta else None
+        if direct is not None:
+            self._send(batch, direct)
+            return
         encode = self.encode
         elems = batch.elems
         rows: list[Row] = []
@@ -712,6 +718,45 @@ class SinkOp(Operator):
                 i += 1
         if rows:
             self.ctx.produce(self.topic, rows, batch)
+
+    def _send(self, batch: Batch, direct: DirectOutput) -> None:
+        """The common sink producing directly: each element is encoded, checked against
+        what the topic accepts and produced at once, with the failures the rows path
+        gives (``serialize``; ``too-large`` and ``timestamp`` as `SlotContext.produce`
+        dead-letters them; ``produce`` when the producer refuses it)."""
+        encode, topic, fail, name = self.encode, self.topic, self.ctx.fail, self.name
+        produce, poll, refused = direct.produce, direct.poll, direct.refused
+        largest, earliest, latest = direct.largest, direct.earliest, direct.latest
+        sent = 0
+        for elem in batch.elems:
+            k, v, t, o = elem
+            try:
+                if k is not None and k.__class__ is not bytes:
+                    k = encode_key(k)
+                data = encode(v)
+            except SerdeUnavailable:
+                raise
+            except Exception as exc:
+                fail(name, "serialize", batch, elem, exc)
+                continue
+            size = len(data) if k is None else len(data) + len(k)
+            if size > largest or t > latest or 0 < t < earliest:
+                refusal = direct.refusal(k, data, t)
+                if refusal is not None:
+                    reason = "too-large" if refusal.startswith("record of") else "timestamp"
+                    fail(f"sink-{topic}", reason, batch, (k, data, t, o), ValueError(refusal))
+                    continue
+            sent += 1
+            while True:
+                try:
+                    produce(topic, data, k, -1, None, None, t if t > 0 else 0)
+                    break
+                except BufferError:
+                    poll(0.05)  # librdkafka's queue is full: let it drain, then retry
+                except refused as exc:  # refused locally, e.g. larger than it accepts
+                    fail(f"sink-{topic}", "produce", batch, (k, data, 0, o), exc)
+                    break
+        direct.done(sent)
 
     def _row(self, elem: Element, meta: Callable[[Any, int, int], RecordMeta] | None) -> Row:
         """One element's row with the sink's key function, key format and headers."""
