@@ -575,6 +575,8 @@ def test_keyed_state_follows_key_bytes_whatever_python_thinks_equal(tmp_path):
             assert op.skeys == {}, "the cache lives for one epoch"
     finally:
         store.close()
+    assert collect.values[4] == {"key": "1", "count": 3}, "bytes keys come out as text"
+    assert list(collect.values[0]) == ["key", "count"], "the key first"
     counts = [v["count"] for v in collect.values]
     assert counts == [1, 1, 1, 2, 3, 4, 2, 1, 2, 5, 3, 2, 6, 7, 8, 4, 3, 4]  # two epochs
 

@@ -110,9 +110,9 @@ class KeyedOp(Operator):
                     acc = table.get(skey, MISSING)
                     if acc is MISSING:
                         acc = committed(state, skey)
-                    acc, result = update(acc, v)
+                    acc, result = update(acc, v, k)
                     put(skey, acc)
-                    append((k, _output(k, result), t, o))
+                    append((k, result, t, o))
                 break
             except UnstorableState as exc:
                 refused = StateRefused(self.name, elems[i][0], exc.problem)
@@ -128,8 +128,9 @@ class KeyedOp(Operator):
         self.skeys = {}
         super().on_barrier(barrier)
 
-    def update(self, acc: Any, value: Any) -> tuple[Any, Any]:
-        """The new accumulator (``acc`` is None for a new key) and the result to emit."""
+    def update(self, acc: Any, value: Any, key: Any) -> tuple[Any, dict]:
+        """The new accumulator (``acc`` is None for a new key) and the result to emit,
+        ``{"key": key, ...}``."""
         raise NotImplementedError
 
 
@@ -140,15 +141,16 @@ class ReduceOp(KeyedOp):
         super().__init__(op, ctx, max_key_groups)
         self.fn = op.fn
 
-    def update(self, acc: Any, value: Any) -> tuple[Any, Any]:
+    def update(self, acc: Any, value: Any, key: Any) -> tuple[Any, dict]:
         new = value if acc is None else self.fn(acc, value)
-        return new, new
+        return new, _output(key, new)
 
 
 class AggregateOp(KeyedOp):
     """Runs every field's aggregate function on each record: one plain loop over the
-    fields (a comprehension would cost a function call of its own per record), and no
-    ``result`` call for functions whose result is the accumulator."""
+    fields (a comprehension would cost a function call of its own per record), no
+    ``result`` call for functions whose result is the accumulator, and the output dict
+    built with the key first (no copy)."""
 
     __slots__ = ("fields", "functions")
 
@@ -162,11 +164,11 @@ class AggregateOp(KeyedOp):
             for name, f in functions.items()
         ]
 
-    def update(self, acc: Any, value: Any) -> tuple[Any, Any]:
+    def update(self, acc: Any, value: Any, key: Any) -> tuple[Any, dict]:
         if acc is None:
             acc = [f.create() for f in self.functions]
         new: list[Any] = []
-        result: dict[str, Any] = {}
+        result = {"key": key.decode(errors="replace") if isinstance(key, bytes) else key}
         for (name, add, emit), a in zip(self.fields, acc, strict=True):
             a = add(a, value)
             new.append(a)
