@@ -389,6 +389,24 @@ def test_assignment_matches_the_definitions(ts, size, slide):
     assert Session(gap=size / 1000).assign(ts) == [(ts, ts + size)]
 
 
+@SETTINGS
+@given(
+    st.lists(st.integers(0, 10**6), max_size=30),
+    st.integers(1, 2000),
+    st.integers(0, 3),
+    st.booleans(),
+)
+def test_sliding_windows_of_one_spec_match_the_definition_call_after_call(
+    stamps, slide, k, multiple
+):
+    """One spec assigns record after record (its last slide's windows are reused when
+    the size is a multiple of the slide), sizes that are not multiples included."""
+    size = (k + 1) * slide + (0 if multiple else slide // 2)
+    spec = Sliding(seconds=size / 1000, every=slide / 1000)
+    for ts in sorted(stamps) + stamps:
+        assert spec.assign(ts) == ref_windows("sliding", size, slide, ts)
+
+
 # -- 3: records beyond the bound, allowed lateness ---------------------------------------------
 
 

@@ -16,7 +16,6 @@ from weir.operators.aggregates import AggregateFunction, compile_aggregates
 from weir.operators.broadcast import broadcast_states
 from weir.operators.chain import Barrier, Batch, Element, Operator, SlotContext
 from weir.operators.exceptions import StateRefused
-from weir.operators.formats import encode_key
 from weir.operators.interval_join import interval_join_states
 from weir.operators.plan import (
     Aggregate,
@@ -30,12 +29,12 @@ from weir.operators.plan import (
     WindowJoin,
 )
 from weir.operators.process import process_states
+from weir.operators.skeys import StorageKeys
 from weir.operators.table_join import table_join_states
 from weir.operators.window_join import window_join_states
 from weir.operators.windowed import window_states
 from weir.state.epoch import MISSING
 from weir.state.exceptions import UnstorableState
-from weir.state.layout import state_key
 
 
 def state_name(op: Reduce | Aggregate) -> str:
@@ -69,10 +68,8 @@ def _output(key: Any, value: Any) -> dict:
 
 
 class KeyedOp(Operator):
-    """Reads, updates and writes one key's value per record. The storage key of a str,
-    bytes or int key (classes whose equal values encode alike) is computed once per
-    epoch and partition (``skeys``, dropped at each barrier, so it holds no more keys
-    than the epoch's writes do)."""
+    """Reads, updates and writes one key's value per record; storage keys come from
+    the epoch's cache (`weir.operators.skeys`)."""
 
     __slots__ = ("buffer", "groups", "skeys", "state")
 
@@ -81,16 +78,14 @@ class KeyedOp(Operator):
         self.state = state_name(op)
         self.buffer = ctx.state
         self.groups = max_key_groups
-        self.skeys: dict[int, dict[Any, bytes]] = {}
+        self.skeys = StorageKeys(max_key_groups)
 
     def process(self, batch: Batch) -> None:
-        buffer, state, groups = self.buffer, self.state, self.groups
+        buffer, state = self.buffer, self.state
         table = buffer.table(state)
         committed, put = buffer.committed, buffer.writer(state)
         partition = batch.partition
-        skeys = self.skeys.get(partition)
-        if skeys is None:
-            skeys = self.skeys[partition] = {}
+        skeys = self.skeys.of(partition)
         update = self.update
         out: list[Element] = []
         append = out.append
@@ -102,11 +97,9 @@ class KeyedOp(Operator):
                     k, v, t, o = elems[i]
                     cls = k.__class__
                     if cls is str or cls is bytes or cls is int:
-                        skey = skeys.get(k)
-                        if skey is None:
-                            skey = skeys[k] = state_key(partition, encode_key(k), groups)
-                    else:  # True == 1.0 == 1 but they encode apart; lists are unhashable
-                        skey = state_key(partition, encode_key(k), groups)
+                        skey = skeys.get(k) or skeys.compute(k)
+                    else:
+                        skey = self.skeys.key(partition, k)
                     acc = table.get(skey, MISSING)
                     if acc is MISSING:
                         acc = committed(state, skey)
@@ -125,7 +118,7 @@ class KeyedOp(Operator):
             self.out.process(Batch(batch.topic, partition, out))
 
     def on_barrier(self, barrier: Barrier) -> None:
-        self.skeys = {}
+        self.skeys.clear()
         super().on_barrier(barrier)
 
     def update(self, acc: Any, value: Any, key: Any) -> tuple[Any, dict]:

@@ -28,13 +28,15 @@ from typing import Any
 import orjson
 
 from weir.operators.aggregates import compile_aggregates
-from weir.operators.chain import Batch, Element, SlotContext
+from weir.operators.chain import Barrier, Batch, Element, SlotContext
 from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import Window
+from weir.operators.skeys import StorageKeys
 from weir.operators.timers import EVENT, TimerOperator, watermark_state
+from weir.state.epoch import DELETED, MISSING
 from weir.state.exceptions import UnstorableState
-from weir.state.layout import partition_of, state_key
+from weir.state.layout import partition_of
 
 
 class WindowFunction:
@@ -54,16 +56,24 @@ class WindowFunction:
 
 
 class AggregateWindow(WindowFunction):
+    """The aggregate functions of ``aggregate(...)`` over a window. ``add`` runs once per
+    record and window (several for sliding windows): a plain loop, as in
+    `weir.operators.keyed.AggregateOp` (a comprehension costs a call of its own)."""
+
     def __init__(self, fields: dict[str, Any]) -> None:
         functions = compile_aggregates(fields)
         self.names = list(functions)
         self.functions = list(functions.values())
+        self.adds = [f.add for f in self.functions]
 
     def create(self) -> list:
         return [f.create() for f in self.functions]
 
     def add(self, acc: list, value: Any) -> list:
-        return [f.add(a, value) for f, a in zip(self.functions, acc, strict=True)]
+        new = []
+        for add, a in zip(self.adds, acc, strict=True):
+            new.append(add(a, value))
+        return new
 
     def merge(self, a: list, b: list) -> list:
         return [f.merge(x, y) for f, x, y in zip(self.functions, a, b, strict=True)]
@@ -125,7 +135,7 @@ def window_states(node: Window) -> tuple[str, str]:
 class WindowOp(TimerOperator):
     """Assigns records to windows and fires them as the watermark advances."""
 
-    __slots__ = ("fn", "late_topic", "lateness", "spec")
+    __slots__ = ("fn", "late_topic", "lateness", "skeys", "spec")
 
     def __init__(self, node: Window, ctx: SlotContext, max_key_groups: int, topic: str) -> None:
         super().__init__(node, ctx, max_key_groups, topic, window_states(node)[0])
@@ -133,12 +143,15 @@ class WindowOp(TimerOperator):
         self.lateness: int = node.lateness_ms
         self.late_topic: str | None = node.late_topic
         self.fn = window_function(node)
+        self.skeys = StorageKeys(max_key_groups)  # this epoch's (`weir.operators.skeys`)
 
     # -- records ------------------------------------------------------------
     def process(self, batch: Batch) -> None:
         p = batch.partition
         wm = max(self.timers.watermark, self.timers.reached_watermark(p))  # lateness per partition
-        get, put, state = self.buffer.get, self.buffer.writer(self.state), self.state
+        buffer, state = self.buffer, self.state
+        table, committed, put = buffer.table(state), buffer.committed, buffer.writer(state)
+        skeys = self.skeys.of(p)
         out: list[Element] = []
         late: list[tuple[bytes | None, bytes, int, int]] = []
         elems = batch.elems
@@ -147,8 +160,17 @@ class WindowOp(TimerOperator):
             try:
                 for i in range(i, n):  # noqa: B020 - resumes after a failed record
                     k, v, t, o = elems[i]
-                    skey = state_key(p, encode_key(k), self.groups)
-                    value = get(state, skey) or {"k": k, "w": []}
+                    cls = k.__class__
+                    if cls is str or cls is bytes or cls is int:
+                        skey = skeys.get(k) or skeys.compute(k)
+                    else:
+                        skey = self.skeys.key(p, k)
+                    value = table.get(skey, MISSING)
+                    if value is MISSING:
+                        value = committed(state, skey)
+                    elif value is DELETED:
+                        value = None
+                    value = value or {"k": k, "w": []}
                     mark = len(out)
                     if self._add(value, skey, v, t, wm, out):
                         try:
@@ -172,6 +194,10 @@ class WindowOp(TimerOperator):
                 self.ctx.produce(self.late_topic, late, batch)
         if out and self.out is not None:
             self.out.process(Batch(batch.topic, p, out))
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        self.skeys.clear()
+        super().on_barrier(barrier)
 
     def _add(self, value: dict, skey: bytes, v: Any, t: int, wm: int, out: list) -> bool:
         """Add one record to its windows; False if every window of it is already gone."""

@@ -44,7 +44,12 @@ class Tumbling(WindowSpec):
 
 
 class Sliding(WindowSpec):
-    """Windows of ``seconds`` starting every ``every`` seconds (overlapping)."""
+    """Windows of ``seconds`` starting every ``every`` seconds (overlapping).
+
+    When ``seconds`` is a multiple of ``every``, every timestamp of one slide belongs to
+    the same windows, and records mostly arrive slide by slide: the last slide's
+    windows are kept (one tuple, swapped whole, so slots sharing the spec never see a
+    torn pair) and returned as they are — callers only read them."""
 
     def __init__(self, seconds: float, every: float) -> None:
         self.size = _ms(seconds, "Sliding(seconds)")
@@ -53,15 +58,21 @@ class Sliding(WindowSpec):
             raise JobDefinitionError(
                 f"Sliding(seconds={seconds}, every={every}): every must not exceed seconds"
             )
+        self._last: tuple[int, list[tuple[int, int]]] | None = None
 
     def assign(self, ts: int) -> list[tuple[int, int]]:
         last_start = ts - ts % self.slide
+        last = self._last
+        if last is not None and last[0] == last_start:
+            return last[1]
         out = []
         start = last_start
         while start > ts - self.size:
             out.append((start, start + self.size))
             start -= self.slide
         out.reverse()
+        if self.size % self.slide == 0:
+            self._last = (last_start, out)
         return out
 
     def __repr__(self) -> str:
