@@ -23,6 +23,7 @@ is still late, and no window fires twice).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -37,6 +38,8 @@ from weir.operators.timers import EVENT, TimerOperator, watermark_state
 from weir.state.epoch import DELETED, MISSING
 from weir.state.exceptions import UnstorableState
 from weir.state.layout import partition_of
+
+_START = itemgetter(0)  # of a window [start, end, acc, fired]
 
 
 class WindowFunction:
@@ -70,8 +73,11 @@ class AggregateWindow(WindowFunction):
         return [f.create() for f in self.functions]
 
     def add(self, acc: list, value: Any) -> list:
+        adds = self.adds
+        if len(adds) == 1:  # aggregate(count="count") and the like: no loop at all
+            return [adds[0](acc[0], value)]
         new = []
-        for add, a in zip(self.adds, acc, strict=True):
+        for add, a in zip(adds, acc, strict=True):
             new.append(add(a, value))
         return new
 
@@ -225,13 +231,13 @@ class WindowOp(TimerOperator):
         if self.spec.merging:
             self._merge_sessions(value)
         elif added:
-            windows.sort(key=lambda w: w[0])
+            windows.sort(key=_START)
         if added or self.spec.merging:  # otherwise the key's timer is already set
             self._schedule(skey, value["w"])
         return True
 
     def _merge_sessions(self, value: dict) -> None:
-        windows = sorted(value["w"], key=lambda w: w[0])
+        windows = sorted(value["w"], key=_START)
         merged: list[list] = []
         for w in windows:
             if merged and w[0] < merged[-1][1]:
