@@ -98,6 +98,17 @@ def test_event_times_that_are_not_epoch_ms_fail_their_record():
     assert ctx.seen == [now + 1]
 
 
+def test_records_that_fail_to_decode_or_to_give_an_event_time_fail_alone_in_order():
+    source, ctx, passed = source_op()
+    now = int(time.time() * 1000)
+    raws = [b"not json", f'{{"ts": {now}}}'.encode(), b"{}", f'{{"ts": {now + 1}}}'.encode()]
+    source.process(Batch("in", 0, [Message(raw, i) for i, raw in enumerate(raws)]))
+    assert [e[3] for e in passed] == [1, 3]
+    assert [(reason, offset) for reason, offset, _ in ctx.failed] == [
+        ("decode", 0), ("timestamp", 2)
+    ]  # fmt: skip
+
+
 def test_event_times_beyond_max_future_go_to_the_dlq_and_never_move_the_watermark():
     source, ctx, passed = source_op(max_future=3600)
     now = int(time.time() * 1000)

@@ -246,18 +246,21 @@ class SourceOp(Operator):
     def process(self, batch: Batch) -> None:
         msgs = batch.elems
         decode, decode_key = self.decode, self.decode_key
-        try:
-            if decode_key is None:
-                elems = [(m.key(), decode(m.value()), m.timestamp()[1], m.offset()) for m in msgs]
-            else:
-                elems = [
-                    (_key(decode_key, m.key()), decode(m.value()), m.timestamp()[1], m.offset())
-                    for m in msgs
-                ]
-        except Exception:
-            elems = self._decode_each(batch)
         if self.timestamp is not None:
-            elems = self._extract_timestamps(batch, elems)
+            elems = self._decode_with_event_times(batch)
+        else:
+            try:
+                if decode_key is None:
+                    elems = [
+                        (m.key(), decode(m.value()), m.timestamp()[1], m.offset()) for m in msgs
+                    ]
+                else:
+                    elems = [
+                        (_key(decode_key, m.key()), decode(m.value()), m.timestamp()[1], m.offset())
+                        for m in msgs
+                    ]
+            except Exception:
+                elems = self._decode_each(batch)
         if elems and (self.timestamp is not None or self.track_time):
             newest = max(e[2] for e in elems)
             if self.future_ms is not None and newest > time.time() * 1000 + self.future_ms:
@@ -299,27 +302,35 @@ class SourceOp(Operator):
                 self.ctx.fail(self.name, "decode", batch, (m.key(), m.value(), 0, m.offset()), exc)
         return elems
 
-    def _extract_timestamps(self, batch: Batch, elems: list[Element]) -> list[Element]:
-        extract = self.timestamp
-        table = self.table  # a tombstone has no value to take a time from: its record's
+    def _decode_with_event_times(self, batch: Batch) -> list[Element]:
+        """Decode each record and take its event time from ``timestamp``, in one pass; a
+        record that fails to decode fails with reason ``decode``, one whose timestamp
+        function raises or returns no valid epoch ms with reason ``timestamp``. A
+        table's tombstone has no value to take a time from: its record's timestamp is
+        its event time."""
+        decode, decode_key, extract = self.decode, self.decode_key, self.timestamp
+        table, fail, name = self.table, self.ctx.fail, self.name
         out: list[Element] = []
         append = out.append
-        i, n = 0, len(elems)
-        while i < n:
+        for m in batch.elems:
             try:
-                for i in range(i, n):  # noqa: B020 - resumes after a failed record
-                    k, v, t, o = elems[i]
-                    if v is not None or not table:
-                        t = int(extract(v))
-                    if not 0 <= t <= MAX_EPOCH_MS:
-                        raise ValueError(
-                            f"event time {t} is not epoch milliseconds from 0 to {MAX_EPOCH_MS}"
-                        )
-                    append((k, v, t, o))
-                break
+                k = m.key() if decode_key is None else _key(decode_key, m.key())
+                v = decode(m.value())
+            except SerdeUnavailable:
+                raise
             except Exception as exc:
-                self.ctx.fail(self.name, "timestamp", batch, elems[i], exc)
-                i += 1
+                fail(name, "decode", batch, (m.key(), m.value(), 0, m.offset()), exc)
+                continue
+            try:
+                t = int(extract(v)) if v is not None or not table else m.timestamp()[1]
+                if not 0 <= t <= MAX_EPOCH_MS:
+                    raise ValueError(
+                        f"event time {t} is not epoch milliseconds from 0 to {MAX_EPOCH_MS}"
+                    )
+            except Exception as exc:
+                fail(name, "timestamp", batch, (k, v, m.timestamp()[1], m.offset()), exc)
+                continue
+            append((k, v, t, m.offset()))
         return out
 
 
