@@ -662,7 +662,7 @@ def test_direct_production_writes_what_the_staged_operators_write(
             with mock.patch("weir.service.slots.time.time", return_value=1.010):
                 slots.run(0)
         written = [(r.topic, r.key, r.value, r.headers) for r in slots.producer.records]
-        held = [(topic, k, v, h or None, ts) for topic, k, v, h, ts in slot.held]
+        held = [(topic, k, v, h or None, ts) for topic, k, v, h, ts, _ in slot.held]
         runs.append(
             (
                 [r[1:3] for r in written if r[0] == "out"],

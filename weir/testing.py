@@ -588,7 +588,8 @@ class _Producer:
     ) -> None:
         kept = self._topics.get(topic)
         if kept is not None:  # changelog records are not read back: the store has them
-            kept.append(_Written(key, value, headers, timestamp, partition))
+            where = None if partition < 0 else partition  # -1: the partitioner decides
+            kept.append(_Written(key, value, headers, timestamp, where))
 
     def poll(self, timeout: float = 0.0) -> int:
         return 0

@@ -398,7 +398,7 @@ class Slot(threading.Thread):
         """`direct`'s ``produce`` after a barrier: the output waits for the commit, as an
         exact-size copy (an orjson result keeps its ~4 KB build buffer)."""
         value = bytes(memoryview(value))
-        self.held.append((topic, key, value, None, ts))
+        self.held.append((topic, key, value, None, ts, None))
         self.held_bytes += len(value)
 
     def _accepted(self, topic: str, rows: list[Row], batch: Batch, lim: TopicLimits) -> list[Row]:
