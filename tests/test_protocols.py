@@ -979,7 +979,7 @@ def test_flow_control_invariants(feeds, ticks):
         full = {i for i, q in enumerate(queued) if q > 100 or (i in full and q > 50)}
         fed_full = {tp for i in full for tp in feeds[i]}
         shared = bool(fed_full) and fed_full >= everything - restoring
-        over = shared and any(q > 100 for q in queued)
+        over = shared and (len(full) == len(queued) or any(q > 100 for q in queued))
         hold_start = (hold_start if hold_start is not None else now) if over else None
         hold = fc.update(loads, restoring, feeds.get, now=now)
         assert consumer.paused == fc.paused, "the consumer's pauses match the bookkeeping"
