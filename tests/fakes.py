@@ -269,9 +269,12 @@ class EventProducer(FakeProducer):
         super().__init__()
         self.events = events
 
-    def produce(self, topic, value=None, key=None, headers=None, timestamp=0, partition=None):
-        super().produce(topic, value, key, headers, timestamp, partition)
-        self.events.append(("produce", topic, partition))
+    def produce(
+        self, topic, value=None, key=None, partition=-1, on_delivery=None, callback=None,
+        timestamp=0, headers=None,
+    ):  # fmt: skip
+        super().produce(topic, value, key, partition, on_delivery, callback, timestamp, headers)
+        self.events.append(("produce", topic, None if partition < 0 else partition))
 
 
 class FakeRouter:
