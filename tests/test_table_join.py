@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 
 from tests.kafka_fixture import consume_all
 from tests.waiting import wait_for
-from tests.workers import Workers, job_env
+from tests.workers import Workers, job_env, metric
 from weir.service.partitioner import partition_for
 
 T0 = 1_700_000_000_000
@@ -138,11 +138,26 @@ def test_each_order_joins_the_customer_current_at_its_event_time_through_a_kill(
                  every=0.5, check=workers.check_alive, detail=workers.logs_tail)  # fmt: skip
         workers.kill("w2")
         workers.start("w2", ["--slots", "3"]).wait_running(60, partitions=False)  # another count
+
+        def progress() -> str:
+            """Rows so far, and what each worker says of its time and its partitions."""
+            rows = {how: f"{emitted(t)}/{want[how].total()}"
+                    for how, t in (("inner", out_inner), ("left", out_left))}  # fmt: skip
+            said = {}
+            for worker_id, worker in workers.live.items():
+                st = worker.status() or {}
+                said[worker_id] = {
+                    "late": metric(worker.metrics(), "weir_records_late_total"),
+                    **{k: st.get(k) for k in ("watermark", "watermarks", "partitions",
+                                              "paused", "restoring", "lag")},
+                }  # fmt: skip
+            return f": rows {rows}, workers {said}{workers.logs_tail()}"
+
         # A restarted worker's join may wait for a quiet side's idle_timeout: wait for both.
         for topic, how in ((out_left, "left"), (out_inner, "inner")):
             wait_for(lambda topic=topic, how=how: emitted(topic) >= want[how].total(), 240,
                      f"every {how} row", every=2, check=workers.check_alive,
-                     detail=workers.logs_tail)  # fmt: skip
+                     detail=progress)  # fmt: skip
         workers.stop_all()
     finally:
         workers.close()
