@@ -61,7 +61,6 @@ from benchmarks.common import (
     OffsetProbe,
     format_table,
     machine_header,
-    median,
     open_run,
     row_arguments,
     run_rows,
@@ -75,6 +74,7 @@ from benchmarks.windows import (
     describe,
     expected_windows,
     latency_rows,
+    latency_section,
     make_timed_records,
     pooled_stats,
     run_latency,
@@ -212,37 +212,17 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
                 " negative figure: no cost measurable above the noise of this machine.",
                 "",
             ]
-    lat = result.get("latency")
-    if lat:
-        ok = [r for r in lat if "error" not in r]
-        lines += [
-            "## Latency on the repartition path: record produced → window result readable",
-            "",
-            f"Tumbling 1 s windows behind `key_by(fn)` (count), {args.latency_rate:,}"
-            f" records/s for {args.latency_seconds:g} s over {args.latency_keys} keys, event"
-            f" time = production wall-clock time, no out-of-orderness allowance, exactly-once"
-            f" with {args.checkpoint_interval_ms} ms checkpoints; windows of the first"
-            f" {args.latency_warmup_s:g} s and the last partial one left out.",
-            "",
-            format_table(LAT_HEADERS, latency_rows(lat), markdown=True),
-            "",
-        ]
-        if ok:
-            p50 = median([r["latency_s"]["p50"] for r in ok])
-            p99 = median([r["latency_s"]["p99"] for r in ok])
-            pooled = result["latency_pooled"]
-            lines += [
-                f"**Latency p50 {p50:.3f} s, p99 {p99:.3f} s** (median over {len(ok)} runs;"
-                f" all runs' results pooled: p50 {pooled['p50']:.3f} s, p99"
-                f" {pooled['p99']:.3f} s, n = {pooled['n']:,}).",
-                "",
-                "As in `benchmarks/results/windows.md`; on this path a window's records are"
-                " committed to the repartition topic at the upstream's checkpoint, with the"
-                " announcement of their watermark, and its result at the downstream's next"
-                " one: about two checkpoint intervals from the window's end, against one when"
-                " keyed by the record key.",
-                "",
-            ]
+    lines += latency_section(
+        result,
+        args,
+        "## Latency on the repartition path: record produced → window result readable",
+        "Tumbling 1 s windows behind `key_by(fn)` (count)",
+        "As in `benchmarks/results/windows.md`; on this path a window's records are"
+        " committed to the repartition topic at the upstream's checkpoint, with the"
+        " announcement of their watermark, and its result at the downstream's next"
+        " one: about two checkpoint intervals from the window's end, against one when"
+        " keyed by the record key.",
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -630,51 +630,67 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
             " worker, the broker and this script.",
             "",
         ]
-    lat = result.get("latency")
-    if lat:
-        ok = [r for r in lat if "error" not in r]
-        lines += [
-            "## Latency: record produced → window result readable (read_committed)",
-            "",
-            f"Tumbling 1 s windows (count), {args.latency_rate:,} records/s for"
-            f" {args.latency_seconds:g} s over {args.latency_keys} keys, event time ="
-            f" production wall-clock time, no out-of-orderness allowance, exactly-once with"
-            f" {args.checkpoint_interval_ms} ms checkpoints; windows of the first"
-            f" {args.latency_warmup_s:g} s and the last partial one left out.",
-            "",
-            format_table(LAT_HEADERS, latency_rows(lat), markdown=True),
-            "",
-        ]
-        if ok:
-            p50 = median([r["latency_s"]["p50"] for r in ok])
-            p99 = median([r["latency_s"]["p99"] for r in ok])
-            pooled = result["latency_pooled"]
-            lines += [
-                f"**Latency p50 {p50:.3f} s, p99 {p99:.3f} s** (median over {len(ok)} runs;"
-                f" all runs' results pooled: p50 {pooled['p50']:.3f} s, p99"
-                f" {pooled['p99']:.3f} s, n = {pooled['n']:,}).",
-                "",
-                "Latency of a window result = (wall time the result was received by a"
-                " read_committed consumer in the benchmark process) - (production wall time"
-                " of the window's last record, over all keys). With event time = production"
-                " time this is, within a few ms, the time from the window's end on the wall"
-                " clock to its result being visible: the watermark passing the window end"
-                " (the next records, plus Weir's 100 ms watermark tick), firing, and waiting"
-                " for the checkpoint that commits the result (up to one interval plus the"
-                " commit). *From key's last record*: the same from the last record of that"
-                " key in the window (larger by the gap to the window end)."
-                " `weir_end_to_end_latency_seconds` is Weir's own histogram (source record"
-                " timestamp → commit of its checkpoint), estimated from its buckets. Worker"
-                " cores: the worker's CPU use while producing (sub-saturation check). All"
-                " results of one window become visible with the same commit, so a run's"
-                " distribution is in effect over its ~26 windows (its p99 is about its"
-                " slowest window); hence the pooled figure.",
-                "",
-            ]
+    lines += latency_section(
+        result,
+        args,
+        "## Latency: record produced → window result readable (read_committed)",
+        "Tumbling 1 s windows (count)",
+        "Latency of a window result = (wall time the result was received by a"
+        " read_committed consumer in the benchmark process) - (production wall time"
+        " of the window's last record, over all keys). With event time = production"
+        " time this is, within a few ms, the time from the window's end on the wall"
+        " clock to its result being visible: the watermark passing the window end"
+        " (the next records, plus Weir's 100 ms watermark tick), firing, and waiting"
+        " for the checkpoint that commits the result (up to one interval plus the"
+        " commit). *From key's last record*: the same from the last record of that"
+        " key in the window (larger by the gap to the window end)."
+        " `weir_end_to_end_latency_seconds` is Weir's own histogram (source record"
+        " timestamp → commit of its checkpoint), estimated from its buckets. Worker"
+        " cores: the worker's CPU use while producing (sub-saturation check). All"
+        " results of one window become visible with the same commit, so a run's"
+        " distribution is in effect over its ~26 windows (its p99 is about its"
+        " slowest window); hence the pooled figure.",
+    )
     for name, prof in (result.get("profiles") or {}).items():
         if prof:
             lines += [f"## Profile: {name}", "", *profile_md(prof)]
     return "\n".join(lines) + "\n"
+
+
+def latency_section(
+    result: dict[str, Any], args: argparse.Namespace, heading: str, windows: str, note: str
+) -> list[str]:
+    """The report's latency section: the setup, a row per run, the medians over the runs
+    that passed and the pooled percentiles, then ``note``; nothing without latency runs."""
+    lat = result.get("latency")
+    if not lat:
+        return []
+    lines = [
+        heading,
+        "",
+        f"{windows}, {args.latency_rate:,} records/s for {args.latency_seconds:g} s over"
+        f" {args.latency_keys} keys, event time = production wall-clock time, no"
+        " out-of-orderness allowance, exactly-once with"
+        f" {args.checkpoint_interval_ms} ms checkpoints; windows of the first"
+        f" {args.latency_warmup_s:g} s and the last partial one left out.",
+        "",
+        format_table(LAT_HEADERS, latency_rows(lat), markdown=True),
+        "",
+    ]
+    ok = [r for r in lat if "error" not in r]
+    if ok:
+        p50 = median([r["latency_s"]["p50"] for r in ok])
+        p99 = median([r["latency_s"]["p99"] for r in ok])
+        pooled = result["latency_pooled"]
+        lines += [
+            f"**Latency p50 {p50:.3f} s, p99 {p99:.3f} s** (median over {len(ok)} runs;"
+            f" all runs' results pooled: p50 {pooled['p50']:.3f} s, p99"
+            f" {pooled['p99']:.3f} s, n = {pooled['n']:,}).",
+            "",
+            note,
+            "",
+        ]
+    return lines
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
