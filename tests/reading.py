@@ -70,7 +70,7 @@ class TopicReader:
         offsets = start if start is not None else dict.fromkeys(self.partitions, OFFSET_BEGINNING)
         self.consumer.assign([TopicPartition(topic, p, off) for p, off in offsets.items()])
         self.records: list[dict] = []
-        self.at_end: set[int] = set()
+        self.at_end: dict[int, int] = {}  # partition -> the offset its end was reported at
 
     def read(self, timeout: float, limit: int = 5000) -> int:
         """One fetch: wait up to ``timeout`` s for records, keep at most ``limit`` of
@@ -83,9 +83,9 @@ class TopicReader:
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     raise KafkaException(err)
-                self.at_end.add(m.partition())
+                self.at_end[m.partition()] = m.offset()
                 continue
-            self.at_end.discard(m.partition())
+            self.at_end.pop(m.partition(), None)
             self.records.append(self._record(m, now))
             n += 1
         return n
@@ -100,7 +100,17 @@ class TopicReader:
                 return n
 
     def read_to_end(self) -> bool:
-        """Has every partition been read to its end since its last record?"""
+        """Has every partition been read to its end since its last record? An end of
+        partition is believed only at or past the end offset the broker gives this
+        reader's isolation level (for read_committed: the last stable offset):
+        librdkafka sometimes reports the end of a read_committed partition early, and a
+        reader that stopped there missed records."""
+        if len(self.at_end) != len(self.partitions):
+            return False
+        for p, offset in list(self.at_end.items()):
+            _, end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), 10)
+            if offset < end:
+                del self.at_end[p]  # an early end: read on
         return len(self.at_end) == len(self.partitions)
 
     def drain(self, timeout: float = 30.0) -> None:
