@@ -16,7 +16,7 @@ from collections import Counter
 
 import duckdb
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.kafka_fixture import consume_all
 from tests.waiting import wait_for
@@ -151,7 +151,18 @@ def test_each_order_joins_the_customer_current_at_its_event_time_through_a_kill(
                     **{k: st.get(k) for k in ("watermark", "watermarks", "partitions",
                                               "paused", "restoring", "lag")},
                 }  # fmt: skip
-            return f": rows {rows}, workers {said}{workers.logs_tail()}"
+            ends = {how: {p: (consumer_ends(t, p, "read_committed"),
+                              consumer_ends(t, p, "read_uncommitted")) for p in range(2)}
+                    for how, t in (("inner", out_inner), ("left", out_left))}  # fmt: skip
+            return f": rows {rows}, ends (LSO, HW) {ends}, workers {said}{workers.logs_tail()}"
+
+        def consumer_ends(topic: str, partition: int, isolation: str) -> int:
+            c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "ends",
+                          "isolation.level": isolation})  # fmt: skip
+            try:
+                return c.get_watermark_offsets(TopicPartition(topic, partition), 10)[1]
+            finally:
+                c.close()
 
         # A restarted worker's join may wait for a quiet side's idle_timeout: wait for both.
         for topic, how in ((out_left, "left"), (out_inner, "inner")):

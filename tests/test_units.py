@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import zlib
 from unittest import mock
@@ -696,3 +697,17 @@ def test_a_slot_stuck_in_a_fused_function_names_that_function_and_record():
     slots.fetch(0, "in", 0, [_RawMsg("in", 0, 41, None, b"{}")])
     slots.run(0)
     assert seen == [("slow-lookup", 41)]
+
+
+def test_a_taken_http_port_is_one_line_naming_it():
+    """A worker whose --http-port is taken stops with a ConfigError naming the port,
+    not a traceback."""
+    from weir.service.exceptions import ConfigError
+    from weir.service.http import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"--http-port {port}: cannot listen on"):
+            serve(None, "127.0.0.1", port)

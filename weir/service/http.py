@@ -19,6 +19,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from weir.operators.timers import NO_TIME
+from weir.service.exceptions import ConfigError
 from weir.service.page import PAGE
 from weir.service.queries import query_state
 
@@ -140,9 +141,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
-    """Start serving on a daemon thread; returns the server (``server_address`` has the port)."""
+    """Start serving on a daemon thread; returns the server (``server_address`` has the port).
+    A port that cannot be had (taken, or not allowed) is a `ConfigError` naming it."""
     handler = type("Handler", (_Handler,), {"worker": worker})
-    server = ThreadingHTTPServer((host, port), handler)
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        raise ConfigError(
+            f"--http-port {port}: cannot listen on {host}:{port} ({exc.strerror}); expected a"
+            " free port, or 0 for no HTTP server"
+        ) from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="weir-http", daemon=True).start()
     log.info("http on %s:%d", *server.server_address[:2])
