@@ -46,7 +46,6 @@ from collections.abc import Callable
 from typing import Any
 
 from weir.operators.chain import Batch, Element, SlotContext
-from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import BroadcastProcess
 from weir.operators.process import Context, ProcessOp, process_states
@@ -228,8 +227,7 @@ class BroadcastProcessOp(ProcessOp):
                     out.extend(self._store(skey, ctx))
                 break
             except UnstorableState as exc:
-                refused = StateRefused(self.name, elems[i][0], exc.problem)
-                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                self.refuse(batch, elems[i], exc)
                 i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)

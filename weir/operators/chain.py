@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from weir.operators.exceptions import StateRefused
 from weir.operators.formats import SerdeContext, SerdeUnavailable, decoder, encode_key, encoder
 from weir.operators.meta import Headers, RecordMeta, normalize_headers
 from weir.operators.plan import (
@@ -46,6 +47,7 @@ from weir.operators.plan import (
     Union,
 )
 from weir.state.epoch import EpochBuffer
+from weir.state.exceptions import UnstorableState
 from weir.state.keygroups import key_group, slot_table
 
 Element = tuple[Any, Any, int, int]
@@ -186,6 +188,12 @@ class Operator:
     def on_barrier(self, barrier: Barrier) -> None:
         if self.out is not None:
             self.out.on_barrier(barrier)
+
+    def refuse(self, batch: Batch, elem: Element, exc: UnstorableState) -> None:
+        """``elem``'s keyed state cannot be stored: the record goes to the dead-letter
+        topic with reason ``state``, naming this operator and the key, and changes nothing."""
+        refused = StateRefused(self.name, elem[0], exc.problem)
+        self.ctx.fail(self.name, refused.reason, batch, elem, refused)
 
 
 class FanOut(Operator):

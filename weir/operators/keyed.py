@@ -15,7 +15,6 @@ from typing import Any
 from weir.operators.aggregates import AggregateFunction, compile_aggregates
 from weir.operators.broadcast import broadcast_states
 from weir.operators.chain import Barrier, Batch, Element, Operator, SlotContext
-from weir.operators.exceptions import StateRefused
 from weir.operators.interval_join import interval_join_states
 from weir.operators.plan import (
     Aggregate,
@@ -108,8 +107,7 @@ class KeyedOp(Operator):
                     append((k, result, t, o))
                 break
             except UnstorableState as exc:
-                refused = StateRefused(self.name, elems[i][0], exc.problem)
-                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                self.refuse(batch, elems[i], exc)
                 i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)

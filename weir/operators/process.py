@@ -256,8 +256,7 @@ class ProcessOp(TimerOperator):
                     out.extend(self._store(skey, ctx))
                 break
             except UnstorableState as exc:
-                refused = StateRefused(self.name, elems[i][0], exc.problem)
-                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                self.refuse(batch, elems[i], exc)
                 i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)

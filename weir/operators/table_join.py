@@ -34,7 +34,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from weir.operators.chain import Batch, Element, SlotContext
-from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import JoinTable
 from weir.operators.timers import EVENT, NO_TIME, TimerOperator, watermark_state
@@ -129,8 +128,7 @@ class TableJoinOp(TimerOperator):
                         register(EVENT, t, skey)
                 break
             except UnstorableState as exc:
-                refused = StateRefused(self.name, elems[i][0], exc.problem)
-                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                self.refuse(batch, elems[i], exc)
                 i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)

@@ -31,7 +31,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from weir.operators.chain import Batch, Element, SlotContext
-from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import WindowJoin
 from weir.operators.timers import EVENT, TimerOperator, watermark_state
@@ -89,8 +88,7 @@ class WindowJoinOp(TimerOperator):
                     self.timers.register(EVENT, self._due(value["w"]), skey)
                 break
             except UnstorableState as exc:
-                refused = StateRefused(self.name, elems[i][0], exc.problem)
-                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                self.refuse(batch, elems[i], exc)
                 i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)

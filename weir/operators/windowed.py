@@ -30,7 +30,6 @@ import orjson
 
 from weir.operators.aggregates import compile_aggregates
 from weir.operators.chain import Barrier, Batch, Element, SlotContext
-from weir.operators.exceptions import StateRefused
 from weir.operators.formats import encode_key
 from weir.operators.plan import Window
 from weir.operators.skeys import StorageKeys
@@ -188,8 +187,7 @@ class WindowOp(TimerOperator):
                         late.append((encode_key(k), self._late_record(v, t, wm), o, t))
                 break
             except UnstorableState as exc:
-                refused = StateRefused(self.name, elems[i][0], exc.problem)
-                self.ctx.fail(self.name, refused.reason, batch, elems[i], refused)
+                self.refuse(batch, elems[i], exc)
                 i += 1
             except Exception as exc:
                 self.ctx.fail(self.name, "function", batch, elems[i], exc)
