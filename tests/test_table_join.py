@@ -135,6 +135,11 @@ def test_each_order_joins_the_customer_current_at_its_event_time_through_a_kill(
     def emitted(topic: str) -> int:
         return len(consume_all(kafka_bootstrap, topic, None, 30))
 
+    readers = {  # one client per isolation level, for the end offsets a timeout shows
+        level: Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "ends",
+                         "isolation.level": level})
+        for level in ("read_committed", "read_uncommitted")
+    }  # fmt: skip
     try:
         for worker_id in ("w1", "w2"):
             workers.start(worker_id)
@@ -155,18 +160,13 @@ def test_each_order_joins_the_customer_current_at_its_event_time_through_a_kill(
                     **{k: st.get(k) for k in ("watermark", "watermarks", "partitions",
                                               "paused", "restoring", "lag")},
                 }  # fmt: skip
-            ends = {how: {p: (consumer_ends(t, p, "read_committed"),
-                              consumer_ends(t, p, "read_uncommitted")) for p in range(2)}
+            ends = {how: {p: (end_of(t, p, "read_committed"), end_of(t, p, "read_uncommitted"))
+                          for p in range(2)}
                     for how, t in (("inner", out_inner), ("left", out_left))}  # fmt: skip
             return f": rows {rows}, ends (LSO, HW) {ends}, workers {said}{workers.logs_tail()}"
 
-        def consumer_ends(topic: str, partition: int, isolation: str) -> int:
-            c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "ends",
-                          "isolation.level": isolation})  # fmt: skip
-            try:
-                return c.get_watermark_offsets(TopicPartition(topic, partition), 10)[1]
-            finally:
-                c.close()
+        def end_of(topic: str, partition: int, isolation: str) -> int:
+            return readers[isolation].get_watermark_offsets(TopicPartition(topic, partition), 10)[1]
 
         # A restarted worker's join may wait for a quiet side's idle_timeout: wait for both.
         for topic, how in ((out_left, "left"), (out_inner, "inner")):
@@ -176,6 +176,8 @@ def test_each_order_joins_the_customer_current_at_its_event_time_through_a_kill(
         workers.stop_all()
     finally:
         workers.close()
+        for reader in readers.values():
+            reader.close()
 
     for how, topic in (("inner", out_inner), ("left", out_left)):
         rows = consume_all(kafka_bootstrap, topic, None, 60)

@@ -19,7 +19,7 @@ import orjson
 from confluent_kafka import Producer
 
 from tests.feeding import Feeder
-from tests.kafka_fixture import consume_all
+from tests.kafka_fixture import committed_reached, consume_all
 from tests.waiting import wait_for
 from tests.workers import Workers, job_env, metric
 
@@ -124,7 +124,8 @@ def test_windows_behind_a_union_wait_for_the_topic_read_behind(
     workers = Workers("union_windows.py", kafka_bootstrap, group, env, args, tmp_path / "logs")
     try:
         workers.start("w1").wait_running(60)
-        time.sleep(5)  # A read to its end, B to its first tenth
+        wait_for(lambda: committed_reached(kafka_bootstrap, group, a), 60,
+                 "topic A processed to its end", every=0.5, check=workers.check_alive)  # fmt: skip
         produce(b, rows[b][500:], closers=True)
         wait_for(
             lambda: len(consume_all(kafka_bootstrap, out, None, 30)) >= len(expected),
