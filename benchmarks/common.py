@@ -905,14 +905,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def code_version() -> dict[str, Any]:
-    """The commit measured, its subject, and whether Weir's packages differ from it
-    (other work may be changing the tree while a benchmark runs)."""
+def code_version(root: Path = ROOT) -> dict[str, Any]:
+    """The commit measured in the checkout at ``root`` (this one by default), its
+    subject, and whether Weir's packages differ from it (other work may be changing the
+    tree while a benchmark runs)."""
 
     def git(*args: str) -> str:
         try:
             return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
             ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
@@ -1012,3 +1013,12 @@ def write_report(stem: Path, data: Any, markdown: str) -> None:
     write_json(stem.with_suffix(".json"), data)
     stem.with_suffix(".md").write_text(markdown)
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
+
+
+def baseline_line(code: dict[str, Any] | None) -> str:
+    """How a report names the checkout it was compared with: by commit, not by where it
+    happened to be on the machine that ran it."""
+    if code is None:
+        return ""
+    dirty = ", its Weir packages modified" if code["weir_dirty"] else ""
+    return f"Baseline: a separate checkout at commit {code['commit']} ({code['subject']}){dirty}."

@@ -40,7 +40,7 @@ visible one checkpoint after it fires.
 Run from the repository root (the baseline: a checkout of main without them)::
 
     git worktree add --detach /tmp/weir-before main   # main before this branch
-    .venv/bin/python -m benchmarks.repartition_windows --baseline /tmp/weir-before
+    .venv/bin/python -m benchmarks.repartition_windows --baseline DIR
 
 Results go to ``benchmarks/results/repartition-windows.{json,md}``.
 """
@@ -59,6 +59,8 @@ from benchmarks.common import (
     RESULTS,
     BenchmarkError,
     OffsetProbe,
+    baseline_line,
+    code_version,
     format_table,
     machine_header,
     open_run,
@@ -178,7 +180,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"Code: commit {code['commit']} ({code['subject']})"
         f"{', Weir packages modified' if code['weir_dirty'] else ''}."
-        + (f" Baseline: the checkout in `{args.baseline}`." if args.baseline else ""),
+        + (f" {baseline_line(result.get('baseline_code'))}" if args.baseline else ""),
         "",
         f"Command: `{result['command']}`. Load average at start: {result['loadavg_start']:.1f}"
         " (other processes on this shared 2-core machine; see the *other load* columns).",
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     broker, result = open_run(MODULE, args)
     result["profiles"] = {}
+    if args.baseline:
+        result["baseline_code"] = code_version(Path(args.baseline).resolve())
     probe = OffsetProbe(broker.bootstrap)
     ok = True
     try:

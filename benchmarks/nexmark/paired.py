@@ -16,7 +16,7 @@ both versions run in the same session, on the same pre-filled input, in rounds:
 The baseline is any Weir checkout with its own ``.venv`` (for a past commit:
 ``git worktree add /tmp/weir-old <rev>`` and ``./dev setup`` there)::
 
-    .venv/bin/python -m benchmarks.nexmark.paired --baseline /tmp/weir-old --rounds 6
+    .venv/bin/python -m benchmarks.nexmark.paired --baseline DIR --rounds 6
 
 Results: ``benchmarks/results/nexmark-paired.md`` and ``.json`` (one entry per run).
 """
@@ -34,6 +34,8 @@ from benchmarks.common import (
     RESULTS,
     OffsetProbe,
     admin_client,
+    baseline_line,
+    code_version,
     create_topics,
     prefill,
     start_broker,
@@ -106,7 +108,8 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# Nexmark before/after (paired rounds on one input)",
         "",
-        f"Baseline `{args.baseline}` vs this checkout; {args.events:,} events, "
+        f"{baseline_line(code_version(args.baseline.resolve()))} Against this checkout;"
+        f" {args.events:,} events, "
         f"{args.rounds} rounds, ABBA order; exactly-once, 1 slot.",
         "",
         "| query | old ev/s | new ev/s | raw ev/s | new/old ev/s (range) "
