@@ -138,7 +138,8 @@ class Run:
 
     def start(self) -> None:
         """Both workers running with the partitions split between them, input flowing."""
-        self.workers.start("a"), self.workers.start("b")
+        for worker_id in ("a", "b"):
+            self.workers.start(worker_id)
         self.wait_split(90)
         self.feeder.start()
 
