@@ -148,7 +148,7 @@ def test_a_table_join_repartitions_both_sides_into_its_own_topic():
     assert merged.op.upstream == "orders", "partitioned like the stream by default"
     (state,) = plan.stateful
     assert state.input_topic == "g.enrich.repartition"
-    assert state.states == ("enrich.rows", "enrich.watermark")
+    assert state.states == ("enrich.rows", "enrich.watermark", "enrich.sides")
     assert plan.watermark_channels == (), "its sides carry their own time"
     clock = WatermarkTracker.for_plan(plan).sources["g.enrich.repartition"]
     assert not clock.announced, "its watermark comes from its sides' records, not announced"
@@ -400,7 +400,12 @@ def test_broadcast_plan_writes_the_rules_to_every_partition():
     (event_side,) = keyed.children
     assert not event_side.op.broadcast
     assert plan.everywhere_topics == {merged.op.topic} == {"g.match.repartition"}
-    assert plan.stateful[0].states == ("match.keyed", "match.watermark", "match.broadcast")
+    assert plan.stateful[0].states == (
+        "match.keyed",
+        "match.watermark",
+        "match.broadcast",
+        "match.sides",
+    )
     assert "match: broadcast_process of key_by-3 with broadcast source-rules" in plan.describe()
 
 

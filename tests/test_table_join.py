@@ -19,7 +19,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.kafka_fixture import consume_all
+from tests.kafka_fixture import committed_offsets, consume_all, end_offsets
 from tests.waiting import wait_for
 from tests.workers import Workers, job_env, metric
 from weir.service.partitioner import partition_for
@@ -74,14 +74,24 @@ def closers(end: int) -> tuple[list[dict], list[tuple]]:
     return orders, versions
 
 
-def produce(bootstrap: str, orders_topic: str, table: str, orders: list, versions: list) -> None:
+def produce(
+    bootstrap: str,
+    orders_topic: str,
+    table: str,
+    orders: list,
+    versions: list,
+    table_partition: int | None = None,
+) -> None:
+    """The orders by customer; the customer versions by customer, or all into
+    ``table_partition``."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    where = {} if table_partition is None else {"partition": table_partition}
     for o in orders:
         producer.produce(orders_topic, orjson.dumps(o), o["customer"].encode())
         producer.poll(0)
     for c, ts, value in versions:
         data = None if value is None else orjson.dumps({**value, "ts": ts})
-        producer.produce(table, data, c.encode(), timestamp=ts)
+        producer.produce(table, data, c.encode(), timestamp=ts, **where)
         producer.poll(0)
     assert producer.flush(60) == 0
 
@@ -110,8 +120,6 @@ def duckdb_rows(orders: list[dict], versions: list[tuple]) -> dict[str, Counter]
     }
 
 
-# Slow (run with --run-slow): under load, a restarted worker sometimes reports no watermark
-# for a join partition it owns and its rows never come (issue #14 is open for it).
 @pytest.mark.slow
 def test_each_order_joins_the_customer_current_at_its_event_time_through_a_kill(
     kafka_bootstrap, new_topic, tmp_path
@@ -191,3 +199,63 @@ def test_each_order_joins_the_customer_current_at_its_event_time_through_a_kill(
             f"{how}: {len(rows)} rows, {sum(missing.values())} missing (e.g."
             f" {list(missing)[:3]}), {sum(extra.values())} unexpected (e.g. {list(extra)[:3]})"
         )
+
+
+def test_a_worker_given_join_partitions_read_to_their_end_resumes_their_clocks(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """A worker reads every record of the join topics and commits them, but its rows
+    wait: the table has a partition that never shows a record, which holds the table
+    side until its idle_timeout (20 s) has passed since the worker first read the
+    partition. Killed (-9) before that, nothing has been joined. The worker after it
+    reads no record there — all are committed — yet must join every row from the clocks
+    the first one kept in state (issue #14: it knew no side and its rows waited for good)."""
+    orders, versions = timeline(seed=11, orders=400, customers=20)
+    src = new_topic(partitions=1)
+    table = new_topic(partitions=2, config={"cleanup.policy": "compact"})
+    out_inner, out_left = new_topic(partitions=2), new_topic(partitions=2)
+    produce(kafka_bootstrap, src, table, orders, versions, table_partition=0)
+    want = duckdb_rows(orders, versions)
+
+    group = f"tj-{uuid.uuid4().hex[:10]}"
+    env = job_env(in_=src, table=table, out_inner=out_inner, out_left=out_left,
+                  partitions=PARTITIONS, idle="20")  # fmt: skip
+    args = ["--state-dir", str(tmp_path / "state"), "--checkpoint-interval-ms", "200",
+            "--slots", "2", *SESSION]  # fmt: skip
+    workers = Workers("table_join.py", kafka_bootstrap, group, env, args, tmp_path / "logs")
+    joins = [f"{group}.{name}.repartition" for name in ("inner", "left")]
+
+    def joins_committed() -> bool:
+        """Every record of the join topics committed (the offset before the last
+        transaction's commit marker)."""
+        for topic in joins:
+            try:
+                ends = end_offsets(kafka_bootstrap, topic)
+                done = committed_offsets(kafka_bootstrap, group, topic)
+            except Exception:  # the topics are made by the worker: not there yet
+                return False
+            if not all(end > 0 and done[p] + 1 >= end for p, end in ends.items()):
+                return False
+        return committed_offsets(kafka_bootstrap, group, src)[0] >= len(orders)
+
+    try:
+        workers.start("w1")
+        wait_for(joins_committed, 60, "the join topics committed to their end", every=0.2,
+                 check=workers.check_alive, detail=workers.logs_tail)  # fmt: skip
+        workers.kill("w1")
+        early = len(consume_all(kafka_bootstrap, out_left, None, 30))
+        assert early == 0, f"{early} rows joined before the table side settled: the test is void"
+        workers.start("w1")
+        for topic, how in ((out_left, "left"), (out_inner, "inner")):
+            wait_for(lambda topic=topic, how=how: len(consume_all(kafka_bootstrap, topic, None,
+                                                                  30)) >= want[how].total(),
+                     90, f"every {how} row from the restored clocks", every=2,
+                     check=workers.check_alive, detail=workers.logs_tail)  # fmt: skip
+        workers.stop_all()
+    finally:
+        workers.close()
+
+    for how, topic in (("inner", out_inner), ("left", out_left)):
+        rows = consume_all(kafka_bootstrap, topic, None, 60)
+        got = Counter((r["value"]["order"], r["value"]["city"], r["value"]["v"]) for r in rows)
+        assert got == want[how], f"{how}: {len(rows)} rows, want {want[how].total()}"

@@ -21,6 +21,7 @@ from weir.operators.plan import (
     BroadcastProcess,
     IntervalJoin,
     JoinTable,
+    MultiInputOp,
     Process,
     Reduce,
     StatefulOp,
@@ -28,6 +29,7 @@ from weir.operators.plan import (
     WindowJoin,
 )
 from weir.operators.process import process_states
+from weir.operators.sides import side_clocks_state
 from weir.operators.skeys import StorageKeys
 from weir.operators.table_join import table_join_states
 from weir.operators.window_join import window_join_states
@@ -43,10 +45,16 @@ def state_name(op: Reduce | Aggregate) -> str:
 
 def states_of(op: StatefulOp) -> tuple[str, ...]:
     """Every state name a stateful operator uses."""
+    if isinstance(op, MultiInputOp):  # and its sides' clocks, kept by its reader
+        return (*_multi_input_states(op), side_clocks_state(op.name))
     if isinstance(op, Window):
         return window_states(op)
     if isinstance(op, Process):
         return process_states(op)
+    return (state_name(op),)
+
+
+def _multi_input_states(op: MultiInputOp) -> tuple[str, ...]:
     if isinstance(op, JoinTable):
         return table_join_states(op)
     if isinstance(op, BroadcastProcess):
@@ -55,7 +63,7 @@ def states_of(op: StatefulOp) -> tuple[str, ...]:
         return window_join_states(op)
     if isinstance(op, IntervalJoin):
         return interval_join_states(op)
-    return (state_name(op),)
+    raise TypeError(f"no state names for multi-input operator {op.name} ({op.kind})")
 
 
 def _output(key: Any, value: Any) -> dict:

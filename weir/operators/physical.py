@@ -69,6 +69,7 @@ from weir.operators.plan import (
     Union,
     Window,
 )
+from weir.operators.sides import side_clocks_state
 
 AnySource = Source | RepartitionSource
 
@@ -371,6 +372,7 @@ def compile_plan(job: Job, group: str) -> PhysicalPlan:
             max_out_of_orderness=0.0,  # each side's is applied per side
             idle_timeout=whole.idle_timeout,
             clocks=tuple((side.max_out_of_orderness, side.idle_timeout) for side in sides),
+            clock_state=side_clocks_state(target.name),
         )
         place = len(repartitioned)
         repartitioned.append(PlanNode(reader))  # its place, before the ones found below it

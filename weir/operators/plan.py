@@ -437,11 +437,13 @@ class MergedSource(RepartitionSource):
     sides (`operators.sides`): ``clocks`` holds each side's (max_out_of_orderness,
     idle_timeout) in seconds, inherited from the sources upstream of it; its own
     ``max_out_of_orderness`` and ``idle_timeout`` are those of the partitions as a
-    whole (each side's disorder is applied per side)."""
+    whole (each side's disorder is applied per side). What the sides have shown is
+    kept in the operator's state ``clock_state``, so a partition's clocks move with it."""
 
     max_out_of_orderness: float
     idle_timeout: float | None
     clocks: tuple[tuple[float, float | None], ...]
+    clock_state: str
 
     def _details(self) -> str:
         return f" topic={self.topic} value=sides of {len(self.clocks)} inputs"

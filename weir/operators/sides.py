@@ -43,10 +43,18 @@ seconds of event time ahead of another. Watermark of a partition of the topic
 
 The clocks are shared by the worker's slots (`SlotContext.shared`): when slots
 share a partition, each sees only some keys, and a side one slot never sees may
-well be in another slot's records. They start afresh with fresh slots (after a
-rollback), so time seen in an aborted epoch is forgotten, and a partition's start
-afresh whenever a slot is given it (`MergedSourceOp.own`): what the worker knew of
-it before another worker had it is stale.
+well be in another slot's records. What the records of a partition showed — each
+side's origins, their largest event times, their topics' partition counts — is
+kept in the operator's state (`side_clocks_state`, `ShownTimes`): each slot writes
+what its own records showed at its checkpoint barrier, so the state holds exactly
+what the committed records showed. A partition's clocks start over from that state
+whenever a slot is given it (`MergedSourceOp.own`) — after a restart, a rebalance,
+a rollback (fresh slots): time seen in an aborted epoch, or by this worker before
+another had the partition, is forgotten, and time the committed records showed is
+not. Without it, a worker given a partition whose records were all read and
+committed before it came would know no side there: the rows waiting in the
+operator's state would wait for good. Restored origins count as last seen when the
+partition was given (their idleness starts then).
 """
 
 from __future__ import annotations
@@ -60,9 +68,16 @@ import orjson
 from weir.operators.chain import Barrier, Batch, Operator, Row, SlotContext, _text, meta_factory
 from weir.operators.formats import encode_key
 from weir.operators.plan import MergedSource, Rekey, SideRepartition
+from weir.state.epoch import EpochBuffer
+from weir.state.layout import partition_key
 
 Origin = int  # a topic's stable number << 16 | the partition (`origin_of`)
 ORIGIN_SETTLE_S = 10.0  # how long an origin never seen holds a side without an idle_timeout
+
+
+def side_clocks_state(operator: str) -> str:
+    """The state holding what the sides of multi-input ``operator`` showed per partition."""
+    return f"{operator}.sides"
 
 
 def topic_number(topic: str) -> int:
@@ -153,6 +168,46 @@ class SideClocks:
         if marks:
             return min(marks)  # Rule 4
         return max(flushed) if flushed else None  # Rule 4: every side idle
+
+
+class ShownTimes:
+    """What records of one partition showed: the largest event time per (side, origin)
+    and the partition count per (side, topic number) — `SideClocks.observe`'s input,
+    kept in state as ``{"o": [[side, origin, time], ...], "n": [[side, topic, count], ...]}``."""
+
+    __slots__ = ("newest", "topics")
+
+    def __init__(self) -> None:
+        self.newest: dict[tuple[int, Origin], int] = {}
+        self.topics: dict[tuple[int, int], int] = {}
+
+    def add(
+        self, newest: dict[tuple[int, Origin], int], topics: dict[tuple[int, int], int]
+    ) -> bool:
+        """Take in what a batch (or another slot's entry) showed; True if anything rose."""
+        rose = False
+        for where, ts in newest.items():
+            if ts > self.newest.get(where, ts - 1):
+                self.newest[where] = ts
+                rose = True
+        for where, count in topics.items():
+            if self.topics.get(where) != count:
+                self.topics[where] = count
+                rose = True
+        return rose
+
+    def encode(self) -> dict[str, list[list[int]]]:
+        return {
+            "o": [[side, origin, ts] for (side, origin), ts in self.newest.items()],
+            "n": [[side, number, count] for (side, number), count in self.topics.items()],
+        }
+
+    def merge(self, stored: dict[str, list[list[int]]]) -> None:
+        """Take in an entry of the state (`encode`)."""
+        self.add(
+            {(side, origin): ts for side, origin, ts in stored["o"]},
+            {(side, number): count for side, number, count in stored["n"]},
+        )
 
 
 class RekeyOp(Operator):
@@ -252,9 +307,13 @@ class SideRepartitionOp(Operator):
 
 class MergedSourceOp(Operator):
     """Reads a multi-input operator's topic: elements ``(key, [side, value], timestamp,
-    offset)`` in the topic's order; reports the partition's watermark (module doc)."""
+    offset)`` in the topic's order; reports the partition's watermark and keeps what
+    its records showed in state (module doc)."""
 
-    __slots__ = ("clocks", "keep_headers", "owned", "partitions", "topic", "track_time")
+    __slots__ = (
+        "buffer", "changed", "clocks", "keep_headers", "owned", "shown", "slot_key", "state",
+        "topic", "track_time",
+    )  # fmt: skip
 
     def __init__(self, op: MergedSource, ctx: SlotContext) -> None:
         super().__init__(op, ctx)
@@ -262,24 +321,41 @@ class MergedSourceOp(Operator):
         self.keep_headers = False  # unused: what a multi-input operator emits has none
         self.clocks: SideClocks = ctx.shared.setdefault(op.name, SideClocks(op.clocks))
         self.topic = op.topic
-        self.partitions: set[int] = set()  # read by this slot
+        self.state = op.clock_state
+        self.buffer: EpochBuffer = ctx.state
         self.owned: set[int] = set()
+        self.shown: dict[int, ShownTimes] = {}  # per owned partition: committed and since
+        self.changed: set[int] = set()  # partitions whose times rose since the last barrier
+        self.slot_key = b""  # this slot's entry among those of slots sharing a partition
 
-    def own(self, partitions: set[int]) -> None:
-        """The partitions this slot owns now: the clocks of new ones start over (what
-        the worker saw of a partition before it left and came back is stale)."""
+    def own(self, partitions: set[int], key_groups: range | None) -> None:
+        """The partitions (and, when slots share partitions, the key groups) this slot
+        owns now: the clocks of new ones start over from what the committed records
+        showed (module doc)."""
         now = self.ctx.now_ms() / 1000
+        self.slot_key = b"" if key_groups is None else key_groups.start.to_bytes(2, "big")
+        for p in self.owned - partitions:
+            self.shown.pop(p, None)
+            self.changed.discard(p)
         for p in partitions - self.owned:
+            shown = self.shown[p] = ShownTimes()
+            for _, stored in self.buffer.scan(self.state, p):
+                shown.merge(stored)
             self.clocks.restart(p, now)
+            if shown.newest:
+                self.clocks.observe(p, shown.newest, shown.topics, now)
         self.owned = set(partitions)
-        self.partitions &= self.owned
 
     def tick(self) -> None:
         """Time passed (the slot's clock tick): sides may have gone idle meanwhile, so the
         partitions' watermarks may move with no new record (which `observe_time` is
-        told, so the partition's own idleness is not reset)."""
+        told, so the partition's own idleness is not reset) — in every partition owned,
+        read since or not: one whose records were all committed before it came here
+        has its rows waiting for time from the restored clocks alone."""
+        if not self.track_time:
+            return
         now = self.ctx.now_ms() / 1000
-        for p in self.partitions:
+        for p in self.owned:
             mark = self.clocks.mark(p, now)
             if mark is not None:
                 self.ctx.observe_time(self.topic, p, mark, seen=False)
@@ -301,10 +377,23 @@ class MergedSourceOp(Operator):
                 topics[(side, origin >> 16)] = count
             elems.append((k, [side, v], ts, m.offset()))
         if self.track_time and newest:
-            self.partitions.add(batch.partition)
+            p = batch.partition
+            shown = self.shown.get(p)
+            if shown is None:
+                shown = self.shown[p] = ShownTimes()
+            if shown.add(newest, topics):
+                self.changed.add(p)
             now = self.ctx.now_ms() / 1000
-            mark = self.clocks.observe(batch.partition, newest, topics, now)
+            mark = self.clocks.observe(p, newest, topics, now)
             if mark is not None:
-                self.ctx.observe_time(batch.topic, batch.partition, mark)
+                self.ctx.observe_time(batch.topic, p, mark)
         if elems and self.out is not None:
             self.out.process(Batch(batch.topic, batch.partition, elems))
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        """The epoch ends: what this slot's records showed in the partitions whose times
+        rose goes into its state, to be committed with the records' offsets."""
+        for p in self.changed:
+            self.buffer.put(self.state, partition_key(p) + self.slot_key, self.shown[p].encode())
+        self.changed.clear()
+        super().on_barrier(barrier)

@@ -590,7 +590,7 @@ class Slot(threading.Thread):
                     window.advance(values.get(window.topic, NO_TIME), payload.now)
             elif isinstance(payload, Ownership):
                 for merged in self.chain.clocks:
-                    merged.own(payload.partitions.get(merged.topic, set()))
+                    merged.own(payload.partitions.get(merged.topic, set()), payload.key_groups)
                 for window in self.chain.windows:
                     window.own(payload.partitions.get(window.topic, set()), payload.key_groups)
             elif isinstance(payload, Stop):
