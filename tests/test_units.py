@@ -141,7 +141,7 @@ class Msg:
 def test_key_group_routing_keeps_keys_on_one_slot_in_order():
     r = SlotRouter(4, 128)
     r.reassign(tps(1))
-    msgs = [Msg("t", 0, i, f"k{i % 7}".encode()) for i in range(200)]
+    msgs = [Msg("t", 0, i, f"k{i % 40}".encode()) for i in range(200)]
     msgs += [Msg("t", 0, 200 + i, None) for i in range(40)]
     per_slot, counts, control = r.route(msgs)
     assert counts == {("t", 0): 240} and control == []
@@ -156,6 +156,24 @@ def test_key_group_routing_keeps_keys_on_one_slot_in_order():
                     assert seen.setdefault(m.key(), slot) == slot
     assert sum(len(b.elems) for bs in per_slot for b in bs) == 240
     assert sum(1 for bs in per_slot if bs) >= 3, "keys spread over the slots"
+    keyless = [[m.offset() for b in bs for m in b.elems if m.key() is None] for bs in per_slot]
+    assert sorted(map(len, keyless)) == [0, 0, 0, 40], "a partition's keyless records: one slot"
+
+
+def test_keyless_records_keep_their_partitions_order_over_batches():
+    """Keyless records feeding a key_by(fn) or a broadcast side must stay in order: every
+    batch of one partition sends them to the same slot, and partitions spread."""
+    r = SlotRouter(3, 128)
+    r.reassign(tps(2))
+    slots_of: dict[int, set[int]] = {0: set(), 1: set()}
+    for start in range(0, 300, 30):
+        msgs = [Msg("t", p, start + i, None) for p in (0, 1) for i in range(30)]
+        per_slot, _, _ = r.route(msgs)
+        for slot, batches in enumerate(per_slot):
+            for batch in batches:
+                slots_of[batch.partition].add(slot)
+    assert all(len(s) == 1 for s in slots_of.values()), slots_of
+    assert slots_of[0] != slots_of[1], "two partitions' keyless records on two slots"
 
 
 def test_the_router_takes_control_records_out_of_topics_that_carry_them():

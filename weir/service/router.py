@@ -7,12 +7,17 @@ Recomputed on every change of the worker's partitions (`SlotRouter.reassign`):
   on its slot, new partitions go to the least loaded slots;
 * partitions < slots ("key groups"): records are spread by the key group of
   their Kafka key (`weir.state.keygroups`), so every slot works and a key always
-  lands on the same slot; keyless records go round-robin, a batch chunk each —
-  but to every slot on the topics of operators with a broadcast side
-  (``everywhere``): there a keyless record is a broadcast one, which every
-  slot's share of the partition must see.
+  lands on the same slot; a partition's keyless records all go to one slot (by the
+  partition), in order — a later ``key_by(fn)`` or a broadcast side depends on
+  their order, which slots running side by side would not keep (rules written to a
+  broadcast operator's topic out of order changed which rule ended up in force);
+  ``rebalance()`` spreads records when order does not matter. On the topics of
+  operators with a broadcast side (``everywhere``) a keyless record goes to every
+  slot: there it is a broadcast one, which every slot's share of the partition
+  must see.
 
-Either way, records of one key stay in partition order. The router also keeps
+Either way, records of one key, and a partition's keyless records, stay in
+partition order. The router also keeps
 the next offset to read per partition (the positions a checkpoint commits), and
 takes the watermark control records out of repartition topics that carry them
 (`weir.service.repartition_watermarks`): no slot ever sees one.
@@ -21,6 +26,7 @@ takes the watermark control records out of repartition topics that carry them
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Iterable
 from operator import methodcaller
 from typing import Any
@@ -67,7 +73,6 @@ class SlotRouter:
         self.positions: dict[TopicPartition, int] = {}
         self.routed: dict[TopicPartition, int] = {}  # records handed to the slots, per partition
         self.first_timestamps: list[int] = []  # one per routed batch, for latency
-        self._rr = 0
 
     @property
     def partitions(self) -> list[TopicPartition]:
@@ -172,15 +177,15 @@ class SlotRouter:
             if self.mode == PINNED:
                 out[self.pins[tp]].append(Batch(tp[0], tp[1], group))
             else:
-                for slot, part in enumerate(self._by_key(group, tp[0] in self.everywhere)):
+                for slot, part in enumerate(self._by_key(group, tp, tp[0] in self.everywhere)):
                     if part:
                         out[slot].append(Batch(tp[0], tp[1], part))
         return out, counts, control
 
-    def _by_key(self, group: list[Any], everywhere: bool = False) -> list[list[Any]]:
+    def _by_key(self, group: list[Any], tp: TopicPartition, everywhere: bool) -> list[list[Any]]:
         table, groups = self.table, self.max_key_groups
         parts: list[list[Any]] = [[] for _ in range(self.slots)]
-        keyless = []
+        keyless = parts[(zlib.crc32(tp[0].encode()) + tp[1]) % self.slots]
         for m in group:
             k = m.key()
             if k is not None:
@@ -190,12 +195,4 @@ class SlotRouter:
                     part.append(m)  # in its place among the keyed ones
             else:
                 keyless.append(m)
-        if keyless:
-            n = self.slots
-            size = -(-len(keyless) // n)
-            for i in range(n):
-                chunk = keyless[i * size : (i + 1) * size]
-                if chunk:
-                    parts[(self._rr + i) % n].extend(chunk)
-            self._rr = (self._rr + 1) % n
         return parts
