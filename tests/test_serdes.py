@@ -28,9 +28,8 @@ from weir.operators.formats import SerdeContext, SerdeUnavailable, check_format,
 from weir.operators.meta import RecordMeta, normalize_headers
 from weir.operators.physical import compile_plan
 from weir.operators.schemas import unavailable
-from weir.service.config import WorkerConfig, load_config
+from weir.service.config import WorkerConfig, check_formats, load_config
 from weir.service.exceptions import ConfigError
-from weir.service.worker import check_formats
 
 # -- definitions and pieces (no broker) ------------------------------------------------
 

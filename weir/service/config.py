@@ -16,11 +16,16 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from weir.operators.formats import needs_registry
 from weir.service.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from weir.operators.physical import PhysicalPlan
 
 GUARANTEES = ("exactly-once", "at-least-once")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -277,3 +282,16 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
         )
 
     return WorkerConfig(**values, rename_state=renames, kafka=kafka, schema_registry=registry)
+
+
+def check_formats(plan: PhysicalPlan, registry: Mapping[str, str] | None) -> None:
+    """A job whose formats need a schema registry fails at start, with one line, when
+    the worker has none, instead of dead-lettering every record."""
+    if registry is not None:
+        return
+    for where, serde in plan.formats:
+        if needs_registry(serde):
+            raise ConfigError(
+                f"{where}={serde!r} needs a schema registry; set --schema-registry-url"
+                " (WEIR_SCHEMA_REGISTRY_URL, or schema_registry_url in the config file)"
+            )
