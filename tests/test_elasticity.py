@@ -498,6 +498,7 @@ def scale_run(
     }
 
 
+@pytest.mark.slow  # ~31 s; the default suite restarts with other slots and processes
 def test_scale_1_3_2_1_with_kill_small(kafka_bootstrap, new_topic, tmp_path):
     """CI version: 6 source partitions, 300 users, ~300 records/s, a few seconds per
     phase; per user counts 1..N, each input once, nothing missing."""

@@ -436,7 +436,10 @@ def random_kills(
         check_crash_at_least_once(keys, outputs, records)
 
 
-@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+# at-least-once is slow (run with --run-slow): the suite's time goes to exactly-once
+@pytest.mark.parametrize(
+    "guarantee", ["exactly-once", pytest.param("at-least-once", marks=pytest.mark.slow)]
+)
 def test_random_kills_small(kafka_bootstrap, new_topic, tmp_path, guarantee):
     """CI version: 30k inputs, 1k keys, 6 partitions, 2 workers, 3 kill -9s."""
     random_kills(
@@ -545,7 +548,10 @@ def test_slot_restart_replays_exactly_once(kafka_bootstrap, new_topic, tmp_path)
 ZOMBIE_SIGNS = re.compile(r"partitions lost|checkpoint failed|rolling back|fenced", re.I)
 
 
-@pytest.mark.parametrize("pause", ["within-txn-timeout", "past-txn-timeout"])
+# past the transaction timeout is slow (run with --run-slow): ~45 s of waiting
+@pytest.mark.parametrize(
+    "pause", ["within-txn-timeout", pytest.param("past-txn-timeout", marks=pytest.mark.slow)]
+)
 def test_zombie_cannot_commit(kafka_bootstrap, new_topic, tmp_path, pause):
     """SIGSTOP a worker past the session timeout; its partitions go to the other worker,
     which commits their progress; after SIGCONT the zombie must commit nothing.

@@ -100,6 +100,7 @@ RATE = 2000  # input records/s during the whole test
 INTERVAL_MS = 300
 
 
+@pytest.mark.slow  # ~35 s; the default suite's rebalance tests run exactly-once
 def test_rebalances_at_least_once_lose_nothing(kafka_bootstrap, new_topic, tmp_path: Path):
     """2 workers, a 3rd joins, one leaves on SIGTERM, one is killed: nothing lost.
 
