@@ -729,3 +729,35 @@ def test_a_taken_http_port_is_one_line_naming_it():
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"--http-port {port}: cannot listen on"):
             serve(None, "127.0.0.1", port)
+
+
+def test_direct_output_retries_a_full_queue_and_dead_letters_refusals():
+    """The rare paths of a direct send: a full queue is drained and the record produced
+    again; a record the producer refuses, or the topic's bounds, is dead-lettered."""
+
+    class Refused(Exception):
+        pass
+
+    sent, polls, failed = [], [], []
+    answers = [BufferError(), None, Refused("too big")]
+
+    def produce(topic, data, key, _p, _d, _c, ts):
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+        sent.append((topic, data, key, ts))
+
+    def fail(operator, reason, _batch, elem, exc):
+        failed.append((operator, reason, elem, type(exc).__name__))
+
+    direct = DirectOutput(
+        produce, polls.append, Refused, 100, 0, 2_000,
+        lambda k, v, t: None if t == 50 else f"timestamp {t} out of range", lambda n: None,
+    )  # fmt: skip
+    direct.retry(BufferError(), "out", b"k", b"v", 7, 3, None, fail)
+    assert sent == [("out", b"v", b"k", 7)] and polls == [0.05, 0.05], "drained, then sent once"
+    direct.retry(BufferError(), "out", b"k", b"w", -1, 4, None, fail)
+    assert failed == [("sink-out", "produce", (b"k", b"w", 0, 4), "Refused")]
+    assert not direct.refuse("out", None, b"x", 50, 5, None, fail), "fits after all"
+    assert direct.refuse("out", None, b"x", 9_000, 6, None, fail)
+    assert failed[-1] == ("sink-out", "timestamp", (None, b"x", 9_000, 6), "ValueError")

@@ -124,6 +124,36 @@ class DirectOutput:
         self.largest, self.earliest, self.latest = largest, earliest, latest
         self.refusal, self.done = refusal, done
 
+    # The rare paths of a direct send, out of the per-record loops that call them.
+    def refuse(
+        self, topic: str, key: bytes | None, data: bytes, ts: int, offset: int, batch: Batch,
+        fail: Callable[..., None],
+    ) -> bool:  # fmt: skip
+        """A record outside the topic's bounds: dead-letter it if the broker would refuse
+        it (``too-large`` or ``timestamp``, as `SlotContext.produce` does); True if so."""
+        refusal = self.refusal(key, data, ts)
+        if refusal is None:
+            return False
+        reason = "too-large" if refusal.startswith("record of") else "timestamp"
+        fail(f"sink-{topic}", reason, batch, (key, data, ts, offset), ValueError(refusal))
+        return True
+
+    def retry(
+        self, exc: BaseException, topic: str, key: bytes | None, data: bytes, ts: int,
+        offset: int, batch: Batch, fail: Callable[..., None],
+    ) -> None:  # fmt: skip
+        """``produce`` raised ``exc``: while librdkafka's queue is full, let it drain and
+        try again; a record the producer refuses (e.g. larger than it accepts) is
+        dead-lettered with reason ``produce``."""
+        while isinstance(exc, BufferError):
+            self.poll(0.05)
+            try:
+                self.produce(topic, data, key, -1, None, None, ts if ts > 0 else 0)
+                return
+            except (BufferError, self.refused) as again:
+                exc = again
+        fail(f"sink-{topic}", "produce", batch, (key, data, 0, offset), exc)
+
 
 class SlotContext(Protocol):
     """What an operator instance may ask of the slot running it."""
@@ -744,7 +774,7 @@ class SinkOp(Operator):
         gives (``serialize``; ``too-large`` and ``timestamp`` as `SlotContext.produce`
         dead-letters them; ``produce`` when the producer refuses it)."""
         encode, topic, fail, name = self.encode, self.topic, self.ctx.fail, self.name
-        produce, poll, refused = direct.produce, direct.poll, direct.refused
+        produce, refused = direct.produce, direct.refused
         largest, earliest, latest = direct.largest, direct.earliest, direct.latest
         sent = 0
         for elem in batch.elems:
@@ -759,22 +789,15 @@ class SinkOp(Operator):
                 fail(name, "serialize", batch, elem, exc)
                 continue
             size = len(data) if k is None else len(data) + len(k)
-            if size > largest or t > latest or 0 < t < earliest:
-                refusal = direct.refusal(k, data, t)
-                if refusal is not None:
-                    reason = "too-large" if refusal.startswith("record of") else "timestamp"
-                    fail(f"sink-{topic}", reason, batch, (k, data, t, o), ValueError(refusal))
-                    continue
+            if (size > largest or t > latest or 0 < t < earliest) and direct.refuse(
+                topic, k, data, t, o, batch, fail
+            ):
+                continue
             sent += 1
-            while True:
-                try:
-                    produce(topic, data, k, -1, None, None, t if t > 0 else 0)
-                    break
-                except BufferError:
-                    poll(0.05)  # librdkafka's queue is full: let it drain, then retry
-                except refused as exc:  # refused locally, e.g. larger than it accepts
-                    fail(f"sink-{topic}", "produce", batch, (k, data, 0, o), exc)
-                    break
+            try:
+                produce(topic, data, k, -1, None, None, t if t > 0 else 0)
+            except (BufferError, refused) as exc:
+                direct.retry(exc, topic, k, data, t, o, batch, fail)
         direct.done(sent)
 
     def _row(self, elem: Element, meta: Callable[[Any, int, int], RecordMeta] | None) -> Row:

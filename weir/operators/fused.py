@@ -77,7 +77,7 @@ class FusedChain(Operator):
             self.source.process(batch)
             return
         decode, encode, steps = self.source.decode, sink.encode, self.steps
-        produce, poll, refused = direct.produce, direct.poll, direct.refused
+        produce, refused = direct.produce, direct.refused
         largest, earliest, latest = direct.largest, direct.earliest, direct.latest
         fail, source_name, sink_name = self.ctx.fail, self.source.name, sink.name
         sent = 0
@@ -109,21 +109,13 @@ class FusedChain(Operator):
                     fail(sink_name, "serialize", batch, (k, v, t, m.offset()), exc)
                     continue
                 size = len(data) if k is None else len(data) + len(k)
-                if size > largest or t > latest or 0 < t < earliest:
-                    refusal = direct.refusal(k, data, t)
-                    if refusal is not None:
-                        reason = "too-large" if refusal.startswith("record of") else "timestamp"
-                        elem = (k, data, t, m.offset())
-                        fail(f"sink-{topic}", reason, batch, elem, ValueError(refusal))
-                        continue
+                if (size > largest or t > latest or 0 < t < earliest) and direct.refuse(
+                    topic, k, data, t, m.offset(), batch, fail
+                ):
+                    continue
                 sent += 1
-                while True:
-                    try:
-                        produce(topic, data, k, -1, None, None, t if t > 0 else 0)
-                        break
-                    except BufferError:
-                        poll(0.05)  # librdkafka's queue is full: let it drain, then retry
-                    except refused as exc:  # refused locally, e.g. larger than it accepts
-                        fail(f"sink-{topic}", "produce", batch, (k, data, 0, m.offset()), exc)
-                        break
+                try:
+                    produce(topic, data, k, -1, None, None, t if t > 0 else 0)
+                except (BufferError, refused) as exc:
+                    direct.retry(exc, topic, k, data, t, m.offset(), batch, fail)
         direct.done(sent)
