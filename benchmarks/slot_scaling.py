@@ -3,11 +3,11 @@
 The question is whether slots speed up a function that waits with the GIL
 released (a call to another service) as far as the keys allow, in every layout:
 partitions < slots (records routed to slots by key group) and partitions >=
-slots (partitions pinned to slots). The default job (`jobs/io_keyed_map.py`)
-keys each record by ``id % keys`` — not its Kafka key, so records cross between
-slots through the hash exchange — and maps it with a 2 ms ``time.sleep``,
-at-least-once, 1 s checkpoints; ``--job plain`` (`jobs/io_map.py`) runs the map
-alone, so records stay in the slot their partition or Kafka key gives.
+slots (partitions pinned to slots). The job (`jobs/io_map.py`) by default keys
+each record by ``id % keys`` — not its Kafka key, so records cross between slots
+through the hash exchange — and maps it with a 2 ms ``time.sleep``,
+at-least-once, 1 s checkpoints; ``--job plain`` runs the map alone, so records
+stay in the slot their partition or Kafka key gives.
 
 For each layout the one-slot rate is measured, and every slot count is compared
 with its *ideal*: the one-slot rate times the parallelism the keys and
@@ -72,10 +72,8 @@ from weir.service.router import PINNED, SlotRouter
 from weir.state.keygroups import DEFAULT_MAX_KEY_GROUPS, key_group, slot_table
 
 MODULE = "benchmarks.slot_scaling"
-JOBS = {
-    "keyed": Path(__file__).resolve().parent / "jobs" / "io_keyed_map.py",
-    "plain": Path(__file__).resolve().parent / "jobs" / "io_map.py",
-}
+JOB = Path(__file__).resolve().parent / "jobs" / "io_map.py"
+JOBS = ("keyed", "plain")  # key_by(id % keys) before the map, or the map alone
 TAGS = 1000  # Kafka keys of the input: partitions nearly even
 SLOTS = (1, 2, 4, 8)
 PARTITIONS = (1, 4, 8)
@@ -135,13 +133,14 @@ def run_once(
         prefill(bootstrap, src, records)
         port = free_port()
         cmd = [
-            sys.executable, "-m", "weir.service.cli", "run", str(JOBS[args.job].relative_to(ROOT)),
+            sys.executable, "-m", "weir.service.cli", "run", str(JOB.relative_to(ROOT)),
             "--bootstrap", bootstrap, "--group", group, "--worker-id", "bench",
             "--slots", str(row.slots), "--guarantee", "at-least-once",
             "--checkpoint-interval-ms", "1000", "--http-port", str(port),
             "--state-dir", str(TMP / "state"), "--log-level", "info",
         ]  # fmt: skip
-        env = {"BENCH_IN": src, "BENCH_OUT": dst, "BENCH_KEYS": str(args.keys),
+        keys = args.keys if args.job == "keyed" else 0  # 0: the map alone
+        env = {"BENCH_IN": src, "BENCH_OUT": dst, "BENCH_KEYS": str(keys),
                "BENCH_WAIT_MS": str(args.wait_ms)}  # fmt: skip
         child = Child(f"scale-{row.name}-run{run}", cmd, env=env, http_port=port)
         progress = wait_for_output(
@@ -288,7 +287,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keys", type=int, default=1000, help="distinct keys (id %% keys)")
     p.add_argument(
         "--job",
-        choices=sorted(JOBS),
+        choices=JOBS,
         default="keyed",
         help="keyed: key_by(id %% keys) then the map (records cross slots); plain: the map"
         " alone (records stay in the slot their partition or Kafka key gives)",
