@@ -344,12 +344,18 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return {tp.partition: max(tp.offset, 0) for tp in tps}
 
 
-def committed_reached(bootstrap: str, group: str, topic: str) -> bool:
+def committed_reached(bootstrap: str, group: str, topic: str, transactional: bool = False) -> bool:
     """Has ``group`` committed the end of every partition of ``topic``? (False while the
-    broker cannot tell, e.g. its group coordinator is still loading.)"""
+    broker cannot tell, e.g. its group coordinator is still loading, or the topic does
+    not exist yet.) A ``transactional`` topic — one a worker writes, e.g. a repartition
+    topic — ends with a commit marker, which a committed offset does not pass: each
+    partition then counts as read once it has records and the group has committed all
+    but that last offset."""
     try:
         ends = end_offsets(bootstrap, topic)
         got = committed_offsets(bootstrap, group, topic)
     except KafkaException:
         return False
-    return all(got[p] >= end for p, end in ends.items())
+    if not transactional:
+        return bool(ends) and all(got[p] >= end for p, end in ends.items())
+    return bool(ends) and all(end > 0 and got[p] + 1 >= end for p, end in ends.items())

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.kafka_fixture import committed_offsets, consume_all, end_offsets
+from tests.kafka_fixture import committed_reached, consume_all
 from tests.waiting import wait_for
 from tests.workers import Workers, job_env, metric
 from weir.service.partitioner import partition_for
@@ -226,21 +226,14 @@ def test_a_worker_given_join_partitions_read_to_their_end_resumes_their_clocks(
     joins = [f"{group}.{name}.repartition" for name in ("inner", "left")]
 
     def joins_committed() -> bool:
-        """Every record of the join topics committed (the offset before the last
-        transaction's commit marker)."""
-        for topic in joins:
-            try:
-                ends = end_offsets(kafka_bootstrap, topic)
-                done = committed_offsets(kafka_bootstrap, group, topic)
-            except Exception:  # the topics are made by the worker: not there yet
-                return False
-            if not all(end > 0 and done[p] + 1 >= end for p, end in ends.items()):
-                return False
-        return committed_offsets(kafka_bootstrap, group, src)[0] >= len(orders)
+        """Every record of the join topics committed, and of the orders."""
+        return committed_reached(kafka_bootstrap, group, src) and all(
+            committed_reached(kafka_bootstrap, group, topic, transactional=True) for topic in joins
+        )
 
     try:
         workers.start("w1")
-        wait_for(joins_committed, 60, "the join topics committed to their end", every=0.2,
+        wait_for(joins_committed, 60, "the join topics committed to their end", every=0.5,
                  check=workers.check_alive, detail=workers.logs_tail)  # fmt: skip
         workers.kill("w1")
         early = len(consume_all(kafka_bootstrap, out_left, None, 30))
