@@ -1,6 +1,7 @@
 """A hung user function never leaves a worker stuck and silent: the checkpoint times out,
 ``/ready`` says which operator and record, the restart strategy applies, and once its
-attempts are spent the worker exits with the cause."""
+attempts are spent the worker exits with the cause — whether the function runs on a slot
+thread or, one slot's stateless chain, on the fetch thread (`weir.service.inline`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+
+import pytest
 
 from tests.kafka_fixture import consume_all, produce_json
 from tests.workers import WorkerProcess, job_env
@@ -25,18 +28,23 @@ def _ready(port: int) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def test_hung_map_turns_not_ready_naming_the_operator(kafka_bootstrap, new_topic, tmp_path):
+@pytest.mark.parametrize("slots", [1, 2], ids=["fetch-thread", "slot-thread"])
+def test_hung_map_turns_not_ready_naming_the_operator(kafka_bootstrap, new_topic, tmp_path, slots):
     src, out = new_topic(partitions=1), new_topic()
     produce_json(kafka_bootstrap, src, [{"n": n} for n in range(20)])
     worker = WorkerProcess(
         "hangs.py", kafka_bootstrap, f"hang-{uuid.uuid4().hex[:8]}", "w1", tmp_path,
         job_env(in_=src, out=out, hang_at=20),
         ["--checkpoint-interval-ms", "200", "--checkpoint-timeout-ms",
-         str(CHECKPOINT_TIMEOUT_S * 1000), "--restart-attempts", "1", "--restart-delay-ms", "500"],
+         str(CHECKPOINT_TIMEOUT_S * 1000), "--restart-attempts", "1", "--restart-delay-ms", "500",
+         "--slots", str(slots)],
     )  # fmt: skip
     try:
         worker.wait_running(60)
         got = consume_all(kafka_bootstrap, out, expected=20, timeout=60)
+        status = worker.status()
+        assert status["chain_on_fetch_thread"] is (slots == 1), status
+        assert (status["fetch_thread_batches"] > 0) is (slots == 1), status
         assert sorted(r["value"]["n"] for r in got) == list(range(20)), "the records before it"
         produce_json(kafka_bootstrap, src, [{"n": n} for n in range(20, 50)])
         hung_at = time.monotonic()
@@ -76,5 +84,32 @@ def test_stop_is_bounded_even_with_a_hung_function(kafka_bootstrap, new_topic, t
         log = worker.log_tail(40)
         assert took < 4 + 5, f"stopping took {took:.1f}s: {log}"
         assert code == 1 and "stopping overran shutdown_timeout_s=4: " in log, (code, log)
+    finally:
+        worker.close()
+
+
+def test_a_function_that_swallows_the_interrupt_ends_the_process(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """The chain runs on the fetch thread and its function catches the interrupt the
+    watchdog raises in it, and waits again: the process cannot recover in place, so it
+    exits with code 3 (for a fresh process to take over) shortly after, naming where."""
+    src, out = new_topic(partitions=1), new_topic()
+    produce_json(kafka_bootstrap, src, [{"n": n} for n in range(5)])
+    worker = WorkerProcess(
+        "hangs.py", kafka_bootstrap, f"hang-{uuid.uuid4().hex[:8]}", "w1", tmp_path,
+        job_env(in_=src, out=out, hang_at=2, stubborn=1),
+        ["--checkpoint-interval-ms", "200", "--checkpoint-timeout-ms",
+         str(CHECKPOINT_TIMEOUT_S * 1000)],
+    )  # fmt: skip
+    try:
+        worker.wait_running(60)
+        started = time.monotonic()
+        code = worker.wait(CHECKPOINT_TIMEOUT_S + 5 + 20)  # the timeout, the grace, margin
+        log = worker.log_tail(40)
+        assert code == 3, log
+        assert time.monotonic() - started < CHECKPOINT_TIMEOUT_S + 5 + 15, log
+        assert "did not return 5s after it was interrupted" in log, log
+        assert "'slow-lookup'" in log and f"{src}[0]@2" in log, log
     finally:
         worker.close()

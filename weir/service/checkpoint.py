@@ -239,10 +239,25 @@ class CheckpointCoordinator:
             f"checkpoint {pending.id} did not complete within {self.timeout_s:.0f}s"
             f" ({age:.1f}s): {self._laggards(pending)}"
         )
+        raise self.timed_out(reason)
+
+    def timed_out(self, reason: str) -> CheckpointTimedOut:
+        """The checkpoint waited on did not complete in time (``reason`` says where the
+        worker is stuck): it failed, and `overdue` gives the reason until one completes."""
         log.error("%s", reason)
         self.stalled = reason
-        self._finish(pending, "failed", 0, reason)
-        raise CheckpointTimedOut(reason)
+        if self.pending is not None:
+            self._finish(self.pending, "failed", 0, reason)
+        return CheckpointTimedOut(reason)
+
+    def waiting(self, now: float) -> tuple[int, float]:
+        """The checkpoint the worker waits for, and for how long: since its trigger while
+        in flight; otherwise since it fell due (0.0 before) — the fetch loop triggers a
+        due checkpoint at once unless its thread is held (`weir.service.inline`)."""
+        pending = self.pending
+        if pending is not None:
+            return pending.id, now - pending.started
+        return self.next_id, max(0.0, now - self.last_completed - self.interval_s)
 
     def overdue(self) -> str | None:
         """Why checkpoints are not completing, for /ready: one in flight for more than

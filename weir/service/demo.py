@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from weir.operators.physical import compile_plan
@@ -30,6 +30,17 @@ from weir.service.topics import connect_admin, ensure_topic
 from weir.service.worker import Worker
 
 EXAMPLE = Path(str(files("weir.examples").joinpath("sensor_stats.py")))
+# what a topic created a moment ago answers until its partitions have leaders (the
+# client does not flag all of them retriable)
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
 
 
 def _end_offsets(bootstrap: str, topic: str, admin: AdminClient) -> list[TopicPartition]:
@@ -50,7 +61,9 @@ def _end_offsets(bootstrap: str, topic: str, admin: AdminClient) -> list[TopicPa
                     for p, end in zip(partitions, ends, strict=True)
                 ]
             except KafkaException as exc:
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                err = exc.args[0]
+                again = err.retriable() or err.code() in _NO_LEADER_YET
+                if not again or time.monotonic() > deadline:
                     raise WeirError(f"reading the end of {topic!r}: {exc.args[0].str()}") from None
                 time.sleep(0.5)
     finally:

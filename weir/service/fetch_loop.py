@@ -11,8 +11,9 @@ Each iteration:
 4. Restart the slots if one failed, per the restart strategy (`Recovery`).
 5. Resume partitions whose restore finished.
 6. Route the batch to the slots — unless a rollback happened meanwhile: then the
-   records are stale (`Recovery.stale`) — and hand the watermark control records
-   among them to the channels, after the records before them.
+   records are stale (`Recovery.stale`) — or run it through the one slot's chain
+   here (`weir.service.inline`), and hand the watermark control records among them
+   to the channels, after the records before them.
 7. Collect checkpoint acknowledgements, commit, trigger the next checkpoint when
    due; a checkpoint past its timeout is a stuck slot (the restart strategy
    decides), a failed or ambiguous one rolls back.
@@ -60,7 +61,11 @@ def fetch_loop(w: Worker) -> None:
             msgs = recovery.stale(msgs, in_consume)
         if msgs:
             per_slot, counts, control = router.route(msgs)
-            w.slots.dispatch(per_slot)
+            try:
+                if not w.inline.run(per_slot):
+                    w.slots.dispatch(per_slot)
+            except CheckpointTimedOut as exc:  # the chain, run here, hung
+                recovery.fatal = exc
             w.metrics.count_in(counts)
             if control:
                 w.channels.observe(control)

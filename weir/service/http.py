@@ -60,6 +60,8 @@ def status(worker: Worker) -> dict[str, Any]:
         "watermarks": dict(worker.watermarks.watermarks),  # per input topic
         "upstream": worker.channels.describe(),
         "restarts": worker.restarts.restarts,
+        "chain_on_fetch_thread": worker.inline.enabled,  # `weir.service.inline`
+        "fetch_thread_batches": worker.inline.batches,
         "slots": [
             {
                 "slot": slot.slot,
@@ -86,7 +88,7 @@ def readiness(worker: Worker) -> str | None:
         return f"worker is {worker.state}"
     if not worker.router.pins:
         return "no partitions assigned"
-    overdue = worker.coordinator.overdue()
+    overdue = worker.inline.overdue() or worker.coordinator.overdue()
     if overdue is not None:
         return overdue
     restoring = list(worker.rebalancer.restoring)

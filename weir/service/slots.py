@@ -130,6 +130,12 @@ class Inbox:
         self.records = 0
         self.bytes = 0
         self.waiting: dict[int, int] = {}  # records per target: their costs differ
+        self.idle = False  # the slot thread waits in `get`
+
+    def idle_and_empty(self) -> bool:
+        """Is the slot thread waiting for an item, with none queued?"""
+        with self._cond:
+            return self.idle and not (self._fetched or self._exchanged)
 
     def __len__(self) -> int:
         return len(self._fetched) + len(self._exchanged)
@@ -172,7 +178,9 @@ class Inbox:
     def get(self) -> tuple[int, int, Any]:
         with self._cond:
             while not (self._fetched or self._exchanged):
+                self.idle = True
                 self._cond.wait()
+            self.idle = False
             lane = self._fetched or self._exchanged
             target, channel, payload, records, size = lane.popleft()
             self.records -= records
@@ -267,7 +275,9 @@ class Slot(threading.Thread):
         self.last_seen: dict[tuple[str, int], float] = {}  # when, in monotonic seconds
         self.taken: dict[tuple[str, int], int] = {}  # fetched records processed, per partition
         self.discard = False  # set on rollback: a slot that outlives it must not produce
-        self.busy: tuple[Batch, list, float] | None = None  # the chunk in process, since when
+        # the chunk in process, since when, and the thread processing it (this one, or
+        # the fetch thread: `weir.service.inline`)
+        self.busy: tuple[Batch, list, float, int] | None = None
         self._out_counters: dict[str, Any] = {}
 
     @property
@@ -515,8 +525,8 @@ class Slot(threading.Thread):
         busy = self.busy
         if busy is None:
             return None
-        batch, chunk, since = busy
-        operator, offset = _operator_in(sys._current_frames().get(self.ident))
+        batch, chunk, since, thread = busy
+        operator, offset = _operator_in(sys._current_frames().get(thread))
         if offset is None:
             first, last = _offset(chunk[0]), _offset(chunk[-1])
             offset = first if first == last else f"{first}..{last}"
@@ -539,44 +549,14 @@ class Slot(threading.Thread):
         """The slot's loop: take items from the inbox and act on them until a `Stop`.
         The thread runs it; `weir.testing` runs it in the caller's thread, with an
         inbox that answers `Stop` once it is empty."""
-        inbox, replay, stats = self.inbox, self.replay, self.stats
-        costs, clock = stats.costs, time.perf_counter
+        inbox, replay = self.inbox, self.replay
         while True:
             target, channel, payload = replay.popleft() if replay else inbox.get()
             if (target, channel) in self.blocked:
                 self.stash.setdefault(target, []).append((channel, payload))
                 continue
             if isinstance(payload, Batch):
-                self.current = target
-                if target == SOURCES:
-                    head, task = self.chain.sources[payload.topic], payload.topic
-                else:
-                    head, task = self.chain.inputs[target], target
-                counts = stats.tasks.get(task)
-                if counts is None:
-                    counts = stats.tasks[task] = [0, 0.0]
-                elems = payload.elems
-                # Slow functions get the batch in chunks of about CHUNK_S of work, so
-                # outputs flow steadily and per-batch bookkeeping stays current.
-                cost = costs.get(target, 0.0)
-                step = max(1, int(CHUNK_S / cost)) if cost else PROBE_RECORDS
-                for i in range(0, len(elems), step):
-                    part = elems if step >= len(elems) else elems[i : i + step]
-                    started = clock()
-                    self.busy = (payload, part, started)
-                    head.process(Batch(payload.topic, payload.partition, part))
-                    self.busy = None
-                    took = clock() - started
-                    stats.busy_s += took
-                    stats.records += len(part)
-                    counts[0] += len(part)
-                    counts[1] += took
-                    stats.batches += 1
-                    per = took / len(part)
-                    costs[target] = cost = 0.8 * cost + 0.2 * per if cost else per
-                if target == SOURCES:
-                    tp = (payload.topic, payload.partition)
-                    self.taken[tp] = self.taken.get(tp, 0) + len(elems)
+                self.process_batch(target, payload)
             elif isinstance(payload, Barrier):
                 self._on_barrier(target, channel, payload)
             elif isinstance(payload, Release):
@@ -595,6 +575,42 @@ class Slot(threading.Thread):
                     window.own(payload.partitions.get(window.topic, set()), payload.key_groups)
             elif isinstance(payload, Stop):
                 return
+
+    def process_batch(self, target: int, payload: Batch) -> None:
+        """Take one batch through the chain's input ``target``, in chunks. The slot
+        thread calls it, or the fetch thread while this one waits (`weir.service.inline`)."""
+        stats, thread = self.stats, threading.get_ident()
+        costs, clock = stats.costs, time.perf_counter
+        self.current = target
+        if target == SOURCES:
+            head, task = self.chain.sources[payload.topic], payload.topic
+        else:
+            head, task = self.chain.inputs[target], target
+        counts = stats.tasks.get(task)
+        if counts is None:
+            counts = stats.tasks[task] = [0, 0.0]
+        elems = payload.elems
+        # Slow functions get the batch in chunks of about CHUNK_S of work, so
+        # outputs flow steadily and per-batch bookkeeping stays current.
+        cost = costs.get(target, 0.0)
+        step = max(1, int(CHUNK_S / cost)) if cost else PROBE_RECORDS
+        for i in range(0, len(elems), step):
+            part = elems if step >= len(elems) else elems[i : i + step]
+            started = clock()
+            self.busy = (payload, part, started, thread)
+            head.process(Batch(payload.topic, payload.partition, part))
+            self.busy = None
+            took = clock() - started
+            stats.busy_s += took
+            stats.records += len(part)
+            counts[0] += len(part)
+            counts[1] += took
+            stats.batches += 1
+            per = took / len(part)
+            costs[target] = cost = 0.8 * cost + 0.2 * per if cost else per
+        if target == SOURCES:
+            tp = (payload.topic, payload.partition)
+            self.taken[tp] = self.taken.get(tp, 0) + len(elems)
 
     def _channels(self, target: int) -> int:
         """The fetcher feeds the sources; every slot an exchange's target; each of its

@@ -32,6 +32,7 @@ from weir.service.exceptions import ShutdownOverran, WorkerFailed
 from weir.service.fetch_loop import fetch_loop
 from weir.service.flow import FlowControl
 from weir.service.history import History
+from weir.service.inline import InlineChain
 from weir.service.metrics import Metrics
 from weir.service.rebalance import Rebalancer
 from weir.service.recovery import Recovery
@@ -95,6 +96,9 @@ class Worker:
             self.recovery.slot_failed,
             registry=config.registry,
         )
+        # a stateless one-slot chain runs on the fetch thread (the chain decides the rest)
+        stateless = config.slots == 1 and not plan.stateful
+        self.inline = InlineChain(self.slots, self.stopping, config.shutdown_timeout_s, stateless)
         self.restarts = RestartStrategy(config, self.metrics)
         self.limits: dict[str, TopicLimits] = {}
         self.state = "starting"
@@ -125,6 +129,7 @@ class Worker:
         cfg = self.config
         log.info("worker %s running job %s: group=%s slots=%d guarantee=%s",
                  self.worker_id, self.job.name, self.group, cfg.slots, cfg.guarantee)  # fmt: skip
+        self.inline.start(self.coordinator)
         try:
             self.state = "running"
             fetch_loop(self)
@@ -138,6 +143,8 @@ class Worker:
         except BaseException:
             abandon(self)
             raise
+        finally:
+            self.inline.stop()
 
     def stop(self) -> None:
         """Ask the worker to finish its current checkpoint and leave (thread-safe)."""
