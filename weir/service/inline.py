@@ -17,8 +17,11 @@ For each batch the fetch loop routed (`InlineChain.run`):
    (`Inbox.idle_and_empty`): nothing is then ahead of the batch, and nothing can be
    queued behind it meanwhile — the fetch thread is the only sender of a slot with
    no exchange — so the two threads never run the chain at once, and barriers,
-   releases and watermarks keep their order with the records. Otherwise the batch is
-   handed over as usual.
+   releases and watermarks keep their order with the records. A slot thread still
+   at an item (a barrier, a release of held outputs) is waited for up to
+   `IDLE_WAIT_S`: handing the batch over instead would keep both threads busy, each
+   batch fetched meanwhile handed over too, until the slot ran dry. Past that the
+   batch is handed over as usual.
 2. It runs the slot's `Slot.process_batch`: the same operators, statistics, and
    outputs held after a barrier until its commit. A chain that raises fails the slot
    (`Slot.on_fatal`), as on the slot thread: the restart strategy rolls back.
@@ -67,6 +70,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WATCH_EVERY_S = 0.1
+IDLE_WAIT_S = 0.05  # the longest the fetch thread waits for the slot thread to finish an item
 INTERRUPT_GRACE_S = 5.0  # a function still running this long after the interrupt: exit
 INTERRUPT_SIGNAL = signal.SIGUSR1
 
@@ -145,7 +149,7 @@ class InlineChain:
         if not self.enabled:
             return False
         slot = self.slots.slots[0]
-        if not (self.usable(slot) and slot.inbox.idle_and_empty()):
+        if not (self.usable(slot) and slot.inbox.idle_and_empty(IDLE_WAIT_S)):
             return False
         self.runs += 1
         self._interrupt = None

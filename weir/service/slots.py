@@ -126,16 +126,21 @@ class Inbox:
     def __init__(self) -> None:
         self._fetched: deque[tuple[int, int, Any, int, int]] = deque()
         self._exchanged: deque[tuple[int, int, Any, int, int]] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # an item was queued
+        self._went_idle = threading.Condition(lock)  # the slot thread waits on nothing
         self.records = 0
         self.bytes = 0
         self.waiting: dict[int, int] = {}  # records per target: their costs differ
         self.idle = False  # the slot thread waits in `get`
 
-    def idle_and_empty(self) -> bool:
-        """Is the slot thread waiting for an item, with none queued?"""
+    def idle_and_empty(self, timeout: float = 0.0) -> bool:
+        """Is the slot thread waiting for an item, with none queued — or, within
+        ``timeout`` seconds, does it come to that?"""
         with self._cond:
-            return self.idle and not (self._fetched or self._exchanged)
+            return self._went_idle.wait_for(
+                lambda: self.idle and not (self._fetched or self._exchanged), timeout
+            )
 
     def __len__(self) -> int:
         return len(self._fetched) + len(self._exchanged)
@@ -179,6 +184,7 @@ class Inbox:
         with self._cond:
             while not (self._fetched or self._exchanged):
                 self.idle = True
+                self._went_idle.notify()
                 self._cond.wait()
             self.idle = False
             lane = self._fetched or self._exchanged
