@@ -216,6 +216,9 @@ def test_backpressure_bounds_memory_and_keeps_membership(kafka_bootstrap, new_to
     fetched but not processed stays within the slot queue bound (slot_queue_records,
     default 20000, plus one fetch batch), RSS stays under 300 MB and flat, and the
     worker keeps its group membership (no rebalance after the first assignment).
+    Two slots, so that the records are handed to a slot thread and queue there (with
+    one slot this stateless job's chain runs on the fetch thread, which simply does
+    not fetch while it works: nothing queues).
     """
     prefill, pad = 60_000, 1000
     src, out = new_topic(partitions=1), new_topic(partitions=1)
@@ -223,7 +226,9 @@ def test_backpressure_bounds_memory_and_keeps_membership(kafka_bootstrap, new_to
         kafka_bootstrap, src, [{"n": i, "pad": "x" * pad} for i in range(prefill)], key=None
     )
     feeder = Feeder(kafka_bootstrap, src, numbered(prefill, pad), rate=300, key=n_key)
-    worker = slow_worker(kafka_bootstrap, "slow", tmp_path, job_env(in_=src, out=out, sleep_ms=50))
+    worker = slow_worker(
+        kafka_bootstrap, "slow", tmp_path, job_env(in_=src, out=out, sleep_ms=50), ["--slots", "2"]
+    )
     samples: list[dict[str, Any]] = []
     try:
         feeder.start()
@@ -240,9 +245,9 @@ def test_backpressure_bounds_memory_and_keeps_membership(kafka_bootstrap, new_to
                     "t": time.monotonic() - started,
                     "rss": rss_mb(worker.proc.pid),
                     "paused": bool(st["paused"]) or st["fetch_held"],
-                    "queued": st["slots"][0]["queued"],
+                    "queued": max(slot["queued"] for slot in st["slots"]),
                     "fetched": sum(st["positions"].values()),
-                    "processed": st["slots"][0]["records"],
+                    "processed": sum(slot["records"] for slot in st["slots"]),
                     "state": st["state"],
                     "partitions": st["partitions"],
                 }
@@ -300,14 +305,16 @@ def test_slow_slot_output_rate(kafka_bootstrap, new_topic, tmp_path):
 
 
 def test_backpressure_exactly_once_keeps_committing(kafka_bootstrap, new_topic, tmp_path):
-    """Exactly-once with a 2 ms/record slot and a deep backlog still commits checkpoints.
-
-    22000 queued records x 2 ms = 44 s per aligned checkpoint, against a transaction
-    timeout of 10 s (the default for --checkpoint-interval-ms 1000).
-    """
+    """Exactly-once with a 2 ms/record slot and a deep backlog still commits checkpoints,
+    for 2.5 times the transaction timeout of 10 s (the default for
+    --checkpoint-interval-ms 1000): the barrier never waits behind more queued work than
+    a checkpoint allows. Two slots, so that records queue for a slot thread (one slot's
+    stateless chain runs on the fetch thread: no queue)."""
     src, out = new_topic(partitions=1), new_topic(partitions=1)
     produce_json(kafka_bootstrap, src, [{"n": i} for i in range(40_000)])
-    worker = slow_worker(kafka_bootstrap, "eos", tmp_path, job_env(in_=src, out=out, sleep_ms=2))
+    worker = slow_worker(
+        kafka_bootstrap, "eos", tmp_path, job_env(in_=src, out=out, sleep_ms=2), ["--slots", "2"]
+    )
     try:
         worker.wait_running()
         started = time.monotonic()
@@ -317,9 +324,9 @@ def test_backpressure_exactly_once_keeps_committing(kafka_bootstrap, new_topic, 
             st = worker.status()
             return bool(st and any(c["status"] == "completed" for c in st["checkpoints"]))
 
-        wait_for(committed_some, 40, "a completed checkpoint")
+        wait_for(committed_some, 25, "a completed checkpoint")
         # ... and it keeps going: alive, more checkpoints, committed output readable.
-        deadline = started + 40
+        deadline = started + 25
         while time.monotonic() < deadline:
             assert worker.proc.poll() is None, f"worker died: {worker.log_tail(8)}"
             time.sleep(0.5)

@@ -28,7 +28,11 @@ def _ready(port: int) -> tuple[int, str]:
         return 0, str(exc)
 
 
-@pytest.mark.parametrize("slots", [1, 2], ids=["fetch-thread", "slot-thread"])
+@pytest.mark.parametrize(
+    "slots",
+    [1, pytest.param(2, marks=pytest.mark.slow)],  # ~20 s; a slot thread's hang is unit-tested
+    ids=["fetch-thread", "slot-thread"],
+)
 def test_hung_map_turns_not_ready_naming_the_operator(kafka_bootstrap, new_topic, tmp_path, slots):
     src, out = new_topic(partitions=1), new_topic()
     produce_json(kafka_bootstrap, src, [{"n": n} for n in range(20)])
