@@ -97,7 +97,7 @@ def copy_state(
             return
         producer.commit_transaction(timeout_s)
     except KafkaException as exc:
-        error = exc.args[0]
+        error = _cause(producer, exc.args[0], timeout_s)
         if error.code() in _FENCED:
             log.info("another worker copies state %s to %s; waiting for it", old, new.name)
             _wait_deleted(admin, old_topic, timeout_s)
@@ -209,6 +209,19 @@ def _wait_deleted(admin: AdminClient, topic: str, timeout_s: float) -> None:
                 f" {FENCED_WAIT_S:.0f}s"
             )
         time.sleep(1.0)
+
+
+def _cause(producer: Producer, error: KafkaError, timeout_s: float) -> KafkaError:
+    """The error behind ``error``: once a copier is fenced mid-copy, its next ``produce``
+    fails only with "Local: Fatal error"; a transactional call then names the cause
+    (fenced, or another fatal error)."""
+    if error.code() != KafkaError._FATAL:
+        return error
+    try:
+        producer.abort_transaction(timeout_s)
+    except KafkaException as exc:
+        return exc.args[0]
+    return error
 
 
 def _abort(producer: Producer, timeout_s: float) -> None:
