@@ -92,6 +92,7 @@ def test_stop_is_bounded_even_with_a_hung_function(kafka_bootstrap, new_topic, t
         worker.close()
 
 
+@pytest.mark.slow  # ~15 s: the timeout, the grace, a fresh process
 def test_a_function_that_swallows_the_interrupt_ends_the_process(
     kafka_bootstrap, new_topic, tmp_path
 ):
