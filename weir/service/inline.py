@@ -159,13 +159,13 @@ class InlineChain:
                 slot.process_batch(SOURCES, batch)
                 self.batches += 1
         except ChainInterrupted as interrupted:
-            self.running = None
+            self.running = None  # first: a late signal must not raise in this handler
             failure = interrupted.failure
             if isinstance(failure, CheckpointTimedOut):  # recorded as the coordinator's
                 failure = self.coordinator.timed_out(str(failure))
             raise failure from None
         except BaseException as exc:  # a failed chain fails its slot, as on its thread
-            self.running = None
+            self.running = None  # likewise, before the slot's failure is reported
             slot.on_fatal(exc)
         finally:
             self.running = None
