@@ -279,14 +279,19 @@ def consume_all(
     timeout: float,
     read_committed: bool = True,
     decode_json: bool = True,
+    partial: bool = False,
 ) -> list[dict]:
     """Read ``topic`` from the beginning of every partition, bounded by ``timeout``.
 
     Stops once ``expected`` records have arrived, or, with ``expected=None``, once every
     partition has been read to its end (for read_committed: its last stable offset).
-    Returns what was read either way (the dicts of tests/reading.py: key, value,
-    partition, offset, timestamp, ...). With ``decode_json`` values are parsed JSON and
-    UTF-8 keys text; otherwise both stay bytes.
+    Returns the dicts of tests/reading.py (key, value, partition, offset, timestamp, ...).
+    With ``decode_json`` values are parsed JSON and UTF-8 keys text; otherwise both stay
+    bytes. With ``expected=None``, a read that has not reached the end by ``timeout``
+    raises AssertionError naming each partition's last offset read and end — a test
+    comparing "everything" must not compare a part of it — unless ``partial`` (a wait's
+    probe, which reads again on its next round). With ``expected`` set, what was read by
+    ``timeout`` is returned: the caller compares its length.
     """
     deadline = time.monotonic() + timeout
     reader = TopicReader(
@@ -300,6 +305,11 @@ def consume_all(
                 break
             limit = 5000 if expected is None else expected - len(reader.records)
             reader.read(min(0.2, deadline - time.monotonic()), limit)
+        else:
+            if expected is None and not partial and not reader.read_to_end():
+                raise AssertionError(
+                    f"{topic} not read to its end in {timeout:.0f}s: {reader.progress()}"
+                )
     finally:
         reader.close()
     return reader.records

@@ -71,13 +71,14 @@ class TopicReader:
         self.consumer.assign([TopicPartition(topic, p, off) for p, off in offsets.items()])
         self.records: list[dict] = []
         self.at_end: dict[int, int] = {}  # partition -> the offset its end was reported at
+        self._last_read = 0  # records the last fetch brought
 
     def read(self, timeout: float, limit: int = 5000) -> int:
         """One fetch: wait up to ``timeout`` s for records, keep at most ``limit`` of
         them; returns how many arrived. Raises KafkaException on a consumer error."""
         msgs = self.consumer.consume(limit, max(0.0, timeout))
         now = time.time()
-        n = 0
+        self._last_read = n = 0
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -88,6 +89,7 @@ class TopicReader:
             self.at_end.pop(m.partition(), None)
             self.records.append(self._record(m, now))
             n += 1
+        self._last_read = n
         return n
 
     def poll(self, seconds: float) -> int:
@@ -100,25 +102,54 @@ class TopicReader:
                 return n
 
     def read_to_end(self) -> bool:
-        """Has every partition been read to its end since its last record? An end of
-        partition is believed only at or past the end offset the broker gives this
-        reader's isolation level (for read_committed: the last stable offset):
-        librdkafka sometimes reports the end of a read_committed partition early, and a
-        reader that stopped there missed records."""
-        if len(self.at_end) != len(self.partitions):
+        """Has every partition been read to its end — the end offset the broker gives
+        this reader's isolation level (for read_committed: the last stable offset)?
+
+        A partition is there once the reader's position (past every record and
+        transaction marker it was handed) or an end-of-partition event is at or past that
+        end. The event alone is not enough: librdkafka sometimes reports the end of a
+        read_committed partition early, and after one it reports none again while only
+        transaction markers follow (as when a worker's transactions keep being aborted),
+        so a reader waiting for it would wait for good. The broker is asked only when the
+        last fetch brought nothing new or every partition has reported an end."""
+        if self._last_read and len(self.at_end) != len(self.partitions):
             return False
-        for p, offset in list(self.at_end.items()):
-            _, end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), 10)
-            if offset < end:
-                del self.at_end[p]  # an early end: read on
-        return len(self.at_end) == len(self.partitions)
+        tps = [TopicPartition(self.topic, p) for p in self.partitions]
+        positions = {tp.partition: tp.offset for tp in self.consumer.position(tps)}
+        for tp in tps:
+            _, end = self.consumer.get_watermark_offsets(tp, 10)
+            if max(positions[tp.partition], self.at_end.get(tp.partition, -1)) < end:
+                return False
+        return True
+
+    def progress(self) -> str:
+        """Per partition: the last offset read, the position, where its end was reported
+        and the end the broker gives now (for failure messages)."""
+        last: dict[int, int] = {}
+        for r in self.records:
+            last[r["partition"]] = r["offset"]
+        parts = []
+        for p in self.partitions:
+            tp = TopicPartition(self.topic, p)
+            try:
+                position = self.consumer.position([tp])[0].offset
+                _, end = self.consumer.get_watermark_offsets(tp, 10)
+            except KafkaException as exc:
+                position = end = f"? ({exc})"
+            parts.append(
+                f"p{p} last {last.get(p)} position {position}"
+                f" end-reported {self.at_end.get(p)} end {end}"
+            )
+        return f"{len(self.records)} records; " + ", ".join(parts)
 
     def drain(self, timeout: float = 30.0) -> None:
         """Until every partition is read to its end; fails after ``timeout`` s."""
         self.poll(0.3)
         deadline = time.monotonic() + timeout
         while not self.read_to_end():
-            assert time.monotonic() < deadline, f"{self.topic} not read to its end in {timeout}s"
+            assert time.monotonic() < deadline, (
+                f"{self.topic} not read to its end in {timeout}s: {self.progress()}"
+            )
             self.poll(0.2)
 
     def values(self) -> list[Any]:

@@ -945,7 +945,7 @@ def test_the_compose_producer_and_worker_close_real_windows(
         worker.wait_running(BOUND)
 
         def full_window() -> list[dict]:
-            out = [r["value"] for r in consume_all(kafka_bootstrap, sink, None, 5)]
+            out = [r["value"] for r in consume_all(kafka_bootstrap, sink, None, 5, partial=True)]
             return [w for w in out if w["window_start"] >= started] and out
 
         windows = wait_for(full_window, 2 * BOUND, "a window the producer filled", every=1)

@@ -426,8 +426,8 @@ class Pipeline:
     def diagnose(self) -> str:
         """For failure messages: what the output holds and what the worker says."""
         try:
-            committed = len(consume_all(self.bootstrap, self.out, None, 15))
-            written = len(consume_all(self.bootstrap, self.out, None, 15, read_committed=False))
+            committed = len(consume_all(self.bootstrap, self.out, None, 15, partial=True))
+            written = len(consume_all(self.bootstrap, self.out, None, 15, False, partial=True))
         except Exception as exc:
             committed = written = f"? ({exc})"
         wanted = ("weir_watermark_lag_seconds", "weir_records_out_total", "weir_checkpoints_total",

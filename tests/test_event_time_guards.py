@@ -26,6 +26,7 @@ from confluent_kafka.admin import (
 )
 
 from tests.kafka_fixture import consume_all, produce_json
+from tests.waiting import wait_for
 from tests.workers import WorkerProcess, job_env, metric
 from weir import Job
 from weir.operators.chain import MAX_EPOCH_MS, Batch, SourceOp
@@ -216,3 +217,58 @@ def test_a_topic_limit_lowered_while_running_is_honoured(kafka_bootstrap, new_to
     assert outputs[1]["value"] == b'"SMALL"'
     assert metric(metrics, "weir_restarts_total") == 0
     assert metric(metrics, "weir_checkpoints_total", status="failed") == 0
+
+
+def _set_max_message_bytes(admin: AdminClient, topic: str, value: str | None) -> None:
+    """Set the topic's max.message.bytes (None: back to the broker's default)."""
+    op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE
+    entry = ConfigEntry("max.message.bytes", value or "", incremental_operation=op)
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def test_a_record_the_broker_refuses_fails_its_transaction_naming_topic_and_reason(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """Exactly-once: the sink's max.message.bytes is lowered under a worker that does not
+    re-read it (once a day), so the broker refuses a record the worker took to fit. The
+    transaction holding it fails and rolls back — the worker says which topic refused
+    what, and why, and tries again, showing nothing of that transaction meanwhile. Once
+    the limit is back the record goes out, exactly once and in order. (The worker's
+    transactional producer has no delivery callback: the failed commit itself names the
+    refusal.)"""
+    src, out = new_topic(), new_topic()
+    group = f"refused-{uuid.uuid4().hex[:8]}"
+    worker = WorkerProcess(
+        "upper_bytes.py", kafka_bootstrap, group, "w1", tmp_path,
+        {**job_env(in_=src, out=out), "WEIR_TOPIC_CONFIG_REFRESH_S": "86400"},
+        ["--checkpoint-interval-ms", "200"],
+    )  # fmt: skip
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    try:
+        produce_json(kafka_bootstrap, src, ["first"])
+        assert len(consume_all(kafka_bootstrap, out, expected=1, timeout=60)) == 1
+        _set_max_message_bytes(admin, out, "50000")
+        produce_json(kafka_bootstrap, src, ["b" * 100_000, "small"])
+        wait_for(
+            lambda: "rolling back" in worker.log_tail(200) and "too large" in worker.log_tail(200),
+            60,
+            "the refused commit logged",
+            check=worker.check_alive,
+            detail=lambda: f": {worker.log_tail()}",
+        )
+        lines = worker.log_tail(200).splitlines()
+        rollbacks = [line for line in lines if "rolling back" in line and "too large" in line]
+        assert rollbacks and out in rollbacks[0], "\n".join(lines[-20:])
+        meanwhile = consume_all(kafka_bootstrap, out, None, 30, decode_json=False)
+        assert [r["value"] for r in meanwhile] == [b'"FIRST"'], "a refused transaction showed"
+        _set_max_message_bytes(admin, out, None)
+        consume_all(kafka_bootstrap, out, expected=3, timeout=90, decode_json=False)
+        outputs = consume_all(kafka_bootstrap, out, None, 30, decode_json=False)
+        metrics = worker.metrics()
+        worker.check_alive()
+    finally:
+        worker.close()
+    assert [r["value"] for r in outputs] == [b'"FIRST"', b'"' + b"B" * 100_000 + b'"', b'"SMALL"']
+    assert metric(metrics, "weir_checkpoints_total", status="failed") >= 1

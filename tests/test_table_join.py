@@ -141,7 +141,7 @@ def test_each_order_joins_the_customer_current_at_its_event_time_through_a_kill(
     workers = Workers("table_join.py", kafka_bootstrap, group, env, args, tmp_path / "logs")
 
     def emitted(topic: str) -> int:
-        return len(consume_all(kafka_bootstrap, topic, None, 30))
+        return len(consume_all(kafka_bootstrap, topic, None, 30, partial=True))
 
     readers = {  # one client per isolation level, for the end offsets a timeout shows
         level: Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "ends",
@@ -240,8 +240,8 @@ def test_a_worker_given_join_partitions_read_to_their_end_resumes_their_clocks(
         assert early == 0, f"{early} rows joined before the table side settled: the test is void"
         workers.start("w1")
         for topic, how in ((out_left, "left"), (out_inner, "inner")):
-            wait_for(lambda topic=topic, how=how: len(consume_all(kafka_bootstrap, topic, None,
-                                                                  30)) >= want[how].total(),
+            wait_for(lambda topic=topic, how=how: len(consume_all(
+                         kafka_bootstrap, topic, None, 30, partial=True)) >= want[how].total(),
                      90, f"every {how} row from the restored clocks", every=2,
                      check=workers.check_alive, detail=workers.logs_tail)  # fmt: skip
         workers.stop_all()

@@ -11,7 +11,8 @@ Also keeps the raw collapsed stacks (flamegraph.pl or speedscope render them).
     .venv/bin/python -m benchmarks.nexmark.profile --query q5 --guarantee exactly-once
 
 Results: ``benchmarks/results/nexmark-profile-<query>.txt`` (the collapsed stacks
-go to benchmarks/results/tmp/; ``--gil`` samples only threads holding the GIL).
+go to benchmarks/results/tmp/; ``--gil`` samples only threads holding the GIL;
+``--native`` adds the C frames, to ``nexmark-profile-<query>-native.txt``).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="how long py-spy samples")
     p.add_argument("--rate", type=int, default=200, help="samples per second")
     p.add_argument("--gil", action="store_true", help="only samples holding the GIL")
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="include C frames (orjson, librdkafka); py-spy then pauses the worker per sample",
+    )
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--partitions", type=int, default=4)
     args = p.parse_args(argv)
@@ -119,14 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     while not group_assigned(admin, group) and child.alive():
         time.sleep(0.05)
     time.sleep(1.0)  # past start-up: consuming the backlog
-    stem = RESULTS / f"nexmark-profile-{args.query}"
+    stem = RESULTS / f"nexmark-profile-{args.query}{'-native' if args.native else ''}"
     TMP.mkdir(parents=True, exist_ok=True)
-    raw = TMP / f"nexmark-profile-{args.query}.collapsed"
+    raw = TMP / f"{stem.name}.collapsed"
     cmd = [
         str(PY_SPY), "record", "--pid", str(child.pid), "--duration", str(int(args.seconds)),
         "--rate", str(args.rate), "--threads", "--format", "raw", "--output", str(raw),
-        "--nonblocking",
-    ] + (["--gil"] if args.gil else [])  # fmt: skip
+    ]  # fmt: skip
+    cmd += (["--gil"] if args.gil else []) + (["--native"] if args.native else ["--nonblocking"])
     started = time.monotonic()
     cpu0 = child.cpu_seconds()
     subprocess.run(cmd, check=True, capture_output=True, timeout=args.seconds + 60)
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         f" draining a {args.events:,}-event backlog; worker CPU {cpu:.1f} s"
         f" ({cpu / wall:.2f} cores); {committed:,} input events committed by the end.\n"
         + ("(GIL-holding samples only)\n" if args.gil else "")
+        + ("(C frames included)\n" if args.native else "")
         + "\n"
         + summarize(raw, args.top)
     )
