@@ -12,6 +12,7 @@ reading like any other: repartition records are stamped with the wall clock.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import defaultdict
@@ -31,7 +32,7 @@ from tests.workers import WorkerProcess, job_env, metric
 from weir import Job
 from weir.operators.chain import MAX_EPOCH_MS, Batch, SourceOp
 from weir.operators.physical import compile_plan
-from weir.service.topics import CLOCK_MARGIN_MS, TopicLimits
+from weir.service.topics import CLOCK_MARGIN_MS, RECORD_OVERHEAD, TopicLimits, capped
 
 DAY_MS = 86_400_000
 
@@ -272,3 +273,43 @@ def test_a_record_the_broker_refuses_fails_its_transaction_naming_topic_and_reas
         worker.close()
     assert [r["value"] for r in outputs] == [b'"FIRST"', b'"' + b"B" * 100_000 + b'"', b'"SMALL"']
     assert metric(metrics, "weir_checkpoints_total", status="failed") >= 1
+
+
+def test_a_written_topic_is_taken_to_accept_no_more_than_the_producer_sends():
+    """librdkafka refuses a record at ``produce`` once it is larger than its
+    ``message.max.bytes`` with framing; a topic's default ``max.message.bytes`` is
+    larger, so every written topic's limit is capped at the producer's, less overhead."""
+    room = 1_000_000 - RECORD_OVERHEAD
+    default = TopicLimits(max_bytes=1_048_588 - RECORD_OVERHEAD, before_ms=None, after_ms=3_600_000)
+    assert capped(default, 1_000_000) == TopicLimits(room, None, 3_600_000)
+    assert capped(TopicLimits(max_bytes=4096), 1_000_000).max_bytes == 4096, "the topic's is less"
+    assert capped(TopicLimits(), 1_000_000).max_bytes == room, "no topic limit"
+
+
+def test_a_record_larger_than_the_producer_sends_goes_to_the_dlq_as_too_large(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """The sink topic takes 1 MB but the worker's producer sends at most 100 kB
+    (``message.max.bytes``): a 150 kB output goes to the dead-letter topic as
+    ``too-large`` — not refused by librdkafka as a ``produce`` failure, nor failing the
+    slot where outputs held after a barrier go out — and the others flow on."""
+    src, out = new_topic(), new_topic()
+    group = f"big-{uuid.uuid4().hex[:8]}"
+    worker = WorkerProcess(
+        "tagged.py", kafka_bootstrap, group, "w1", tmp_path, job_env(in_=src, out=out),
+        ["--checkpoint-interval-ms", "100", "--kafka", "producer.message.max.bytes=100000"],
+    )  # fmt: skip
+    records = [{"n": i, "pad": "x" * (150_000 if i % 10 == 3 else 10)} for i in range(100)]
+    try:
+        produce_json(kafka_bootstrap, src, records)
+        got = consume_all(kafka_bootstrap, out, expected=90, timeout=60)
+        dead = consume_all(kafka_bootstrap, f"{group}.dlq", 10, 60, decode_json=False)
+        metrics = worker.metrics()
+        worker.check_alive()
+    finally:
+        worker.close()
+    assert sorted(r["value"]["n"] for r in got) == [i for i in range(100) if i % 10 != 3]
+    numbers = sorted(int(re.match(rb'{"n":(\d+)', r["value"]).group(1)) for r in dead)
+    assert numbers == list(range(3, 100, 10)), "the dead letter keeps the value's start"
+    assert {dict(r["headers"])["weir.reason"] for r in dead} == {b"too-large"}
+    assert metric(metrics, "weir_restarts_total") == 0

@@ -141,18 +141,19 @@ class DirectOutput:
     def retry(
         self, exc: BaseException, topic: str, key: bytes | None, data: bytes, ts: int,
         offset: int, batch: Batch, fail: Callable[..., None],
-    ) -> None:  # fmt: skip
+    ) -> bool:  # fmt: skip
         """``produce`` raised ``exc``: while librdkafka's queue is full, let it drain and
-        try again; a record the producer refuses (e.g. larger than it accepts) is
-        dead-lettered with reason ``produce``."""
+        try again; a record the producer refuses is dead-lettered with reason
+        ``produce``. True if the record was sent in the end."""
         while isinstance(exc, BufferError):
             self.poll(0.05)
             try:
                 self.produce(topic, data, key, -1, None, None, ts if ts > 0 else 0)
-                return
+                return True
             except (BufferError, self.refused) as again:
                 exc = again
         fail(f"sink-{topic}", "produce", batch, (key, data, 0, offset), exc)
+        return False
 
 
 class SlotContext(Protocol):
@@ -789,15 +790,16 @@ class SinkOp(Operator):
                 fail(name, "serialize", batch, elem, exc)
                 continue
             size = len(data) if k is None else len(data) + len(k)
-            if (size > largest or t > latest or 0 < t < earliest) and direct.refuse(
+            if (size > largest or t > latest or earliest > t > 0) and direct.refuse(
                 topic, k, data, t, o, batch, fail
             ):
                 continue
-            sent += 1
             try:
                 produce(topic, data, k, -1, None, None, t if t > 0 else 0)
             except (BufferError, refused) as exc:
-                direct.retry(exc, topic, k, data, t, o, batch, fail)
+                if not direct.retry(exc, topic, k, data, t, o, batch, fail):
+                    continue
+            sent += 1
         direct.done(sent)
 
     def _row(self, elem: Element, meta: Callable[[Any, int, int], RecordMeta] | None) -> Row:

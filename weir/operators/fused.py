@@ -109,13 +109,14 @@ class FusedChain(Operator):
                     fail(sink_name, "serialize", batch, (k, v, t, m.offset()), exc)
                     continue
                 size = len(data) if k is None else len(data) + len(k)
-                if (size > largest or t > latest or 0 < t < earliest) and direct.refuse(
+                if (size > largest or t > latest or earliest > t > 0) and direct.refuse(
                     topic, k, data, t, m.offset(), batch, fail
                 ):
                     continue
-                sent += 1
                 try:
                     produce(topic, data, k, -1, None, None, t if t > 0 else 0)
                 except (BufferError, refused) as exc:
-                    direct.retry(exc, topic, k, data, t, m.offset(), batch, fail)
+                    if not direct.retry(exc, topic, k, data, t, m.offset(), batch, fail):
+                        continue
+                sent += 1
         direct.done(sent)

@@ -29,14 +29,19 @@ The life of a state change:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from weir.operators.physical import PhysicalPlan
 from weir.service.exceptions import KafkaUnavailable, TopicsMismatch
-from weir.service.topics import TopicLimits, ensure_topic, partition_counts, topic_limits
+from weir.service.topics import (
+    TopicLimits,
+    capped,
+    ensure_topic,
+    partition_counts,
+    topic_limits,
+)
 from weir.state.layout import changelog_key, partition_of
 from weir.state.store import Write
 
@@ -125,8 +130,3 @@ class Changelogs:
         if unknown:  # seen while a reset connection came back: ask again
             raise KafkaUnavailable(f"no end offset known yet for changelog partitions {unknown}")
         return ends
-
-
-def capped(limit: TopicLimits, producer_max_bytes: int) -> TopicLimits:
-    """A changelog's limit, never above what the producer sends."""
-    return replace(limit, max_bytes=min(limit.max_bytes or producer_max_bytes, producer_max_bytes))

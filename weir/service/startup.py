@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from weir.service.changelog import capped
 from weir.service.checkpoint import CheckpointCoordinator, StateCommit
 from weir.service.consumers import GroupConsumers
 from weir.service.deadline import retry_while_unavailable
@@ -30,7 +29,13 @@ from weir.service.flow import FlowControl
 from weir.service.rebalance import Rebalancer
 from weir.service.restore import Restorer
 from weir.service.state_rename import copy_state
-from weir.service.topics import LimitsRefresher, TopicLimits, connect_admin, provision_job_topics
+from weir.service.topics import (
+    LimitsRefresher,
+    TopicLimits,
+    capped,
+    connect_admin,
+    provision_job_topics,
+)
 from weir.service.upgrade import check_state
 from weir.service.watermarks import SlotProgress
 
@@ -49,7 +54,8 @@ def open_worker(w: Worker) -> None:
         "connecting",
         w.note_unavailable,
     )
-    counts, w.limits = provision_job_topics(admin, w.plan, timeout)  # Step 2
+    counts, limits = provision_job_topics(admin, w.plan, timeout)  # Step 2
+    w.limits = {t: capped(lim, w.settings.producer_max_bytes) for t, lim in limits.items()}
     w.topic_partitions.update(counts)  # the dict the watermark channels read
     too_many = w.channels.check()
     if too_many is not None:
@@ -125,10 +131,8 @@ def open_worker(w: Worker) -> None:
 
 
 def _adjust_limit(w: Worker, topic: str, limit: TopicLimits) -> TopicLimits:
-    """A changelog's limit, read again: never more than the producer sends."""
-    if topic in w.changelogs.topics:
-        return capped(limit, w.settings.producer_max_bytes)
-    return limit
+    """A written topic's limit, read again: never more than the producer sends."""
+    return capped(limit, w.settings.producer_max_bytes)
 
 
 def _limits_changed(w: Worker, topics: set[str]) -> None:

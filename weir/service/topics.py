@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -150,6 +150,17 @@ class TopicLimits:
                 f"{self.before_ms} behind now"
             )
         return None
+
+
+def capped(limit: TopicLimits, producer_max_bytes: int) -> TopicLimits:
+    """``limit``, never above what the producer sends: its ``message.max.bytes`` less
+    ``RECORD_OVERHEAD``. librdkafka refuses a larger record at ``produce``, counting its
+    framing (at the default 1,000,000, a value of 999,970 bytes), while a topic's default
+    ``max.message.bytes`` is larger: without the cap such a record passed the topic's
+    check and was refused by the producer instead — a ``produce`` failure rather than
+    ``too-large``, and an uncaught one where the outputs held after a barrier go out."""
+    room = producer_max_bytes - RECORD_OVERHEAD
+    return replace(limit, max_bytes=min(limit.max_bytes or room, room))
 
 
 def topic_limits(admin: AdminClient, topics: list[str], timeout_s: float) -> dict[str, TopicLimits]:
