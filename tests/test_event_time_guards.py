@@ -183,6 +183,15 @@ def test_a_reading_years_ahead_never_stops_a_key_by_window_job(
     assert metric(metrics, "weir_records_late_total", reason="future") == 1
 
 
+def _set_max_message_bytes(admin: AdminClient, topic: str, value: str | None) -> None:
+    """Set the topic's max.message.bytes (None: back to the broker's default)."""
+    op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE
+    entry = ConfigEntry("max.message.bytes", value or "", incremental_operation=op)
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
 def test_a_topic_limit_lowered_while_running_is_honoured(kafka_bootstrap, new_topic, tmp_path):
     """The sink topic's max.message.bytes is lowered under a running worker: within the
     refresh interval the worker knows, and a record over the new limit goes to the DLQ
@@ -199,13 +208,7 @@ def test_a_topic_limit_lowered_while_running_is_honoured(kafka_bootstrap, new_to
         produce_json(kafka_bootstrap, src, ["a" * 100_000])  # the JSON text "aaa…"
         first = consume_all(kafka_bootstrap, out, expected=1, timeout=60, decode_json=False)
         assert first[0]["value"] == b'"' + b"A" * 100_000 + b'"'
-        lower = ConfigResource(
-            ResourceType.TOPIC, out,
-            incremental_configs=[ConfigEntry("max.message.bytes", "50000",
-                                             incremental_operation=AlterConfigOpType.SET)],
-        )  # fmt: skip
-        for future in admin.incremental_alter_configs([lower]).values():
-            future.result(timeout=30)
+        _set_max_message_bytes(admin, out, "50000")
         time.sleep(4)  # the worker reads topic configs every second
         produce_json(kafka_bootstrap, src, ["b" * 100_000, "small"])
         dead = consume_all(kafka_bootstrap, f"{group}.dlq", 1, 60, decode_json=False)
@@ -218,15 +221,6 @@ def test_a_topic_limit_lowered_while_running_is_honoured(kafka_bootstrap, new_to
     assert outputs[1]["value"] == b'"SMALL"'
     assert metric(metrics, "weir_restarts_total") == 0
     assert metric(metrics, "weir_checkpoints_total", status="failed") == 0
-
-
-def _set_max_message_bytes(admin: AdminClient, topic: str, value: str | None) -> None:
-    """Set the topic's max.message.bytes (None: back to the broker's default)."""
-    op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE
-    entry = ConfigEntry("max.message.bytes", value or "", incremental_operation=op)
-    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(timeout=30)
 
 
 def test_a_record_the_broker_refuses_fails_its_transaction_naming_topic_and_reason(
@@ -252,16 +246,14 @@ def test_a_record_the_broker_refuses_fails_its_transaction_naming_topic_and_reas
         assert len(consume_all(kafka_bootstrap, out, expected=1, timeout=60)) == 1
         _set_max_message_bytes(admin, out, "50000")
         produce_json(kafka_bootstrap, src, ["b" * 100_000, "small"])
-        wait_for(
-            lambda: "rolling back" in worker.log_tail(200) and "too large" in worker.log_tail(200),
-            60,
-            "the refused commit logged",
-            check=worker.check_alive,
-            detail=lambda: f": {worker.log_tail()}",
-        )
-        lines = worker.log_tail(200).splitlines()
-        rollbacks = [line for line in lines if "rolling back" in line and "too large" in line]
-        assert rollbacks and out in rollbacks[0], "\n".join(lines[-20:])
+
+        def rollbacks() -> list[str]:
+            lines = worker.log_tail(200).splitlines()
+            return [line for line in lines if "rolling back" in line and "too large" in line]
+
+        refused = wait_for(rollbacks, 60, "the refused commit logged", check=worker.check_alive,
+                           detail=lambda: f": {worker.log_tail()}")  # fmt: skip
+        assert out in refused[0], refused[0]
         meanwhile = consume_all(kafka_bootstrap, out, None, 30, decode_json=False)
         assert [r["value"] for r in meanwhile] == [b'"FIRST"'], "a refused transaction showed"
         _set_max_message_bytes(admin, out, None)

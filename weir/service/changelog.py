@@ -35,13 +35,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from weir.operators.physical import PhysicalPlan
 from weir.service.exceptions import KafkaUnavailable, TopicsMismatch
-from weir.service.topics import (
-    TopicLimits,
-    capped,
-    ensure_topic,
-    partition_counts,
-    topic_limits,
-)
+from weir.service.topics import TopicLimits, ensure_topic, partition_counts, topic_limits
 from weir.state.layout import changelog_key, partition_of
 from weir.state.store import Write
 
@@ -71,14 +65,10 @@ class Changelogs:
     def topics(self) -> list[str]:
         return [op.changelog for op in self.operators]
 
-    def limits(
-        self, admin: AdminClient, timeout_s: float, producer_max_bytes: int
-    ) -> dict[str, TopicLimits]:
+    def limits(self, admin: AdminClient, timeout_s: float) -> dict[str, TopicLimits]:
         """What each changelog topic accepts, read at start: its ``max.message.bytes``
-        (less overhead), and never more than the producer sends (its
-        ``message.max.bytes``, which librdkafka checks before a record leaves)."""
-        read = topic_limits(admin, self.topics, timeout_s)
-        return {topic: capped(limit, producer_max_bytes) for topic, limit in read.items()}
+        (less overhead); the worker caps it at what its producer sends (`capped`)."""
+        return topic_limits(admin, self.topics, timeout_s)
 
     def record_limits(self, limits: dict[str, TopicLimits]) -> dict[str, int]:
         """Per state, the most bytes (key and value) one of its changelog records may

@@ -55,7 +55,7 @@ def open_worker(w: Worker) -> None:
         w.note_unavailable,
     )
     counts, limits = provision_job_topics(admin, w.plan, timeout)  # Step 2
-    w.limits = {t: capped(lim, w.settings.producer_max_bytes) for t, lim in limits.items()}
+    w.limits = _within_producer(w, limits)
     w.topic_partitions.update(counts)  # the dict the watermark channels read
     too_many = w.channels.check()
     if too_many is not None:
@@ -71,7 +71,7 @@ def open_worker(w: Worker) -> None:
     state = None
     if w.changelogs:  # Step 4
         w.changelogs.provision(admin, timeout)
-        w.limits.update(w.changelogs.limits(admin, timeout, w.settings.producer_max_bytes))
+        w.limits.update(_within_producer(w, w.changelogs.limits(admin, timeout)))
         path = Path(cfg.state_dir) / w.group / w.worker_id
         state = StateCommit.open(path, w.changelogs, admin, cfg, w.stopping)
         w.store = state.store
@@ -130,8 +130,14 @@ def open_worker(w: Worker) -> None:
         )
 
 
-def _adjust_limit(w: Worker, topic: str, limit: TopicLimits) -> TopicLimits:
-    """A written topic's limit, read again: never more than the producer sends."""
+def _within_producer(w: Worker, limits: dict[str, TopicLimits]) -> dict[str, TopicLimits]:
+    """Written topics' limits, never above what the producer sends (`capped`)."""
+    return {topic: _adjust_limit(w, topic, limit) for topic, limit in limits.items()}
+
+
+def _adjust_limit(w: Worker, _topic: str, limit: TopicLimits) -> TopicLimits:
+    """A written topic's limit, as read (at start or again): never more than the producer
+    sends."""
     return capped(limit, w.settings.producer_max_bytes)
 
 

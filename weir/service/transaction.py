@@ -230,7 +230,6 @@ class TransactionalOutput:
             if exc.args[0].txn_requires_abort():
                 raise TransactionFailed(_describe(exc)) from exc
             raise TransactionAmbiguous(_describe(exc)) from exc
-        self.check_deliveries()
         producer.begin_transaction()
         return True
 
@@ -253,8 +252,9 @@ class TransactionalOutput:
                 time.sleep(0.1)
 
     def check_deliveries(self) -> None:
-        """Raise `TransactionFailed` if the broker refused a record since the last check
-        (at-least-once; under exactly-once the commit itself fails)."""
+        """Raise `TransactionFailed` if the broker refused a record since the last check.
+        Only an at-least-once producer reports refusals here; under exactly-once none
+        arrive (no callback), and the commit fails instead."""
         failures, self._delivery_failures = self._delivery_failures, []
         if failures:
             raise TransactionFailed(f"output delivery failed: {failures[0]}")
